@@ -1,0 +1,14 @@
+"""ppl_diffusion: Gaussian diffusion models (DDPM) written as Pyro probabilistic programs."""
+
+from .diffusion import GaussianDiffusion
+from .distributions import DiscretizedGaussian, DiscretizedGaussianDecoder, GaussianDecoder
+from .infer import StochasticTimestepELBO, make_estimator, variational_bound
+from .nets import MLPDenoiser
+from .schedule import NoiseSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiscretizedGaussian", "DiscretizedGaussianDecoder", "GaussianDecoder", "GaussianDiffusion", "MLPDenoiser",
+    "NoiseSchedule", "StochasticTimestepELBO", "make_estimator", "variational_bound",
+]

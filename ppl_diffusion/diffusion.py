@@ -1,0 +1,289 @@
+"""GaussianDiffusion: DDPM written as a Pyro model and guide (a VAE whose latent is x_1..x_T).
+
+Site names. In the full-chain programs the latent at step t is the site ``f"x_{t}"``; with T = 1000
+the model samples ``x_1000``, ``x_999``, …, ``x_1`` and observes ``x_0``. Every site lies in the plate
+``"data"`` over the batch; the data dimensions are the site's event (``.to_event``).
+
+=====================  ============================================================================
+``model(x0)``          p(x_T) ∏_{t=2..T} p(x_{t−1}|x_t, θ) · p(x_0|x_1, θ), ``x_0`` observed.
+                       ``model(None, n=…)`` generates n examples; :meth:`sample` returns them.
+``guide(x0)``          the forward chain ∏_{t=1..T} q(x_t|x_{t−1}); no parameters.
+``posterior_guide``    the same joint in posterior order: q(x_T|x_0) ∏_{t=T..2} q(x_{t−1}|x_t, x_0).
+``step_model``,        a one-step pair for a per-example step t (sites ``x_T``, ``x_t``, ``x_prev``,
+``step_guide``         ``x_0``): the programs the stochastic-timestep estimator scores.
+=====================  ============================================================================
+
+The reverse step is p(x_{t−1}|x_t, θ) = N(μ_θ(x_t, t), σ_t² I) with DDPM's
+μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε̂_θ(x_t, t)) / √α_t and σ_t² fixed by ``variance``:
+``"beta"`` σ_t² = β_t, ``"posterior"`` σ_t² = β̃_t (β̃_2 at t = 1, where β̃_1 = 0). The decoder
+p(x_0|x_1) uses μ_θ(x_1, 1) and σ_1².
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from . import closed_forms as cf
+from .distributions import ForwardStepNormal, make_decoder
+from .schedule import NoiseSchedule
+
+# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T. A learned variance
+# (improved DDPM) will read the denoiser's extra output in ``p_mean_variance`` instead.
+VARIANCES = {
+    "beta": lambda s: np.log(s.betas),
+    "posterior": lambda s: s.posterior_log_variance_clipped,
+}
+
+
+class GaussianDiffusion(nn.Module):
+    """DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
+
+    :param NoiseSchedule schedule: the forward chain's β_1..β_T.
+    :param torch.nn.Module denoiser: ``denoiser(x_t, t) -> ε̂`` with ``x_t`` of shape ``[B x ...]``,
+        ``t`` a ``LongTensor[B]`` of steps in 1..T, and ``ε̂`` of the shape of ``x_t``.
+    :param tuple event_shape: shape of one example, e.g. ``(2,)`` or ``(1, 8, 8)``; taken from
+        ``prior`` when omitted.
+    :param prior: p(x_T), any Pyro distribution with event shape ``event_shape`` (default N(0, I)).
+    :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]) or a
+        decoder object (see :mod:`ppl_diffusion.distributions`).
+    :param str variance: ``"beta"`` (σ_t² = β_t) or ``"posterior"`` (σ_t² = β̃_t).
+
+    Example::
+
+        diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(100),
+                                      denoiser=MLPDenoiser(dim=2), event_shape=(2,))
+        svi = pyro.infer.SVI(diffusion.model, diffusion.posterior_guide,
+                             pyro.optim.Adam({"lr": 1e-3}), pyro.infer.TraceMeanField_ELBO())
+    """
+
+    def __init__(
+        self,
+        *,
+        schedule: NoiseSchedule,
+        denoiser: nn.Module,
+        event_shape: tuple[int, ...] | None = None,
+        prior: dist.Distribution | None = None,
+        decoder="gaussian",
+        variance: str = "beta",
+    ) -> None:
+        super().__init__()
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "
+                            "build one with NoiseSchedule.linear(T) or NoiseSchedule.cosine(T)")
+        if not isinstance(denoiser, nn.Module):
+            raise TypeError(f"denoiser must be a torch.nn.Module computing denoiser(x_t, t) -> eps, "
+                            f"got {type(denoiser).__name__}")
+        if variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted(VARIANCES)}")
+        if prior is not None:
+            if not isinstance(prior, torch.distributions.Distribution):
+                raise TypeError(f"prior must be a Pyro distribution over x_T, got {type(prior).__name__}")
+            if event_shape is None:
+                event_shape = tuple(prior.event_shape)
+            if tuple(prior.event_shape) != tuple(event_shape):
+                raise ValueError(
+                    f"prior has event shape {tuple(prior.event_shape)} but the data's event shape is "
+                    f"{tuple(event_shape)}; use .to_event(...) so that the prior's event is one example"
+                )
+            if tuple(prior.batch_shape) != ():
+                raise ValueError(f"prior has batch shape {tuple(prior.batch_shape)}; it must be () "
+                                 "(the model adds the data plate)")
+        if event_shape is None:
+            raise ValueError("pass event_shape=(...), the shape of one example, or a prior with that event shape")
+        self.schedule = schedule
+        self.denoiser = denoiser
+        self.event_shape = torch.Size(event_shape)
+        self.prior = prior
+        self.decoder = make_decoder(decoder)
+        self.variance = variance
+        self.p_log_variance = VARIANCES[variance](schedule)  # log σ_t², float64[T]
+
+    # ------------------------------------------------------------------ conventions and checks
+    @property
+    def T(self) -> int:
+        return self.schedule.T
+
+    @property
+    def num_dims(self) -> int:
+        """D, the number of data dimensions of one example (for bits/dim)."""
+        return int(math.prod(self.event_shape))
+
+    def _event_dims(self) -> int:
+        return len(self.event_shape)
+
+    def _device_dtype(self):
+        p = next(self.denoiser.parameters(), None)
+        return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
+
+    def check_data(self, x0: Tensor) -> Tensor:
+        """Check that ``x0`` is a finite batch ``[B x *event_shape]``; raise a one-line error if not."""
+        if not torch.is_tensor(x0):
+            raise TypeError(f"x0 must be a tensor of shape [B, {', '.join(map(str, self.event_shape))}], "
+                            f"got {type(x0).__name__}")
+        if not x0.is_floating_point():
+            raise TypeError(f"x0 has dtype {x0.dtype}; convert it to float (8-bit images: x / 127.5 - 1)")
+        if x0.dim() != 1 + len(self.event_shape) or x0.shape[1:] != self.event_shape or x0.shape[0] < 1:
+            raise ValueError(
+                f"x0 has shape {tuple(x0.shape)}; expected [B, {', '.join(map(str, self.event_shape))}] "
+                f"(a batch of examples of event shape {tuple(self.event_shape)})"
+            )
+        bad = ~torch.isfinite(x0)
+        if bad.any():
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"x0{list(idx)} = {x0[idx].item()}: data must be finite; drop or impute "
+                             "non-finite values before training")
+        if getattr(self.decoder, "bins", None) is not None:
+            out = (x0 < -1) | (x0 > 1)
+            if out.any():
+                idx = tuple(int(i) for i in out.nonzero()[0])
+                raise ValueError(f"x0{list(idx)} = {x0[idx].item()} lies outside [-1, 1], the range of the "
+                                 "discretized decoder; map 8-bit pixels v to 2 v / 255 - 1")
+        return x0
+
+    def check_timesteps(self, t: Tensor, batch: int) -> Tensor:
+        if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (batch,):
+            raise ValueError(f"t must be a LongTensor of shape ({batch},), got {t!r}")
+        if ((t < 1) | (t > self.T)).any():
+            bad = t[(t < 1) | (t > self.T)][0].item()
+            raise ValueError(f"timestep t = {bad} is outside 1..T = 1..{self.T}")
+        return t
+
+    def _full_t(self, t: int, batch: int, device) -> Tensor:
+        return torch.full((batch,), t, dtype=torch.long, device=device)
+
+    def get_prior(self, device=None, dtype=None) -> dist.Distribution:
+        """p(x_T): the given prior, or N(0, I) over ``event_shape`` on ``device``."""
+        if self.prior is not None:
+            return self.prior
+        zeros = torch.zeros(self.event_shape, device=device, dtype=dtype)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(self._event_dims())
+
+    # ------------------------------------------------------------------ closed forms
+    def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
+        """A draw of x_t ~ q(x_t|x_0) (Statement 1)."""
+        eps = torch.randn_like(x0) if eps is None else eps
+        return cf.q_sample(self.schedule, x0, t, eps)
+
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor):
+        """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
+        return cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
+
+    def p_mean_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's."""
+        eps = self.denoiser(x_t, t)
+        if not torch.is_tensor(eps) or eps.shape != x_t.shape:
+            got = tuple(eps.shape) if torch.is_tensor(eps) else type(eps).__name__
+            raise ValueError(
+                f"denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; "
+                "denoiser(x_t, t) must return eps-hat of the same shape as x_t"
+            )
+        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps)
+        log_var = cf.extract(self.p_log_variance, t, x_t).expand_as(x_t)
+        return mean, log_var
+
+    # ------------------------------------------------------------------ Pyro programs
+    def model(self, x0: Tensor | None = None, n: int | None = None):
+        """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
+        pyro.module("denoiser", self.denoiser)
+        if x0 is not None:
+            x0 = self.check_data(x0)
+            batch, device, dtype = x0.shape[0], x0.device, x0.dtype
+        else:
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"model(None, n=...) generates n examples; got n = {n!r}, pass an int >= 1")
+            batch, (device, dtype) = n, self._device_dtype()
+        d, T = self._event_dims(), self.T
+        with pyro.plate("data", batch):
+            x = pyro.sample(f"x_{T}", self.get_prior(device, dtype))
+            for t in range(T, 1, -1):
+                mean, log_var = self.p_mean_variance(x, self._full_t(t, batch, device))
+                x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(d))
+            mean, log_var = self.p_mean_variance(x, self._full_t(1, batch, device))
+            return pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
+
+    def guide(self, x0: Tensor, n: int | None = None):
+        """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
+        x0 = self.check_data(x0)
+        batch, d = x0.shape[0], self._event_dims()
+        x = x0
+        with pyro.plate("data", batch):
+            for t in range(1, self.T + 1):
+                mean, var = cf.q_step_mean_variance(self.schedule, x, self._full_t(t, batch, x0.device))
+                x = pyro.sample(f"x_{t}", ForwardStepNormal(mean, var.sqrt()).to_event(d))
+        return x
+
+    def posterior_guide(self, x0: Tensor, n: int | None = None):
+        """The forward joint in posterior order: q(x_T|x_0), then q(x_{t−1}|x_t, x_0) for t = T..2.
+
+        It visits the sites in the model's order with the model's dependencies, so
+        ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL.
+        """
+        x0 = self.check_data(x0)
+        batch, d, T = x0.shape[0], self._event_dims(), self.T
+        with pyro.plate("data", batch):
+            mean, var = cf.q_mean_variance(self.schedule, x0, self._full_t(T, batch, x0.device))
+            x = pyro.sample(f"x_{T}", dist.Normal(mean, var.sqrt()).to_event(d))
+            for t in range(T, 1, -1):
+                mean, var, _ = cf.q_posterior_mean_variance(self.schedule, x0, x, self._full_t(t, batch, x0.device))
+                x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, var.sqrt()).to_event(d))
+        return x
+
+    def _step_sites(self, x0: Tensor, t: Tensor, weight: Tensor | None, is_model: bool):
+        x0 = self.check_data(x0)
+        batch, d, T = x0.shape[0], self._event_dims(), self.T
+        t = self.check_timesteps(t, batch)
+        with pyro.plate("data", batch):
+            # The prior term: KL(q(x_T|x_0) || p(x_T)), unweighted.
+            mean_T, var_T = cf.q_mean_variance(self.schedule, x0, self._full_t(T, batch, x0.device))
+            q_T = dist.Normal(mean_T, var_T.sqrt()).to_event(d)
+            pyro.sample("x_T", self.get_prior(x0.device, x0.dtype) if is_model else q_T)
+            scale = poutine.scale(scale=weight) if weight is not None else contextlib.nullcontext()
+            with scale:
+                # x_t ~ q(x_t|x_0) in both programs: its term is exactly zero.
+                mean, var = cf.q_mean_variance(self.schedule, x0, t)
+                x_t = pyro.sample("x_t", dist.Normal(mean, var.sqrt()).to_event(d))
+                if is_model:
+                    p_mean, p_log_var = self.p_mean_variance(x_t, t)
+                    with poutine.mask(mask=t > 1):
+                        pyro.sample("x_prev", dist.Normal(p_mean, torch.exp(0.5 * p_log_var)).to_event(d))
+                    with poutine.mask(mask=t == 1):
+                        pyro.sample("x_0", self.decoder(p_mean, p_log_var).to_event(d), obs=x0)
+                else:
+                    # At t = 1 the site is masked out; the clipped variance keeps it a valid Normal.
+                    q_mean, _, q_log_var = cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
+                    with poutine.mask(mask=t > 1):
+                        pyro.sample("x_prev", dist.Normal(q_mean, torch.exp(0.5 * q_log_var)).to_event(d))
+
+    def step_model(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
+        """One reverse step per example, at per-example steps ``t`` (``LongTensor[B]`` in 1..T).
+
+        Sites: ``x_T ~ p(x_T)``; ``x_t ~ q(x_t|x_0)`` (the same distribution as in
+        :meth:`step_guide`, so it cancels); for t > 1 ``x_prev ~ p(x_{t−1}|x_t, θ)``; for t = 1
+        ``x_0 ~ p(x_0|x_1, θ)`` observed. ``weight[B]`` scales the step sites (``poutine.scale``):
+        with weight = 1/P(t), ``Trace_ELBO`` on the pair is an unbiased Monte-Carlo estimate of the
+        ELBO and ``TraceMeanField_ELBO`` the analytic-KL one.
+        """
+        pyro.module("denoiser", self.denoiser)
+        self._step_sites(x0, t, weight, is_model=True)
+
+    def step_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
+        """The pair of :meth:`step_model`: ``x_T ~ q(x_T|x_0)``, ``x_t ~ q(x_t|x_0)``,
+        ``x_prev ~ q(x_{t−1}|x_t, x_0)``."""
+        self._step_sites(x0, t, weight, is_model=False)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x ...]``."""
+        return self.model(None, n=n)
+
+    def extra_repr(self) -> str:
+        return (f"T={self.T}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
+                f"decoder={self.decoder!r}, prior={'N(0, I)' if self.prior is None else self.prior!r}")
