@@ -1,6 +1,13 @@
+import os
+
 import pyro
 import pytest
 import torch
+
+# Under pytest-xdist each worker is its own process: one intra-op thread each, so that two workers
+# on two cores do not oversubscribe them (OpenMP spinning then slows everything several-fold).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

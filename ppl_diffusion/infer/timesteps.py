@@ -1,0 +1,112 @@
+"""Distributions over the step t of the stochastic-timestep estimator.
+
+A sampler draws ``t`` (``LongTensor[n]`` in 1..T) and returns the importance weight 1/P(t), so that
+Σ_t term_t is estimated without bias by term_t / P(t). Samplers keep their state in
+``state_dict()`` so that a resumed training run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class UniformTimesteps:
+    """t ~ Uniform{1..T}; weight T."""
+
+    name = "uniform"
+
+    def __init__(self, T: int) -> None:
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"T = {T!r}; a timestep sampler needs an integer T >= 1")
+        self.T = T
+
+    def probabilities(self) -> Tensor:
+        """P(t) for t = 1..T, float64[T]."""
+        return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
+
+    def sample(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+        """``n`` steps and their weights 1/P(t) (float64)."""
+        idx = torch.randint(0, self.T, (n,))
+        return (idx + 1).to(device), torch.full((n,), float(self.T), dtype=torch.float64, device=device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Record per-example step losses L_{t−1} (used by importance sampling; ignored here)."""
+
+    def state_dict(self) -> dict:
+        return {"T": self.T}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["T"]) != self.T:
+            raise ValueError(f"timestep sampler state is for T = {state['T']}, this model has T = {self.T}")
+
+
+class ImportanceTimesteps(UniformTimesteps):
+    """Improved DDPM's importance sampling: P(t) ∝ sqrt(E[L_t²]), mixed with ``uniform_prob`` of uniform.
+
+    E[L_t²] is the mean over the last ``history`` recorded losses at t (a ring buffer per t); until
+    every t has ``history`` of them, t is drawn uniformly (Nichol & Dhariwal 2021, §3.3).
+    """
+
+    name = "importance"
+
+    def __init__(self, T: int, history: int = 10, uniform_prob: float = 1e-3) -> None:
+        super().__init__(T)
+        if history < 1 or not 0.0 < uniform_prob <= 1.0:
+            raise ValueError(f"history = {history!r} must be >= 1 and uniform_prob = {uniform_prob!r} in (0, 1]")
+        self.history = int(history)
+        self.uniform_prob = float(uniform_prob)
+        self.loss_history = torch.zeros(self.T, self.history, dtype=torch.float64)  # ring buffer per t
+        self.loss_counts = torch.zeros(self.T, dtype=torch.long)  # losses recorded per t, capped at history
+        self.write_pos = torch.zeros(self.T, dtype=torch.long)  # next slot of each ring buffer
+
+    @property
+    def warmed_up(self) -> bool:
+        return bool((self.loss_counts == self.history).all())
+
+    def probabilities(self) -> Tensor:
+        if not self.warmed_up:
+            return super().probabilities()
+        w = self.loss_history.pow(2).mean(-1).sqrt()
+        w = w / w.sum()
+        return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.T
+
+    def sample(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+        p = self.probabilities()
+        idx = torch.multinomial(p, n, replacement=True)
+        return (idx + 1).to(device), (1.0 / p[idx]).to(device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Append each example's loss to the history of its t, in batch order (vectorised)."""
+        i = t.detach().long().cpu() - 1
+        losses = losses.detach().double().cpu()
+        order = torch.sort(i, stable=True).indices
+        i, losses = i[order], losses[order]
+        n_per_t = torch.bincount(i, minlength=self.T)
+        first = torch.cumsum(n_per_t, 0) - n_per_t  # index of each t's first entry in the sorted batch
+        rank = torch.arange(len(i)) - first[i]  # 0, 1, ... within each t
+        keep = rank >= n_per_t[i] - self.history  # only the newest `history` entries of a t survive
+        slot = (self.write_pos[i] + rank) % self.history
+        self.loss_history[i[keep], slot[keep]] = losses[keep]
+        self.write_pos = (self.write_pos + n_per_t) % self.history
+        self.loss_counts = torch.clamp(self.loss_counts + n_per_t, max=self.history)
+
+    def state_dict(self) -> dict:
+        return {"T": self.T, "loss_history": self.loss_history.clone(), "loss_counts": self.loss_counts.clone(),
+                "write_pos": self.write_pos.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.loss_history = state["loss_history"].clone().double()
+        self.loss_counts = state["loss_counts"].clone().long()
+        self.write_pos = state["write_pos"].clone().long()
+
+
+TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "importance": ImportanceTimesteps}
+
+
+def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps:
+    """A sampler by name: ``"uniform"`` or ``"importance"``."""
+    if name not in TIMESTEP_SAMPLERS:
+        raise ValueError(f"unknown timestep sampler {name!r}; choose one of {sorted(TIMESTEP_SAMPLERS)}")
+    return TIMESTEP_SAMPLERS[name](T, **kwargs)
