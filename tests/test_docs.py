@@ -36,3 +36,13 @@ def test_example_gaussian_mixture(tmp_path):
     nll = mod.main(["--steps", "30", "--T", "20", "--batch", "64", "--out", str(tmp_path)])
     assert (tmp_path / "mixture_2d.png").stat().st_size > 1000
     assert math.isfinite(nll) and abs(nll) < 100
+
+
+def test_estimator_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "estimators.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "estimators_quick.json").exists() and "stochastic-kl" in out.stdout

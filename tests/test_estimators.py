@@ -51,7 +51,7 @@ def setup(schedule, variance, decoder="gaussian"):
 def warmed_importance_elbo(d, x0, **kw):
     """An importance-sampled estimator whose t-distribution is far from uniform."""
     elbo = StochasticTimestepELBO(timesteps="importance", **kw)
-    while not elbo.get_sampler(T).warmed_up:
+    while not elbo.get_sampler(d.T).warmed_up:
         elbo.differentiable_loss(d.model, d.guide, x0[:60])
     p = elbo.sampler.probabilities()
     assert p.max() / p.min() > 1.3, p  # importance sampling is really on
@@ -151,3 +151,30 @@ def test_analytic_bound_has_less_variance_than_monte_carlo():
     mc = np.std(replicate_values(lambda: variational_bound(d, x0, analytic=False).nll.sum(), 20))
     assert kl < mc
     assert math.isfinite(kl)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_estimators_agree_with_the_default_schedules_at_T_100(schedule):
+    """The same agreement with the library's own schedules (β_T up to 0.999 for cosine) at T = 100."""
+    torch.manual_seed(7)
+    d = GaussianDiffusion(schedule=getattr(NoiseSchedule, schedule)(100), denoiser=MLPDenoiser(2, width=32),
+                          event_shape=(2,))
+    with torch.no_grad():  # a θ near a trained one: ε̂ small but not zero
+        for p in d.denoiser.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x0 = torch.tensor([[0.5, -0.25], [-0.8, 0.9]]).repeat(200, 1)
+    n = x0.shape[0]
+    is_elbo = warmed_importance_elbo(d, x0, timesteps_per_example=4)
+    runs = {
+        "trace": lambda: Trace_ELBO().loss(d.model, d.guide, x0),
+        "meanfield": lambda: TraceMeanField_ELBO().loss(d.model, d.posterior_guide, x0),
+        "stochastic kl importance": lambda: is_elbo.loss(d.model, d.guide, x0),
+        "stochastic mc k=4": lambda: StochasticTimestepELBO(step_term="mc", timesteps_per_example=4).loss(d.model, d.guide, x0),
+    }
+    with torch.no_grad():
+        ref = mean_se([variational_bound(d, x0, timesteps_per_batch=20).nll.sum().item() / n for _ in range(30)])
+        for name, fn in runs.items():
+            m = mean_se([fn() / n for _ in range(30)])
+            print(f"{schedule} T=100 {name}: {m[0]:.4f} ± {m[1]:.4f} (bound {ref[0]:.4f} ± {ref[1]:.4f})")
+            assert_mc_close(m, ref, what=name)
