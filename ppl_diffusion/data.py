@@ -1,10 +1,305 @@
-"""Data sets as float tensors in model space. (The image data sets arrive with the product issue.)"""
+"""Data sets as float tensors in model space, each with the decoder that scores it.
+
+Images are 8-bit pixels v ∈ {0..255} mapped to x = v / 127.5 − 1 ∈ [−1, 1], exactly the bin centres
+−1 + 2v/255 of the 256-bin discretized decoder (DDPM §3.3), in ``[N x C x H x W]``; vectors are
+``[N x D]`` under the Gaussian decoder.
+
+=====================  ============================================================================
+``digits``             scikit-learn's 8x8 digits (bundled): 1437 train / 360 test, ``[N x 1 x 8 x 8]``.
+``mnist``              the four idx files (raw or ``.gz``) under ``root``: ``[N x 1 x 28 x 28]``.
+``cifar10``            the binary batches ``cifar-10-batches-bin/*.bin`` under ``root``: ``[N x 3 x 32 x 32]``.
+``image_folder``       every ``*.png`` under ``root`` (same size), split deterministically.
+``eight_gaussians``,   2-D toys scaled into about [−1, 1]², ``[N x 2]``.
+``two_moons``,
+``swiss_roll``
+``gaussian``           N(mean, std² I) in ``dim`` dimensions, ``[N x dim]``.
+=====================  ============================================================================
+
+Nothing is downloaded: a missing file is an error that says which file and where to put it.
+Choose by name with :func:`load_dataset`.
+"""
 
 from __future__ import annotations
 
+import functools
+import gzip
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
+
+PIXEL_BINS = 256  # 8-bit pixels: the discretized decoder's number of bins
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split in model space, and how the decoder p(x_0|x_1) should score them.
+
+    :param str name: the registry name (see :data:`DATASETS`).
+    :param Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
+    :param Tensor test: float32 ``[N_test x *event_shape]``.
+    :param tuple event_shape: shape of one example, ``(C, H, W)`` or ``(D,)``.
+    :param bins: 256 for 8-bit images (discretized decoder), ``None`` for continuous data.
+    :param str decoder: ``"discretized"`` if ``bins`` else ``"gaussian"``; a name for
+        :func:`~ppl_diffusion.distributions.make_decoder`.
+    :param train_labels: int64 ``[N_train]`` class labels where the source has them, else ``None``.
+    :param test_labels: int64 ``[N_test]``, likewise.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    event_shape: tuple[int, ...]
+    bins: int | None
+    decoder: str
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x = getattr(self, split)
+            if tuple(x.shape[1:]) != tuple(self.event_shape):
+                raise ValueError(f"{self.name}: {split} has shape {tuple(x.shape)} but event_shape is "
+                                 f"{tuple(self.event_shape)}; stack examples along dim 0")
+            labels = getattr(self, f"{split}_labels")
+            if labels is not None and labels.shape != (x.shape[0],):
+                raise ValueError(f"{self.name}: {split}_labels has shape {tuple(labels.shape)}, "
+                                 f"expected ({x.shape[0]},), one label per example")
+        expected = "discretized" if self.bins else "gaussian"
+        if self.decoder != expected:
+            raise ValueError(f"{self.name}: decoder {self.decoder!r} with bins = {self.bins}; "
+                             f"use decoder={expected!r}")
+
+    @property
+    def num_dims(self) -> int:
+        """D, the number of dimensions of one example (for bits/dim)."""
+        return int(math.prod(self.event_shape))
+
+    def make_decoder(self):
+        """The decoder object for :class:`~ppl_diffusion.GaussianDiffusion` (``decoder=...``)."""
+        from .distributions import DiscretizedGaussianDecoder, GaussianDecoder
+
+        return DiscretizedGaussianDecoder(self.bins) if self.bins else GaussianDecoder()
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={list(self.train.shape)}, test={list(self.test.shape)}, "
+                f"bins={self.bins}, decoder={self.decoder!r})")
+
+
+# ---------------------------------------------------------------------------------------- pixels
+def to_model_space(pixels) -> Tensor:
+    """8-bit pixels v (uint8 or integer, array or tensor) to float32 x = v / 127.5 − 1 ∈ [−1, 1].
+
+    Computed in float64 and rounded once, so x is the float32 nearest to the bin centre −1 + 2v/255.
+    """
+    if not isinstance(pixels, Tensor):
+        pixels = np.asarray(pixels)
+        pixels = pixels if pixels.flags.writeable else pixels.copy()  # torch warns on read-only arrays
+    v = torch.as_tensor(pixels)
+    if v.dtype.is_floating_point or v.dtype == torch.bool or v.is_complex():
+        raise TypeError(f"pixels have dtype {v.dtype}; pass 8-bit integers 0..255 (use to_uint8 on model-space floats)")
+    if v.numel() and (v.min() < 0 or v.max() > 255):
+        raise ValueError(f"pixels range over {int(v.min())}..{int(v.max())}; 8-bit pixels must lie in 0..255")
+    return (v.to(torch.float64) / 127.5 - 1.0).to(torch.float32)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Model-space values to 8-bit pixels: round((x + 1) · 127.5) clipped to 0..255 (inverse of
+    :func:`to_model_space`); use it on samples before saving them as images."""
+    x = torch.as_tensor(x)
+    if not torch.isfinite(x).all():
+        raise ValueError("x has non-finite values; pixels are defined only for finite x (check the sampler)")
+    return torch.round((x.to(torch.float64) + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+
+
+def _images(name: str, train, test, train_labels=None, test_labels=None) -> Dataset:
+    """A :class:`Dataset` from uint8 ``[N x C x H x W]`` arrays (and optional labels)."""
+    train, test = to_model_space(train), to_model_space(test)
+    labels = [None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64))
+              for y in (train_labels, test_labels)]
+    return Dataset(name, train, test, tuple(train.shape[1:]), PIXEL_BINS, "discretized", *labels)
+
+
+def _vectors(name: str, x, n_train: int) -> Dataset:
+    """A :class:`Dataset` of continuous vectors: the first ``n_train`` rows of ``x`` train, the rest test."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    return Dataset(name, x[:n_train].clone(), x[n_train:].clone(), tuple(x.shape[1:]), None, "gaussian")
+
+
+# ---------------------------------------------------------------------------------------- digits
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 digits (values 0..16) as 8-bit images rint(v · 255/16), ``[N x 1 x 8 x 8]``.
+
+    Split by ``train_test_split(images, test_size=0.2, random_state=0)``: 1437 train, 360 test.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    raw = sk_load_digits()
+    pixels = np.rint(raw.images * 255 / 16).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
+    x_train, x_test, y_train, y_test = train_test_split(pixels, raw.target, test_size=0.2, random_state=0)
+    return _images("digits", x_train, x_test, y_train, y_test)
+
+
+# ---------------------------------------------------------------------------------------- MNIST
+MNIST_FILES = {  # split -> (images, labels)
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # ndim -> magic of an unsigned-byte idx file
+
+
+def _find(root: Path, filename: str, missing: str) -> Path:
+    for path in (root / filename, root / (filename + ".gz")):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(missing.format(file=filename, root=root))
+
+
+def read_idx(path: str | Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte idx file (``.gz`` read through gzip) as a uint8 array of its ``ndim`` dims.
+
+    Format: big-endian int32 magic (0x00000803 for images, 0x00000801 for labels), then ``ndim``
+    big-endian int32 sizes, then the bytes.
+    """
+    path = Path(path)
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    header = 4 * (1 + ndim)
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if magic != IDX_MAGIC[ndim]:
+        found = "no header" if magic is None else f"magic number 0x{magic:08x}"
+        raise ValueError(f"{path} has {found}, expected 0x{IDX_MAGIC[ndim]:08x} (idx{ndim} unsigned bytes); "
+                         "the file is corrupt or not this idx file (a gzipped file must end in .gz)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + math.prod(shape):
+        raise ValueError(f"{path} holds {len(data) - header} bytes after its header but its sizes {shape} "
+                         f"need {math.prod(shape)}; the file is truncated, download it again")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_mnist(root: str | Path) -> Dataset:
+    """MNIST from its four idx files in ``root`` (each raw or ``.gz``): 60000 / 10000 images ``[N x 1 x 28 x 28]``."""
+    root = Path(root)
+    missing = ("MNIST file {file} not found in {root}; download it from the MNIST site and place the four "
+               "idx files (optionally .gz) in that folder")
+    splits = {}
+    for split, (images_name, labels_name) in MNIST_FILES.items():
+        images_path, labels_path = _find(root, images_name, missing), _find(root, labels_name, missing)
+        images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+        if len(labels) != len(images):
+            raise ValueError(f"{labels_path} has {len(labels)} labels but {images_path.name} has {len(images)} "
+                             "images; the files come from different downloads, fetch both again")
+        splits[split] = images[:, None], labels
+    return _images("mnist", splits["train"][0], splits["test"][0], splits["train"][1], splits["test"][1])
+
+
+# ---------------------------------------------------------------------------------------- CIFAR-10
+CIFAR10_DIR = "cifar-10-batches-bin"
+CIFAR10_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then R, G, B planes of 32x32, row-major
+
+
+def read_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One binary CIFAR-10 batch as (uint8 images ``[N x 3 x 32 x 32]``, uint8 labels ``[N]``)."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0 or data.size % CIFAR10_RECORD:
+        raise ValueError(f"{path} has {data.size} bytes, not a positive multiple of the {CIFAR10_RECORD}-byte "
+                         "record; it is truncated or not a CIFAR-10 binary batch (get the binary version)")
+    records = data.reshape(-1, CIFAR10_RECORD)
+    labels, images = records[:, 0], records[:, 1:].reshape(-1, 3, 32, 32)
+    if labels.max() > 9:
+        raise ValueError(f"{path} has label {int(labels.max())}; CIFAR-10 labels are 0..9 (is this CIFAR-100?)")
+    return images, labels
+
+
+def load_cifar10(root: str | Path) -> Dataset:
+    """CIFAR-10 from its binary batches: 50000 / 10000 images ``[N x 3 x 32 x 32]``.
+
+    ``root`` is the folder that holds ``cifar-10-batches-bin/`` (as extracted from cifar-10-binary.tar.gz)
+    or that folder itself.
+    """
+    root = Path(root)
+    folder = root / CIFAR10_DIR if (root / CIFAR10_DIR).is_dir() else root
+    splits = {}
+    for split, names in CIFAR10_FILES.items():
+        batches = []
+        for name in names:
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"CIFAR-10 file {name} not found in {folder}; download the binary version "
+                    f"(cifar-10-binary.tar.gz) from the CIFAR-10 site and extract it in {root}, giving "
+                    f"{CIFAR10_DIR}/ with data_batch_1.bin … data_batch_5.bin and test_batch.bin")
+            batches.append(read_cifar10_batch(folder / name))
+        splits[split] = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    return _images("cifar10", splits["train"][0], splits["test"][0], splits["train"][1], splits["test"][1])
+
+
+# ---------------------------------------------------------------------------------------- PNG folder
+_GRAY_MODES = {"1", "L", "LA"}
+_COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
+                      grayscale: bool | None = None) -> Dataset:
+    """Every 8-bit ``*.png`` under ``root`` (subfolders included, sorted by path), ``[N x C x H x W]``.
+
+    :param float test_fraction: share of the images in the test split, in (0, 1); at least one image
+        goes to each split.
+    :param int seed: the split is a permutation drawn with ``numpy.random.default_rng(seed)``; within each
+        split images keep their sorted order.
+    :param grayscale: ``True`` reads every image as one channel, ``False`` as RGB (alpha dropped),
+        ``None`` picks one channel only when every image is grayscale.
+    """
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow comes with matplotlib
+        raise ImportError("load_image_folder reads PNGs with Pillow; pip install pillow") from e
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction = {test_fraction!r}; pass a fraction in (0, 1), e.g. 0.1")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} not found; pass root=<a folder of .png files>")
+    paths = sorted((p for p in root.rglob("*") if p.suffix.lower() == ".png" and p.is_file()),
+                   key=lambda p: p.relative_to(root).as_posix())
+    if len(paths) < 2:
+        raise FileNotFoundError(f"found {len(paths)} .png file(s) under {root}; put at least two PNG images "
+                                "there (subfolders are searched too)")
+
+    modes, size = [], None
+    for path in paths:
+        with Image.open(path) as im:
+            if im.mode not in _GRAY_MODES | _COLOUR_MODES:
+                raise ValueError(f"{path} has mode {im.mode} (not 8 bits per channel); save it as an 8-bit PNG")
+            if size is None:
+                size, first = im.size, path
+            elif im.size != size:
+                raise ValueError(f"{path} is {im.size[0]}x{im.size[1]} (width x height) but {first.name} and the "
+                                 f"images before it are {size[0]}x{size[1]}; resize every PNG to the same size")
+            modes.append(im.mode)
+    if grayscale is None:
+        grayscale = all(m in _GRAY_MODES for m in modes)
+    mode = "L" if grayscale else "RGB"
+    pixels = []
+    for path in paths:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert(mode), dtype=np.uint8)
+        pixels.append(a[None] if grayscale else a.transpose(2, 0, 1))  # [C, H, W]
+    pixels = np.stack(pixels)
+
+    n = len(paths)
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return _images("image_folder", pixels[train_idx], pixels[test_idx])
+
+
+# ---------------------------------------------------------------------------------------- continuous
+TOYS_2D = ("eight_gaussians", "two_moons", "swiss_roll")
 
 
 def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: float = 0.5, seed: int | None = None):
@@ -17,3 +312,76 @@ def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: flo
     angle = k.float() * (2 * math.pi / 8)
     centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
     return scale * (centres + std * torch.randn(n, 2, generator=gen))
+
+
+def toy_2d(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: int = 0) -> Dataset:
+    """A 2-D toy in about [−1, 1]², ``[N x 2]``, train and test drawn together from ``seed``.
+
+    ``"eight_gaussians"`` (:func:`eight_gaussians`), ``"two_moons"`` (``sklearn.datasets.make_moons``,
+    noise 0.05, shifted by (−0.5, −0.25) and divided by 1.5), ``"swiss_roll"`` (``make_swiss_roll``,
+    noise 0.25, the (x, z) plane divided by 4.5π, the roll's largest radius).
+    """
+    if name not in TOYS_2D:
+        raise ValueError(f"unknown 2-D toy {name!r}; choose one of {list(TOYS_2D)}")
+    _check_sizes(n_train, n_test)
+    n = n_train + n_test
+    if name == "eight_gaussians":
+        x = eight_gaussians(n, seed=seed)
+    elif name == "two_moons":
+        from sklearn.datasets import make_moons
+
+        x = (make_moons(n, noise=0.05, random_state=seed)[0] - [0.5, 0.25]) / 1.5
+    else:
+        from sklearn.datasets import make_swiss_roll
+
+        x = make_swiss_roll(n, noise=0.25, random_state=seed)[0][:, [0, 2]] / (4.5 * math.pi)
+    return _vectors(name, x, n_train)
+
+
+def gaussian(dim: int = 2, n_train: int = 10_000, n_test: int = 2_000, mean: float = 0.0, std: float = 1.0,
+             seed: int = 0) -> Dataset:
+    """N(mean, std² I) in ``dim`` dimensions, ``[N x dim]``: the data whose likelihood is known exactly."""
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim = {dim!r}; pass a positive integer number of dimensions")
+    if not std > 0:
+        raise ValueError(f"std = {std!r}; pass a positive standard deviation")
+    _check_sizes(n_train, n_test)
+    gen = torch.Generator().manual_seed(seed)
+    x = mean + std * torch.randn(n_train + n_test, dim, generator=gen, dtype=torch.float64)
+    return _vectors("gaussian", x, n_train)
+
+
+def _check_sizes(n_train: int, n_test: int) -> None:
+    if not (isinstance(n_train, int) and isinstance(n_test, int) and n_train >= 1 and n_test >= 1):
+        raise ValueError(f"n_train = {n_train!r}, n_test = {n_test!r}; pass positive integers")
+
+
+# ---------------------------------------------------------------------------------------- registry
+DATASETS = {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "image_folder": load_image_folder,
+    **{name: functools.partial(toy_2d, name) for name in TOYS_2D},
+    "gaussian": gaussian,
+}
+FILE_DATASETS = {  # datasets read from files: what root must hold
+    "mnist": "the folder holding the four MNIST idx files",
+    "cifar10": f"the folder holding {CIFAR10_DIR}/",
+    "image_folder": "a folder of .png images",
+}
+
+
+def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> Dataset:
+    """A :class:`Dataset` by name from :data:`DATASETS`; ``root`` only for the ones read from files,
+    ``kwargs`` go to the loader (e.g. ``n_train=`` for the toys, ``test_fraction=`` for an image folder)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    if name in FILE_DATASETS:
+        if root is None:
+            raise ValueError(f"dataset {name!r} is read from files; pass root=<{FILE_DATASETS[name]}>")
+        return DATASETS[name](root, **kwargs)
+    if root is not None:
+        raise ValueError(f"dataset {name!r} needs no files but got root={str(root)!r}; drop root "
+                         f"(only {sorted(FILE_DATASETS)} read files)")
+    return DATASETS[name](**kwargs)
