@@ -2,5 +2,6 @@
 
 from .embedding import timestep_embedding
 from .mlp import MLPDenoiser
+from .unet import UNET_PRESETS, UNet, unet_preset
 
-__all__ = ["MLPDenoiser", "timestep_embedding"]
+__all__ = ["MLPDenoiser", "UNET_PRESETS", "UNet", "timestep_embedding", "unet_preset"]

@@ -1,0 +1,311 @@
+"""The DDPM / improved-DDPM U-Net denoiser ε̂_θ(x_t, t) for images.
+
+Follows Ho et al. (2020) and openai/improved-diffusion ``unet.py``: a sinusoidal embedding of t fed
+through a two-layer MLP of width 4·``model_channels``; residual blocks (GroupNorm → SiLU → conv, plus a
+projection of the time embedding, then GroupNorm → SiLU → dropout → zero-initialised conv); single- or
+multi-head self-attention at chosen resolutions; strided-conv downsampling and nearest + conv
+upsampling; skip connections concatenated on the way up; a zero-initialised output conv, so ε̂ = 0 at
+initialisation. A plain ``torch.nn.Module``: it knows nothing of Pyro.
+
+References:
+
+1. J. Ho, A. Jain, P. Abbeel. Denoising Diffusion Probabilistic Models. NeurIPS 2020.
+2. A. Nichol, P. Dhariwal. Improved Denoising Diffusion Probabilistic Models. ICML 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .embedding import timestep_embedding
+
+
+def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+    """GroupNorm with ``num_groups`` groups (32 in DDPM), or fewer for narrow layers.
+
+    The group count is the largest divisor of ``channels`` that is at most ``num_groups`` and leaves at
+    least two channels per group: a one-channel group subtracts its own mean, which would erase the
+    per-channel time embedding that a residual block adds just before its second norm.
+    """
+    most = max(1, min(num_groups, channels // 2))
+    return nn.GroupNorm(next(g for g in range(most, 0, -1) if channels % g == 0), channels)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero the parameters of ``module`` in place and return it."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """``skip(x) + conv₂(dropout(SiLU(GN(conv₁(SiLU(GN(x))) + W·emb))))``: ``[N x C x H x W] → [N x C' x H x W]``.
+
+    With ``scale_shift`` (improved DDPM's ``use_scale_shift_norm``) the embedding gives a scale and a
+    shift instead: ``GN(h) · (1 + scale) + shift`` in place of ``GN(h + W·emb)``. ``conv₂`` is
+    zero-initialised (when ``zero_init``), so the block is the identity (or its 1×1 skip conv) at
+    initialisation.
+    """
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float,
+                 num_groups: int, zero_init: bool, scale_shift: bool = False) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.in_layers = nn.Sequential(group_norm(channels, num_groups), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
+        out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.out_layers = nn.Sequential(group_norm(out_channels, num_groups), nn.SiLU(), nn.Dropout(dropout),
+                                        zero_(out_conv) if zero_init else out_conv)
+        self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x)  # (N, C', H, W)
+        e = self.emb_layers(emb)[:, :, None, None]  # (N, C' or 2C', 1, 1), broadcast over H, W
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_layers[1:](self.out_layers[0](h) * (1 + scale) + shift)
+        else:
+            h = self.out_layers(h + e)
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H·W positions: ``x + proj(attn(qkv(GN(x))))``, ``[N x C x H x W]`` kept.
+
+    ``qkv`` and ``proj`` are 1×1 convolutions (linear maps per position, as in DDPM); ``proj`` is
+    zero-initialised (when ``zero_init``). Channels are split into ``num_heads`` heads.
+    """
+
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, num_groups)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        proj = nn.Conv1d(channels, channels, 1)
+        self.proj_out = zero_(proj) if zero_init else proj
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, height, width = x.shape
+        h = x.reshape(n, c, height * width)  # (N, C, L)
+        qkv = self.qkv(self.norm(h))  # (N, 3C, L)
+        q, k, v = qkv.reshape(n, 3, self.num_heads, c // self.num_heads, -1).transpose(-1, -2).unbind(1)
+        a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, C/heads), softmax(q·k/√d) v
+        a = a.transpose(-1, -2).reshape(n, c, -1)  # (N, C, L)
+        return (h + self.proj_out(a)).reshape(n, c, height, width)
+
+
+class Downsample(nn.Module):
+    """3×3 conv with stride 2: ``[N x C x H x W] → [N x C x H/2 x W/2]`` (H, W even)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 then a 3×3 conv: ``[N x C x H x W] → [N x C x 2H x 2W]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers, passing the time embedding to the residual blocks among them."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """``net(x_t, t) -> ε̂``: ``x_t`` of shape ``[N x C x H x W]`` (H = W = ``image_size``), ``t`` a
+    LongTensor ``[N]`` of steps in 1..T. Returns ``[N x C_out x H x W]``.
+
+    With ``learn_sigma``, C_out = 2·``out_channels``: the first ``out_channels`` are ε̂ and the rest the
+    network's variance output v (improved DDPM interpolates log σ_t² between log β_t and log β̃_t with it).
+
+    Levels: ``len(channel_mult)``, level ℓ at spatial size ``image_size / 2^ℓ`` with
+    ``model_channels · channel_mult[ℓ]`` channels and ``num_res_blocks`` residual blocks on the way down
+    (``num_res_blocks + 1`` on the way up, one per skip). The middle (lowest resolution) is
+    ResBlock → attention → ResBlock.
+
+    :param int in_channels: C, the image channels.
+    :param int model_channels: base channel count (128 in DDPM's CIFAR-10 model).
+    :param int out_channels: channels of ε̂; defaults to ``in_channels``.
+    :param channel_mult: channel multiplier per level.
+    :param int num_res_blocks: residual blocks per level on the way down.
+    :param attention_resolutions: spatial sizes (pixels) at which attention follows each residual
+        block, e.g. ``(16,)`` for DDPM's CIFAR-10 model. Each must be the size of some level.
+    :param float dropout: dropout probability inside the residual blocks.
+    :param int num_heads: attention heads (DDPM: 1).
+    :param int num_head_channels: if given, channels per head instead (heads = channels / this).
+    :param bool learn_sigma: double the output channels for a learned variance.
+    :param bool use_scale_shift_norm: condition the residual blocks on t by a scale and shift of the
+        second GroupNorm (improved DDPM) instead of adding the embedding before it (DDPM).
+    :param int image_size: H = W of the input, checked in ``forward``; must be divisible by
+        2^(levels − 1).
+    :param int num_groups: GroupNorm groups (32 in DDPM); a layer with fewer than 2·num_groups channels,
+        or whose channels it does not divide, uses the largest divisor that leaves two channels a group.
+    :param bool zero_init: zero-initialise the last conv of every residual branch and the output conv,
+        so that every block is the identity and ε̂ = 0 at initialisation (as DDPM does).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        model_channels: int,
+        image_size: int,
+        out_channels: int | None = None,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.0,
+        num_heads: int = 1,
+        num_head_channels: int | None = None,
+        learn_sigma: bool = False,
+        use_scale_shift_norm: bool = False,
+        num_groups: int = 32,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
+        for name, value in [("in_channels", in_channels), ("model_channels", model_channels),
+                            ("out_channels", out_channels), ("image_size", image_size),
+                            ("num_res_blocks", num_res_blocks), ("num_heads", num_heads),
+                            ("num_groups", num_groups)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"UNet({name}={value!r}): must be a positive integer")
+        if not channel_mult or any(not isinstance(m, int) or m < 1 for m in channel_mult):
+            raise ValueError(f"UNet(channel_mult={channel_mult}): need at least one positive integer multiplier")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"UNet(dropout={dropout}): must lie in [0, 1)")
+        levels = len(channel_mult)
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(
+                f"UNet(image_size={image_size}) with {levels} levels (channel_mult={channel_mult}) halves the "
+                f"size {levels - 1} times, so image_size must be divisible by 2^{levels - 1} = {2 ** (levels - 1)}; "
+                "use fewer levels or pad the images")
+        sizes = [image_size // 2 ** level for level in range(levels)]
+        unknown = [r for r in attention_resolutions if r not in sizes]
+        if unknown:
+            raise ValueError(f"UNet(attention_resolutions={attention_resolutions}): {unknown} is not the size of "
+                             f"any level; the levels are {sizes} pixels wide")
+
+        self.in_channels, self.model_channels, self.image_size = in_channels, model_channels, image_size
+        self.eps_channels = out_channels
+        self.out_channels = 2 * out_channels if learn_sigma else out_channels
+        self.learn_sigma = learn_sigma
+        self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
+
+        def heads(ch: int) -> int:
+            n = ch // num_head_channels if num_head_channels is not None else num_heads
+            if n < 1 or ch % n or (num_head_channels is not None and ch % num_head_channels):
+                raise ValueError(f"UNet: an attention layer has {ch} channels, which num_heads={num_heads} / "
+                                 f"num_head_channels={num_head_channels} does not split evenly")
+            return n
+
+        def res(ch_in: int, ch_out: int) -> ResBlock:
+            return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
+                            scale_shift=use_scale_shift_norm)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, num_heads=heads(ch), num_groups=num_groups, zero_init=zero_init)
+
+        emb_dim = 4 * model_channels
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        # Down path: every block's output is kept as a skip for the up path.
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        skip_channels, ch = [model_channels], model_channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if sizes[level] in attention_resolutions:
+                    layers.append(attn(ch))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != levels - 1:
+                self.input_blocks.append(EmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+
+        self.middle_block = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        # Up path: num_res_blocks + 1 blocks per level, each consuming one skip.
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * model_channels)]
+                ch = mult * model_channels
+                if sizes[level] in attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        out_conv = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+        self.out = nn.Sequential(group_norm(ch, num_groups), nn.SiLU(), zero_(out_conv) if zero_init else out_conv)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x_t.dim() != 4 or tuple(x_t.shape[1:]) != expected:
+            raise ValueError(f"UNet(in_channels={self.in_channels}, image_size={self.image_size}) expects x_t of "
+                             f"shape [N x {expected[0]} x {expected[1]} x {expected[2]}], got {tuple(x_t.shape)}")
+        if not torch.is_tensor(t) or t.shape != (x_t.shape[0],):
+            got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(f"UNet expects t of shape [N] = ({x_t.shape[0]},), one step per image, got {got}")
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x_t.dtype))  # (N, 4·mc)
+        skips = []
+        h = x_t
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)  # (N, C_out, H, W)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in self.parameters())
+
+
+# Presets by name: keyword arguments of ``UNet``; ``unet_preset(name, **overrides)`` builds one.
+UNET_PRESETS: dict[str, dict] = {
+    # DDPM's CIFAR-10 model (Ho et al. 2020, appendix B): 35.7M parameters.
+    "cifar10": dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+                    attention_resolutions=(16,), dropout=0.1),
+    # sklearn's 8×8 digits: two levels (8 → 4), attention at 4×4 (and in the middle). The improved-diffusion
+    # peer of the quality bar: its scale-shift norm gives its 4.30M parameters with learn_sigma=True.
+    "digits": dict(in_channels=1, image_size=8, model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
+                   attention_resolutions=(4,), dropout=0.1, use_scale_shift_norm=True),
+    # MNIST 28×28: three levels (28 → 14 → 7), attention at 14×14 (half size, like CIFAR's) and at 7 in the middle.
+    "mnist": dict(in_channels=1, image_size=28, model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                  attention_resolutions=(14,), dropout=0.1),
+}
+
+
+def unet_preset(name: str, **overrides) -> UNet:
+    """The U-Net preset ``name`` (a key of :data:`UNET_PRESETS`), with keyword ``overrides`` to ``UNet``.
+
+    Example: ``unet_preset("digits", learn_sigma=True)``.
+    """
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
+    return UNet(**{**UNET_PRESETS[name], **overrides})

@@ -1,0 +1,167 @@
+"""The U-Net denoiser: shapes, zero initialisation, time conditioning, gradients, presets, bad input."""
+
+import pytest
+import torch
+
+from ppl_diffusion.nets import UNET_PRESETS, UNet, unet_preset
+
+
+def small(**kw):
+    """A tiny U-Net on 8×8×1 images (two levels, attention at 4×4), fast enough for every test."""
+    kw = {**dict(in_channels=1, image_size=8, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_resolutions=(4,)), **kw}
+    return UNet(**kw)
+
+
+def steps(n, T=1000):
+    """t in 1..T, as the diffusion passes it."""
+    return torch.randint(1, T + 1, (n,), dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def cifar10():
+    return unet_preset("cifar10")
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True], ids=["eps", "eps+v"])
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_preset_output_shape(name, learn_sigma):
+    net = unet_preset(name, learn_sigma=learn_sigma)
+    c, s = net.in_channels, net.image_size
+    x = torch.randn(2, c, s, s)
+    out = net(x, steps(2))
+    assert out.shape == (2, (2 if learn_sigma else 1) * c, s, s)
+    assert net.out_channels == out.shape[1] and net.eps_channels == c
+
+
+def test_cifar10_parameter_count_matches_ddpm(cifar10):
+    count = cifar10.num_parameters
+    print(f"cifar10 U-Net: {count:,} parameters (DDPM reports 35.7M)")
+    assert abs(count / 35.7e6 - 1) < 0.01, count
+
+
+def test_digits_parameter_count_matches_improved_diffusion_peer():
+    count = unet_preset("digits", learn_sigma=True).num_parameters
+    print(f"digits U-Net with learned sigma: {count:,} parameters (improved-diffusion peer: 4.3M)")
+    assert abs(count / 4.3e6 - 1) < 0.01, count
+
+
+def test_cifar10_forward_batch_one(cifar10):
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert cifar10(x, steps(1)).shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_zero_initialised_output_is_exactly_zero(name):
+    net = unet_preset(name)
+    s = net.image_size
+    out = net(torch.randn(2, 1, s, s), steps(2))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("scale_shift", [False, True], ids=["add", "scale-shift"])
+def test_time_conditioning_changes_the_output(scale_shift):
+    # With zero_init every residual branch starts at 0, so t has no effect until trained: use default init.
+    net = small(zero_init=False, use_scale_shift_norm=scale_shift).eval()
+    x = torch.randn(2, 1, 8, 8)
+    a = net(x, torch.tensor([1, 1], dtype=torch.long))
+    b = net(x, torch.tensor([500, 500], dtype=torch.long))
+    c = net(x, torch.tensor([1, 1], dtype=torch.long))
+    assert torch.equal(a, c)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_output_depends_on_each_example_own_step():
+    net = small(zero_init=False).eval()
+    x = torch.randn(1, 1, 8, 8).expand(2, 1, 8, 8)
+    out = net(x, torch.tensor([3, 700], dtype=torch.long))
+    assert (out[0] - out[1]).abs().max() > 1e-4
+    assert torch.allclose(out[0], net(x[:1], torch.tensor([3]))[0], atol=1e-5)
+
+
+def test_accepts_first_and_last_step():
+    net = small()
+    out = net(torch.randn(2, 1, 8, 8), torch.tensor([1, 1000], dtype=torch.long))
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scale_shift", [False, True], ids=["add", "scale-shift"])
+def test_gradients_reach_every_parameter(scale_shift):
+    net = small(zero_init=False, use_scale_shift_norm=scale_shift, dropout=0.1, learn_sigma=True).train()
+    net(torch.randn(4, 1, 8, 8), steps(4)).square().mean().backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"no gradient for {dead}"
+
+
+def test_zero_init_still_trains_the_output_layer():
+    net = small()
+    net(torch.randn(4, 1, 8, 8), steps(4)).sub(1.0).square().mean().backward()
+    assert net.out[-1].weight.grad.abs().sum() > 0 and net.out[-1].bias.grad.abs().sum() > 0
+
+
+def test_dropout_is_off_in_eval_mode():
+    net = small(zero_init=False, dropout=0.5)
+    x, t = torch.randn(2, 1, 8, 8), steps(2)
+    net.eval()
+    assert torch.equal(net(x, t), net(x, t))
+    net.train()
+    assert not torch.equal(net(x, t), net(x, t))
+
+
+def test_group_norm_keeps_two_channels_a_group():
+    # One channel per group would subtract the time embedding that ResBlock adds before its second norm.
+    groups = {m.num_channels: m.num_groups for m in small().modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {16: 8, 32: 16, 48: 24, 64: 32}
+    groups = {m.num_channels: m.num_groups for m in unet_preset("cifar10").modules()
+              if isinstance(m, torch.nn.GroupNorm)}
+    assert set(groups.values()) == {32}  # DDPM's GroupNorm(32) everywhere
+
+
+def test_small_channel_counts_and_several_heads():
+    net = small(model_channels=12, num_groups=32, num_heads=3)  # GroupNorm falls back to 6 groups of 2
+    assert net(torch.randn(2, 1, 8, 8), steps(2)).shape == (2, 1, 8, 8)
+    net = small(num_head_channels=8, out_channels=3)
+    assert net(torch.randn(2, 1, 8, 8), steps(2)).shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 28, 28), (2, 3, 8, 8), (1, 8, 8), (2, 1, 8, 4)],
+                         ids=["size", "channels", "no-batch", "not-square"])
+def test_wrong_input_shape_is_refused(shape):
+    with pytest.raises(ValueError, match=r"expects x_t of shape \[N x 1 x 8 x 8\]"):
+        small()(torch.randn(shape), steps(shape[0]))
+
+
+@pytest.mark.parametrize("t", [torch.tensor(5), torch.tensor([1, 2, 3]), torch.ones(2, 1, dtype=torch.long)],
+                         ids=["scalar", "wrong-batch", "2-d"])
+def test_wrong_timestep_shape_is_refused(t):
+    with pytest.raises(ValueError, match="expects t of shape"):
+        small()(torch.randn(2, 1, 8, 8), t)
+
+
+def test_image_size_not_divisible_by_the_levels_is_refused():
+    with pytest.raises(ValueError, match=r"image_size=28.*4 levels.*2\^3 = 8"):
+        UNet(in_channels=1, image_size=28, model_channels=16, channel_mult=(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(attention_resolutions=(16,)), r"\[16\] is not the size of any level; the levels are \[8, 4\]"),
+    (dict(model_channels=16, num_heads=3), "does not split evenly"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(channel_mult=()), "channel_mult"),
+    (dict(model_channels=0), "model_channels"),
+], ids=["attention", "heads", "dropout", "no-levels", "channels"])
+def test_bad_configuration_is_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        small(**kw)
+
+
+def test_presets_and_overrides():
+    assert set(UNET_PRESETS) == {"cifar10", "digits", "mnist"}
+    net = unet_preset("digits", learn_sigma=True, dropout=0.0)
+    assert net.out_channels == 2 and net.image_size == 8
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown U-Net preset 'imagenet'; known presets: cifar10, digits, mnist"):
+        unet_preset("imagenet")
