@@ -1,0 +1,153 @@
+"""Training checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is one ``torch.save`` file ``ckpt-{step:08d}.pt`` in the run folder holding a dict of
+tensors, numbers, strings, ``None``, lists, tuples and dicts only, so that it loads with
+``torch.load(..., weights_only=True)``. Writing goes to ``<name>.tmp-<pid>`` in the same folder, is
+flushed and ``fsync``-ed, renamed over the final name with ``os.replace`` (atomic on POSIX) and the
+folder is ``fsync``-ed, so a process killed at any moment leaves either the old file set or the new
+one, never a torn checkpoint. Leftover temporary files of a killed writer are removed by
+:func:`remove_stale_temporaries`.
+
+The random-number generators are saved in the same tensor form (:func:`rng_state`,
+:func:`set_rng_state`): torch's CPU (and CUDA) generator, which Pyro draws from, NumPy's global
+generator and Python's ``random``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+TMP_MARK = ".tmp-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, truncated, or from another configuration."""
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """``run_dir/ckpt-{step:08d}.pt``."""
+    return Path(run_dir) / f"ckpt-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints in ``run_dir``, oldest (lowest step) first; temporary files are ignored."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_file()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest step in ``run_dir``, or ``None``."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, flush, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Save ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically; return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` naming the file if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a ckpt-*.pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {reason}); "
+                              "delete it to resume from an earlier checkpoint") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training state dict; "
+                              "pass a ckpt-*.pt file written by ppl_diffusion.train")
+    return state
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints in ``run_dir``; return the deleted paths."""
+    old = list_checkpoints(run_dir)[:-keep] if keep > 0 else list_checkpoints(run_dir)
+    for p in old:
+        p.unlink(missing_ok=True)
+    return old
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove ``*.tmp-<pid>`` files left in ``run_dir`` by a writer that was killed; return them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.iterdir() if TMP_MARK in p.name and p.name.rsplit(TMP_MARK, 1)[1].isdigit()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ---------------------------------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    """Every global generator's state as tensors and plain numbers (``weights_only``-loadable)."""
+    version, mt, gauss_next = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
