@@ -46,3 +46,13 @@ def test_estimator_benchmark_quick(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "estimators_quick.json").exists() and "stochastic-kl" in out.stdout
+
+
+def test_pyro_overhead_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pyro_overhead.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "pyro_overhead_quick.json").exists() and "training step" in out.stdout
