@@ -1,0 +1,79 @@
+"""Figures written by the ``ppl-diffusion`` command: sample grids, 2-D scatters, the bound per step.
+
+matplotlib is used with the Agg backend (no display needed); every function writes one PNG and
+returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None) -> Path:
+    """8-bit images ``[N x C x H x W]`` (C = 1 or 3) as a near-square grid with 1-pixel gaps."""
+    images = np.asarray(images, dtype=np.uint8)
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img.transpose(1, 2, 0)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(min(12, 0.5 + 0.03 * grid.shape[1] * max(1, 16 // w)),) * 2)
+    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def scatter(points: np.ndarray, path: str | Path, *, title: str | None = None) -> Path:
+    """Points ``[N x D]`` as a scatter plot of their first two coordinates."""
+    points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = points[:, 1] if points.shape[1] > 1 else np.zeros(len(points))
+    ax.scatter(points[:, 0], y, s=3, alpha=0.5)
+    ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str | None = None) -> Path:
+    """L_t against t = 0..T (nats per example, log scale) for each named set of weights."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, values in terms.items():
+        ax.plot(np.arange(len(values)), values, label=label, lw=1)
+    ax.set_yscale("log")  # non-positive values (a Gaussian decoder's L_0 can be negative) are not drawn
+    ax.set_xlabel("t")
+    ax.set_ylabel("L_t (nats per example)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    fig.clf()
+    _pyplot().close(fig)
+    return path

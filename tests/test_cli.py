@@ -1,0 +1,167 @@
+"""The ``ppl-diffusion`` command: every subcommand on a tiny run, the files it writes, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_diffusion.cli import main
+from ppl_diffusion.train import TrainConfig
+
+TINY = ["--net", "mlp", "--T", "10", "--batch-size", "16", "--warmup-steps", "2", "--log-every", "1",
+        "--checkpoint-every", "2", "--no-progress"]
+
+
+def run(argv) -> int:
+    """``main(argv)``'s exit status, argparse's SystemExit included."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def nonempty(path) -> bool:
+    return Path(path).is_file() and Path(path).stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "digits"
+    assert run(["train", "--data", "digits", *TINY, "--steps", "4", "--metrics", "csv", "--run-dir", run_dir]) == 0
+    return run_dir
+
+
+def test_help_runs_as_module():
+    out = subprocess.run([sys.executable, "-m", "ppl_diffusion", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    for command in ("train", "evaluate", "sample", "demo"):
+        assert command in out.stdout
+
+
+def test_train_writes_config_metrics_checkpoints(digits_run):
+    config = TrainConfig.from_dict(json.loads((digits_run / "config.json").read_text()))
+    assert (config.data, config.net, config.T, config.steps, config.metrics_format) == ("digits", "mlp", 10, 4, "csv")
+    assert config.lr == TrainConfig().lr  # unset flags take the dataclass defaults
+    assert len((digits_run / "metrics.csv").read_text().splitlines()) == 1 + 4  # header + a row per step
+    assert sorted(p.name for p in digits_run.glob("ckpt-*.pt")) == ["ckpt-00000002.pt", "ckpt-00000004.pt"]
+
+
+def test_train_resume_extends_the_run(tmp_path, capsys):
+    args = ["train", "--data", "eight_gaussians", *TINY, "--run-dir", tmp_path / "r"]
+    assert run([*args, "--steps", "2"]) == 0
+    assert run([*args, "--steps", "4", "--resume"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    assert (tmp_path / "r" / "ckpt-00000004.pt").is_file()
+
+
+def test_evaluate_writes_json_and_figure(digits_run, capsys):
+    assert run(["evaluate", digits_run, "--max-examples", "8", "--timesteps-per-batch", "4",
+                "--fd-samples", "20", "--no-progress"]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+    result = json.loads((digits_run / "eval.json").read_text())
+    assert {"bpd", "bpd_ema", "terms"} <= set(result)
+    assert result["num_examples"] == 8 and result["step"] == 4
+    for weights in ("raw", "ema"):
+        assert len(result["terms"][weights]) == 10 + 1  # L_0 .. L_T
+    # bits/dim is the sum of the terms over D ln 2
+    assert result["bpd"] == pytest.approx(sum(result["terms"]["raw"]) / (64 * np.log(2)), rel=1e-9)
+    assert np.isfinite(result["digits_fd_ema"])
+    assert nonempty(result["figure"])
+
+
+def test_sample_images_npz_png_and_seed(digits_run, tmp_path):
+    def sample(name, *extra):
+        assert run(["sample", digits_run, "-n", "6", "--out", tmp_path / f"{name}.png", *extra]) == 0
+        assert nonempty(tmp_path / f"{name}.png")
+        images = np.load(tmp_path / f"{name}.npz")["images"]
+        assert images.dtype == np.uint8 and images.shape == (6, 1, 8, 8)
+        return images
+
+    a, b, c = sample("a", "--seed", "3"), sample("b", "--seed", "3"), sample("c", "--seed", "4")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    sample("respaced", "--steps", "3")
+    sample("raw", "--raw")
+
+
+def test_sample_vectors_and_default_out(tmp_path):
+    run_dir = tmp_path / "toy"
+    assert run(["train", "--data", "eight_gaussians", *TINY, "--steps", "2", "--run-dir", run_dir]) == 0
+    assert run(["sample", run_dir, "-n", "5", "--steps", "4"]) == 0
+    samples = np.load(run_dir / "samples-ema-K4.npz")["samples"]
+    assert samples.dtype == np.float32 and samples.shape == (5, 2)
+    assert nonempty(run_dir / "samples-ema-K4.png")
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert run(["demo", "--quick", "--no-progress", "--run-dir", tmp_path / "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "bits/dim" in out and "samples-ema.png" in out
+    assert nonempty(tmp_path / "demo" / "eval.json") and nonempty(tmp_path / "demo" / "samples-ema.png")
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def _bad_runs(root: Path, good: Path) -> dict[str, Path]:
+    """Copies of the good run with a corrupt / truncated newest checkpoint, and an empty folder."""
+    made = {}
+    for name in ("corrupt", "truncated"):
+        made[name] = root / name
+        shutil.copytree(good, made[name])
+        ckpt = made[name] / "ckpt-00000004.pt"
+        data = ckpt.read_bytes()
+        ckpt.write_bytes(b"not a checkpoint" * 10 if name == "corrupt" else data[: len(data) // 2])
+    made["empty"] = root / "empty"
+    made["empty"].mkdir()
+    images = root / "images"
+    images.mkdir()
+    from PIL import Image
+
+    for i, size in enumerate([(8, 8), (8, 8), (6, 6)]):
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(images / f"{i}.png")
+    made["images"] = images
+    return made
+
+
+BAD = {  # id: (argv with {placeholders}, a string the one-line message must contain)
+    "unknown-data": (["train", "--data", "nosuch", "--steps", "1"], "nosuch"),
+    "missing-files": (["train", "--data", "mnist", "--data-root", "{empty}", "--steps", "1"], "{empty}"),
+    "net-shape": (["train", "--data", "digits", "--net", "mnist", "--steps", "1"], "[1, 28, 28]"),
+    "image-sizes": (["train", "--data", "image_folder", "--data-root", "{images}", "--steps", "1"], "2.png"),
+    "zero-steps": (["train", "--steps", "0"], "steps = 0"),
+    "negative-batch": (["train", "--steps", "1", "--batch-size", "-1"], "batch_size = -1"),
+    "unknown-estimator": (["train", "--steps", "1", "--estimator", "foo"], "'foo'"),
+    "unknown-device": (["train", "--steps", "1", "--device", "tpu"], "'tpu'"),
+    "not-a-number": (["train", "--steps", "abc"], "abc"),
+    "resume-nothing": (["train", "--steps", "1", "--resume", "--run-dir", "{empty}"], "{empty}"),
+    "other-config": (["train", "--data", "digits", *TINY, "--T", "12", "--steps", "6", "--resume",
+                      "--run-dir", "{good}"], "now 12"),
+    "corrupt-ckpt": (["evaluate", "{corrupt}", "--no-progress"], "ckpt-00000004.pt"),
+    "truncated-ckpt": (["sample", "{truncated}"], "ckpt-00000004.pt"),
+    "no-checkpoints": (["evaluate", "{empty}"], "{empty}"),
+    "missing-run": (["sample", "{empty}/nowhere"], "nowhere"),
+    "zero-samples": (["sample", "{good}", "-n", "0"], "n = 0"),
+    "respace-too-many": (["sample", "{good}", "--steps", "11"], "11"),
+    "unknown-eval-device": (["evaluate", "{good}", "--device", "gpu"], "'gpu'"),
+}
+if not torch.cuda.is_available():
+    BAD["cuda-missing"] = (["train", "--steps", "1", "--device", "cuda"], "'cuda'")
+
+
+@pytest.mark.parametrize("argv, expected", list(BAD.values()), ids=list(BAD))
+def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, capsys):
+    places = {"good": str(digits_run), **{k: str(v) for k, v in _bad_runs(tmp_path, digits_run).items()}}
+    argv = [a.format(**places) for a in argv]
+    if argv[0] == "train" and "--run-dir" not in argv:
+        argv += ["--run-dir", str(tmp_path / "new"), "--no-progress"]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ppl-diffusion: error: "), err
+    assert expected.format(**places) in lines[0], lines[0]
