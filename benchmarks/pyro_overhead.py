@@ -1,8 +1,9 @@
 """What the Pyro formulation costs: an SVI training step and ancestral sampling against plain PyTorch.
 
 (i)  training step, digits U-Net preset, batch 128 of digits, T = 1000:
-     ``pyro.infer.SVI(diffusion.model, diffusion.guide, pyro.optim.Adam, StochasticTimestepELBO()).step(x0)``
-     against ``torch.optim.Adam`` on :func:`ppl_diffusion.infer.plain.plain_stochastic_elbo` (the same
+     ``pyro.infer.SVI(diffusion.model, diffusion.guide, optim, StochasticTimestepELBO()).step(x0)`` with
+     ``optim`` = ``pyro.optim.Adam`` (one torch Adam per parameter tensor) and with
+     :func:`ppl_diffusion.optim.JointAdam` (one torch Adam for all), each against ``torch.optim.Adam`` on :func:`ppl_diffusion.infer.plain.plain_stochastic_elbo` (the same
      loss from the closed forms; equal to float rounding with the same seed, see
      ``tests/test_plain_reference.py``).
 (ii) ancestral sampling of n images: ``diffusion.sample(n)`` (the Pyro model run without data) against a
@@ -36,6 +37,7 @@ from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule, Stochas
 from ppl_diffusion import closed_forms as cf
 from ppl_diffusion.data import load_digits, toy_2d
 from ppl_diffusion.infer.plain import plain_stochastic_elbo
+from ppl_diffusion.optim import JointAdam
 from ppl_diffusion.nets import unet_preset
 
 
@@ -101,18 +103,18 @@ def main(argv=None):
     def batch():
         return x[torch.randint(0, len(x), (args.batch,), generator=gen)]
 
-    svi = SVI(diffusion.model, diffusion.guide, pyro.optim.Adam({"lr": 1e-4}), loss=StochasticTimestepELBO())
     opt = torch.optim.Adam(diffusion.denoiser.parameters(), lr=1e-4)
-
-    def pyro_step():
-        svi.step(batch())
 
     def plain_step():
         opt.zero_grad()
         (-plain_stochastic_elbo(diffusion, batch()).sum()).backward()
         opt.step()
 
-    rows = [summary(f"training step (batch {args.batch})", *alternate(pyro_step, plain_step, args.step_reps))]
+    rows = []
+    for label, optim in (("pyro.optim.Adam", pyro.optim.Adam({"lr": 1e-4})), ("JointAdam", JointAdam({"lr": 1e-4}))):
+        svi = SVI(diffusion.model, diffusion.guide, optim, loss=StochasticTimestepELBO())
+        rows.append(summary(f"training step, SVI with {label} (batch {args.batch})",
+                            *alternate(lambda svi=svi: svi.step(batch()), plain_step, args.step_reps)))
     rows.append(summary(f"ancestral sampling (n = {args.sample_n}, T = {args.T})",
                         *alternate(lambda: diffusion.sample(args.sample_n), lambda: plain_sample(diffusion, args.sample_n),
                                    args.sample_reps)))
