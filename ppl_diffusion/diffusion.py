@@ -15,8 +15,9 @@ the model samples ``x_1000``, ``x_999``, …, ``x_1`` and observes ``x_0``. Ever
 
 The reverse step is p(x_{t−1}|x_t, θ) = N(μ_θ(x_t, t), σ_t² I) with DDPM's
 μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε̂_θ(x_t, t)) / √α_t and σ_t² fixed by ``variance``:
-``"beta"`` σ_t² = β_t, ``"posterior"`` σ_t² = β̃_t (β̃_2 at t = 1, where β̃_1 = 0). The decoder
-p(x_0|x_1) uses μ_θ(x_1, 1) and σ_1².
+``"beta"`` σ_t² = β_t, ``"posterior"`` σ_t² = β̃_t (β̃_2 at t = 1, where β̃_1 = 0), or fitted to the
+trained mean in closed form (:mod:`ppl_diffusion.variance`). The decoder p(x_0|x_1) uses μ_θ(x_1, 1)
+and σ_1².
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class GaussianDiffusion(nn.Module):
     :param prior: p(x_T), any Pyro distribution with event shape ``event_shape`` (default N(0, I)).
     :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]) or a
         decoder object (see :mod:`ppl_diffusion.distributions`).
-    :param str variance: ``"beta"`` (σ_t² = β_t) or ``"posterior"`` (σ_t² = β̃_t).
+    :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), or a
+        :class:`~ppl_diffusion.variance.FittedVariance`: the ELBO-optimal σ_t² for the trained mean,
+        fitted on training data (:func:`~ppl_diffusion.variance.fit_variance`; see :meth:`with_variance`).
 
     Example::
 
@@ -81,8 +84,11 @@ class GaussianDiffusion(nn.Module):
         if not isinstance(denoiser, nn.Module):
             raise TypeError(f"denoiser must be a torch.nn.Module computing denoiser(x_t, t) -> eps, "
                             f"got {type(denoiser).__name__}")
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted(VARIANCES)}")
+        from .variance import FittedVariance
+
+        if not isinstance(variance, FittedVariance) and variance not in VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted(VARIANCES)} "
+                             "or pass a FittedVariance (ppl_diffusion.variance.fit_variance)")
         if prior is not None:
             if not isinstance(prior, torch.distributions.Distribution):
                 raise TypeError(f"prior must be a Pyro distribution over x_T, got {type(prior).__name__}")
@@ -104,7 +110,15 @@ class GaussianDiffusion(nn.Module):
         self.prior = prior
         self.decoder = make_decoder(decoder)
         self.variance = variance
-        self.p_log_variance = VARIANCES[variance](schedule)  # log σ_t², float64[T]
+        if isinstance(variance, FittedVariance):
+            self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
+        else:
+            self.p_log_variance = VARIANCES[variance](schedule)
+
+    def with_variance(self, variance) -> "GaussianDiffusion":
+        """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
+        return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
+                                 prior=self.prior, decoder=self.decoder, variance=variance)
 
     # ------------------------------------------------------------------ conventions and checks
     @property
@@ -176,8 +190,8 @@ class GaussianDiffusion(nn.Module):
         """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
         return cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
 
-    def p_mean_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's."""
+    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
         eps = self.denoiser(x_t, t)
         if not torch.is_tensor(eps) or eps.shape != x_t.shape:
             got = tuple(eps.shape) if torch.is_tensor(eps) else type(eps).__name__
@@ -185,7 +199,15 @@ class GaussianDiffusion(nn.Module):
                 f"denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; "
                 "denoiser(x_t, t) must return eps-hat of the same shape as x_t"
             )
-        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps)
+        return eps
+
+    def predict_x0(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """x̂_0(x_t, t) = (x_t − √(1 − ᾱ_t) ε̂_θ) / √ᾱ_t, the denoiser's estimate of x_0."""
+        return cf.predict_x0_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
+
+    def p_mean_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's."""
+        mean = cf.p_mean_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
         log_var = cf.extract(self.p_log_variance, t, x_t).expand_as(x_t)
         return mean, log_var
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
+from .variance import FittedVariance
 
 
 def space_timesteps(T: int, K: int | str) -> list[int]:
@@ -187,7 +188,8 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
         event_shape=tuple(diffusion.event_shape),
         prior=diffusion.prior,
         decoder=diffusion.decoder,
-        variance=diffusion.variance,
+        variance=(diffusion.variance.respaced(timesteps) if isinstance(diffusion.variance, FittedVariance)
+                  else diffusion.variance),
     )
 
 

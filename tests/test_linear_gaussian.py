@@ -116,3 +116,19 @@ def test_bound_terms_have_the_closed_form_means():
     mean, se = per.mean(0).numpy(), (per.std(0) / R**0.5).numpy()
     assert np.all(np.abs(mean - terms) <= 5 * se + 1e-12), np.abs(mean - terms) / (se + 1e-300)
     np.testing.assert_allclose(mean[:, -1], terms[:, -1], rtol=1e-10)  # the prior term is exact
+
+
+def test_bound_terms_of_a_subset_of_steps():
+    """``timesteps`` evaluates only those terms (closed-form means), NaN elsewhere; the prior is always there."""
+    d, x0, _, terms = _float64_model("linear", "beta")
+    R, steps = 2000, [1, 2, 7, 20]
+    with torch.no_grad():
+        bound = variational_bound(d, x0.repeat(R, 1), timesteps=steps, timesteps_per_batch=3)
+    per = bound.terms.reshape(R, 3, -1)
+    cols = np.array(steps) - 1
+    assert np.isnan(np.delete(per.numpy(), np.append(cols, 20), axis=-1)).all()
+    mean, se = per.mean(0).numpy()[:, cols], (per.std(0) / R**0.5).numpy()[:, cols]
+    assert np.all(np.abs(mean - terms[:, cols]) <= 5 * se + 1e-12)
+    np.testing.assert_allclose(per.mean(0).numpy()[:, -1], terms[:, -1], rtol=1e-10)
+    with pytest.raises(ValueError, match="1..T = 1..20"):
+        variational_bound(d, x0, timesteps=[0, 3])

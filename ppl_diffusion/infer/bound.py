@@ -51,26 +51,32 @@ class VariationalBound:
 
 
 def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps_per_batch: int = 1,
-                      progress: bool = False) -> VariationalBound:
+                      timesteps=None, progress: bool = False) -> VariationalBound:
     """Evaluate every term of the bound for the batch ``x0`` (``[B x ...]``).
 
     Step t = 1..T runs the one-step programs with t fixed for the whole batch (L_{t−1} scored by its
     closed-form KL when ``analytic``, else by one Monte-Carlo draw). ``timesteps_per_batch`` steps are
     evaluated in one call of the denoiser (the batch is tiled), trading memory for speed. Wrap the call
-    in ``torch.no_grad()`` unless you need gradients.
+    in ``torch.no_grad()`` unless you need gradients. ``timesteps`` (steps in 1..T) evaluates only the
+    terms L_{t−1} of those steps, for estimates of the bound from a subset of its terms; the other
+    columns are NaN (the prior term L_T is always computed).
     """
     x0 = diffusion.check_data(x0)
     batch, T = x0.shape[0], diffusion.T
     c = max(1, min(int(timesteps_per_batch), T))
-    columns: list[Tensor] = [None] * T
+    steps = list(range(1, T + 1)) if timesteps is None else sorted({int(t) for t in timesteps})
+    if not steps or steps[0] < 1 or steps[-1] > T:
+        raise ValueError(f"timesteps must be a non-empty set of steps in 1..T = 1..{T}, got {timesteps!r}")
+    nan = torch.full((batch,), float("nan"), dtype=x0.dtype, device=x0.device)
+    columns: list[Tensor] = [nan] * T
     prior = None
-    starts = range(1, T + 1, c)
+    blocks = [steps[i:i + c] for i in range(0, len(steps), c)]
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="bound", unit="step", total=len(starts), unit_scale=c)
-    for start in starts:
-        ts = torch.arange(start, min(start + c, T + 1), device=x0.device)
+        blocks = tqdm(blocks, desc="bound", unit="step", total=len(blocks), unit_scale=c)
+    for block in blocks:
+        ts = torch.tensor(block, device=x0.device)
         t = ts.repeat_interleave(batch)
         x0c = x0.repeat((len(ts),) + (1,) * (x0.dim() - 1))
         model_trace, guide_trace = trace_pair(diffusion.step_model, diffusion.step_guide, x0c, t)
