@@ -95,6 +95,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timesteps-per-batch", type=int, default=10, help="steps t per denoiser call (default 10)")
     p.add_argument("--fd-samples", type=int, default=1000,
                    help="digits only: samples of the EMA weights scored by digits_fd (default 1000; 0 disables)")
+    p.add_argument("--fit-variance", type=int, default=0, metavar="N",
+                   help="fit the reverse variances in closed form on N training examples and evaluate that model "
+                        "(writes eval-fitted.json; default 0: the trained variance)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and the samples (default 0)")
     p.add_argument("--json", action="store_true", help="print the whole JSON instead of the summary")
@@ -105,7 +108,8 @@ def cmd_evaluate(args) -> None:
     from .evaluate import evaluate_run, summary
 
     result = evaluate_run(args.run, max_examples=args.max_examples, timesteps_per_batch=args.timesteps_per_batch,
-                          fd_samples=args.fd_samples, device=args.device, seed=args.seed, progress=args.progress)
+                          fd_samples=args.fd_samples, fit_variance=args.fit_variance, device=args.device,
+                          seed=args.seed, progress=args.progress)
     print(json.dumps(result, indent=2) if args.json else summary(result))
 
 

@@ -8,6 +8,9 @@ with ``seed`` before each), so their difference is not blurred by Monte-Carlo no
 scores ``fd_samples`` samples of the **EMA** weights with :func:`~ppl_diffusion.metrics.digits_fd`.
 
 It writes ``RUN/eval.json`` (the returned dict) and ``RUN/eval_terms.png`` (L_t against t, log scale).
+With ``fit_variance=N`` the reverse variances are first fitted in closed form on N training examples
+(:mod:`ppl_diffusion.variance`), for each weight set, and the files are ``eval-fitted.json`` and
+``eval_terms-fitted.png``, with the fits under the key ``fitted_variance``.
 Keys of the dict: ``bpd``, ``bpd_ema`` (mean bits/dim), ``bpd_stderr``, ``bpd_ema_stderr`` (standard
 errors over examples), ``terms`` (``{"raw": [...], "ema": [...]}``, mean L_j in nats per example,
 j = 0..T), ``digits_fd_ema`` (or ``None``), ``fd_samples``, ``num_examples``, ``num_dims``, ``T``, ``step``,
@@ -39,33 +42,40 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
 
 
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int = 10, batch_size: int = 500,
-               seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``."""
+                      timesteps=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
+    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`)."""
     device = next(diffusion.denoiser.parameters()).device
     pyro.set_rng_seed(seed)
     parts = []
     with torch.no_grad():
         for chunk in x.split(batch_size):
-            bound = variational_bound(diffusion, chunk.to(device), analytic=True,
+            bound = variational_bound(diffusion, chunk.to(device), analytic=True, timesteps=timesteps,
                                       timesteps_per_batch=timesteps_per_batch, progress=progress)
             parts.append(bound.terms.cpu().double())
     return torch.cat(parts)
 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int = 10,
-                 batch_size: int = 500, fd_samples: int = 1000, device: str = "auto", seed: int = 0,
-                 progress: bool = True) -> dict:
+                 batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
+                 seed: int = 0, progress: bool = True) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
     :param int timesteps_per_batch: steps t evaluated per denoiser call (memory for speed).
     :param int batch_size: test examples per call of :func:`~ppl_diffusion.infer.variational_bound`.
     :param int fd_samples: samples of the EMA weights scored by ``digits_fd`` (digits only; 0 disables).
+    :param int fit_variance: if > 0, fit σ_t² in closed form on the first ``fit_variance`` training examples
+        (:func:`~ppl_diffusion.variance.fit_variance`, separately for raw and EMA weights) and evaluate that
+        model; the result then goes to ``eval-fitted.json`` / ``eval_terms-fitted.png``.
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
     _positive("timesteps_per_batch", timesteps_per_batch, "--timesteps-per-batch")
     _positive("batch_size", batch_size, "--batch-size")
+    if isinstance(fit_variance, bool) or not isinstance(fit_variance, numbers.Integral) or fit_variance < 0:
+        raise ValueError(f"fit_variance = {fit_variance!r}; pass 0 (the trained variance) or a number of training "
+                         "examples >= 1 (--fit-variance)")
     if isinstance(fd_samples, bool) or not isinstance(fd_samples, numbers.Integral) or fd_samples < 0:
         raise ValueError(f"fd_samples = {fd_samples!r}; pass 0 (off) or a number of samples >= 2 (--fd-samples)")
     started = time.monotonic()
@@ -80,10 +90,19 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed,
+              "variance": "fitted" if fit_variance else config.variance,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
-    terms = {}
+    terms, fitted = {}, {}
     for name, loaded in runs.items():
-        per_example = per_example_terms(loaded.diffusion, x, timesteps_per_batch=timesteps_per_batch,
+        diffusion = loaded.diffusion
+        if fit_variance:
+            from .variance import fit_variance as fit
+
+            fv = fit(diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
+                     timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress)
+            fitted[name] = fv.to_dict()
+            runs[name].diffusion = diffusion = diffusion.with_variance(fv)
+        per_example = per_example_terms(diffusion, x, timesteps_per_batch=timesteps_per_batch,
                                  batch_size=batch_size, seed=seed, progress=progress)  # [N x (T + 1)]
         bpd = per_example.sum(-1) * to_bpd
         key = "bpd" if name == "raw" else "bpd_ema"
@@ -91,6 +110,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
         terms[name] = per_example.mean(0).tolist()
     result["terms"] = terms
+    if fit_variance:
+        result["fitted_variance"] = fitted
     result["decoder_bpd"] = {k: v[0] * to_bpd for k, v in terms.items()}
     result["prior_bpd"] = {k: v[-1] * to_bpd for k, v in terms.items()}
 
@@ -105,12 +126,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         samples = draw_samples(runs["ema"].diffusion, fd_samples, seed=seed).cpu()
         result["digits_fd_ema"] = digits_fd(samples)
 
+    suffix = "-fitted" if fit_variance else ""
     figure = plots.bound_terms(
-        terms, out_dir / "eval_terms.png",
+        terms, out_dir / f"eval_terms{suffix}.png",
         title=f"{config.data}, step {result['step']}: {result['bpd']:.3f} (raw) / "
               f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples")
     result["figure"] = str(figure)
-    result["json"] = str(out_dir / "eval.json")
+    result["json"] = str(out_dir / f"eval{suffix}.json")
     result["seconds"] = round(time.monotonic() - started, 2)
     Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -123,7 +145,7 @@ def summary(result: dict) -> str:
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
-             f"T = {result['T']}:",
+             f"T = {result['T']}, variance {result.get('variance', '?')}:",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
              f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
              "bits/dim (EMA)"]
