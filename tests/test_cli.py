@@ -165,3 +165,27 @@ def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, c
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ppl-diffusion: error: "), err
     assert expected.format(**places) in lines[0], lines[0]
+
+
+def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from ppl_diffusion import train as train_mod
+
+    build = train_mod.build_diffusion
+
+    def nan_after_3_steps(config, dataset):
+        diffusion = build(config, dataset)
+        calls = []
+        diffusion.denoiser.register_forward_hook(lambda m, i, out: out * float("nan") if calls.append(1) or
+                                                 len(calls) > 3 else None)
+        return diffusion
+
+    monkeypatch.setattr(train_mod, "build_diffusion", nan_after_3_steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pyro's warn_if_nan
+        status = main(["train", "--data", "eight_gaussians", "--net", "mlp", "--T", "20", "--steps", "10",
+                       "--checkpoint-every", "2", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("ppl-diffusion: error: ") and "at step 4" in err[0] and "ckpt-00000002.pt" in err[0]

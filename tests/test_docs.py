@@ -1,5 +1,6 @@
 """The README's Python snippet and the examples run as written (with tiny arguments)."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -56,3 +57,38 @@ def test_pyro_overhead_benchmark_quick(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "pyro_overhead_quick.json").exists() and "training step" in out.stdout
+
+
+def test_digits_budget_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "digits_budget.py"), "--quick", "--run-dir",
+                          str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "digits_budget_quick.json").read_text())
+    for key in ("test_bpd", "test_bpd_ema", "steps", "batch_size", "parameters", "minutes", "command", "machine"):
+        assert key in record
+    assert [p["step"] for p in record["curve"]] == [10, 20] and record["steps"] == 30
+    assert (tmp_path / "out" / "digits_budget_quick_curve.png").exists()
+
+
+def test_readme_cli_example_runs(tmp_path):
+    """The README's CLI session, line by line, with ``ppl-diffusion`` the installed command's module."""
+    import shlex
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- cli-example -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1)
+    for line in block.splitlines():
+        args = shlex.split(line)
+        assert args[0] == "ppl-diffusion"
+        out = subprocess.run([sys.executable, "-m", "ppl_diffusion", *args[1:], *(
+            ["--no-progress"] if args[1] in ("train", "evaluate") else [])],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (line, out.stderr[-2000:])
+    assert (tmp_path / "runs" / "toy" / "eval-fitted.json").exists()
+    assert (tmp_path / "runs" / "toy" / "samples-ema-K25.png").exists()
+    assert (tmp_path / "runs" / "toy" / "ckpt-00000800.pt").exists()
