@@ -92,7 +92,8 @@ def cmd_train(args) -> None:
 def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (its newest checkpoint) or a ckpt-*.pt file")
     p.add_argument("--max-examples", type=int, default=None, help="first N test examples only (default: all)")
-    p.add_argument("--timesteps-per-batch", type=int, default=10, help="steps t per denoiser call (default 10)")
+    p.add_argument("--timesteps-per-batch", type=int, default=None,
+                   help="steps t per denoiser call (default: about 512 inputs per call)")
     p.add_argument("--fd-samples", type=int, default=1000,
                    help="digits only: samples of the EMA weights scored by digits_fd (default 1000; 0 disables)")
     p.add_argument("--fit-variance", type=int, default=0, metavar="N",

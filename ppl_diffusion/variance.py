@@ -113,12 +113,12 @@ def _decoder_log_variance(diffusion, x0: Tensor, mean: Tensor, lo: float, hi: fl
 
 
 @torch.no_grad()
-def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_batch: int = 10,
+def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_batch: int | None = None,
                  timesteps=None, seed: int = 0, progress: bool = False) -> FittedVariance:
     """Fit σ_t², t = 1..T, of ``diffusion`` on the training examples ``x0`` ``[N x ...]`` (see the module).
 
     :param int batch_size: examples per call of the denoiser (times ``timesteps_per_batch``).
-    :param int timesteps_per_batch: steps t per denoiser call (the batch is tiled), memory for speed.
+    :param int timesteps_per_batch: steps t per denoiser call (the batch is tiled); default: about 512 inputs.
     :param timesteps: fit e_t at these steps only (they must include 1, the decoder's); e_t is NaN at the
         others, so the model is only usable at the fitted steps (for estimates from a subset of terms).
     :param int seed: seeds the draws x_t ~ q(x_t|x_0) (a private generator; global RNGs untouched).
@@ -131,6 +131,8 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
         raise ValueError("fit_variance needs at least one training example")
     device = next(diffusion.denoiser.parameters()).device
     s, T = diffusion.schedule, diffusion.T
+    if timesteps_per_batch is None:
+        timesteps_per_batch = max(1, 512 // min(batch_size, x0.shape[0]))
     c = max(1, min(int(timesteps_per_batch), T))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sq_err = np.zeros(T)  # Σ over examples and dims of (x_0 − x̂_0(x_t, t))²
