@@ -100,3 +100,15 @@ def linear_gaussian_elbo(schedule, a, b, log_var, x0: np.ndarray) -> tuple[np.nd
     mT, vT = np.sqrt(ab[-1]) * x0, 1 - ab[-1]
     terms[:, T] = (0.5 * (vT + mT**2 - 1 - np.log(vT))).sum(-1)
     return -terms.sum(-1), terms
+
+
+def nan_after(build, calls: int):
+    """A ``build_diffusion`` whose denoiser returns NaN from its ``calls + 1``-th call on (divergence tests)."""
+    def build_with_nan(config, dataset):
+        diffusion = build(config, dataset)
+        seen = []
+        diffusion.denoiser.register_forward_hook(
+            lambda m, i, out: out * float("nan") if seen.append(1) or len(seen) > calls else None)
+        return diffusion
+
+    return build_with_nan

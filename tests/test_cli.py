@@ -149,6 +149,8 @@ BAD = {  # id: (argv with {placeholders}, a string the one-line message must con
     "zero-samples": (["sample", "{good}", "-n", "0"], "n = 0"),
     "respace-too-many": (["sample", "{good}", "--steps", "11"], "11"),
     "unknown-eval-device": (["evaluate", "{good}", "--device", "gpu"], "'gpu'"),
+    "cuda-without-gpu": (["train", "--steps", "1", "--device", "cuda"], "CUDA is not available"),
+    "negative-fit": (["evaluate", "{good}", "--fit-variance", "-1", "--no-progress"], "fit_variance = -1"),
 }
 if not torch.cuda.is_available():
     BAD["cuda-missing"] = (["train", "--steps", "1", "--device", "cuda"], "'cuda'")
@@ -156,6 +158,8 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("argv, expected", list(BAD.values()), ids=list(BAD))
 def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, capsys):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
     places = {"good": str(digits_run), **{k: str(v) for k, v in _bad_runs(tmp_path, digits_run).items()}}
     argv = [a.format(**places) for a in argv]
     if argv[0] == "train" and "--run-dir" not in argv:
@@ -172,16 +176,9 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
 
     from ppl_diffusion import train as train_mod
 
-    build = train_mod.build_diffusion
+    from .common import nan_after
 
-    def nan_after_3_steps(config, dataset):
-        diffusion = build(config, dataset)
-        calls = []
-        diffusion.denoiser.register_forward_hook(lambda m, i, out: out * float("nan") if calls.append(1) or
-                                                 len(calls) > 3 else None)
-        return diffusion
-
-    monkeypatch.setattr(train_mod, "build_diffusion", nan_after_3_steps)
+    monkeypatch.setattr(train_mod, "build_diffusion", nan_after(train_mod.build_diffusion, 3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's warn_if_nan
         status = main(["train", "--data", "eight_gaussians", "--net", "mlp", "--T", "20", "--steps", "10",

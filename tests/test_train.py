@@ -23,6 +23,8 @@ from ppl_diffusion.checkpoint import (CheckpointError, latest_checkpoint, list_c
 from ppl_diffusion.infer import ESTIMATORS
 from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train
 
+from .common import nan_after
+
 TOY = dict(data="eight_gaussians", net="mlp", T=20, batch_size=32, lr=1e-3, warmup_steps=3, log_every=1)
 
 
@@ -161,16 +163,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
 # ---------------------------------------------------------------------------------------- divergence
 @pytest.mark.parametrize("validation", [False, True], ids=["nan-loss", "pyro-validation"])
 def test_nan_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, validation):
-    build = train_mod.build_diffusion
-
-    def nan_after_5_steps(config, dataset):
-        diffusion = build(config, dataset)
-        calls = []
-        diffusion.denoiser.register_forward_hook(lambda m, i, out: out * float("nan") if calls.append(1) or
-                                                 len(calls) > 5 else None)
-        return diffusion
-
-    monkeypatch.setattr(train_mod, "build_diffusion", nan_after_5_steps)
+    monkeypatch.setattr(train_mod, "build_diffusion", nan_after(train_mod.build_diffusion, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pyro's warn_if_nan
         what = "the denoiser produced non-finite values" if validation else "loss is nan"
