@@ -30,7 +30,7 @@ import torch
 
 from . import plots
 from .data import load_dataset
-from .infer.bound import variational_bound
+from .infer.bound import auto_timesteps_per_batch, variational_bound
 from .sampling import draw_samples, find_checkpoint, load_run
 
 
@@ -39,12 +39,6 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} = {value!r}; pass a positive integer ({flag})")
-
-
-def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
-    """Steps per denoiser call so that a call sees about ``target`` inputs: large enough to keep a CPU busy,
-    small enough that activations stay under glibc's mmap threshold (bigger calls measured 1.8× slower)."""
-    return max(1, target // max(1, batch))
 
 
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | None = None, batch_size: int = 500,

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from . import closed_forms as cf
+from .infer.bound import auto_timesteps_per_batch
 
 
 @dataclass
@@ -132,7 +133,7 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
     device = next(diffusion.denoiser.parameters()).device
     s, T = diffusion.schedule, diffusion.T
     if timesteps_per_batch is None:
-        timesteps_per_batch = max(1, 512 // min(batch_size, x0.shape[0]))
+        timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, x0.shape[0]))
     c = max(1, min(int(timesteps_per_batch), T))
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sq_err = np.zeros(T)  # Σ over examples and dims of (x_0 − x̂_0(x_t, t))²
