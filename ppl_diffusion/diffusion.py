@@ -13,6 +13,11 @@ the model samples ``x_1000``, ``x_999``, …, ``x_1`` and observes ``x_0``. Ever
 ``step_guide``         ``x_0``): the programs the stochastic-timestep estimator scores.
 =====================  ============================================================================
 
+The full-chain programs accept Pyro's vectorized particles (``vectorize_particles=True``): values then
+carry extra leading batch dimensions ``[K x B x ...]`` and the denoiser is called on one flattened batch,
+so ``RenyiELBO(alpha=0, num_particles=K, vectorize_particles=True, max_plate_nesting=1)`` is the
+importance-weighted bound per example in one pass.
+
 The reverse step is p(x_{t−1}|x_t, θ) = N(μ_θ(x_t, t), σ_t² I) with DDPM's
 μ_θ = (x_t − β_t/√(1 − ᾱ_t) · ε̂_θ(x_t, t)) / √α_t and σ_t² fixed by ``variance``:
 ``"beta"`` σ_t² = β_t, ``"posterior"`` σ_t² = β̃_t (β̃_2 at t = 1, where β̃_1 = 0), or fitted to the
@@ -170,8 +175,14 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"timestep t = {bad} is outside 1..T = 1..{self.T}")
         return t
 
-    def _full_t(self, t: int, batch: int, device) -> Tensor:
-        return torch.full((batch,), t, dtype=torch.long, device=device)
+    def _full_t(self, t: int, batch, device) -> Tensor:
+        """Step ``t`` for every example: ``batch`` is the batch size or the batch shape of ``x``, which has
+        extra leading dimensions when Pyro vectorizes particles (``vectorize_particles=True``)."""
+        shape = (batch,) if isinstance(batch, int) else tuple(batch)
+        return torch.full(shape, t, dtype=torch.long, device=device)
+
+    def _batch_shape(self, x: Tensor) -> torch.Size:
+        return x.shape[:x.dim() - self._event_dims()]
 
     def get_prior(self, device=None, dtype=None) -> dist.Distribution:
         """p(x_T): the given prior, or N(0, I) over ``event_shape`` on ``device``."""
@@ -192,7 +203,12 @@ class GaussianDiffusion(nn.Module):
 
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
-        eps = self.denoiser(x_t, t)
+        batch_shape = self._batch_shape(x_t)
+        if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
+            flat = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
+            eps = flat.reshape(x_t.shape) if torch.is_tensor(flat) and flat.numel() == x_t.numel() else flat
+        else:
+            eps = self.denoiser(x_t, t)
         if not torch.is_tensor(eps) or eps.shape != x_t.shape:
             got = tuple(eps.shape) if torch.is_tensor(eps) else type(eps).__name__
             raise ValueError(
@@ -226,9 +242,9 @@ class GaussianDiffusion(nn.Module):
         with pyro.plate("data", batch):
             x = pyro.sample(f"x_{T}", self.get_prior(device, dtype))
             for t in range(T, 1, -1):
-                mean, log_var = self.p_mean_variance(x, self._full_t(t, batch, device))
+                mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device))
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(d))
-            mean, log_var = self.p_mean_variance(x, self._full_t(1, batch, device))
+            mean, log_var = self.p_mean_variance(x, self._full_t(1, self._batch_shape(x), device))
             return pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
@@ -238,7 +254,7 @@ class GaussianDiffusion(nn.Module):
         x = x0
         with pyro.plate("data", batch):
             for t in range(1, self.T + 1):
-                mean, var = cf.q_step_mean_variance(self.schedule, x, self._full_t(t, batch, x0.device))
+                mean, var = cf.q_step_mean_variance(self.schedule, x, self._full_t(t, self._batch_shape(x), x0.device))
                 x = pyro.sample(f"x_{t}", ForwardStepNormal(mean, var.sqrt()).to_event(d))
         return x
 
@@ -254,7 +270,8 @@ class GaussianDiffusion(nn.Module):
             mean, var = cf.q_mean_variance(self.schedule, x0, self._full_t(T, batch, x0.device))
             x = pyro.sample(f"x_{T}", dist.Normal(mean, var.sqrt()).to_event(d))
             for t in range(T, 1, -1):
-                mean, var, _ = cf.q_posterior_mean_variance(self.schedule, x0, x, self._full_t(t, batch, x0.device))
+                mean, var, _ = cf.q_posterior_mean_variance(self.schedule, x0, x,
+                                                            self._full_t(t, self._batch_shape(x), x0.device))
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, var.sqrt()).to_event(d))
         return x
 
