@@ -1,8 +1,8 @@
 """All estimators estimate the same ELBO, and the same gradient, at a fixed random θ.
 
-(a) Trace_ELBO on (model, guide), (b) TraceMeanField_ELBO on (model, posterior_guide), (c) the
-stochastic-timestep estimator (analytic or Monte-Carlo step term; uniform or importance-sampled t;
-k steps per example) and (d) the full evaluator summed. Each is replicated; every mean must agree
+(a) Trace_ELBO on (model, guide), (b) TraceMeanField_ELBO on (model, posterior_guide) (also with
+Pyro's vectorized particles), (c) the stochastic-timestep estimator (analytic or Monte-Carlo step
+term; uniform, importance-sampled or low-discrepancy t; k steps per example) and (d) the full evaluator summed. Each is replicated; every mean must agree
 with the reference's within Z combined standard errors, and the test checks it has the power to see
 a bias (the standard errors are small against the ELBO).
 """
@@ -71,6 +71,16 @@ def estimators(d, x0):
         "c kl importance": lambda: kl_is.differentiable_loss(d.model, d.guide, x0),
         "c mc importance": lambda: mc_is.differentiable_loss(d.model, d.guide, x0),
         "c kl k=3": lambda: StochasticTimestepELBO(timesteps_per_example=3).differentiable_loss(d.model, d.guide, x0),
+        "c kl low-discrepancy": lambda: StochasticTimestepELBO(timesteps="low-discrepancy").differentiable_loss(
+            d.model, d.guide, x0),
+        "c mc low-discrepancy": lambda: StochasticTimestepELBO(step_term="mc", timesteps="low-discrepancy")
+        .differentiable_loss(d.model, d.guide, x0),
+        # Pyro's particle vectorization runs the programs on [K x B x ...] values: 4 trajectories, averaged.
+        "a trace, 4 vectorized particles": lambda: Trace_ELBO(
+            num_particles=4, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(d.model, d.guide, x0),
+        "b meanfield, 4 vectorized particles": lambda: TraceMeanField_ELBO(
+            num_particles=4, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(
+            d.model, d.posterior_guide, x0),
         "d bound kl": lambda: variational_bound(d, x0).nll.sum(),
         "d bound mc": lambda: variational_bound(d, x0, analytic=False, timesteps_per_batch=3).nll.sum(),
     }

@@ -11,10 +11,14 @@ name                  estimator
 ``stochastic-mc``     (c) Monte-Carlo step term, t uniform.
 ``stochastic-kl-is``  (c) analytic step term, t importance-sampled (improved DDPM).
 ``stochastic-mc-is``  (c) Monte-Carlo step term, t importance-sampled.
+``stochastic-kl-ld``  (c) analytic step term, low-discrepancy uniform t across the batch (VDM).
+``stochastic-mc-ld``  (c) Monte-Carlo step term, low-discrepancy t.
 ====================  ==========================================================================
 
 All estimate the same ELBO (nats, summed over the batch); (d) :func:`variational_bound` returns
-its terms separately.
+its terms separately. The importance-weighted bound with K trajectories (Pyro's ``RenyiELBO`` with
+α = 0 on (model, guide); the model supports ``vectorize_particles=True``) is a different, tighter
+bound, kept out of this table; :mod:`ppl_diffusion.study` reports it apart.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from .bound import VariationalBound, variational_bound
 from .stochastic_elbo import StochasticTimestepELBO
-from .timesteps import ImportanceTimesteps, UniformTimesteps, make_timestep_sampler
+from .timesteps import ImportanceTimesteps, LowDiscrepancyTimesteps, UniformTimesteps, make_timestep_sampler
 from .trace_terms import per_example_elbo, trace_pair
 
 
@@ -52,6 +56,8 @@ ESTIMATORS = {
     "stochastic-mc": (_stochastic("mc", "uniform"), "guide"),
     "stochastic-kl-is": (_stochastic("kl", "importance"), "guide"),
     "stochastic-mc-is": (_stochastic("mc", "importance"), "guide"),
+    "stochastic-kl-ld": (_stochastic("kl", "low-discrepancy"), "guide"),
+    "stochastic-mc-ld": (_stochastic("mc", "low-discrepancy"), "guide"),
 }
 
 
@@ -64,7 +70,7 @@ def make_estimator(name: str, **kwargs) -> Estimator:
 
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "ImportanceTimesteps", "StochasticTimestepELBO", "UniformTimesteps",
+    "ESTIMATORS", "Estimator", "ImportanceTimesteps", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimesteps",
     "VariationalBound", "make_estimator", "make_timestep_sampler", "per_example_elbo", "trace_pair",
     "variational_bound",
 ]
