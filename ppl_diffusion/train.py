@@ -154,6 +154,7 @@ class TrainResult:
     checkpoint: Path  # the final checkpoint
     diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights
     ema: dict  # EMA of the denoiser's state_dict
+    elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -463,7 +464,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
         metrics.close()
     return TrainResult(run_dir=run_dir, step=step, loss=loss_value,
                        running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
-                       checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema)
+                       checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
 
 
 def _last(run_dir: Path) -> str:
