@@ -1,8 +1,8 @@
-"""The ``ppl-diffusion`` command (also ``python -m ppl_diffusion``): train, evaluate, sample, demo.
+"""The ``ppl-diffusion`` command (also ``python -m ppl_diffusion``): train, evaluate, sample, compare, demo.
 
 A thin argparse layer: each subcommand parses its flags, calls one function of the Python API
 (:func:`ppl_diffusion.train.train`, :func:`ppl_diffusion.evaluate.evaluate_run`,
-:func:`ppl_diffusion.sampling.sample_run`) and prints what it returned. Bad input exits with status 2
+:func:`ppl_diffusion.sampling.sample_run`, :func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2
 and one line ``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
 """
 
@@ -48,7 +48,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=d.data, help=f"data set name (default {d.data}); see ppl_diffusion.data.DATASETS")
     p.add_argument("--data-root", default=d.data_root, help="folder of the data files (mnist, cifar10, image_folder)")
     p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
-                   "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is")
+                   "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
+                   "stochastic-mc-ld")
     p.add_argument("--schedule", default=d.schedule, help=f"noise schedule: linear or cosine (default {d.schedule})")
     p.add_argument("--T", type=int, default=d.T, help=f"diffusion steps (default {d.T})")
     p.add_argument("--variance", default=d.variance, help=f"reverse variance: beta or posterior (default {d.variance})")
@@ -133,6 +134,78 @@ def cmd_sample(args) -> None:
           f"{result.png} and {result.npz}")
 
 
+# ---------------------------------------------------------------------------------------- compare
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _none_or_int(text: str) -> int | None:
+    return None if text.lower() in ("none", "all") else int(text)
+
+
+def _add_compare_flags(p: argparse.ArgumentParser) -> None:
+    from .study import StudyConfig
+
+    d = StudyConfig()
+    p.add_argument("run", nargs="?", default=None,
+                   help="a run folder or checkpoint: its weights are the fixed θ and its settings the model "
+                        "(default: a freshly initialised net built from --data/--net/--T)")
+    p.add_argument("--out", required=True, help="output folder: report.md, CSV tables, PNG figures, draws/*.nc")
+    p.add_argument("--raw", action="store_true", help="with a run: its raw weights instead of the EMA")
+    p.add_argument("--data", default=d.data, help=f"without a run: data set (default {d.data})")
+    p.add_argument("--data-root", default=d.data_root, help="folder of the data files (mnist, cifar10)")
+    p.add_argument("--net", default=d.net, help=f"without a run: denoiser (default {d.net})")
+    p.add_argument("--T", type=int, default=d.T, help=f"without a run: diffusion steps (default {d.T})")
+    p.add_argument("--schedule", default=d.schedule, help=f"without a run: linear or cosine (default {d.schedule})")
+    p.add_argument("--variance", default=d.variance, help=f"without a run: beta or posterior (default {d.variance})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"examples in the fixed batch and in the race's batches (default {d.batch_size})")
+    p.add_argument("--estimators", type=_names, default=d.estimators,
+                   help=f"comma-separated (default {','.join(d.estimators)}); see ppl_diffusion.study.estimators")
+    p.add_argument("--replicates", type=int, default=d.replicates,
+                   help=f"replicates of each estimate and gradient at the fixed θ (default {d.replicates})")
+    p.add_argument("--full-chain-replicates", type=_none_or_int, default=d.full_chain_replicates,
+                   help=f"replicates for trace, meanfield and iwae (default {d.full_chain_replicates}; all: --replicates)")
+    p.add_argument("--iwae-particles", type=int, default=d.iwae_particles,
+                   help=f"K trajectories of the IWAE bound (default {d.iwae_particles})")
+    p.add_argument("--iwae-examples", type=_none_or_int, default=d.iwae_examples,
+                   help="IWAE on the first N examples of the batch only (default all; its calls cost K times more)")
+    p.add_argument("--per-t-steps", type=_none_or_int, default=d.per_t_steps,
+                   help="steps in the per-t picture (default all: needed for the predicted variances)")
+    p.add_argument("--per-t-repeats", type=int, default=d.per_t_repeats,
+                   help=f"draws per example and t in the per-t picture (default {d.per_t_repeats})")
+    p.add_argument("--race-seconds", type=float, default=d.race_seconds,
+                   help="training budget per estimator in the race, in seconds (default 0: no race)")
+    p.add_argument("--race-points", type=int, default=d.race_points,
+                   help=f"evaluations per race curve, at doubling budgets (default {d.race_points})")
+    p.add_argument("--race-estimators", type=_names, default=d.race_estimators,
+                   help=f"comma-separated (default {','.join(d.race_estimators)})")
+    p.add_argument("--race-lr", type=float, default=d.race_lr, help=f"Adam learning rate in the race (default {d.race_lr})")
+    p.add_argument("--race-target", type=float, default=d.race_target,
+                   help="a bits/dim whose time-to-reach is reported for every race estimator")
+    p.add_argument("--eval-examples", type=int, default=d.eval_examples,
+                   help=f"test examples scored by the full bound at each race point (default {d.eval_examples})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def cmd_compare(args) -> None:
+    import torch
+
+    from .study import StudyConfig, command_line, run_study
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads = {args.threads}; pass a positive number of threads (--threads)")
+        torch.set_num_threads(args.threads)
+    skip = {"out", "threads", "progress", "func", "command"}
+    config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
+    run_study(config, args.out, progress=args.progress)
+    print(f"wrote {Path(args.out) / 'report.md'}")
+
+
 # ---------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> None:
     from .evaluate import evaluate_run, summary
@@ -172,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples: PNG grid (or scatter) and .npz")
     _add_sample_flags(p)
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("compare", help="the estimator study: fixed-θ replicates, per-t variances, training race",
+                       description="Compare the ELBO estimators (Monte-Carlo Trace_ELBO, analytic-KL, stochastic t "
+                                   "with uniform / importance / low-discrepancy t, IWAE) at a fixed θ and in a "
+                                   "training race; writes a markdown report, CSV tables, PNG figures and the "
+                                   "draws as arviz InferenceData (netCDF).")
+    _add_compare_flags(p)
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("demo", help="train on digits for a few minutes, evaluate, sample, summarise",
                        description="Train the MLP denoiser on the 8x8 digits (T = 1000) for --minutes, evaluate "
                                    "the bound on the whole 360-image test split (about a minute on 2 cores) and "

@@ -1,0 +1,269 @@
+"""The estimator study behind ``ppl-diffusion compare``: what scoring each step analytically buys.
+
+:func:`run_study` takes a trained run (its weights are the fixed θ) or, without one, a freshly
+initialised net, and writes into one folder:
+
+1. **At a fixed θ** (:mod:`.fixed`): R replicates of every estimator's ELBO estimate and gradient on
+   one batch — mean, sd, MCSE and ESS through arviz (draws saved as ``InferenceData`` in netCDF), the
+   gradient's total variance and signal-to-noise ratio, seconds per call and efficiency
+   1 / (variance × time). The importance-weighted bound (``RenyiELBO``, α = 0) is reported apart.
+2. **Per t** (:mod:`.per_t`): the variance of the analytic and the Monte-Carlo step term at each t,
+   and from those moments the predicted variance of each stochastic-t estimator, set beside the
+   measured one.
+3. **Training race** (:mod:`.race`): the same initial net trained with each estimator for the same
+   wall time; test bits/dim (full bound) against time; times to reach the Monte-Carlo estimators'
+   final bits/dim and the speed-up ratios.
+
+Outputs: ``report.md``, ``study.json``, ``fixed_theta.csv``, ``per_t.csv``, ``race.csv``,
+``race_targets.csv``, ``fixed_theta.png``, ``per_t.png``, ``race.png``, ``draws/<estimator>.nc``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+
+from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators,
+                         make_study_estimator)
+from .fixed import FixedThetaRow, measure, pooled_agreement
+from .per_t import PerTResult, per_t_moments
+from .race import budgets, race, speedups, time_to_reach
+
+RACE_ESTIMATORS = ("trace", "meanfield", "stochastic-mc", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld")
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study (the ``compare`` flags, one per field)."""
+
+    run: str | None = None  # run folder or checkpoint: its weights are θ, its config the model; None: fresh init
+    raw: bool = False  # with a run: its raw weights instead of the EMA
+    data: str = "digits"  # without a run: the model, as for ``ppl-diffusion train``
+    data_root: str | None = None
+    net: str = "mlp"
+    T: int = 1000
+    schedule: str = "linear"
+    variance: str = "beta"
+    seed: int = 0
+    batch_size: int = 128  # the fixed batch (first test examples) and the race's batch
+    estimators: tuple = DEFAULT_ESTIMATORS
+    replicates: int = 200  # R per estimator at the fixed θ (ELBO and gradient each)
+    full_chain_replicates: int | None = 40  # R for trace / meanfield / iwae (None: same as replicates)
+    iwae_particles: int = 8
+    iwae_examples: int | None = None  # IWAE on the first N examples of the batch only (its calls cost K×)
+    per_t_steps: int | None = None  # None: every t (needed for the predicted variances)
+    per_t_repeats: int = 4
+    race_seconds: float = 0.0  # training budget per estimator; 0 skips the race
+    race_points: int = 8
+    race_estimators: tuple = RACE_ESTIMATORS
+    race_lr: float = 1e-3
+    race_grad_clip: float | None = 1.0
+    eval_examples: int = 100
+    race_target: float | None = None  # an extra bits/dim whose time-to-reach is reported
+    device: str = "auto"
+    command: str = field(default="", repr=False)
+
+    def validate(self) -> "StudyConfig":
+        check_estimators(self.estimators)
+        if self.race_seconds:
+            check_estimators(self.race_estimators, trainable=True)
+            budgets(self.race_seconds, self.race_points)
+        for name in ("batch_size", "replicates", "iwae_particles", "per_t_repeats", "eval_examples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} = {v!r}; pass a positive integer (--{name.replace('_', '-')})")
+        if self.iwae_particles < 2:
+            raise ValueError(f"iwae_particles = {self.iwae_particles!r}; the IWAE bound needs K >= 2 trajectories "
+                             "(--iwae-particles)")
+        if self.iwae_examples is not None and (isinstance(self.iwae_examples, bool) or self.iwae_examples < 1):
+            raise ValueError(f"iwae_examples = {self.iwae_examples!r}; pass a positive number of examples "
+                             "(--iwae-examples)")
+        if self.replicates < 4 or (self.full_chain_replicates is not None and self.full_chain_replicates < 4):
+            raise ValueError(f"replicates = {self.replicates!r} / full_chain_replicates = {self.full_chain_replicates!r}: "
+                             "pass at least 4 (--replicates, --full-chain-replicates)")
+        if not (isinstance(self.race_seconds, (int, float)) and self.race_seconds >= 0):
+            raise ValueError(f"race_seconds = {self.race_seconds!r}; pass seconds >= 0 (--race-seconds; 0 skips)")
+        return self
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.lower().startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()}-core {cpu}{gpu}"
+
+
+def _model(config: StudyConfig):
+    """(diffusion at θ, the TrainConfig of its model, dataset, description of θ)."""
+    from ..data import load_dataset
+    from ..sampling import find_checkpoint, load_run
+    from ..train import TrainConfig, build_diffusion, resolve_device
+
+    device = resolve_device(config.device)
+    if config.run is not None:
+        checkpoint = find_checkpoint(config.run)
+        loaded = load_run(checkpoint, ema=not config.raw, device=str(device))
+        tc = loaded.config
+        theta = f"{'raw' if config.raw else 'EMA'} weights of {checkpoint} (step {loaded.step})"
+        diffusion = loaded.diffusion
+    else:
+        tc = TrainConfig(data=config.data, data_root=config.data_root, net=config.net, T=config.T,
+                         schedule=config.schedule, variance=config.variance, seed=config.seed, steps=1,
+                         batch_size=config.batch_size).validate()
+        diffusion = None
+        theta = f"freshly initialised {config.net} denoiser (seed {config.seed})"
+    dataset = load_dataset(tc.data, tc.data_root) if tc.data_root else load_dataset(tc.data)
+    if diffusion is None:
+        pyro.set_rng_seed(config.seed)
+        diffusion = build_diffusion(tc, dataset).to(device)
+    return diffusion, tc, dataset, theta
+
+
+def _elbo_of(diffusion, x, *, seed: int, draws: int = 8) -> dict:
+    """The ELBO per example of the examples ``x`` (mean over them) from the full bound, ``draws`` noise draws each."""
+    from ..evaluate import per_example_terms
+
+    nll = per_example_terms(diffusion, x.repeat((draws,) + (1,) * (x.dim() - 1)), seed=seed).sum(-1)
+    per_example = -nll.reshape(draws, len(x)).mean(0)
+    # Across examples and draws: the se of the mean over the examples' averaged draws.
+    se = float(per_example.std() / len(x) ** 0.5) if len(x) > 1 else float("nan")
+    return {"examples": len(x), "elbo": float(per_example.mean()), "se": se}
+
+
+def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
+    """Run the study of ``config``, write its outputs to ``out_dir`` and return ``study.json``'s dict."""
+    try:
+        import arviz as az
+        import h5netcdf  # noqa: F401  (arviz writes netCDF through it)
+    except ImportError as e:
+        raise ValueError(f"the study needs arviz and h5netcdf ({e.name} is missing); install them with "
+                         "pip install -c constraints.txt -e '.[study]'") from None
+
+    from . import report
+
+    config.validate()
+    out = Path(out_dir)
+    (out / "draws").mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    diffusion, tc, dataset, theta = _model(config)
+    device = next(diffusion.parameters()).device
+    x0 = dataset.test[:config.batch_size].to(device)
+    pyro.clear_param_store()
+    meta = {"data": tc.data, "net": tc.net, "T": tc.T, "schedule": tc.schedule, "variance": tc.variance,
+            "theta": theta, "batch": len(x0), "batch_from": f"(the first test examples of {tc.data})",
+            "num_parameters": sum(p.numel() for p in diffusion.denoiser.parameters()),
+            "machine": _machine(), "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "pyro": pyro.__version__, "arviz": az.__version__,
+            "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": config.command or "ppl_diffusion.study.run_study", "config": dataclasses.asdict(config)}
+    study = {"meta": meta}
+    title = f"{tc.data}, {tc.net}, T = {tc.T}"
+
+    # 1. fixed θ
+    rows: list[FixedThetaRow] = []
+    samplers, reference = {}, {}
+    diffusion.eval()
+    for k, name in enumerate(config.estimators):
+        est = make_study_estimator(name, diffusion, iwae_particles=config.iwae_particles)
+        r = config.replicates if name not in (*FULL_CHAIN, "iwae") else (config.full_chain_replicates or config.replicates)
+        xs = x0[:config.iwae_examples] if name == "iwae" and config.iwae_examples else x0
+        row, idata = measure(est, xs, r, seed=config.seed + k, progress=progress)
+        if name == "iwae":
+            reference[name] = _elbo_of(diffusion, xs, seed=config.seed)
+            row.notes.append(f"on the first {len(xs)} examples of the batch; their ELBO (full bound, 8 draws each): "
+                             f"{reference[name]['elbo']:.3f} ± {reference[name]['se']:.3f}")
+        idata.to_netcdf(str(out / "draws" / f"{name}.nc"))
+        if est.sampler_state is not None:
+            samplers[name] = est.loss.sampler.probabilities().numpy()
+        rows.append(row)
+        log(f"fixed θ {name:17s} ELBO {row.elbo_mean:10.3f} ± {row.elbo_mcse:.3f} (sd {row.elbo_sd:.3g}, "
+            f"ESS {row.elbo_ess:.0f}), {1e3 * row.loss_seconds:.1f} ms/estimate, grad tr Cov "
+            f"{row.grad_total_variance:.3g}, {1e3 * row.grad_seconds:.1f} ms/grad")
+    fixed_rows = [dataclasses.asdict(r) for r in rows]
+    study["fixed_theta"] = {"replicates": config.replicates,
+                            "full_chain_replicates": config.full_chain_replicates or config.replicates,
+                            "rows": fixed_rows, "agreement": pooled_agreement(rows), "iwae_reference": reference}
+    report.write_csv(out / "fixed_theta.csv", fixed_rows)
+    report.fixed_theta_figure(fixed_rows, out / "fixed_theta.png", f"{title}: estimators at a fixed θ")
+
+    # 2. per t
+    per_t: PerTResult = per_t_moments(diffusion, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
+                                      seed=config.seed, progress=progress)
+    per_t_rows = per_t.rows()
+    study["per_t"] = {"repeats": config.per_t_repeats, "steps": len(per_t.t), "rows": per_t_rows}
+    if per_t.full_grid:
+        measured = {r.estimator: r.elbo_sd ** 2 for r in rows}
+        pred = {}
+        for name, kind, probs in (("stochastic-kl", "kl", None), ("stochastic-mc", "mc", None),
+                                  *((n, n.split("-")[1], samplers[n]) for n in samplers)):
+            p = per_t.predicted_variance(kind, probs)
+            if name in measured:
+                p["measured"] = measured[name]
+                p["ratio"] = measured[name] / p["total"] if p["total"] > 0 else None
+            pred[name] = p
+        ideal = per_t.importance_probabilities("kl")
+        pred["stochastic-kl, ideal P(t) ∝ sqrt E[L²]"] = per_t.predicted_variance("kl", ideal)
+        study["per_t"]["predicted"] = pred
+    report.write_csv(out / "per_t.csv", per_t_rows)
+    report.per_t_figure(per_t_rows, out / "per_t.png", f"{title}: the step term at each t")
+    log(f"per-t moments on {len(per_t.t)} steps done")
+
+    # 3. race
+    if config.race_seconds:
+        race_tc = dataclasses.replace(tc, lr=config.race_lr, warmup_steps=0, grad_clip=config.race_grad_clip,
+                                      batch_size=config.batch_size, device=config.device, log_every=10,
+                                      metrics_format="jsonl")
+        race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
+                         points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
+                         progress=progress, log=log)
+        names = list(config.race_estimators)
+        targets = []
+        from .race import final_bpd
+
+        for slow in ("trace", "stochastic-mc"):
+            if slow in names:
+                bpd = final_bpd(race_rows, slow)
+                targets.append({"label": f"final of {slow}", "bpd": bpd,
+                                "times": {n: time_to_reach(race_rows, n, bpd) for n in names}})
+        if config.race_target is not None:
+            targets.append({"label": "stated target", "bpd": config.race_target,
+                            "times": {n: time_to_reach(race_rows, n, config.race_target) for n in names}})
+        pairs = [(fast, slow) for slow in ("trace", "stochastic-mc") for fast in ("stochastic-kl-is", "stochastic-kl")
+                 if fast in names and slow in names]
+        study["race"] = {"seconds": config.race_seconds, "points": config.race_points, "lr": config.race_lr,
+                         "grad_clip": config.race_grad_clip, "batch_size": config.batch_size,
+                         "eval_examples": min(config.eval_examples, len(dataset.test)), "estimators": names,
+                         "rows": race_rows, "targets": targets, "speedups": [speedups(race_rows, f, s) for f, s in pairs]}
+        report.write_csv(out / "race.csv", race_rows)
+        report.write_csv(out / "race_targets.csv", [
+            {"target": t["label"], "target_bpd": t["bpd"], "estimator": n, **hit}
+            for t in targets for n, hit in t["times"].items()])
+        report.race_figure(race_rows, out / "race.png", f"{title}: training race, {config.race_seconds:g} s each")
+
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    (out / "study.json").write_text(json.dumps(study, indent=2, default=float) + "\n")
+    (out / "report.md").write_text(report.markdown(study))
+    return study
+
+
+def command_line() -> str:
+    return "ppl-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+__all__ = ["DEFAULT_ESTIMATORS", "RACE_ESTIMATORS", "STUDY_ESTIMATORS", "StudyConfig", "make_study_estimator",
+           "measure", "per_t_moments", "race", "run_study", "speedups", "time_to_reach"]

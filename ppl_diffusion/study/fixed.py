@@ -1,0 +1,189 @@
+"""Replicates at a fixed θ: the spread of each ELBO estimate and of its gradient, through arviz.
+
+For one batch x_0 (fixed) and one θ (fixed), each estimator is called R times for an ELBO estimate
+(``loss``) and R times for a gradient (``loss_and_grads``), every call timed. The ELBO draws (per
+example: −loss / B) and, for the gradient, its norm and its projections on a few fixed random unit
+directions are saved as an ``arviz.InferenceData`` (group ``posterior``: the draws, in 2 chains of R/2
+when R is even; group ``sample_stats``: the seconds per call), one netCDF file per estimator. The
+mean, standard deviation, Monte-Carlo standard error and effective sample size come from
+``arviz.summary`` on those draws (ESS ≈ R says the replicates are independent, as they should be).
+
+The gradient's total variance tr Cov(ĝ) = Σ_i Var(ĝ_i) over all parameters is accumulated exactly
+(Welford, float64: :class:`RunningMoments`) without storing the draws; ‖E ĝ‖² is estimated without bias as ‖ḡ‖² − tr Cov / R,
+and the signal-to-noise ratio is SNR = ‖E ĝ‖ / sqrt(tr Cov) (Rainforth et al. 2018 use it per
+component; this is its aggregate form). Efficiency is 1 / (variance × seconds per call): the number
+of calls' worth of precision one second buys, comparable across estimators of the same quantity.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyro
+import torch
+
+from .estimators import StudyEstimator
+
+GRAD_DIRECTIONS = 8  # random unit directions the gradient draws are projected on (kept in the netCDF)
+
+
+@dataclass
+class FixedThetaRow:
+    """The measurements of one estimator at the fixed θ; ELBO and gradient per example (batch mean)."""
+
+    estimator: str
+    family: str
+    bound: str
+    description: str
+    replicates: int
+    elbo_mean: float
+    elbo_sd: float
+    elbo_mcse: float  # arviz's Monte-Carlo standard error of the mean
+    elbo_ess: float  # arviz's bulk effective sample size of the R draws
+    loss_seconds: float  # mean seconds per ELBO estimate
+    grad_seconds: float  # mean seconds per gradient
+    grad_total_variance: float  # tr Cov(ĝ), ĝ = ∇θ (loss / B)
+    grad_mean_norm_sq: float  # unbiased estimate of ‖E ĝ‖²
+    grad_snr: float  # sqrt(max(‖E ĝ‖², 0) / tr Cov)
+    grad_proj_ess_min: float  # smallest arviz ESS over the projected gradient directions
+    elbo_efficiency: float = float("nan")  # 1 / (elbo_sd² × loss_seconds)
+    grad_efficiency: float = float("nan")  # 1 / (tr Cov × grad_seconds)
+    warmup_calls: int = 0  # untimed calls that filled an importance sampler's history
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        var = self.elbo_sd ** 2
+        self.elbo_efficiency = 1.0 / (var * self.loss_seconds) if var > 0 else float("inf")
+        tv = self.grad_total_variance
+        self.grad_efficiency = 1.0 / (tv * self.grad_seconds) if tv > 0 else float("inf")
+
+
+class RunningMoments:
+    """Mean and variance of vectors fed one at a time (Welford's update, float64): for gradients of
+    millions of parameters, whose R draws are not kept."""
+
+    def __init__(self, n: int) -> None:
+        self.count = 0
+        self.mean = torch.zeros(n, dtype=torch.float64)
+        self._m2 = torch.zeros(n, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().cpu().reshape(-1)
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self._m2 += delta * (x - self.mean)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Unbiased variance of each component (needs 2 draws)."""
+        return self._m2 / (self.count - 1)
+
+    def total_variance(self) -> float:
+        """tr Cov = Σ_i Var(x_i)."""
+        return self.variance.sum().item()
+
+    def mean_norm_sq(self) -> float:
+        """Unbiased ‖E x‖²: ‖x̄‖² − tr Cov / R."""
+        return self.mean.pow(2).sum().item() - self.total_variance() / self.count
+
+
+def _chains(x: np.ndarray) -> np.ndarray:
+    """R draws as [chain x draw]: 2 chains when R is even (so that arviz can compare halves)."""
+    x = np.asarray(x)
+    return x.reshape((2, -1) + x.shape[1:]) if len(x) % 2 == 0 and len(x) >= 8 else x[None]
+
+
+def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_seconds, attrs: dict):
+    """The draws of one estimator as ``arviz.InferenceData``."""
+    import arviz as az
+
+    idata = az.from_dict(
+        posterior={"elbo": _chains(elbo), "grad_norm": _chains(grad_norm), "grad_proj": _chains(grad_proj)},
+        sample_stats={"loss_seconds": _chains(loss_seconds), "grad_seconds": _chains(grad_seconds)},
+        dims={"grad_proj": ["direction"]},
+        attrs={"estimator": name, **{k: str(v) for k, v in attrs.items()}},
+    )
+    return idata
+
+
+def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int = 0, directions=None,
+            progress: bool = False):
+    """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``)."""
+    import arviz as az
+
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 4:
+        raise ValueError(f"replicates = {replicates!r}; pass at least 4 (--replicates)")
+    batch = x0.shape[0]
+    pyro.set_rng_seed(seed)
+    warmup = est.warm_up(x0)
+    # One untimed call of each path (allocations, lazy initialisation), then the timed replicates.
+    est.estimate(x0)
+    est.gradient(x0)
+    n_params = sum(p.numel() for p in est.params)
+    if directions is None:
+        g = torch.Generator().manual_seed(12345)
+        directions = torch.randn(GRAD_DIRECTIONS, n_params, generator=g, dtype=torch.float64)
+        directions /= directions.norm(dim=1, keepdim=True)
+
+    from tqdm.auto import tqdm
+
+    elbo, loss_s = [], []
+    bar = tqdm(total=2 * replicates, desc=est.name, disable=not progress, leave=False)
+    for _ in range(replicates):
+        t0 = time.perf_counter()
+        value = est.estimate(x0)
+        loss_s.append(time.perf_counter() - t0)
+        elbo.append(value / batch)
+        bar.update()
+    moments = RunningMoments(n_params)
+    grad_s, norms, projs = [], [], []
+    for _ in range(replicates):
+        t0 = time.perf_counter()
+        _, g = est.gradient(x0)
+        grad_s.append(time.perf_counter() - t0)
+        g = g.cpu() / batch  # the gradient of the per-example loss
+        moments.add(g)
+        norms.append(g.norm().item())
+        projs.append((directions @ g).numpy())
+        bar.update()
+    bar.close()
+    total_var, mean_sq = moments.total_variance(), moments.mean_norm_sq()
+
+    idata = inference_data(est.name, np.array(elbo), np.array(norms), np.stack(projs), np.array(loss_s),
+                           np.array(grad_s), {"bound": est.bound, "batch": batch, "replicates": replicates})
+    summ = az.summary(idata, var_names=["elbo"], kind="all", round_to="none")
+    ess_proj = az.ess(idata, var_names=["grad_proj"])["grad_proj"].values
+    row = FixedThetaRow(
+        estimator=est.name, family=est.family, bound=est.bound, description=est.description,
+        replicates=replicates, elbo_mean=float(summ.loc["elbo", "mean"]), elbo_sd=float(summ.loc["elbo", "sd"]),
+        elbo_mcse=float(summ.loc["elbo", "mcse_mean"]), elbo_ess=float(summ.loc["elbo", "ess_bulk"]),
+        loss_seconds=float(np.mean(loss_s)), grad_seconds=float(np.mean(grad_s)),
+        grad_total_variance=total_var, grad_mean_norm_sq=mean_sq,
+        grad_snr=math.sqrt(max(mean_sq, 0.0) / total_var) if total_var > 0 else float("inf"),
+        grad_proj_ess_min=float(np.min(ess_proj)), warmup_calls=warmup,
+    )
+    if warmup:
+        row.notes.append(f"importance-sampling history filled by {warmup} untimed calls at this θ, then frozen")
+    return row, idata
+
+
+def pooled_agreement(rows: list[FixedThetaRow]) -> dict:
+    """Do the unbiased estimators (bound "ELBO") agree on the mean? χ² of the means against their
+    inverse-variance pooled mean, with each mean's arviz MCSE; returns the test's numbers."""
+    rows = [r for r in rows if r.bound == "ELBO" and r.elbo_mcse > 0]
+    if len(rows) < 2:
+        return {"estimators": [r.estimator for r in rows], "chi2": None, "dof": 0, "p_value": None}
+    w = np.array([1.0 / r.elbo_mcse ** 2 for r in rows])
+    m = np.array([r.elbo_mean for r in rows])
+    pooled = float((w * m).sum() / w.sum())
+    chi2 = float((w * (m - pooled) ** 2).sum())
+    from scipy.stats import chi2 as chi2_dist
+
+    z = (m - pooled) / np.sqrt(np.maximum(1.0 / w - 1.0 / w.sum(), 1e-300))
+    return {"estimators": [r.estimator for r in rows], "pooled_elbo": pooled, "pooled_se": float(w.sum() ** -0.5),
+            "chi2": chi2, "dof": len(rows) - 1, "p_value": float(chi2_dist.sf(chi2, len(rows) - 1)),
+            "z": {r.estimator: float(zi) for r, zi in zip(rows, z)}}

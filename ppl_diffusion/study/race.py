@@ -1,0 +1,121 @@
+"""The training race: the same net from the same initialisation, trained with each estimator for the
+same wall time, scored by the full bound on held-out data along the way.
+
+Each estimator trains in its own run folder with :func:`ppl_diffusion.train.train` (the loop of
+``ppl-diffusion train``, same seed, so the same initial weights and batch order), in budgets that
+double: ``seconds / 2^(points−1)``, …, ``seconds / 2``, ``seconds``. After each budget the run stops,
+its raw weights are scored with every term of the bound (:func:`~ppl_diffusion.evaluate.per_example_terms`,
+the evaluator of ``ppl-diffusion evaluate``) on the first ``eval_examples`` test examples, with the same
+seed, hence the same noise, for every estimator and every point; then it resumes (exactly, from its
+checkpoint) for the next budget. Wall time is the training loop's own clock, saved in the checkpoint:
+it excludes start-up, evaluation and checkpoint loading, so every estimator is charged for its steps only.
+
+:func:`time_to_reach` reads off when a curve first reaches a bits/dim (linear interpolation between
+the evaluated points of the best-so-far curve).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from ..data import load_dataset
+from ..evaluate import per_example_terms
+from ..train import TrainConfig, build_diffusion, train
+
+
+def budgets(seconds: float, points: int) -> list[float]:
+    """Training budgets in seconds: ``points`` of them, doubling up to ``seconds``."""
+    if not (isinstance(seconds, (int, float)) and seconds > 0):
+        raise ValueError(f"race seconds = {seconds!r}; pass a positive wall-time budget per estimator "
+                         "(--race-seconds), or 0 to skip the race")
+    if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+        raise ValueError(f"race points = {points!r}; pass an integer >= 1 (--race-points)")
+    return [seconds / 2 ** k for k in range(points - 1, -1, -1)]
+
+
+def _bpd(diffusion, x, eval_seed: int) -> tuple[float, float]:
+    per_example = per_example_terms(diffusion.eval(), x, seed=eval_seed).sum(-1)  # nats, [N]
+    bpd = per_example / (diffusion.num_dims * math.log(2.0))
+    se = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
+    return bpd.mean().item(), se
+
+
+def race(config: TrainConfig, estimators, seconds: float, out_dir: str | Path, *, points: int = 8,
+         eval_examples: int = 100, eval_seed: int = 0, progress: bool = False, log=print) -> list[dict]:
+    """Train ``config``'s model with each estimator under the same budget; return the curve points.
+
+    Each row: ``estimator``, ``point`` (0 = the initial weights), ``budget_seconds``, ``train_seconds``,
+    ``step``, ``bpd``, ``bpd_se`` (standard error over the evaluated examples). Runs go to
+    ``out_dir/<estimator>/``.
+    """
+    plan = budgets(seconds, points)
+    out_dir = Path(out_dir)
+    for name in estimators:
+        if (out_dir / name).exists():
+            raise ValueError(f"race run folder {out_dir / name} exists from an earlier study; remove {out_dir} or "
+                             "write the study to a new --out folder")
+    dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    x = dataset.test[:eval_examples]
+    rows = []
+    import pyro
+
+    pyro.set_rng_seed(config.seed)
+    init = build_diffusion(config, dataset)  # the initial weights every run starts from (same seed)
+    bpd0, se0 = _bpd(init, x, eval_seed)
+    for name in estimators:
+        rows.append({"estimator": name, "point": 0, "budget_seconds": 0.0, "train_seconds": 0.0, "step": 0,
+                     "bpd": bpd0, "bpd_se": se0})
+        run_dir = out_dir / name
+        for k, budget in enumerate(plan, start=1):
+            cfg = dataclasses.replace(config, estimator=name, minutes=budget / 60.0, steps=None,
+                                      checkpoint_every=10 ** 9, keep_checkpoints=1)
+            result = train(cfg, run_dir, resume=k > 1, progress=progress)
+            bpd, se = _bpd(result.diffusion, x.to(next(result.diffusion.parameters()).device), eval_seed)
+            rows.append({"estimator": name, "point": k, "budget_seconds": budget, "train_seconds": result.elapsed,
+                         "step": result.step, "bpd": bpd, "bpd_se": se})
+            log(f"race {name}: {result.elapsed:7.1f} s, {result.step:6d} steps, {bpd:.4f} ± {se:.4f} bits/dim")
+    return rows
+
+
+def time_to_reach(rows: list[dict], estimator: str, target: float) -> dict:
+    """When ``estimator``'s curve first reaches ``target`` bits/dim.
+
+    Returns ``seconds`` and ``step`` interpolated linearly between the two evaluated points that bracket
+    the crossing (``None`` if never reached), and ``bound``: ``"exact"``, ``"at most"`` (reached by the
+    first evaluated point after the start: the time is an upper bound) or ``"not reached"``.
+    """
+    pts = sorted((r for r in rows if r["estimator"] == estimator), key=lambda r: r["point"])
+    prev = None
+    for r in pts:
+        if r["bpd"] <= target:
+            if prev is None:
+                return {"seconds": r["train_seconds"], "step": r["step"], "bound": "at start"}
+            frac = (prev["bpd"] - target) / (prev["bpd"] - r["bpd"]) if prev["bpd"] != r["bpd"] else 1.0
+            sec = prev["train_seconds"] + frac * (r["train_seconds"] - prev["train_seconds"])
+            step = prev["step"] + frac * (r["step"] - prev["step"])
+            return {"seconds": float(sec), "step": float(step), "bound": "at most" if prev["point"] == 0 else "exact"}
+        prev = r
+    return {"seconds": None, "step": None, "bound": "not reached"}
+
+
+def final_bpd(rows: list[dict], estimator: str) -> float:
+    pts = [r for r in rows if r["estimator"] == estimator]
+    return max(pts, key=lambda r: r["point"])["bpd"]
+
+
+def speedups(rows: list[dict], fast: str, slow: str) -> dict:
+    """How much sooner ``fast`` reaches ``slow``'s final bits/dim than ``slow`` did (ratio of times)."""
+    target = final_bpd(rows, slow)
+    t_slow = time_to_reach(rows, slow, target)
+    t_fast = time_to_reach(rows, fast, target)
+    ratio = None
+    if t_slow["seconds"] and t_fast["seconds"]:
+        ratio = t_slow["seconds"] / t_fast["seconds"]
+    kind = {"exact": "measured", "at most": "at least"}.get(t_fast["bound"], "n/a")
+    return {"fast": fast, "slow": slow, "target_bpd": target, "slow_seconds": t_slow["seconds"],
+            "fast_seconds": t_fast["seconds"], "fast_bound": t_fast["bound"], "ratio": ratio, "ratio_kind": kind}
+
+
+__all__ = ["budgets", "final_bpd", "race", "speedups", "time_to_reach"]

@@ -1,0 +1,204 @@
+"""The study's outputs: CSV tables, PNG figures, ``study.json`` and a markdown report, in one folder."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..plots import _pyplot, _save
+
+REFERENCE = "stochastic-kl"  # variance ratios are to this estimator
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0]) if rows else []
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()})
+    return path
+
+
+def _g(x, spec=".3g") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return format(x, spec)
+
+
+def fixed_theta_figure(rows: list[dict], path: Path, title: str) -> Path:
+    """Variance of the ELBO estimate, of the gradient, and both efficiencies, per estimator (log scale)."""
+    plt = _pyplot()
+    names = [r["estimator"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(rows) + 1.8), sharey=True)
+    y = np.arange(len(rows))
+    panels = [("elbo_sd", "sd of the ELBO estimate (nats / example)"),
+              ("grad_total_variance", "tr Cov of the gradient"),
+              ("grad_efficiency", "gradient efficiency 1 / (tr Cov × s)")]
+    for ax, (key, label) in zip(axes, panels):
+        vals = [max(r[key], 1e-300) for r in rows]
+        ax.barh(y, vals, color=["C3" if r["family"] == "IWAE" else ("C0" if r["family"] == "full chain" else "C2")
+                                for r in rows])
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def per_t_figure(per_t_rows: list[dict], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    t = np.array([r["t"] for r in per_t_rows])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    ax.plot(t, [r["var_mc"] for r in per_t_rows], label="Monte-Carlo step term", lw=1, color="C1")
+    ax.plot(t, [r["var_kl"] for r in per_t_rows], label="analytic step term (closed-form KL)", lw=1, color="C0")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel("Var of L_{t-1} at fixed x_0 (nats²), mean over the batch")
+    ax.legend()
+    ax = axes[1]
+    ax.plot(t, [r["mean_kl"] for r in per_t_rows], label="E L_{t-1}", lw=1, color="C0")
+    ax.plot(t, [math.sqrt(max(r["second_moment_kl"], 0)) for r in per_t_rows], label="sqrt E[L_{t-1}²] (analytic)",
+            lw=1, ls="--", color="C0")
+    ax.plot(t, [math.sqrt(max(r["second_moment_mc"], 0)) for r in per_t_rows], label="sqrt E[L_{t-1}²] (Monte Carlo)",
+            lw=1, ls="--", color="C1")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel("nats per example")
+    ax.legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def race_figure(rows: list[dict], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    for i, name in enumerate(names):
+        pts = sorted((r for r in rows if r["estimator"] == name), key=lambda r: r["point"])
+        pts = [r for r in pts if r["point"] > 0]
+        style = dict(marker="o", ms=3, lw=1.2, color=f"C{i}", label=name)
+        axes[0].plot([r["train_seconds"] for r in pts], [r["bpd"] for r in pts], **style)
+        axes[1].plot([r["step"] for r in pts], [r["bpd"] for r in pts], **style)
+    for ax, label in zip(axes, ("training wall time (s)", "optimizer steps")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test bits/dim (full bound)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def markdown(study: dict) -> str:
+    """The report, from the dict written to ``study.json``."""
+    meta, lines = study["meta"], []
+    lines += [f"# Estimator study: {meta['data']}, {meta['net']} denoiser, T = {meta['T']}", "",
+              f"- Command: `{meta['command']}`",
+              f"- Machine: {meta['machine']}; torch {meta['torch']}, pyro {meta['pyro']}, arviz {meta['arviz']}, "
+              f"{meta['threads']} torch thread(s); date {meta['date']}",
+              f"- θ: {meta['theta']}; batch of {meta['batch']} {meta['batch_from']}; "
+              f"{meta['num_parameters']:,} parameters", ""]
+    fixed = study.get("fixed_theta")
+    if fixed:
+        rows = fixed["rows"]
+        ref = next((r for r in rows if r["estimator"] == REFERENCE), None)
+        lines += ["## At a fixed θ", "",
+                  f"{fixed['replicates']} replicates of each ELBO estimate and of each gradient "
+                  f"({fixed['full_chain_replicates']} for the full-chain estimators and IWAE). ELBO in nats per "
+                  "example (batch mean); mean, sd, MCSE and ESS from `arviz.summary` of the draws in "
+                  "`draws/<estimator>.nc`. Gradient: of the per-example loss, over all parameters. Efficiency = "
+                  "1 / (variance × seconds per call). Ratios are to `stochastic-kl`.", "",
+                  "| estimator | ELBO ± MCSE | sd | ESS | ms / estimate | ELBO eff. | var / ref | ms / grad | "
+                  "tr Cov(grad) | SNR | grad eff. | grad var / ref |",
+                  "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r["bound"] != "ELBO":
+                continue
+            lines.append(
+                f"| {r['estimator']} | {r['elbo_mean']:.3f} ± {r['elbo_mcse']:.3f} | {_g(r['elbo_sd'])} | "
+                f"{r['elbo_ess']:.0f} | {1e3 * r['loss_seconds']:.1f} | {_g(r['elbo_efficiency'])} | "
+                f"{_g(r['elbo_sd'] ** 2 / ref['elbo_sd'] ** 2) if ref else 'n/a'} | {1e3 * r['grad_seconds']:.1f} | "
+                f"{_g(r['grad_total_variance'])} | {_g(r['grad_snr'])} | {_g(r['grad_efficiency'])} | "
+                f"{_g(r['grad_total_variance'] / ref['grad_total_variance']) if ref else 'n/a'} |")
+        agree = fixed["agreement"]
+        if agree.get("chi2") is not None:
+            verdict = "agree" if agree["p_value"] > 1e-3 else "DISAGREE"
+            lines += ["", f"Unbiased estimators, same ELBO: pooled {agree['pooled_elbo']:.3f} ± {agree['pooled_se']:.3f} "
+                      f"nats/example; χ² = {agree['chi2']:.2f} on {agree['dof']} dof, p = {agree['p_value']:.3g}, "
+                      f"max |z| = {max(abs(z) for z in agree['z'].values()):.2f}: the means {verdict}."]
+        apart = [r for r in rows if r["bound"] != "ELBO"]
+        if apart:
+            lines += ["", "Reported apart, a different and tighter bound (IWAE ≥ ELBO):", "",
+                      "| estimator | bound | value ± MCSE | sd | ESS | ms / estimate | ms / grad | tr Cov(grad) | SNR |",
+                      "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in apart:
+                lines.append(f"| {r['estimator']} | {r['bound']} | {r['elbo_mean']:.3f} ± {r['elbo_mcse']:.3f} | "
+                             f"{_g(r['elbo_sd'])} | {r['elbo_ess']:.0f} | {1e3 * r['loss_seconds']:.1f} | "
+                             f"{1e3 * r['grad_seconds']:.1f} | {_g(r['grad_total_variance'])} | {_g(r['grad_snr'])} |")
+            for r in apart:
+                ref = fixed.get("iwae_reference", {}).get(r["estimator"])
+                if ref:
+                    gap, se = r["elbo_mean"] - ref["elbo"], math.hypot(r["elbo_mcse"], ref["se"])
+                    lines.append(f"\n{r['bound']} − ELBO = {gap:.3f} ± {se:.3f} nats/example on the same "
+                                 f"{ref['examples']} examples (their ELBO {ref['elbo']:.3f} ± {ref['se']:.3f} from "
+                                 "the full bound).")
+        notes = [f"- {r['estimator']}: {n}" for r in rows for n in r["notes"]]
+        if notes:
+            lines += ["", *notes]
+        lines += ["", "![fixed θ](fixed_theta.png)", ""]
+    per_t = study.get("per_t")
+    if per_t:
+        lines += ["## Per t", "",
+                  f"Variance of the step term L_(t−1) at each t, over the noise at fixed x_0 ({per_t['repeats']} draws "
+                  "per example and t, mean over the batch): analytic (random only through x_t) against Monte "
+                  "Carlo (also through x_(t−1)). Table in `per_t.csv`.", "", "![per t](per_t.png)", ""]
+        pred = per_t.get("predicted")
+        if pred:
+            lines += ["Predicted from the per-t moments vs measured by the replicates (variance of the batch-mean "
+                      "ELBO estimate, nats²):", "",
+                      "| estimator | predicted | of which between-t | measured | measured / predicted |",
+                      "|:---|---:|---:|---:|---:|"]
+            for name, p in pred.items():
+                between = p.get("between_t")
+                lines.append(f"| {name} | {_g(p['total'])} | {_g(between)} | {_g(p.get('measured'))} | "
+                             f"{_g(p.get('ratio'))} |")
+            lines.append("")
+    race = study.get("race")
+    if race:
+        lines += ["## Training race", "",
+                  f"Same initial weights, same batch order, {race['seconds']:g} s of training each, evaluated "
+                  f"at {race['points']} doubling budgets on the first {race['eval_examples']} test examples (full "
+                  f"bound, raw weights, same noise for every point). Adam lr {race['lr']:g}, no warm-up, gradient "
+                  f"clipping {race['grad_clip']}, batch {race['batch_size']}.", "",
+                  "| estimator | steps | steps / s | final bits/dim | ± SE |", "|:---|---:|---:|---:|---:|"]
+        for name in race["estimators"]:
+            last = max((r for r in race["rows"] if r["estimator"] == name), key=lambda r: r["point"])
+            rate = last["step"] / last["train_seconds"] if last["train_seconds"] else float("nan")
+            lines.append(f"| {name} | {last['step']} | {rate:.1f} | {last['bpd']:.4f} | {last['bpd_se']:.4f} |")
+        lines += ["", "Time to reach a bits/dim (interpolated between evaluated points; “at most” when already "
+                  "reached at the first point):", "",
+                  "| target | estimator | seconds | steps | |", "|:---|:---|---:|---:|:---|"]
+        for tgt in race["targets"]:
+            for name, hit in tgt["times"].items():
+                lines.append(f"| {tgt['label']} ({tgt['bpd']:.4f}) | {name} | {_g(hit['seconds'], '.1f')} | "
+                             f"{_g(hit['step'], '.0f')} | {hit['bound']} |")
+        lines += ["", "Speed-ups (time the slow estimator took to reach its final bits/dim, over the time the fast one "
+                  "needed to reach it):", ""]
+        for s in race["speedups"]:
+            ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.1f}×"
+            lines.append(f"- {s['fast']} vs {s['slow']}: {ratio} ({s['ratio_kind']}; {s['slow']} final "
+                         f"{s['target_bpd']:.4f} bits/dim)")
+        lines += ["", "![race](race.png)", ""]
+    lines += ["## Files", "", "`study.json` (everything above), `fixed_theta.csv`, `per_t.csv`, `race.csv`, "
+              "`race_targets.csv`, `draws/*.nc` (arviz InferenceData; `az.from_netcdf`), the figures.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""The estimator study: its estimators against exact values, its statistics against independent
+computations, and ``ppl-diffusion compare`` end to end on a tiny configuration.
+
+The exact values come from the linear-Gaussian chain (``tests/common.py``): with ε̂ linear in x_t
+the ELBO and log p(x_0) are known in closed form.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from pyro.infer import RenyiELBO
+
+from ppl_diffusion import GaussianDiffusion, NoiseSchedule
+from ppl_diffusion.cli import main
+from ppl_diffusion.infer import LowDiscrepancyTimesteps, StochasticTimestepELBO
+from ppl_diffusion.study import STUDY_ESTIMATORS, make_study_estimator, measure, per_t_moments, time_to_reach
+from ppl_diffusion.study.fixed import RunningMoments, pooled_agreement
+from ppl_diffusion.study.race import budgets, speedups
+
+from .common import (Z, LinearDenoiser, linear_gaussian_elbo, linear_gaussian_log_marginal, mean_se,
+                     optimal_linear_coefficients)
+
+T = 8
+
+
+def linear_gaussian(batch=4, seed=0, shrink=0.7):
+    """A linear-Gaussian diffusion at a deliberately imperfect θ (a shrunk optimal denoiser), its batch,
+    and the exact per-example ELBO and log p(x_0)."""
+    s = NoiseSchedule.linear(T, beta_start=0.02, beta_end=0.4)
+    m, s2 = np.array([0.3, -0.2]), np.array([0.5, 0.8])
+    a, b = optimal_linear_coefficients(s, m, s2)
+    a = a * shrink
+    d = GaussianDiffusion(schedule=s, denoiser=LinearDenoiser(T, 2, a, b), event_shape=(2,))
+    rng = np.random.default_rng(seed)
+    x0 = rng.normal(m, np.sqrt(s2), (batch, 2))
+    elbo, _ = linear_gaussian_elbo(s, a, b, d.p_log_variance, x0)
+    logp = linear_gaussian_log_marginal(s, a, b, d.p_log_variance, x0)
+    return d, torch.tensor(x0), elbo, logp
+
+
+# ---------------------------------------------------------------------------------------- fixed θ
+def test_every_unbiased_estimator_centres_on_the_exact_elbo():
+    d, x0, elbo, _ = linear_gaussian()
+    x0 = x0.repeat(50, 1)  # 200 examples, 4 distinct: the same per-example ELBO, estimated more precisely
+    rows, R = [], 150
+    for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae"):
+        row, idata = measure(make_study_estimator(name, d), x0, R, seed=k)
+        rows.append(row)
+        # arviz's MCSE of i.i.d. draws is sd / sqrt(R) up to its estimate of the effective sample size.
+        assert row.elbo_mcse == pytest.approx(row.elbo_sd / math.sqrt(R), rel=0.2)
+        assert 0.5 * R < row.elbo_ess < 2 * R, f"{name}: replicates should be independent, ESS {row.elbo_ess}"
+        assert abs(row.elbo_mean - elbo.mean()) <= Z * row.elbo_mcse, (name, row.elbo_mean, row.elbo_mcse, elbo.mean())
+        assert row.elbo_mcse < 0.05 * abs(elbo.mean()), f"{name}: too noisy to test"
+        assert idata.posterior["elbo"].size == R and idata.sample_stats["loss_seconds"].size == R
+        assert row.grad_total_variance > 0 and row.loss_seconds > 0 and row.grad_seconds > 0
+    agree = pooled_agreement(rows)
+    assert agree["p_value"] > 1e-4, agree
+    by = {r.estimator: r for r in rows}
+    # Given t and x_t the Monte-Carlo step term is the analytic one plus zero-mean noise (Rao–Blackwell).
+    # (Not so for the full chain: near the optimum Trace_ELBO's log-weight is nearly constant, see the study.)
+    assert by["stochastic-kl"].elbo_sd <= by["stochastic-mc"].elbo_sd * 1.2
+
+
+def test_iwae_lies_between_the_elbo_and_log_likelihood_and_tightens_with_k():
+    d, x0, elbo, logp = linear_gaussian(batch=2, shrink=0.3)
+    assert logp.mean() - elbo.mean() > 0.2  # a gap worth closing
+
+    def iwae(k, reps=300):
+        loss = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True, max_plate_nesting=1)
+        return mean_se([-loss.loss(d.model, d.guide, x0) / len(x0) for _ in range(reps)])
+
+    k2, k32 = iwae(2), iwae(32)
+    for m, se in (k2, k32):
+        assert elbo.mean() - Z * se <= m <= logp.mean() + Z * se
+    # Per example: K particles close a clear part of the gap (a batch-joint weight would not, at B = 2 already).
+    assert k32[0] - k2[0] > Z * math.hypot(k2[1], k32[1])
+    assert k32[0] - elbo.mean() > 0.5 * (logp.mean() - elbo.mean())
+
+
+def test_running_moments_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 7)) * np.arange(1, 8) + 3.0
+    mom = RunningMoments(7)
+    for row in x:
+        mom.add(torch.tensor(row))
+    np.testing.assert_allclose(mom.mean.numpy(), x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(mom.variance.numpy(), x.var(0, ddof=1), rtol=1e-10)
+    assert mom.total_variance() == pytest.approx(x.var(0, ddof=1).sum(), rel=1e-10)
+    assert mom.mean_norm_sq() == pytest.approx((x.mean(0) ** 2).sum() - x.var(0, ddof=1).sum() / 50, rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- low-discrepancy t
+def test_low_discrepancy_steps_are_uniform_and_stratified():
+    s = LowDiscrepancyTimesteps(12)
+    torch.manual_seed(0)
+    t, w = s.sample(12)
+    assert sorted(t.tolist()) == list(range(1, 13))  # n = T: every step exactly once
+    assert torch.all(w == 12.0)
+    draws = torch.stack([s.sample(4)[0] for _ in range(6000)])  # [6000 x 4]
+    strata = (draws - 1) // 3  # n = 4 strata of width T / n = 3
+    assert all(len(set(row)) == 4 for row in strata.tolist())
+    for i in range(4):  # each position on its own is uniform on 1..12
+        counts = torch.bincount(draws[:, i] - 1, minlength=12).double()
+        se = math.sqrt(6000 * (1 / 12) * (11 / 12))
+        assert (counts - 500).abs().max() <= Z * se, counts
+
+
+def test_low_discrepancy_t_removes_between_t_variance():
+    d, x0, elbo, _ = linear_gaussian(batch=T)
+    x0 = x0.repeat(4, 1)  # 32 examples: 4 per stratum
+
+    def spread(timesteps):
+        est = StochasticTimestepELBO(timesteps=timesteps)
+        v = [est.loss(d.model, d.guide, x0) for _ in range(400)]
+        return np.var(v, ddof=1)
+
+    # F-test at 5 sigma: log of a variance ratio of 400 draws each has sd ≈ sqrt(2/399 · 2) ≈ 0.1 (more with
+    # heavy tails); the measured reduction is far larger.
+    assert spread("low-discrepancy") < 0.5 * spread("uniform")
+
+
+# ---------------------------------------------------------------------------------------- per t
+@pytest.mark.parametrize("kind", ["kl", "mc"])
+def test_per_t_moments_predict_the_measured_variance(kind):
+    d, x0, _, _ = linear_gaussian()
+    pt = per_t_moments(d, x0, repeats=5000, seed=1)  # the prediction's own noise: ~1%, against ~5% below
+    assert pt.full_grid
+    pred = pt.predicted_variance(kind)
+    assert pred["within_t"] > 0 and pred["total"] > 0
+    est = StochasticTimestepELBO(step_term=kind)
+    v = np.array([-est.loss(d.model, d.guide, x0) / len(x0) for _ in range(1500)])
+    var = v.var(ddof=1)
+    m4 = ((v - v.mean()) ** 4).mean()
+    se = math.sqrt(max(m4 - var ** 2, 0) / len(v))  # standard error of the sample variance
+    assert abs(var - pred["total"]) <= Z * se, (var, se, pred)
+    assert se < 0.2 * var  # power
+
+
+def test_per_t_grid_and_importance_probabilities():
+    d, x0, _, _ = linear_gaussian()
+    pt = per_t_moments(d, x0, steps=4, repeats=4)
+    assert not pt.full_grid and pt.t[0] == 1 and pt.t[-1] == T
+    with pytest.raises(ValueError, match="every t"):
+        pt.predicted_variance("kl")
+    full = per_t_moments(d, x0, repeats=50)
+    p = full.importance_probabilities()
+    assert p.shape == (T,) and p.sum() == pytest.approx(1.0)
+    # The ideal importance distribution never predicts more variance than uniform t.
+    assert full.predicted_variance("kl", p)["total"] <= full.predicted_variance("kl")["total"] * 1.05
+
+
+# ---------------------------------------------------------------------------------------- race bookkeeping
+def test_time_to_reach_interpolates_the_first_crossing():
+    rows = [{"estimator": "a", "point": k, "train_seconds": s, "step": n, "bpd": b}
+            for k, (s, n, b) in enumerate([(0, 0, 10.0), (1, 10, 8.0), (2, 20, 4.0), (4, 40, 5.0)])]
+    rows += [{"estimator": "b", "point": k, "train_seconds": s, "step": n, "bpd": b}
+             for k, (s, n, b) in enumerate([(0, 0, 10.0), (8, 5, 9.0), (16, 10, 7.0)])]
+    hit = time_to_reach(rows, "a", 6.0)  # between (1 s, 8.0) and (2 s, 4.0): halfway
+    assert hit == {"seconds": 1.5, "step": 15.0, "bound": "exact"}
+    assert time_to_reach(rows, "a", 9.0)["bound"] == "at most"  # reached by the first trained point
+    assert time_to_reach(rows, "a", 3.0) == {"seconds": None, "step": None, "bound": "not reached"}
+    s = speedups(rows, "a", "b")  # b's final 7.0: b at 16 s, a at 1 + (8 − 7)/4 = 1.25 s
+    assert s["target_bpd"] == 7.0 and s["ratio"] == pytest.approx(16 / 1.25)
+    assert budgets(8, 4) == [1.0, 2.0, 4.0, 8.0]
+
+
+# ---------------------------------------------------------------------------------------- end to end
+TINY = ["--data", "eight_gaussians", "--T", "10", "--batch-size", "8", "--replicates", "8",
+        "--full-chain-replicates", "8", "--iwae-particles", "2", "--eval-examples", "16", "--threads", "1",
+        "--no-progress"]
+
+
+def test_compare_writes_the_whole_report(tmp_path, capsys):
+    import arviz as az
+
+    out = tmp_path / "study"
+    assert main(["compare", "--out", str(out), *TINY, "--race-seconds", "1", "--race-points", "2",
+                 "--race-estimators", "trace,stochastic-mc,stochastic-kl,stochastic-kl-is", "--race-target", "50"]) == 0
+    for f in ("report.md", "study.json", "fixed_theta.csv", "per_t.csv", "race.csv", "race_targets.csv",
+              "fixed_theta.png", "per_t.png", "race.png"):
+        assert (out / f).stat().st_size > 0, f
+    study = json.loads((out / "study.json").read_text())
+    names = [r["estimator"] for r in study["fixed_theta"]["rows"]]
+    assert names == ["trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld", "stochastic-mc",
+                     "iwae"]
+    assert study["fixed_theta"]["rows"][-1]["bound"] == "IWAE-2"
+    assert "iwae" not in study["fixed_theta"]["agreement"]["estimators"]  # a different bound: never pooled
+    assert set(study["per_t"]["predicted"]) >= {"stochastic-kl", "stochastic-mc", "stochastic-kl-is"}
+    idata = az.from_netcdf(out / "draws" / "stochastic-kl.nc")
+    assert idata.posterior["elbo"].shape == (2, 4) and idata.posterior["grad_proj"].shape == (2, 4, 8)
+    race = study["race"]
+    assert [r["point"] for r in race["rows"] if r["estimator"] == "trace"] == [0, 1, 2]
+    assert {t["label"] for t in race["targets"]} == {"final of trace", "final of stochastic-mc", "stated target"}
+    assert len(race["speedups"]) == 4
+    report = (out / "report.md").read_text()
+    for heading in ("## At a fixed θ", "Reported apart", "## Per t", "## Training race", "Speed-ups"):
+        assert heading in report
+    assert "report.md" in capsys.readouterr().out
+
+
+def test_compare_on_a_trained_run_uses_its_weights(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "eight_gaussians", "--net", "mlp", "--T", "10", "--steps", "3",
+                 "--batch-size", "8", "--run-dir", str(run), "--no-progress"]) == 0
+    out = tmp_path / "study"
+    assert main(["compare", str(run), "--out", str(out), "--estimators", "meanfield,stochastic-kl",
+                 *TINY[TINY.index("--batch-size"):]]) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert "EMA weights of" in study["meta"]["theta"] and "step 3" in study["meta"]["theta"]
+    assert "race" not in study and "## Training race" not in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--estimators", "trace,nope"], ["'nope'", "choose from"]),
+    (["--replicates", "2"], ["replicates = 2", "at least 4"]),
+    (["--race-seconds", "5", "--race-estimators", "iwae"], ["'iwae'", "race"]),
+    (["--iwae-particles", "1"], ["iwae_particles = 1", "--iwae-particles"]),
+])
+def test_compare_bad_input_is_one_line(tmp_path, capsys, flags, words):
+    assert main(["compare", "--out", str(tmp_path / "x"), "--data", "eight_gaussians", "--T", "5", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ppl-diffusion: error:"), err
+    for w in words:
+        assert w in err, err
