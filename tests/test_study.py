@@ -160,10 +160,14 @@ def test_time_to_reach_interpolates_the_first_crossing():
              for k, (s, n, b) in enumerate([(0, 0, 10.0), (8, 5, 9.0), (16, 10, 7.0)])]
     hit = time_to_reach(rows, "a", 6.0)  # between (1 s, 8.0) and (2 s, 4.0): halfway
     assert hit == {"seconds": 1.5, "step": 15.0, "bound": "exact"}
-    assert time_to_reach(rows, "a", 9.0)["bound"] == "at most"  # reached by the first trained point
+    # Already reached at the first trained point: that point's time is an upper bound, not interpolated.
+    assert time_to_reach(rows, "a", 9.0) == {"seconds": 1.0, "step": 10.0, "bound": "at most"}
     assert time_to_reach(rows, "a", 3.0) == {"seconds": None, "step": None, "bound": "not reached"}
     s = speedups(rows, "a", "b")  # b's final 7.0: b at 16 s, a at 1 + (8 − 7)/4 = 1.25 s
-    assert s["target_bpd"] == 7.0 and s["ratio"] == pytest.approx(16 / 1.25)
+    assert s["target_bpd"] == 7.0 and s["ratio"] == pytest.approx(16 / 1.25) and s["ratio_kind"] == "measured"
+    rows[1]["bpd"] = 6.5  # now a is below 7.0 at its first point: the ratio is a lower bound
+    s = speedups(rows, "a", "b")
+    assert s["ratio"] == pytest.approx(16 / 1.0) and s["ratio_kind"] == "at least"
     assert budgets(8, 4) == [1.0, 2.0, 4.0, 8.0]
 
 
@@ -199,6 +203,20 @@ def test_compare_writes_the_whole_report(tmp_path, capsys):
     for heading in ("## At a fixed θ", "Reported apart", "## Per t", "## Training race", "Speed-ups"):
         assert heading in report
     assert "report.md" in capsys.readouterr().out
+    # Everything presented is rendered from study.json alone.
+    from ppl_diffusion.study.report import render
+
+    before = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    (out / "race.png").unlink()
+    render(study, out)
+    assert (out / "report.md").read_text() == before and (out / "race.png").stat().st_size > 0
+    # What derives from stored draws is re-derived from them.
+    from ppl_diffusion.study.report import refresh
+
+    kept = [r.pop("elbo_var_se") for r in study["fixed_theta"]["rows"]]
+    refresh(study, out)
+    assert [r["elbo_var_se"] for r in study["fixed_theta"]["rows"]] == pytest.approx(kept, rel=1e-9)
 
 
 def test_compare_on_a_trained_run_uses_its_weights(tmp_path):

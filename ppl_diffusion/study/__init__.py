@@ -38,7 +38,7 @@ from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check
                          make_study_estimator)
 from .fixed import FixedThetaRow, measure, pooled_agreement
 from .per_t import PerTResult, per_t_moments
-from .race import budgets, race, speedups, time_to_reach
+from .race import budgets, race, speedups, summarise, time_to_reach
 
 RACE_ESTIMATORS = ("trace", "meanfield", "stochastic-mc", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld")
 
@@ -172,7 +172,6 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
             "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": config.command or "ppl_diffusion.study.run_study", "config": dataclasses.asdict(config)}
     study = {"meta": meta}
-    title = f"{tc.data}, {tc.net}, T = {tc.T}"
 
     # 1. fixed θ
     rows: list[FixedThetaRow] = []
@@ -198,8 +197,6 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     study["fixed_theta"] = {"replicates": config.replicates,
                             "full_chain_replicates": config.full_chain_replicates or config.replicates,
                             "rows": fixed_rows, "agreement": pooled_agreement(rows), "iwae_reference": reference}
-    report.write_csv(out / "fixed_theta.csv", fixed_rows)
-    report.fixed_theta_figure(fixed_rows, out / "fixed_theta.png", f"{title}: estimators at a fixed θ")
 
     # 2. per t
     per_t: PerTResult = per_t_moments(diffusion, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
@@ -207,20 +204,18 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     per_t_rows = per_t.rows()
     study["per_t"] = {"repeats": config.per_t_repeats, "steps": len(per_t.t), "rows": per_t_rows}
     if per_t.full_grid:
-        measured = {r.estimator: r.elbo_sd ** 2 for r in rows}
+        measured = {r.estimator: (r.elbo_sd ** 2, r.elbo_var_se) for r in rows}
         pred = {}
         for name, kind, probs in (("stochastic-kl", "kl", None), ("stochastic-mc", "mc", None),
                                   *((n, n.split("-")[1], samplers[n]) for n in samplers)):
             p = per_t.predicted_variance(kind, probs)
             if name in measured:
-                p["measured"] = measured[name]
-                p["ratio"] = measured[name] / p["total"] if p["total"] > 0 else None
+                p["measured"], p["measured_se"] = measured[name]
+                p["ratio"] = p["measured"] / p["total"] if p["total"] > 0 else None
             pred[name] = p
         ideal = per_t.importance_probabilities("kl")
         pred["stochastic-kl, ideal P(t) ∝ sqrt E[L²]"] = per_t.predicted_variance("kl", ideal)
         study["per_t"]["predicted"] = pred
-    report.write_csv(out / "per_t.csv", per_t_rows)
-    report.per_t_figure(per_t_rows, out / "per_t.png", f"{title}: the step term at each t")
     log(f"per-t moments on {len(per_t.t)} steps done")
 
     # 3. race
@@ -232,32 +227,15 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)
         names = list(config.race_estimators)
-        targets = []
-        from .race import final_bpd
-
-        for slow in ("trace", "stochastic-mc"):
-            if slow in names:
-                bpd = final_bpd(race_rows, slow)
-                targets.append({"label": f"final of {slow}", "bpd": bpd,
-                                "times": {n: time_to_reach(race_rows, n, bpd) for n in names}})
-        if config.race_target is not None:
-            targets.append({"label": "stated target", "bpd": config.race_target,
-                            "times": {n: time_to_reach(race_rows, n, config.race_target) for n in names}})
-        pairs = [(fast, slow) for slow in ("trace", "stochastic-mc") for fast in ("stochastic-kl-is", "stochastic-kl")
-                 if fast in names and slow in names]
         study["race"] = {"seconds": config.race_seconds, "points": config.race_points, "lr": config.race_lr,
                          "grad_clip": config.race_grad_clip, "batch_size": config.batch_size,
                          "eval_examples": min(config.eval_examples, len(dataset.test)), "estimators": names,
-                         "rows": race_rows, "targets": targets, "speedups": [speedups(race_rows, f, s) for f, s in pairs]}
-        report.write_csv(out / "race.csv", race_rows)
-        report.write_csv(out / "race_targets.csv", [
-            {"target": t["label"], "target_bpd": t["bpd"], "estimator": n, **hit}
-            for t in targets for n, hit in t["times"].items()])
-        report.race_figure(race_rows, out / "race.png", f"{title}: training race, {config.race_seconds:g} s each")
+                         "target": config.race_target, "rows": race_rows,
+                         **summarise(race_rows, names, config.race_target)}
 
     meta["seconds"] = round(time.monotonic() - started, 1)
     (out / "study.json").write_text(json.dumps(study, indent=2, default=float) + "\n")
-    (out / "report.md").write_text(report.markdown(study))
+    report.render(study, out)
     return study
 
 

@@ -49,6 +49,7 @@ class FixedThetaRow:
     grad_mean_norm_sq: float  # unbiased estimate of ‖E ĝ‖²
     grad_snr: float  # sqrt(max(‖E ĝ‖², 0) / tr Cov)
     grad_proj_ess_min: float  # smallest arviz ESS over the projected gradient directions
+    elbo_var_se: float = float("nan")  # standard error of elbo_sd² (from the draws' fourth moment)
     elbo_efficiency: float = float("nan")  # 1 / (elbo_sd² × loss_seconds)
     grad_efficiency: float = float("nan")  # 1 / (tr Cov × grad_seconds)
     warmup_calls: int = 0  # untimed calls that filled an importance sampler's history
@@ -89,6 +90,14 @@ class RunningMoments:
     def mean_norm_sq(self) -> float:
         """Unbiased ‖E x‖²: ‖x̄‖² − tr Cov / R."""
         return self.mean.pow(2).sum().item() - self.total_variance() / self.count
+
+
+def variance_se(draws) -> float:
+    """Standard error of the sample variance of i.i.d. draws: sqrt((m4 − s⁴) / R), m4 the fourth central
+    moment (no normality assumed: heavy tails make it large, as they should)."""
+    x = np.asarray(draws, dtype=np.float64).reshape(-1)
+    c = x - x.mean()
+    return float(np.sqrt(max((c ** 4).mean() - c.var(ddof=1) ** 2, 0.0) / len(x)))
 
 
 def _chains(x: np.ndarray) -> np.ndarray:
@@ -164,7 +173,7 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
         loss_seconds=float(np.mean(loss_s)), grad_seconds=float(np.mean(grad_s)),
         grad_total_variance=total_var, grad_mean_norm_sq=mean_sq,
         grad_snr=math.sqrt(max(mean_sq, 0.0) / total_var) if total_var > 0 else float("inf"),
-        grad_proj_ess_min=float(np.min(ess_proj)), warmup_calls=warmup,
+        grad_proj_ess_min=float(np.min(ess_proj)), elbo_var_se=variance_se(elbo), warmup_calls=warmup,
     )
     if warmup:
         row.notes.append(f"importance-sampling history filled by {warmup} untimed calls at this θ, then frozen")

@@ -83,8 +83,9 @@ def time_to_reach(rows: list[dict], estimator: str, target: float) -> dict:
     """When ``estimator``'s curve first reaches ``target`` bits/dim.
 
     Returns ``seconds`` and ``step`` interpolated linearly between the two evaluated points that bracket
-    the crossing (``None`` if never reached), and ``bound``: ``"exact"``, ``"at most"`` (reached by the
-    first evaluated point after the start: the time is an upper bound) or ``"not reached"``.
+    the crossing (``None`` if never reached), and ``bound``: ``"exact"``, ``"at most"`` (already reached
+    at the first evaluated point after the start: that point's time, an upper bound), ``"at start"`` or
+    ``"not reached"``.
     """
     pts = sorted((r for r in rows if r["estimator"] == estimator), key=lambda r: r["point"])
     prev = None
@@ -92,10 +93,12 @@ def time_to_reach(rows: list[dict], estimator: str, target: float) -> dict:
         if r["bpd"] <= target:
             if prev is None:
                 return {"seconds": r["train_seconds"], "step": r["step"], "bound": "at start"}
+            if prev["point"] == 0:  # crossed before the first evaluation: its time is all we know, an upper bound
+                return {"seconds": float(r["train_seconds"]), "step": float(r["step"]), "bound": "at most"}
             frac = (prev["bpd"] - target) / (prev["bpd"] - r["bpd"]) if prev["bpd"] != r["bpd"] else 1.0
             sec = prev["train_seconds"] + frac * (r["train_seconds"] - prev["train_seconds"])
             step = prev["step"] + frac * (r["step"] - prev["step"])
-            return {"seconds": float(sec), "step": float(step), "bound": "at most" if prev["point"] == 0 else "exact"}
+            return {"seconds": float(sec), "step": float(step), "bound": "exact"}
         prev = r
     return {"seconds": None, "step": None, "bound": "not reached"}
 
@@ -118,4 +121,22 @@ def speedups(rows: list[dict], fast: str, slow: str) -> dict:
             "fast_seconds": t_fast["seconds"], "fast_bound": t_fast["bound"], "ratio": ratio, "ratio_kind": kind}
 
 
-__all__ = ["budgets", "final_bpd", "race", "speedups", "time_to_reach"]
+def summarise(rows: list[dict], names, target: float | None = None) -> dict:
+    """Targets (the Monte-Carlo estimators' final bits/dim, and ``target`` if given) with every estimator's
+    time to reach them, and the speed-ups of the analytic stochastic estimators over the Monte-Carlo ones."""
+    names = list(names)
+    targets = []
+    for slow in ("trace", "stochastic-mc"):
+        if slow in names:
+            bpd = final_bpd(rows, slow)
+            targets.append({"label": f"final of {slow}", "bpd": bpd,
+                            "times": {n: time_to_reach(rows, n, bpd) for n in names}})
+    if target is not None:
+        targets.append({"label": "stated target", "bpd": target,
+                        "times": {n: time_to_reach(rows, n, target) for n in names}})
+    pairs = [(fast, slow) for slow in ("trace", "stochastic-mc") for fast in ("stochastic-kl-is", "stochastic-kl")
+             if fast in names and slow in names]
+    return {"targets": targets, "speedups": [speedups(rows, f, s) for f, s in pairs]}
+
+
+__all__ = ["budgets", "final_bpd", "race", "speedups", "summarise", "time_to_reach"]

@@ -1,4 +1,8 @@
-"""The study's outputs: CSV tables, PNG figures, ``study.json`` and a markdown report, in one folder."""
+"""The study's outputs: CSV tables, PNG figures and a markdown report, all rendered from ``study.json``.
+
+:func:`render` rewrites them from the dict alone; ``python -m ppl_diffusion.study.report DIR`` re-derives
+what follows from the stored data (:func:`refresh`) and re-renders a finished study, without rerunning it.
+"""
 
 from __future__ import annotations
 
@@ -61,13 +65,13 @@ def per_t_figure(per_t_rows: list[dict], path: Path, title: str) -> Path:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
-    ax.set_ylabel("Var of L_{t-1} at fixed x_0 (nats²), mean over the batch")
+    ax.set_ylabel("Var of L_(t−1) at fixed x_0 (nats²), batch mean")
     ax.legend()
     ax = axes[1]
-    ax.plot(t, [r["mean_kl"] for r in per_t_rows], label="E L_{t-1}", lw=1, color="C0")
-    ax.plot(t, [math.sqrt(max(r["second_moment_kl"], 0)) for r in per_t_rows], label="sqrt E[L_{t-1}²] (analytic)",
+    ax.plot(t, [r["mean_kl"] for r in per_t_rows], label="E L_(t−1)", lw=1, color="C0")
+    ax.plot(t, [math.sqrt(max(r["second_moment_kl"], 0)) for r in per_t_rows], label="√E[L_(t−1)²] (analytic)",
             lw=1, ls="--", color="C0")
-    ax.plot(t, [math.sqrt(max(r["second_moment_mc"], 0)) for r in per_t_rows], label="sqrt E[L_{t-1}²] (Monte Carlo)",
+    ax.plot(t, [math.sqrt(max(r["second_moment_mc"], 0)) for r in per_t_rows], label="√E[L_(t−1)²] (Monte Carlo)",
             lw=1, ls="--", color="C1")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -166,12 +170,15 @@ def markdown(study: dict) -> str:
         if pred:
             lines += ["Predicted from the per-t moments vs measured by the replicates (variance of the batch-mean "
                       "ELBO estimate, nats²):", "",
-                      "| estimator | predicted | of which between-t | measured | measured / predicted |",
+                      "| estimator | predicted | of which between-t | measured ± SE | measured / predicted |",
                       "|:---|---:|---:|---:|---:|"]
             for name, p in pred.items():
                 between = p.get("between_t")
-                lines.append(f"| {name} | {_g(p['total'])} | {_g(between)} | {_g(p.get('measured'))} | "
-                             f"{_g(p.get('ratio'))} |")
+                se = p.get("measured_se")
+                meas = _g(p.get("measured")) + ("" if se is None or se != se else f" ± {_g(se, '.2g')}")
+                lines.append(f"| {name} | {_g(p['total'])} | {_g(between)} | {meas} | {_g(p.get('ratio'))} |")
+            lines += ["", "The measured variances are sample variances of heavy-tailed draws; their SE is from "
+                      "the draws' fourth moment."]
             lines.append("")
     race = study.get("race")
     if race:
@@ -202,3 +209,62 @@ def markdown(study: dict) -> str:
     lines += ["## Files", "", "`study.json` (everything above), `fixed_theta.csv`, `per_t.csv`, `race.csv`, "
               "`race_targets.csv`, `draws/*.nc` (arviz InferenceData; `az.from_netcdf`), the figures.", ""]
     return "\n".join(lines)
+
+
+def render(study: dict, out: str | Path) -> Path:
+    """Write the CSV tables, the figures and ``report.md`` of ``study`` (the dict of ``study.json``) to ``out``."""
+    out = Path(out)
+    meta = study["meta"]
+    title = f"{meta['data']}, {meta['net']}, T = {meta['T']}"
+    if "fixed_theta" in study:
+        rows = study["fixed_theta"]["rows"]
+        write_csv(out / "fixed_theta.csv", rows)
+        fixed_theta_figure(rows, out / "fixed_theta.png", f"{title}: estimators at a fixed θ")
+    if "per_t" in study:
+        write_csv(out / "per_t.csv", study["per_t"]["rows"])
+        per_t_figure(study["per_t"]["rows"], out / "per_t.png", f"{title}: the step term at each t")
+    if "race" in study:
+        race = study["race"]
+        write_csv(out / "race.csv", race["rows"])
+        write_csv(out / "race_targets.csv", [{"target": t["label"], "target_bpd": t["bpd"], "estimator": n, **hit}
+                                             for t in race["targets"] for n, hit in t["times"].items()])
+        race_figure(race["rows"], out / "race.png", f"{title}: training race, {race['seconds']:g} s each")
+    path = out / "report.md"
+    path.write_text(markdown(study))
+    return path
+
+
+def refresh(study: dict, out: str | Path) -> dict:
+    """Recompute what derives from stored data, after a change to how it is derived: the race's targets
+    and speed-ups from its rows; each fixed-θ row's ``elbo_var_se`` from its draws (``draws/*.nc``) where
+    the row lacks it; the predicted-vs-measured table's measured SEs."""
+    from .fixed import variance_se
+    from .race import summarise
+
+    out = Path(out)
+    if "race" in study:
+        race = study["race"]
+        race.update(summarise(race["rows"], race["estimators"], race.get("target")))
+    fixed = study.get("fixed_theta", {})
+    for row in fixed.get("rows", []):
+        if row.get("elbo_var_se") is None or row["elbo_var_se"] != row["elbo_var_se"]:
+            import arviz as az
+
+            row["elbo_var_se"] = variance_se(az.from_netcdf(out / "draws" / f"{row['estimator']}.nc").posterior["elbo"])
+    pred = study.get("per_t", {}).get("predicted", {})
+    for name, p in pred.items():
+        row = next((r for r in fixed.get("rows", []) if r["estimator"] == name), None)
+        if row is not None:
+            p["measured_se"] = row["elbo_var_se"]
+    return study
+
+
+if __name__ == "__main__":  # python -m ppl_diffusion.study.report DIR ...: re-derive and re-render finished studies
+    import json
+    import sys
+
+    for folder in sys.argv[1:]:
+        path = Path(folder) / "study.json"
+        study = refresh(json.loads(path.read_text()), folder)
+        path.write_text(json.dumps(study, indent=2, default=float) + "\n")
+        print(render(study, folder))
