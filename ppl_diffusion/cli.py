@@ -170,7 +170,8 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iwae-particles", type=int, default=d.iwae_particles,
                    help=f"K trajectories of the IWAE bound (default {d.iwae_particles})")
     p.add_argument("--iwae-examples", type=_none_or_int, default=d.iwae_examples,
-                   help="IWAE on the first N examples of the batch only (default all; its calls cost K times more)")
+                   help=f"IWAE on the first N examples of the batch only (default {d.iwae_examples}; all: the whole "
+                        "batch; its calls cost K times more)")
     p.add_argument("--per-t-steps", type=_none_or_int, default=d.per_t_steps,
                    help="steps in the per-t picture (default all: needed for the predicted variances)")
     p.add_argument("--per-t-repeats", type=int, default=d.per_t_repeats,
