@@ -39,6 +39,19 @@ def test_example_gaussian_mixture(tmp_path):
     assert math.isfinite(nll) and abs(nll) < 100
 
 
+def test_compare_estimators_example_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_example", ROOT / "examples" / "compare_estimators.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows, agree = mod.main(["--T", "10", "--steps", "20", "--replicates", "16", "--full-chain-replicates", "8",
+                            "--batch", "32", "--out", str(tmp_path)])
+    assert (tmp_path / "estimators_forest.png").stat().st_size > 1000
+    assert [r.estimator for r in rows] == list(mod.ESTIMATORS) and agree["dof"] == 4
+    assert all(math.isfinite(r.elbo_mean) and r.grad_total_variance > 0 for r in rows)
+
+
 def test_estimator_benchmark_quick(tmp_path):
     import subprocess
     import sys
