@@ -195,3 +195,65 @@ def test_svi_trains_with_the_stochastic_elbo():
     assert np.mean(losses[-50:]) < np.mean(losses[:50])  # the one-step estimator's noise is far smaller than this
     with pytest.raises(ValueError, match="step_term"):
         npd.StochasticTimestepELBO(step_term="exact")
+
+
+# ---------------------------------------------------------------------------------------- compiled chain
+def _trajectory(schedule, x0, noise, analytic):
+    """The guide's sites from the noise, in float64 numpy, independently of the backend's code."""
+    b, a, ab = schedule.betas, schedule.alphas, schedule.alphas_cumprod
+    T, x = schedule.T, x0.astype(np.float64)
+    values = {}
+    if not analytic:
+        for t in range(1, T + 1):
+            x = np.sqrt(a[t - 1]) * x + np.sqrt(b[t - 1]) * noise[t - 1]
+            values[f"x_{t}"] = x
+        return values
+    x = np.sqrt(ab[-1]) * x0 + np.sqrt(1 - ab[-1]) * noise[0]
+    values[f"x_{T}"] = x
+    for k, t in enumerate(range(T, 1, -1), start=1):
+        mean = schedule.posterior_mean_coef1[t - 1] * x0 + schedule.posterior_mean_coef2[t - 1] * x
+        x = mean + np.sqrt(schedule.posterior_variance[t - 1]) * noise[k]
+        values[f"x_{t - 1}"] = x
+    return values
+
+
+@pytest.mark.parametrize("analytic", [False, True])
+def test_compiled_full_chain_equals_the_named_site_programs(analytic):
+    from flax import nnx
+
+    from ppl_diffusion.numpyro.chain import full_chain_elbo
+
+    _, jd = pair()
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=(6, 2)).astype(np.float32)
+    noise = rng.normal(size=(T, 6, 2)).astype(np.float32)
+    params = nnx.to_pure_dict(nnx.state(jd.denoiser, nnx.Param))
+    elbo = jax.jit(lambda p, x, e: full_chain_elbo(jd, p, x, e, analytic=analytic))(params, jnp.asarray(x0),
+                                                                                    jnp.asarray(noise))
+    values = {k: jnp.asarray(v.astype(np.float32)) for k, v in _trajectory(jd.schedule, x0, noise, analytic).items()}
+    guide = jd.posterior_guide if analytic else jd.guide
+    m, g = npd.trace_pair(jd.model, handlers.substitute(guide, data=values), jax.random.PRNGKey(0), jnp.asarray(x0))
+    ref = sum(npd.per_example_elbo(m, g, analytic).values())
+    close(ref, elbo, 1e-5, atol=1e-4)
+    # It is differentiable through the scan.
+    grads = jax.grad(lambda p: full_chain_elbo(jd, p, jnp.asarray(x0), jnp.asarray(noise), analytic=analytic).sum())(params)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(grads))
+
+
+def test_compiled_sampling_equals_the_pytorch_chain_with_the_same_noise():
+    from flax import nnx
+
+    from ppl_diffusion.numpyro.chain import sample_from_noise
+
+    td, jd = pair(variance="posterior")
+    rng = np.random.default_rng(4)
+    noise = rng.normal(size=(T, 5, 2)).astype(np.float32)
+    params = nnx.to_pure_dict(nnx.state(jd.denoiser, nnx.Param))
+    out = jax.jit(lambda p, e: sample_from_noise(jd, p, e))(params, jnp.asarray(noise))
+    with torch.no_grad():  # the PyTorch backend's reverse step, fed the same noise
+        x = torch.from_numpy(noise[0])
+        for k, t in enumerate(range(T, 1, -1), start=1):
+            mean, log_var = td.p_mean_variance(x, torch.full((5,), t))
+            x = mean + torch.exp(0.5 * log_var) * torch.from_numpy(noise[k])
+        mean, _ = td.p_mean_variance(x, torch.full((5,), 1))
+    close(mean, out, 1e-5)

@@ -2,10 +2,11 @@
 
 Work in progress (issue 6). Here now: the closed forms and decoders on JAX arrays, the MLP denoiser in
 Flax NNX with weight conversion both ways, the full-chain and one-step programs with the Pyro backend's
-site names and plates, per-example ELBO terms and a stochastic-timestep ELBO for ``numpyro.infer.SVI``.
-Agreement with the Pyro backend is tested to float32 precision (``tests/test_numpyro_backend.py``).
-Not yet: the U-Net, importance-sampled t, the compiled full-chain estimators and sampling with
-``lax.scan``, the evaluator, the CLI's ``--backend numpyro`` and the benchmark.
+site names and plates, per-example ELBO terms and a stochastic-timestep ELBO for ``numpyro.infer.SVI``,
+and the full chain compiled with ``lax.scan`` (:mod:`.chain`: its ELBO, MC or analytic, and ancestral
+sampling from given noise). Agreement with the Pyro backend is tested to float32 precision
+(``tests/test_numpyro_backend.py``). Not yet: the U-Net, importance-sampled t, the per-term evaluator,
+the CLI's ``--backend numpyro`` with shared checkpoints, and the benchmark.
 
 Needs the ``jax`` extra: ``pip install -c constraints.txt -e ".[jax]"``.
 """

@@ -1,0 +1,131 @@
+"""The full chain compiled: its ELBO and ancestral sampling with ``lax.scan``, from noise passed in.
+
+The named-site programs of :class:`~ppl_diffusion.numpyro.GaussianDiffusion` are the reference (a Python
+loop of T sites); these functions compute the same numbers as pure functions of (params, x_0, noise), so
+that ``jax.jit`` compiles one step of the chain instead of T:
+
+- :func:`full_chain_elbo`: the per-example ELBO of one trajectory, scored as ``Trace_ELBO`` on
+  (model, guide) (``analytic=False``: the forward chain, log p − log q at every site) or as
+  ``TraceMeanField_ELBO`` on (model, posterior_guide) (``analytic=True``: the posterior-order chain, a
+  closed-form KL at every site). ``noise[k]`` is the standard normal of the k-th sampled site, in the
+  guide's order.
+- :func:`sample_from_noise`: ancestral sampling; ``noise[0]`` is x_T, ``noise[k]`` the step to x_{T−k}.
+
+``params`` is the denoiser's parameters as a pure dict (``nnx.to_pure_dict(nnx.state(net, nnx.Param))``,
+the value NumPyro keeps under ``"denoiser$params"``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from . import closed_forms as cf
+
+
+def denoiser_apply(diffusion):
+    """A pure function ``apply(params, x_t, t) -> ε̂`` of the diffusion's Flax denoiser."""
+    graphdef, params_state, rest = nnx.split(diffusion.denoiser, nnx.Param, nnx.Not(nnx.Param))
+
+    def apply(params, x_t, t):
+        state = jax.tree.map(lambda v: v, params_state)
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state, rest)(x_t, t)
+
+    return apply
+
+
+def _sum_event(x, d: int):
+    return x.reshape(x.shape[:x.ndim - d] + (-1,)).sum(-1)
+
+
+def _normal_logpdf(x, mean, var):
+    return -0.5 * (jnp.log(2 * jnp.pi * var) + (x - mean) ** 2 / var)
+
+
+def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False):
+    """Per-example ELBO ``[B]`` of the trajectory the guide draws from ``noise`` ``[T x B x ...]``."""
+    s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
+    apply = denoiser_apply(diffusion)
+    batch = x0.shape[0]
+    ts = jnp.arange(1, T + 1)
+
+    def full(t):
+        return jnp.full((batch,), t, dtype=jnp.int32)
+
+    def p_step(x_t, t):  # p(x_{t-1} | x_t): mean, log-variance
+        mean = cf.p_mean_from_eps(s, x_t, full(t), apply(params, x_t, full(t)))
+        return mean, jnp.broadcast_to(cf.extract(diffusion.p_log_variance, full(t), x_t), x_t.shape)
+
+    if not analytic:
+        # Guide: x_t = √α_t x_{t−1} + √β_t ε_t, t = 1..T; log q(x_t | x_{t−1}) per site.
+        def forward(x_prev, inputs):
+            t, eps = inputs
+            mean, var = cf.q_step_mean_variance(s, x_prev, full(t))
+            x = mean + jnp.sqrt(var) * eps
+            return x, (x, _sum_event(_normal_logpdf(x, mean, var), d))
+
+        x_T, (xs, log_q) = lax.scan(forward, x0, (ts, noise))  # xs[k] = x_{k+1}
+        # Model: log p(x_T) + Σ_{t=2..T} log p(x_{t−1} | x_t) + log p(x_0 | x_1).
+        log_prior = diffusion.get_prior(x0.dtype).log_prob(x_T)
+
+        def reverse(_, k):  # k = 0..T−2: t = k + 2, x_t = xs[k + 1], x_{t−1} = xs[k]
+            mean, log_var = p_step(xs[k + 1], k + 2)
+            return None, _sum_event(_normal_logpdf(xs[k], mean, jnp.exp(log_var)), d)
+
+        _, log_p = lax.scan(reverse, None, jnp.arange(T - 1))
+        mean, log_var = p_step(xs[0], 1)
+        log_dec = diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+        return log_prior + log_p.sum(0) + log_dec - log_q.sum(0)
+
+    # Posterior order: x_T ~ q(x_T|x_0), then x_{t−1} ~ q(x_{t−1}|x_t, x_0); each site scored by −KL.
+    mean_T, var_T = cf.q_mean_variance(s, x0, full(T))
+    x_T = mean_T + jnp.sqrt(var_T) * noise[0]
+    prior = diffusion.get_prior(x0.dtype)
+    if not hasattr(prior, "base_dist") or type(prior.base_dist).__name__ != "Normal":
+        raise NotImplementedError("the compiled analytic chain needs a Normal prior; use the named-site programs")
+    base = prior.base_dist
+    kl_T = _sum_event(cf.normal_kl(mean_T, jnp.log(var_T), jnp.broadcast_to(base.loc, x0.shape),
+                                   jnp.broadcast_to(2 * jnp.log(base.scale), x0.shape)), d)
+
+    def backward(x_t, inputs):
+        t, eps = inputs
+        q_mean, q_var, _ = cf.q_posterior_mean_variance(s, x0, x_t, full(t))
+        p_mean, p_log_var = p_step(x_t, t)
+        kl = _sum_event(cf.normal_kl(q_mean, jnp.log(q_var), p_mean, p_log_var), d)
+        return q_mean + jnp.sqrt(q_var) * eps, kl
+
+    x_1, kls = lax.scan(backward, x_T, (jnp.arange(T, 1, -1), noise[1:]))
+    mean, log_var = p_step(x_1, 1)
+    log_dec = diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+    return log_dec - kls.sum(0) - kl_T
+
+
+def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
+    """Ancestral samples ``[n x ...]`` from ``noise`` ``[T x n x ...]``: x_T = noise[0], then
+    x_{t−1} = μ_θ(x_t, t) + σ_t · noise[T − t + 1] for t = T..2; x_0 is the decoder's mean at x_1, or a
+    draw from the decoder when ``decoder_key`` is given."""
+    s, T = diffusion.schedule, diffusion.T
+    apply = denoiser_apply(diffusion)
+    n = noise.shape[1]
+
+    def p_step(x_t, t):
+        tt = jnp.full((n,), t, dtype=jnp.int32)
+        mean = cf.p_mean_from_eps(s, x_t, tt, apply(params, x_t, tt))
+        return mean, jnp.broadcast_to(cf.extract(diffusion.p_log_variance, tt, x_t), x_t.shape)
+
+    def step(x_t, inputs):
+        t, eps = inputs
+        mean, log_var = p_step(x_t, t)
+        return mean + jnp.exp(0.5 * log_var) * eps, None
+
+    x_1, _ = lax.scan(step, noise[0], (jnp.arange(T, 1, -1), noise[1:]))
+    mean, log_var = p_step(x_1, 1)
+    if decoder_key is None:
+        return mean
+    return diffusion.decoder(mean, log_var).sample(decoder_key)
+
+
+__all__ = ["denoiser_apply", "full_chain_elbo", "sample_from_noise"]
