@@ -257,3 +257,27 @@ def test_compiled_sampling_equals_the_pytorch_chain_with_the_same_noise():
             x = mean + torch.exp(0.5 * log_var) * torch.from_numpy(noise[k])
         mean, _ = td.p_mean_variance(x, torch.full((5,), 1))
     close(mean, out, 1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["gaussian", "discretized"])
+def test_compiled_bound_equals_the_step_programs(decoder):
+    from flax import nnx
+
+    from ppl_diffusion.numpyro.chain import variational_bound
+
+    _, jd = pair(decoder=decoder)
+    rng = np.random.default_rng(5)
+    x0 = (np.round(rng.uniform(0, 255, size=(4, 2))) / 127.5 - 1).astype(np.float32)
+    noise = rng.normal(size=(T, 4, 2)).astype(np.float32)
+    params = nnx.to_pure_dict(nnx.state(jd.denoiser, nnx.Param))
+    terms = jax.jit(lambda p, x, e: variational_bound(jd, p, x, e, batch_size=3))(params, jnp.asarray(x0),
+                                                                                  jnp.asarray(noise))
+    assert terms.shape == (4, T + 1)
+    s = jd.schedule
+    for t in range(1, T + 1):  # the named-site one-step programs at x_t from the same noise
+        x_t = np.sqrt(s.alphas_cumprod[t - 1]) * x0 + np.sqrt(1 - s.alphas_cumprod[t - 1]) * noise[t - 1]
+        guide = handlers.substitute(jd.step_guide, data={"x_t": jnp.asarray(x_t.astype(np.float32))})
+        m, g = npd.trace_pair(jd.step_model, guide, jax.random.PRNGKey(t), jnp.asarray(x0), jnp.full((4,), t))
+        site = npd.per_example_elbo(m, g, True)
+        close(-(site["x_t"] + site["x_prev"] + site["x_0"]), terms[:, t - 1], 1e-5, atol=1e-4)
+        close(-site["x_T"], terms[:, T], 1e-5, atol=1e-5)

@@ -10,6 +10,7 @@ that ``jax.jit`` compiles one step of the chain instead of T:
   closed-form KL at every site). ``noise[k]`` is the standard normal of the k-th sampled site, in the
   guide's order.
 - :func:`sample_from_noise`: ancestral sampling; ``noise[0]`` is x_T, ``noise[k]`` the step to x_{T−k}.
+- :func:`variational_bound`: every term L_0 … L_T per example, the per-term evaluator.
 
 ``params`` is the denoiser's parameters as a pure dict (``nnx.to_pure_dict(nnx.state(net, nnx.Param))``,
 the value NumPyro keeps under ``"denoiser$params"``).
@@ -128,4 +129,32 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     return diffusion.decoder(mean, log_var).sample(decoder_key)
 
 
-__all__ = ["denoiser_apply", "full_chain_elbo", "sample_from_noise"]
+def variational_bound(diffusion, params, x0, noise, *, batch_size: int | None = None):
+    """Every term of the bound, L_0 … L_T per example ``[B x (T + 1)]`` in nats, as the Pyro backend's
+    :func:`~ppl_diffusion.infer.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) noise[t − 1]
+    and L_{t−1} is the closed-form KL (t > 1) or the decoder's −log p(x_0|x_1) (t = 1); L_T is the prior's
+    KL. ``lax.map`` runs the steps, ``batch_size`` of them per denoiser call."""
+    s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
+    apply = denoiser_apply(diffusion)
+    batch = x0.shape[0]
+
+    def term(inputs):
+        t, eps = inputs
+        tt = jnp.full((batch,), t, dtype=jnp.int32)
+        x_t = cf.q_sample(s, x0, tt, eps)
+        p_mean = cf.p_mean_from_eps(s, x_t, tt, apply(params, x_t, tt))
+        p_log_var = jnp.broadcast_to(cf.extract(diffusion.p_log_variance, tt, x_t), x_t.shape)
+        q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, tt)
+        kl = _sum_event(cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var), d)
+        nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
+        return jnp.where(t == 1, nll, kl)
+
+    steps = lax.map(term, (jnp.arange(1, T + 1), noise), batch_size=batch_size)  # [T x B]
+    mean_T, var_T = cf.q_mean_variance(s, x0, jnp.full((batch,), T, dtype=jnp.int32))
+    base = diffusion.get_prior(x0.dtype).base_dist
+    prior = _sum_event(cf.normal_kl(mean_T, jnp.log(var_T), jnp.broadcast_to(base.loc, x0.shape),
+                                    jnp.broadcast_to(2 * jnp.log(base.scale), x0.shape)), d)
+    return jnp.concatenate([steps.T, prior[:, None]], axis=1)
+
+
+__all__ = ["denoiser_apply", "full_chain_elbo", "sample_from_noise", "variational_bound"]
