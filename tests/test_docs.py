@@ -62,6 +62,17 @@ def test_estimator_benchmark_quick(tmp_path):
     assert (tmp_path / "estimators_quick.json").exists() and "stochastic-kl" in out.stdout
 
 
+def test_backends_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backends.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "backends_quick.json").read_text())
+    assert len(result["rows"]) == 4 and all(r["pyro_s"] > 0 and r["numpyro_s"] > 0 for r in result["rows"])
+
+
 def test_pyro_overhead_benchmark_quick(tmp_path):
     import subprocess
     import sys
