@@ -185,7 +185,12 @@ def main(argv=None) -> dict:
     for r in rows:
         lines.append(f"| {r['case']} | {r['T']} | {1e3 * r['pyro_s']:.1f} | {1e3 * r['numpyro_s']:.1f} | "
                      f"{r['speedup']:.2f}× | {r['numpyro_first_call_s']:.1f} | {r['reps']} |")
-    lines += ["", "Not measured yet: the digits U-Net (not ported to JAX), GPU (no device lent to this task)."]
+    lines += ["", "Not measured yet: the digits U-Net (not ported to JAX), GPU (no device lent to this task).", "",
+              "Caveat: the two runtimes alternate in one process on 2 cores, and their thread pools interfere: torch's "
+              "OpenMP threads keep spinning after each call (OMP_WAIT_POLICY here: "
+              f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}). Alone, the jitted T = 1000 full-chain gradient was "
+              "measured faster than in this table (4.05 s against 7.3 s, an ad hoc run); with OMP_WAIT_POLICY=PASSIVE "
+              "torch slowed about 2×. Separate processes per backend are the next measurement."]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return {"meta": meta, "rows": rows}
 
