@@ -17,6 +17,8 @@ of issue 6.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -132,7 +134,7 @@ class GaussianDiffusion:
             mean_T, var_T = cf.q_mean_variance(self.schedule, x0, self._full_t(T, x0))
             q_T = dist.Normal(mean_T, jnp.sqrt(var_T)).to_event(d)
             numpyro.sample("x_T", self.get_prior(x0.dtype) if is_model else q_T)
-            with handlers.scale(scale=weight) if weight is not None else _null():
+            with handlers.scale(scale=weight) if weight is not None else contextlib.nullcontext():
                 mean, var = cf.q_mean_variance(self.schedule, x0, t)
                 x_t = numpyro.sample("x_t", dist.Normal(mean, jnp.sqrt(var)).to_event(d))
                 if is_model:
@@ -153,10 +155,3 @@ class GaussianDiffusion:
     def step_guide(self, x0, t, weight=None):
         self._step_sites(x0, t, weight, False)
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
