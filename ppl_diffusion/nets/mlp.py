@@ -54,7 +54,7 @@ class MLPDenoiser(nn.Module):
         if x.shape[1] != self.dim:
             raise ValueError(f"MLPDenoiser(dim={self.dim}) got x_t of shape {tuple(shape)} "
                              f"({x.shape[1]} dimensions per example)")
-        emb = self.time(timestep_embedding(t, self.emb_dim).to(x.dtype))  # (B, width)
+        emb = self.time(timestep_embedding(t, self.emb_dim, dtype=x.dtype))  # (B, width)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

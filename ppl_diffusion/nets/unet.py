@@ -270,7 +270,7 @@ class UNet(nn.Module):
         if not torch.is_tensor(t) or t.shape != (x_t.shape[0],):
             got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
             raise ValueError(f"UNet expects t of shape [N] = ({x_t.shape[0]},), one step per image, got {got}")
-        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x_t.dtype))  # (N, 4·mc)
+        emb = self.time_embed(timestep_embedding(t, self.model_channels, dtype=x_t.dtype))  # (N, 4·mc)
         skips = []
         h = x_t
         for block in self.input_blocks:

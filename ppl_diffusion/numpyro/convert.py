@@ -1,7 +1,16 @@
-"""Weights between the PyTorch denoisers and their Flax NNX twins, both ways.
+"""Weights between the PyTorch denoisers and their Flax NNX twins, both ways, by state dict.
 
-A PyTorch ``Linear`` stores ``weight [out x in]``, Flax ``kernel [in x out]``; ``LayerNorm`` is
-``weight, bias`` against ``scale, bias``. The tables below name the layers on both sides.
+The tables below name every layer on both sides: ``(torch prefix, nnx path, kind)``, in the order of the
+PyTorch ``state_dict``. The kinds and their layouts:
+
+* ``linear``: torch ``Linear.weight [out x in]`` ↔ Flax ``Linear.kernel [in x out]``;
+* ``conv``: torch ``Conv2d.weight [out x in x kh x kw]`` ↔ Flax ``Conv.kernel [kh x kw x in x out]``;
+* ``conv1x1``: torch ``Conv2d`` 1×1 ``[out x in x 1 x 1]`` (a residual block's skip) ↔ Flax ``Linear [in x out]``;
+* ``conv1d``: torch ``Conv1d`` 1×1 ``[out x in x 1]`` (attention's qkv and proj_out) ↔ Flax ``Linear [in x out]``;
+* ``norm``: torch ``LayerNorm`` / ``GroupNorm`` ``weight, bias`` ↔ Flax ``scale, bias``.
+
+Every function takes the Flax module as the template of shapes and structure: build it with the same
+hyperparameters as the PyTorch net (:func:`flax_twin` does this from a PyTorch net).
 """
 
 from __future__ import annotations
@@ -11,7 +20,20 @@ import numpy as np
 import torch
 from flax import nnx
 
+from .nets import AttentionBlock, Downsample, MLPDenoiser, ResBlock, UNet, Upsample
 
+# (torch parameter name, Flax parameter name, torch layout → Flax layout, Flax layout → torch layout)
+_KINDS = {
+    "linear": [("weight", "kernel", lambda w: w.T, lambda k: k.T)],
+    "conv": [("weight", "kernel", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1))],
+    "conv1x1": [("weight", "kernel", lambda w: w[:, :, 0, 0].T, lambda k: k.T[:, :, None, None])],
+    "conv1d": [("weight", "kernel", lambda w: w[:, :, 0].T, lambda k: k.T[:, :, None])],
+    "norm": [("weight", "scale", lambda w: w, lambda s: s)],
+}
+_BIAS = ("bias", "bias", lambda b: b, lambda b: b)
+
+
+# --------------------------------------------------------------------------------------------- layer tables
 def _mlp_layers(depth: int) -> list[tuple[str, tuple, str]]:
     """(torch prefix, nnx path, kind) for every layer of an MLPDenoiser of ``depth`` blocks."""
     layers = [("time.0", ("time_in",), "linear"), ("time.2", ("time_out",), "linear"), ("inp", ("inp",), "linear")]
@@ -21,45 +43,205 @@ def _mlp_layers(depth: int) -> list[tuple[str, tuple, str]]:
     return layers + [("out.0", ("out_norm",), "norm"), ("out.2", ("out",), "linear")]
 
 
+def _unet_layer(layer, prefix: str, path: tuple) -> list[tuple[str, tuple, str]]:
+    if isinstance(layer, ResBlock):
+        rows = [(f"{prefix}.in_layers.0", path + ("in_norm",), "norm"),
+                (f"{prefix}.in_layers.2", path + ("in_conv",), "conv"),
+                (f"{prefix}.emb_layers.1", path + ("emb",), "linear"),
+                (f"{prefix}.out_layers.0", path + ("out_norm",), "norm"),
+                (f"{prefix}.out_layers.3", path + ("out_conv",), "conv")]
+        return rows + ([] if layer.skip is None else [(f"{prefix}.skip", path + ("skip",), "conv1x1")])
+    if isinstance(layer, AttentionBlock):
+        return [(f"{prefix}.norm", path + ("norm",), "norm"), (f"{prefix}.qkv", path + ("qkv",), "conv1d"),
+                (f"{prefix}.proj_out", path + ("proj_out",), "conv1d")]
+    if isinstance(layer, Downsample):
+        return [(f"{prefix}.op", path + ("op",), "conv")]
+    if isinstance(layer, Upsample):
+        return [(f"{prefix}.conv", path + ("conv",), "conv")]
+    if isinstance(layer, nnx.Conv):  # the input conv
+        return [(prefix, path, "conv")]
+    raise TypeError(f"no torch twin known for the U-Net layer {type(layer).__name__} at {prefix}")
+
+
+def _unet_layers(module: UNet) -> list[tuple[str, tuple, str]]:
+    """(torch prefix, nnx path, kind) for every layer of ``module``, in the torch ``state_dict`` order."""
+    rows = [("time_embed.0", ("time_in",), "linear"), ("time_embed.2", ("time_out",), "linear")]
+    for name in ("input_blocks", "output_blocks"):
+        if name == "output_blocks":
+            for j, layer in enumerate(module.middle_block):
+                rows += _unet_layer(layer, f"middle_block.{j}", ("middle_block", j))
+        for i, block in enumerate(getattr(module, name)):
+            for j, layer in enumerate(block):
+                rows += _unet_layer(layer, f"{name}.{i}.{j}", (name, i, j))
+    return rows + [("out.0", ("out_norm",), "norm"), ("out.2", ("out",), "conv")]
+
+
+def _layers(module) -> tuple[str, list[tuple[str, tuple, str]], str]:
+    """(net name, layer table, how to build a matching Flax net) of a Flax denoiser."""
+    if isinstance(module, MLPDenoiser):
+        return "MLPDenoiser", _mlp_layers(len(module.blocks)), "same dim, width and depth"
+    if isinstance(module, UNet):
+        return "UNet", _unet_layers(module), "same hyperparameters (flax_twin(torch_net) builds one)"
+    raise TypeError(f"no PyTorch twin known for {type(module).__name__}; expected a Flax MLPDenoiser or UNet")
+
+
 def _get(d: dict, path: tuple):
     for k in path:
         d = d[k]
     return d
 
 
-def mlp_from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser` into the Flax ``module``."""
-    sd = {k: v.detach().cpu().numpy() for k, v in torch_module.state_dict().items()}
-    state = nnx.state(module, nnx.Param)
-    pure = nnx.to_pure_dict(state)
-    for prefix, path, kind in _mlp_layers(len(module.blocks)):
+# --------------------------------------------------------------------------------------------- state dicts
+def params_from_torch_state(module, state_dict) -> dict:
+    """The pure param dict of the Flax ``module`` (``nnx.to_pure_dict(nnx.state(module, nnx.Param))``'s
+    structure) holding the weights of ``state_dict``, the state dict of the PyTorch twin. Raises a
+    ValueError naming the layer on a missing or unexpected key or a shape that does not match."""
+    net, table, fix = _layers(module)
+    pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    unused = dict(state_dict)
+    for prefix, path, kind in table:
         node = _get(pure, path)
-        if kind == "linear":
-            _check(node["kernel"], sd[f"{prefix}.weight"].T, prefix)
-            node["kernel"] = jnp.asarray(sd[f"{prefix}.weight"].T)
-            node["bias"] = jnp.asarray(sd[f"{prefix}.bias"])
-        else:
-            node["scale"] = jnp.asarray(sd[f"{prefix}.weight"])
-            node["bias"] = jnp.asarray(sd[f"{prefix}.bias"])
+        for t_name, f_name, to_flax, to_torch in _KINDS[kind] + [_BIAS]:
+            key = f"{prefix}.{t_name}"
+            want = to_torch(np.asarray(node[f_name])).shape
+            if key not in unused:
+                raise ValueError(f"layer {prefix}: the state dict has no {key!r} (a {want} tensor) that the Flax "
+                                 f"{net} needs; build the Flax {net} with the {fix}")
+            value = unused.pop(key)
+            value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+            if tuple(value.shape) != tuple(want):
+                raise ValueError(f"layer {prefix}: the Flax {net} has {t_name} of shape {tuple(want)} (torch layout), "
+                                 f"the PyTorch weights {tuple(value.shape)}; build the Flax {net} with the {fix}")
+            node[f_name] = jnp.asarray(to_flax(value), dtype=node[f_name].dtype)
+    if unused:
+        keys = ", ".join(list(unused)[:3]) + (", ..." if len(unused) > 3 else "")
+        raise ValueError(f"layer {next(iter(unused)).rsplit('.', 1)[0]}: the state dict has {len(unused)} key(s) the "
+                         f"Flax {net} lacks ({keys}); build the Flax {net} with the {fix}")
+    return pure
+
+
+def torch_state_from_params(module, params) -> dict[str, torch.Tensor]:
+    """The PyTorch state dict (float32 CPU tensors, the twin's keys in its order) of the pure param dict
+    ``params`` of the Flax ``module`` (weights, or gradients laid out as weights)."""
+    _, table, _ = _layers(module)
+    sd = {}
+    for prefix, path, kind in table:
+        node = _get(params, path)
+        for t_name, f_name, _, to_torch in _KINDS[kind] + [_BIAS]:
+            sd[f"{prefix}.{t_name}"] = torch.from_numpy(np.array(to_torch(np.asarray(node[f_name])),
+                                                                 dtype=np.float32, order="C"))
+    return sd
+
+
+def load_torch_state(module, state_dict) -> None:
+    """Write the weights of the PyTorch twin's ``state_dict`` into the Flax ``module``, in place."""
+    pure = params_from_torch_state(module, state_dict)
+    state = nnx.state(module, nnx.Param)
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(module, state)
 
 
+# --------------------------------------------------------------------------------------------- modules
+def _check_pair(module, torch_module) -> None:
+    from ..nets import MLPDenoiser as TorchMLP
+    from ..nets import UNet as TorchUNet
+
+    want = {MLPDenoiser: TorchMLP, UNet: TorchUNet}.get(type(module))
+    if want is None:
+        raise TypeError(f"no PyTorch twin known for {type(module).__name__}; expected a Flax MLPDenoiser or UNet")
+    if not isinstance(torch_module, want):
+        raise TypeError(f"the Flax {type(module).__name__} converts to and from a PyTorch {want.__name__}, "
+                        f"not a {type(torch_module).__name__}")
+
+
+def from_torch(module, torch_module) -> None:
+    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`
+    into its Flax twin ``module``."""
+    _check_pair(module, torch_module)
+    load_torch_state(module, torch_module.state_dict())
+
+
+def to_torch(module, torch_module) -> None:
+    """Copy the weights of the Flax ``module`` into its PyTorch twin ``torch_module`` (strict ``load_state_dict``)."""
+    _check_pair(module, torch_module)
+    torch_module.load_state_dict(torch_state_from_params(module, nnx.to_pure_dict(nnx.state(module, nnx.Param))))
+
+
+def mlp_from_torch(module, torch_module) -> None:
+    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser` into the Flax ``module``."""
+    load_torch_state(module, torch_module.state_dict())
+
+
 def mlp_to_torch(module, torch_module) -> None:
     """Copy the weights of the Flax ``module`` into a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser`."""
-    pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
-    sd = {}
-    for prefix, path, kind in _mlp_layers(len(module.blocks)):
-        node = _get(pure, path)
-        if kind == "linear":
-            sd[f"{prefix}.weight"] = torch.from_numpy(np.array(node["kernel"]).T.copy())
-        else:
-            sd[f"{prefix}.weight"] = torch.from_numpy(np.array(node["scale"]))
-        sd[f"{prefix}.bias"] = torch.from_numpy(np.array(node["bias"]))
-    torch_module.load_state_dict(sd)
+    torch_module.load_state_dict(torch_state_from_params(module, nnx.to_pure_dict(nnx.state(module, nnx.Param))))
 
 
-def _check(have, want, name: str) -> None:
-    if tuple(have.shape) != tuple(want.shape):
-        raise ValueError(f"layer {name}: the Flax net has shape {tuple(have.shape)}, the PyTorch weights "
-                         f"{tuple(want.shape)}; build the Flax MLPDenoiser with the same dim, width and depth")
+# --------------------------------------------------------------------------------------------- twins
+def _unet_kwargs(net) -> dict:
+    """The constructor arguments of a PyTorch UNet, read off its attributes and layers.
+
+    The net stores ``in_channels, model_channels, image_size, eps_channels, learn_sigma, channel_mult,
+    attention_resolutions``; the rest are inferred: ``num_res_blocks`` from the number of down blocks,
+    ``dropout`` and ``use_scale_shift_norm`` from a residual block, the heads from the attention blocks
+    (``num_heads`` if all have the same count, else ``num_head_channels``), ``num_groups`` as the largest
+    GroupNorm group count (which reproduces every layer's count under the rule of ``group_norm``), and
+    ``zero_init=False`` (the weights are loaded anyway).
+    """
+    from ..nets.unet import AttentionBlock as TorchAttention
+    from ..nets.unet import ResBlock as TorchRes
+
+    levels = len(net.channel_mult)
+    res = next(m for m in net.modules() if isinstance(m, TorchRes))
+    attention = [m for m in net.modules() if isinstance(m, TorchAttention)]
+    heads = {m.num_heads for m in attention}
+    head_channels = {m.qkv.in_channels // m.num_heads for m in attention}
+    kwargs = dict(in_channels=net.in_channels, model_channels=net.model_channels, image_size=net.image_size,
+                  out_channels=net.eps_channels, channel_mult=net.channel_mult,
+                  num_res_blocks=(len(net.input_blocks) - levels) // levels,
+                  attention_resolutions=net.attention_resolutions, dropout=res.out_layers[2].p,
+                  learn_sigma=net.learn_sigma, use_scale_shift_norm=res.scale_shift,
+                  num_groups=max(m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)),
+                  zero_init=False)
+    if len(heads) == 1:
+        kwargs["num_heads"] = heads.pop()
+    elif len(head_channels) == 1:
+        kwargs["num_head_channels"] = head_channels.pop()
+    else:
+        raise ValueError("flax_twin: the attention layers have neither one head count nor one head width; "
+                         "pass the UNet's constructor arguments as kwargs")
+    return kwargs
+
+
+def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None = None):
+    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`,
+    holding its weights and in its train / eval mode.
+
+    The PyTorch nets do not store all their constructor arguments, so they are read off the net's
+    attributes and layers (see :func:`_unet_kwargs`); ``kwargs`` overrides them (e.g. the exact
+    ``num_groups`` or ``zero_init``). The group count of every GroupNorm is checked against the twin's.
+    """
+    from ..nets import MLPDenoiser as TorchMLP
+    from ..nets import UNet as TorchUNet
+
+    if isinstance(torch_module, TorchMLP):
+        blocks = torch_module.blocks
+        inferred = dict(dim=torch_module.dim, width=torch_module.inp.out_features, depth=len(blocks),
+                        emb_dim=torch_module.emb_dim, dropout=blocks[0].drop.p if len(blocks) else 0.0,
+                        zero_init=False)
+        kw = {**inferred, **(kwargs or {})}
+        module = MLPDenoiser(kw.pop("dim"), **kw, rngs=rngs)
+    elif isinstance(torch_module, TorchUNet):
+        module = UNet(**{**_unet_kwargs(torch_module), **(kwargs or {})}, rngs=rngs)
+        t_groups = [m.num_groups for m in torch_module.modules() if isinstance(m, torch.nn.GroupNorm)]
+        f_groups = [m.num_groups for _, m in nnx.iter_graph(module) if isinstance(m, nnx.GroupNorm)]
+        if sorted(t_groups) != sorted(f_groups):
+            raise ValueError("flax_twin: the GroupNorm group counts differ from the PyTorch UNet's; pass its "
+                             "num_groups in kwargs")
+    else:
+        raise TypeError(f"flax_twin: no Flax twin known for {type(torch_module).__name__}; expected a PyTorch "
+                        "MLPDenoiser or UNet")
+    from_torch(module, torch_module)
+    if not torch_module.training:
+        module.eval()
+    return module

@@ -1,24 +1,28 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
-(:mod:`ppl_diffusion.numpyro.convert`). The U-Net is not ported yet (issue 6)."""
+(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
-def timestep_embedding(t, dim: int, max_period: float = 10000.0):
-    """``[B]`` steps → ``[B x dim]`` features cos(t·f_i), sin(t·f_i), f_i = max_period^(−i/(dim/2)), float32."""
+def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32):
+    """``[B]`` steps → ``[B x dim]`` features cos(t·f_i), sin(t·f_i), f_i = max_period^(−i/(dim/2)), of ``dtype``:
+    computed in float64 for float64 (with jax_enable_x64), else in float32 (as DDPM) and cast."""
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = jnp.asarray(t).astype(jnp.float32)[:, None] * freqs[None]
+    work = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=work) / half)
+    args = jnp.asarray(t).astype(work)[:, None] * freqs[None]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
-    return emb
+    return emb.astype(dtype)
 
 
 class ResidualMLPBlock(nnx.Module):
@@ -60,8 +64,271 @@ class MLPDenoiser(nnx.Module):
         if x.shape[1] != self.dim:
             raise ValueError(f"MLPDenoiser(dim={self.dim}) got x_t of shape {tuple(shape)} "
                              f"({x.shape[1]} dimensions per example)")
-        emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.emb_dim).astype(x.dtype))))
+        emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.emb_dim, dtype=x.dtype))))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
         return self.out(jax.nn.silu(self.out_norm(h))).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------ U-Net
+# The twin of ppl_diffusion.nets.unet, module for module and with the same attribute names where torch has
+# them, computing in NHWC inside (XLA's CPU convolutions want channels last): one transpose at the input,
+# one at the output. Convolutions are ``nnx.Conv`` (kernel [kh, kw, in, out]); the 1×1 convolutions
+# (a residual block's skip, attention's qkv and proj_out) are ``nnx.Linear`` over the channel axis.
+
+def _torch_unet_skeleton(kwargs: dict):
+    """The PyTorch UNet of ``kwargs`` on the meta device (no memory, ~30 ms): its constructor validates the
+    arguments, so that the two nets raise the same errors."""
+    import torch
+
+    from ..nets.unet import UNet as TorchUNet
+
+    with torch.device("meta"):
+        return TorchUNet(**kwargs)
+
+
+def _num_groups(channels: int, num_groups: int) -> int:
+    """GroupNorm's group count by the PyTorch U-Net's rule (:func:`ppl_diffusion.nets.unet.group_norm`)."""
+    import torch
+
+    from ..nets.unet import group_norm
+
+    with torch.device("meta"):
+        return group_norm(channels, num_groups).num_groups
+
+
+def _torch_uniform(fan_in: int):
+    """PyTorch's default init of a ``Linear`` / ``Conv`` weight and bias, U(±1/√fan_in), as a Flax initializer.
+
+    Drawn with NumPy from a seed taken off the JAX key: eager JAX draws compile once per shape (~0.1–1 s
+    each on CPU, tens of seconds for a U-Net); under a trace it draws with ``jax.random.uniform``.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        if isinstance(key, jax.core.Tracer):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key  # raw uint32 keys
+        seed = np.random.SeedSequence(np.asarray(data).ravel().tolist())
+        return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape).astype(dtype))
+
+    return init
+
+
+def _linear(c_in: int, c_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    init = _torch_uniform(c_in)
+    return nnx.Linear(c_in, c_out, kernel_init=init, bias_init=init, rngs=rngs)
+
+
+def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    # torch's epsilon, and its two-pass variance E[(x − E x)²] (Flax's fast E[x²] − (E x)² loses digits).
+    return nnx.GroupNorm(channels, _num_groups(channels, num_groups), epsilon=1e-5, use_fast_variance=False,
+                         rngs=rngs)
+
+
+def _conv3(c_in: int, c_out: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
+    # torch's padding=1 on both sides (not "SAME", which pads a stride-2 conv only on the far side).
+    init = _torch_uniform(9 * c_in)
+    return nnx.Conv(c_in, c_out, (3, 3), strides=stride, padding=((1, 1), (1, 1)), kernel_init=init,
+                    bias_init=init, rngs=rngs)
+
+
+def _zero(module: nnx.Module) -> nnx.Module:
+    for p in (module.kernel, module.bias):
+        p[...] = jnp.zeros_like(p[...])
+    return module
+
+
+class ResBlock(nnx.Module):
+    """``skip(x) + conv₂(dropout(SiLU(GN(conv₁(SiLU(GN(x))) + W·emb))))`` on ``[N x H x W x C]``; with
+    ``scale_shift``, ``GN(h)·(1 + scale) + shift`` in place of ``GN(h + W·emb)``."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float, num_groups: int,
+                 zero_init: bool, scale_shift: bool = False, rngs: nnx.Rngs) -> None:
+        self.scale_shift = scale_shift
+        self.in_norm = _group_norm(channels, num_groups, rngs)
+        self.in_conv = _conv3(channels, out_channels, rngs)
+        self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs)
+        self.out_norm = _group_norm(out_channels, num_groups, rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.out_conv = _conv3(out_channels, out_channels, rngs)
+        if zero_init:
+            _zero(self.out_conv)
+        self.skip = None if out_channels == channels else _linear(channels, out_channels, rngs)
+
+    def __call__(self, x, emb):
+        h = self.in_conv(jax.nn.silu(self.in_norm(x)))  # (N, H, W, C')
+        e = self.emb(jax.nn.silu(emb))[:, None, None, :]  # (N, 1, 1, C' or 2C')
+        if self.scale_shift:
+            scale, shift = jnp.split(e, 2, axis=-1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
+        h = self.out_conv(self.drop(jax.nn.silu(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class AttentionBlock(nnx.Module):
+    """``x + proj(attn(qkv(GN(x))))`` over the H·W positions of ``[N x H x W x C]``. The 3C channels of
+    ``qkv`` split as torch's ``reshape(n, 3, heads, C/heads, L)``: q, k, v in turn, each head contiguous."""
+
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool, rngs: nnx.Rngs) -> None:
+        self.num_heads = num_heads
+        self.norm = _group_norm(channels, num_groups, rngs)
+        self.qkv = _linear(channels, 3 * channels, rngs)
+        self.proj_out = _linear(channels, channels, rngs)
+        if zero_init:
+            _zero(self.proj_out)
+
+    def __call__(self, x):
+        n, height, width, c = x.shape
+        d = c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(n, height * width, 3, self.num_heads, d)  # (N, L, 3, heads, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, L, heads, d)
+        w = jax.nn.softmax(jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d), axis=-1)  # (N, heads, L, L)
+        a = jnp.einsum("nhqk,nkhd->nqhd", w, v).reshape(n, height, width, c)
+        return x + self.proj_out(a)
+
+
+class Downsample(nnx.Module):
+    """3×3 conv with stride 2: ``[N x H x W x C] → [N x H/2 x W/2 x C]``."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs) -> None:
+        self.op = _conv3(channels, channels, rngs, stride=2)
+
+    def __call__(self, x):
+        return self.op(x)
+
+
+class Upsample(nnx.Module):
+    """Nearest-neighbour ×2 then a 3×3 conv: ``[N x H x W x C] → [N x 2H x 2W x C]``."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs) -> None:
+        self.conv = _conv3(channels, channels, rngs)
+
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
+        return self.conv(x)
+
+
+def _run(block, x, emb):
+    for layer in block:
+        x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+    return x
+
+
+class UNet(nnx.Module):
+    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.UNet`: the same keyword arguments,
+    validation errors, layers and math. ``x_t`` is ``[N x C x H x W]`` (NCHW, as the diffusion programs'
+    event shape (C, H, W)), ``t`` int ``[N]``; returns ``[N x C_out x H x W]``. Computes in NHWC inside.
+
+    Parameters are initialised as PyTorch does (weights and biases U(±1/√fan_in), GroupNorm 1 and 0; the
+    draws differ), and with ``zero_init`` the same layers are zeroed, so ε̂ = 0 at initialisation.
+    ``.eval()`` / ``.train()`` switch dropout off / on (on after construction, as torch).
+    """
+
+    def __init__(self, *, in_channels: int, model_channels: int, image_size: int, out_channels: int | None = None,
+                 channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
+                 attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_heads: int = 1,
+                 num_head_channels: int | None = None, learn_sigma: bool = False, use_scale_shift_norm: bool = False,
+                 num_groups: int = 32, zero_init: bool = True, rngs: nnx.Rngs | None = None) -> None:
+        # The PyTorch constructor checks the arguments, so both nets raise the same errors.
+        _torch_unet_skeleton(dict(
+            in_channels=in_channels, model_channels=model_channels, image_size=image_size,
+            out_channels=out_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions, dropout=dropout, num_heads=num_heads,
+            num_head_channels=num_head_channels, learn_sigma=learn_sigma, use_scale_shift_norm=use_scale_shift_norm,
+            num_groups=num_groups, zero_init=False))
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        out_channels = in_channels if out_channels is None else out_channels
+        channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
+        levels = len(channel_mult)
+        sizes = [image_size // 2 ** level for level in range(levels)]
+        self.in_channels, self.model_channels, self.image_size = in_channels, model_channels, image_size
+        self.eps_channels = out_channels
+        self.out_channels = 2 * out_channels if learn_sigma else out_channels
+        self.learn_sigma = learn_sigma
+        self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
+
+        def res(ch_in: int, ch_out: int) -> ResBlock:
+            return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
+                            scale_shift=use_scale_shift_norm, rngs=rngs)
+
+        def attn(ch: int) -> AttentionBlock:
+            heads = ch // num_head_channels if num_head_channels is not None else num_heads
+            return AttentionBlock(ch, num_heads=heads, num_groups=num_groups, zero_init=zero_init, rngs=rngs)
+
+        emb_dim = 4 * model_channels
+        self.time_in = _linear(model_channels, emb_dim, rngs)
+        self.time_out = _linear(emb_dim, emb_dim, rngs)
+
+        blocks = [[_conv3(in_channels, model_channels, rngs)]]
+        skip_channels, ch = [model_channels], model_channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if sizes[level] in attention_resolutions:
+                    layers.append(attn(ch))
+                blocks.append(layers)
+                skip_channels.append(ch)
+            if level != levels - 1:
+                blocks.append([Downsample(ch, rngs=rngs)])
+                skip_channels.append(ch)
+        self.input_blocks = nnx.List([nnx.List(layers) for layers in blocks])
+
+        self.middle_block = nnx.List([res(ch, ch), attn(ch), res(ch, ch)])
+
+        blocks = []
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), mult * model_channels)]
+                ch = mult * model_channels
+                if sizes[level] in attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch, rngs=rngs))
+                blocks.append(layers)
+        self.output_blocks = nnx.List([nnx.List(layers) for layers in blocks])
+
+        self.out_norm = _group_norm(ch, num_groups, rngs)
+        self.out = _conv3(ch, self.out_channels, rngs)
+        if zero_init:
+            _zero(self.out)
+
+    def __call__(self, x_t, t):
+        expected = (self.in_channels, self.image_size, self.image_size)
+        shape = tuple(jnp.shape(x_t))
+        if len(shape) != 4 or shape[1:] != expected:
+            raise ValueError(f"UNet(in_channels={self.in_channels}, image_size={self.image_size}) expects x_t of "
+                             f"shape [N x {expected[0]} x {expected[1]} x {expected[2]}], got {shape}")
+        if not hasattr(t, "shape") or tuple(t.shape) != (shape[0],):
+            got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
+            raise ValueError(f"UNet expects t of shape [N] = ({shape[0]},), one step per image, got {got}")
+        emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.model_channels, dtype=x_t.dtype))))
+        h = jnp.transpose(x_t, (0, 2, 3, 1))  # NCHW → NHWC, once
+        skips = []
+        for block in self.input_blocks:
+            h = _run(block, h, emb)
+            skips.append(h)
+        h = _run(self.middle_block, h, emb)
+        for block in self.output_blocks:
+            h = _run(block, jnp.concatenate([h, skips.pop()], axis=-1), emb)
+        h = self.out(jax.nn.silu(self.out_norm(h)))
+        return jnp.transpose(h, (0, 3, 1, 2))  # NHWC → NCHW, once
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+
+
+def unet_preset(name: str, *, rngs: nnx.Rngs | None = None, **overrides) -> UNet:
+    """The U-Net preset ``name`` (a key of :data:`ppl_diffusion.nets.unet.UNET_PRESETS`) in Flax, with keyword
+    ``overrides``. Example: ``unet_preset("digits", learn_sigma=True)``."""
+    from ..nets.unet import UNET_PRESETS
+
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
+    return UNet(**{**UNET_PRESETS[name], **overrides}, rngs=rngs)
