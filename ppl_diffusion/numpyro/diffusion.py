@@ -43,6 +43,8 @@ class GaussianDiffusion:
     :param str variance: ``"beta"`` or ``"posterior"``.
     """
 
+    backend = "numpyro"
+
     def __init__(self, *, schedule: NoiseSchedule, denoiser, event_shape, prior=None, decoder="gaussian",
                  variance: str = "beta") -> None:
         if not isinstance(schedule, NoiseSchedule):
@@ -56,6 +58,16 @@ class GaussianDiffusion:
         self.decoder = make_decoder(decoder)
         self.variance = variance
         self.p_log_variance = VARIANCES[variance](schedule)
+
+    def eval(self) -> "GaussianDiffusion":
+        """The denoiser in evaluation mode (no dropout), as ``torch.nn.Module.eval``; returns self."""
+        self.denoiser.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "GaussianDiffusion":
+        """The denoiser in training mode (dropout on) or, with ``mode=False``, evaluation mode; returns self."""
+        self.denoiser.train() if mode else self.denoiser.eval()
+        return self
 
     @property
     def T(self) -> int:

@@ -50,34 +50,115 @@ def per_example_elbo(model_trace, guide_trace, analytic: bool) -> dict:
     return out
 
 
-def stochastic_elbo_terms(diffusion, rng_key, x0, *, step_term: str = "kl", params=None):
-    """One uniform t per example (weight T), x_t ~ q(x_t|x_0): per-example ELBO estimates ``[B]``, the steps
-    t and the step terms −L_{t−1}. ``params`` (a NumPyro param map) replaces the registered weights."""
+def _mutable_sites(model_trace) -> dict:
+    return {name: site["value"] for name, site in model_trace.items() if site["type"] == "mutable"}
+
+
+def stochastic_elbo_terms(diffusion, rng_key, x0, *, step_term: str = "kl", params=None, t=None, weight=None,
+                          with_trace: bool = False):
+    """Per-example ELBO estimates ``[B]`` from one step t per example (weight 1/P(t)), x_t ~ q(x_t|x_0); returns
+    (ELBO, t, step terms −L_{t−1}) and the model trace if ``with_trace``. ``t`` and ``weight`` default to a
+    uniform draw (weight T). ``params`` (a NumPyro param map) replaces the registered weights."""
     k_t, k_trace = jax.random.split(rng_key)
-    t = jax.random.randint(k_t, (x0.shape[0],), 1, diffusion.T + 1)
+    if t is None:
+        t = jax.random.randint(k_t, (x0.shape[0],), 1, diffusion.T + 1)
+        weight = diffusion.T
+    elif weight is None:
+        raise ValueError("pass the importance weights 1/P(t) with the steps t (weight=...)")
     model, guide = diffusion.step_model, diffusion.step_guide
     if params is not None:
         model = handlers.substitute(model, data=params)
     model_trace, guide_trace = trace_pair(model, guide, k_trace, x0, t)
     site = per_example_elbo(model_trace, guide_trace, analytic=step_term == "kl")
     step = site["x_t"] + site["x_prev"] + site["x_0"]
-    return site["x_T"] + diffusion.T * step, t, step
+    elbo = site["x_T"] + jnp.asarray(weight, step.dtype) * step
+    return (elbo, t, step, model_trace) if with_trace else (elbo, t, step)
+
+
+def _diffusion_of(model):
+    diffusion = getattr(model, "__self__", None)
+    if diffusion is None or not hasattr(diffusion, "step_model"):
+        raise TypeError("this estimator scores a ppl_diffusion.numpyro.GaussianDiffusion; pass "
+                        f"model=diffusion.model or diffusion.step_model (got {model!r})")
+    return diffusion
+
+
+def _reduce(elbo, reduction: str):
+    return -jnp.sum(elbo) if reduction == "sum" else -jnp.mean(elbo)
+
+
+REDUCTIONS = ("sum", "mean")
+STEP_LOSSES = "step_losses"  # optional key of SVI's mutable state: the last step's per-example L_{t−1}
 
 
 class StochasticTimestepELBO(ELBO):
-    """The stochastic-timestep ELBO (uniform t) as a NumPyro ELBO: ``SVI(diffusion.model, diffusion.guide,
-    optax.adam(1e-3), loss=StochasticTimestepELBO())``. The loss is −ELBO summed over the batch, in nats.
-    The guide argument is not run: the estimator draws x_t in closed form from the one-step programs."""
+    """The stochastic-timestep ELBO as a NumPyro ELBO, for ``numpyro.infer.SVI`` with optax::
 
-    def __init__(self, step_term: str = "kl") -> None:
+        svi = SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=StochasticTimestepELBO())
+        state = svi.init(key, x0); state, loss = svi.update(state, x0)
+
+    The guide is not run: the estimator scores the one-step programs ``step_model`` / ``step_guide``
+    (pass those to SVI for a cheap ``init``: ``SVI.init`` runs the programs it is given once). The steps
+    are drawn uniformly (``timesteps="uniform"``) or spread over the batch (``"low-discrepancy"``) from the
+    step's key, or passed in: ``svi.update(state, x0, t, weight)`` with ``(t, weight)`` from a sampler of
+    :mod:`ppl_diffusion.numpyro.timesteps` (importance sampling keeps a history outside the ELBO). The loss
+    is −ELBO summed over the batch in nats (``reduction="mean"``: per example). The model's mutable state
+    (the denoiser's dropout keys) is carried; if SVI's mutable state holds the key ``"step_losses"``, the
+    per-example step losses L_{t−1} of the update are returned there (for an importance sampler's history).
+    """
+
+    def __init__(self, step_term: str = "kl", timesteps: str = "uniform", reduction: str = "sum") -> None:
+        from .timesteps import make_timestep_sampler
+
         if step_term not in ("kl", "mc"):
             raise ValueError(f"unknown step_term {step_term!r}; choose 'kl' or 'mc'")
+        if timesteps not in ("uniform", "low-discrepancy"):
+            raise ValueError(f"timesteps = {timesteps!r}: the ELBO draws 'uniform' or 'low-discrepancy' steps "
+                             "itself; for importance sampling pass (t, weight) from "
+                             "ppl_diffusion.numpyro.timesteps.ImportanceTimesteps to svi.update")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
         super().__init__(num_particles=1)
-        self.step_term = step_term
+        self.step_term, self.timesteps, self.reduction = step_term, timesteps, reduction
+        self._make_sampler = make_timestep_sampler
 
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        diffusion = getattr(model, "__self__", None)
-        if diffusion is None or not hasattr(diffusion, "step_model"):
-            raise TypeError("this estimator scores a ppl_diffusion.numpyro.GaussianDiffusion; pass model=diffusion.model")
-        elbo, _, _ = stochastic_elbo_terms(diffusion, rng_key, args[0], step_term=self.step_term, params=param_map)
-        return {"loss": -jnp.sum(elbo), "mutable_state": None}
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        diffusion = _diffusion_of(model)
+        k_t, k_elbo = jax.random.split(rng_key)
+        if t is None:
+            sampler = self._make_sampler(self.timesteps, diffusion.T)
+            t, weight = sampler.sample(k_t, sampler.init(), x0.shape[0])
+        elbo, _, step, model_trace = stochastic_elbo_terms(diffusion, k_elbo, x0, step_term=self.step_term,
+                                                           params=param_map, t=t, weight=weight, with_trace=True)
+        mutable = _mutable_sites(model_trace)
+        if STEP_LOSSES in param_map:
+            mutable[STEP_LOSSES] = jax.lax.stop_gradient(-step)
+        return {"loss": _reduce(elbo, self.reduction), "mutable_state": mutable or None}
+
+
+class ChainELBO(ELBO):
+    """The full-chain estimators compiled with ``lax.scan`` (:func:`~ppl_diffusion.numpyro.chain.full_chain_elbo`),
+    as a NumPyro ELBO: ``analytic=False`` is ``Trace_ELBO`` on (model, guide), one forward trajectory;
+    ``analytic=True`` is ``TraceMeanField_ELBO`` on (model, posterior_guide). The same numbers as NumPyro's
+    own ELBOs on the named-site programs (tested), compiled as one step of the chain instead of T. The
+    programs passed to SVI only declare the denoiser's parameters; the noise comes from the step's key.
+    """
+
+    def __init__(self, analytic: bool = False, reduction: str = "sum") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+        super().__init__(num_particles=1)
+        self.analytic, self.reduction = analytic, reduction
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, *args, **kwargs):
+        from .chain import full_chain_elbo
+
+        diffusion = _diffusion_of(model)
+        k_noise, k_drop = jax.random.split(rng_key)
+        noise = jax.random.normal(k_noise, (diffusion.T,) + x0.shape, x0.dtype)
+        elbo = full_chain_elbo(diffusion, param_map["denoiser$params"], x0, noise, analytic=self.analytic,
+                               dropout_key=k_drop)
+        mutable = {k: v for k, v in param_map.items() if k != "denoiser$params" and k != STEP_LOSSES}
+        if STEP_LOSSES in param_map:
+            mutable[STEP_LOSSES] = jnp.zeros(x0.shape[:1], x0.dtype)
+        return {"loss": _reduce(elbo, self.reduction), "mutable_state": mutable or None}
