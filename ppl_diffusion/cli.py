@@ -38,6 +38,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_backend_flag(p: argparse.ArgumentParser, note: str) -> None:
+    p.add_argument("--backend", default="pyro", choices=("pyro", "numpyro"),
+                   help=f"pyro (PyTorch) or numpyro (JAX, jit-compiled; needs the jax extra); {note} (default pyro)")
+
+
 def _none_or_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
@@ -69,6 +74,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"metrics file format: {' or '.join(METRICS_FORMATS)} (default {d.metrics_format})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
+    _add_backend_flag(p, "the run's checkpoints load on either backend")
     p.add_argument("--run-dir", required=True, help="run folder for config.json, metrics and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -102,6 +108,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                         "(writes eval-fitted.json; default 0: the trained variance)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and the samples (default 0)")
+    _add_backend_flag(p, "a run trained on either backend evaluates on both")
     p.add_argument("--json", action="store_true", help="print the whole JSON instead of the summary")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -111,7 +118,7 @@ def cmd_evaluate(args) -> None:
 
     result = evaluate_run(args.run, max_examples=args.max_examples, timesteps_per_batch=args.timesteps_per_batch,
                           fd_samples=args.fd_samples, fit_variance=args.fit_variance, device=args.device,
-                          seed=args.seed, progress=args.progress)
+                          seed=args.seed, progress=args.progress, backend=args.backend)
     print(json.dumps(result, indent=2) if args.json else summary(result))
 
 
@@ -123,13 +130,14 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples-ema.png); the .npz goes beside it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_backend_flag(p, "a run trained on either backend samples on both")
 
 
 def cmd_sample(args) -> None:
     from .sampling import sample_run
 
     result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
-                        device=args.device, out=args.out)
+                        device=args.device, out=args.out, backend=args.backend)
     print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}) -> "
           f"{result.png} and {result.npz}")
 
@@ -189,6 +197,8 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help=f"test examples scored by the full bound at each race point (default {d.eval_examples})")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
+    _add_backend_flag(p, "measures that backend's estimators and trains the race on it; a run of either backend "
+                         "is a valid θ")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 

@@ -31,7 +31,7 @@ import torch
 from . import plots
 from .data import load_dataset
 from .infer.bound import auto_timesteps_per_batch, variational_bound
-from .sampling import draw_samples, find_checkpoint, load_run
+from .sampling import backend_of, draw_samples, find_checkpoint, load_run
 
 
 def _positive(name: str, value, flag: str, allow_none=False) -> None:
@@ -44,10 +44,18 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | None = None, batch_size: int = 500,
                       timesteps=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
-    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`)."""
-    device = next(diffusion.denoiser.parameters()).device
+    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
+    A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`)."""
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
+    if backend_of(diffusion) == "numpyro":
+        if timesteps is not None:
+            raise ValueError("a subset of the bound's terms (timesteps=...) is computed on the Pyro backend only")
+        from .numpyro.sampling import per_example_terms as terms_numpyro
+
+        return torch.from_numpy(terms_numpyro(diffusion, x.cpu().numpy(), timesteps_per_batch=timesteps_per_batch,
+                                              batch_size=batch_size, seed=seed))
+    device = next(diffusion.denoiser.parameters()).device
     pyro.set_rng_seed(seed)
     parts = []
     with torch.no_grad():
@@ -60,7 +68,7 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
-                 seed: int = 0, progress: bool = True) -> dict:
+                 seed: int = 0, progress: bool = True, backend: str = "pyro") -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
@@ -70,6 +78,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param int fit_variance: if > 0, fit σ_t² in closed form on the first ``fit_variance`` training examples
         (:func:`~ppl_diffusion.variance.fit_variance`, separately for raw and EMA weights) and evaluate that
         model; the result then goes to ``eval-fitted.json`` / ``eval_terms-fitted.png``.
+    :param str backend: ``"pyro"`` or ``"numpyro"`` (the compiled JAX bound and sampler; a run trained on
+        either backend evaluates on both; each backend draws its own noise for the same seed).
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
@@ -80,10 +90,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                          "examples >= 1 (--fit-variance)")
     if isinstance(fd_samples, bool) or not isinstance(fd_samples, numbers.Integral) or fd_samples < 0:
         raise ValueError(f"fd_samples = {fd_samples!r}; pass 0 (off) or a number of samples >= 2 (--fd-samples)")
+    if fit_variance and backend != "pyro":
+        raise ValueError(f"--fit-variance {fit_variance} runs on the Pyro backend only; drop --backend {backend} "
+                         "or --fit-variance")
     started = time.monotonic()
     checkpoint = find_checkpoint(run)
     out_dir = checkpoint.parent
-    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=device) for name in ("raw", "ema")}
+    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=device, backend=backend) for name in ("raw", "ema")}
     config = runs["raw"].config
     data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     x = data.test if max_examples is None else data.test[:max_examples]
@@ -91,7 +104,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
-              "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed,
+              "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "variance": "fitted" if fit_variance else config.variance,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted = {}, {}

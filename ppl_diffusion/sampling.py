@@ -53,8 +53,9 @@ def find_checkpoint(run: str | Path) -> Path:
     return found[-1]
 
 
-def load_run(run: str | Path, *, ema: bool = True, device: str = "auto") -> Run:
-    """The model of the newest checkpoint in ``run``, with EMA (default) or raw weights, in eval mode.
+def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend: str = "pyro") -> Run:
+    """The model of the newest checkpoint in ``run``, with EMA (default) or raw weights, in eval mode, on the
+    Pyro backend or (``backend="numpyro"``) as its NumPyro twin; a run trained on either backend loads on both.
 
     :raises FileNotFoundError: if ``run`` does not exist.
     :raises CheckpointError: no checkpoint, a corrupt one, or weights that do not fit its configuration.
@@ -64,7 +65,7 @@ def load_run(run: str | Path, *, ema: bool = True, device: str = "auto") -> Run:
     state = load_checkpoint(path)
     try:
         config = TrainConfig.from_dict(state["config"])
-        diffusion = load_trained(path, ema=ema, device=dev)
+        diffusion = load_trained(path, ema=ema, device=dev, backend=backend)
     except (KeyError, TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit the configuration saved in it ({reason}); "
@@ -77,10 +78,19 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     samples on the same device); ``steps = K`` samples with K respaced steps (:func:`~ppl_diffusion.respace`)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
+    if backend_of(diffusion) == "numpyro":
+        from .numpyro.sampling import draw_samples as draw_numpyro
+
+        return torch.from_numpy(draw_numpyro(diffusion, int(n), steps=steps, seed=seed))
     model = diffusion if steps is None else respace(diffusion, steps)
     pyro.set_rng_seed(seed)
     with torch.no_grad():
         return model.sample(int(n))
+
+
+def backend_of(diffusion) -> str:
+    """``"pyro"`` or ``"numpyro"``: which backend's :class:`GaussianDiffusion` ``diffusion`` is."""
+    return "pyro" if isinstance(diffusion, GaussianDiffusion) else getattr(diffusion, "backend", "pyro")
 
 
 def is_images(diffusion: GaussianDiffusion) -> bool:
@@ -97,13 +107,14 @@ class SampleResult:
 
 
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
-               device: str = "auto", out: str | Path | None = None) -> SampleResult:
+               device: str = "auto", out: str | Path | None = None, backend: str = "pyro") -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
+    :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint; each backend draws its own noise).
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
     """
-    loaded = load_run(run, ema=ema, device=device)
+    loaded = load_run(run, ema=ema, device=device, backend=backend)
     samples = draw_samples(loaded.diffusion, n, steps=steps, seed=seed).cpu()
     if out is None:
         out = Path(run) if Path(run).is_dir() else Path(run).parent

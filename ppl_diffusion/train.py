@@ -56,7 +56,8 @@ METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elaps
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
 # optimisation (changing ``device`` is allowed, but exactness is promised only on the same device).
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
-                  "metrics_format")
+                  "metrics_format", "backend")
+BACKENDS = ("pyro", "numpyro")
 _NON_FINITE = re.compile(r"\b(nan|inf)\b")
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
@@ -89,6 +90,7 @@ class TrainConfig:
     metrics_format: str = "jsonl"  # "jsonl" (metrics.jsonl) or "csv" (metrics.csv)
     seed: int = 0  # seeds torch, numpy, random (pyro.set_rng_seed) and the batch order
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
+    backend: str = "pyro"  # "pyro" (PyTorch) or "numpyro" (JAX, jit-compiled); checkpoints are shared
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise a one-line ``ValueError`` naming the value and the fix."""
@@ -110,6 +112,7 @@ class TrainConfig:
         choice("variance", VARIANCES)
         choice("net", [*UNET_PRESETS, "mlp"])
         choice("metrics_format", METRICS_FORMATS)
+        choice("backend", BACKENDS)
         for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
             positive_int(name)
         positive_int("steps", allow_none=True)
@@ -127,6 +130,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay = {self.ema_decay!r}; pass a decay in [0, 1), e.g. 0.999 (--ema-decay)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed = {self.seed!r}; pass an integer (--seed)")
+        if self.backend == "numpyro":
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device (a GPU "
+                                 "when jax has CUDA support); pass --device auto or cpu")
+            _require_jax()
         resolve_device(self.device)
         return self
 
@@ -152,9 +160,19 @@ class TrainResult:
     running_bpd: float | None  # smoothed bits/dim
     stopped_by: str  # "steps" or "minutes"
     checkpoint: Path  # the final checkpoint
-    diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights
+    diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro)
     ema: dict  # EMA of the denoiser's state_dict
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
+
+
+def _require_jax() -> None:
+    try:
+        import flax  # noqa: F401
+        import jax  # noqa: F401
+        import numpyro  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"backend numpyro needs jax, numpyro and flax ({e.name} is missing); install them with "
+                         "pip install -c constraints.txt -e '.[jax]'") from None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -288,8 +306,93 @@ class BatchStream:
         self.perm, self.pos = state["perm"].clone(), int(state["pos"])
 
 
+# ---------------------------------------------------------------------------------------- backends
+class _NonFiniteOutput(Exception):
+    """The denoiser produced NaN or inf (Pyro's validation refused a distribution's parameters)."""
+
+
+class PyroTrainer:
+    """One training step at a time on the Pyro backend: ``estimator.differentiable_loss / B``, backward,
+    gradient-norm clipping, Adam and the EMA update. :class:`ppl_diffusion.numpyro.train.NumPyroTrainer`
+    is its twin on JAX; :func:`train` drives either."""
+
+    def __init__(self, config: TrainConfig, dataset, device: torch.device) -> None:
+        self.train_x = dataset.train.to(device)
+        self.device = device
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        self.diffusion = build_diffusion(config, dataset).to(device)
+        self.net = self.diffusion.denoiser
+        self.estimator = make_estimator(config.estimator)
+        self.guide = self.estimator.guide(self.diffusion)
+        loss = self.estimator.loss
+        self.sampler = loss.get_sampler(config.T) if hasattr(loss, "get_sampler") else None
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr_at(config, 1))
+        self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.config = config
+        self.net.train()
+
+    def step(self, index: torch.Tensor, lr: float) -> tuple[float, float]:
+        """One optimizer step on the examples ``index``: (loss in nats per example, gradient norm); no update
+        when either is not finite."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x0 = self.train_x[index.to(self.device)]
+        try:
+            loss = self.estimator.loss.differentiable_loss(self.diffusion.model, self.guide, x0) / x0.shape[0]
+        except ValueError as e:  # Pyro's validation refuses a distribution with NaN / inf parameters
+            if "invalid values" not in str(e) or not _NON_FINITE.search(str(e)):
+                raise
+            raise _NonFiniteOutput() from e
+        if not torch.isfinite(loss):
+            return loss.item(), float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        if not torch.isfinite(grad_norm):
+            return loss.item(), grad_norm.item()
+        self.optimizer.step()
+        with torch.no_grad():
+            for k, v in self.net.state_dict().items():
+                if v.is_floating_point():
+                    self.ema[k].lerp_(v, 1.0 - self.config.ema_decay)
+                else:
+                    self.ema[k].copy_(v)
+        return loss.item(), grad_norm.item()
+
+    def state(self) -> dict:
+        return {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+                "sampler": None if self.sampler is None else self.sampler.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        for k, v in state["ema"].items():
+            self.ema[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+
+    def rng_state(self) -> None:
+        return None  # torch's generator is in the checkpoint's global "rng"
+
+    def set_rng_state(self, saved) -> None:
+        pass
+
+    def result(self) -> tuple[GaussianDiffusion, dict]:
+        return self.diffusion, self.ema
+
+
+def _make_trainer(config: TrainConfig, dataset, device: torch.device):
+    if config.backend == "numpyro":
+        from .numpyro.train import NumPyroTrainer
+
+        return NumPyroTrainer(config, dataset, build_diffusion)
+    return PyroTrainer(config, dataset, device)
+
+
 # ---------------------------------------------------------------------------------------- the loop
-def _restore(path: Path, config: TrainConfig, net, ema, optimizer, sampler, batches) -> dict:
+def _restore(path: Path, config: TrainConfig, trainer, batches) -> dict:
     state = load_checkpoint(path)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}; "
@@ -299,19 +402,17 @@ def _restore(path: Path, config: TrainConfig, net, ema, optimizer, sampler, batc
         raise CheckpointError(f"checkpoint {path} is from a different configuration ({'; '.join(diff)}); "
                               "resume with the saved settings or start a new run folder")
     try:
-        net.load_state_dict(state["model"])
-        for k, v in state["ema"].items():
-            ema[k].copy_(v)
-        optimizer.load_state_dict(state["optimizer"])
-        if sampler is not None:
-            sampler.load_state_dict(state["sampler"])
+        trainer.load(state)
         batches.load_state_dict(state["batches"])
         rng = state["rng"]
-    except (KeyError, RuntimeError, ValueError) as e:
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model ({reason}); "
                               "resume with the configuration that wrote it or start a new run folder") from None
     set_rng_state(rng)
+    # The backend's own generators (JAX keys); None when the checkpoint was written by the other backend.
+    saved_backend = state.get("config", {}).get("backend", "pyro")
+    trainer.set_rng_state(rng.get(config.backend) if saved_backend == config.backend else None)
     return state
 
 
@@ -336,11 +437,12 @@ def _find_resume_point(run_dir: Path, restore) -> dict:
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train the diffusion model of ``config``, writing config, metrics and checkpoints to ``run_dir``.
 
-    :param TrainConfig config: the run's settings (validated here).
+    :param TrainConfig config: the run's settings (validated here); ``config.backend`` picks Pyro or NumPyro.
     :param run_dir: the run folder; created if missing.
     :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
         or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
-        a folder that already holds checkpoints is refused.
+        a folder that already holds checkpoints is refused. The backend may change on resume (the
+        checkpoint format is shared); exactness is promised on the same backend and device.
     :param bool progress: show a tqdm bar with the loss and the running bits/dim.
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
     """
@@ -364,36 +466,28 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
 
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
-    train_x = dataset.train.to(device)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    diffusion = build_diffusion(config, dataset).to(device)
-    net = diffusion.denoiser
-    estimator = make_estimator(config.estimator)
-    guide = estimator.guide(diffusion)
-    sampler = estimator.loss.get_sampler(config.T) if hasattr(estimator.loss, "get_sampler") else None
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr_at(config, 1))
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    batches = BatchStream(len(train_x), config.seed)
+    trainer = _make_trainer(config, dataset, device)
+    batches = BatchStream(len(dataset.train), config.seed)
     step, elapsed, running = 0, 0.0, None
 
     if resume:
-        restore = lambda p: _restore(p, config, net, ema, optimizer, sampler, batches)  # noqa: E731
-        state = _find_resume_point(run_dir, restore)
+        state = _find_resume_point(run_dir, lambda p: _restore(p, config, trainer, batches))
         step, elapsed, running = int(state["step"]), float(state["elapsed"]), state["running_loss"]
     _write_json(run_dir / "config.json", config.to_dict())
     metrics = MetricsLog(run_dir, config.metrics_format, step)
-    num_dims = diffusion.num_dims
+    num_dims = math.prod(dataset.event_shape)
     bpd = lambda nats: nats / (num_dims * math.log(2))  # noqa: E731
 
     def save(at_step: int) -> Path:
         metrics.file.flush()
+        rng = rng_state()
+        backend_rng = trainer.rng_state()
+        if backend_rng is not None:
+            rng[config.backend] = backend_rng
         path = save_checkpoint(checkpoint_path(run_dir, at_step), {
             "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
-            "config": config.to_dict(), "data": data_meta,
-            "model": net.state_dict(), "ema": ema, "optimizer": optimizer.state_dict(),
-            "sampler": None if sampler is None else sampler.state_dict(),
-            "batches": batches.state_dict(), "rng": rng_state(),
+            "config": config.to_dict(), "data": data_meta, **trainer.state(),
+            "batches": batches.state_dict(), "rng": rng,
         })
         prune_checkpoints(run_dir, config.keep_checkpoints)
         return path
@@ -404,7 +498,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     last_saved = step if resume else None
     loss_value, stopped_by = None, "steps"
     started = time.monotonic() - elapsed
-    net.train()
     try:
         while True:
             elapsed = time.monotonic() - started
@@ -415,43 +508,26 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
                 break
             step += 1
             lr = lr_at(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x0 = train_x[batches.next(config.batch_size).to(device)]
             try:
-                loss = estimator.loss.differentiable_loss(diffusion.model, guide, x0) / x0.shape[0]
-            except ValueError as e:  # Pyro's validation refuses a distribution with NaN / inf parameters
-                if "invalid values" not in str(e) or not _NON_FINITE.search(str(e)):
-                    raise
+                loss_value, grad_norm = trainer.step(batches.next(config.batch_size), lr)
+            except _NonFiniteOutput as e:
                 raise TrainingDiverged(
                     f"the denoiser produced non-finite values at step {step} (lr {lr:.3g}); stopped without a "
                     f"checkpoint, the last good one is {_last(run_dir)}; lower --lr, set --grad-clip or check "
-                    "the data") from e
-            if not torch.isfinite(loss):
+                    "the data") from e.__cause__
+            if not math.isfinite(loss_value):
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at step {step} (lr {lr:.3g}); stopped without a checkpoint, the last "
+                    f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopped without a checkpoint, the last "
                     f"good one is {_last(run_dir)}; lower --lr, set --grad-clip or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = config.grad_clip if config.grad_clip is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
-            if not torch.isfinite(grad_norm):
+            if not math.isfinite(grad_norm):
                 raise TrainingDiverged(
-                    f"gradient norm is {grad_norm.item()} at step {step} (loss {loss.item():.4g}); stopped without "
+                    f"gradient norm is {grad_norm} at step {step} (loss {loss_value:.4g}); stopped without "
                     f"a checkpoint, the last good one is {_last(run_dir)}; lower --lr or set --grad-clip")
-            optimizer.step()
-            with torch.no_grad():
-                for k, v in net.state_dict().items():
-                    if v.is_floating_point():
-                        ema[k].lerp_(v, 1.0 - config.ema_decay)
-                    else:
-                        ema[k].copy_(v)
-            loss_value = loss.item()
             running = loss_value if running is None else RUNNING_DECAY * running + (1 - RUNNING_DECAY) * loss_value
             elapsed = time.monotonic() - started
             if step % config.log_every == 0:
                 metrics.write({"step": step, "loss": loss_value, "bpd": bpd(loss_value), "running_bpd": bpd(running),
-                               "lr": lr, "grad_norm": grad_norm.item(), "elapsed": round(elapsed, 3)})
+                               "lr": lr, "grad_norm": grad_norm, "elapsed": round(elapsed, 3)})
                 bar.set_postfix(loss=f"{loss_value:.4g}", bpd=f"{bpd(running):.4g}", refresh=False)
             bar.update(1)
             if step % config.checkpoint_every == 0:
@@ -462,6 +538,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     finally:
         bar.close()
         metrics.close()
+    diffusion, ema = trainer.result()
     return TrainResult(run_dir=run_dir, step=step, loss=loss_value,
                        running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
                        checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
@@ -472,11 +549,15 @@ def _last(run_dir: Path) -> str:
     return str(found[-1]) if found else "none (no checkpoint was written yet)"
 
 
-def load_trained(path: str | Path, *, ema: bool = True, device="cpu") -> GaussianDiffusion:
-    """The trained model from a run folder (its newest checkpoint) or a checkpoint file.
+def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro"):
+    """The trained model from a run folder (its newest checkpoint) or a checkpoint file, on either backend
+    (the checkpoint format is shared): a :class:`GaussianDiffusion`, or with ``backend="numpyro"`` its
+    :class:`ppl_diffusion.numpyro.GaussianDiffusion` twin holding the same weights.
 
     :param bool ema: load the EMA weights (default, as DDPM samples with) rather than the raw ones.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path)
@@ -490,4 +571,11 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu") -> Gaussia
     meta = SimpleNamespace(event_shape=tuple(state["data"]["event_shape"]), decoder=state["data"]["decoder"])
     diffusion = build_diffusion(config, meta)
     diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
+    if backend == "numpyro":
+        _require_jax()
+        from .numpyro.train import from_torch
+
+        twin = from_torch(diffusion)
+        twin.denoiser.eval()
+        return twin
     return diffusion.to(device).eval()

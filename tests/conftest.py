@@ -19,3 +19,19 @@ def _seed_and_clear():
     torch.set_default_dtype(torch.float32)
     yield
     pyro.clear_param_store()
+
+
+def pytest_configure(config):
+    """JAX's persistent compilation cache for the session: the NumPyro tests build many models of the same
+    shapes (each trainer, bound and estimator is one jit compile of a few seconds); identical programs are
+    compiled once. Results are unchanged: the cache holds the same executables."""
+    try:
+        import jax
+    except ImportError:
+        return
+    import tempfile
+
+    cache = os.environ.get("PPL_DIFFUSION_TEST_JAX_CACHE") or tempfile.mkdtemp(prefix="jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,12 +1,19 @@
 """The NumPyro / JAX backend: the same model, site names and closed forms as the Pyro backend.
 
-Work in progress (issue 6). Here now: the closed forms and decoders on JAX arrays, the MLP denoiser in
-Flax NNX with weight conversion both ways, the full-chain and one-step programs with the Pyro backend's
-site names and plates, per-example ELBO terms and a stochastic-timestep ELBO for ``numpyro.infer.SVI``,
-and the full chain compiled with ``lax.scan`` (:mod:`.chain`: its ELBO, MC or analytic, and ancestral
-sampling from given noise). Agreement with the Pyro backend is tested to float32 precision
-(``tests/test_numpyro_backend.py``). Not yet: the U-Net, importance-sampled t, the per-term evaluator,
-the CLI's ``--backend numpyro`` with shared checkpoints, and the benchmark.
+- closed forms and decoders on JAX arrays (:mod:`.closed_forms`, :mod:`.distributions`), from the same
+  float64 schedule;
+- the MLP and U-Net denoisers in Flax NNX (:mod:`.nets`) with weight conversion both ways (:mod:`.convert`);
+- :class:`GaussianDiffusion`: the full-chain and one-step programs with the Pyro backend's site names and
+  plates, the denoiser registered with ``numpyro.contrib.module.nnx_module``;
+- estimators (:mod:`.infer`): per-example ELBO terms of any trace pair, :class:`StochasticTimestepELBO`
+  and :class:`ChainELBO` (the full chain's Trace / TraceMeanField ELBO compiled with ``lax.scan``) as
+  NumPyro ELBOs for ``numpyro.infer.SVI``; timestep samplers as JAX state (:mod:`.timesteps`);
+- the compiled chain (:mod:`.chain`): ELBO, ancestral sampling and the per-term bound;
+- training, evaluation and sampling behind ``ppl-diffusion … --backend numpyro`` (:mod:`.train`,
+  :mod:`.sampling`), with the Pyro backend's checkpoint format.
+
+Agreement with the Pyro backend is tested to float32 precision (``tests/test_numpyro_backend.py``,
+``tests/test_numpyro_nets.py``, ``tests/test_numpyro_train.py``).
 
 Needs the ``jax`` extra: ``pip install -c constraints.txt -e ".[jax]"``.
 """
@@ -19,12 +26,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(f"ppl_diffusion.numpyro needs jax, numpyro and flax ({e.name} is missing); install them with "
                       "pip install -c constraints.txt -e '.[jax]'") from None
 
-from .convert import mlp_from_torch, mlp_to_torch
+from . import chain
+from .convert import (flax_twin, from_torch, load_torch_state, mlp_from_torch, mlp_to_torch, params_from_torch_state,
+                      to_torch, torch_state_from_params)
 from .diffusion import GaussianDiffusion
 from .distributions import DiscretizedGaussian, make_decoder
-from .infer import StochasticTimestepELBO, per_example_elbo, stochastic_elbo_terms, trace_pair
-from .nets import MLPDenoiser, timestep_embedding
+from .infer import ChainELBO, StochasticTimestepELBO, per_example_elbo, stochastic_elbo_terms, trace_pair
+from .nets import MLPDenoiser, UNet, timestep_embedding, unet_preset
 
-__all__ = ["DiscretizedGaussian", "GaussianDiffusion", "MLPDenoiser", "StochasticTimestepELBO", "make_decoder",
-           "mlp_from_torch", "mlp_to_torch", "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding",
-           "trace_pair"]
+__all__ = ["ChainELBO", "DiscretizedGaussian", "GaussianDiffusion", "MLPDenoiser", "StochasticTimestepELBO", "UNet",
+           "chain", "flax_twin", "from_torch", "load_torch_state", "make_decoder", "mlp_from_torch", "mlp_to_torch",
+           "params_from_torch_state", "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding", "to_torch",
+           "torch_state_from_params", "trace_pair", "unet_preset"]

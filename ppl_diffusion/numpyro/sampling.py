@@ -1,0 +1,75 @@
+"""Sampling and the per-term bound of a trained run on the NumPyro backend (``--backend numpyro``).
+
+The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
+:func:`ppl_diffusion.evaluate.per_example_terms`; they return NumPy arrays, and everything around them
+(files, figures, JSON, bits/dim) is shared with the Pyro backend. Same seed, same numbers on this
+backend; the two backends draw different noise for the same seed.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ..respace import _check_steps, respaced_schedule, space_timesteps
+from .chain import ancestral_sample, variational_bound
+from .diffusion import GaussianDiffusion
+
+
+class RespacedDenoiser(nnx.Module):
+    """``net(x_k, k) -> ε̂``: calls the wrapped ``denoiser(x_k, s_k)`` at the original step s_k (shared, not copied)."""
+
+    def __init__(self, denoiser, timesteps) -> None:
+        self.denoiser = denoiser
+        self.timesteps = tuple(int(s) for s in timesteps)  # static: part of the graph, not of the state
+
+    def __call__(self, x_t, t):
+        return self.denoiser(x_t, jnp.asarray(self.timesteps, jnp.int32)[jnp.asarray(t) - 1])
+
+
+def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
+    """The NumPyro twin of :func:`ppl_diffusion.respace.respace`: the kept steps s_1 < … < s_K, the same
+    respaced schedule, the denoiser called at the original steps."""
+    if isinstance(steps, (str, numbers.Number)):
+        timesteps = space_timesteps(diffusion.T, steps)
+    else:
+        timesteps = _check_steps(steps, diffusion.T)
+    return GaussianDiffusion(schedule=respaced_schedule(diffusion.schedule, timesteps),
+                             denoiser=RespacedDenoiser(diffusion.denoiser, timesteps),
+                             event_shape=diffusion.event_shape, prior=diffusion.prior, decoder=diffusion.decoder,
+                             variance=diffusion.variance)
+
+
+def params_of(diffusion) -> dict:
+    """The denoiser's weights as a pure dict (the value NumPyro keeps under ``"denoiser$params"``)."""
+    return nnx.to_pure_dict(nnx.state(diffusion.denoiser, nnx.Param))
+
+
+def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,
+                 chunk: int = 1000) -> np.ndarray:
+    """``n`` ancestral samples ``[n x *event_shape]`` (compiled with ``lax.scan``), ``chunk`` at a time;
+    ``steps = K`` samples with K respaced steps."""
+    model = diffusion if steps is None else respace(diffusion, steps)
+    params = params_of(model)
+    chunk = min(chunk, n)
+    fn = jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk))  # one compile; the last chunk is cut
+    keys = jax.random.split(jax.random.PRNGKey(seed), -(-n // chunk))
+    return np.concatenate([np.asarray(fn(params, key)) for key in keys])[:n]
+
+
+def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_per_batch: int = 8,
+                      batch_size: int = 500, seed: int = 0) -> np.ndarray:
+    """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats (float64), in batches of
+    ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``)."""
+    params = params_of(diffusion)
+    key = jax.random.PRNGKey(seed)
+    fn = jax.jit(lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch))
+    parts = []
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
+        parts.append(np.asarray(fn(params, chunk, jax.random.fold_in(key, i)), np.float64))
+    return np.concatenate(parts)

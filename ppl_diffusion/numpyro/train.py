@@ -1,0 +1,248 @@
+"""Training on the NumPyro backend: ``numpyro.infer.SVI`` with optax, the whole update step jit-compiled.
+
+:class:`NumPyroTrainer` is the backend half of :func:`ppl_diffusion.train.train` (``--backend numpyro``);
+the loop, run folder, metrics, budget and checkpoints are shared with the Pyro backend. What it does
+per step, in one ``jax.jit``-compiled function: draw the steps t (uniform, low-discrepancy, or improved
+DDPM's importance sampling with its loss history as a JAX state), ``svi.update`` (the ELBO's gradient,
+gradient-norm clipping as ``torch.nn.utils.clip_grad_norm_`` does it, Adam with the linear warm-up),
+update the importance sampler's history and the EMA of the weights.
+
+Checkpoints are in the Pyro backend's format, so a run trained on one backend is evaluated, sampled
+and resumed on the other: the weights and their EMA as the PyTorch denoiser's ``state_dict``, Adam's
+moments as ``torch.optim.Adam``'s ``state_dict`` (optax's ``adam`` is the same update, moment for
+moment), the importance sampler's history in the PyTorch sampler's format, and the JAX keys beside
+the other generators. The initial weights are the PyTorch backend's for the same seed, converted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pyro
+import torch
+from numpyro.infer import SVI
+from numpyro.optim import optax_to_numpyro
+
+from . import convert
+from .diffusion import GaussianDiffusion
+from .infer import STEP_LOSSES, ChainELBO, StochasticTimestepELBO
+from .timesteps import make_timestep_sampler
+
+PARAMS = "denoiser$params"  # where numpyro.contrib.module.nnx_module keeps the denoiser's weights
+SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
+
+
+def from_torch(torch_diffusion) -> GaussianDiffusion:
+    """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
+    variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights."""
+    variance = torch_diffusion.variance
+    if not isinstance(variance, str):
+        raise ValueError("the NumPyro backend has the variances 'beta' and 'posterior'; a fitted variance "
+                         "(--fit-variance) runs on --backend pyro")
+    net = convert.flax_twin(torch_diffusion.denoiser.cpu())
+    return GaussianDiffusion(schedule=torch_diffusion.schedule, denoiser=net, event_shape=torch_diffusion.event_shape,
+                             decoder=torch_diffusion.decoder, variance=variance)
+
+
+def params_of(diffusion) -> dict:
+    """The denoiser's weights as the pure dict NumPyro keeps under ``"denoiser$params"``."""
+    from flax import nnx
+
+    return nnx.to_pure_dict(nnx.state(diffusion.denoiser, nnx.Param))
+
+
+class ClipState(NamedTuple):
+    norm: jax.Array  # the global gradient norm before clipping, for the metrics
+
+
+def clip_by_global_norm(max_norm: float | None) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_`` as an optax transformation: g · min(1, max_norm / (‖g‖ + 1e-6));
+    the norm is kept in the state. ``max_norm=None`` only records it."""
+
+    def init(params):
+        return ClipState(jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None):
+        norm = optax.tree.norm(updates)
+        if max_norm is None:
+            return updates, ClipState(norm)
+        coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), ClipState(norm)
+
+    return optax.GradientTransformation(init, update)
+
+
+def estimator_loss(name: str):
+    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of :data:`ppl_diffusion.infer.ESTIMATORS`."""
+    if name in ("trace", "meanfield"):
+        return ChainELBO(analytic=name == "meanfield", reduction="mean"), None
+    for suffix, sampler in SAMPLERS.items():
+        for term in ("kl", "mc"):
+            if name == f"stochastic-{term}{suffix}":
+                return StochasticTimestepELBO(step_term=term, reduction="mean"), sampler
+    raise ValueError(f"unknown estimator {name!r} for the NumPyro backend")
+
+
+def _key_data(key) -> torch.Tensor:
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return torch.from_numpy(np.asarray(key).astype(np.int64))
+
+
+class NumPyroTrainer:
+    """One training step at a time on the NumPyro backend; see the module docstring."""
+
+    def __init__(self, config, dataset, build_torch) -> None:
+        if jax.config.jax_enable_x64:
+            raise ValueError("train with jax_enable_x64 off: the NumPyro backend trains in float32, as the Pyro one")
+        pyro.set_rng_seed(config.seed)  # the PyTorch backend's initial weights for this seed
+        torch_diffusion = build_torch(config, dataset)
+        self.torch_net = torch_diffusion.denoiser  # the template of the checkpoint's state_dict
+        self.diffusion = from_torch(torch_diffusion)
+        self.diffusion.denoiser.train()
+        self.config = config
+        self.train_x = dataset.train.numpy().astype(np.float32)
+        self.batch_size = config.batch_size
+        loss, sampler_name = estimator_loss(config.estimator)
+        self.sampler = None if sampler_name is None else make_timestep_sampler(sampler_name, config.T)
+        warmup, lr = config.warmup_steps, config.lr
+        schedule = (lambda count: lr * jnp.minimum(1.0, (count + 1) / warmup)) if warmup > 0 else lr
+        tx = optax.chain(clip_by_global_norm(config.grad_clip), optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
+        self.svi = SVI(self.diffusion.step_model, self.diffusion.step_guide, optax_to_numpyro(tx), loss=loss)
+        key = jax.random.PRNGKey(config.seed)
+        self.key, k_init = jax.random.split(key)
+        b = self.batch_size
+        x_init = jnp.asarray(self.train_x[:1].repeat(b, 0))
+        state = self.svi.init(k_init, x_init, jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32))
+        mutable = dict(state.mutable_state or {})
+        mutable[STEP_LOSSES] = jnp.zeros((b,), jnp.float32)
+        self.svi_state = state._replace(mutable_state=mutable)
+        self.ema = jax.tree.map(jnp.array, self.svi.get_params(self.svi_state)[PARAMS])
+        self.sampler_state = None if self.sampler is None else self.sampler.init()
+        self._step = jax.jit(self._make_step())
+        # Compile now, outside the training clock (startup, like imports): one call, its result discarded.
+        jax.block_until_ready(self._step(self.svi_state, self.ema, self.sampler_state, self.key, x_init))
+
+    def _make_step(self):
+        svi, sampler, b, decay = self.svi, self.sampler, self.batch_size, self.config.ema_decay
+
+        def step(svi_state, ema, sampler_state, key, x0):
+            if sampler is None:
+                t, w = jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32)
+            else:
+                t, w = sampler.sample(key, sampler_state, b)
+            svi_state, loss = svi.update(svi_state, x0, t, w)
+            if sampler is not None:
+                sampler_state = sampler.update(sampler_state, t, svi_state.mutable_state[STEP_LOSSES])
+            params = svi.get_params(svi_state)[PARAMS]
+            ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
+            norm = svi_state.optim_state[1][1][0].norm  # chain(clip, adam): the ClipState
+            return svi_state, ema, sampler_state, loss, norm
+
+        return step
+
+    @staticmethod
+    def _adam_state(opt_state):
+        """optax's ScaleByAdamState in chain(clip, adam) = (ClipState, (ScaleByAdamState, ScaleByScheduleState))."""
+        return opt_state[1][0]
+
+    # ------------------------------------------------------------------ the loop's interface
+    def step(self, index: torch.Tensor, lr: float) -> tuple[float, float]:
+        """One optimizer step on the examples ``index``; (loss in nats per example, gradient norm).
+
+        The new state is kept only if both are finite (the loop then stops with TrainingDiverged)."""
+        key, sub = jax.random.split(self.key)
+        x0 = jnp.asarray(self.train_x[index.numpy()])
+        svi_state, ema, sampler_state, loss, norm = self._step(self.svi_state, self.ema, self.sampler_state, sub, x0)
+        loss, norm = float(loss), float(norm)
+        if math.isfinite(loss) and math.isfinite(norm):
+            self.key, self.svi_state, self.ema, self.sampler_state = key, svi_state, ema, sampler_state
+        return loss, (norm if math.isfinite(loss) else float("nan"))
+
+    def params(self) -> dict:
+        return self.svi.get_params(self.svi_state)[PARAMS]
+
+    def _to_torch(self, params) -> dict:
+        return convert.torch_state_from_params(self.diffusion.denoiser, params)
+
+    def state(self) -> dict:
+        """Model, EMA, optimizer and sampler in the PyTorch backend's checkpoint format."""
+        adam = self._adam_state(self.svi_state.optim_state[1][1])
+        count = int(adam.count)
+        mu, nu = self._to_torch(adam.mu[PARAMS]), self._to_torch(adam.nu[PARAMS])
+        names = list(mu)
+        template = torch.optim.Adam([torch.zeros(1) for _ in names], lr=self.config.lr).state_dict()
+        template["state"] = {} if count == 0 else {
+            i: {"step": torch.tensor(float(count)), "exp_avg": mu[k], "exp_avg_sq": nu[k]} for i, k in enumerate(names)}
+        return {"model": self._to_torch(self.params()), "ema": self._to_torch(self.ema), "optimizer": template,
+                "sampler": None if self.sampler is None else self.sampler.to_torch_state(self.sampler_state)}
+
+    def load(self, state: dict) -> None:
+        """Restore from a checkpoint of either backend (raises KeyError / ValueError if it does not fit)."""
+        net = self.diffusion.denoiser
+        params = convert.params_from_torch_state(net, state["model"])
+        ema = convert.params_from_torch_state(net, state["ema"])
+        names = list(state["model"])
+        saved = state["optimizer"]["state"]
+        as_f32 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), tree)  # noqa: E731
+        opt_state = self.svi_state.optim_state[1][1]
+        if saved:
+            mu = convert.params_from_torch_state(net, {k: saved[i]["exp_avg"] for i, k in enumerate(names)})
+            nu = convert.params_from_torch_state(net, {k: saved[i]["exp_avg_sq"] for i, k in enumerate(names)})
+            count = jnp.asarray(int(round(float(saved[0]["step"]))), jnp.int32)
+            clip, (adam, schedule) = opt_state
+            adam = adam._replace(count=count, mu={PARAMS: as_f32(mu)}, nu={PARAMS: as_f32(nu)})
+            if isinstance(schedule, optax.ScaleByScheduleState):  # a warm-up; a constant rate keeps no count
+                schedule = schedule._replace(count=count)
+            opt_state = (clip, (adam, schedule))
+        i, _ = self.svi_state.optim_state
+        self.svi_state = self.svi_state._replace(optim_state=(i, ({PARAMS: as_f32(params)}, opt_state)))
+        self.ema = as_f32(ema)
+        if self.sampler is not None:
+            if state.get("sampler") is None:
+                raise ValueError("the checkpoint holds no timestep sampler state")
+            self.sampler_state = self.sampler.from_torch_state(state["sampler"])
+
+    def rng_state(self) -> dict:
+        """The JAX keys: the trainer's, SVI's, and the denoiser's dropout keys and counts."""
+        leaves = jax.tree.leaves(self.svi_state.mutable_state.get("denoiser$state", {}))
+        return {"key": _key_data(self.key), "svi": _key_data(self.svi_state.rng_key),
+                "dropout": [_key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else
+                            torch.tensor(int(v)) for v in leaves]}
+
+    def set_rng_state(self, saved: dict | None) -> None:
+        if saved is None:  # a checkpoint of the Pyro backend: fresh keys, derived from the seed
+            return
+        self.key = jnp.asarray(saved["key"].numpy().astype(np.uint32))
+        mutable = dict(self.svi_state.mutable_state)
+        if "denoiser$state" in mutable:
+            leaves, treedef = jax.tree.flatten(mutable["denoiser$state"])
+            new = []
+            for old, value in zip(leaves, saved["dropout"], strict=True):
+                if jnp.issubdtype(old.dtype, jax.dtypes.prng_key):
+                    new.append(jax.random.wrap_key_data(jnp.asarray(value.numpy().astype(np.uint32)),
+                                                        impl=jax.random.key_impl(old)))
+                else:
+                    new.append(jnp.asarray(int(value), old.dtype))
+            mutable["denoiser$state"] = jax.tree.unflatten(treedef, new)
+        self.svi_state = self.svi_state._replace(
+            mutable_state=mutable, rng_key=jnp.asarray(saved["svi"].numpy().astype(np.uint32)))
+
+    def trained_diffusion(self, ema: bool = False) -> GaussianDiffusion:
+        """The diffusion with the current (or EMA) weights loaded into its Flax denoiser, in eval mode."""
+        from flax import nnx
+
+        state = nnx.state(self.diffusion.denoiser, nnx.Param)
+        nnx.replace_by_pure_dict(state, self.ema if ema else self.params())
+        nnx.update(self.diffusion.denoiser, state)
+        self.diffusion.denoiser.eval()
+        return self.diffusion
+
+    def result(self):
+        """(the trained diffusion with the raw weights, the EMA as the PyTorch denoiser's state_dict)."""
+        return self.trained_diffusion(ema=False), self._to_torch(self.ema)
