@@ -73,9 +73,15 @@ class StudyConfig:
     eval_examples: int = 100
     race_target: float | None = None  # an extra bits/dim whose time-to-reach is reported
     device: str = "auto"
+    backend: str = "pyro"  # "pyro" or "numpyro": the backend whose estimators (and race training) are measured
     command: str = field(default="", repr=False)
 
     def validate(self) -> "StudyConfig":
+        if self.backend not in ("pyro", "numpyro"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose pyro or numpyro (--backend)")
+        if self.backend == "numpyro" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device; pass "
+                             "--device auto or cpu")
         check_estimators(self.estimators)
         if self.race_seconds:
             check_estimators(self.race_estimators, trainable=True)
@@ -110,7 +116,8 @@ def _machine() -> str:
 
 
 def _model(config: StudyConfig):
-    """(diffusion at θ, the TrainConfig of its model, dataset, description of θ)."""
+    """(diffusion at θ on the study's backend, its Pyro twin (the same θ), the TrainConfig of its model,
+    dataset, description of θ)."""
     from ..data import load_dataset
     from ..sampling import find_checkpoint, load_run
     from ..train import TrainConfig, build_diffusion, resolve_device
@@ -132,7 +139,21 @@ def _model(config: StudyConfig):
     if diffusion is None:
         pyro.set_rng_seed(config.seed)
         diffusion = build_diffusion(tc, dataset).to(device)
-    return diffusion, tc, dataset, theta
+    twin = diffusion
+    if config.backend == "numpyro":
+        from ..numpyro.train import from_torch
+
+        diffusion = from_torch(diffusion)
+        tc = dataclasses.replace(tc, backend="numpyro", device="auto")
+    return diffusion, twin, tc, dataset, theta
+
+
+def _device_name(backend: str, device) -> str:
+    if backend == "numpyro":
+        import jax
+
+        return f"jax {jax.__version__}: {jax.devices()[0].platform}"
+    return str(device)
 
 
 def _elbo_of(diffusion, x, *, seed: int, draws: int = 8) -> dict:
@@ -163,14 +184,14 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     out = Path(out_dir)
     (out / "draws").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    diffusion, tc, dataset, theta = _model(config)
-    device = next(diffusion.parameters()).device
+    diffusion, twin, tc, dataset, theta = _model(config)
+    device = next(twin.parameters()).device
     x0 = dataset.test[:config.batch_size].to(device)
     pyro.clear_param_store()
     meta = {"data": tc.data, "net": tc.net, "T": tc.T, "schedule": tc.schedule, "variance": tc.variance,
             "theta": theta, "batch": len(x0), "batch_from": f"(the first test examples of {tc.data})",
-            "num_parameters": sum(p.numel() for p in diffusion.denoiser.parameters()),
-            "machine": _machine(), "device": str(device), "threads": torch.get_num_threads(),
+            "num_parameters": sum(p.numel() for p in twin.denoiser.parameters()), "backend": config.backend,
+            "machine": _machine(), "device": _device_name(config.backend, device), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "pyro": pyro.__version__, "arviz": az.__version__,
             "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": config.command or "ppl_diffusion.study.run_study", "config": dataclasses.asdict(config)}
@@ -190,8 +211,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
             row.notes.append(f"on the first {len(xs)} examples of the batch; their ELBO (full bound, 8 draws each): "
                              f"{reference[name]['elbo']:.3f} ± {reference[name]['se']:.3f}")
         idata.to_netcdf(str(out / "draws" / f"{name}.nc"))
-        if est.sampler_state is not None:
-            samplers[name] = est.loss.sampler.probabilities().numpy()
+        if est.sampler_probabilities() is not None:
+            samplers[name] = est.sampler_probabilities()
         rows.append(row)
         log(f"fixed θ {name:17s} ELBO {row.elbo_mean:10.3f} ± {row.elbo_mcse:.3f} (sd {row.elbo_sd:.3g}, "
             f"ESS {row.elbo_ess:.0f}), {1e3 * row.loss_seconds:.1f} ms/estimate, grad tr Cov "
@@ -201,8 +222,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                             "full_chain_replicates": config.full_chain_replicates or config.replicates,
                             "rows": fixed_rows, "agreement": pooled_agreement(rows), "iwae_reference": reference}
 
-    # 2. per t
-    per_t: PerTResult = per_t_moments(diffusion, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
+    # 2. per t (on the Pyro twin at the same θ: the step terms' distribution, not a backend's speed)
+    twin.eval()
+    per_t: PerTResult = per_t_moments(twin, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
                                       seed=config.seed, progress=progress)
     per_t_rows = per_t.rows()
     study["per_t"] = {"repeats": config.per_t_repeats, "steps": len(per_t.t), "rows": per_t_rows}
@@ -225,7 +247,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     if config.race_seconds:
         race_tc = dataclasses.replace(tc, lr=config.race_lr, warmup_steps=0, grad_clip=config.race_grad_clip,
                                       batch_size=config.batch_size, device=config.device, log_every=10,
-                                      metrics_format="jsonl")
+                                      metrics_format="jsonl", backend=config.backend)
         race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)

@@ -83,6 +83,19 @@ class StudyEstimator:
     def description(self) -> str:
         return DESCRIPTIONS[self.name] + (f", K = {self.loss.num_particles}" if self.name == "iwae" else "")
 
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def reseed(self, seed: int) -> None:
+        import pyro
+
+        pyro.set_rng_seed(seed)
+
+    def sampler_probabilities(self):
+        """P(t) of the frozen importance sampler, float64 numpy (None for the other estimators)."""
+        return None if self.sampler_state is None else self.loss.sampler.probabilities().numpy()
+
     def estimate(self, x0: torch.Tensor) -> float:
         with torch.no_grad():
             return -self.loss.loss(self.model, self.guide, x0)
@@ -118,8 +131,13 @@ class StudyEstimator:
 
 
 def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> StudyEstimator:
-    """The estimator ``name`` (see the module table) for ``diffusion``."""
+    """The estimator ``name`` (see the module table) for ``diffusion`` (a NumPyro diffusion gets the compiled
+    twin, :class:`ppl_diffusion.numpyro.study.NumPyroStudyEstimator`)."""
     check_estimators([name])
+    if getattr(diffusion, "backend", "pyro") == "numpyro":
+        from ..numpyro.study import NumPyroStudyEstimator
+
+        return NumPyroStudyEstimator(name, diffusion, iwae_particles=iwae_particles)
     params = [p for p in diffusion.denoiser.parameters() if p.requires_grad]
     if name == "iwae":
         if isinstance(iwae_particles, bool) or not isinstance(iwae_particles, int) or iwae_particles < 2:

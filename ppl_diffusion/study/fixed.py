@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyro
 import torch
 
 from .estimators import StudyEstimator
@@ -127,12 +126,12 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 4:
         raise ValueError(f"replicates = {replicates!r}; pass at least 4 (--replicates)")
     batch = x0.shape[0]
-    pyro.set_rng_seed(seed)
+    est.reseed(seed)
     warmup = est.warm_up(x0)
     # One untimed call of each path (allocations, lazy initialisation), then the timed replicates.
     est.estimate(x0)
     est.gradient(x0)
-    n_params = sum(p.numel() for p in est.params)
+    n_params = est.num_params
     if directions is None:
         g = torch.Generator().manual_seed(12345)
         directions = torch.randn(GRAD_DIRECTIONS, n_params, generator=g, dtype=torch.float64)

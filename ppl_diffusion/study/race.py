@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+import torch
 
 from ..data import load_dataset
 from ..evaluate import per_example_terms
@@ -72,7 +73,8 @@ def race(config: TrainConfig, estimators, seconds: float, out_dir: str | Path, *
             cfg = dataclasses.replace(config, estimator=name, minutes=budget / 60.0, steps=None,
                                       checkpoint_every=10 ** 9, keep_checkpoints=1)
             result = train(cfg, run_dir, resume=k > 1, progress=progress)
-            bpd, se = _bpd(result.diffusion, x.to(next(result.diffusion.parameters()).device), eval_seed)
+            on = next(result.diffusion.parameters()).device if isinstance(result.diffusion, torch.nn.Module) else "cpu"
+            bpd, se = _bpd(result.diffusion, x.to(on), eval_seed)
             rows.append({"estimator": name, "point": k, "budget_seconds": budget, "train_seconds": result.elapsed,
                          "step": result.step, "bpd": bpd, "bpd_se": se})
             log(f"race {name}: {result.elapsed:7.1f} s, {result.step:6d} steps, {bpd:.4f} ± {se:.4f} bits/dim")

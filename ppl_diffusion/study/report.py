@@ -110,6 +110,9 @@ def markdown(study: dict) -> str:
               f"- Command: `{meta['command']}`",
               f"- Machine: {meta['machine']}; torch {meta['torch']}, pyro {meta['pyro']}, arviz {meta['arviz']}, "
               f"{meta['threads']} torch thread(s); date {meta['date']}",
+              *([f"- Backend: NumPyro / {meta['device']} (every estimator and the race jit-compiled; the per-t "
+                 "moments on the Pyro twin at the same θ; compile time is not counted in any timing)"]
+                if meta.get("backend") == "numpyro" else []),
               f"- θ: {meta['theta']}; batch of {meta['batch']} {meta['batch_from']}; "
               f"{meta['num_parameters']:,} parameters", ""]
     fixed = study.get("fixed_theta")
