@@ -49,14 +49,29 @@ def params_of(diffusion) -> dict:
     return nnx.to_pure_dict(nnx.state(diffusion.denoiser, nnx.Param))
 
 
+def _compiled(diffusion, key, build):
+    """The compiled function ``build()`` for ``key``, kept on the diffusion object so that repeated calls (an
+    evaluation per race point, samples per epoch) do not recompile; the denoiser's train / eval mode is part of
+    the key (it is baked into the compiled function)."""
+    mode = tuple(m.deterministic for _, m in nnx.iter_graph(diffusion.denoiser) if isinstance(m, nnx.Dropout))
+    cache = diffusion.__dict__.setdefault("_compiled", {})
+    if (key, mode) not in cache:
+        cache[(key, mode)] = build()
+    return cache[(key, mode)]
+
+
 def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,
                  chunk: int = 1000) -> np.ndarray:
     """``n`` ancestral samples ``[n x *event_shape]`` (compiled with ``lax.scan``), ``chunk`` at a time;
     ``steps = K`` samples with K respaced steps."""
-    model = diffusion if steps is None else respace(diffusion, steps)
-    params = params_of(model)
     chunk = min(chunk, n)
-    fn = jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk))  # one compile; the last chunk is cut
+
+    def build():
+        model = diffusion if steps is None else respace(diffusion, steps)
+        return model, jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk))  # the last chunk is cut
+
+    model, fn = _compiled(diffusion, ("sample", steps, chunk), build)
+    params = params_of(model)
     keys = jax.random.split(jax.random.PRNGKey(seed), -(-n // chunk))
     return np.concatenate([np.asarray(fn(params, key)) for key in keys])[:n]
 
@@ -67,7 +82,8 @@ def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_
     ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``)."""
     params = params_of(diffusion)
     key = jax.random.PRNGKey(seed)
-    fn = jax.jit(lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch))
+    fn = _compiled(diffusion, ("bound", timesteps_per_batch), lambda: jax.jit(
+        lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch)))
     parts = []
     for i, start in enumerate(range(0, len(x), batch_size)):
         chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
