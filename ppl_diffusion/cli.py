@@ -54,10 +54,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=d.data_root, help="folder of the data files (mnist, cifar10, image_folder)")
     p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
                    "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
-                   "stochastic-mc-ld")
+                   "stochastic-mc-ld, hybrid (with --variance learned)")
     p.add_argument("--schedule", default=d.schedule, help=f"noise schedule: linear or cosine (default {d.schedule})")
     p.add_argument("--T", type=int, default=d.T, help=f"diffusion steps (default {d.T})")
-    p.add_argument("--variance", default=d.variance, help=f"reverse variance: beta or posterior (default {d.variance})")
+    p.add_argument("--variance", default=d.variance,
+                   help=f"reverse variance: beta, posterior or learned (improved DDPM) (default {d.variance})")
+    p.add_argument("--prior", default=d.prior, help=f"p(x_T): normal, gaussian (learned mean and scale), student-t, "
+                   f"student-t-learned-df, mixture, flow (default {d.prior}); see ppl_diffusion.priors")
     p.add_argument("--net", default=d.net, help=f"denoiser: U-Net preset digits, mnist, cifar10, or mlp (default {d.net})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default {d.lr})")

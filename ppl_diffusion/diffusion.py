@@ -57,10 +57,16 @@ class GaussianDiffusion(nn.Module):
         ``t`` a ``LongTensor[B]`` of steps in 1..T, and ``ε̂`` of the shape of ``x_t``.
     :param tuple event_shape: shape of one example, e.g. ``(2,)`` or ``(1, 8, 8)``; taken from
         ``prior`` when omitted.
-    :param prior: p(x_T), any Pyro distribution with event shape ``event_shape`` (default N(0, I)).
+    :param prior: p(x_T): any Pyro distribution with event shape ``event_shape``, or a learnable
+        :class:`ppl_diffusion.priors.Prior` module (a submodule; its parameters train with the denoiser's);
+        default N(0, I). Its term KL(q(x_T|x_0) || p(x_T)) is analytic where a closed form is registered,
+        Monte Carlo otherwise.
     :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]) or a
         decoder object (see :mod:`ppl_diffusion.distributions`).
-    :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), or a
+    :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), ``"learned"`` (improved DDPM:
+        log σ_t² = f log β_t + (1 − f) log β̃_t with f = sigmoid(2 v), v the denoiser's second half of
+        channels, so σ_t² stays between β̃_t and β_t; the denoiser must output twice the data's channels,
+        e.g. ``UNet(learn_sigma=True)``, ``MLPDenoiser(learn_sigma=True)``), or a
         :class:`~ppl_diffusion.variance.FittedVariance`: the ELBO-optimal σ_t² for the trained mean,
         fitted on training data (:func:`~ppl_diffusion.variance.fit_variance`; see :meth:`with_variance`).
 
@@ -91,22 +97,15 @@ class GaussianDiffusion(nn.Module):
                             f"got {type(denoiser).__name__}")
         from .variance import FittedVariance
 
-        if not isinstance(variance, FittedVariance) and variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted(VARIANCES)} "
+        if not isinstance(variance, FittedVariance) and variance not in VARIANCES and variance != "learned":
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, 'learned'])} "
                              "or pass a FittedVariance (ppl_diffusion.variance.fit_variance)")
         if prior is not None:
-            if not isinstance(prior, torch.distributions.Distribution):
-                raise TypeError(f"prior must be a Pyro distribution over x_T, got {type(prior).__name__}")
+            from .priors import check_prior
+
             if event_shape is None:
-                event_shape = tuple(prior.event_shape)
-            if tuple(prior.event_shape) != tuple(event_shape):
-                raise ValueError(
-                    f"prior has event shape {tuple(prior.event_shape)} but the data's event shape is "
-                    f"{tuple(event_shape)}; use .to_event(...) so that the prior's event is one example"
-                )
-            if tuple(prior.batch_shape) != ():
-                raise ValueError(f"prior has batch shape {tuple(prior.batch_shape)}; it must be () "
-                                 "(the model adds the data plate)")
+                event_shape = tuple(check_prior(prior, None).event_shape)
+            check_prior(prior, event_shape)
         if event_shape is None:
             raise ValueError("pass event_shape=(...), the shape of one example, or a prior with that event shape")
         self.schedule = schedule
@@ -117,6 +116,8 @@ class GaussianDiffusion(nn.Module):
         self.variance = variance
         if isinstance(variance, FittedVariance):
             self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
+        elif variance == "learned":
+            self.p_log_variance = None  # read from the denoiser's output in p_mean_variance
         else:
             self.p_log_variance = VARIANCES[variance](schedule)
 
@@ -185,7 +186,10 @@ class GaussianDiffusion(nn.Module):
         return x.shape[:x.dim() - self._event_dims()]
 
     def get_prior(self, device=None, dtype=None) -> dist.Distribution:
-        """p(x_T): the given prior, or N(0, I) over ``event_shape`` on ``device``."""
+        """p(x_T): the given prior (a learnable :class:`~ppl_diffusion.priors.Prior`'s current distribution),
+        or N(0, I) over ``event_shape`` on ``device``."""
+        if isinstance(self.prior, nn.Module):
+            return self.prior()
         if self.prior is not None:
             return self.prior
         zeros = torch.zeros(self.event_shape, device=device, dtype=dtype)
@@ -201,36 +205,69 @@ class GaussianDiffusion(nn.Module):
         """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
         return cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
 
-    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
+    @property
+    def learned_variance(self) -> bool:
+        return isinstance(self.variance, str) and self.variance == "learned"
+
+    def denoiser_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(ε̂_θ(x_t, t), v): the denoiser's output split, v the variance output (``None`` unless the variance
+        is learned); each checked to have the shape of ``x_t``."""
         batch_shape = self._batch_shape(x_t)
         if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
             flat = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
-            eps = flat.reshape(x_t.shape) if torch.is_tensor(flat) and flat.numel() == x_t.numel() else flat
+            k = 2 if self.learned_variance else 1
+            out = flat.reshape(*batch_shape, k * self.event_shape[0], *self.event_shape[1:]) \
+                if torch.is_tensor(flat) and flat.numel() == k * x_t.numel() else flat
         else:
-            eps = self.denoiser(x_t, t)
-        if not torch.is_tensor(eps) or eps.shape != x_t.shape:
-            got = tuple(eps.shape) if torch.is_tensor(eps) else type(eps).__name__
+            out = self.denoiser(x_t, t)
+        if self.learned_variance:
+            c = x_t.shape[len(batch_shape)]
+            want = (*x_t.shape[:len(batch_shape)], 2 * c, *x_t.shape[len(batch_shape) + 1:])
+            if not torch.is_tensor(out) or out.shape != want:
+                got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                raise ValueError(f"variance='learned': the denoiser returned {got} for x_t of shape "
+                                 f"{tuple(x_t.shape)}; it must return ε̂ and v stacked on the channel axis, shape "
+                                 f"{want} (UNet(learn_sigma=True) or MLPDenoiser(learn_sigma=True))")
+            eps, v = out.split(c, dim=len(batch_shape))
+            return eps, v
+        if not torch.is_tensor(out) or out.shape != x_t.shape:
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise ValueError(
                 f"denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; "
                 "denoiser(x_t, t) must return eps-hat of the same shape as x_t"
             )
-        return eps
+        return out, None
+
+    def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
+        return self.denoiser_output(x_t, t)[0]
 
     def predict_x0(self, x_t: Tensor, t: Tensor) -> Tensor:
         """x̂_0(x_t, t) = (x_t − √(1 − ᾱ_t) ε̂_θ) / √ᾱ_t, the denoiser's estimate of x_0."""
         return cf.predict_x0_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
 
-    def p_mean_variance(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's."""
-        mean = cf.p_mean_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
+    def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
+        """log σ_t² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v) (= (v + 1)/2 to first order, improved DDPM's
+        interpolation, bounded): always between log β̃_t (clipped at t = 1) and log β_t."""
+        frac = torch.sigmoid(2.0 * v)
+        log_beta = cf.extract(np.log(self.schedule.betas), t, v)
+        log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
+        return frac * log_beta + (1.0 - frac) * log_post
+
+    def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False) -> tuple[Tensor, Tensor]:
+        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
+        ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound)."""
+        eps, v = self.denoiser_output(x_t, t)
+        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps.detach() if detach_mean else eps)
+        if v is not None:
+            return mean, self.learned_log_variance(v, t)
         log_var = cf.extract(self.p_log_variance, t, x_t).expand_as(x_t)
         return mean, log_var
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x0: Tensor | None = None, n: int | None = None):
         """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
-        pyro.module("denoiser", self.denoiser)
+        self._register()
         if x0 is not None:
             x0 = self.check_data(x0)
             batch, device, dtype = x0.shape[0], x0.device, x0.dtype
@@ -310,13 +347,18 @@ class GaussianDiffusion(nn.Module):
         with weight = 1/P(t), ``Trace_ELBO`` on the pair is an unbiased Monte-Carlo estimate of the
         ELBO and ``TraceMeanField_ELBO`` the analytic-KL one.
         """
-        pyro.module("denoiser", self.denoiser)
+        self._register()
         self._step_sites(x0, t, weight, is_model=True)
 
     def step_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
         """The pair of :meth:`step_model`: ``x_T ~ q(x_T|x_0)``, ``x_t ~ q(x_t|x_0)``,
         ``x_prev ~ q(x_{t−1}|x_t, x_0)``."""
         self._step_sites(x0, t, weight, is_model=False)
+
+    def _register(self) -> None:
+        pyro.module("denoiser", self.denoiser)
+        if isinstance(self.prior, nn.Module) and next(self.prior.parameters(), None) is not None:
+            pyro.module("prior", self.prior)
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

@@ -46,6 +46,7 @@ from .data import DATASETS, load_dataset
 from .diffusion import VARIANCES, GaussianDiffusion
 from .infer import ESTIMATORS, make_estimator
 from .nets import UNET_PRESETS, MLPDenoiser, unet_preset
+from .priors import PRIORS, make_prior
 from .schedule import NoiseSchedule
 
 FORMAT = "ppl_diffusion.train/1"
@@ -75,7 +76,8 @@ class TrainConfig:
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
     schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
     T: int = 1000  # diffusion steps
-    variance: str = "beta"  # reverse variance σ_t²: "beta" or "posterior"
+    variance: str = "beta"  # reverse variance σ_t²: "beta", "posterior" or "learned" (improved DDPM)
+    prior: str = "normal"  # p(x_T): a name in ppl_diffusion.priors.PRIORS (learned ones train with the net)
     net: str = "digits"  # a U-Net preset name (digits, mnist, cifar10) or "mlp" for vector data
     batch_size: int = 128  # examples per optimizer step
     lr: float = 2e-4  # Adam learning rate after warm-up (DDPM's)
@@ -109,7 +111,11 @@ class TrainConfig:
         choice("data", DATASETS)
         choice("estimator", ESTIMATORS)
         choice("schedule", SCHEDULES)
-        choice("variance", VARIANCES)
+        choice("variance", [*VARIANCES, "learned"])
+        choice("prior", PRIORS)
+        if self.estimator == "hybrid" and self.variance != "learned":
+            raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
+                             "--estimator)")
         choice("net", [*UNET_PRESETS, "mlp"])
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
@@ -131,6 +137,9 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed = {self.seed!r}; pass an integer (--seed)")
         if self.backend == "numpyro":
+            if self.prior != "normal" or self.estimator == "hybrid":
+                what = f"prior {self.prior!r}" if self.prior != "normal" else "estimator 'hybrid'"
+                raise ValueError(f"{what} trains on --backend pyro only (so far); drop --backend numpyro")
             if self.device not in ("auto", "cpu"):
                 raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device (a GPU "
                                  "when jax has CUDA support); pass --device auto or cpu")
@@ -197,8 +206,9 @@ def resolve_device(device: str) -> torch.device:
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
     event_shape = tuple(dataset.event_shape)
+    learn_sigma = config.variance == "learned"
     if config.net == "mlp":
-        net = MLPDenoiser(dim=math.prod(event_shape))
+        net = MLPDenoiser(dim=math.prod(event_shape), learn_sigma=learn_sigma)
     else:
         preset = UNET_PRESETS[config.net]
         expected = (preset["in_channels"], preset["image_size"], preset["image_size"])
@@ -209,9 +219,10 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
                                                         "choose a preset of that image size")
             raise ValueError(f"net preset {config.net!r} expects examples of shape {list(expected)} but data "
                              f"{config.data!r} has {list(event_shape)}; {fix}")
-        net = unet_preset(config.net)
+        net = unet_preset(config.net, learn_sigma=learn_sigma)
+    prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=SCHEDULES[config.schedule](config.T), denoiser=net, event_shape=event_shape,
-                             decoder=dataset.decoder, variance=config.variance)
+                             decoder=dataset.decoder, variance=config.variance, prior=prior)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -327,8 +338,12 @@ class PyroTrainer:
         self.guide = self.estimator.guide(self.diffusion)
         loss = self.estimator.loss
         self.sampler = loss.get_sampler(config.T) if hasattr(loss, "get_sampler") else None
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr_at(config, 1))
+        prior = self.diffusion.prior
+        self.prior = prior if isinstance(prior, torch.nn.Module) and next(prior.parameters(), None) is not None else None
+        self.params = list(self.net.parameters()) + ([] if self.prior is None else list(self.prior.parameters()))
+        self.optimizer = torch.optim.Adam(self.params, lr=lr_at(config, 1))
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.prior_ema = None if self.prior is None else {k: v.detach().clone() for k, v in self.prior.state_dict().items()}
         self.config = config
         self.net.train()
 
@@ -349,26 +364,36 @@ class PyroTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if not torch.isfinite(grad_norm):
             return loss.item(), grad_norm.item()
         self.optimizer.step()
         with torch.no_grad():
-            for k, v in self.net.state_dict().items():
-                if v.is_floating_point():
-                    self.ema[k].lerp_(v, 1.0 - self.config.ema_decay)
-                else:
-                    self.ema[k].copy_(v)
+            for module, ema in ((self.net, self.ema), (self.prior, self.prior_ema)):
+                if module is None:
+                    continue
+                for k, v in module.state_dict().items():
+                    if v.is_floating_point():
+                        ema[k].lerp_(v, 1.0 - self.config.ema_decay)
+                    else:
+                        ema[k].copy_(v)
         return loss.item(), grad_norm.item()
 
     def state(self) -> dict:
-        return {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
-                "sampler": None if self.sampler is None else self.sampler.state_dict()}
+        state = {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+                 "sampler": None if self.sampler is None else self.sampler.state_dict()}
+        if self.prior is not None:
+            state.update(prior=self.prior.state_dict(), prior_ema=self.prior_ema)
+        return state
 
     def load(self, state: dict) -> None:
         self.net.load_state_dict(state["model"])
         for k, v in state["ema"].items():
             self.ema[k].copy_(v)
+        if self.prior is not None:
+            self.prior.load_state_dict(state["prior"])
+            for k, v in state["prior_ema"].items():
+                self.prior_ema[k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
@@ -571,6 +596,8 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
     meta = SimpleNamespace(event_shape=tuple(state["data"]["event_shape"]), decoder=state["data"]["decoder"])
     diffusion = build_diffusion(config, meta)
     diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
+    if state.get("prior") is not None:
+        diffusion.prior.load_state_dict(state["prior_ema"] if ema else state["prior"])
     if backend == "numpyro":
         _require_jax()
         from .numpyro.train import from_torch

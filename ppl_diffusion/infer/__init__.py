@@ -13,6 +13,8 @@ name                  estimator
 ``stochastic-mc-is``  (c) Monte-Carlo step term, t importance-sampled.
 ``stochastic-kl-ld``  (c) analytic step term, low-discrepancy uniform t across the batch (VDM).
 ``stochastic-mc-ld``  (c) Monte-Carlo step term, low-discrepancy t.
+``hybrid``            improved DDPM's L_simple + λ L_vlb for ``variance="learned"`` (:class:`HybridELBO`):
+                      its value is the stochastic-kl estimate of −ELBO, its gradient the hybrid one.
 ====================  ==========================================================================
 
 All estimate the same ELBO (nats, summed over the batch); (d) :func:`variational_bound` returns
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from .bound import VariationalBound, variational_bound
+from .hybrid import HybridELBO
 from .stochastic_elbo import StochasticTimestepELBO
 from .timesteps import ImportanceTimesteps, LowDiscrepancyTimesteps, UniformTimesteps, make_timestep_sampler
 from .trace_terms import per_example_elbo, trace_pair
@@ -58,6 +61,7 @@ ESTIMATORS = {
     "stochastic-mc-is": (_stochastic("mc", "importance"), "guide"),
     "stochastic-kl-ld": (_stochastic("kl", "low-discrepancy"), "guide"),
     "stochastic-mc-ld": (_stochastic("mc", "low-discrepancy"), "guide"),
+    "hybrid": (lambda **kw: HybridELBO(**kw), "guide"),
 }
 
 
@@ -70,7 +74,7 @@ def make_estimator(name: str, **kwargs) -> Estimator:
 
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "ImportanceTimesteps", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimesteps",
+    "ESTIMATORS", "Estimator", "HybridELBO", "ImportanceTimesteps", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimesteps",
     "VariationalBound", "make_estimator", "make_timestep_sampler", "per_example_elbo", "trace_pair",
     "variational_bound",
 ]

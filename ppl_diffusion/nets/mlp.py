@@ -32,18 +32,20 @@ class MLPDenoiser(nn.Module):
 
     :param int dim: D, the number of data dimensions.
     :param int width: hidden width. :param int depth: residual blocks.
+    :param bool learn_sigma: output ε̂ and a variance output v, stacked on the first event axis
+        (``[B x 2D]`` for vectors, ``[B x 2C x H x W]`` for images), for ``variance="learned"``.
     """
 
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
-                 zero_init: bool = True) -> None:
+                 zero_init: bool = True, learn_sigma: bool = False) -> None:
         super().__init__()
         if dim < 1 or width < 1 or depth < 0:
             raise ValueError(f"MLPDenoiser(dim={dim}, width={width}, depth={depth}): sizes must be positive")
-        self.dim, self.emb_dim = dim, emb_dim
+        self.dim, self.emb_dim, self.learn_sigma = dim, emb_dim, learn_sigma
         self.time = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList(ResidualMLPBlock(width, width, dropout) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, 2 * dim if learn_sigma else dim))
         if zero_init:
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)
@@ -58,7 +60,8 @@ class MLPDenoiser(nn.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).reshape(shape)
+        out = self.out(h)
+        return out.reshape(shape[0], 2 * shape[1], *shape[2:]) if self.learn_sigma else out.reshape(shape)
 
     @property
     def num_parameters(self) -> int:

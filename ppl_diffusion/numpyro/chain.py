@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 from flax import nnx
 from jax import lax
 
@@ -66,6 +67,21 @@ def _normal_logpdf(x, mean, var):
     return -0.5 * (jnp.log(2 * jnp.pi * var) + (x - mean) ** 2 / var)
 
 
+def prior_term(diffusion, mean_T, var_T, eps_T):
+    """L_T = KL(q(x_T|x_0) || p(x_T)) per example: in closed form where NumPyro registers the KL, else the one
+    draw log q(x_T) − log p(x_T) at x_T = mean_T + √var_T · eps_T (unbiased, as the Pyro backend's rule)."""
+    from numpyro.distributions.kl import kl_divergence
+
+    d = len(diffusion.event_shape)
+    q = dist.Normal(mean_T, jnp.sqrt(var_T)).to_event(d)
+    p = diffusion.get_prior(mean_T.dtype)
+    try:
+        return kl_divergence(q, p)
+    except NotImplementedError:
+        x_T = mean_T + jnp.sqrt(var_T) * eps_T
+        return q.log_prob(x_T) - p.log_prob(x_T)
+
+
 def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dropout_key=None,
                     block: int | None = 10, remat: bool = True):
     """Per-example ELBO ``[B]`` of the trajectory the guide draws from ``noise`` ``[T x B x ...]``;
@@ -87,8 +103,7 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
 
     def p_step(x_t, t):  # p(x_{t-1} | x_t): mean, log-variance
         key = None if dropout_key is None else jax.random.fold_in(dropout_key, t)
-        mean = cf.p_mean_from_eps(s, x_t, full(t), apply(params, x_t, full(t), key))
-        return mean, jnp.broadcast_to(cf.extract(diffusion.p_log_variance, full(t), x_t), x_t.shape)
+        return diffusion.mean_log_var(apply(params, x_t, full(t), key), x_t, full(t))
 
     def score(term, n):
         """``term(k)`` for k = 0..n−1, stacked ``[n x B]``."""
@@ -118,12 +133,7 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
     # Posterior order: x_T ~ q(x_T|x_0), then x_{t−1} ~ q(x_{t−1}|x_t, x_0); each site scored by −KL.
     mean_T, var_T = cf.q_mean_variance(s, x0, full(T))
     x_T = mean_T + jnp.sqrt(var_T) * noise[0]
-    prior = diffusion.get_prior(x0.dtype)
-    if not hasattr(prior, "base_dist") or type(prior.base_dist).__name__ != "Normal":
-        raise NotImplementedError("the compiled analytic chain needs a Normal prior; use the named-site programs")
-    base = prior.base_dist
-    kl_T = _sum_event(cf.normal_kl(mean_T, jnp.log(var_T), jnp.broadcast_to(base.loc, x0.shape),
-                                   jnp.broadcast_to(2 * jnp.log(base.scale), x0.shape)), d)
+    kl_T = prior_term(diffusion, mean_T, var_T, noise[0])
 
     def backward(x_t, inputs):
         t, eps = inputs
@@ -154,8 +164,7 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
 
     def p_step(x_t, t):
         tt = jnp.full((n,), t, dtype=jnp.int32)
-        mean = cf.p_mean_from_eps(s, x_t, tt, apply(params, x_t, tt))
-        return mean, jnp.broadcast_to(cf.extract(diffusion.p_log_variance, tt, x_t), x_t.shape)
+        return diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
 
     def step(x_t, inputs):
         t, eps = inputs
@@ -179,8 +188,7 @@ def ancestral_sample(diffusion, params, key, n: int):
 
     def p_step(x_t, t):
         tt = jnp.full((n,), t, dtype=jnp.int32)
-        mean = cf.p_mean_from_eps(s, x_t, tt, apply(params, x_t, tt))
-        return mean, jnp.broadcast_to(cf.extract(diffusion.p_log_variance, tt, x_t), x_t.shape)
+        return diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
 
     def step(x_t, inputs):
         t, k = inputs
@@ -212,8 +220,7 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
             eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
         tt = jnp.full((batch,), t, dtype=jnp.int32)
         x_t = cf.q_sample(s, x0, tt, eps)
-        p_mean = cf.p_mean_from_eps(s, x_t, tt, apply(params, x_t, tt))
-        p_log_var = jnp.broadcast_to(cf.extract(diffusion.p_log_variance, tt, x_t), x_t.shape)
+        p_mean, p_log_var = diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
         q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, tt)
         kl = _sum_event(cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var), d)
         nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
@@ -223,9 +230,8 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
         noise = jnp.zeros((T,), x0.dtype)  # placeholder, one scalar per step
     steps = lax.map(term, (jnp.arange(1, T + 1), noise), batch_size=batch_size)  # [T x B]
     mean_T, var_T = cf.q_mean_variance(s, x0, jnp.full((batch,), T, dtype=jnp.int32))
-    base = diffusion.get_prior(x0.dtype).base_dist
-    prior = _sum_event(cf.normal_kl(mean_T, jnp.log(var_T), jnp.broadcast_to(base.loc, x0.shape),
-                                    jnp.broadcast_to(2 * jnp.log(base.scale), x0.shape)), d)
+    eps_T = jax.random.normal(jax.random.fold_in(key, T + 1), x0.shape, x0.dtype) if key is not None else noise[-1]
+    prior = prior_term(diffusion, mean_T, var_T, eps_T)
     return jnp.concatenate([steps.T, prior[:, None]], axis=1)
 
 

@@ -228,7 +228,7 @@ def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None
         blocks = torch_module.blocks
         inferred = dict(dim=torch_module.dim, width=torch_module.inp.out_features, depth=len(blocks),
                         emb_dim=torch_module.emb_dim, dropout=blocks[0].drop.p if len(blocks) else 0.0,
-                        zero_init=False)
+                        zero_init=False, learn_sigma=getattr(torch_module, "learn_sigma", False))
         kw = {**inferred, **(kwargs or {})}
         module = MLPDenoiser(kw.pop("dim"), **kw, rngs=rngs)
     elif isinstance(torch_module, TorchUNet):

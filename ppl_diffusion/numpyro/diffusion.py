@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -38,7 +39,8 @@ class GaussianDiffusion:
     :param NoiseSchedule schedule: the float64 schedule shared with the PyTorch backend.
     :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.MLPDenoiser`).
     :param tuple event_shape: shape of one example.
-    :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape`` (default N(0, I)).
+    :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
+        :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
     :param decoder: ``"gaussian"`` or ``"discretized"``.
     :param str variance: ``"beta"`` or ``"posterior"``.
     """
@@ -49,15 +51,19 @@ class GaussianDiffusion:
                  variance: str = "beta") -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted(VARIANCES)}")
+        if variance not in VARIANCES and variance != "learned":
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, 'learned'])}")
         self.schedule = schedule
         self.denoiser = denoiser
         self.event_shape = tuple(event_shape)
+        if prior is not None:
+            from .priors import check_prior
+
+            handlers.seed(check_prior, rng_seed=0)(prior, self.event_shape)
         self.prior = prior
         self.decoder = make_decoder(decoder)
         self.variance = variance
-        self.p_log_variance = VARIANCES[variance](schedule)
+        self.p_log_variance = None if variance == "learned" else VARIANCES[variance](schedule)
 
     def eval(self) -> "GaussianDiffusion":
         """The denoiser in evaluation mode (no dropout), as ``torch.nn.Module.eval``; returns self."""
@@ -84,6 +90,11 @@ class GaussianDiffusion:
         return x.shape[:x.ndim - self._d()]
 
     def get_prior(self, dtype=jnp.float32):
+        """p(x_T): the given distribution, a learned prior's (its ``numpyro.param`` sites declared), or N(0, I)."""
+        from .priors import Prior
+
+        if isinstance(self.prior, Prior):
+            return self.prior()
         if self.prior is not None:
             return self.prior
         return dist.Normal(jnp.zeros(self.event_shape, dtype), 1.0).to_event(self._d())
@@ -91,18 +102,40 @@ class GaussianDiffusion:
     def _net(self):
         return nnx_module("denoiser", self.denoiser)
 
-    def predict_eps(self, net, x_t, t):
+    def _call(self, net, x_t, t):
         batch_shape = self._batch_shape(x_t)
         if len(batch_shape) > 1:  # vectorized particles: one flat call
             t = jnp.broadcast_to(t, batch_shape).reshape(-1)
-            return net(x_t.reshape((-1,) + self.event_shape), t).reshape(x_t.shape)
+            out = net(x_t.reshape((-1,) + self.event_shape), t)
+            return out.reshape(batch_shape + out.shape[1:])
         return net(x_t, t)
+
+    def split_output(self, out, x_t):
+        """(ε̂, v) from the denoiser's output; v is None unless the variance is learned."""
+        if self.variance != "learned":
+            return out, None
+        axis = len(self._batch_shape(x_t))
+        eps, v = jnp.split(out, 2, axis=axis)
+        return eps, v
+
+    def mean_log_var(self, out, x_t, t):
+        """Mean and log-variance of p(x_{t−1}|x_t, θ) from the denoiser's output ``out`` at (x_t, t); with a learned
+        variance log σ² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v), as the Pyro backend."""
+        eps, v = self.split_output(out, x_t)
+        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps)
+        if v is None:
+            return mean, jnp.broadcast_to(cf.extract(self.p_log_variance, t, x_t), x_t.shape)
+        frac = jax.nn.sigmoid(2.0 * v)
+        log_beta = cf.extract(np.log(self.schedule.betas), t, v)
+        log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
+        return mean, frac * log_beta + (1.0 - frac) * log_post
+
+    def predict_eps(self, net, x_t, t):
+        return self.split_output(self._call(net, x_t, t), x_t)[0]
 
     def p_mean_variance(self, net, x_t, t):
         """Mean and log-variance of p(x_{t−1}|x_t, θ) (at t = 1, the decoder's)."""
-        mean = cf.p_mean_from_eps(self.schedule, x_t, t, self.predict_eps(net, x_t, t))
-        log_var = jnp.broadcast_to(cf.extract(self.p_log_variance, t, x_t), x_t.shape)
-        return mean, log_var
+        return self.mean_log_var(self._call(net, x_t, t), x_t, t)
 
     def _full_t(self, t: int, x):
         return jnp.full(self._batch_shape(x), t, dtype=jnp.int32)

@@ -43,17 +43,17 @@ class MLPDenoiser(nnx.Module):
     names, same initial output of zero when ``zero_init``)."""
 
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
-                 zero_init: bool = True, rngs: nnx.Rngs | None = None) -> None:
+                 zero_init: bool = True, learn_sigma: bool = False, rngs: nnx.Rngs | None = None) -> None:
         if dim < 1 or width < 1 or depth < 0:
             raise ValueError(f"MLPDenoiser(dim={dim}, width={width}, depth={depth}): sizes must be positive")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
-        self.dim, self.emb_dim = dim, emb_dim
+        self.dim, self.emb_dim, self.learn_sigma = dim, emb_dim, learn_sigma
         self.time_in = nnx.Linear(emb_dim, width, rngs=rngs)
         self.time_out = nnx.Linear(width, width, rngs=rngs)
         self.inp = nnx.Linear(dim, width, rngs=rngs)
         self.blocks = nnx.List([ResidualMLPBlock(width, width, dropout, rngs=rngs) for _ in range(depth)])
         self.out_norm = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
-        self.out = nnx.Linear(width, dim, rngs=rngs)
+        self.out = nnx.Linear(width, 2 * dim if learn_sigma else dim, rngs=rngs)
         if zero_init:  # ε̂ = 0 at initialisation, as the PyTorch net
             self.out.kernel[...] = jnp.zeros_like(self.out.kernel[...])
             self.out.bias[...] = jnp.zeros_like(self.out.bias[...])
@@ -68,7 +68,8 @@ class MLPDenoiser(nnx.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(jax.nn.silu(self.out_norm(h))).reshape(shape)
+        out = self.out(jax.nn.silu(self.out_norm(h)))
+        return out.reshape((shape[0], 2 * shape[1]) + tuple(shape[2:])) if self.learn_sigma else out.reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------------ U-Net

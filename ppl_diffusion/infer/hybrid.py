@@ -1,0 +1,92 @@
+"""Improved DDPM's hybrid objective for a learned reverse variance, as a Pyro ELBO (``--estimator hybrid``).
+
+Nichol & Dhariwal (2021, §3.1) train the mean with DDPM's simple loss and the variance with the
+variational bound:
+
+.. math:: L_\\text{hybrid} = L_\\text{simple} + \\lambda L_\\text{vlb}, \\qquad
+          L_\\text{simple} = \\tfrac{1}{D}\\lVert \\varepsilon - \\hat\\varepsilon_\\theta(x_t, t)\\rVert^2, \\qquad
+          L_\\text{vlb} \\approx \\frac{T\\, L_{t-1}}{D \\ln 2}\\ \\text{(bits/dim)},\\quad \\lambda = 10^{-3},
+
+with t uniform and one x_t ~ q(x_t|x_0) per example, and a stop-gradient on the mean μ_θ inside the
+bound term (so the bound trains σ_t² only). The bound term here also holds the prior's L_T / (D ln 2) (zero
+gradient for the fixed N(0, I); it trains a learnable prior). These are their scalings (the simple loss is a mean over the D
+dimensions; the bound term is the stochastic-t estimate T·L_{t−1} of Σ_t L_{t−1} in bits per dimension,
+their ``vb × num_timesteps / 1000`` with λ = 1/1000).
+
+L_hybrid is not a bound. :class:`HybridELBO` therefore returns a loss whose **value** is the unbiased
+stochastic-t estimate of −ELBO (nats, summed over the batch: the prior term L_T plus T·L_{t−1} at the same
+t and x_t, with the learned σ_t²) and whose **gradient** is that of λ-weighted L_hybrid (summed over the
+batch): ``value.detach() + (hybrid − hybrid.detach())``. Training logs, bits/dim and the study then report
+the same ELBO as every other estimator, while the update is improved DDPM's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.util import warn_if_nan
+from torch import Tensor
+
+from .. import closed_forms as cf
+from ..priors import prior_kl
+from .stochastic_elbo import StochasticTimestepELBO, diffusion_of
+
+
+class HybridELBO(StochasticTimestepELBO):
+    """``SVI(diffusion.model, diffusion.guide, optim, loss=HybridELBO())`` for ``variance="learned"``.
+
+    :param float lam: λ, the weight of the bound term (improved DDPM: 0.001).
+    """
+
+    def __init__(self, lam: float = 1e-3, **kwargs) -> None:
+        if not (isinstance(lam, (int, float)) and lam >= 0):
+            raise ValueError(f"HybridELBO(lam={lam!r}): pass a weight >= 0 (improved DDPM: 0.001)")
+        super().__init__(step_term="kl", timesteps="uniform", **kwargs)
+        self.lam = float(lam)
+
+    def parts(self, model, x0: Tensor) -> dict:
+        """Per-example pieces: ``elbo`` (the unbiased estimate), ``simple`` (L_simple), ``vlb`` (the bound term
+        with the mean detached, bits/dim, T·L_{t−1}), ``t``."""
+        diffusion = diffusion_of(model)
+        if not diffusion.learned_variance:
+            raise ValueError("the hybrid loss trains a learned variance; build the model with variance='learned' "
+                             "(--variance learned) or use another estimator")
+        x0 = diffusion.check_data(x0)
+        diffusion._register()  # pyro.module: SVI collects the parameters the loss touches from the trace
+        batch, d = x0.shape[0], len(diffusion.event_shape)
+        t, weight = self.get_sampler(diffusion.T).sample(batch, device=x0.device)
+        weight = weight.to(x0.dtype)
+        eps = torch.randn_like(x0)
+        x_t = cf.q_sample(diffusion.schedule, x0, t, eps)
+        eps_hat, v = diffusion.denoiser_output(x_t, t)
+        log_var = diffusion.learned_log_variance(v, t)
+        q_mean, _, q_log_var = cf.q_posterior_mean_variance(diffusion.schedule, x0, x_t, t)
+
+        def step_loss(eps_for_mean):  # L_{t−1}: the KL for t > 1, the decoder's −log p(x_0|x_1) at t = 1
+            mean = cf.p_mean_from_eps(diffusion.schedule, x_t, t, eps_for_mean)
+            kl = cf.normal_kl(q_mean, q_log_var, mean, log_var).reshape(batch, -1).sum(-1)
+            nll = -diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+            return torch.where(t == 1, nll, kl)
+
+        # L_T = KL(q(x_T|x_0) || p(x_T)): closed form where registered, else one Monte-Carlo draw.
+        mean_T, var_T = cf.q_mean_variance(diffusion.schedule, x0, diffusion._full_t(diffusion.T, batch, x0.device))
+        q_T = dist.Normal(mean_T, var_T.sqrt()).to_event(d)
+        prior_term, _ = prior_kl(q_T, diffusion.get_prior(x0.device, x0.dtype), draws=1)
+        to_bpd = 1.0 / (x0[0].numel() * math.log(2.0))
+        return {"elbo": -(prior_term + weight * step_loss(eps_hat)),
+                "simple": (eps - eps_hat).pow(2).reshape(batch, -1).mean(-1),
+                "vlb": (prior_term + weight * step_loss(eps_hat.detach())) * to_bpd, "t": t}
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        p = self.parts(model, *args, **kwargs)
+        value = -p["elbo"].sum()
+        hybrid = (p["simple"] + self.lam * p["vlb"]).sum()
+        loss = value.detach() + (hybrid - hybrid.detach())
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return -self.parts(model, *args, **kwargs)["elbo"].sum().item()
