@@ -42,6 +42,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 BATCH = 128
+NOTES = """Where the U-Net's time goes (2-core CPU, digits preset, batch 128). The Flax twin computes the PyTorch
+net's numbers (max abs error 2e-6) in channels-last layout (one transpose at each end). Measured apart,
+forward only: Flax 283 ms, PyTorch 185 ms (1.5×); forward + backward (value_and_grad, eval mode): 1.32 s
+against 0.89 s (1.48×, repeat runs 1.42–1.55). XLA's CPU convolution backward costs 3.7× its forward
+(PyTorch's oneDNN about 2×); GroupNorm's backward about 2× PyTorch's. Tried, none closing the gap beyond
+noise: NCHW convolutions through dimension numbers (1.61×, worse), einsum / dot_general /
+jax.nn.dot_product_attention for attention (1.45–1.52×), a hand-written GroupNorm and a custom-VJP one
+(slower), highest matmul precision (1.52×), XLA flags (oneDNN 1.44×, XNNPACK 1.35–1.54× across runs,
+ynn reduce 1.51×; --xla_cpu_use_thunk_runtime=false is no longer accepted by jax 0.10), im2col and
+shifted-matmul convolutions (slower). Dropout is not the cost (trainer step 1147 ms with dropout 0.1,
+1154 ms without). jax.checkpoint does not apply to one step (it trades compute for memory; it is what
+made (ii) 2× faster, where T steps' activations were kept). The ratio stands as measured: on CPU the
+U-Net is PyTorch's case; the MLP models and the full chain are JAX's. (Ad hoc scripts of these
+measurements: benchmarks/unet_jax_cpu.py.) No GPU was lent to this task, so there is no GPU table.
+"""
 
 
 def timed(fn) -> float:
@@ -249,6 +264,8 @@ def main(argv=None) -> dict:
     for r in rows:
         lines.append(f"| {r['case']} | {r['T']} | {1e3 * r['pyro_s']:.1f} | {1e3 * r['numpyro_s']:.1f} | "
                      f"{r['speedup']:.2f}× | {r['numpyro_first_call_s']:.1f} | {r['reps']} |")
+    if not args.quick:
+        lines += ["", NOTES.strip()]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     return {"meta": meta, "rows": rows}
 
