@@ -107,7 +107,9 @@ def grid(lim=14.0, n=561):
     return torch.stack([xx, yy], -1).reshape(-1, 2), (x[1] - x[0]).item()
 
 
-@pytest.mark.parametrize("make", [lambda: perturb(FlowPrior((2,)), 0.3),
+# The flow's perturbation is kept moderate: in the MAF direction larger random weights give tails far beyond any
+# grid (at 0.2, 1% of the samples lie beyond |x| = 200), which a grid integral cannot check.
+@pytest.mark.parametrize("make", [lambda: perturb(FlowPrior((2,)), 0.15),
                                   lambda: perturb(GaussianMixture((2,), components=3), 0.8),
                                   lambda: perturb(StudentT((2,), df=4.0, learn_df=True), 0.3)],
                          ids=["flow", "mixture", "student-t"])
