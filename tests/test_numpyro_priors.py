@@ -137,6 +137,10 @@ def test_learned_prior_trains_with_numpyro_svi():
 
 def test_bad_numpyro_priors():
     net = npd.MLPDenoiser(2)
+    learned = npd.GaussianDiffusion(schedule=NoiseSchedule.linear(T), denoiser=net, event_shape=(2,),
+                                    prior=jp.DiagonalGaussian((2,)))
+    with pytest.raises(ValueError, match="the compiled chain takes a fixed prior"):  # not silently the initial one
+        variational_bound(learned, params_of(learned), jnp.zeros((3, 2)), key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"event shape \(3,\) but the data's event shape is \(2,\)"):
         npd.GaussianDiffusion(schedule=NoiseSchedule.linear(T), denoiser=net, event_shape=(2,),
                               prior=dist.Normal(jnp.zeros(3), 1.0).to_event(1))

@@ -67,6 +67,18 @@ def _normal_logpdf(x, mean, var):
     return -0.5 * (jnp.log(2 * jnp.pi * var) + (x - mean) ** 2 / var)
 
 
+def _fixed_prior(diffusion, dtype=jnp.float32):
+    """p(x_T) for the compiled functions, which take the denoiser's parameters only: a learned NumPyro prior
+    (its ``numpyro.param`` sites) would silently give its initial values here, so it is refused."""
+    from .priors import Prior
+
+    if isinstance(diffusion.prior, Prior):
+        raise ValueError("the compiled chain takes a fixed prior; for a learned one pass its trained distribution, "
+                         "GaussianDiffusion(prior=handlers.substitute(prior, data=svi.get_params(state))(), ...), or "
+                         "score it with the named-site programs")
+    return diffusion.get_prior(dtype)
+
+
 def prior_term(diffusion, mean_T, var_T, eps_T):
     """L_T = KL(q(x_T|x_0) || p(x_T)) per example: in closed form where NumPyro registers the KL, else the one
     draw log q(x_T) − log p(x_T) at x_T = mean_T + √var_T · eps_T (unbiased, as the Pyro backend's rule)."""
@@ -74,7 +86,7 @@ def prior_term(diffusion, mean_T, var_T, eps_T):
 
     d = len(diffusion.event_shape)
     q = dist.Normal(mean_T, jnp.sqrt(var_T)).to_event(d)
-    p = diffusion.get_prior(mean_T.dtype)
+    p = _fixed_prior(diffusion, mean_T.dtype)
     try:
         return kl_divergence(q, p)
     except NotImplementedError:
@@ -119,7 +131,7 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
 
         x_T, (xs, log_q) = lax.scan(forward, x0, (ts, noise))  # xs[k] = x_{k+1}
         # Model: log p(x_T) + Σ_{t=2..T} log p(x_{t−1} | x_t) + log p(x_0 | x_1).
-        log_prior = diffusion.get_prior(x0.dtype).log_prob(x_T)
+        log_prior = _fixed_prior(diffusion, x0.dtype).log_prob(x_T)
 
         def reverse(k):  # k = 0..T−2: t = k + 2, x_t = xs[k + 1], x_{t−1} = xs[k]
             mean, log_var = p_step(xs[k + 1], k + 2)
@@ -158,7 +170,7 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     """Ancestral samples ``[n x ...]`` from ``noise`` ``[T x n x ...]``: x_T = noise[0], then
     x_{t−1} = μ_θ(x_t, t) + σ_t · noise[T − t + 1] for t = T..2; x_0 is the decoder's mean at x_1, or a
     draw from the decoder when ``decoder_key`` is given."""
-    s, T = diffusion.schedule, diffusion.T
+    T = diffusion.T
     apply = denoiser_apply(diffusion)
     n = noise.shape[1]
 
@@ -182,7 +194,7 @@ def ancestral_sample(diffusion, params, key, n: int):
     """``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
     x_T ~ p(x_T), x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..2 (one key per step, split from ``key``), and x_0
     drawn from the decoder at x_1, as the PyTorch backend's ``sample``."""
-    s, T = diffusion.schedule, diffusion.T
+    T = diffusion.T
     apply = denoiser_apply(diffusion)
     k_T, k_steps, k_dec = jax.random.split(key, 3)
 
@@ -195,7 +207,7 @@ def ancestral_sample(diffusion, params, key, n: int):
         mean, log_var = p_step(x_t, t)
         return mean + jnp.exp(0.5 * log_var) * jax.random.normal(k, x_t.shape, x_t.dtype), None
 
-    x_T = diffusion.get_prior().sample(k_T, (n,))
+    x_T = _fixed_prior(diffusion).sample(k_T, (n,))
     x_1, _ = lax.scan(step, x_T, (jnp.arange(T, 1, -1), jax.random.split(k_steps, T - 1)))
     mean, log_var = p_step(x_1, 1)
     return diffusion.decoder(mean, log_var).sample(k_dec)
