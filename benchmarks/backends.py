@@ -67,11 +67,11 @@ def timed(fn) -> float:
 
 def _trainer(backend: str, **config):
     from ppl_diffusion.data import load_dataset
-    from ppl_diffusion.train import TrainConfig, _make_trainer, resolve_device
+    from ppl_diffusion.train import TrainConfig, make_trainer, resolve_device
 
     cfg = TrainConfig(batch_size=BATCH, lr=1e-4, warmup_steps=0, steps=1, backend=backend, **config).validate()
     dataset = load_dataset(cfg.data)
-    trainer = _make_trainer(cfg, dataset, resolve_device("cpu"))
+    trainer = make_trainer(cfg, dataset, resolve_device("cpu"))
     import torch
 
     g = torch.Generator().manual_seed(0)

@@ -174,7 +174,7 @@ def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, c
 def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
     import warnings
 
-    from ppl_diffusion import train as train_mod
+    from ppl_diffusion.train import pyro_trainer as train_mod
 
     from .common import nan_after
 

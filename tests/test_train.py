@@ -17,7 +17,7 @@ import pyro
 import pytest
 import torch
 
-import ppl_diffusion.train as train_mod
+import ppl_diffusion.train.pyro_trainer as train_mod
 from ppl_diffusion.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
 from ppl_diffusion.infer import ESTIMATORS

@@ -1,0 +1,24 @@
+"""Training: ``ppl-diffusion train`` as a function, split by concern.
+
+=================  ===========================================================================
+``config.py``      :class:`TrainConfig`, its validation, the device, :func:`build_diffusion`, :func:`lr_at`
+``run_dir.py``     the run folder: ``config.json``, :class:`MetricsLog`, finding and restoring a checkpoint
+``batches.py``     :class:`BatchStream`: the examples of each optimizer step
+``pyro_trainer.py``  one step on the Pyro backend (:class:`PyroTrainer`); the NumPyro twin lives in
+                   :mod:`ppl_diffusion.numpyro.train`
+``loop.py``        :func:`train`: the loop shared by the backends, checkpoints, metrics, progress bar
+``load.py``        :func:`load_trained`: a trained model from a run folder, on either backend
+=================  ===========================================================================
+"""
+
+from .batches import BatchStream
+from .config import (BACKENDS, DEVICES, FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, SCHEDULES, TrainConfig,
+                     build_diffusion, lr_at, resolve_device)
+from .load import load_trained
+from .loop import TrainingDiverged, TrainResult, train
+from .pyro_trainer import PyroTrainer, make_trainer
+from .run_dir import METRIC_FIELDS, MetricsLog
+
+__all__ = ["BACKENDS", "DEVICES", "FORMAT", "METRICS_FORMATS", "METRIC_FIELDS", "RESUMABLE_KEYS", "SCHEDULES",
+           "BatchStream", "MetricsLog", "PyroTrainer", "TrainConfig", "TrainResult", "TrainingDiverged",
+           "build_diffusion", "load_trained", "lr_at", "make_trainer", "resolve_device", "train"]

@@ -1,0 +1,178 @@
+"""The run's settings: :class:`TrainConfig` (saved as ``config.json``), its validation, the device, and the
+model a configuration builds (:func:`build_diffusion`) with its learning-rate schedule (:func:`lr_at`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..data import DATASETS
+from ..diffusion import VARIANCES, GaussianDiffusion
+from ..infer import ESTIMATORS
+from ..nets import UNET_PRESETS, MLPDenoiser, unet_preset
+from ..priors import PRIORS, make_prior
+from ..schedule import NoiseSchedule
+
+FORMAT = "ppl_diffusion.train/1"
+SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
+DEVICES = ("auto", "cpu", "cuda")
+METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
+# Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
+# optimisation (changing ``device`` is allowed, but exactness is promised only on the same device).
+RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
+                  "metrics_format", "backend")
+BACKENDS = ("pyro", "numpyro")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.json`` in the run folder."""
+
+    data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
+    data_root: str | None = None  # folder for the datasets read from files (mnist, cifar10, image_folder)
+    estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
+    schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
+    T: int = 1000  # diffusion steps
+    variance: str = "beta"  # reverse variance σ_t²: "beta", "posterior" or "learned" (improved DDPM)
+    prior: str = "normal"  # p(x_T): a name in ppl_diffusion.priors.PRIORS (learned ones train with the net)
+    net: str = "digits"  # a U-Net preset name (digits, mnist, cifar10) or "mlp" for vector data
+    batch_size: int = 128  # examples per optimizer step
+    lr: float = 2e-4  # Adam learning rate after warm-up (DDPM's)
+    warmup_steps: int = 1000  # linear warm-up of the learning rate from lr / warmup_steps; 0 for none
+    grad_clip: float | None = 1.0  # max global gradient norm (DDPM); None for no clipping
+    ema_decay: float = 0.999  # EMA of the weights; DDPM uses 0.9999 for 800k steps, 0.999 suits short runs
+    steps: int | None = None  # budget in optimizer steps (total, counting resumed ones) ...
+    minutes: float | None = None  # ... and/or in wall-clock minutes (total); training stops at the first
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
+    log_every: int = 10  # steps between metric lines
+    metrics_format: str = "jsonl"  # "jsonl" (metrics.jsonl) or "csv" (metrics.csv)
+    seed: int = 0  # seeds torch, numpy, random (pyro.set_rng_seed) and the batch order
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
+    backend: str = "pyro"  # "pyro" (PyTorch) or "numpyro" (JAX, jit-compiled); checkpoints are shared
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise a one-line ``ValueError`` naming the value and the fix."""
+        def positive_int(name, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} = {v!r}; pass a positive integer (--{name.replace('_', '-')})")
+
+        def choice(name, known):
+            v = getattr(self, name)
+            if v not in known:
+                raise ValueError(f"unknown {name} {v!r}; choose one of {sorted(known)}")
+
+        choice("data", DATASETS)
+        choice("estimator", ESTIMATORS)
+        choice("schedule", SCHEDULES)
+        choice("variance", [*VARIANCES, "learned"])
+        choice("prior", PRIORS)
+        if self.estimator == "hybrid" and self.variance != "learned":
+            raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
+                             "--estimator)")
+        choice("net", [*UNET_PRESETS, "mlp"])
+        choice("metrics_format", METRICS_FORMATS)
+        choice("backend", BACKENDS)
+        for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+            positive_int(name)
+        positive_int("steps", allow_none=True)
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
+            raise ValueError(f"minutes = {self.minutes!r}; pass a positive number of minutes (--minutes)")
+        if self.steps is None and self.minutes is None:
+            raise ValueError("no training budget; pass steps (--steps N) or minutes (--minutes M)")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr = {self.lr!r}; pass a positive learning rate (--lr), e.g. 2e-4")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps = {self.warmup_steps!r}; pass an integer >= 0 (--warmup-steps)")
+        if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
+            raise ValueError(f"grad_clip = {self.grad_clip!r}; pass a positive max gradient norm or None (--grad-clip)")
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay = {self.ema_decay!r}; pass a decay in [0, 1), e.g. 0.999 (--ema-decay)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed = {self.seed!r}; pass an integer (--seed)")
+        if self.backend == "numpyro":
+            if self.prior != "normal" or self.estimator == "hybrid":
+                what = f"prior {self.prior!r}" if self.prior != "normal" else "estimator 'hybrid'"
+                raise ValueError(f"{what} trains on --backend pyro only (so far); drop --backend numpyro")
+            if self.device not in ("auto", "cpu"):
+                raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device (a GPU "
+                                 "when jax has CUDA support); pass --device auto or cpu")
+            _require_jax()
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+
+def _require_jax() -> None:
+    try:
+        import flax  # noqa: F401
+        import jax  # noqa: F401
+        import numpyro  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"backend numpyro needs jax, numpyro and flax ({e.name} is missing); install them with "
+                         "pip install -c constraints.txt -e '.[jax]'") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → cuda if available else cpu; checks that cuda is there when asked for."""
+    if not isinstance(device, str) or not (device in DEVICES or device.startswith("cuda:")):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
+def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
+    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
+    event_shape = tuple(dataset.event_shape)
+    learn_sigma = config.variance == "learned"
+    if config.net == "mlp":
+        net = MLPDenoiser(dim=math.prod(event_shape), learn_sigma=learn_sigma)
+    else:
+        preset = UNET_PRESETS[config.net]
+        expected = (preset["in_channels"], preset["image_size"], preset["image_size"])
+        if event_shape != expected:
+            fits = [n for n, p in UNET_PRESETS.items()
+                    if (p["in_channels"], p["image_size"], p["image_size"]) == event_shape]
+            fix = f"use --net {fits[0]}" if fits else ("use --net mlp" if len(event_shape) == 1 else
+                                                        "choose a preset of that image size")
+            raise ValueError(f"net preset {config.net!r} expects examples of shape {list(expected)} but data "
+                             f"{config.data!r} has {list(event_shape)}; {fix}")
+        net = unet_preset(config.net, learn_sigma=learn_sigma)
+    prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
+    return GaussianDiffusion(schedule=SCHEDULES[config.schedule](config.T), denoiser=net, event_shape=event_shape,
+                             decoder=dataset.decoder, variance=config.variance, prior=prior)
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant."""
+    if config.warmup_steps <= 0:
+        return config.lr
+    return config.lr * min(1.0, step / config.warmup_steps)

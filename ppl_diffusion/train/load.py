@@ -1,0 +1,43 @@
+"""Loading a trained model from a run folder or checkpoint, on either backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .config import BACKENDS, FORMAT, TrainConfig, _require_jax, build_diffusion
+
+
+def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro"):
+    """The trained model from a run folder (its newest checkpoint) or a checkpoint file, on either backend
+    (the checkpoint format is shared): a :class:`GaussianDiffusion`, or with ``backend="numpyro"`` its
+    :class:`ppl_diffusion.numpyro.GaussianDiffusion` twin holding the same weights.
+
+    :param bool ema: load the EMA weights (default, as DDPM samples with) rather than the raw ones.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"no ckpt-*.pt checkpoint in {path}; train first or pass a checkpoint file")
+        path = found[-1]
+    state = load_checkpoint(path)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}")
+    config = TrainConfig.from_dict(state["config"])
+    meta = SimpleNamespace(event_shape=tuple(state["data"]["event_shape"]), decoder=state["data"]["decoder"])
+    diffusion = build_diffusion(config, meta)
+    diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
+    if state.get("prior") is not None:
+        diffusion.prior.load_state_dict(state["prior_ema"] if ema else state["prior"])
+    if backend == "numpyro":
+        _require_jax()
+        from ..numpyro.train import from_torch
+
+        twin = from_torch(diffusion)
+        twin.denoiser.eval()
+        return twin
+    return diffusion.to(device).eval()

@@ -1,0 +1,174 @@
+"""Training: the loop behind ``ppl-diffusion train``, with exact resume.
+
+:func:`train` minimises ``estimator.differentiable_loss(diffusion.model, guide, x0) / B`` (−ELBO in
+nats per example) with Adam, a linear learning-rate warm-up, gradient-norm clipping and an
+exponential moving average (EMA) of the weights. The run folder holds
+
+=======================  ===================================================================
+``config.json``          the full :class:`TrainConfig`
+``metrics.jsonl``        one JSON object per logged step (or ``metrics.csv``): ``step``, ``loss``
+                         (nats/example), ``bpd`` (loss / (D ln 2)), ``running_bpd``, ``lr``,
+                         ``grad_norm``, ``elapsed`` (seconds)
+``ckpt-{step:08d}.pt``   checkpoints every ``checkpoint_every`` steps and at the end; the last
+                         ``keep_checkpoints`` are kept (:mod:`ppl_diffusion.checkpoint`)
+=======================  ===================================================================
+
+A checkpoint holds the denoiser, the optimizer, the EMA, the step, the importance sampler's loss
+history, the batch order and every random generator, so on CPU a run interrupted (even by SIGKILL)
+and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run. On resume the
+metrics file is cut back to the restored step. If the newest checkpoint is unreadable, resume warns
+and falls back to the newest readable one (it is then overwritten when training passes its step).
+
+A non-finite loss or gradient norm stops training with :class:`TrainingDiverged` before the
+optimizer step; no checkpoint is written, so the last good one stays intact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checkpoint import (checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries, rng_state,
+                          save_checkpoint)
+from ..data import load_dataset
+from ..diffusion import GaussianDiffusion
+from .batches import BatchStream
+from .config import FORMAT, TrainConfig, lr_at, resolve_device
+from .pyro_trainer import _NonFiniteOutput, make_trainer
+from .run_dir import MetricsLog, _config_diff, _find_resume_point, _last, _restore, _write_json
+
+RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN or infinite."""
+
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    step: int  # optimizer steps taken in all (resumed ones included)
+    loss: float | None  # the last step's loss, nats per example (None if no step ran in this call)
+    running_bpd: float | None  # smoothed bits/dim
+    stopped_by: str  # "steps" or "minutes"
+    checkpoint: Path  # the final checkpoint
+    diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro)
+    ema: dict  # EMA of the denoiser's state_dict
+    elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train the diffusion model of ``config``, writing config, metrics and checkpoints to ``run_dir``.
+
+    :param TrainConfig config: the run's settings (validated here); ``config.backend`` picks Pyro or NumPyro.
+    :param run_dir: the run folder; created if missing.
+    :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
+        or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
+        a folder that already holds checkpoints is refused. The backend may change on resume (the
+        checkpoint format is shared); exactness is promised on the same backend and device.
+    :param bool progress: show a tqdm bar with the loss and the running bits/dim.
+    :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
+    """
+    config.validate()
+    run_dir = Path(run_dir)
+    device = resolve_device(config.device)
+    if resume:
+        cfg_path = run_dir / "config.json"
+        if cfg_path.exists():
+            diff = _config_diff(json.loads(cfg_path.read_text()), config)
+            if diff:
+                raise ValueError(f"--resume with a configuration that differs from {cfg_path} ({'; '.join(diff)}); "
+                                 "pass the saved settings or start a new run folder")
+        elif not list_checkpoints(run_dir):
+            raise ValueError(f"nothing to resume in {run_dir}: no config.json and no checkpoint; start without --resume")
+    elif list_checkpoints(run_dir):
+        raise ValueError(f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
+                         "or choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
+
+    dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
+    trainer = make_trainer(config, dataset, device)
+    batches = BatchStream(len(dataset.train), config.seed)
+    step, elapsed, running = 0, 0.0, None
+
+    if resume:
+        state = _find_resume_point(run_dir, lambda p: _restore(p, config, trainer, batches))
+        step, elapsed, running = int(state["step"]), float(state["elapsed"]), state["running_loss"]
+    _write_json(run_dir / "config.json", config.to_dict())
+    metrics = MetricsLog(run_dir, config.metrics_format, step)
+    num_dims = math.prod(dataset.event_shape)
+    bpd = lambda nats: nats / (num_dims * math.log(2))  # noqa: E731
+
+    def save(at_step: int) -> Path:
+        metrics.file.flush()
+        rng = rng_state()
+        backend_rng = trainer.rng_state()
+        if backend_rng is not None:
+            rng[config.backend] = backend_rng
+        path = save_checkpoint(checkpoint_path(run_dir, at_step), {
+            "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
+            "config": config.to_dict(), "data": data_meta, **trainer.state(),
+            "batches": batches.state_dict(), "rng": rng,
+        })
+        prune_checkpoints(run_dir, config.keep_checkpoints)
+        return path
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    last_saved = step if resume else None
+    loss_value, stopped_by = None, "steps"
+    started = time.monotonic() - elapsed
+    try:
+        while True:
+            elapsed = time.monotonic() - started
+            if config.steps is not None and step >= config.steps:
+                break
+            if config.minutes is not None and elapsed >= 60.0 * config.minutes:
+                stopped_by = "minutes"
+                break
+            step += 1
+            lr = lr_at(config, step)
+            try:
+                loss_value, grad_norm = trainer.step(batches.next(config.batch_size), lr)
+            except _NonFiniteOutput as e:
+                raise TrainingDiverged(
+                    f"the denoiser produced non-finite values at step {step} (lr {lr:.3g}); stopped without a "
+                    f"checkpoint, the last good one is {_last(run_dir)}; lower --lr, set --grad-clip or check "
+                    "the data") from e.__cause__
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"loss is {loss_value} at step {step} (lr {lr:.3g}); stopped without a checkpoint, the last "
+                    f"good one is {_last(run_dir)}; lower --lr, set --grad-clip or check the data")
+            if not math.isfinite(grad_norm):
+                raise TrainingDiverged(
+                    f"gradient norm is {grad_norm} at step {step} (loss {loss_value:.4g}); stopped without "
+                    f"a checkpoint, the last good one is {_last(run_dir)}; lower --lr or set --grad-clip")
+            running = loss_value if running is None else RUNNING_DECAY * running + (1 - RUNNING_DECAY) * loss_value
+            elapsed = time.monotonic() - started
+            if step % config.log_every == 0:
+                metrics.write({"step": step, "loss": loss_value, "bpd": bpd(loss_value), "running_bpd": bpd(running),
+                               "lr": lr, "grad_norm": grad_norm, "elapsed": round(elapsed, 3)})
+                bar.set_postfix(loss=f"{loss_value:.4g}", bpd=f"{bpd(running):.4g}", refresh=False)
+            bar.update(1)
+            if step % config.checkpoint_every == 0:
+                save(step)
+                last_saved = step
+        if last_saved != step:
+            save(step)
+    finally:
+        bar.close()
+        metrics.close()
+    diffusion, ema = trainer.result()
+    return TrainResult(run_dir=run_dir, step=step, loss=loss_value,
+                       running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
+                       checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
+

@@ -1,0 +1,119 @@
+"""The run folder: ``config.json``, the metrics log, and finding and restoring the checkpoint to resume from
+(checkpoint files themselves are written by :mod:`ppl_diffusion.checkpoint`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_checkpoint, set_rng_state
+from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
+
+METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
+
+
+def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
+    now = config.to_dict()
+    keys = sorted((set(saved) | set(now)) - set(RESUMABLE_KEYS))
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+class MetricsLog:
+    """Metric rows appended to ``metrics.jsonl`` or ``metrics.csv``, cut back to a step on resume."""
+
+    def __init__(self, run_dir: Path, fmt: str, upto_step: int) -> None:
+        self.path = run_dir / METRICS_FORMATS[fmt]
+        self.fmt = fmt
+        rows = self._read(upto_step)
+        buf = io.StringIO()
+        if fmt == "csv":
+            writer = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            buf.writelines(json.dumps(r) + "\n" for r in rows)
+        atomic_write_bytes(self.path, buf.getvalue().encode())
+        self.file = open(self.path, "a", newline="")
+
+    def _read(self, upto_step: int) -> list[dict]:
+        """The rows of the existing file with step <= ``upto_step``; torn or unparsable lines dropped."""
+        if upto_step == 0 or not self.path.exists():
+            return []
+        rows = []
+        with open(self.path, newline="") as f:
+            lines = list(csv.DictReader(f)) if self.fmt == "csv" else f.read().splitlines()
+        for line in lines:
+            try:
+                row = line if self.fmt == "csv" else json.loads(line)
+                if int(row["step"]) <= upto_step and all(row.get(k) not in (None, "") for k in METRIC_FIELDS):
+                    rows.append({k: row[k] for k in METRIC_FIELDS})
+            except (ValueError, KeyError, TypeError):
+                continue
+        return rows
+
+    def write(self, row: dict) -> None:
+        if self.fmt == "csv":
+            csv.DictWriter(self.file, METRIC_FIELDS, lineterminator="\n").writerow(row)
+        else:
+            self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+
+def _restore(path: Path, config: TrainConfig, trainer, batches) -> dict:
+    state = load_checkpoint(path)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}; "
+                              "it was not written by this version of ppl_diffusion.train")
+    diff = _config_diff(state.get("config", {}), config)
+    if diff:
+        raise CheckpointError(f"checkpoint {path} is from a different configuration ({'; '.join(diff)}); "
+                              "resume with the saved settings or start a new run folder")
+    try:
+        trainer.load(state)
+        batches.load_state_dict(state["batches"])
+        rng = state["rng"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({reason}); "
+                              "resume with the configuration that wrote it or start a new run folder") from None
+    set_rng_state(rng)
+    # The backend's own generators (JAX keys); None when the checkpoint was written by the other backend.
+    saved_backend = state.get("config", {}).get("backend", "pyro")
+    trainer.set_rng_state(rng.get(config.backend) if saved_backend == config.backend else None)
+    return state
+
+
+def _find_resume_point(run_dir: Path, restore) -> dict:
+    """Restore the newest readable checkpoint; warn about unreadable newer ones."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise ValueError(f"nothing to resume in {run_dir}: it holds no ckpt-*.pt checkpoint; "
+                         "start without --resume (or point to the run folder that has them)")
+    errors = []
+    for path in reversed(found):
+        try:
+            return restore(path)
+        except CheckpointError as e:
+            if "different configuration" in str(e) or "does not fit" in str(e):
+                raise
+            errors.append(str(e))
+            warnings.warn(f"{e}; trying the previous checkpoint", UserWarning, stacklevel=3)
+    raise CheckpointError(f"no readable checkpoint in {run_dir}: {errors[0]} (and {len(errors) - 1} more)")
+
+
+
+def _last(run_dir: Path) -> str:
+    found = list_checkpoints(run_dir)
+    return str(found[-1]) if found else "none (no checkpoint was written yet)"
+
