@@ -1,0 +1,177 @@
+"""Several processes on ``torch.distributed``: the one place that knows about ranks.
+
+A command started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
+variables) calls :func:`init` once; everything else asks :func:`world` for the :class:`World` it runs in.
+Without ``torchrun`` the world is one process and every method below is the identity, so the same code path
+serves 1 and N processes, which is what makes the two give the same numbers.
+
+The process group is ``gloo`` on CPU and ``nccl`` on CUDA (``backend="auto"``); each rank uses
+``cuda:LOCAL_RANK`` when it runs on GPUs. Work is split **contiguously** by rank (:meth:`World.shard`), and
+results are gathered back in rank order (:meth:`World.gather`), so a gathered array is in the order of the
+1-process run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes of this job: ``rank`` of ``world_size`` (``local_rank`` on this node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # the process group's backend ("gloo", "nccl"); None for one process
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files, logs and shows the progress bar."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, n: int) -> slice:
+        """This rank's contiguous part of ``range(n)``; parts differ in size by at most one, rank order."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    def local_batch(self, global_batch: int) -> int:
+        """Examples per rank of a global batch; a one-line error unless it divides evenly."""
+        if global_batch % self.world_size:
+            lo = global_batch - global_batch % self.world_size
+            raise ValueError(f"global batch size {global_batch} is not divisible by the world size {self.world_size}; "
+                             f"pass --batch-size {lo or self.world_size} or {lo + self.world_size} (a multiple of "
+                             f"{self.world_size})")
+        return global_batch // self.world_size
+
+    def _comm(self, x: torch.Tensor) -> torch.Tensor:
+        # NCCL reduces CUDA tensors only; gloo takes CPU (and CUDA) tensors.
+        if self.backend == "nccl" and x.device.type != "cuda":
+            return x.to(f"cuda:{self.local_rank}")
+        return x
+
+    def all_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of ``x`` over ranks (a new tensor, on ``x``'s device)."""
+        if not self.distributed:
+            return x.clone()
+        y = self._comm(x.detach().clone())
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y.to(x.device)
+
+    def all_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over ranks."""
+        return self.all_sum(x) / self.world_size if self.distributed else x.clone()
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` of every rank concatenated along dim 0 in rank order, on every rank (sizes may differ)."""
+        if not self.distributed:
+            return x
+        y = self._comm(x.detach().contiguous())
+        sizes = [torch.zeros((), dtype=torch.long, device=y.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor(y.shape[0], dtype=torch.long, device=y.device))
+        sizes = [int(s) for s in sizes]
+        top = max(sizes)
+        if y.shape[0] < top:  # all_gather needs equal shapes: pad, then cut
+            y = torch.cat([y, y.new_zeros((top - y.shape[0], *y.shape[1:]))])
+        parts = [torch.empty_like(y) for _ in range(self.world_size)]
+        dist.all_gather(parts, y)
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(x.device)
+
+    def gather_objects(self, obj) -> list:
+        """A picklable ``obj`` from every rank, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj, src: int = 0):
+        """Rank ``src``'s picklable ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+_WORLD = World()
+
+
+def world() -> World:
+    """The :class:`World` set up by :func:`init` (one process when it was not called, or without torchrun)."""
+    return _WORLD
+
+
+def launched() -> bool:
+    """Whether ``torchrun`` (or another launcher setting ``RANK`` and ``WORLD_SIZE``) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))
+
+
+def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
+    """The process group's backend: ``auto`` is ``nccl`` when the job runs on CUDA, else ``gloo``."""
+    if backend not in DIST_BACKENDS:
+        raise ValueError(f"unknown distributed backend {backend!r}; choose one of {list(DIST_BACKENDS)}")
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("distributed backend 'nccl' needs CUDA GPUs and none is available here; pass "
+                         "--dist-backend gloo (or auto) to run on CPUs")
+    if backend == "auto":
+        return "nccl" if cuda else "gloo"
+    return backend
+
+
+def init(backend: str = "auto", device: str = "auto") -> World:
+    """Join the process group of a ``torchrun`` job (once; later calls return the same :class:`World`).
+
+    Without the launcher's variables this is a 1-process world and nothing is initialised. On CUDA, rank
+    ``r`` uses the GPU ``LOCAL_RANK``.
+    """
+    global _WORLD
+    if _WORLD.distributed or not launched():
+        if not launched():
+            resolve_backend(backend, device)  # the same one-line error for nccl without a GPU
+        return _WORLD
+    size = int(os.environ["WORLD_SIZE"])
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    name = resolve_backend(backend, device)
+    if size == 1:
+        _WORLD = World(rank=0, world_size=1, local_rank=local, backend=None)
+        return _WORLD
+    if name == "nccl":
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=name)
+    _WORLD = World(rank=rank, world_size=size, local_rank=local, backend=name)
+    return _WORLD
+
+
+def local_device(device: str) -> str:
+    """The device string of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-GPU job."""
+    w = world()
+    if w.distributed and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{w.local_rank}"
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a command)."""
+    global _WORLD
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = World()
