@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from . import distributed
 from .checkpoint import CheckpointError
+from .distributed import DIST_BACKENDS
 from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
 
 PROG = "ppl-diffusion"
@@ -41,6 +43,12 @@ class _Parser(argparse.ArgumentParser):
 def _add_backend_flag(p: argparse.ArgumentParser, note: str) -> None:
     p.add_argument("--backend", default="pyro", choices=("pyro", "numpyro"),
                    help=f"pyro (PyTorch) or numpyro (JAX, jit-compiled; needs the jax extra); {note} (default pyro)")
+
+
+def _add_dist_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dist-backend", default="auto", choices=DIST_BACKENDS,
+                   help="under torchrun: the torch.distributed backend, gloo (CPU) or nccl (GPUs) (default auto: "
+                        "nccl on CUDA, else gloo)")
 
 
 def _none_or_float(text: str) -> float | None:
@@ -78,6 +86,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
     _add_backend_flag(p, "the run's checkpoints load on either backend")
+    _add_dist_flag(p)
     p.add_argument("--run-dir", required=True, help="run folder for config.json, metrics and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -112,6 +121,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and the samples (default 0)")
     _add_backend_flag(p, "a run trained on either backend evaluates on both")
+    _add_dist_flag(p)
     p.add_argument("--json", action="store_true", help="print the whole JSON instead of the summary")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
@@ -134,6 +144,7 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples-ema.png); the .npz goes beside it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     _add_backend_flag(p, "a run trained on either backend samples on both")
+    _add_dist_flag(p)
 
 
 def cmd_sample(args) -> None:
@@ -202,6 +213,7 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
     _add_backend_flag(p, "measures that backend's estimators and trains the race on it; a run of either backend "
                          "is a valid θ")
+    _add_dist_flag(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -214,7 +226,7 @@ def cmd_compare(args) -> None:
         if args.threads < 1:
             raise ValueError(f"threads = {args.threads}; pass a positive number of threads (--threads)")
         torch.set_num_threads(args.threads)
-    skip = {"out", "threads", "progress", "func", "command"}
+    skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
     run_study(config, args.out, progress=args.progress)
     print(f"wrote {Path(args.out) / 'report.md'}")
@@ -285,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)
+            distributed.init(args.dist_backend, getattr(args, "device", "auto"))
         args.func(args)
     except TrainingDiverged as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -295,4 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; a train run continues from its last checkpoint with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
