@@ -89,12 +89,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _add_dist_flag(p)
     p.add_argument("--run-dir", required=True, help="run folder for config.json, metrics and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    p.add_argument("--allow-inexact-resume", action="store_true",
+                   help="with --resume on another number of processes: continue even where the run cannot equal "
+                        "the uninterrupted one (a warning instead of an error)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of the parsed ``train`` flags (one flag per field)."""
-    return TrainConfig(**{f: getattr(args, f) for f in DEFAULTS.to_dict()})
+    """The :class:`TrainConfig` of the parsed ``train`` flags (one flag per field; ``world_size`` comes from the job)."""
+    return TrainConfig(**{f: getattr(args, f) for f in DEFAULTS.to_dict() if hasattr(args, f)})
 
 
 def _print_trained(result) -> None:
@@ -104,7 +107,10 @@ def _print_trained(result) -> None:
 
 
 def cmd_train(args) -> None:
-    _print_trained(train(config_from_args(args), args.run_dir, resume=args.resume, progress=args.progress))
+    result = train(config_from_args(args), args.run_dir, resume=args.resume, progress=args.progress,
+                   allow_inexact_resume=args.allow_inexact_resume)
+    if distributed.world().is_main:
+        _print_trained(result)
 
 
 # ---------------------------------------------------------------------------------------- evaluate, sample

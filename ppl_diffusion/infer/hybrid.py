@@ -31,7 +31,8 @@ from torch import Tensor
 
 from .. import closed_forms as cf
 from ..priors import prior_kl
-from .stochastic_elbo import StochasticTimestepELBO, diffusion_of
+from .draws import active
+from .stochastic_elbo import StochasticTimestepELBO, diffusion_of, draw_timesteps
 
 
 class HybridELBO(StochasticTimestepELBO):
@@ -56,9 +57,10 @@ class HybridELBO(StochasticTimestepELBO):
         x0 = diffusion.check_data(x0)
         diffusion._register()  # pyro.module: SVI collects the parameters the loss touches from the trace
         batch, d = x0.shape[0], len(diffusion.event_shape)
-        t, weight = self.get_sampler(diffusion.T).sample(batch, device=x0.device)
+        t, weight = draw_timesteps(self.get_sampler(diffusion.T), batch, x0.device)
         weight = weight.to(x0.dtype)
-        eps = torch.randn_like(x0)
+        draws = active()
+        eps = torch.randn_like(x0) if draws is None else draws.randn(x0.shape, dtype=x0.dtype, device=x0.device)
         x_t = cf.q_sample(diffusion.schedule, x0, t, eps)
         eps_hat, v = diffusion.denoiser_output(x_t, t)
         log_var = diffusion.learned_log_variance(v, t)

@@ -7,6 +7,7 @@ from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 from torch import Tensor
 
+from .draws import active
 from .timesteps import UniformTimesteps, make_timestep_sampler
 from .trace_terms import per_example_elbo, trace_pair
 
@@ -23,6 +24,13 @@ def diffusion_of(model):
             f"this estimator scores a GaussianDiffusion; pass model=diffusion.model (got {model!r})"
         )
     return owner
+
+
+def draw_timesteps(sampler, n: int, device) -> tuple[Tensor, Tensor]:
+    """``sampler.sample(n)``, or under :class:`~ppl_diffusion.infer.draws.BatchDraws` this rank's rows of the
+    global batch's draw."""
+    draws = active()
+    return sampler.sample(n, device=device) if draws is None else draws.timesteps(sampler, n, device)
 
 
 class StochasticTimestepELBO(ELBO):
@@ -86,7 +94,7 @@ class StochasticTimestepELBO(ELBO):
         diffusion = diffusion_of(model)
         x0 = diffusion.check_data(x0)
         k, batch = self.timesteps_per_example, x0.shape[0]
-        t, weight = self.get_sampler(diffusion.T).sample(batch * k, device=x0.device)
+        t, weight = draw_timesteps(self.get_sampler(diffusion.T), batch * k, x0.device)
         x0k = x0.repeat_interleave(k, dim=0) if k > 1 else x0
         model_trace, guide_trace = trace_pair(diffusion.step_model, diffusion.step_guide, x0k, t)
         site = per_example_elbo(model_trace, guide_trace, analytic=self.step_term == "kl")
@@ -98,7 +106,11 @@ class StochasticTimestepELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """−ELBO summed over the batch, differentiable in θ; records the step losses for importance t."""
         elbo, t, _, step = self.terms(model, *args, **kwargs)
-        self.sampler.update(t, -step.detach())
+        draws = active()
+        if draws is None:
+            self.sampler.update(t, -step.detach())
+        else:  # every rank records the global batch's losses in the same order: the same sampler state
+            self.sampler.update(draws.gather(t), draws.gather(-step.detach()))
         loss = -elbo.sum()
         warn_if_nan(loss, "loss")
         return loss

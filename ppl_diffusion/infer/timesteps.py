@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 
 
+def _device_of(generator: torch.Generator | None) -> torch.device:
+    return torch.device("cpu") if generator is None else generator.device
+
+
 class UniformTimesteps:
     """t ~ Uniform{1..T}; weight T."""
 
@@ -25,9 +29,9 @@ class UniformTimesteps:
         """P(t) for t = 1..T, float64[T]."""
         return torch.full((self.T,), 1.0 / self.T, dtype=torch.float64)
 
-    def sample(self, n: int, device=None) -> tuple[Tensor, Tensor]:
-        """``n`` steps and their weights 1/P(t) (float64)."""
-        idx = torch.randint(0, self.T, (n,))
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` steps and their weights 1/P(t) (float64), drawn from ``generator`` (default: torch's global one)."""
+        idx = torch.randint(0, self.T, (n,), generator=generator, device=_device_of(generator))
         return (idx + 1).to(device), torch.full((n,), float(self.T), dtype=torch.float64, device=device)
 
     def update(self, t: Tensor, losses: Tensor) -> None:
@@ -53,8 +57,9 @@ class LowDiscrepancyTimesteps(UniformTimesteps):
 
     name = "low-discrepancy"
 
-    def sample(self, n: int, device=None) -> tuple[Tensor, Tensor]:
-        u = (torch.rand((), dtype=torch.float64) + torch.arange(n, dtype=torch.float64) / n) % 1.0
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        u0 = torch.rand((), dtype=torch.float64, generator=generator, device=_device_of(generator)).cpu()
+        u = (u0 + torch.arange(n, dtype=torch.float64) / n) % 1.0
         idx = torch.clamp((u * self.T).floor().long(), max=self.T - 1)
         return (idx + 1).to(device), torch.full((n,), float(self.T), dtype=torch.float64, device=device)
 
@@ -89,9 +94,9 @@ class ImportanceTimesteps(UniformTimesteps):
         w = w / w.sum()
         return w * (1.0 - self.uniform_prob) + self.uniform_prob / self.T
 
-    def sample(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         p = self.probabilities()
-        idx = torch.multinomial(p, n, replacement=True)
+        idx = torch.multinomial(p.to(_device_of(generator)), n, replacement=True, generator=generator).cpu()
         return (idx + 1).to(device), (1.0 / p[idx]).to(device)
 
     def update(self, t: Tensor, losses: Tensor) -> None:

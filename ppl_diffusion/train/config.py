@@ -23,7 +23,7 @@ METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
 # optimisation (changing ``device`` is allowed, but exactness is promised only on the same device).
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
-                  "metrics_format", "backend")
+                  "metrics_format", "backend", "world_size")
 BACKENDS = ("pyro", "numpyro")
 
 
@@ -53,6 +53,8 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, random (pyro.set_rng_seed) and the batch order
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     backend: str = "pyro"  # "pyro" (PyTorch) or "numpyro" (JAX, jit-compiled); checkpoints are shared
+    # Processes the global batch_size is split over: set by train() from the torchrun job (recorded, not a flag).
+    world_size: int = 1
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise a one-line ``ValueError`` naming the value and the fix."""
@@ -79,7 +81,7 @@ class TrainConfig:
         choice("net", [*UNET_PRESETS, "mlp"])
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
-        for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
+        for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
             positive_int(name)
         positive_int("steps", allow_none=True)
         if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):

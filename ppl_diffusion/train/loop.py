@@ -25,6 +25,7 @@ optimizer step; no checkpoint is written, so the last good one stays intact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -33,12 +34,16 @@ from pathlib import Path
 
 from ..checkpoint import (checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries, rng_state,
                           save_checkpoint)
+import torch
+
+from .. import distributed
 from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
 from .batches import BatchStream
 from .config import FORMAT, TrainConfig, lr_at, resolve_device
 from .pyro_trainer import _NonFiniteOutput, make_trainer
-from .run_dir import MetricsLog, _config_diff, _find_resume_point, _last, _restore, _write_json
+from .run_dir import (MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last, _restore,
+                      _write_json, check_run_dir)
 
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
@@ -63,47 +68,76 @@ class TrainResult:
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          allow_inexact_resume: bool = False) -> TrainResult:
     """Train the diffusion model of ``config``, writing config, metrics and checkpoints to ``run_dir``.
 
+    Under ``torchrun`` (after :func:`ppl_diffusion.distributed.init`) the run is data-parallel:
+    ``config.batch_size`` is the global batch, split evenly over the ranks, and the result equals the 1-process
+    run up to float32 reduction order (see :mod:`ppl_diffusion.train.pyro_trainer`); rank 0 writes the files.
+
     :param TrainConfig config: the run's settings (validated here); ``config.backend`` picks Pyro or NumPyro.
+        ``config.world_size`` is set here from the job.
     :param run_dir: the run folder; created if missing.
     :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
         or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
         a folder that already holds checkpoints is refused. The backend may change on resume (the
-        checkpoint format is shared); exactness is promised on the same backend and device.
-    :param bool progress: show a tqdm bar with the loss and the running bits/dim.
+        checkpoint format is shared); exactness is promised on the same backend and device. The number of
+        processes may change too (same global batch): exact where every draw is sliced from the global batch,
+        otherwise refused unless ``allow_inexact_resume`` (see :func:`~.run_dir.world_size_change_is_exact`).
+    :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
+    :param bool allow_inexact_resume: resume on another world size even where it cannot be exact (a warning).
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
     """
+    world = distributed.world()
+    config = dataclasses.replace(config, world_size=world.world_size)
     config.validate()
+    if world.distributed and config.backend == "numpyro":
+        raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
+                         "torchrun; start it without torchrun (see README, Scaling out)")
+    world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
     run_dir = Path(run_dir)
-    device = resolve_device(config.device)
-    if resume:
-        cfg_path = run_dir / "config.json"
-        if cfg_path.exists():
-            diff = _config_diff(json.loads(cfg_path.read_text()), config)
-            if diff:
-                raise ValueError(f"--resume with a configuration that differs from {cfg_path} ({'; '.join(diff)}); "
-                                 "pass the saved settings or start a new run folder")
-        elif not list_checkpoints(run_dir):
-            raise ValueError(f"nothing to resume in {run_dir}: no config.json and no checkpoint; start without --resume")
-    elif list_checkpoints(run_dir):
-        raise ValueError(f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
-                         "or choose a new folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(run_dir)
+    check_run_dir(run_dir)
+    device = resolve_device(distributed.local_device(config.device))
+
+    def prepare():
+        if resume:
+            cfg_path = run_dir / "config.json"
+            if cfg_path.exists():
+                diff = _config_diff(json.loads(cfg_path.read_text()), config)
+                if diff:
+                    raise ValueError(f"--resume with a configuration that differs from {cfg_path} "
+                                     f"({'; '.join(diff)}); pass the saved settings or start a new run folder")
+            elif not list_checkpoints(run_dir):
+                raise ValueError(f"nothing to resume in {run_dir}: no config.json and no checkpoint; start without "
+                                 "--resume")
+        elif list_checkpoints(run_dir):
+            raise ValueError(f"run folder {run_dir} already holds checkpoints; pass --resume to continue it "
+                             "or choose a new folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+
+    on_main(world, prepare)
 
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
-    trainer = make_trainer(config, dataset, device)
+    trainer = make_trainer(config, dataset, device, world)
     batches = BatchStream(len(dataset.train), config.seed)
     step, elapsed, running = 0, 0.0, None
 
     if resume:
-        state = _find_resume_point(run_dir, lambda p: _restore(p, config, trainer, batches))
+        # Rank 0 finds and reads the checkpoint (no shared file system needed) and hands it to the others.
+        found = on_main(world, lambda: _find_resume_point(
+            run_dir, lambda p: (p, _restore(p, config, trainer, batches, world, allow_inexact_resume))))
+        if not world.is_main:
+            _apply(found[0], found[1], config, trainer, batches, world, allow_inexact_resume)
+        state = found[1]
         step, elapsed, running = int(state["step"]), float(state["elapsed"]), state["running_loss"]
-    _write_json(run_dir / "config.json", config.to_dict())
-    metrics = MetricsLog(run_dir, config.metrics_format, step)
+    if world.is_main:
+        _write_json(run_dir / "config.json", config.to_dict())
+        metrics = MetricsLog(run_dir, config.metrics_format, step)
+    else:
+        metrics = NullMetricsLog()
     num_dims = math.prod(dataset.event_shape)
     bpd = lambda nats: nats / (num_dims * math.log(2))  # noqa: E731
 
@@ -113,17 +147,24 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
         backend_rng = trainer.rng_state()
         if backend_rng is not None:
             rng[config.backend] = backend_rng
-        path = save_checkpoint(checkpoint_path(run_dir, at_step), {
-            "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
-            "config": config.to_dict(), "data": data_meta, **trainer.state(),
-            "batches": batches.state_dict(), "rng": rng,
-        })
-        prune_checkpoints(run_dir, config.keep_checkpoints)
+        ranks = world.gather_objects(rng) if world.distributed else None  # every rank's own generators
+        path = checkpoint_path(run_dir, at_step)
+        if world.is_main:
+            save_checkpoint(path, {
+                "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
+                "config": config.to_dict(), "world_size": world.world_size, "data": data_meta, **trainer.state(),
+                "batches": batches.state_dict(), "rng": rng, "rank_rng": ranks,
+            })
+            prune_checkpoints(run_dir, config.keep_checkpoints)
         return path
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and world.is_main), unit="step",
+               dynamic_ncols=True)
+    if world.distributed and world.is_main and progress:
+        bar.write(f"data-parallel on {world.world_size} processes ({world.backend}): global batch "
+                  f"{config.batch_size}, {config.batch_size // world.world_size} per rank")
     last_saved = step if resume else None
     loss_value, stopped_by = None, "steps"
     started = time.monotonic() - elapsed
@@ -132,7 +173,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
             elapsed = time.monotonic() - started
             if config.steps is not None and step >= config.steps:
                 break
-            if config.minutes is not None and elapsed >= 60.0 * config.minutes:
+            if config.minutes is not None and _any_rank(world, elapsed >= 60.0 * config.minutes):
                 stopped_by = "minutes"
                 break
             step += 1
@@ -172,3 +213,25 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
                        running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
                        checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
 
+
+def _any_rank(world, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (so that every rank stops at the same step)."""
+    if not world.distributed:
+        return flag
+    return bool(world.all_sum(torch.tensor([float(flag)])).item() > 0)
+
+
+def on_main(world, fn):
+    """``fn()`` on rank 0, its result (or its exception) on every rank: one decision, no rank left waiting."""
+    if not world.distributed:
+        return fn()
+    outcome = None
+    if world.is_main:
+        try:
+            outcome = ("ok", fn())
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            outcome = ("error", e)
+    outcome = world.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]

@@ -1,4 +1,13 @@
-"""One training step on the Pyro backend (:class:`PyroTrainer`); :func:`make_trainer` picks the backend."""
+"""One training step on the Pyro backend (:class:`PyroTrainer`); :func:`make_trainer` picks the backend.
+
+Data-parallel under ``torchrun``: each rank scores its contiguous rows of the global batch with every random
+draw made for the global batch (:class:`~ppl_diffusion.infer.draws.BatchDraws`), the gradients of the
+per-rank mean losses are averaged with one ``all_reduce`` of the flattened gradients (the documented
+``torch.distributed`` collective; it fits a loop over ``differentiable_loss`` however many times the step calls
+the network, which ``DistributedDataParallel``'s one-forward-one-backward hooks do not), and every rank then
+takes the same clipped Adam step and EMA update, so weights, optimizer, EMA and sampler are the same on every
+rank. With one process the same code runs with the identity for every collective.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ import pyro
 import torch
 
 from ..diffusion import GaussianDiffusion
+from ..distributed import World
 from ..infer import make_estimator
+from ..infer.draws import BatchDraws, slice_dropout
 from .config import TrainConfig, build_diffusion, lr_at
 
 _NON_FINITE = re.compile(r"\b(nan|inf)\b")
@@ -23,13 +34,17 @@ class PyroTrainer:
     gradient-norm clipping, Adam and the EMA update. :class:`ppl_diffusion.numpyro.train.NumPyroTrainer`
     is its twin on JAX; :func:`train` drives either."""
 
-    def __init__(self, config: TrainConfig, dataset, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, dataset, device: torch.device, world: World | None = None) -> None:
         self.train_x = dataset.train.to(device)
         self.device = device
+        self.world = world or World()
         pyro.clear_param_store()
         pyro.set_rng_seed(config.seed)
         self.diffusion = build_diffusion(config, dataset).to(device)
         self.net = self.diffusion.denoiser
+        slice_dropout(self.net)  # dropout masks drawn for the global batch too
+        # The step's random draws (t, noise, dropout): one generator, in the same state on every rank.
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.estimator = make_estimator(config.estimator)
         self.guide = self.estimator.guide(self.diffusion)
         loss = self.estimator.loss
@@ -48,21 +63,32 @@ class PyroTrainer:
         when either is not finite."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x0 = self.train_x[index.to(self.device)]
+        rows = index[self.world.shard(len(index))] if self.world.distributed else index
+        x0 = self.train_x[rows.to(self.device)]
+        refused = None
         try:
-            loss = self.estimator.loss.differentiable_loss(self.diffusion.model, self.guide, x0) / x0.shape[0]
+            with BatchDraws(self.generator, self.world):
+                loss = self.estimator.loss.differentiable_loss(self.diffusion.model, self.guide, x0) / x0.shape[0]
         except ValueError as e:  # Pyro's validation refuses a distribution with NaN / inf parameters
             if "invalid values" not in str(e) or not _NON_FINITE.search(str(e)):
                 raise
-            raise _NonFiniteOutput() from e
-        if not torch.isfinite(loss):
-            return loss.item(), float("nan")
+            refused, loss = e, torch.tensor(float("nan"))
+        # Every rank learns whether any rank failed (so that all stop together) and the global mean loss.
+        status = self.world.all_sum(torch.stack([torch.tensor(float(refused is not None)),
+                                                 loss.detach().double().cpu()]))
+        if status[0] > 0:
+            raise _NonFiniteOutput() from refused
+        mean_loss = (status[1] / self.world.world_size).item()
+        if not torch.isfinite(status[1]):
+            return mean_loss, float("nan")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.distributed:
+            average_gradients(self.params, self.world)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         if not torch.isfinite(grad_norm):
-            return loss.item(), grad_norm.item()
+            return mean_loss, grad_norm.item()
         self.optimizer.step()
         with torch.no_grad():
             for module, ema in ((self.net, self.ema), (self.prior, self.prior_ema)):
@@ -73,11 +99,12 @@ class PyroTrainer:
                         ema[k].lerp_(v, 1.0 - self.config.ema_decay)
                     else:
                         ema[k].copy_(v)
-        return loss.item(), grad_norm.item()
+        return mean_loss, grad_norm.item()
 
     def state(self) -> dict:
         state = {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
-                 "sampler": None if self.sampler is None else self.sampler.state_dict()}
+                 "sampler": None if self.sampler is None else self.sampler.state_dict(),
+                 "draws": self.generator.get_state()}
         if self.prior is not None:
             state.update(prior=self.prior.state_dict(), prior_ema=self.prior_ema)
         return state
@@ -93,6 +120,8 @@ class PyroTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
+        if state.get("draws") is not None:
+            self.generator.set_state(state["draws"])
 
     def rng_state(self) -> None:
         return None  # torch's generator is in the checkpoint's global "rng"
@@ -104,10 +133,22 @@ class PyroTrainer:
         return self.diffusion, self.ema
 
 
-def make_trainer(config: TrainConfig, dataset, device: torch.device):
+def average_gradients(params, world: World) -> None:
+    """Replace each gradient by its mean over ranks: one ``all_reduce`` of the flattened gradients."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = world.all_sum(torch.cat([g.reshape(-1) for g in grads])) / world.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def make_trainer(config: TrainConfig, dataset, device: torch.device, world: World | None = None):
     if config.backend == "numpyro":
         from ..numpyro.train import NumPyroTrainer
 
         return NumPyroTrainer(config, dataset, build_diffusion)
-    return PyroTrainer(config, dataset, device)
+    return PyroTrainer(config, dataset, device, world)
 

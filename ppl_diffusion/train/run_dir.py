@@ -8,8 +8,10 @@ import io
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_checkpoint, set_rng_state
+from ..distributed import World
 from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
@@ -69,9 +71,27 @@ class MetricsLog:
         self.file.close()
 
 
+class NullMetricsLog:
+    """What ranks other than 0 write: nothing."""
 
-def _restore(path: Path, config: TrainConfig, trainer, batches) -> dict:
-    state = load_checkpoint(path)
+    file = SimpleNamespace(flush=lambda: None)
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+
+def _restore(path: Path, config: TrainConfig, trainer, batches, world: World | None = None,
+             allow_inexact: bool = False) -> dict:
+    """Read the checkpoint ``path`` and put its state into ``trainer`` and ``batches``; the state dict."""
+    return _apply(path, load_checkpoint(path), config, trainer, batches, world or World(), allow_inexact)
+
+
+def _apply(path: Path, state: dict, config: TrainConfig, trainer, batches, world: World,
+           allow_inexact: bool = False) -> dict:
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}; "
                               "it was not written by this version of ppl_diffusion.train")
@@ -79,10 +99,16 @@ def _restore(path: Path, config: TrainConfig, trainer, batches) -> dict:
     if diff:
         raise CheckpointError(f"checkpoint {path} is from a different configuration ({'; '.join(diff)}); "
                               "resume with the saved settings or start a new run folder")
+    saved_world = int(state.get("config", {}).get("world_size", 1))
+    if saved_world != world.world_size:
+        check_world_size_change(config, saved_world, world.world_size, allow_inexact)
     try:
         trainer.load(state)
         batches.load_state_dict(state["batches"])
         rng = state["rng"]
+        ranks = state.get("rank_rng")
+        if ranks is not None and len(ranks) == world.world_size:
+            rng = ranks[world.rank]  # each rank's own generators (same world size)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model ({reason}); "
@@ -92,6 +118,36 @@ def _restore(path: Path, config: TrainConfig, trainer, batches) -> dict:
     saved_backend = state.get("config", {}).get("backend", "pyro")
     trainer.set_rng_state(rng.get(config.backend) if saved_backend == config.backend else None)
     return state
+
+
+def world_size_change_is_exact(config: TrainConfig) -> tuple[bool, str]:
+    """Whether a run resumed on another number of processes (same global batch) continues exactly as the
+    uninterrupted run (up to float32 reduction order), and if not, why.
+
+    Every draw of a training step is made for the global batch and sliced by rank
+    (:class:`~ppl_diffusion.infer.draws.BatchDraws`), the data order is global and the sampler, optimizer and EMA
+    are the same on every rank, so a change of world size changes only which rank holds which rows. The one
+    exception is a draw that bypasses ``BatchDraws``: the hybrid loss's Monte-Carlo prior term (a prior
+    without a closed-form KL) draws from each rank's own generator.
+    """
+    if config.estimator == "hybrid" and config.prior not in ("normal", "gaussian"):
+        return False, (f"the hybrid loss scores prior {config.prior!r} by a Monte-Carlo draw from each rank's own "
+                       "generator")
+    return True, ""
+
+
+def check_world_size_change(config: TrainConfig, saved: int, now: int, allow_inexact: bool) -> None:
+    """A one-line error (or, with ``allow_inexact``, a warning) when resuming on ``now`` processes a run written
+    on ``saved`` cannot continue exactly; nothing when it can."""
+    exact, why = world_size_change_is_exact(config)
+    if exact:
+        return
+    msg = (f"resuming on {now} process(es) a run written on {saved}: {why}, so it would not continue as the "
+           f"uninterrupted run")
+    if not allow_inexact:
+        raise ValueError(f"{msg}; resume with torchrun --nproc-per-node {saved} (same total processes), or pass "
+                         "--allow-inexact-resume to continue anyway")
+    warnings.warn(f"{msg}; continuing (--allow-inexact-resume)", UserWarning, stacklevel=2)
 
 
 def _find_resume_point(run_dir: Path, restore) -> dict:
@@ -111,6 +167,13 @@ def _find_resume_point(run_dir: Path, restore) -> dict:
             warnings.warn(f"{e}; trying the previous checkpoint", UserWarning, stacklevel=3)
     raise CheckpointError(f"no readable checkpoint in {run_dir}: {errors[0]} (and {len(errors) - 1} more)")
 
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A one-line error when ``run_dir`` names something that is not a folder (an existing file, say)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir} is an existing file, not a folder; pass a folder path (it is created "
+                         "if missing)")
 
 
 def _last(run_dir: Path) -> str:
