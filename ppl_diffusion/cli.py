@@ -310,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, CheckpointError) as e:  # CheckpointError is a ValueError
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        # Bad input is found alike on every rank of a torchrun job (or decided on rank 0 and shared): say it once.
+        if distributed.world().is_main:
+            print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; a train run continues from its last checkpoint with --resume", file=sys.stderr)
