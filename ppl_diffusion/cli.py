@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.0, help="training budget (default 8)")
     p.add_argument("--quick", action="store_true", help="a seconds-long version (T = 20, 20 steps), for tests")
     p.add_argument("--resume", action="store_true", help="continue the demo run in --run-dir")
+    _add_dist_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

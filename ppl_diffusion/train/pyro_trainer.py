@@ -12,6 +12,7 @@ rank. With one process the same code runs with the identity for every collective
 from __future__ import annotations
 
 import re
+import warnings
 
 import pyro
 import torch
@@ -104,7 +105,7 @@ class PyroTrainer:
     def state(self) -> dict:
         state = {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
                  "sampler": None if self.sampler is None else self.sampler.state_dict(),
-                 "draws": self.generator.get_state()}
+                 "draws": {"device": self.generator.device.type, "state": self.generator.get_state()}}
         if self.prior is not None:
             state.update(prior=self.prior.state_dict(), prior_ema=self.prior_ema)
         return state
@@ -120,8 +121,14 @@ class PyroTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
-        if state.get("draws") is not None:
-            self.generator.set_state(state["draws"])
+        draws = state.get("draws")
+        if draws is not None and draws["device"] == self.generator.device.type:
+            self.generator.set_state(draws["state"])
+        elif draws is not None:  # a CUDA generator's state does not fit a CPU generator, nor the reverse
+            self.generator.manual_seed(self.config.seed + 7919 * int(state.get("step", 0)))
+            warnings.warn(f"resumed on {self.generator.device.type} a run saved on {draws['device']}: the training "
+                          "draws continue from a generator reseeded by (seed, step), so the run is not bitwise the "
+                          "uninterrupted one", UserWarning, stacklevel=2)
 
     def rng_state(self) -> None:
         return None  # torch's generator is in the checkpoint's global "rng"
