@@ -89,6 +89,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _add_dist_flag(p)
     p.add_argument("--run-dir", required=True, help="run folder for config.json, metrics and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue from the newest checkpoint if --run-dir has one, else start (for requeued jobs)")
     p.add_argument("--allow-inexact-resume", action="store_true",
                    help="with --resume on another number of processes: continue even where the run cannot equal "
                         "the uninterrupted one (a warning instead of an error)")
@@ -107,7 +109,10 @@ def _print_trained(result) -> None:
 
 
 def cmd_train(args) -> None:
-    result = train(config_from_args(args), args.run_dir, resume=args.resume, progress=args.progress,
+    if args.resume and args.auto_resume:
+        raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
+    resume = "auto" if args.auto_resume else args.resume
+    result = train(config_from_args(args), args.run_dir, resume=resume, progress=args.progress,
                    allow_inexact_resume=args.allow_inexact_resume)
     if distributed.world().is_main:
         _print_trained(result)

@@ -208,3 +208,14 @@ def test_nccl_without_a_gpu_and_a_run_dir_that_is_a_file_are_one_line(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--run-dir {target} is an existing file" in err[0]
     assert target.read_text() == "not a folder"  # nothing lost
+
+
+def test_auto_resume_starts_then_continues(tmp_path):
+    from ppl_diffusion.cli import main
+
+    args = ["train", "--data", "gaussian", "--net", "mlp", "--T", "10", "--batch-size", "8", "--warmup-steps", "0",
+            "--checkpoint-every", "2", "--run-dir", str(tmp_path / "r"), "--no-progress", "--auto-resume"]
+    assert main([*args, "--steps", "2"]) == 0  # nothing there: starts
+    assert main([*args, "--steps", "4"]) == 0  # continues from step 2
+    assert [load_checkpoint(p)["step"] for p in list_checkpoints(tmp_path / "r")] == [2, 4]
+    assert main([*args, "--steps", "4", "--resume"]) == 2

@@ -68,7 +68,7 @@ class TrainResult:
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
 
 
-def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = False, progress: bool = True,
           allow_inexact_resume: bool = False) -> TrainResult:
     """Train the diffusion model of ``config``, writing config, metrics and checkpoints to ``run_dir``.
 
@@ -82,7 +82,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
         or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
         a folder that already holds checkpoints is refused. The backend may change on resume (the
-        checkpoint format is shared); exactness is promised on the same backend and device. The number of
+        checkpoint format is shared); exactness is promised on the same backend and device. ``"auto"``
+        resumes when the folder holds a checkpoint and starts otherwise (for requeued jobs). The number of
         processes may change too (same global batch): exact where every draw is sliced from the global batch,
         otherwise refused unless ``allow_inexact_resume`` (see :func:`~.run_dir.world_size_change_is_exact`).
     :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
@@ -99,6 +100,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     device = resolve_device(distributed.local_device(config.device))
+    if resume == "auto":  # decided on rank 0, whose file system holds the run folder
+        resume = on_main(world, lambda: bool(list_checkpoints(run_dir)))
 
     def prepare():
         if resume:
