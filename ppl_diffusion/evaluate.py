@@ -30,7 +30,7 @@ import torch
 
 from . import plots
 from .data import load_dataset
-from .infer.bound import auto_timesteps_per_batch, variational_bound
+from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
 from .sampling import backend_of, draw_samples, find_checkpoint, load_run
 
 
@@ -42,10 +42,14 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
 
 
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | None = None, batch_size: int = 500,
-                      timesteps=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                      timesteps=None, seed: int = 0, indices=None, progress: bool = False) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
     (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
-    A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`)."""
+    A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`).
+
+    The noise is counter-based (:mod:`ppl_diffusion.noise`): example i's draws are a function of (``seed``,
+    ``indices[i]``, t) alone, ``indices`` default 0..N − 1 (pass the test-set indices of a subset or shard), so
+    any batch size, subset, process count or backend gives each example the same numbers."""
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
     if backend_of(diffusion) == "numpyro":
@@ -54,16 +58,18 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
         from .numpyro.sampling import per_example_terms as terms_numpyro
 
         return torch.from_numpy(terms_numpyro(diffusion, x.cpu().numpy(), timesteps_per_batch=timesteps_per_batch,
-                                              batch_size=batch_size, seed=seed))
+                                              batch_size=batch_size, seed=seed, indices=indices))
     device = next(diffusion.denoiser.parameters()).device
-    pyro.set_rng_seed(seed)
+    indices = check_indices(indices, len(x))
     parts = []
     with torch.no_grad():
-        for chunk in x.split(batch_size):
-            bound = variational_bound(diffusion, chunk.to(device), analytic=True, timesteps=timesteps,
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size].to(device)
+            bound = variational_bound(diffusion, chunk, analytic=True, timesteps=timesteps, seed=seed,
+                                      indices=indices[start:start + batch_size],
                                       timesteps_per_batch=timesteps_per_batch, progress=progress)
             parts.append(bound.terms.cpu().double())
-    return torch.cat(parts)
+    return torch.cat(parts) if parts else torch.zeros((0, diffusion.T + 1), dtype=torch.float64)
 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,

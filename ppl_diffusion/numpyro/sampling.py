@@ -2,8 +2,8 @@
 
 The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
 :func:`ppl_diffusion.evaluate.per_example_terms`; they return NumPy arrays, and everything around them
-(files, figures, JSON, bits/dim) is shared with the Pyro backend. Same seed, same numbers on this
-backend; the two backends draw different noise for the same seed.
+(files, figures, JSON, bits/dim) is shared with the Pyro backend. The bound's noise is counter-based
+(:mod:`ppl_diffusion.noise`), the same numbers as the Pyro backend's for the same seed.
 """
 
 from __future__ import annotations
@@ -77,15 +77,20 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
 
 
 def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_per_batch: int = 8,
-                      batch_size: int = 500, seed: int = 0) -> np.ndarray:
+                      batch_size: int = 500, seed: int = 0, indices=None) -> np.ndarray:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats (float64), in batches of
-    ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``)."""
+    ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``). The noise is counter-based
+    (:mod:`ppl_diffusion.noise`) for (``seed``, ``indices[i]``, t), ``indices`` default 0..N − 1: the same
+    numbers as the Pyro backend's :func:`ppl_diffusion.evaluate.per_example_terms`, on any batching."""
+    from ..infer.bound import check_indices
+
+    indices = check_indices(indices, len(x))
     params = params_of(diffusion)
-    key = jax.random.PRNGKey(seed)
-    fn = _compiled(diffusion, ("bound", timesteps_per_batch), lambda: jax.jit(
-        lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch)))
+    fn = _compiled(diffusion, ("bound", timesteps_per_batch, seed), lambda: jax.jit(
+        lambda p, x0, idx: variational_bound(diffusion, p, x0, seed=seed, indices=idx, batch_size=timesteps_per_batch)))
     parts = []
-    for i, start in enumerate(range(0, len(x), batch_size)):
+    for start in range(0, len(x), batch_size):
         chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
-        parts.append(np.asarray(fn(params, chunk, jax.random.fold_in(key, i)), np.float64))
+        idx = jnp.asarray(indices[start:start + batch_size], jnp.int32)
+        parts.append(np.asarray(fn(params, chunk, idx), np.float64))
     return np.concatenate(parts)
