@@ -65,16 +65,17 @@ class FeedNoiseMessenger(Messenger):
 
     For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
     (then rounded to its bins, a draw from it), under ``.to_event``; observed sites and sites not named are
-    left alone. This is how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`)
+    left alone. ``noise`` is a dict of tensors shaped like the sites' values, or a function of the site's
+    name returning one (or ``None``), so that the noise of a long chain is made one site at a time. This is how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`)
     instead of torch's generator.
     """
 
-    def __init__(self, noise: dict) -> None:
+    def __init__(self, noise) -> None:
         super().__init__()
-        self.noise = noise
+        self.noise = noise.get if isinstance(noise, dict) else noise
 
     def _pyro_sample(self, msg) -> None:
-        eps = self.noise.get(msg["name"])
+        eps = self.noise(msg["name"])
         if eps is None or msg["is_observed"] or msg["value"] is not None:
             return
         base = msg["fn"]

@@ -190,6 +190,35 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     return diffusion.decoder(mean, log_var).sample(decoder_key)
 
 
+def sample_from_counter(diffusion, params, x_T, seed: int, indices):
+    """Ancestral samples ``[n x ...]`` from x_T ``[n x ...]`` with the counter-based noise of
+    :mod:`ppl_diffusion.noise` (stream ``SAMPLE``): sample i's step to x_{t−1} takes ``normal(seed, indices[i],
+    t − 1)`` and the decoder's draw of x_0 ``normal(seed, indices[i], 0)`` (rounded to the bins of a discretized
+    decoder): the numbers of the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`, made on the host
+    one step at a time (``jax.pure_callback``)."""
+    from .. import noise as counter
+    from .distributions import DiscretizedGaussian
+
+    T = diffusion.T
+    apply = denoiser_apply(diffusion)
+    n, shape = x_T.shape[0], x_T.shape[1:]
+
+    def p_step(x_t, t):
+        tt = jnp.full((n,), t, dtype=jnp.int32)
+        return diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
+
+    def step(x_t, t):
+        mean, log_var = p_step(x_t, t)
+        eps = counter_normal(seed, indices, t - 1, shape, x_t.dtype, counter.SAMPLE)
+        return mean + jnp.exp(0.5 * log_var) * eps, None
+
+    x_1, _ = lax.scan(step, x_T, jnp.arange(T, 1, -1))
+    mean, log_var = p_step(x_1, 1)
+    x_0 = mean + jnp.exp(0.5 * log_var) * counter_normal(seed, indices, 0, shape, x_1.dtype, counter.SAMPLE)
+    decoder = diffusion.decoder(mean, log_var)
+    return decoder._grid(x_0) if isinstance(decoder, DiscretizedGaussian) else x_0
+
+
 def ancestral_sample(diffusion, params, key, n: int):
     """``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
     x_T ~ p(x_T), x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..2 (one key per step, split from ``key``), and x_0
@@ -286,4 +315,4 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
     return jnp.concatenate([steps.T, prior[:, None]], axis=1)
 
 
-__all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_noise", "variational_bound"]
+__all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_counter", "sample_from_noise", "variational_bound"]
