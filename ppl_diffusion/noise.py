@@ -42,8 +42,9 @@ _COORD = tuple(np.uint64(c) for c in (0x8CB92BA72F3D8DD7, 0xD6E8FEB86659FD93, 0x
 
 def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser (a bijection of uint64 with full avalanche), elementwise, wrapping arithmetic."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
+    with np.errstate(over="ignore"):  # arrays wrap silently; 0-d ones would warn
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))
 
 
@@ -63,9 +64,10 @@ def key(seed: int, index, t, stream: int = XT) -> np.ndarray:
     if stream not in STREAMS.values():
         raise ValueError(f"unknown noise stream {stream!r}; choose one of {STREAMS}")
     index, t = np.broadcast_arrays(_coordinate("index", index), _coordinate("t", t))
-    h = _mix(np.full(index.shape, np.uint64(seed)) + _GOLDEN)
-    for c, value in zip(_COORD, (index, t, np.full(index.shape, np.uint64(stream)))):
-        h = _mix(h ^ _mix(value + c))
+    with np.errstate(over="ignore"):
+        h = _mix(np.full(index.shape, np.uint64(seed)) + _GOLDEN)
+        for c, value in zip(_COORD, (index, t, np.full(index.shape, np.uint64(stream)))):
+            h = _mix(h ^ _mix(value + c))
     return h
 
 

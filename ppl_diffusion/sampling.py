@@ -126,12 +126,13 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
                          dtype=np.float64 if dtype == torch.float64 else np.float32)
         return torch.from_numpy(z).to(device=device, dtype=dtype)
 
-    program = feed_noise(model.model, eps)
+    program = model.model
     prior = model.get_prior(device, dtype)
     base = prior.base_dist if isinstance(prior, Independent) else prior
     if not isinstance(base, Normal):  # no location-scale form: x_T per example by a seeded generator
         x_T = prior_draws(prior, seed, index, model.T, device, dtype)
         program = poutine.condition(program, data={f"x_{model.T}": x_T})
+    program = feed_noise(program, eps)  # outside the condition, which sets x_T first
     with torch.no_grad():
         return program(None, n=int(n))
 
