@@ -230,8 +230,9 @@ def cmd_compare(args) -> None:
         torch.set_num_threads(args.threads)
     skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
-    run_study(config, args.out, progress=args.progress)
-    print(f"wrote {Path(args.out) / 'report.md'}")
+    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None)
+    if distributed.world().is_main:
+        print(f"wrote {Path(args.out) / 'report.md'}")
 
 
 # ---------------------------------------------------------------------------------------- demo

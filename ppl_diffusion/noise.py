@@ -19,8 +19,9 @@ Streams keep the different draws of one (example, t) independent:
 ``XT``             ε_t of x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t, the bound's draw at step t
 ``PREV``           x_{t−1} ~ q(x_{t−1}|x_t, x_0), the Monte-Carlo step term (``analytic=False``)
 ``PRIOR``          x_T ~ q(x_T|x_0), the prior term of a prior without closed-form KL (t = 0)
-``SAMPLE``         ancestral sampling: x_T at t = T (from the prior), the step to x_{t−1} at t, the decoder's
-                   draw at t = 0
+``SAMPLE``         ancestral sampling: the draw of the site x_s at t = s (x_T from the prior, x_{t−1} given
+                   x_t, the decoder's x_0 at s = 0)
+``REPLICATE``      the generator seed of replicate r of the study's fixed-θ measurements (:func:`seed_of`)
 =================  ====================================================================================
 """
 
@@ -30,8 +31,8 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE = 0, 1, 2, 3  # streams
-STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE}
+XT, PREV, PRIOR, SAMPLE, REPLICATE = 0, 1, 2, 3, 4  # streams
+STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -71,6 +72,12 @@ def key(seed: int, index, t, stream: int = XT) -> np.ndarray:
     return h
 
 
+def seed_of(seed: int, index: int, t: int = 0, stream: int = REPLICATE) -> int:
+    """A 31-bit generator seed (for ``pyro.set_rng_seed`` or ``jax.random.PRNGKey``) that depends on (seed,
+    index, t, stream) alone: a replicate's randomness when it is drawn by a library's generator."""
+    return int(key(seed, index, t, stream)) >> 33
+
+
 def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32) -> np.ndarray:
     """Standard normal draws ``[*batch x *shape]`` for the coordinates (``batch`` the broadcast shape of
     ``index`` and ``t``, e.g. ``[len(index)]``): row ``i`` holds ``prod(shape)`` draws of (seed, index[i],
@@ -100,4 +107,4 @@ def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32)
     return z[..., :m].astype(dtype).reshape(h.shape + shape)
 
 
-__all__ = ["PREV", "PRIOR", "SAMPLE", "STREAMS", "XT", "key", "normal"]
+__all__ = ["PREV", "PRIOR", "REPLICATE", "SAMPLE", "STREAMS", "XT", "key", "normal", "seed_of"]

@@ -66,8 +66,9 @@ class FeedNoiseMessenger(Messenger):
     For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
     (then rounded to its bins, a draw from it), under ``.to_event``; observed sites and sites not named are
     left alone. ``noise`` is a dict of tensors shaped like the sites' values, or a function of the site's
-    name returning one (or ``None``), so that the noise of a long chain is made one site at a time. This is how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`)
-    instead of torch's generator.
+    name returning one (or ``None``), so that the noise of a long chain is made one site at a time. This is
+    how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`) instead of torch's
+    generator.
     """
 
     def __init__(self, noise) -> None:

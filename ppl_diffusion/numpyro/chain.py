@@ -315,4 +315,5 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
     return jnp.concatenate([steps.T, prior[:, None]], axis=1)
 
 
-__all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_counter", "sample_from_noise", "variational_bound"]
+__all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_counter",
+           "sample_from_noise", "variational_bound"]
