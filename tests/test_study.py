@@ -50,8 +50,10 @@ def test_every_unbiased_estimator_centres_on_the_exact_elbo():
     for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae"):
         row, idata = measure(make_study_estimator(name, d), x0, R, seed=k)
         rows.append(row)
-        # arviz's MCSE of i.i.d. draws is sd / sqrt(R) up to its estimate of the effective sample size.
-        assert row.elbo_mcse == pytest.approx(row.elbo_sd / math.sqrt(R), rel=0.2)
+        # arviz's MCSE of i.i.d. draws is sd / sqrt(R) up to its estimate of the effective sample size: for
+        # R = 150 i.i.d. normal draws (2 chains of 75) the ratio ranged 0.68 (arviz caps ESS at R log10 R) to 2.85
+        # in 20000 simulations (its 1 − 1e-4 quantile 2.78); positively correlated replicates push it up.
+        assert 0.68 <= row.elbo_mcse / (row.elbo_sd / math.sqrt(R)) <= 2.9
         assert 0.5 * R < row.elbo_ess < 2 * R, f"{name}: replicates should be independent, ESS {row.elbo_ess}"
         assert abs(row.elbo_mean - elbo.mean()) <= Z * row.elbo_mcse, (name, row.elbo_mean, row.elbo_mcse, elbo.mean())
         assert row.elbo_mcse < 0.05 * abs(elbo.mean()), f"{name}: too noisy to test"
