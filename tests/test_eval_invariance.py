@@ -128,6 +128,18 @@ def test_backends_give_the_same_samples():
     d = diffusion()
     np.testing.assert_allclose(draw_samples(from_torch(d), 6, seed=1).numpy(), draw_samples(d, 6, seed=1).numpy(),
                                rtol=1e-5)
+    # A prior without location-scale form: x_T of sample i from a JAX key made of (seed, i) alone.
+    import jax.numpy as jnp
+    import numpyro.distributions as ndist
+
+    from ppl_diffusion.numpyro import GaussianDiffusion as JaxDiffusion
+
+    twin = from_torch(d)
+    jd = JaxDiffusion(schedule=twin.schedule, denoiser=twin.denoiser, event_shape=(2,), decoder=twin.decoder,
+                      prior=ndist.StudentT(3.0, jnp.zeros(2), 1.0).to_event(1), variance=twin.variance)
+    full = draw_samples(jd, 6, seed=2, steps=5)
+    torch.testing.assert_close(draw_samples(jd, 2, seed=2, steps=5, indices=[3, 4]), full[3:5])
+    assert (draw_samples(jd, 6, seed=3, steps=5) - full).abs().min() > 0
 
 
 # ---------------------------------------------------------------------------------------- torchrun
