@@ -143,7 +143,8 @@ def cmd_evaluate(args) -> None:
     result = evaluate_run(args.run, max_examples=args.max_examples, timesteps_per_batch=args.timesteps_per_batch,
                           fd_samples=args.fd_samples, fit_variance=args.fit_variance, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend)
-    print(json.dumps(result, indent=2) if args.json else summary(result))
+    if distributed.world().is_main:
+        print(json.dumps(result, indent=2) if args.json else summary(result))
 
 
 def _add_sample_flags(p: argparse.ArgumentParser) -> None:
@@ -163,8 +164,9 @@ def cmd_sample(args) -> None:
 
     result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
                         device=args.device, out=args.out, backend=args.backend)
-    print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}) -> "
-          f"{result.png} and {result.npz}")
+    if distributed.world().is_main:
+        print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}) -> "
+              f"{result.png} and {result.npz}")
 
 
 # ---------------------------------------------------------------------------------------- compare
@@ -239,8 +241,9 @@ def cmd_compare(args) -> None:
         torch.set_num_threads(args.threads)
     skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
-    run_study(config, args.out, progress=args.progress)
-    print(f"wrote {Path(args.out) / 'report.md'}")
+    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None)
+    if distributed.world().is_main:
+        print(f"wrote {Path(args.out) / 'report.md'}")
 
 
 # ---------------------------------------------------------------------------------------- demo

@@ -3,9 +3,17 @@
 :func:`evaluate_run` loads the newest checkpoint of a run folder twice (raw and EMA weights) and computes,
 for the test split (or its first ``max_examples`` examples), every term of the bound with
 :func:`~ppl_diffusion.infer.variational_bound`: L_0 (the exact decoder, discretized for images), the
-T − 1 closed-form KLs and the prior term L_T. Both weight sets see the same noise (the RNG is reseeded
-with ``seed`` before each), so their difference is not blurred by Monte-Carlo noise. For the digits it also
-scores ``fd_samples`` samples of the **EMA** weights with :func:`~ppl_diffusion.metrics.digits_fd`.
+T − 1 closed-form KLs and the prior term L_T. The noise is counter-based (:mod:`ppl_diffusion.noise`): test
+example i's draw at step t is a function of (``seed``, i, t) alone, so both weight sets see the same noise
+(their difference is not blurred by Monte-Carlo noise), and the result does not depend on the batch size, on
+``max_examples`` (per example), on the backend or on the number of processes. For the digits it also scores
+``fd_samples`` samples of the **EMA** weights with :func:`~ppl_diffusion.metrics.digits_fd`.
+
+Under ``torchrun`` each process scores a contiguous share of the test examples (every example costs the same
+T denoiser calls, test sets have far more examples than there are processes, and both backends' bound runs
+all T steps of a batch in one call), the per-example terms are gathered in test-set order, and rank 0 writes
+the files; the ``fd_samples`` samples are split the same way (rank 0 computes the distance), and a fitted
+variance is fitted on rank 0 and sent to the others. Every process returns the same dict.
 
 It writes ``RUN/eval.json`` (the returned dict) and ``RUN/eval_terms.png`` (L_t against t, log scale).
 With ``fit_variance=N`` the reverse variances are first fitted in closed form on N training examples
@@ -14,7 +22,8 @@ With ``fit_variance=N`` the reverse variances are first fitted in closed form on
 Keys of the dict: ``bpd``, ``bpd_ema`` (mean bits/dim), ``bpd_stderr``, ``bpd_ema_stderr`` (standard
 errors over examples), ``terms`` (``{"raw": [...], "ema": [...]}``, mean L_j in nats per example,
 j = 0..T), ``digits_fd_ema`` (or ``None``), ``fd_samples``, ``num_examples``, ``num_dims``, ``T``, ``step``,
-``checkpoint``, ``data``, ``seed``, ``seconds``, and the paths ``json`` and ``figure``.
+``checkpoint``, ``data``, ``seed``, ``backend``, ``world_size`` (processes), ``seconds``, and the paths
+``json`` and ``figure``.
 """
 
 from __future__ import annotations
@@ -25,12 +34,13 @@ import numbers
 import time
 from pathlib import Path
 
-import pyro
+import numpy as np
 import torch
 
 from . import plots
 from .data import load_dataset
-from .infer.bound import auto_timesteps_per_batch, variational_bound
+from .distributed import local_device, world
+from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
 from .sampling import backend_of, draw_samples, find_checkpoint, load_run
 
 
@@ -42,10 +52,14 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
 
 
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | None = None, batch_size: int = 500,
-                      timesteps=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                      timesteps=None, seed: int = 0, indices=None, progress: bool = False) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
     (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
-    A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`)."""
+    A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`).
+
+    The noise is counter-based (:mod:`ppl_diffusion.noise`): example i's draws are a function of (``seed``,
+    ``indices[i]``, t) alone, ``indices`` default 0..N − 1 (pass the test-set indices of a subset or shard), so
+    any batch size, subset, process count or backend gives each example the same numbers."""
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
     if backend_of(diffusion) == "numpyro":
@@ -54,16 +68,18 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
         from .numpyro.sampling import per_example_terms as terms_numpyro
 
         return torch.from_numpy(terms_numpyro(diffusion, x.cpu().numpy(), timesteps_per_batch=timesteps_per_batch,
-                                              batch_size=batch_size, seed=seed))
+                                              batch_size=batch_size, seed=seed, indices=indices))
     device = next(diffusion.denoiser.parameters()).device
-    pyro.set_rng_seed(seed)
+    indices = check_indices(indices, len(x))
     parts = []
     with torch.no_grad():
-        for chunk in x.split(batch_size):
-            bound = variational_bound(diffusion, chunk.to(device), analytic=True, timesteps=timesteps,
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size].to(device)
+            bound = variational_bound(diffusion, chunk, analytic=True, timesteps=timesteps, seed=seed,
+                                      indices=indices[start:start + batch_size],
                                       timesteps_per_batch=timesteps_per_batch, progress=progress)
             parts.append(bound.terms.cpu().double())
-    return torch.cat(parts)
+    return torch.cat(parts) if parts else torch.zeros((0, diffusion.T + 1), dtype=torch.float64)
 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,
@@ -79,7 +95,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         (:func:`~ppl_diffusion.variance.fit_variance`, separately for raw and EMA weights) and evaluate that
         model; the result then goes to ``eval-fitted.json`` / ``eval_terms-fitted.png``.
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the compiled JAX bound and sampler; a run trained on
-        either backend evaluates on both; each backend draws its own noise for the same seed).
+        either backend evaluates on both, with the same noise for the same seed).
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
@@ -94,31 +110,43 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         raise ValueError(f"--fit-variance {fit_variance} runs on the Pyro backend only; drop --backend {backend} "
                          "or --fit-variance")
     started = time.monotonic()
+    w = world()
+    progress = progress and w.is_main
     checkpoint = find_checkpoint(run)
     out_dir = checkpoint.parent
-    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=device, backend=backend) for name in ("raw", "ema")}
+    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=local_device(device), backend=backend)
+            for name in ("raw", "ema")}
     config = runs["raw"].config
     data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     x = data.test if max_examples is None else data.test[:max_examples]
+    mine = w.shard(len(x))  # this process's contiguous share of the examples (all of them on one process)
+    if timesteps_per_batch is None:  # from the whole set, so that 1 and N processes make the same calls
+        timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
     num_dims = runs["raw"].diffusion.num_dims
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
-              "variance": "fitted" if fit_variance else config.variance,
+              "world_size": w.world_size, "variance": "fitted" if fit_variance else config.variance,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted = {}, {}
     for name, loaded in runs.items():
         diffusion = loaded.diffusion
         if fit_variance:
+            from .variance import FittedVariance
             from .variance import fit_variance as fit
 
-            fv = fit(diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
-                     timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress)
+            fv = None
+            if w.is_main:  # fitted once, on rank 0, and sent to the others: every process scores the same model
+                fv = fit(diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
+                         timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict()
+            fv = FittedVariance.from_dict(w.broadcast_object(fv))
             fitted[name] = fv.to_dict()
             runs[name].diffusion = diffusion = diffusion.with_variance(fv)
-        per_example = per_example_terms(diffusion, x, timesteps_per_batch=timesteps_per_batch,
-                                 batch_size=batch_size, seed=seed, progress=progress)  # [N x (T + 1)]
+        mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
+                                       batch_size=batch_size, seed=seed, indices=np.arange(len(x))[mine],
+                                       progress=progress)
+        per_example = w.gather(mine_terms.contiguous())  # [N x (T + 1)], in test-set order
         bpd = per_example.sum(-1) * to_bpd
         key = "bpd" if name == "raw" else "bpd_ema"
         result[key] = bpd.mean().item()
@@ -138,19 +166,21 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                              "(use >= 1000, or 0 to skip it) (--fd-samples)")
         from .metrics import digits_fd
 
-        samples = draw_samples(runs["ema"].diffusion, fd_samples, seed=seed).cpu()
-        result["digits_fd_ema"] = digits_fd(samples)
+        # Sampling is split across processes (sample i's noise depends on i alone); the distance on rank 0.
+        share = np.arange(fd_samples)[w.shard(fd_samples)]
+        samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share).cpu().contiguous())
+        result["digits_fd_ema"] = w.broadcast_object(digits_fd(samples) if w.is_main else None)
 
     suffix = "-fitted" if fit_variance else ""
-    figure = plots.bound_terms(
-        terms, out_dir / f"eval_terms{suffix}.png",
-        title=f"{config.data}, step {result['step']}: {result['bpd']:.3f} (raw) / "
-              f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples")
-    result["figure"] = str(figure)
+    result["figure"] = str(out_dir / f"eval_terms{suffix}.png")
     result["json"] = str(out_dir / f"eval{suffix}.json")
-    result["seconds"] = round(time.monotonic() - started, 2)
-    Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    if w.is_main:  # one process writes; the others get its dict
+        plots.bound_terms(terms, result["figure"],
+                          title=f"{config.data}, step {result['step']}: {result['bpd']:.3f} (raw) / "
+                                f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples")
+        result["seconds"] = round(time.monotonic() - started, 2)
+        Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
+    return w.broadcast_object(result)
 
 
 def summary(result: dict) -> str:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyro
 import torch
+from pyro import poutine
+from pyro.distributions import Independent, Normal
 from torch import Tensor
 
-from . import plots
+from . import noise, plots
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
@@ -73,19 +74,67 @@ def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend
     return Run(diffusion=diffusion, config=config, checkpoint=path, step=int(state.get("step", 0)), ema=ema)
 
 
-def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0) -> Tensor:
-    """``n`` samples ``[n x *event_shape]`` by ancestral sampling, seeded with ``seed`` (same seed, same
-    samples on the same device); ``steps = K`` samples with K respaced steps (:func:`~ppl_diffusion.respace`)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+def site_step(name: str) -> int | None:
+    """The step s of the full-chain site ``x_{s}`` (``x_0`` is 0), else ``None``."""
+    head, _, tail = name.partition("_")
+    return int(tail) if head == "x" and tail.isdigit() else None
+
+
+def prior_draws(prior, seed: int, index, t: int, device, dtype) -> Tensor:
+    """x_T ``[len(index) x *event]`` from a prior without a location-scale form (Student-t, mixture, flow):
+    example i drawn by torch's generator seeded with the counter key of (seed, index[i], t, SAMPLE), so each
+    draw depends on its index alone. Torch's global generator is left as it was."""
+    keys = noise.key(seed, np.asarray(index), t, noise.SAMPLE)
+    devices = [device] if torch.device(device).type == "cuda" else []
+    rows = []
+    with torch.random.fork_rng(devices=devices):
+        for k in keys.tolist():
+            torch.manual_seed(k & (2 ** 63 - 1))
+            rows.append(prior.sample())
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,
+                 indices=None) -> Tensor:
+    """``n`` samples ``[n x *event_shape]`` by ancestral sampling; ``steps = K`` samples with K respaced steps
+    (:func:`~ppl_diffusion.respace`).
+
+    The noise is counter-based (:mod:`ppl_diffusion.noise`, stream ``SAMPLE``): sample i's draw of the site
+    x_s is ``normal(seed, indices[i], s)`` (x_T from a Gaussian prior, x_{t−1} given x_t, the decoder's x_0
+    at s = 0), ``indices`` default 0..n − 1. So sample i is the same in any batch and on any number of
+    processes (and, up to float32 rounding, on both backends)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
+    from .infer.bound import check_indices, feed_noise
+
+    index = check_indices(indices, int(n))
     if backend_of(diffusion) == "numpyro":
         from .numpyro.sampling import draw_samples as draw_numpyro
 
-        return torch.from_numpy(draw_numpyro(diffusion, int(n), steps=steps, seed=seed))
+        return torch.from_numpy(draw_numpyro(diffusion, int(n), steps=steps, seed=seed, indices=index))
     model = diffusion if steps is None else respace(diffusion, steps)
-    pyro.set_rng_seed(seed)
+    device, dtype = model._device_dtype()
+    if n == 0:
+        return torch.zeros((0, *model.event_shape), device=device, dtype=dtype)
+    shape = tuple(model.event_shape)
+
+    def eps(name):
+        s = site_step(name)
+        if s is None:
+            return None
+        z = noise.normal(seed, index, s, shape, stream=noise.SAMPLE,
+                         dtype=np.float64 if dtype == torch.float64 else np.float32)
+        return torch.from_numpy(z).to(device=device, dtype=dtype)
+
+    program = model.model
+    prior = model.get_prior(device, dtype)
+    base = prior.base_dist if isinstance(prior, Independent) else prior
+    if not isinstance(base, Normal):  # no location-scale form: x_T per example by a seeded generator
+        x_T = prior_draws(prior, seed, index, model.T, device, dtype)
+        program = poutine.condition(program, data={f"x_{model.T}": x_T})
+    program = feed_noise(program, eps)  # outside the condition, which sets x_T first
     with torch.no_grad():
-        return model.sample(int(n))
+        return program(None, n=int(n))
 
 
 def backend_of(diffusion) -> str:
@@ -110,17 +159,32 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
                device: str = "auto", out: str | Path | None = None, backend: str = "pyro") -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
-    :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint; each backend draws its own noise).
+    :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint and the same noise, see
+        :func:`draw_samples`).
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
+
+    Under ``torchrun`` each process draws a contiguous share of the n samples (their noise depends on the
+    sample's index, so the result is that of one process), the shares are gathered, and rank 0 writes the
+    files; every rank returns the same result.
     """
-    loaded = load_run(run, ema=ema, device=device, backend=backend)
-    samples = draw_samples(loaded.diffusion, n, steps=steps, seed=seed).cpu()
+    from .distributed import local_device, world
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
+    w = world()
+    loaded = load_run(run, ema=ema, device=local_device(device), backend=backend)
+    share = range(n)[w.shard(n)]
+    samples = draw_samples(loaded.diffusion, len(share), steps=steps, seed=seed, indices=np.asarray(share)).cpu()
+    samples = w.gather(samples.contiguous())
     if out is None:
         out = Path(run) if Path(run).is_dir() else Path(run).parent
         out = out / f"samples-{'ema' if ema else 'raw'}{'' if steps is None else f'-K{steps}'}.png"
     png = Path(out)
     npz = png.with_suffix(".npz")
+    if not w.is_main:
+        w.barrier()  # rank 0 writes the files
+        return SampleResult(samples=samples, png=png, npz=npz, run=loaded)
     png.parent.mkdir(parents=True, exist_ok=True)
     what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}, " + (
         f"T = {loaded.diffusion.T}" if steps is None else f"{steps} of {loaded.diffusion.T} steps")
@@ -131,4 +195,5 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     else:
         np.savez_compressed(npz, samples=samples.to(torch.float32).numpy())
         plots.scatter(samples.numpy(), png, title=what)
+    w.barrier()
     return SampleResult(samples=samples, png=png, npz=npz, run=loaded)

@@ -78,7 +78,13 @@ def test_compare_with_backend_numpyro(tmp_path):
     assert study["meta"]["backend"] == "numpyro" and "jax" in study["meta"]["device"]
     assert [r["estimator"] for r in study["fixed_theta"]["rows"]][-1] == "iwae"
     assert all("(NumPyro, jit)" in r["description"] for r in study["fixed_theta"]["rows"])
-    assert study["fixed_theta"]["agreement"]["p_value"] > 1e-4
+    # The unbiased estimators agree. Not stochastic-kl here: its 8 draws on this untrained net are heavy-tailed
+    # (mostly ≈ −10 nats, rarely ≈ −1200), so 8 of them give no usable MCSE (with it, p = 5e-6, 0.14, 0.59, 0.81
+    # for --seed 0..3); it is in the list to run compiled through compare.
+    from ppl_diffusion.study.fixed import FixedThetaRow, pooled_agreement
+
+    rows = [FixedThetaRow(**r) for r in study["fixed_theta"]["rows"] if r["estimator"] != "stochastic-kl"]
+    assert pooled_agreement(rows)["p_value"] > 1e-4
     (last,) = [r for r in study["race"]["rows"] if r["point"] == 1]
     assert last["step"] > 10 and last["bpd"] < study["race"]["rows"][0]["bpd"]  # trained, and it helped
     config = json.loads((out / "race_runs" / "stochastic-kl-is" / "config.json").read_text())

@@ -7,6 +7,7 @@ the ELBO and log p(x_0) are known in closed form.
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,8 +50,10 @@ def test_every_unbiased_estimator_centres_on_the_exact_elbo():
     for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae"):
         row, idata = measure(make_study_estimator(name, d), x0, R, seed=k)
         rows.append(row)
-        # arviz's MCSE of i.i.d. draws is sd / sqrt(R) up to its estimate of the effective sample size.
-        assert row.elbo_mcse == pytest.approx(row.elbo_sd / math.sqrt(R), rel=0.2)
+        # arviz's MCSE of i.i.d. draws is sd / sqrt(R) up to its estimate of the effective sample size: for
+        # R = 150 i.i.d. normal draws (2 chains of 75) the ratio ranged 0.68 (arviz caps ESS at R log10 R) to 2.85
+        # in 20000 simulations (its 1 − 1e-4 quantile 2.78); positively correlated replicates push it up.
+        assert 0.68 <= row.elbo_mcse / (row.elbo_sd / math.sqrt(R)) <= 2.9
         assert 0.5 * R < row.elbo_ess < 2 * R, f"{name}: replicates should be independent, ESS {row.elbo_ess}"
         assert abs(row.elbo_mean - elbo.mean()) <= Z * row.elbo_mcse, (name, row.elbo_mean, row.elbo_mcse, elbo.mean())
         assert row.elbo_mcse < 0.05 * abs(elbo.mean()), f"{name}: too noisy to test"
@@ -90,6 +93,39 @@ def test_running_moments_match_numpy():
     np.testing.assert_allclose(mom.variance.numpy(), x.var(0, ddof=1), rtol=1e-10)
     assert mom.total_variance() == pytest.approx(x.var(0, ddof=1).sum(), rel=1e-10)
     assert mom.mean_norm_sq() == pytest.approx((x.mean(0) ** 2).sum() - x.var(0, ddof=1).sum() / 50, rel=1e-10)
+
+
+def test_running_moments_merge_is_the_moments_of_all():
+    """Moments fed to separate accumulators (processes) and merged equal those of one accumulator."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(23, 5)) * np.arange(1, 6) - 1.0
+    parts = [RunningMoments(5) for _ in range(3)]
+    for i, row in enumerate(x):
+        parts[min(i // 8, 2)].add(torch.tensor(row))
+    merged = RunningMoments(5).merge(parts[0]).merge(parts[1]).merge(parts[2]).merge(RunningMoments(5))
+    assert merged.count == 23
+    np.testing.assert_allclose(merged.mean.numpy(), x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(merged.variance.numpy(), x.var(0, ddof=1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["meanfield", "stochastic-kl-is"])
+def test_replicate_draws_depend_on_seed_and_index_alone(name):
+    """measure's replicate r is the estimator reseeded with seed_of(seed, r, phase): the same draw in any order
+    or subset (so processes can share the replicates), different for different r."""
+    from ppl_diffusion import noise
+    from ppl_diffusion.study import make_study_estimator, measure
+
+    d, x0, _, _ = linear_gaussian()
+    est = make_study_estimator(name, d)
+    row, idata = measure(est, x0, 6, seed=3)
+    draws = idata.posterior["elbo"].values.reshape(-1)
+    for r in (4, 1):
+        est.reseed(noise.seed_of(3, r, 0))
+        assert est.estimate(x0) / len(x0) == pytest.approx(draws[r], rel=1e-12)
+    assert len(set(draws.tolist())) == 6
+    est.reseed(noise.seed_of(3, 2, 1))
+    _, g = est.gradient(x0)
+    assert g.norm().item() / len(x0) == pytest.approx(idata.posterior["grad_norm"].values.reshape(-1)[2], rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------- low-discrepancy t
@@ -243,3 +279,42 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys, flags, words):
     assert len(err.splitlines()) == 1 and err.startswith("ppl-diffusion: error:"), err
     for w in words:
         assert w in err, err
+
+
+def test_compare_race_under_torchrun_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    from ppl_diffusion import distributed
+
+    monkeypatch.setattr(distributed, "_WORLD", distributed.World(rank=0, world_size=2, backend="gloo"))
+    monkeypatch.setattr(distributed, "init", lambda *a, **k: distributed._WORLD)
+    monkeypatch.setattr(distributed, "shutdown", lambda: None)
+    assert main(["compare", "--out", str(tmp_path / "x"), *TINY, "--race-seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--race-seconds 0" in err and "torchrun" in err
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_equals_one_process(tmp_path):
+    """The fixed-θ replicates split over 2 gloo processes (8 = 4 + 4, and 5 = 3 + 2 for the full chain) give
+    the draws and gradient moments of 1 process; rank 0 alone writes."""
+    import os
+    import subprocess
+    import sys
+
+    import arviz as az
+
+    args = ["compare", *TINY, "--estimators", "meanfield,stochastic-kl-is", "--full-chain-replicates", "5",
+            "--race-seconds", "0"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "ppl_diffusion", *args, "--out", str(tmp_path / "two"), "--dist-backend", "gloo"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one, two = (json.loads((tmp_path / k / "study.json").read_text())["fixed_theta"]["rows"] for k in ("one", "two"))
+    for a, b in zip(one, two):
+        for key in ("elbo_mean", "elbo_sd", "grad_total_variance", "grad_mean_norm_sq", "replicates"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9), (a["estimator"], key)
+    for name in ("meanfield", "stochastic-kl-is"):
+        da, db = (az.from_netcdf(tmp_path / k / "draws" / f"{name}.nc").posterior for k in ("one", "two"))
+        np.testing.assert_array_equal(db["elbo"].values, da["elbo"].values)
+        np.testing.assert_allclose(db["grad_proj"].values, da["grad_proj"].values, rtol=1e-12)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from pyro.distributions import Independent, Normal
+from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
+from .. import noise as counter_noise
 from .trace_terms import per_example_elbo, trace_pair
 
 
@@ -56,8 +60,63 @@ def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
     return max(1, target // max(1, batch))
 
 
+class FeedNoiseMessenger(Messenger):
+    """Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
+
+    For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
+    (then rounded to its bins, a draw from it), under ``.to_event``; observed sites and sites not named are
+    left alone. ``noise`` is a dict of tensors shaped like the sites' values, or a function of the site's
+    name returning one (or ``None``), so that the noise of a long chain is made one site at a time. This is
+    how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`) instead of torch's
+    generator.
+    """
+
+    def __init__(self, noise) -> None:
+        super().__init__()
+        self.noise = noise.get if isinstance(noise, dict) else noise
+
+    def _pyro_sample(self, msg) -> None:
+        eps = self.noise(msg["name"])
+        if eps is None or msg["is_observed"] or msg["value"] is not None:
+            return
+        base = msg["fn"]
+        while isinstance(base, Independent):
+            base = base.base_dist
+        from ..distributions import DiscretizedGaussian
+
+        if not isinstance(base, (Normal, DiscretizedGaussian)):
+            raise ValueError(f"site {msg['name']!r} is a {type(base).__name__}; only Normal sites take counter-based "
+                             "noise (a non-Gaussian prior is drawn per example by ppl_diffusion.sampling)")
+        value = base.loc + base.scale * eps.to(base.loc.dtype).reshape(base.loc.shape)
+        msg["value"] = base._grid(value) if isinstance(base, DiscretizedGaussian) else value
+
+
+def feed_noise(fn, noise: dict):
+    """``fn`` with its sites named in ``noise`` drawn from those standard normals (:class:`FeedNoiseMessenger`)."""
+    return FeedNoiseMessenger(noise)(fn)
+
+
+def _normal(seed: int, index: np.ndarray, t, like: Tensor, stream: int) -> Tensor:
+    """Counter-based ε ``[len(index) x *event]`` for (seed, index, t, stream), as a tensor like ``like``."""
+    eps = counter_noise.normal(seed, index, t, tuple(like.shape[1:]), stream=stream,
+                               dtype=np.float64 if like.dtype == torch.float64 else np.float32)
+    return torch.from_numpy(eps).to(device=like.device, dtype=like.dtype)
+
+
+def check_indices(indices, n: int) -> np.ndarray:
+    """``indices`` as an int64 array of ``n`` integers >= 0 (default 0..n − 1); a one-line error otherwise."""
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    a = np.asarray(indices.cpu() if torch.is_tensor(indices) else indices)
+    if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer) or (a.size and a.min() < 0):
+        raise ValueError(f"indices must be {n} integers >= 0 (one per example, e.g. test-set indices), "
+                         f"got shape {a.shape} of {a.dtype}")
+    return a.astype(np.int64)
+
+
 def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps_per_batch: int = 1,
-                      timesteps=None, progress: bool = False) -> VariationalBound:
+                      timesteps=None, progress: bool = False, seed: int | None = None,
+                      indices=None) -> VariationalBound:
     """Evaluate every term of the bound for the batch ``x0`` (``[B x ...]``).
 
     Step t = 1..T runs the one-step programs with t fixed for the whole batch (L_{t−1} scored by its
@@ -66,8 +125,18 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
     in ``torch.no_grad()`` unless you need gradients. ``timesteps`` (steps in 1..T) evaluates only the
     terms L_{t−1} of those steps, for estimates of the bound from a subset of its terms; the other
     columns are NaN (the prior term L_T is always computed).
+
+    The noise: with ``seed=None`` it is drawn from torch's generator (seed it with ``pyro.set_rng_seed``).
+    With an integer ``seed`` it is counter-based (:mod:`ppl_diffusion.noise`): ε_t of example i is
+    ``normal(seed, indices[i], t, stream=XT)`` (``indices`` default 0..B − 1, e.g. the examples' test-set
+    indices), the prior's Monte-Carlo draw (a prior without closed-form KL) ``(indices[i], 0, PRIOR)`` and
+    the step's draw of x_{t−1} (``analytic=False``) ``(indices[i], t, PREV)``. Each example's terms are then a
+    function of (seed, its index, its x_0) alone: the same on any batch, subset, process or backend.
     """
     x0 = diffusion.check_data(x0)
+    if seed is None and indices is not None:
+        raise ValueError("indices select counter-based noise; pass seed=... with them")
+    index = None if seed is None else check_indices(indices, x0.shape[0])
     batch, T = x0.shape[0], diffusion.T
     c = max(1, min(int(timesteps_per_batch), T))
     steps = list(range(1, T + 1)) if timesteps is None else sorted({int(t) for t in timesteps})
@@ -85,7 +154,16 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
         ts = torch.tensor(block, device=x0.device)
         t = ts.repeat_interleave(batch)
         x0c = x0.repeat((len(ts),) + (1,) * (x0.dim() - 1))
-        model_trace, guide_trace = trace_pair(diffusion.step_model, diffusion.step_guide, x0c, t)
+        guide = diffusion.step_guide
+        if index is not None:
+            rows = np.tile(index, len(block))
+            fed = {"x_t": _normal(seed, rows, t.cpu().numpy(), x0c, counter_noise.XT),
+                   "x_T": _normal(seed, index, 0, x0, counter_noise.PRIOR).repeat(
+                       (len(block),) + (1,) * (x0.dim() - 1))}
+            if not analytic:
+                fed["x_prev"] = _normal(seed, rows, t.cpu().numpy(), x0c, counter_noise.PREV)
+            guide = feed_noise(guide, fed)
+        model_trace, guide_trace = trace_pair(diffusion.step_model, guide, x0c, t)
         site = per_example_elbo(model_trace, guide_trace, analytic=analytic)
         step = (site["x_t"] + site["x_prev"] + site["x_0"]).reshape(len(ts), batch)
         if prior is None:

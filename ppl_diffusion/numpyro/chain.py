@@ -190,6 +190,35 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     return diffusion.decoder(mean, log_var).sample(decoder_key)
 
 
+def sample_from_counter(diffusion, params, x_T, seed: int, indices):
+    """Ancestral samples ``[n x ...]`` from x_T ``[n x ...]`` with the counter-based noise of
+    :mod:`ppl_diffusion.noise` (stream ``SAMPLE``): sample i's step to x_{t−1} takes ``normal(seed, indices[i],
+    t − 1)`` and the decoder's draw of x_0 ``normal(seed, indices[i], 0)`` (rounded to the bins of a discretized
+    decoder): the numbers of the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`, made on the host
+    one step at a time (``jax.pure_callback``)."""
+    from .. import noise as counter
+    from .distributions import DiscretizedGaussian
+
+    T = diffusion.T
+    apply = denoiser_apply(diffusion)
+    n, shape = x_T.shape[0], x_T.shape[1:]
+
+    def p_step(x_t, t):
+        tt = jnp.full((n,), t, dtype=jnp.int32)
+        return diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
+
+    def step(x_t, t):
+        mean, log_var = p_step(x_t, t)
+        eps = counter_normal(seed, indices, t - 1, shape, x_t.dtype, counter.SAMPLE)
+        return mean + jnp.exp(0.5 * log_var) * eps, None
+
+    x_1, _ = lax.scan(step, x_T, jnp.arange(T, 1, -1))
+    mean, log_var = p_step(x_1, 1)
+    x_0 = mean + jnp.exp(0.5 * log_var) * counter_normal(seed, indices, 0, shape, x_1.dtype, counter.SAMPLE)
+    decoder = diffusion.decoder(mean, log_var)
+    return decoder._grid(x_0) if isinstance(decoder, DiscretizedGaussian) else x_0
+
+
 def ancestral_sample(diffusion, params, key, n: int):
     """``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
     x_T ~ p(x_T), x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..2 (one key per step, split from ``key``), and x_0
@@ -213,23 +242,58 @@ def ancestral_sample(diffusion, params, key, n: int):
     return diffusion.decoder(mean, log_var).sample(k_dec)
 
 
-def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size: int | None = None):
+def counter_normal(seed: int, index, t, shape, dtype, stream: int):
+    """Standard normals ``[*index.shape x *shape]`` of :func:`ppl_diffusion.noise.normal` for (seed, index, t,
+    stream), inside jitted code: computed on the host (``jax.pure_callback``), so they are the bits the Pyro
+    backend uses. ``index`` ``[B]`` int array; ``t`` a scalar int (traced); under ``vmap`` (``lax.map`` with
+    ``batch_size``) one host call serves the whole block of steps."""
+    import numpy as np
+
+    from .. import noise
+
+    np_dtype = np.float64 if jnp.dtype(dtype) == jnp.float64 else np.float32
+
+    def host(index, t):  # index [1 x B] or [B], t [c x 1] or [1]: broadcast to the rows
+        return noise.normal(seed, np.asarray(index), np.asarray(t), tuple(shape), stream=stream, dtype=np_dtype)
+
+    out = jax.ShapeDtypeStruct(tuple(index.shape) + tuple(shape), np_dtype)
+    eps = jax.pure_callback(host, out, index, jnp.reshape(t, (1,)), vmap_method="expand_dims")
+    return eps.astype(dtype)
+
+
+def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size: int | None = None,
+                      seed: int | None = None, indices=None):
     """Every term of the bound, L_0 … L_T per example ``[B x (T + 1)]`` in nats, as the Pyro backend's
     :func:`~ppl_diffusion.infer.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t and L_{t−1} is
-    the closed-form KL (t > 1) or the decoder's −log p(x_0|x_1) (t = 1); L_T is the prior's KL. ε_t is
-    ``noise[t − 1]`` (``[T x B x ...]``), or drawn from ``fold_in(key, t)`` when ``key`` is given instead
-    (no T-fold copy of the batch in memory). ``lax.map`` runs the steps, ``batch_size`` of them per
-    denoiser call."""
-    if (noise is None) == (key is None):
-        raise ValueError("pass either noise [T x B x ...] or a PRNG key")
+    the closed-form KL (t > 1) or the decoder's −log p(x_0|x_1) (t = 1); L_T is the prior's KL. ``lax.map``
+    runs the steps, ``batch_size`` of them per denoiser call. The noise, one of:
+
+    - ``noise`` ``[T x B x ...]``: ε_t is ``noise[t − 1]`` (and a prior without closed-form KL reuses
+      ``noise[-1]``);
+    - ``key``: ε_t drawn from ``fold_in(key, t)`` (no T-fold copy of the batch in memory);
+    - ``seed`` (a Python int) with ``indices`` ``[B]`` (default 0..B − 1): the counter-based noise of
+      :mod:`ppl_diffusion.noise`, computed on the host step by step, the same numbers as the Pyro backend's
+      ``variational_bound(..., seed=seed, indices=indices)`` (stream ``XT`` at (index, t), the prior's draw
+      ``PRIOR`` at (index, 0)).
+    """
+    if sum(a is not None for a in (noise, key, seed)) != 1:
+        raise ValueError("pass exactly one of noise [T x B x ...], a PRNG key, or a seed (counter-based noise)")
+    from .. import noise as counter
+
     s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
     apply = denoiser_apply(diffusion)
     batch = x0.shape[0]
+    if seed is not None:
+        indices = jnp.arange(batch, dtype=jnp.int32) if indices is None else jnp.asarray(indices, jnp.int32)
+        if indices.shape != (batch,):
+            raise ValueError(f"indices must be {batch} integers >= 0, one per example; got shape {indices.shape}")
 
     def term(inputs):
         t, eps = inputs
         if key is not None:
             eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape, x0.dtype)
+        elif seed is not None:
+            eps = counter_normal(seed, indices, t, x0.shape[1:], x0.dtype, counter.XT)
         tt = jnp.full((batch,), t, dtype=jnp.int32)
         x_t = cf.q_sample(s, x0, tt, eps)
         p_mean, p_log_var = diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
@@ -238,13 +302,18 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
         nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
         return jnp.where(t == 1, nll, kl)
 
-    if noise is None:
-        noise = jnp.zeros((T,), x0.dtype)  # placeholder, one scalar per step
-    steps = lax.map(term, (jnp.arange(1, T + 1), noise), batch_size=batch_size)  # [T x B]
+    steps = lax.map(term, (jnp.arange(1, T + 1), jnp.zeros((T,), x0.dtype) if noise is None else noise),
+                    batch_size=batch_size)  # [T x B]; without noise, a placeholder scalar per step
     mean_T, var_T = cf.q_mean_variance(s, x0, jnp.full((batch,), T, dtype=jnp.int32))
-    eps_T = jax.random.normal(jax.random.fold_in(key, T + 1), x0.shape, x0.dtype) if key is not None else noise[-1]
+    if key is not None:
+        eps_T = jax.random.normal(jax.random.fold_in(key, T + 1), x0.shape, x0.dtype)
+    elif seed is not None:
+        eps_T = counter_normal(seed, indices, 0, x0.shape[1:], x0.dtype, counter.PRIOR)
+    else:
+        eps_T = noise[-1]
     prior = prior_term(diffusion, mean_T, var_T, eps_T)
     return jnp.concatenate([steps.T, prior[:, None]], axis=1)
 
 
-__all__ = ["ancestral_sample", "denoiser_apply", "full_chain_elbo", "sample_from_noise", "variational_bound"]
+__all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_counter",
+           "sample_from_noise", "variational_bound"]

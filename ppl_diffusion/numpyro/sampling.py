@@ -2,8 +2,8 @@
 
 The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
 :func:`ppl_diffusion.evaluate.per_example_terms`; they return NumPy arrays, and everything around them
-(files, figures, JSON, bits/dim) is shared with the Pyro backend. Same seed, same numbers on this
-backend; the two backends draw different noise for the same seed.
+(files, figures, JSON, bits/dim) is shared with the Pyro backend. The bound's noise is counter-based
+(:mod:`ppl_diffusion.noise`), the same numbers as the Pyro backend's for the same seed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from ..respace import _check_steps, respaced_schedule, space_timesteps
-from .chain import ancestral_sample, variational_bound
+from .chain import sample_from_counter, variational_bound
 from .diffusion import GaussianDiffusion
 
 
@@ -60,32 +60,65 @@ def _compiled(diffusion, key, build):
     return cache[(key, mode)]
 
 
+def prior_draws(diffusion: GaussianDiffusion, seed: int, index: np.ndarray, t: int) -> jnp.ndarray:
+    """x_T ``[len(index) x *event]``: for a Normal prior loc + scale · ``noise.normal(seed, index, t, SAMPLE)``
+    (the Pyro backend's numbers), else example i drawn with the JAX key made from the counter key of
+    (seed, index[i], t, SAMPLE) (depends on its index alone)."""
+    import numpyro.distributions as dist
+
+    from .. import noise
+    from .chain import _fixed_prior
+
+    prior = _fixed_prior(diffusion)
+    base = prior.base_dist if isinstance(prior, dist.Independent) else prior
+    if isinstance(base, dist.Normal):
+        eps = noise.normal(seed, index, t, tuple(diffusion.event_shape), stream=noise.SAMPLE)
+        return jnp.broadcast_to(base.loc, eps.shape) + jnp.broadcast_to(base.scale, eps.shape) * jnp.asarray(eps)
+    keys = noise.key(seed, index, t, noise.SAMPLE)
+    keys = jnp.asarray(np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], -1).astype(np.uint32))
+    return jax.vmap(lambda k: prior.sample(k))(keys)
+
+
 def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,
-                 chunk: int = 1000) -> np.ndarray:
+                 chunk: int = 1000, indices=None) -> np.ndarray:
     """``n`` ancestral samples ``[n x *event_shape]`` (compiled with ``lax.scan``), ``chunk`` at a time;
-    ``steps = K`` samples with K respaced steps."""
-    chunk = min(chunk, n)
+    ``steps = K`` samples with K respaced steps. The noise is counter-based (:mod:`ppl_diffusion.noise`):
+    sample i's is a function of (``seed``, ``indices[i]``, step), ``indices`` default 0..n − 1, the same
+    numbers as the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`."""
+    from ..infer.bound import check_indices
 
-    def build():
-        model = diffusion if steps is None else respace(diffusion, steps)
-        return model, jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk))  # the last chunk is cut
-
-    model, fn = _compiled(diffusion, ("sample", steps, chunk), build)
+    index = check_indices(indices, n)
+    model = diffusion if steps is None else respace(diffusion, steps)
+    if n == 0:
+        return np.zeros((0, *model.event_shape), np.float32)
+    model, fn = _compiled(diffusion, ("sample", steps, seed), lambda: (model, jax.jit(
+        lambda p, x_T, idx: sample_from_counter(model, p, x_T, seed, idx))))
     params = params_of(model)
-    keys = jax.random.split(jax.random.PRNGKey(seed), -(-n // chunk))
-    return np.concatenate([np.asarray(fn(params, key)) for key in keys])[:n]
+    parts = []
+    for start in range(0, n, chunk):
+        idx = index[start:start + chunk]
+        x_T = prior_draws(model, seed, idx, model.T)
+        parts.append(np.asarray(fn(params, x_T, jnp.asarray(idx, jnp.int32))))
+    return np.concatenate(parts)
 
 
 def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_per_batch: int = 8,
-                      batch_size: int = 500, seed: int = 0) -> np.ndarray:
+                      batch_size: int = 500, seed: int = 0, indices=None) -> np.ndarray:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats (float64), in batches of
-    ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``)."""
+    ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``). The noise is counter-based
+    (:mod:`ppl_diffusion.noise`) for (``seed``, ``indices[i]``, t), ``indices`` default 0..N − 1: the same
+    numbers as the Pyro backend's :func:`ppl_diffusion.evaluate.per_example_terms`, on any batching."""
+    from ..infer.bound import check_indices
+
+    indices = check_indices(indices, len(x))
+    if len(x) == 0:  # an empty share of a process
+        return np.zeros((0, diffusion.T + 1))
     params = params_of(diffusion)
-    key = jax.random.PRNGKey(seed)
-    fn = _compiled(diffusion, ("bound", timesteps_per_batch), lambda: jax.jit(
-        lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch)))
+    fn = _compiled(diffusion, ("bound", timesteps_per_batch, seed), lambda: jax.jit(
+        lambda p, x0, idx: variational_bound(diffusion, p, x0, seed=seed, indices=idx, batch_size=timesteps_per_batch)))
     parts = []
-    for i, start in enumerate(range(0, len(x), batch_size)):
+    for start in range(0, len(x), batch_size):
         chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
-        parts.append(np.asarray(fn(params, chunk, jax.random.fold_in(key, i)), np.float64))
+        idx = jnp.asarray(indices[start:start + batch_size], jnp.int32)
+        parts.append(np.asarray(fn(params, chunk, idx), np.float64))
     return np.concatenate(parts)

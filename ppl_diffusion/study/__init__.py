@@ -122,7 +122,9 @@ def _model(config: StudyConfig):
     from ..sampling import find_checkpoint, load_run
     from ..train import TrainConfig, build_diffusion, resolve_device
 
-    device = resolve_device(config.device)
+    from ..distributed import local_device
+
+    device = resolve_device(local_device(config.device))
     if config.run is not None:
         checkpoint = find_checkpoint(config.run)
         loaded = load_run(checkpoint, ema=not config.raw, device=str(device))
@@ -170,7 +172,13 @@ def _elbo_of(diffusion, x, *, seed: int, draws: int = 8) -> dict:
 
 
 def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
-    """Run the study of ``config``, write its outputs to ``out_dir`` and return ``study.json``'s dict."""
+    """Run the study of ``config``, write its outputs to ``out_dir`` and return ``study.json``'s dict.
+
+    Under ``torchrun`` the fixed-θ replicates of each estimator are split across the processes
+    (:func:`~ppl_diffusion.study.fixed.measure`); rank 0 then computes the per-t moments, writes every file and
+    returns the dict, the other ranks return ``{}`` as soon as their replicates are in. The training race
+    stays one process (its runs are timed on one machine's clock): under ``torchrun`` it is refused with one
+    line unless ``race_seconds = 0``."""
     try:
         import arviz as az
         import h5netcdf  # noqa: F401  (arviz writes netCDF through it)
@@ -180,9 +188,18 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
 
     from . import report
 
+    from ..distributed import world
+
     config.validate()
+    w = world()
+    if w.distributed and config.race_seconds:
+        raise ValueError(f"compare under torchrun splits the fixed-θ replicates across {w.world_size} processes; the "
+                         f"training race runs on one process: pass --race-seconds 0 here, or run the race without "
+                         "torchrun")
+    progress = progress and w.is_main
     out = Path(out_dir)
-    (out / "draws").mkdir(parents=True, exist_ok=True)
+    if w.is_main:
+        (out / "draws").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     diffusion, twin, tc, dataset, theta = _model(config)
     device = next(twin.parameters()).device
@@ -206,6 +223,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         r = config.replicates if name not in (*FULL_CHAIN, "iwae") else (config.full_chain_replicates or config.replicates)
         xs = x0[:config.iwae_examples] if name == "iwae" and config.iwae_examples else x0
         row, idata = measure(est, xs, r, seed=config.seed + k, progress=progress)
+        if not w.is_main:  # the other processes only run their share of the replicates
+            continue
         if name == "iwae":
             reference[name] = _elbo_of(diffusion, xs, seed=config.seed)
             row.notes.append(f"on the first {len(xs)} examples of the batch; their ELBO (full bound, 8 draws each): "
@@ -217,6 +236,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         log(f"fixed θ {name:17s} ELBO {row.elbo_mean:10.3f} ± {row.elbo_mcse:.3f} (sd {row.elbo_sd:.3g}, "
             f"ESS {row.elbo_ess:.0f}), {1e3 * row.loss_seconds:.1f} ms/estimate, grad tr Cov "
             f"{row.grad_total_variance:.3g}, {1e3 * row.grad_seconds:.1f} ms/grad")
+    if not w.is_main:  # per-t moments, the report and the files: rank 0
+        return {}
     fixed_rows = [dataclasses.asdict(r) for r in rows]
     study["fixed_theta"] = {"replicates": config.replicates,
                             "full_chain_replicates": config.full_chain_replicates or config.replicates,

@@ -1,7 +1,8 @@
 """Replicates at a fixed θ: the spread of each ELBO estimate and of its gradient, through arviz.
 
 For one batch x_0 (fixed) and one θ (fixed), each estimator is called R times for an ELBO estimate
-(``loss``) and R times for a gradient (``loss_and_grads``), every call timed. The ELBO draws (per
+(``loss``) and R times for a gradient (``loss_and_grads``), every call timed; replicate r is seeded by
+(seed, r) alone, so the replicates can be split across ``torchrun`` processes (:func:`measure`). The ELBO draws (per
 example: −loss / B) and, for the gradient, its norm and its projections on a few fixed random unit
 directions are saved as an ``arviz.InferenceData`` (group ``posterior``: the draws, in 2 chains of R/2
 when R is even; group ``sample_stats``: the seconds per call), one netCDF file per estimator. The
@@ -86,6 +87,29 @@ class RunningMoments:
         """tr Cov = Σ_i Var(x_i)."""
         return self.variance.sum().item()
 
+    def merge(self, other: "RunningMoments") -> "RunningMoments":
+        """The moments of both streams of vectors together (Chan et al.'s pairwise update), in place."""
+        n = self.count + other.count
+        if other.count:
+            delta = other.mean - self.mean
+            self._m2 += other._m2 + delta.pow(2) * (self.count * other.count / n)
+            self.mean += delta * (other.count / n)
+            self.count = n
+        return self
+
+    def gathered(self, world) -> "RunningMoments":
+        """The moments over every process of ``world`` (each fed its own vectors), merged in rank order."""
+        if not world.distributed:
+            return self
+        counts = world.gather(torch.tensor([self.count], dtype=torch.float64))
+        means, m2s = world.gather(self.mean[None]), world.gather(self._m2[None])
+        total = RunningMoments(len(self.mean))
+        for c, m, m2 in zip(counts.tolist(), means, m2s):
+            part = RunningMoments(len(self.mean))
+            part.count, part.mean, part._m2 = int(c), m.clone(), m2.clone()
+            total.merge(part)
+        return total
+
     def mean_norm_sq(self) -> float:
         """Unbiased ‖E x‖²: ‖x̄‖² − tr Cov / R."""
         return self.mean.pow(2).sum().item() - self.total_variance() / self.count
@@ -120,14 +144,24 @@ def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_sec
 
 def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int = 0, directions=None,
             progress: bool = False):
-    """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``)."""
+    """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``).
+
+    Replicate r (of the ELBO estimate, and separately of the gradient) runs with the estimator reseeded by
+    :func:`ppl_diffusion.noise.seed_of` ``(seed, r)``, so its draws depend on (seed, r) alone. Under
+    ``torchrun`` each process runs a contiguous share of the replicates and the draws, timings and gradient
+    moments are gathered in replicate order: every process returns the row of the whole R (the timings are
+    those of each replicate's own process)."""
     import arviz as az
 
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 4:
         raise ValueError(f"replicates = {replicates!r}; pass at least 4 (--replicates)")
+    from .. import noise
+    from ..distributed import world
+
+    w = world()
     batch = x0.shape[0]
     est.reseed(seed)
-    warmup = est.warm_up(x0)
+    warmup = est.warm_up(x0)  # the same on every process: reseeded identically
     # One untimed call of each path (allocations, lazy initialisation), then the timed replicates.
     est.estimate(x0)
     est.gradient(x0)
@@ -139,9 +173,13 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
 
     from tqdm.auto import tqdm
 
+    # Replicate r's randomness is the generator seeded with seed_of(seed, r, phase): a function of (seed, r)
+    # alone, so the replicates can be split across processes (contiguously, gathered in order).
+    mine = range(replicates)[w.shard(replicates)]
     elbo, loss_s = [], []
-    bar = tqdm(total=2 * replicates, desc=est.name, disable=not progress, leave=False)
-    for _ in range(replicates):
+    bar = tqdm(total=2 * len(mine), desc=est.name, disable=not (progress and w.is_main), leave=False)
+    for r in mine:
+        est.reseed(noise.seed_of(seed, r, 0))
         t0 = time.perf_counter()
         value = est.estimate(x0)
         loss_s.append(time.perf_counter() - t0)
@@ -149,7 +187,8 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
         bar.update()
     moments = RunningMoments(n_params)
     grad_s, norms, projs = [], [], []
-    for _ in range(replicates):
+    for r in mine:
+        est.reseed(noise.seed_of(seed, r, 1))
         t0 = time.perf_counter()
         _, g = est.gradient(x0)
         grad_s.append(time.perf_counter() - t0)
@@ -159,10 +198,17 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
         projs.append((directions @ g).numpy())
         bar.update()
     bar.close()
+
+    def gather(values, shape=()):
+        return w.gather(torch.as_tensor(np.asarray(values, np.float64).reshape(-1, *shape))).numpy()
+
+    elbo, loss_s, grad_s, norms = gather(elbo), gather(loss_s), gather(grad_s), gather(norms)
+    projs = gather(projs, (len(directions),))
+    moments = moments.gathered(w)
     total_var, mean_sq = moments.total_variance(), moments.mean_norm_sq()
 
-    idata = inference_data(est.name, np.array(elbo), np.array(norms), np.stack(projs), np.array(loss_s),
-                           np.array(grad_s), {"bound": est.bound, "batch": batch, "replicates": replicates})
+    idata = inference_data(est.name, elbo, norms, projs, loss_s, grad_s,
+                           {"bound": est.bound, "batch": batch, "replicates": replicates})
     summ = az.summary(idata, var_names=["elbo"], kind="all", round_to="none")
     ess_proj = az.ess(idata, var_names=["grad_proj"])["grad_proj"].values
     row = FixedThetaRow(
