@@ -12,11 +12,13 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import distributed
 from .checkpoint import CheckpointError
 from .distributed import DIST_BACKENDS
+from .precision import PrecisionWarning
 from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
 
 PROG = "ppl-diffusion"
@@ -31,6 +33,16 @@ DEMO_CONFIG = dict(data="digits", net="mlp", T=1000, estimator="stochastic-kl-is
 DEMO_EVAL = dict(max_examples=360, fd_samples=1000, n=64)  # the whole 360-image test split
 QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, checkpoint_every=10, log_every=5)
 QUICK_EVAL = dict(max_examples=16, fd_samples=0, n=16)
+
+
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """PrecisionWarning (bf16 emulated) as one line ``ppl-diffusion: warning: ...``; other warnings as Python does."""
+    if issubclass(category, PrecisionWarning):
+        return f"{PROG}: warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +65,8 @@ def _add_dist_flag(p: argparse.ArgumentParser) -> None:
 
 def _add_precision_flag(p: argparse.ArgumentParser, default: str, note: str) -> None:
     p.add_argument("--precision", default=default,
-                   help=f"the denoiser's arithmetic: fp32, or bf16 (bfloat16 autocast of the network call only; fast on "
-                        f"GPUs and on CPUs with AVX-512-BF16 / AMX); {note} (default {default})")
+                   help=f"the denoiser's arithmetic: fp32, or bf16 (bfloat16 autocast of the network call only; fast "
+                        f"on GPUs and on CPUs with AVX-512-BF16 / AMX); {note} (default {default})")
 
 
 def _none_or_float(text: str) -> float | None:
@@ -305,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)
             distributed.init(args.dist_backend, getattr(args, "device", "auto"))

@@ -379,4 +379,5 @@ class GaussianDiffusion(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
-                f"decoder={self.decoder!r}, precision={self.precision!r}, prior={'N(0, I)' if self.prior is None else self.prior!r}")
+                f"decoder={self.decoder!r}, precision={self.precision!r}, "
+                f"prior={'N(0, I)' if self.prior is None else self.prior!r}")

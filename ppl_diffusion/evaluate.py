@@ -166,7 +166,8 @@ def summary(result: dict) -> str:
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
-             f"T = {result['T']}, variance {result.get('variance', '?')}:",
+             f"T = {result['T']}, variance {result.get('variance', '?')}"
+             + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
              f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
              "bits/dim (EMA)"]

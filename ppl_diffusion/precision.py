@@ -28,7 +28,13 @@ import warnings
 import torch
 
 PRECISIONS = ("fp32", "bf16")
-_warned = False
+
+
+class PrecisionWarning(RuntimeWarning):
+    """bf16 asked for where it is emulated (slow); given once per process and kind of device. The CLI prints
+    it as one line."""
+
+_warned: set[str] = set()  # the warnings already given, one each per process
 
 
 def check_precision(precision) -> str:
@@ -56,8 +62,7 @@ def cpu_has_bf16() -> bool | None:
 
 
 def _warn_if_emulated(device_type: str) -> None:
-    global _warned
-    if _warned:
+    if device_type in _warned:
         return
     if device_type == "cpu" and not cpu_has_bf16():
         where = "this CPU (" + ("could not read its instruction flags" if cpu_has_bf16() is None
@@ -66,9 +71,9 @@ def _warn_if_emulated(device_type: str) -> None:
         where = "this GPU (bfloat16 needs compute capability 8.0, Ampere, or newer)"
     else:
         return
-    _warned = True
+    _warned.add(device_type)
     warnings.warn(f"precision bf16 on {where}: bfloat16 is emulated and slower than fp32; it still runs "
-                  "(pass --precision fp32 for speed)", RuntimeWarning, stacklevel=3)
+                  "(pass --precision fp32 for speed)", PrecisionWarning, stacklevel=3)
 
 
 def autocast(precision: str, device_type: str):
@@ -86,9 +91,16 @@ def autocast(precision: str, device_type: str):
 
 def jax_dtype(precision: str):
     """The Flax nets' compute dtype for ``precision``: ``None`` (that of the parameters, float32) or
-    ``jnp.bfloat16``."""
+    ``jnp.bfloat16``; warns once when JAX runs on a CPU, where XLA emulates bfloat16 (measured 0.91× the
+    float32 speed for the digits U-Net, ``benchmarks/results/precision.md``)."""
     if check_precision(precision) == "fp32":
         return None
+    import jax
     import jax.numpy as jnp
 
+    if "jax-cpu" not in _warned and jax.default_backend() == "cpu":
+        _warned.add("jax-cpu")
+        warnings.warn("precision bf16 on JAX's CPU backend: XLA emulates bfloat16 there, no faster than fp32; it "
+                      "still runs (pass --precision fp32, or use --backend pyro for bf16 on a CPU)", PrecisionWarning,
+                      stacklevel=2)
     return jnp.bfloat16
