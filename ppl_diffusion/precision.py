@@ -15,7 +15,9 @@ A model's ``precision`` is one of :data:`PRECISIONS`:
 :class:`ppl_diffusion.GaussianDiffusion` holds the precision (``GaussianDiffusion(precision="bf16")``) and
 applies it in its one call of the denoiser (``denoiser_output``), so every program, estimator, the evaluator
 and sampling use it unchanged. On a CPU, bfloat16 is fast only with AVX-512-BF16 or AMX instructions
-(:func:`cpu_has_bf16`); elsewhere it is emulated, and slower than float32: it still runs, with one warning.
+(:func:`cpu_has_bf16`), on a GPU from Ampere on; elsewhere it is emulated and slower than float32, and so is
+JAX's CPU backend (XLA): it still runs, with one :class:`PrecisionWarning`. The default is fp32 everywhere;
+``benchmarks/results/precision.md`` has bf16's speed and its bias of the digits bound, and why.
 """
 
 from __future__ import annotations
