@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from . import closed_forms as cf
 from .distributions import ForwardStepNormal, make_decoder
+from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
 # Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T. A learned variance
@@ -69,6 +70,9 @@ class GaussianDiffusion(nn.Module):
         e.g. ``UNet(learn_sigma=True)``, ``MLPDenoiser(learn_sigma=True)``), or a
         :class:`~ppl_diffusion.variance.FittedVariance`: the ELBO-optimal σ_t² for the trained mean,
         fitted on training data (:func:`~ppl_diffusion.variance.fit_variance`; see :meth:`with_variance`).
+    :param str precision: ``"fp32"`` (default) or ``"bf16"``: the denoiser's call runs under bfloat16 autocast
+        and its output is cast back to the data's dtype; everything else stays in float32 / float64
+        (:mod:`ppl_diffusion.precision`).
 
     Example::
 
@@ -87,6 +91,7 @@ class GaussianDiffusion(nn.Module):
         prior: dist.Distribution | None = None,
         decoder="gaussian",
         variance: str = "beta",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         if not isinstance(schedule, NoiseSchedule):
@@ -97,6 +102,7 @@ class GaussianDiffusion(nn.Module):
                             f"got {type(denoiser).__name__}")
         from .variance import FittedVariance
 
+        check_precision(precision)
         if not isinstance(variance, FittedVariance) and variance not in VARIANCES and variance != "learned":
             raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, 'learned'])} "
                              "or pass a FittedVariance (ppl_diffusion.variance.fit_variance)")
@@ -114,6 +120,7 @@ class GaussianDiffusion(nn.Module):
         self.prior = prior
         self.decoder = make_decoder(decoder)
         self.variance = variance
+        self.precision = precision  # the denoiser call's arithmetic (ppl_diffusion.precision)
         if isinstance(variance, FittedVariance):
             self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
         elif variance == "learned":
@@ -124,7 +131,7 @@ class GaussianDiffusion(nn.Module):
     def with_variance(self, variance) -> "GaussianDiffusion":
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
-                                 prior=self.prior, decoder=self.decoder, variance=variance)
+                                 prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision)
 
     # ------------------------------------------------------------------ conventions and checks
     @property
@@ -211,15 +218,20 @@ class GaussianDiffusion(nn.Module):
 
     def denoiser_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """(ε̂_θ(x_t, t), v): the denoiser's output split, v the variance output (``None`` unless the variance
-        is learned); each checked to have the shape of ``x_t``."""
+        is learned); each checked to have the shape of ``x_t``. The one call of the denoiser: with
+        ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype."""
         batch_shape = self._batch_shape(x_t)
-        if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
-            flat = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
+        with autocast(self.precision, x_t.device.type):
+            if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
+                out = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
+            else:
+                out = self.denoiser(x_t, t)
+        if torch.is_tensor(out) and out.dtype != x_t.dtype and self.precision != "fp32":
+            out = out.to(x_t.dtype)  # bf16 → float32: what follows (μ_θ, KLs, decoder) is float32 arithmetic
+        if len(batch_shape) > 1:
             k = 2 if self.learned_variance else 1
-            out = flat.reshape(*batch_shape, k * self.event_shape[0], *self.event_shape[1:]) \
-                if torch.is_tensor(flat) and flat.numel() == k * x_t.numel() else flat
-        else:
-            out = self.denoiser(x_t, t)
+            out = out.reshape(*batch_shape, k * self.event_shape[0], *self.event_shape[1:]) \
+                if torch.is_tensor(out) and out.numel() == k * x_t.numel() else out
         if self.learned_variance:
             c = x_t.shape[len(batch_shape)]
             want = (*x_t.shape[:len(batch_shape)], 2 * c, *x_t.shape[len(batch_shape) + 1:])
@@ -367,4 +379,5 @@ class GaussianDiffusion(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
-                f"decoder={self.decoder!r}, prior={'N(0, I)' if self.prior is None else self.prior!r}")
+                f"decoder={self.decoder!r}, precision={self.precision!r}, "
+                f"prior={'N(0, I)' if self.prior is None else self.prior!r}")

@@ -22,8 +22,8 @@ With ``fit_variance=N`` the reverse variances are first fitted in closed form on
 Keys of the dict: ``bpd``, ``bpd_ema`` (mean bits/dim), ``bpd_stderr``, ``bpd_ema_stderr`` (standard
 errors over examples), ``terms`` (``{"raw": [...], "ema": [...]}``, mean L_j in nats per example,
 j = 0..T), ``digits_fd_ema`` (or ``None``), ``fd_samples``, ``num_examples``, ``num_dims``, ``T``, ``step``,
-``checkpoint``, ``data``, ``seed``, ``backend``, ``world_size`` (processes), ``seconds``, and the paths
-``json`` and ``figure``.
+``checkpoint``, ``data``, ``seed``, ``backend``, ``precision``, ``world_size`` (processes), ``seconds``, and the
+paths ``json`` and ``figure``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from . import plots
 from .data import load_dataset
 from .distributed import local_device, world
 from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
+from .precision import check_precision
 from .sampling import backend_of, draw_samples, find_checkpoint, load_run
 
 
@@ -84,7 +85,7 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
-                 seed: int = 0, progress: bool = True, backend: str = "pyro") -> dict:
+                 seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32") -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
@@ -96,11 +97,15 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         model; the result then goes to ``eval-fitted.json`` / ``eval_terms-fitted.png``.
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the compiled JAX bound and sampler; a run trained on
         either backend evaluates on both, with the same noise for the same seed).
+    :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
+        ``"bf16"`` (autocast; the bound's arithmetic outside the network stays float32 / float64; see
+        ``benchmarks/results/precision.md`` for its bias on the digits).
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
     _positive("timesteps_per_batch", timesteps_per_batch, "--timesteps-per-batch", allow_none=True)
     _positive("batch_size", batch_size, "--batch-size")
+    check_precision(precision)
     if isinstance(fit_variance, bool) or not isinstance(fit_variance, numbers.Integral) or fit_variance < 0:
         raise ValueError(f"fit_variance = {fit_variance!r}; pass 0 (the trained variance) or a number of training "
                          "examples >= 1 (--fit-variance)")
@@ -114,7 +119,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     progress = progress and w.is_main
     checkpoint = find_checkpoint(run)
     out_dir = checkpoint.parent
-    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=local_device(device), backend=backend)
+    runs = {name: load_run(checkpoint, ema=(name == "ema"), device=local_device(device), backend=backend,
+                           precision=precision)
             for name in ("raw", "ema")}
     config = runs["raw"].config
     data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
@@ -127,7 +133,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
-              "world_size": w.world_size, "variance": "fitted" if fit_variance else config.variance,
+              "world_size": w.world_size, "precision": precision,
+              "variance": "fitted" if fit_variance else config.variance,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted = {}, {}
     for name, loaded in runs.items():
@@ -190,7 +197,8 @@ def summary(result: dict) -> str:
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
-             f"T = {result['T']}, variance {result.get('variance', '?')}:",
+             f"T = {result['T']}, variance {result.get('variance', '?')}"
+             + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
              f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
              "bits/dim (EMA)"]

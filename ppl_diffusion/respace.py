@@ -190,6 +190,7 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
         decoder=diffusion.decoder,
         variance=(diffusion.variance.respaced(timesteps) if isinstance(diffusion.variance, FittedVariance)
                   else diffusion.variance),
+        precision=diffusion.precision,
     )
 
 

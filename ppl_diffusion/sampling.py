@@ -24,6 +24,7 @@ from . import noise, plots
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
+from .precision import check_precision
 from .respace import respace
 from .train import TrainConfig, load_trained, resolve_device
 
@@ -54,19 +55,23 @@ def find_checkpoint(run: str | Path) -> Path:
     return found[-1]
 
 
-def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend: str = "pyro") -> Run:
+def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend: str = "pyro",
+             precision: str | None = None) -> Run:
     """The model of the newest checkpoint in ``run``, with EMA (default) or raw weights, in eval mode, on the
     Pyro backend or (``backend="numpyro"``) as its NumPyro twin; a run trained on either backend loads on both.
+    ``precision``: ``"fp32"`` or ``"bf16"`` for the denoiser's arithmetic (default: the run's own).
 
     :raises FileNotFoundError: if ``run`` does not exist.
     :raises CheckpointError: no checkpoint, a corrupt one, or weights that do not fit its configuration.
     """
     dev = resolve_device(device)
+    if precision is not None:
+        check_precision(precision)
     path = find_checkpoint(run)
     state = load_checkpoint(path)
     try:
         config = TrainConfig.from_dict(state["config"])
-        diffusion = load_trained(path, ema=ema, device=dev, backend=backend)
+        diffusion = load_trained(path, ema=ema, device=dev, backend=backend, precision=precision)
     except (KeyError, TypeError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit the configuration saved in it ({reason}); "
@@ -156,11 +161,14 @@ class SampleResult:
 
 
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
-               device: str = "auto", out: str | Path | None = None, backend: str = "pyro") -> SampleResult:
+               device: str = "auto", out: str | Path | None = None, backend: str = "pyro",
+               precision: str = "fp32") -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint and the same noise, see
         :func:`draw_samples`).
+    :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
+        ``"bf16"`` (:mod:`ppl_diffusion.precision`).
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
 
@@ -173,7 +181,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
     w = world()
-    loaded = load_run(run, ema=ema, device=local_device(device), backend=backend)
+    loaded = load_run(run, ema=ema, device=local_device(device), backend=backend, precision=check_precision(precision))
     share = range(n)[w.shard(n)]
     samples = draw_samples(loaded.diffusion, len(share), steps=steps, seed=seed, indices=np.asarray(share)).cpu()
     samples = w.gather(samples.contiguous())

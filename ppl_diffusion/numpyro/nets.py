@@ -1,5 +1,9 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
-(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`)."""
+(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`).
+
+Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
+float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
+output is cast back to the input's dtype. ``dtype=None`` (default) computes in the parameters' float32."""
 
 from __future__ import annotations
 
@@ -26,11 +30,11 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float
 
 
 class ResidualMLPBlock(nnx.Module):
-    def __init__(self, width: int, emb_dim: int, dropout: float, *, rngs: nnx.Rngs) -> None:
-        self.norm = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)  # torch's default epsilon
-        self.emb = nnx.Linear(emb_dim, width, rngs=rngs)
-        self.fc1 = nnx.Linear(width, width, rngs=rngs)
-        self.fc2 = nnx.Linear(width, width, rngs=rngs)
+    def __init__(self, width: int, emb_dim: int, dropout: float, *, rngs: nnx.Rngs, dtype=None) -> None:
+        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)  # torch's default epsilon
+        self.emb = nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, h, emb):
@@ -40,20 +44,21 @@ class ResidualMLPBlock(nnx.Module):
 
 class MLPDenoiser(nnx.Module):
     """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.MLPDenoiser` (same layers, same
-    names, same initial output of zero when ``zero_init``)."""
+    names, same initial output of zero when ``zero_init``); ``dtype``: the compute dtype (see the module docstring)."""
 
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
-                 zero_init: bool = True, learn_sigma: bool = False, rngs: nnx.Rngs | None = None) -> None:
+                 zero_init: bool = True, learn_sigma: bool = False, rngs: nnx.Rngs | None = None,
+                 dtype=None) -> None:
         if dim < 1 or width < 1 or depth < 0:
             raise ValueError(f"MLPDenoiser(dim={dim}, width={width}, depth={depth}): sizes must be positive")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
-        self.dim, self.emb_dim, self.learn_sigma = dim, emb_dim, learn_sigma
-        self.time_in = nnx.Linear(emb_dim, width, rngs=rngs)
-        self.time_out = nnx.Linear(width, width, rngs=rngs)
-        self.inp = nnx.Linear(dim, width, rngs=rngs)
-        self.blocks = nnx.List([ResidualMLPBlock(width, width, dropout, rngs=rngs) for _ in range(depth)])
-        self.out_norm = nnx.LayerNorm(width, epsilon=1e-5, rngs=rngs)
-        self.out = nnx.Linear(width, 2 * dim if learn_sigma else dim, rngs=rngs)
+        self.dim, self.emb_dim, self.learn_sigma, self.dtype = dim, emb_dim, learn_sigma, dtype
+        self.time_in = nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
+        self.time_out = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
+        self.inp = nnx.Linear(dim, width, dtype=dtype, rngs=rngs)
+        self.blocks = nnx.List([ResidualMLPBlock(width, width, dropout, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.out_norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, 2 * dim if learn_sigma else dim, dtype=dtype, rngs=rngs)
         if zero_init:  # ε̂ = 0 at initialisation, as the PyTorch net
             self.out.kernel[...] = jnp.zeros_like(self.out.kernel[...])
             self.out.bias[...] = jnp.zeros_like(self.out.bias[...])
@@ -68,7 +73,7 @@ class MLPDenoiser(nnx.Module):
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
-        out = self.out(jax.nn.silu(self.out_norm(h)))
+        out = self.out(jax.nn.silu(self.out_norm(h))).astype(x_t.dtype)
         return out.reshape((shape[0], 2 * shape[1]) + tuple(shape[2:])) if self.learn_sigma else out.reshape(shape)
 
 
@@ -117,22 +122,23 @@ def _torch_uniform(fan_in: int):
     return init
 
 
-def _linear(c_in: int, c_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(c_in: int, c_out: int, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
     init = _torch_uniform(c_in)
-    return nnx.Linear(c_in, c_out, kernel_init=init, bias_init=init, rngs=rngs)
+    return nnx.Linear(c_in, c_out, kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs)
 
 
-def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    # torch's epsilon, and its two-pass variance E[(x − E x)²] (Flax's fast E[x²] − (E x)² loses digits).
+def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs, dtype=None) -> nnx.GroupNorm:
+    # torch's epsilon, and its two-pass variance E[(x − E x)²] (Flax's fast E[x²] − (E x)² loses digits);
+    # the statistics are float32 reductions at any compute dtype.
     return nnx.GroupNorm(channels, _num_groups(channels, num_groups), epsilon=1e-5, use_fast_variance=False,
-                         rngs=rngs)
+                         dtype=dtype, rngs=rngs)
 
 
-def _conv3(c_in: int, c_out: int, rngs: nnx.Rngs, stride: int = 1) -> nnx.Conv:
+def _conv3(c_in: int, c_out: int, rngs: nnx.Rngs, stride: int = 1, dtype=None) -> nnx.Conv:
     # torch's padding=1 on both sides (not "SAME", which pads a stride-2 conv only on the far side).
     init = _torch_uniform(9 * c_in)
     return nnx.Conv(c_in, c_out, (3, 3), strides=stride, padding=((1, 1), (1, 1)), kernel_init=init,
-                    bias_init=init, rngs=rngs)
+                    bias_init=init, dtype=dtype, rngs=rngs)
 
 
 def _zero(module: nnx.Module) -> nnx.Module:
@@ -146,17 +152,17 @@ class ResBlock(nnx.Module):
     ``scale_shift``, ``GN(h)·(1 + scale) + shift`` in place of ``GN(h + W·emb)``."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float, num_groups: int,
-                 zero_init: bool, scale_shift: bool = False, rngs: nnx.Rngs) -> None:
+                 zero_init: bool, scale_shift: bool = False, rngs: nnx.Rngs, dtype=None) -> None:
         self.scale_shift = scale_shift
-        self.in_norm = _group_norm(channels, num_groups, rngs)
-        self.in_conv = _conv3(channels, out_channels, rngs)
-        self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs)
-        self.out_norm = _group_norm(out_channels, num_groups, rngs)
+        self.in_norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.in_conv = _conv3(channels, out_channels, rngs, dtype=dtype)
+        self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs, dtype)
+        self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
-        self.out_conv = _conv3(out_channels, out_channels, rngs)
+        self.out_conv = _conv3(out_channels, out_channels, rngs, dtype=dtype)
         if zero_init:
             _zero(self.out_conv)
-        self.skip = None if out_channels == channels else _linear(channels, out_channels, rngs)
+        self.skip = None if out_channels == channels else _linear(channels, out_channels, rngs, dtype)
 
     def __call__(self, x, emb):
         h = self.in_conv(jax.nn.silu(self.in_norm(x)))  # (N, H, W, C')
@@ -174,11 +180,12 @@ class AttentionBlock(nnx.Module):
     """``x + proj(attn(qkv(GN(x))))`` over the H·W positions of ``[N x H x W x C]``. The 3C channels of
     ``qkv`` split as torch's ``reshape(n, 3, heads, C/heads, L)``: q, k, v in turn, each head contiguous."""
 
-    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool, rngs: nnx.Rngs) -> None:
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool, rngs: nnx.Rngs,
+                 dtype=None) -> None:
         self.num_heads = num_heads
-        self.norm = _group_norm(channels, num_groups, rngs)
-        self.qkv = _linear(channels, 3 * channels, rngs)
-        self.proj_out = _linear(channels, channels, rngs)
+        self.norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.qkv = _linear(channels, 3 * channels, rngs, dtype)
+        self.proj_out = _linear(channels, channels, rngs, dtype)
         if zero_init:
             _zero(self.proj_out)
 
@@ -187,7 +194,8 @@ class AttentionBlock(nnx.Module):
         d = c // self.num_heads
         qkv = self.qkv(self.norm(x)).reshape(n, height * width, 3, self.num_heads, d)  # (N, L, 3, heads, d)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, L, heads, d)
-        w = jax.nn.softmax(jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(d), axis=-1)  # (N, heads, L, L)
+        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.promote_types(q.dtype, jnp.float32))
+        w = jax.nn.softmax(logits / math.sqrt(d), axis=-1).astype(q.dtype)  # (N, heads, L, L), softmax in ≥ float32
         a = jnp.einsum("nhqk,nkhd->nqhd", w, v).reshape(n, height, width, c)
         return x + self.proj_out(a)
 
@@ -195,8 +203,8 @@ class AttentionBlock(nnx.Module):
 class Downsample(nnx.Module):
     """3×3 conv with stride 2: ``[N x H x W x C] → [N x H/2 x W/2 x C]``."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs) -> None:
-        self.op = _conv3(channels, channels, rngs, stride=2)
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=None) -> None:
+        self.op = _conv3(channels, channels, rngs, stride=2, dtype=dtype)
 
     def __call__(self, x):
         return self.op(x)
@@ -205,8 +213,8 @@ class Downsample(nnx.Module):
 class Upsample(nnx.Module):
     """Nearest-neighbour ×2 then a 3×3 conv: ``[N x H x W x C] → [N x 2H x 2W x C]``."""
 
-    def __init__(self, channels: int, *, rngs: nnx.Rngs) -> None:
-        self.conv = _conv3(channels, channels, rngs)
+    def __init__(self, channels: int, *, rngs: nnx.Rngs, dtype=None) -> None:
+        self.conv = _conv3(channels, channels, rngs, dtype=dtype)
 
     def __call__(self, x):
         n, h, w, c = x.shape
@@ -227,14 +235,15 @@ class UNet(nnx.Module):
 
     Parameters are initialised as PyTorch does (weights and biases U(±1/√fan_in), GroupNorm 1 and 0; the
     draws differ), and with ``zero_init`` the same layers are zeroed, so ε̂ = 0 at initialisation.
-    ``.eval()`` / ``.train()`` switch dropout off / on (on after construction, as torch).
+    ``.eval()`` / ``.train()`` switch dropout off / on (on after construction, as torch). ``dtype``: the
+    compute dtype (``jnp.bfloat16`` for mixed precision; see the module docstring).
     """
 
     def __init__(self, *, in_channels: int, model_channels: int, image_size: int, out_channels: int | None = None,
                  channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_heads: int = 1,
                  num_head_channels: int | None = None, learn_sigma: bool = False, use_scale_shift_norm: bool = False,
-                 num_groups: int = 32, zero_init: bool = True, rngs: nnx.Rngs | None = None) -> None:
+                 num_groups: int = 32, zero_init: bool = True, rngs: nnx.Rngs | None = None, dtype=None) -> None:
         # The PyTorch constructor checks the arguments, so both nets raise the same errors.
         _torch_unet_skeleton(dict(
             in_channels=in_channels, model_channels=model_channels, image_size=image_size,
@@ -250,22 +259,23 @@ class UNet(nnx.Module):
         self.in_channels, self.model_channels, self.image_size = in_channels, model_channels, image_size
         self.eps_channels = out_channels
         self.out_channels = 2 * out_channels if learn_sigma else out_channels
-        self.learn_sigma = learn_sigma
+        self.learn_sigma, self.dtype = learn_sigma, dtype
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
-                            scale_shift=use_scale_shift_norm, rngs=rngs)
+                            scale_shift=use_scale_shift_norm, rngs=rngs, dtype=dtype)
 
         def attn(ch: int) -> AttentionBlock:
             heads = ch // num_head_channels if num_head_channels is not None else num_heads
-            return AttentionBlock(ch, num_heads=heads, num_groups=num_groups, zero_init=zero_init, rngs=rngs)
+            return AttentionBlock(ch, num_heads=heads, num_groups=num_groups, zero_init=zero_init, rngs=rngs,
+                                  dtype=dtype)
 
         emb_dim = 4 * model_channels
-        self.time_in = _linear(model_channels, emb_dim, rngs)
-        self.time_out = _linear(emb_dim, emb_dim, rngs)
+        self.time_in = _linear(model_channels, emb_dim, rngs, dtype)
+        self.time_out = _linear(emb_dim, emb_dim, rngs, dtype)
 
-        blocks = [[_conv3(in_channels, model_channels, rngs)]]
+        blocks = [[_conv3(in_channels, model_channels, rngs, dtype=dtype)]]
         skip_channels, ch = [model_channels], model_channels
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -276,7 +286,7 @@ class UNet(nnx.Module):
                 blocks.append(layers)
                 skip_channels.append(ch)
             if level != levels - 1:
-                blocks.append([Downsample(ch, rngs=rngs)])
+                blocks.append([Downsample(ch, rngs=rngs, dtype=dtype)])
                 skip_channels.append(ch)
         self.input_blocks = nnx.List([nnx.List(layers) for layers in blocks])
 
@@ -290,12 +300,12 @@ class UNet(nnx.Module):
                 if sizes[level] in attention_resolutions:
                     layers.append(attn(ch))
                 if level and i == num_res_blocks:
-                    layers.append(Upsample(ch, rngs=rngs))
+                    layers.append(Upsample(ch, rngs=rngs, dtype=dtype))
                 blocks.append(layers)
         self.output_blocks = nnx.List([nnx.List(layers) for layers in blocks])
 
-        self.out_norm = _group_norm(ch, num_groups, rngs)
-        self.out = _conv3(ch, self.out_channels, rngs)
+        self.out_norm = _group_norm(ch, num_groups, rngs, dtype)
+        self.out = _conv3(ch, self.out_channels, rngs, dtype=dtype)
         if zero_init:
             _zero(self.out)
 
@@ -317,7 +327,7 @@ class UNet(nnx.Module):
         h = _run(self.middle_block, h, emb)
         for block in self.output_blocks:
             h = _run(block, jnp.concatenate([h, skips.pop()], axis=-1), emb)
-        h = self.out(jax.nn.silu(self.out_norm(h)))
+        h = self.out(jax.nn.silu(self.out_norm(h))).astype(x_t.dtype)
         return jnp.transpose(h, (0, 3, 1, 2))  # NHWC → NCHW, once
 
     @property

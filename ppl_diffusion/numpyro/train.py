@@ -28,6 +28,7 @@ import torch
 from numpyro.infer import SVI
 from numpyro.optim import optax_to_numpyro
 
+from ..precision import jax_dtype
 from . import convert
 from .diffusion import GaussianDiffusion
 from .infer import STEP_LOSSES, ChainELBO, StochasticTimestepELBO
@@ -37,14 +38,16 @@ PARAMS = "denoiser$params"  # where numpyro.contrib.module.nnx_module keeps the 
 SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 
 
-def from_torch(torch_diffusion) -> GaussianDiffusion:
+def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiffusion:
     """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
-    variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights."""
+    variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights, computing at
+    ``precision`` (default the PyTorch model's: ``"bf16"`` is a bfloat16 compute dtype, float32 weights)."""
     variance = torch_diffusion.variance
     if not isinstance(variance, str):
         raise ValueError("the NumPyro backend has the variances 'beta' and 'posterior'; a fitted variance "
                          "(--fit-variance) runs on --backend pyro")
-    net = convert.flax_twin(torch_diffusion.denoiser.cpu())
+    dtype = jax_dtype(getattr(torch_diffusion, "precision", "fp32") if precision is None else precision)
+    net = convert.flax_twin(torch_diffusion.denoiser.cpu(), kwargs=None if dtype is None else {"dtype": dtype})
     return GaussianDiffusion(schedule=torch_diffusion.schedule, denoiser=net, event_shape=torch_diffusion.event_shape,
                              decoder=torch_diffusion.decoder, variance=variance)
 

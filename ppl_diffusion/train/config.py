@@ -13,6 +13,7 @@ from ..data import DATASETS
 from ..diffusion import VARIANCES, GaussianDiffusion
 from ..infer import ESTIMATORS
 from ..nets import UNET_PRESETS, MLPDenoiser, unet_preset
+from ..precision import check_precision
 from ..priors import PRIORS, make_prior
 from ..schedule import NoiseSchedule
 
@@ -21,9 +22,11 @@ SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 DEVICES = ("auto", "cpu", "cuda")
 METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
-# optimisation (changing ``device`` is allowed, but exactness is promised only on the same device).
+# optimisation (changing ``device`` or ``precision`` is allowed, but exactness is promised only on the same
+# device and precision: the weights, Adam and the EMA are float32 at either precision, so a checkpoint does not
+# depend on it).
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
-                  "metrics_format", "backend", "world_size")
+                  "metrics_format", "backend", "precision", "world_size")
 BACKENDS = ("pyro", "numpyro")
 
 
@@ -53,6 +56,7 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, random (pyro.set_rng_seed) and the batch order
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     backend: str = "pyro"  # "pyro" (PyTorch) or "numpyro" (JAX, jit-compiled); checkpoints are shared
+    precision: str = "fp32"  # the denoiser's arithmetic: "fp32" or "bf16" (autocast; weights, Adam, EMA stay float32)
     # Processes the global batch_size is split over: set by train() from the torchrun job (recorded, not a flag).
     world_size: int = 1
 
@@ -81,6 +85,7 @@ class TrainConfig:
         choice("net", [*UNET_PRESETS, "mlp"])
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
+        check_precision(self.precision)
         for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
             positive_int(name)
         positive_int("steps", allow_none=True)
@@ -170,7 +175,8 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
         net = unet_preset(config.net, learn_sigma=learn_sigma)
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=SCHEDULES[config.schedule](config.T), denoiser=net, event_shape=event_shape,
-                             decoder=dataset.decoder, variance=config.variance, prior=prior)
+                             decoder=dataset.decoder, variance=config.variance, prior=prior,
+                             precision=config.precision)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

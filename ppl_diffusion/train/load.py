@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..precision import check_precision
 from .config import BACKENDS, FORMAT, TrainConfig, _require_jax, build_diffusion
 
 
-def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro"):
+def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro",
+                 precision: str | None = None):
     """The trained model from a run folder (its newest checkpoint) or a checkpoint file, on either backend
     (the checkpoint format is shared): a :class:`GaussianDiffusion`, or with ``backend="numpyro"`` its
     :class:`ppl_diffusion.numpyro.GaussianDiffusion` twin holding the same weights.
 
     :param bool ema: load the EMA weights (default, as DDPM samples with) rather than the raw ones.
+    :param str precision: the denoiser's arithmetic, ``"fp32"`` or ``"bf16"`` (:mod:`ppl_diffusion.precision`);
+        default: the run's own (``config.precision``). The weights are float32 either way.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if precision is not None:
+        check_precision(precision)
     path = Path(path)
     if path.is_dir():
         found = list_checkpoints(path)
@@ -28,6 +35,8 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}")
     config = TrainConfig.from_dict(state["config"])
+    if precision is not None:
+        config = dataclasses.replace(config, precision=precision)
     meta = SimpleNamespace(event_shape=tuple(state["data"]["event_shape"]), decoder=state["data"]["decoder"])
     diffusion = build_diffusion(config, meta)
     diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
