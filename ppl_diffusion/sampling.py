@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import numbers
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import plots
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .checkpoint import CHECKPOINT_RE, CheckpointError, list_checkpoints, load_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
 from .respace import respace
@@ -42,6 +43,9 @@ def find_checkpoint(run: str | Path) -> Path:
     """The newest ``ckpt-*.pt`` of the run folder ``run`` (or ``run`` itself if it is a file)."""
     run = Path(run)
     if run.is_file():
+        if not CHECKPOINT_RE.match(run.name) and not zipfile.is_zipfile(run):  # torch.save writes a zip archive
+            raise CheckpointError(f"{run} is neither a run folder nor a checkpoint (not a torch.save file); pass "
+                                  "the --run-dir of a `ppl-diffusion train` or one of its ckpt-*.pt files")
         return run
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist; pass the --run-dir of a finished "

@@ -38,7 +38,7 @@ from ..diffusion import GaussianDiffusion
 from .batches import BatchStream
 from .config import FORMAT, TrainConfig, lr_at, resolve_device
 from .pyro_trainer import _NonFiniteOutput, make_trainer
-from .run_dir import MetricsLog, _config_diff, _find_resume_point, _last, _restore, _write_json
+from .run_dir import MetricsLog, _config_diff, _find_resume_point, _last, _restore, _write_json, check_run_dir
 
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
@@ -76,7 +76,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, pro
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
     """
     config.validate()
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     device = resolve_device(config.device)
     if resume:
         cfg_path = run_dir / "config.json"

@@ -15,6 +15,17 @@ from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a :class:`Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
+    the fix when it (or a folder above it) is an existing file, before anything is loaded or written."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is an existing file" if path == run_dir else f"lies under {path}, an existing file"
+            raise ValueError(f"run folder {run_dir} {where}; pass --run-dir a new folder or one of an earlier run")
+    return run_dir
+
+
 def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
     now = config.to_dict()
     keys = sorted((set(saved) | set(now)) - set(RESUMABLE_KEYS))
