@@ -235,8 +235,11 @@ def _time_train_step(plan: Plan, dataset, device, precision: str | None, share: 
     from ppl_diffusion.train import TrainConfig, make_trainer
 
     extra = {} if precision is None else {"precision": precision}
-    cfg = TrainConfig(data=plan.train_data, net=plan.train_net, T=1000, batch_size=plan.train_batch, lr=2e-4,
-                      warmup_steps=0, steps=1, seed=0, device=str(device), **extra).validate()
+    try:
+        cfg = TrainConfig(data=plan.train_data, net=plan.train_net, T=1000, batch_size=plan.train_batch, lr=2e-4,
+                          warmup_steps=0, steps=1, seed=0, device=str(device), **extra).validate()
+    except ValueError as e:  # e.g. bf16 refused on this device: the build's own one-line reason
+        return {"status": "refused by TrainConfig", "reason": str(e)}
     peak_memory_gb(reset=True)
     trainer = make_trainer(cfg, dataset, device)
     g = torch.Generator().manual_seed(0)

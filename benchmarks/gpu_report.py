@@ -88,7 +88,8 @@ def markdown(result: dict) -> str:
                   "peak memory (GiB) | loss first → last |", "|:---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sec["rows"]:
             if r.get("status") != "ok":
-                lines.append(f"| {r['precision']} | {r['status']} | | | | | | |")
+                why = r.get("reason") or r.get("error") or ""
+                lines.append(f"| {r['precision']} | {r['status']}{': ' + why if why else ''} | | | | | | |")
                 continue
             q = r["quartiles_s"]
             lines.append(f"| {r['precision']} | {r['images_per_s']:.1f} | {1e3 * r['median_s']:.1f} | "
@@ -104,7 +105,8 @@ def markdown(result: dict) -> str:
                   "SNR | peak GiB | notes |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
         for r in sec["rows"]:
             if r["status"] != "ok":
-                lines.append(f"| {r['estimator']} | {r['status']} | | | | | | | | | | {'; '.join(r['notes'])} |")
+                why = "; ".join([*r["notes"], *filter(None, [r.get("error")])])
+                lines.append(f"| {r['estimator']} | {r['status']} | | | | | | | | | | {why} |")
                 continue
             lines.append(f"| {r['estimator']} | {r['elbo_mean']:.3f} | {r['elbo_sd']:.3g} | {r['elbo_se']:.2g} | "
                          f"{r['replicates_estimate']} | {r['seconds_per_estimate']:.3g} | {r['replicates_gradient']} | "

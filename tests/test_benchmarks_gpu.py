@@ -44,7 +44,9 @@ def test_gpu_benchmark_quick_writes_every_section_with_numbers(tmp_path):
     assert fp32["precision"] == "fp32" and _number(fp32["images_per_s"]) and fp32["images_per_s"] > 0
     assert fp32["reps"] >= 1 and _number(fp32["loss_last"])
     assert bf16["precision"] == "bf16"
-    assert bf16["status"] == "not available in this build" or _number(bf16["images_per_s"]), bf16
+    # bf16 is measured where TrainConfig has it, else recorded as missing (or refused on a CPU, with the reason)
+    assert bf16["status"] in ("not available in this build", "refused by TrainConfig") or (
+        bf16["status"] == "ok" and _number(bf16["images_per_s"])), bf16
 
     rows = {r["estimator"]: r for r in sections["estimators"]["rows"]}
     assert set(rows) == {"trace", "meanfield", "stochastic-kl-is"}
