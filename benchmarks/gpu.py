@@ -62,9 +62,9 @@ STARTED = time.monotonic()
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the GPU with torch in this process
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+for _path in (str(REPO), str(REPO / "benchmarks")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 from gpu_report import machine, markdown, slug  # noqa: E402
 
 SECTIONS = ("train_step", "estimators", "backends_unet", "processes")
@@ -97,7 +97,8 @@ class Plan:
     proc_steps: int = 200  # at most; each run also stops at its share of the time (--minutes)
 
 
-FULL = Plan(budget_s=450.0, shares=dict(train_step=60, estimators=220, backends_unet=90, processes=80))
+# With one GPU the processes share goes to the estimators. Backends: JAX's compiles (U-Net step, sampler) count.
+FULL = Plan(budget_s=450.0, shares=dict(train_step=50, estimators=190, backends_unet=130, processes=80))
 QUICK = Plan(budget_s=300.0, shares=dict(train_step=10, estimators=10, backends_unet=30, processes=40), grace_s=120.0,
              train_data="digits", train_net="digits", train_batch=8, train_reps=(2, 3), est_net="mlp", est_T=10,
              est_batch=8, est_reps=(8, 8), unet_net="mlp", unet_max_reps=2, proc_data="digits",
@@ -399,7 +400,8 @@ def write_cifar10_batches(root: Path, n_per_batch: int, seed: int = 0) -> Path:
 
 
 def steps_per_second(metrics: Path, skip: int = 3) -> tuple[float, int]:
-    """(steps/s, steps measured) from a run's ``metrics.jsonl``, its first ``skip`` steps dropped."""
+    """(steps/s, steps measured) from a run's ``metrics.jsonl``, its first ``skip`` steps (or tenth of the steps, if
+    more) dropped: the first steps build Pyro's traces, allocate, and pick cuDNN's kernels."""
     rows = {}
     for line in metrics.read_text().splitlines():
         with contextlib.suppress(ValueError, KeyError):
@@ -408,7 +410,7 @@ def steps_per_second(metrics: Path, skip: int = 3) -> tuple[float, int]:
     steps = sorted(rows)
     if len(steps) < skip + 2:
         raise RuntimeError(f"{metrics} has {len(steps)} steps; {skip + 2} are needed for a rate")
-    a, b = steps[skip], steps[-1]
+    a, b = steps[max(skip, len(steps) // 10)], steps[-1]
     return (b - a) / (rows[b] - rows[a]), b - a
 
 
@@ -429,13 +431,14 @@ def run_killable(cmd: list[str], timeout: float, **kwargs) -> subprocess.Complet
 def section_processes(ctx: dict, out: dict, share: float) -> None:
     import torch
 
-    plan = ctx["plan"]
-    n = ctx["procs"] or torch.cuda.device_count()
+    plan, on_gpu = ctx["plan"], ctx["device"].type == "cuda"
+    n = _processes(ctx["procs"], on_gpu)
     if n < 2:
-        out.update(status="skipped", reason=f"{torch.cuda.device_count()} CUDA device(s) here: 1 against N "
-                   "processes needs N > 1 GPUs (--procs N forces N processes, e.g. on CPU with gloo)")
+        here = f"{torch.cuda.device_count()} CUDA device(s) here" if on_gpu else "a CPU run (--quick)"
+        out.update(status="skipped", reason=f"{here}: 1 against N processes needs N > 1 GPUs; --procs N forces N "
+                   "processes (on CPU with gloo)")
         return
-    device = "auto" if torch.cuda.device_count() >= n else "cpu"
+    device = "auto" if on_gpu and torch.cuda.device_count() >= n else "cpu"
     out.update(processes=n, preset=plan.proc_net, data=plan.proc_data, global_batch=plan.proc_batch, T=plan.proc_T,
                device=device)
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
@@ -479,6 +482,13 @@ def section_processes(ctx: dict, out: dict, share: float) -> None:
                    "; ".join(r.get("error", "") for r in out["rows"] if "steps_per_s" not in r))
         return
     out.update(ratio=rates[1] / rates[0], efficiency=rates[1] / rates[0] / n)
+
+
+def _processes(procs: int | None, on_gpu: bool) -> int:
+    """N of the processes section: ``--procs``, else the number of GPUs (none in a CPU run)."""
+    import torch
+
+    return procs or (torch.cuda.device_count() if on_gpu else 0)
 
 
 SECTION_FUNCTIONS = {"train_step": section_train_step, "estimators": section_estimators,
@@ -530,13 +540,13 @@ def main(argv=None) -> dict:
     if not args.quick and not torch.cuda.is_available():
         p.error("no CUDA device here; run this on a GPU machine, or pass --quick for the CPU smoke test")
     plan = QUICK if args.quick else FULL
+    device = torch.device("cpu" if args.quick else "cuda")
     shares = dict(plan.shares)
-    if (args.procs or torch.cuda.device_count()) < 2:  # the processes section will only record why it skips
+    if _processes(args.procs, device.type == "cuda") < 2:  # the processes section will only record why it skips
         shares["estimators"] += shares["processes"]
         shares["processes"] = 0
     plan = Plan(**{**plan.__dict__, "shares": shares,
                    **({} if args.budget_s is None else {"budget_s": args.budget_s})})
-    device = torch.device("cpu" if args.quick else "cuda")
     if args.quick:
         torch.set_num_threads(1)  # tiny sizes: one thread is as fast, and immune to other processes' load
     ctx = {"plan": plan, "device": device, "procs": args.procs}
@@ -544,7 +554,7 @@ def main(argv=None) -> dict:
     results = {name: run_section(name, ctx, deadline) for name in sections}
 
     line = " ".join(shlex.quote(a) for a in ["python", "benchmarks/gpu.py", *(sys.argv[1:] if argv is None else argv)])
-    meta = machine(line, plan.budget_s)
+    meta = machine(line, plan.budget_s, device)
     meta["seconds"] = time.monotonic() - STARTED
     result = {"meta": meta, "sections": results}
     out = Path(args.out)

@@ -19,9 +19,12 @@ def _run_text(cmd: list[str]) -> str | None:
         return None
 
 
-def machine(args_line: str, budget_s: float) -> dict:
+def machine(args_line: str, budget_s: float, device) -> dict:
+    """The record's header: date, command, the device the sections ran on (a GPU's name, memory, CUDA, cuDNN and
+    driver versions), the CPU and the library versions."""
     import pyro
     import torch
+    from pyro.infer.util import is_validation_enabled
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):
@@ -29,8 +32,9 @@ def machine(args_line: str, budget_s: float) -> dict:
             cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.lower().startswith("model name"))
     meta = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": args_line,
             "cpu": f"{os.cpu_count()}-core {cpu}", "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "pyro": pyro.__version__, "budget_s": budget_s}
-    if torch.cuda.is_available():
+            "torch_threads": torch.get_num_threads(), "pyro": pyro.__version__, "budget_s": budget_s,
+            "pyro_validation": is_validation_enabled()}  # Pyro's default (on): what a user trains with
+    if device.type == "cuda":
         props = torch.cuda.get_device_properties(0)
         meta.update(device=torch.cuda.get_device_name(0), device_count=torch.cuda.device_count(),
                     device_memory_gb=round(props.total_memory / 2 ** 30, 1),
@@ -39,7 +43,7 @@ def machine(args_line: str, budget_s: float) -> dict:
                     driver=_run_text(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
                     tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
     else:
-        meta.update(device="cpu (no CUDA device)", device_count=0)
+        meta.update(device="cpu", device_count=0, cuda_devices_present=torch.cuda.device_count())
     for module in ("jax", "numpyro", "flax"):
         try:
             meta[module] = __import__(module).__version__
@@ -69,7 +73,8 @@ def markdown(result: dict) -> str:
                  f"cuDNN {m['cudnn']}, driver {m['driver']}, {m['device_count']} device(s); TF32 matmul "
                  f"{m['tf32_matmul']}, cuDNN {m['tf32_cudnn']}" if m["device_count"] else ""),
              f"- Host: {m['cpu']}; Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), pyro "
-             f"{m['pyro']}, jax {m['jax']} ({m.get('jax_devices', '?')}), numpyro {m['numpyro']}, flax {m['flax']}", ""]
+             f"{m['pyro']} (validation {'on' if m['pyro_validation'] else 'off'}), jax {m['jax']} "
+             f"({m.get('jax_devices', '?')}), numpyro {m['numpyro']}, flax {m['flax']}", ""]
 
     def head(name, title):
         sec = s.get(name)

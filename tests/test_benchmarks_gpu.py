@@ -35,7 +35,7 @@ def test_gpu_benchmark_quick_writes_every_section_with_numbers(tmp_path):
     result = json.loads((tmp_path / "gpu-cpu-quick.json").read_text())
     assert (tmp_path / "gpu-cpu-quick.md").read_text().startswith("# ppl_diffusion on cpu")
     meta, sections = result["meta"], result["sections"]
-    assert meta["device"].startswith("cpu") and meta["torch"] and _number(meta["seconds"])
+    assert meta["device"] == "cpu" and meta["torch"] and _number(meta["seconds"])
     assert set(sections) == {"train_step", "estimators", "backends_unet", "processes"}
     for name in ("train_step", "estimators", "backends_unet"):
         assert sections[name]["status"] == "ok", (name, sections[name])
@@ -68,4 +68,31 @@ def test_gpu_benchmark_quick_writes_every_section_with_numbers(tmp_path):
         assert _number(row["speedup"])
 
     procs = sections["processes"]
-    assert procs["status"] == "skipped" and "CUDA device" in procs["reason"]  # no GPUs here: the reason is recorded
+    assert procs["status"] == "skipped" and "--procs N" in procs["reason"]  # a CPU run: the reason is recorded
+
+
+def _gpu_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_gpu", REPO / "benchmarks" / "gpu.py")
+    module = sys.modules["benchmarks_gpu"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_processes_helpers_rate_and_synthetic_cifar10(tmp_path):
+    """The 1-against-N section runs only where N GPUs are: its helpers are checked here."""
+    from ppl_diffusion.data import load_cifar10
+
+    gpu = _gpu_module()
+    # 40 logged steps: 1 s each for the first 4 (set-up), then 0.25 s each; duplicates (two writers) keep the last
+    elapsed = [float(s) if s <= 4 else 4 + 0.25 * (s - 4) for s in range(1, 41)]
+    lines = [json.dumps({"step": s, "elapsed": e}) for s, e in zip(range(1, 41), elapsed)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join([*lines, "torn {", lines[-1]]) + "\n")
+    rate, measured = gpu.steps_per_second(tmp_path / "metrics.jsonl")
+    assert measured == 35 and math.isclose(rate, 4.0)  # from step 5 to 40: the first max(3, 40 // 10) = 4 dropped
+
+    root = gpu.write_cifar10_batches(tmp_path / "data", 7)
+    data = load_cifar10(root)
+    assert data.train.shape == (35, 3, 32, 32) and data.test.shape == (7, 3, 32, 32)
+    assert int(data.train_labels.max()) <= 9
