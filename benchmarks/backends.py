@@ -65,13 +65,13 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _trainer(backend: str, **config):
+def _trainer(backend: str, device: str = "cpu", **config):
     from ppl_diffusion.data import load_dataset
     from ppl_diffusion.train import TrainConfig, make_trainer, resolve_device
 
     cfg = TrainConfig(batch_size=BATCH, lr=1e-4, warmup_steps=0, steps=1, backend=backend, **config).validate()
     dataset = load_dataset(cfg.data)
-    trainer = make_trainer(cfg, dataset, resolve_device("cpu"))
+    trainer = make_trainer(cfg, dataset, resolve_device(device))  # NumPyro: JAX's own device
     import torch
 
     g = torch.Generator().manual_seed(0)
@@ -105,10 +105,19 @@ def case_callables(backend: str, quick: bool):
     cases.append(("(iii) ancestral sampling, 128 points, 2-D MLP", big, 3 if quick else 5,
                   lambda: _sampling(backend, big)))
     if not quick:
-        cases.append(("(iv) train step, digits U-Net, stochastic-kl-is", 1000, 8,
-                      lambda: _trainer(backend, data="digits", net="digits", T=1000, estimator="stochastic-kl-is")))
-        cases.append(("(iv) sampling, 128 digits, 50 respaced steps, U-Net", 1000, 2, lambda: _unet_sampling(backend)))
+        cases += unet_cases(backend)
     return cases
+
+
+def unet_cases(backend: str, device: str = "cpu", net: str = "digits"):
+    """The (iv) rows, (name, T, reps, make) as in :func:`case_callables`: the digits U-Net's training step at
+    batch 128 and 128 samples at 50 respaced steps. ``device`` is the Pyro side's (JAX uses its default device);
+    ``net="mlp"`` puts the MLP denoiser in the same rows (benchmarks/gpu.py's ``--quick``)."""
+    label = "U-Net" if net == "digits" else f"{net} denoiser"
+    return [(f"(iv) train step, digits {label}, stochastic-kl-is", 1000, 8,
+             lambda: _trainer(backend, device, data="digits", net=net, T=1000, estimator="stochastic-kl-is")),
+            (f"(iv) sampling, 128 digits, 50 respaced steps, {label}", 1000, 2,
+             lambda: _unet_sampling(backend, device, net))]
 
 
 def _full_chain(backend: str, T: int, analytic: bool):
@@ -163,7 +172,7 @@ def _sampling(backend: str, T: int):
     return lambda: jax.block_until_ready(fn(params, jax.random.PRNGKey(1)))
 
 
-def _unet_sampling(backend: str):
+def _unet_sampling(backend: str, device: str = "cpu", net: str = "digits"):
     import pyro
 
     from ppl_diffusion.data import load_dataset
@@ -171,11 +180,12 @@ def _unet_sampling(backend: str):
     from ppl_diffusion.train import TrainConfig, build_diffusion
 
     pyro.set_rng_seed(0)
-    cfg = TrainConfig(data="digits", net="digits", T=1000, steps=1)
+    cfg = TrainConfig(data="digits", net=net, T=1000, steps=1)
     td = build_diffusion(cfg, load_dataset("digits")).eval()
     for p in td.denoiser.parameters():  # non-zero output: the zero-initialised last layers get weights
         p.data.normal_(0, 0.02)
     if backend == "pyro":
+        td = td.to(device)
         return lambda: draw_samples(td, BATCH, steps=50, seed=0)
     from ppl_diffusion.numpyro.train import from_torch
 

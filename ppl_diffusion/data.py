@@ -21,6 +21,7 @@ Choose by name with :func:`load_dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import math
@@ -244,6 +245,20 @@ _GRAY_MODES = {"1", "L", "LA"}
 _COLOUR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 
 
+@contextlib.contextmanager
+def _open_png(Image, path: Path):
+    """``Image.open(path)``, with an unreadable or truncated file (Pillow's ``OSError``, raised on opening or
+    on decoding in the ``with`` body) turned into a one-line ``ValueError`` naming the file and the fix."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except OSError as e:  # PIL.UnidentifiedImageError is an OSError, as is "image file is truncated"
+        unknown = isinstance(e, Image.UnidentifiedImageError)
+        reason = "Pillow cannot identify its format" if unknown else " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"{path} is not a readable image ({reason}); re-save it as an 8-bit PNG or move it out "
+                         "of the folder") from None
+
+
 def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
                       grayscale: bool | None = None) -> Dataset:
     """Every 8-bit ``*.png`` under ``root`` (subfolders included, sorted by path), ``[N x C x H x W]``.
@@ -272,7 +287,7 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
 
     modes, size = [], None
     for path in paths:
-        with Image.open(path) as im:
+        with _open_png(Image, path) as im:
             if im.mode not in _GRAY_MODES | _COLOUR_MODES:
                 raise ValueError(f"{path} has mode {im.mode} (not 8 bits per channel); save it as an 8-bit PNG")
             if size is None:
@@ -286,7 +301,7 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
     mode = "L" if grayscale else "RGB"
     pixels = []
     for path in paths:
-        with Image.open(path) as im:
+        with _open_png(Image, path) as im:
             a = np.asarray(im.convert(mode), dtype=np.uint8)
         pixels.append(a[None] if grayscale else a.transpose(2, 0, 1))  # [C, H, W]
     pixels = np.stack(pixels)

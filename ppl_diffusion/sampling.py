@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import numbers
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pyro.distributions import Independent, Normal
 from torch import Tensor
 
 from . import noise, plots
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .checkpoint import CHECKPOINT_RE, CheckpointError, list_checkpoints, load_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
 from .precision import check_precision
@@ -44,6 +45,9 @@ def find_checkpoint(run: str | Path) -> Path:
     """The newest ``ckpt-*.pt`` of the run folder ``run`` (or ``run`` itself if it is a file)."""
     run = Path(run)
     if run.is_file():
+        if not CHECKPOINT_RE.match(run.name) and not zipfile.is_zipfile(run):  # torch.save writes a zip archive
+            raise CheckpointError(f"{run} is neither a run folder nor a checkpoint (not a torch.save file); pass "
+                                  "the --run-dir of a `ppl-diffusion train` or one of its ckpt-*.pt files")
         return run
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist; pass the --run-dir of a finished "

@@ -126,6 +126,14 @@ def _bad_runs(root: Path, good: Path) -> dict[str, Path]:
     for i, size in enumerate([(8, 8), (8, 8), (6, 6)]):
         Image.fromarray(np.zeros(size[::-1], np.uint8)).save(images / f"{i}.png")
     made["images"] = images
+    unreadable = root / "unreadable"
+    unreadable.mkdir()
+    for name in ("0.png", "1.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(unreadable / name)
+    (unreadable / "2.png").write_bytes(b"not an image")
+    made["unreadable"] = unreadable
+    made["file"] = root / "notes.txt"
+    made["file"].write_text("a file, not a run folder\n")
     return made
 
 
@@ -134,6 +142,12 @@ BAD = {  # id: (argv with {placeholders}, a string the one-line message must con
     "missing-files": (["train", "--data", "mnist", "--data-root", "{empty}", "--steps", "1"], "{empty}"),
     "net-shape": (["train", "--data", "digits", "--net", "mnist", "--steps", "1"], "[1, 28, 28]"),
     "image-sizes": (["train", "--data", "image_folder", "--data-root", "{images}", "--steps", "1"], "2.png"),
+    "unreadable-image": (["train", "--data", "image_folder", "--data-root", "{unreadable}", "--steps", "1"],
+                         "{unreadable}/2.png is not a readable image"),
+    "run-dir-is-a-file": (["train", "--steps", "1", "--run-dir", "{file}"], "{file} is an existing file"),
+    "run-dir-under-a-file": (["train", "--steps", "1", "--resume", "--run-dir", "{file}/run"], "under {file}"),
+    "evaluate-a-file": (["evaluate", "{file}", "--no-progress"], "{file} is neither a run folder nor a checkpoint"),
+    "sample-a-file": (["sample", "{file}"], "{file} is neither a run folder nor a checkpoint"),
     "zero-steps": (["train", "--steps", "0"], "steps = 0"),
     "negative-batch": (["train", "--steps", "1", "--batch-size", "-1"], "batch_size = -1"),
     "unknown-estimator": (["train", "--steps", "1", "--estimator", "foo"], "'foo'"),
@@ -169,6 +183,7 @@ def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, c
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ppl-diffusion: error: "), err
     assert expected.format(**places) in lines[0], lines[0]
+    assert Path(places["file"]).read_text() == "a file, not a run folder\n"  # nothing lost
 
 
 def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):

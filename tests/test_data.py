@@ -230,6 +230,20 @@ def test_image_folder_size_mismatch_names_the_file(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_image_folder_unreadable_or_truncated_file_is_one_line_naming_it(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (3, 32, 32))  # incompressible: the pixel data fills the file
+    write_pngs(tmp_path, noise[:2])
+    (tmp_path / "img_02.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"img_02.png is not a readable image \(Pillow cannot identify") as e:
+        load_image_folder(tmp_path)
+    assert "\n" not in str(e.value) and "re-save it" in str(e.value)
+    # a truncated PNG opens (its header is intact) and fails on decoding: the same one line
+    data = (tmp_path / "img_00.png").read_bytes()
+    (tmp_path / "img_02.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"img_02.png is not a readable image \(image file is truncated\)"):
+        load_image_folder(tmp_path)
+
+
 def test_image_folder_empty_or_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="found 0 .png"):
         load_image_folder(tmp_path)

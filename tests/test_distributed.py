@@ -206,7 +206,7 @@ def test_nccl_without_a_gpu_and_a_run_dir_that_is_a_file_are_one_line(tmp_path, 
     target.write_text("not a folder")
     assert main(["train", "--run-dir", str(target), "--steps", "1", "--data", "gaussian", "--net", "mlp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"--run-dir {target} is an existing file" in err[0]
+    assert len(err) == 1 and f"run folder {target} is an existing file" in err[0]
     assert target.read_text() == "not a folder"  # nothing lost
 
 

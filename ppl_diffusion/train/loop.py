@@ -97,8 +97,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
         raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
                          "torchrun; start it without torchrun (see README, Scaling out)")
     world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    run_dir = check_run_dir(run_dir)
     device = resolve_device(distributed.local_device(config.device))
     if resume == "auto":  # decided on rank 0, whose file system holds the run folder
         resume = on_main(world, lambda: bool(list_checkpoints(run_dir)))

@@ -17,6 +17,17 @@ from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a :class:`Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
+    the fix when it (or a folder above it) is an existing file, before anything is loaded or written."""
+    run_dir = Path(run_dir)
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is an existing file" if path == run_dir else f"lies under {path}, an existing file"
+            raise ValueError(f"run folder {run_dir} {where}; pass --run-dir a new folder or one of an earlier run")
+    return run_dir
+
+
 def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
     now = config.to_dict()
     keys = sorted((set(saved) | set(now)) - set(RESUMABLE_KEYS))
@@ -167,13 +178,6 @@ def _find_resume_point(run_dir: Path, restore) -> dict:
             warnings.warn(f"{e}; trying the previous checkpoint", UserWarning, stacklevel=3)
     raise CheckpointError(f"no readable checkpoint in {run_dir}: {errors[0]} (and {len(errors) - 1} more)")
 
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """A one-line error when ``run_dir`` names something that is not a folder (an existing file, say)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"--run-dir {run_dir} is an existing file, not a folder; pass a folder path (it is created "
-                         "if missing)")
 
 
 def _last(run_dir: Path) -> str:
