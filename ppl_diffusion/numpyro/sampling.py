@@ -4,6 +4,10 @@ The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
 :func:`ppl_diffusion.evaluate.per_example_terms`; they return NumPy arrays, and everything around them
 (files, figures, JSON, bits/dim) is shared with the Pyro backend. Same seed, same numbers on this
 backend; the two backends draw different noise for the same seed.
+
+Both run data-parallel over every JAX device (:mod:`.distributed`): a chunk of examples or of samples is
+sharded along the mesh axis ``"data"`` when it splits evenly (else it runs unsplit), the weights are
+replicated, and so is the result; 1 and N devices give the same numbers to float32 rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ..respace import _check_steps, respaced_schedule, space_timesteps
+from . import distributed as dp
 from .chain import ancestral_sample, variational_bound
 from .diffusion import GaussianDiffusion
 
@@ -68,24 +73,27 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
 
     def build():
         model = diffusion if steps is None else respace(diffusion, steps)
-        return model, jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk))  # the last chunk is cut
+        sharding = dp.sharding_for(chunk)
+        return model, jax.jit(lambda p, k: ancestral_sample(model, p, k, chunk, sharding=sharding),
+                              out_shardings=dp.replicated())  # the last chunk is cut
 
     model, fn = _compiled(diffusion, ("sample", steps, chunk), build)
-    params = params_of(model)
+    params = dp.replicate(params_of(model))
     keys = jax.random.split(jax.random.PRNGKey(seed), -(-n // chunk))
-    return np.concatenate([np.asarray(fn(params, key)) for key in keys])[:n]
+    return np.concatenate([np.asarray(fn(params, key)) for key in dp.replicate(keys)])[:n]
 
 
 def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_per_batch: int = 8,
                       batch_size: int = 500, seed: int = 0) -> np.ndarray:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats (float64), in batches of
     ``batch_size``, ``timesteps_per_batch`` steps per denoiser call (``lax.map``)."""
-    params = params_of(diffusion)
+    params = dp.replicate(params_of(diffusion))
     key = jax.random.PRNGKey(seed)
     fn = _compiled(diffusion, ("bound", timesteps_per_batch), lambda: jax.jit(
-        lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch)))
+        lambda p, x0, k: variational_bound(diffusion, p, x0, key=k, batch_size=timesteps_per_batch),
+        out_shardings=dp.replicated()))
     parts = []
     for i, start in enumerate(range(0, len(x), batch_size)):
-        chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
-        parts.append(np.asarray(fn(params, chunk, jax.random.fold_in(key, i)), np.float64))
+        chunk = dp.global_batch(np.asarray(x[start:start + batch_size], np.float32))  # sharded when it splits evenly
+        parts.append(np.asarray(fn(params, chunk, dp.replicate(jax.random.fold_in(key, i))), np.float64))
     return np.concatenate(parts)
