@@ -40,10 +40,12 @@ COORDINATOR_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_
 
 
 def _auto_detected_job() -> str | None:
-    """The multi-process launcher JAX detects by itself, or None: SLURM (more than one task) or Open MPI."""
-    if "SLURM_JOB_ID" in os.environ and "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", 1)) > 1:
+    """The multi-process launcher JAX detects by itself, or None: a SLURM job step of several tasks (``srun``;
+    not the batch script itself, which is one process whatever the allocation) or an Open MPI job of several."""
+    env = os.environ
+    if "SLURM_JOB_ID" in env and "SLURM_STEP_NODELIST" in env and int(env.get("SLURM_STEP_NUM_TASKS", 1)) > 1:
         return "slurm"
-    if "OMPI_MCA_orte_hnp_uri" in os.environ:
+    if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1:
         return "ompi"
     return None
 
@@ -62,7 +64,8 @@ def initialize() -> bool:
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         missing = [k for k in COORDINATOR_ENV[1:] if not os.environ.get(k)]
         if missing:
-            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not; set all of "
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not; set all of "
                              f"{', '.join(COORDINATOR_ENV)} on every process (or unset it for one process)")
         try:
             num, pid = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
@@ -146,11 +149,16 @@ def describe(batch_size: int | None = None) -> str:
     return f"numpyro: batch sharded over {where} along mesh axis {AXIS!r}{per}"
 
 
+def is_main() -> bool:
+    """Process 0: the one that writes files and logs (every process of a multi-host job holds the results)."""
+    return jax.process_index() == 0
+
+
 def log(line: str) -> None:
     """``line`` on stderr, from process 0 only."""
-    if jax.process_index() == 0:
+    if is_main():
         print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["AXIS", "batch_sharding", "check_global_batch", "describe", "global_batch", "initialize", "log", "mesh",
-           "num_devices", "replicate", "replicated", "sharding_for"]
+__all__ = ["AXIS", "batch_sharding", "check_global_batch", "describe", "global_batch", "initialize", "is_main", "log",
+           "mesh", "num_devices", "replicate", "replicated", "sharding_for"]

@@ -46,6 +46,7 @@ SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 def from_torch(torch_diffusion) -> GaussianDiffusion:
     """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
     variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights."""
+    dp.initialize()  # a multi-host job is joined before the first JAX computation (the twin's weights)
     variance = torch_diffusion.variance
     if not isinstance(variance, str):
         raise ValueError("the NumPyro backend has the variances 'beta' and 'posterior'; a fitted variance "
