@@ -136,8 +136,22 @@ def global_batch(data: np.ndarray, index: np.ndarray | None = None, sharding: Na
 
 
 def replicate(tree):
-    """Every array of ``tree`` copied to every device (a no-op for arrays already placed so)."""
-    return jax.device_put(tree, replicated())
+    """Every array of ``tree`` copied to every device (a no-op for arrays already placed so). On several hosts the
+    value must be the same on every process (the state built from the same seed, or restored from one file)."""
+    target = replicated()
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(x, target)
+        # A process's own (committed) array cannot be device_put onto other hosts' devices: rebuild it globally.
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, target, lambda idx: value[idx])
+
+    return jax.tree.map(put, tree)
 
 
 def describe(batch_size: int | None = None) -> str:
