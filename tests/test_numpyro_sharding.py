@@ -105,12 +105,7 @@ def test_two_devices_give_the_one_device_numbers(tmp_path):
     train(TrainConfig(**CONFIG), one, progress=False)
     reference = bound_and_samples(one)
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2".strip()}
-    cache = jax.config.jax_compilation_cache_dir  # the session's (tests/conftest.py), shared with the subprocess
-    if cache:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = _subprocess_env(XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     proc = subprocess.run([sys.executable, "-m", "tests.test_numpyro_sharding", str(tmp_path), str(one)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -137,7 +132,8 @@ def test_two_devices_give_the_one_device_numbers(tmp_path):
 def test_initialize_is_a_no_op_for_one_process_and_names_missing_variables(monkeypatch):
     from ppl_diffusion.numpyro import distributed as dp
 
-    for k in [*dp.COORDINATOR_ENV, "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_TASKS", "OMPI_MCA_orte_hnp_uri"]:
+    launchers = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_TASKS", "OMPI_MCA_orte_hnp_uri")
+    for k in [*dp.COORDINATOR_ENV, *launchers]:
         monkeypatch.delenv(k, raising=False)
     assert dp.initialize() is False and not jax.distributed.is_initialized()
     # the batch script of a SLURM allocation is one process: not a multi-host job (it would wait for the others)
@@ -157,5 +153,59 @@ def test_initialize_is_a_no_op_for_one_process_and_names_missing_variables(monke
     assert not jax.distributed.is_initialized()
 
 
+def process_run(out: Path, one: Path) -> None:
+    """One process of a simulated 2-host job: train from scratch (its own folder), bound and samples of ``one``."""
+    pid = os.environ["JAX_PROCESS_ID"]
+    train(TrainConfig(**CONFIG), out / f"process-{pid}", progress=False)
+    np.savez(out / f"process-{pid}.npz", **bound_and_samples(one))
+    assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+
+
+def _subprocess_env(**extra) -> dict:
+    """This interpreter's environment for a JAX subprocess on CPU, with the session's compilation cache."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **extra,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cache = jax.config.jax_compilation_cache_dir  # the session's (tests/conftest.py)
+    if cache:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_numbers(tmp_path):
+    """Several hosts, simulated: 2 JAX processes on this machine (one CPU device each, gloo collectives) joined
+    through JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; each feeds its half of every batch."""
+    import socket
+
+    if jax.device_count() != 1:
+        pytest.skip("the 1-process reference runs in the test process, which sees several JAX devices")
+    one = tmp_path / "one"
+    train(TrainConfig(**CONFIG), one, progress=False)
+    reference = bound_and_samples(one)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.test_numpyro_sharding", "process", str(tmp_path), str(one)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=_subprocess_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                                  JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"))
+             for i in range(2)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    assert "batch sharded over 2 JAX devices (cpu, 2 processes)" in logs[0] and "sharded" not in logs[1], logs
+    a = load_checkpoint(latest_checkpoint(one))
+    for i in range(2):
+        b = load_checkpoint(latest_checkpoint(tmp_path / f"process-{i}"))
+        assert max_diff(a, b) <= WEIGHTS_ATOL, (i, max_diff(a, b))
+        assert_same_sampler(a, b)
+        got = np.load(tmp_path / f"process-{i}.npz")
+        for k, v in reference.items():
+            np.testing.assert_allclose(got[k], v, rtol=1e-6, atol=1e-6 * np.abs(v).max(), err_msg=k)
+
+
 if __name__ == "__main__":
-    two_device_run(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "process":
+        process_run(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        two_device_run(Path(sys.argv[1]), Path(sys.argv[2]))
