@@ -129,6 +129,22 @@ def test_two_devices_give_the_one_device_numbers(tmp_path):
     assert "global batch size 31" in facts["error"] and "--batch-size 30 or 32" in facts["error"], facts["error"]
 
 
+def test_the_step_compiles_once():
+    """The replicated state is typed as the step's own outputs, after construction and after a restore: one
+    compile (a second one would land inside the training clock)."""
+    from ppl_diffusion.numpyro.train import NumPyroTrainer
+    from ppl_diffusion.train.config import build_diffusion
+
+    trainer = NumPyroTrainer(TrainConfig(**CONFIG), load_dataset(CONFIG["data"]), build_diffusion)
+    index = torch.arange(CONFIG["batch_size"])
+    trainer.step(index, 1e-3)
+    trainer.step(index, 1e-3)
+    trainer.load(trainer.state())
+    trainer.set_rng_state(trainer.rng_state())
+    trainer.step(index, 1e-3)
+    assert trainer._step._cache_size() == 1
+
+
 def test_initialize_is_a_no_op_for_one_process_and_names_missing_variables(monkeypatch):
     from ppl_diffusion.numpyro import distributed as dp
 

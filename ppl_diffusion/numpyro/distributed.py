@@ -144,7 +144,9 @@ def replicate(tree):
     target = replicated()
 
     def put(x):
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+        # Exactly this sharding, committed: an array merely equivalent to it (one device's, uncommitted) would give
+        # a jitted step another input type than its own outputs, and a second compile.
+        if isinstance(x, jax.Array) and x.committed and x.sharding == target:
             return x
         if jax.process_count() == 1:
             return jax.device_put(x, target)

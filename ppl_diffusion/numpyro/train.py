@@ -136,8 +136,10 @@ class NumPyroTrainer:
         rep = dp.replicated()  # the batch x_0 sharded, everything else (and every output) replicated
         self._step = jax.jit(self._make_step(), in_shardings=(rep, rep, rep, rep, dp.batch_sharding()),
                              out_shardings=rep)
-        # Compile now, outside the training clock (startup, like imports): one call, its result discarded.
-        jax.block_until_ready(self._step(self.svi_state, self.ema, self.sampler_state, self.key,
+        # Compile now, outside the training clock (startup, like imports): one call as step() makes it (the key split
+        # on the replicated key included), its result discarded.
+        _, sub = jax.random.split(self.key)
+        jax.block_until_ready(self._step(self.svi_state, self.ema, self.sampler_state, sub,
                                          dp.global_batch(x_init, sharding=dp.batch_sharding())))
         dp.log(self.describe())
 
