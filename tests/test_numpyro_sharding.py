@@ -5,7 +5,9 @@ JAX fixes its device count when it starts, so the 2-device half runs in one subp
 :func:`two_device_run`), with the test session's persistent compilation cache; the 1-device half runs in the
 test process. Compared: (a) the weights, EMA and Adam moments after training (and after resuming a 1-device
 checkpoint on 2 devices), (b) the compiled bound per example, (c) the samples, (d) the error for a global
-batch that does not split over the devices.
+batch that does not split over the devices. Marked slow: the same with 2 JAX processes of one device each (a
+multi-host job simulated on this machine). Also: the sharded step compiles once; ``initialize()`` without a
+multi-host launcher is a no-op.
 """
 
 from __future__ import annotations
