@@ -329,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_jax_job() -> None:
+    """A multi-host JAX job must be joined before any JAX computation: do it first (a no-op on one host)."""
+    try:
+        from .numpyro.distributed import initialize
+    except ImportError:  # jax is not installed: the command itself says what to install
+        return
+    initialize()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args = build_parser().parse_args(argv)
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)
             distributed.init(args.dist_backend, getattr(args, "device", "auto"))
+        if getattr(args, "backend", "pyro") == "numpyro":
+            _join_jax_job()
         args.func(args)
     except TrainingDiverged as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -219,13 +219,15 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
     return decoder._grid(x_0) if isinstance(decoder, DiscretizedGaussian) else x_0
 
 
-def ancestral_sample(diffusion, params, key, n: int):
+def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
     """``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
     x_T ~ p(x_T), x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..2 (one key per step, split from ``key``), and x_0
-    drawn from the decoder at x_1, as the PyTorch backend's ``sample``."""
+    drawn from the decoder at x_1, as the PyTorch backend's ``sample``. Under ``jax.jit``, ``sharding`` (a
+    :class:`~jax.sharding.NamedSharding` of axis 0) splits the n chains over devices; the draws are the same."""
     T = diffusion.T
     apply = denoiser_apply(diffusion)
     k_T, k_steps, k_dec = jax.random.split(key, 3)
+    place = (lambda x: x) if sharding is None else (lambda x: lax.with_sharding_constraint(x, sharding))
 
     def p_step(x_t, t):
         tt = jnp.full((n,), t, dtype=jnp.int32)
@@ -234,9 +236,9 @@ def ancestral_sample(diffusion, params, key, n: int):
     def step(x_t, inputs):
         t, k = inputs
         mean, log_var = p_step(x_t, t)
-        return mean + jnp.exp(0.5 * log_var) * jax.random.normal(k, x_t.shape, x_t.dtype), None
+        return place(mean + jnp.exp(0.5 * log_var) * jax.random.normal(k, x_t.shape, x_t.dtype)), None
 
-    x_T = _fixed_prior(diffusion).sample(k_T, (n,))
+    x_T = place(_fixed_prior(diffusion).sample(k_T, (n,)))
     x_1, _ = lax.scan(step, x_T, (jnp.arange(T, 1, -1), jax.random.split(k_steps, T - 1)))
     mean, log_var = p_step(x_1, 1)
     return diffusion.decoder(mean, log_var).sample(k_dec)

@@ -4,6 +4,10 @@ The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
 :func:`ppl_diffusion.evaluate.per_example_terms`; they return NumPy arrays, and everything around them
 (files, figures, JSON, bits/dim) is shared with the Pyro backend. The bound's noise is counter-based
 (:mod:`ppl_diffusion.noise`), the same numbers as the Pyro backend's for the same seed.
+
+Both run data-parallel over every JAX device (:mod:`.distributed`): a chunk of examples or of samples is
+sharded along the mesh axis ``"data"`` when it splits evenly (else it runs unsplit), the weights are
+replicated, and so is the result; 1 and N devices give the same numbers to float32 rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ..respace import _check_steps, respaced_schedule, space_timesteps
+from . import distributed as dp
 from .chain import sample_from_counter, variational_bound
 from .diffusion import GaussianDiffusion
 
@@ -92,13 +97,14 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     if n == 0:
         return np.zeros((0, *model.event_shape), np.float32)
     model, fn = _compiled(diffusion, ("sample", steps, seed), lambda: (model, jax.jit(
-        lambda p, x_T, idx: sample_from_counter(model, p, x_T, seed, idx))))
-    params = params_of(model)
+        lambda p, x_T, idx: sample_from_counter(model, p, x_T, seed, idx), out_shardings=dp.replicated())))
+    params = dp.replicate(params_of(model))
     parts = []
     for start in range(0, n, chunk):
         idx = index[start:start + chunk]
-        x_T = prior_draws(model, seed, idx, model.T)
-        parts.append(np.asarray(fn(params, x_T, jnp.asarray(idx, jnp.int32))))
+        x_T = np.asarray(prior_draws(model, seed, idx, model.T), np.float32)
+        # sharded over the JAX devices when the chunk splits evenly
+        parts.append(np.asarray(fn(params, dp.global_batch(x_T), dp.global_batch(np.asarray(idx, np.int32)))))
     return np.concatenate(parts)
 
 
@@ -113,12 +119,13 @@ def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_
     indices = check_indices(indices, len(x))
     if len(x) == 0:  # an empty share of a process
         return np.zeros((0, diffusion.T + 1))
-    params = params_of(diffusion)
+    params = dp.replicate(params_of(diffusion))
     fn = _compiled(diffusion, ("bound", timesteps_per_batch, seed), lambda: jax.jit(
-        lambda p, x0, idx: variational_bound(diffusion, p, x0, seed=seed, indices=idx, batch_size=timesteps_per_batch)))
+        lambda p, x0, idx: variational_bound(diffusion, p, x0, seed=seed, indices=idx, batch_size=timesteps_per_batch),
+        out_shardings=dp.replicated()))
     parts = []
     for start in range(0, len(x), batch_size):
-        chunk = jnp.asarray(np.asarray(x[start:start + batch_size], np.float32))
-        idx = jnp.asarray(indices[start:start + batch_size], jnp.int32)
+        chunk = dp.global_batch(np.asarray(x[start:start + batch_size], np.float32))  # sharded when it splits evenly
+        idx = dp.global_batch(np.asarray(indices[start:start + batch_size], np.int32))
         parts.append(np.asarray(fn(params, chunk, idx), np.float64))
     return np.concatenate(parts)

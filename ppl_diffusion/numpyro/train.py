@@ -12,6 +12,11 @@ and resumed on the other: the weights and their EMA as the PyTorch denoiser's ``
 moments as ``torch.optim.Adam``'s ``state_dict`` (optax's ``adam`` is the same update, moment for
 moment), the importance sampler's history in the PyTorch sampler's format, and the JAX keys beside
 the other generators. The initial weights are the PyTorch backend's for the same seed, converted.
+
+The step runs data-parallel over every JAX device (:mod:`.distributed`): the global batch
+(``batch_size``, which must divide evenly) is sharded along the mesh axis ``"data"``, everything else is
+replicated; the constructor says on stderr how many devices the batch is sharded over. 1 and N devices give
+the same weights to float32 rounding.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from numpyro.optim import optax_to_numpyro
 
 from ..precision import jax_dtype
 from . import convert
+from . import distributed as dp
 from .diffusion import GaussianDiffusion
 from .infer import STEP_LOSSES, ChainELBO, StochasticTimestepELBO
 from .timesteps import make_timestep_sampler
@@ -42,6 +48,7 @@ def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiff
     """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
     variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights, computing at
     ``precision`` (default the PyTorch model's: ``"bf16"`` is a bfloat16 compute dtype, float32 weights)."""
+    dp.initialize()  # a multi-host job is joined before the first JAX computation (the twin's weights)
     variance = torch_diffusion.variance
     if not isinstance(variance, str):
         raise ValueError("the NumPyro backend has the variances 'beta' and 'posterior'; a fitted variance "
@@ -103,6 +110,7 @@ class NumPyroTrainer:
     def __init__(self, config, dataset, build_torch) -> None:
         if jax.config.jax_enable_x64:
             raise ValueError("train with jax_enable_x64 off: the NumPyro backend trains in float32, as the Pyro one")
+        dp.check_global_batch(config.batch_size)
         pyro.set_rng_seed(config.seed)  # the PyTorch backend's initial weights for this seed
         torch_diffusion = build_torch(config, dataset)
         self.torch_net = torch_diffusion.denoiser  # the template of the checkpoint's state_dict
@@ -120,16 +128,32 @@ class NumPyroTrainer:
         key = jax.random.PRNGKey(config.seed)
         self.key, k_init = jax.random.split(key)
         b = self.batch_size
-        x_init = jnp.asarray(self.train_x[:1].repeat(b, 0))
-        state = self.svi.init(k_init, x_init, jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32))
+        x_init = self.train_x[:1].repeat(b, 0)
+        state = self.svi.init(k_init, jnp.asarray(x_init), jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32))
         mutable = dict(state.mutable_state or {})
         mutable[STEP_LOSSES] = jnp.zeros((b,), jnp.float32)
         self.svi_state = state._replace(mutable_state=mutable)
         self.ema = jax.tree.map(jnp.array, self.svi.get_params(self.svi_state)[PARAMS])
         self.sampler_state = None if self.sampler is None else self.sampler.init()
-        self._step = jax.jit(self._make_step())
-        # Compile now, outside the training clock (startup, like imports): one call, its result discarded.
-        jax.block_until_ready(self._step(self.svi_state, self.ema, self.sampler_state, self.key, x_init))
+        self._replicate()
+        rep = dp.replicated()  # the batch x_0 sharded, everything else (and every output) replicated
+        self._step = jax.jit(self._make_step(), in_shardings=(rep, rep, rep, rep, dp.batch_sharding()),
+                             out_shardings=rep)
+        # Compile now, outside the training clock (startup, like imports): one call as step() makes it (the key split
+        # on the replicated key included), its result discarded.
+        _, sub = jax.random.split(self.key)
+        jax.block_until_ready(self._step(self.svi_state, self.ema, self.sampler_state, sub,
+                                         dp.global_batch(x_init, sharding=dp.batch_sharding())))
+        dp.log(self.describe())
+
+    def describe(self) -> str:
+        """One line: how many JAX devices the global batch is sharded over."""
+        return dp.describe(self.batch_size)
+
+    def _replicate(self) -> None:
+        """The state on every device (after it is created or restored on the default one)."""
+        self.key, self.svi_state, self.ema, self.sampler_state = dp.replicate(
+            (self.key, self.svi_state, self.ema, self.sampler_state))
 
     def _make_step(self):
         svi, sampler, b, decay = self.svi, self.sampler, self.batch_size, self.config.ema_decay
@@ -160,7 +184,7 @@ class NumPyroTrainer:
 
         The new state is kept only if both are finite (the loop then stops with TrainingDiverged)."""
         key, sub = jax.random.split(self.key)
-        x0 = jnp.asarray(self.train_x[index.numpy()])
+        x0 = dp.global_batch(self.train_x, index.numpy(), dp.batch_sharding())  # each process: its devices' rows
         svi_state, ema, sampler_state, loss, norm = self._step(self.svi_state, self.ema, self.sampler_state, sub, x0)
         loss, norm = float(loss), float(norm)
         if math.isfinite(loss) and math.isfinite(norm):
@@ -210,6 +234,7 @@ class NumPyroTrainer:
             if state.get("sampler") is None:
                 raise ValueError("the checkpoint holds no timestep sampler state")
             self.sampler_state = self.sampler.from_torch_state(state["sampler"])
+        self._replicate()
 
     def rng_state(self) -> dict:
         """The JAX keys: the trainer's, SVI's, and the denoiser's dropout keys and counts."""
@@ -235,6 +260,7 @@ class NumPyroTrainer:
             mutable["denoiser$state"] = jax.tree.unflatten(treedef, new)
         self.svi_state = self.svi_state._replace(
             mutable_state=mutable, rng_key=jnp.asarray(saved["svi"].numpy().astype(np.uint32)))
+        self._replicate()
 
     def trained_diffusion(self, ema: bool = False) -> GaussianDiffusion:
         """The diffusion with the current (or EMA) weights loaded into its Flax denoiser, in eval mode."""

@@ -121,6 +121,13 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
     on_main(world, prepare)
 
+    # The process that writes files: rank 0 of a torchrun job; with NumPyro on several hosts, JAX's process 0.
+    writer = world.is_main
+    if config.backend == "numpyro":
+        from ..numpyro.distributed import initialize, is_main as jax_is_main
+
+        initialize()  # before any JAX computation: a multi-host job is joined first
+        writer = jax_is_main()
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
     trainer = make_trainer(config, dataset, device, world)
@@ -135,7 +142,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
             _apply(found[0], found[1], config, trainer, batches, world, allow_inexact_resume)
         state = found[1]
         step, elapsed, running = int(state["step"]), float(state["elapsed"]), state["running_loss"]
-    if world.is_main:
+    if writer:
         _write_json(run_dir / "config.json", config.to_dict())
         metrics = MetricsLog(run_dir, config.metrics_format, step)
     else:
@@ -151,7 +158,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
             rng[config.backend] = backend_rng
         ranks = world.gather_objects(rng) if world.distributed else None  # every rank's own generators
         path = checkpoint_path(run_dir, at_step)
-        if world.is_main:
+        if writer:
             save_checkpoint(path, {
                 "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
                 "config": config.to_dict(), "world_size": world.world_size, "data": data_meta, **trainer.state(),
@@ -162,7 +169,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, initial=step, disable=not (progress and world.is_main), unit="step",
+    bar = tqdm(total=config.steps, initial=step, disable=not (progress and writer), unit="step",
                dynamic_ncols=True)
     if world.distributed and world.is_main and progress:
         bar.write(f"data-parallel on {world.world_size} processes ({world.backend}): global batch "
