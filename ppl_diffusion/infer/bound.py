@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pyro.distributions import Independent, Normal
-from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
 from .. import noise as counter_noise
+from .draws import FeedNoiseMessenger
 from .trace_terms import per_example_elbo, trace_pair
 
 
@@ -58,37 +57,6 @@ def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
     """Steps per denoiser call so that a call sees about ``target`` inputs: large enough to keep a CPU busy,
     small enough that activations stay under glibc's mmap threshold (bigger calls measured 1.8× slower)."""
     return max(1, target // max(1, batch))
-
-
-class FeedNoiseMessenger(Messenger):
-    """Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
-
-    For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
-    (then rounded to its bins, a draw from it), under ``.to_event``; observed sites and sites not named are
-    left alone. ``noise`` is a dict of tensors shaped like the sites' values, or a function of the site's
-    name returning one (or ``None``), so that the noise of a long chain is made one site at a time. This is
-    how the bound and the sampler take counter-based noise (:mod:`ppl_diffusion.noise`) instead of torch's
-    generator.
-    """
-
-    def __init__(self, noise) -> None:
-        super().__init__()
-        self.noise = noise.get if isinstance(noise, dict) else noise
-
-    def _pyro_sample(self, msg) -> None:
-        eps = self.noise(msg["name"])
-        if eps is None or msg["is_observed"] or msg["value"] is not None:
-            return
-        base = msg["fn"]
-        while isinstance(base, Independent):
-            base = base.base_dist
-        from ..distributions import DiscretizedGaussian
-
-        if not isinstance(base, (Normal, DiscretizedGaussian)):
-            raise ValueError(f"site {msg['name']!r} is a {type(base).__name__}; only Normal sites take counter-based "
-                             "noise (a non-Gaussian prior is drawn per example by ppl_diffusion.sampling)")
-        value = base.loc + base.scale * eps.to(base.loc.dtype).reshape(base.loc.shape)
-        msg["value"] = base._grid(value) if isinstance(base, DiscretizedGaussian) else value
 
 
 def feed_noise(fn, noise: dict):

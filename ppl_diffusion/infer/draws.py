@@ -25,7 +25,7 @@ and ``nn.Dropout`` behave as usual (``pyro.infer.SVI`` users see no difference).
 from __future__ import annotations
 
 import torch
-from pyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+from pyro.distributions import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from torch import Tensor, nn
@@ -42,7 +42,50 @@ def active() -> "BatchDraws | None":
     return _ACTIVE[-1] if _ACTIVE else None
 
 
-class BatchDraws(Messenger):
+class FeedNoiseMessenger(Messenger):
+    """Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
+
+    For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
+    (then rounded to its bins, a draw from it), under ``.to_event``, a mask or an expansion; observed sites,
+    replayed ones and sites not named are left alone. ``noise`` is a dict of tensors shaped like the sites'
+    values, or a function of the site's name returning one (or ``None``), so that the noise of a long chain is
+    made one site at a time. This is how the bound and the sampler take counter-based noise
+    (:mod:`ppl_diffusion.noise`) instead of torch's generator, and, through :class:`BatchDraws`, how training
+    draws its noise for the global batch. The value is Pyro's reparameterised draw from other numbers.
+    """
+
+    refusal = ("only Normal sites take counter-based noise (a non-Gaussian prior is drawn per example by "
+               "ppl_diffusion.sampling)")
+
+    def __init__(self, noise=None) -> None:
+        super().__init__()
+        self.noise = noise.get if isinstance(noise, dict) else noise
+
+    def _eps(self, msg, base) -> Tensor | None:
+        """The site's standard normal noise, or ``None`` to leave the site to Pyro."""
+        return self.noise(msg["name"])
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
+            return  # observed, replayed, or a plate's own subsample site
+        base = msg["fn"]
+        while isinstance(base, (TorchIndependent, MaskedDistribution, ExpandedDistribution)):
+            base = base.base_dist
+        eps = self._eps(msg, base)
+        if eps is None:
+            return
+        from ..distributions import DiscretizedGaussian
+
+        if not isinstance(base, (Normal, DiscretizedGaussian)):
+            raise ValueError(f"site {msg['name']!r} is a {type(base).__name__}; {self.refusal}")
+        eps = eps.to(device=base.loc.device, dtype=base.loc.dtype)
+        if eps.numel() == base.loc.numel():  # given noise may come flat; an expanded site's broadcasts instead
+            eps = eps.reshape(base.loc.shape)
+        value = base.loc + base.scale * eps
+        msg["value"] = base._grid(value) if isinstance(base, DiscretizedGaussian) else value
+
+
+class BatchDraws(FeedNoiseMessenger):
     """Draw for the global batch from ``generator`` and keep rank ``world.rank``'s rows (see the module doc).
 
     :param torch.Generator generator: the step's generator, in the same state on every rank; on the device
@@ -96,26 +139,19 @@ class BatchDraws(Messenger):
         return self.world.gather(x)
 
     # ------------------------------------------------------------------------------ Pyro
-    def _pyro_sample(self, msg) -> None:
-        if msg["is_observed"] or msg["value"] is not None or isinstance(msg["fn"], _Subsample):
-            return  # observed, replayed, or a plate's own subsample site
+    refusal = ("data-parallel training draws the guide's latents for the global batch and handles Normal sites "
+               "only; use a guide whose latents are Normal (the guides of GaussianDiffusion are)")
+
+    def _eps(self, msg, base) -> Tensor:
         fn = msg["fn"]
-        base = fn
-        while isinstance(base, (Independent, TorchIndependent, MaskedDistribution, ExpandedDistribution)):
-            base = base.base_dist
-        if not isinstance(base, Normal):
-            raise ValueError(f"site {msg['name']!r} draws from {type(base).__name__}: data-parallel training draws "
-                             "the guide's latents for the global batch and handles Normal sites only; use a guide "
-                             "whose latents are Normal (the guides of GaussianDiffusion are)")
         sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
         shape = sample_shape + tuple(fn.batch_shape) + tuple(fn.event_shape)
+        dtype = getattr(base, "loc", torch.empty(())).dtype
         dim = next((len(sample_shape) + len(fn.batch_shape) + f.dim for f in msg["cond_indep_stack"]
                     if f.name == PLATE), None)
         if dim is None:  # no data plate: one value shared by the whole batch, the same on every rank
-            eps = torch.randn(shape, dtype=base.loc.dtype, device=self.generator.device, generator=self.generator)
-        else:
-            eps = self.randn(shape, dtype=base.loc.dtype, dim=dim)
-        msg["value"] = base.loc + base.scale * eps.to(base.loc.device)
+            return torch.randn(shape, dtype=dtype, device=self.generator.device, generator=self.generator)
+        return self.randn(shape, dtype=dtype, dim=dim)
 
 
 class SlicedDropout(nn.Dropout):
