@@ -105,6 +105,27 @@ class World:
         dist.broadcast_object_list(box, src=src)
         return box[0]
 
+    def on_main(self, fn):
+        """``fn()`` on rank 0, its result (or its exception) on every rank: one decision, no rank left waiting."""
+        if not self.distributed:
+            return fn()
+        outcome = None
+        if self.is_main:
+            try:
+                outcome = ("ok", fn())
+            except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+                outcome = ("error", e)
+        outcome = self.broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise outcome[1]
+        return outcome[1]
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (so that every rank takes the same branch)."""
+        if not self.distributed:
+            return flag
+        return bool(self.all_sum(torch.tensor([float(flag)])).item() > 0)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

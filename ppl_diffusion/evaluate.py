@@ -143,11 +143,10 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
             from .variance import FittedVariance
             from .variance import fit_variance as fit
 
-            fv = None
-            if w.is_main:  # fitted once, on rank 0, and sent to the others: every process scores the same model
-                fv = fit(diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
-                         timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict()
-            fv = FittedVariance.from_dict(w.broadcast_object(fv))
+            # Fitted once, on rank 0, and sent to the others: every process scores the same model.
+            fv = FittedVariance.from_dict(w.on_main(lambda: fit(
+                diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
+                timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict()))
             fitted[name] = fv.to_dict()
             runs[name].diffusion = diffusion = diffusion.with_variance(fv)
         mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
@@ -176,7 +175,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         # Sampling is split across processes (sample i's noise depends on i alone); the distance on rank 0.
         share = np.arange(fd_samples)[w.shard(fd_samples)]
         samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share).cpu().contiguous())
-        result["digits_fd_ema"] = w.broadcast_object(digits_fd(samples) if w.is_main else None)
+        result["digits_fd_ema"] = w.on_main(lambda: digits_fd(samples))
 
     suffix = "-fitted" if fit_variance else ""
     result["figure"] = str(out_dir / f"eval_terms{suffix}.png")

@@ -34,8 +34,6 @@ from pathlib import Path
 
 from ..checkpoint import (checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries, rng_state,
                           save_checkpoint)
-import torch
-
 from .. import distributed
 from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
@@ -100,7 +98,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
     run_dir = check_run_dir(run_dir)
     device = resolve_device(distributed.local_device(config.device))
     if resume == "auto":  # decided on rank 0, whose file system holds the run folder
-        resume = on_main(world, lambda: bool(list_checkpoints(run_dir)))
+        resume = world.on_main(lambda: bool(list_checkpoints(run_dir)))
 
     def prepare():
         if resume:
@@ -119,7 +117,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
 
-    on_main(world, prepare)
+    world.on_main(prepare)
 
     # The process that writes files: rank 0 of a torchrun job; with NumPyro on several hosts, JAX's process 0.
     writer = world.is_main
@@ -136,7 +134,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
     if resume:
         # Rank 0 finds and reads the checkpoint (no shared file system needed) and hands it to the others.
-        found = on_main(world, lambda: _find_resume_point(
+        found = world.on_main(lambda: _find_resume_point(
             run_dir, lambda p: (p, _restore(p, config, trainer, batches, world, allow_inexact_resume))))
         if not world.is_main:
             _apply(found[0], found[1], config, trainer, batches, world, allow_inexact_resume)
@@ -182,7 +180,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
             elapsed = time.monotonic() - started
             if config.steps is not None and step >= config.steps:
                 break
-            if config.minutes is not None and _any_rank(world, elapsed >= 60.0 * config.minutes):
+            if config.minutes is not None and world.any(elapsed >= 60.0 * config.minutes):
                 stopped_by = "minutes"
                 break
             step += 1
@@ -221,26 +219,3 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
     return TrainResult(run_dir=run_dir, step=step, loss=loss_value,
                        running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
                        checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
-
-
-def _any_rank(world, flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank (so that every rank stops at the same step)."""
-    if not world.distributed:
-        return flag
-    return bool(world.all_sum(torch.tensor([float(flag)])).item() > 0)
-
-
-def on_main(world, fn):
-    """``fn()`` on rank 0, its result (or its exception) on every rank: one decision, no rank left waiting."""
-    if not world.distributed:
-        return fn()
-    outcome = None
-    if world.is_main:
-        try:
-            outcome = ("ok", fn())
-        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
-            outcome = ("error", e)
-    outcome = world.broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise outcome[1]
-    return outcome[1]
