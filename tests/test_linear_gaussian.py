@@ -132,3 +132,34 @@ def test_bound_terms_of_a_subset_of_steps():
     np.testing.assert_allclose(per.mean(0).numpy()[:, -1], terms[:, -1], rtol=1e-10)
     with pytest.raises(ValueError, match="1..T = 1..20"):
         variational_bound(d, x0, timesteps=[0, 3])
+
+
+@pytest.mark.parametrize("rank", [0, 1], ids=["rank0", "rank1"])
+def test_estimators_under_batch_draws_have_the_closed_form_elbo_as_mean(rank):
+    """Training's draws (t and every latent made for the global batch of 2 ranks, this rank's rows kept) are
+    the estimators' own distribution: their means are still the closed-form ELBO."""
+    from pyro.infer import Trace_ELBO
+
+    from ppl_diffusion.distributed import World
+    from ppl_diffusion.infer.draws import BatchDraws
+
+    d, x0, exact, _ = _float64_model("linear", "beta")
+    R = 400
+    xr = x0.repeat(R, 1)
+    draws = BatchDraws(torch.Generator().manual_seed(7), World(rank=rank, world_size=2))
+    runs = {
+        "trace": lambda: -Trace_ELBO().loss(d.model, d.guide, xr) / R,
+        "meanfield": lambda: -TraceMeanField_ELBO().loss(d.model, d.posterior_guide, xr) / R,
+        "stochastic kl": lambda: -StochasticTimestepELBO(timesteps_per_example=4).loss(d.model, d.guide, xr) / R,
+        "stochastic mc": lambda: -StochasticTimestepELBO(timesteps_per_example=4, step_term="mc").loss(
+            d.model, d.guide, xr) / R,
+    }
+    with torch.no_grad():
+        for name, fn in runs.items():
+            values = []
+            for _ in range(25):
+                with draws:
+                    values.append(fn())
+            m = mean_se(values)
+            assert_mc_close(m, (exact.sum(), 0.0), what=f"{name} under BatchDraws")
+            assert m[1] < 0.02 * abs(exact.sum())
