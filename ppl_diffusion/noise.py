@@ -22,6 +22,9 @@ Streams keep the different draws of one (example, t) independent:
 ``SAMPLE``         ancestral sampling: the draw of the site x_s at t = s (x_T from the prior, x_{t−1} given
                    x_t, the decoder's x_0 at s = 0)
 ``REPLICATE``      the generator seed of replicate r of the study's fixed-θ measurements (:func:`seed_of`)
+``PROBE``          probe k of example i for the probability-flow ODE's Hutchinson trace (at t = k; Rademacher
+                   probes are the signs of these normals)
+``DEQUANT``        draw r of example i's uniform dequantization (:func:`uniform`, at t = r)
 =================  ====================================================================================
 """
 
@@ -31,8 +34,9 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE, REPLICATE = 0, 1, 2, 3, 4  # streams
-STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE}
+XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT = 0, 1, 2, 3, 4, 5, 6  # streams
+STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE, "PROBE": PROBE,
+           "DEQUANT": DEQUANT}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -78,6 +82,24 @@ def seed_of(seed: int, index: int, t: int = 0, stream: int = REPLICATE) -> int:
     return int(key(seed, index, t, stream)) >> 33
 
 
+def _bits(seed: int, index, t, shape, stream: int, count) -> tuple[np.ndarray, tuple]:
+    """53 random bits per draw, ``[*batch x count(m)]`` (m = prod(shape)): splitmix64 outputs 1, 2, … of the key."""
+    shape = (int(shape),) if isinstance(shape, numbers.Integral) else tuple(int(s) for s in shape)
+    h = key(seed, index, t, stream)  # [*batch]
+    m = int(np.prod(shape, dtype=np.int64))
+    n = np.arange(1, count(m) + 1, dtype=np.uint64) * _GOLDEN
+    with np.errstate(over="ignore"):
+        return _mix(h[..., None] + n) >> np.uint64(11), shape
+
+
+def uniform(seed: int, index, t, shape=(), *, stream: int = DEQUANT, dtype=np.float64) -> np.ndarray:
+    """Uniform draws on [0, 1) ``[*batch x *shape]``, a multiple of 2⁻⁵³, for the coordinates as :func:`normal`
+    (element e is splitmix64's output e + 1 of the key). Cast to ``dtype`` at the end (float64 by default: a
+    float32 cast could round a draw up to 1)."""
+    bits, shape = _bits(seed, index, t, shape, stream, lambda m: m)
+    return (bits * 2.0 ** -53).astype(dtype).reshape(bits.shape[:-1] + shape)
+
+
 def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32) -> np.ndarray:
     """Standard normal draws ``[*batch x *shape]`` for the coordinates (``batch`` the broadcast shape of
     ``index`` and ``t``, e.g. ``[len(index)]``): row ``i`` holds ``prod(shape)`` draws of (seed, index[i],
@@ -89,22 +111,18 @@ def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32)
     :param tuple shape: the shape of one example's draw.
     :param int stream: :data:`XT`, :data:`PREV`, :data:`PRIOR` or :data:`SAMPLE`.
     """
-    shape = (int(shape),) if isinstance(shape, numbers.Integral) else tuple(int(s) for s in shape)
-    h = key(seed, index, t, stream)  # [*batch]
-    m = int(np.prod(shape, dtype=np.int64))
-    pairs = (m + 1) // 2
     # splitmix64 from state h: output n is mix(h + n·γ), n = 1, 2, …; pair p uses outputs 2p + 1 and 2p + 2.
-    n = np.arange(1, 2 * pairs + 1, dtype=np.uint64) * _GOLDEN  # [2 pairs]
-    with np.errstate(over="ignore"):
-        bits = _mix(h[..., None] + n) >> np.uint64(11)  # 53 random bits, [*batch x 2 pairs]
+    bits, shape = _bits(seed, index, t, shape, stream, lambda m: 2 * ((m + 1) // 2))  # [*batch x 2 pairs]
+    h_shape, m, pairs = bits.shape[:-1], int(np.prod(shape, dtype=np.int64)), bits.shape[-1] // 2
     u1 = (bits[..., 0::2] + 1.0) * 2.0 ** -53  # (0, 1]: log is finite
     u2 = bits[..., 1::2] * 2.0 ** -53  # [0, 1)
     r = np.sqrt(-2.0 * np.log(u1))
     theta = 2.0 * np.pi * u2
-    z = np.empty(h.shape + (2 * pairs,), dtype=np.float64)
+    z = np.empty(h_shape + (2 * pairs,), dtype=np.float64)
     z[..., 0::2] = r * np.cos(theta)
     z[..., 1::2] = r * np.sin(theta)
-    return z[..., :m].astype(dtype).reshape(h.shape + shape)
+    return z[..., :m].astype(dtype).reshape(h_shape + shape)
 
 
-__all__ = ["PREV", "PRIOR", "REPLICATE", "SAMPLE", "STREAMS", "XT", "key", "normal", "seed_of"]
+__all__ = ["DEQUANT", "PREV", "PRIOR", "PROBE", "REPLICATE", "SAMPLE", "STREAMS", "XT", "key", "normal", "seed_of",
+           "uniform"]
