@@ -112,3 +112,39 @@ def nan_after(build, calls: int):
         return diffusion
 
     return build_with_nan
+
+
+class GaussianOracle(nn.Module):
+    """The exact ε̂ for Gaussian data N(m, Σ) under a continuous-time map ``ct``: the marginal at s is
+    N(√ᾱ m, C), C = ᾱ Σ + σ² I, whose score is −C⁻¹(x − √ᾱ m), so ε̂ = σ C⁻¹(x − √ᾱ m), at the time s of the
+    label t (s = t/T for the grid maps, (t − 1)/(T − 1) for vp-linear). Every example of a call shares its t
+    (as in the ODE). ``scale`` is a parameter (1 at the oracle) so that gradients have something to flow into."""
+
+    def __init__(self, ct, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        super().__init__()
+        from ppl_diffusion.ode import TimeCoefficients
+
+        self.ct, self.coef = ct, TimeCoefficients(ct)
+        self.register_buffer("mean", mean)
+        self.register_buffer("cov", cov)
+        self.scale = nn.Parameter(torch.ones((), dtype=mean.dtype))
+
+    def forward(self, x, t):
+        ct = self.ct
+        s = t[0] / ct.T if ct.kind != "vp-linear" else (t[0] - 1) / (ct.T - 1)
+        _, sigma, _ = self.coef(s, x.dtype)
+        ab = 1 - sigma ** 2
+        c = ab * self.cov + sigma ** 2 * torch.eye(len(self.mean), dtype=x.dtype)
+        return self.scale * sigma * torch.linalg.solve(c, (x - ab.sqrt() * self.mean).T).T
+
+    def marginal(self, s: float):
+        """(mean, covariance) of the data's marginal at time s, float64 from the NumPy reference."""
+        ab = float(self.ct.alpha_bar(s))
+        return math.sqrt(ab) * self.mean, ab * self.cov + (1 - ab) * torch.eye(len(self.mean), dtype=self.cov.dtype)
+
+
+def random_gaussian(dim: int, seed: int = 0, dtype=torch.float64):
+    """A mean and a full covariance (eigenvalues about 0.1..2) for :class:`GaussianOracle`."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=g, dtype=dtype) * 0.5
+    return torch.randn(dim, generator=g, dtype=dtype), a @ a.T + 0.1 * torch.eye(dim, dtype=dtype)
