@@ -229,7 +229,8 @@ def _evaluate_ode(args) -> None:
         raise ValueError(f"--precision {args.precision} with --likelihood ode: the ODE is solved in fp32 (an adaptive "
                          "solver's error control needs it); drop --precision")
     o = _ode_options(args, ODE_EVAL_FLAGS)
-    result = evaluate_ode_run(args.run, max_examples=args.max_examples, batch_size=args.batch_size or 64,
+    result = evaluate_ode_run(args.run, max_examples=args.max_examples,
+                              batch_size=64 if args.batch_size is None else args.batch_size,
                               trace=o["trace"], probes=o["probes"], probe=o["probe"], rtol=o["rtol"], atol=o["atol"],
                               eps=o["eps"], time_map=o["time_map"], dequantization=o["dequantization"],
                               draws=o["dequantization_draws"], ema=not o["raw"], seed=args.seed, device=args.device,
