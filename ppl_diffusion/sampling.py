@@ -184,7 +184,7 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
         if n == 0:
             return torch.zeros((0, *diffusion.event_shape)), 0
         x, nfe = sample_ode_jax(diffusion, int(n), **opts)
-        return torch.from_numpy(np.asarray(x)), int(nfe)
+        return torch.from_numpy(np.array(x)), int(nfe)  # a copy: JAX arrays are read-only
     from .ode import check_options, sample_ode
 
     if n == 0:  # this process's share can be empty; the options are still checked

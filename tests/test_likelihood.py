@@ -157,15 +157,15 @@ def test_dequantizing_continuous_data_exits_2(toy_run, capsys):
 
 
 def test_numpyro_backend_agrees(toy_run):
-    """``--backend numpyro`` (diffrax, Tsit5) against torchdiffeq's dopri5 on the same weights: the same density
-    within the two solvers' tolerance, and the same ODE samples."""
+    """The NumPyro twin (diffrax, Tsit5) against torchdiffeq's dopri5 on the same weights, through the dispatch
+    that ``--backend numpyro`` takes: the same density within the two solvers' global error (at rtol = atol = 1e-7
+    ~2e-4 nats, see the batch-size test; at 1e-5 the two differ by 5e-3 nats here), and the same ODE samples."""
     pytest.importorskip("ppl_diffusion.numpyro.ode")
-    opts = dict(max_examples=8, trace="exact", rtol=1e-5, atol=1e-5, progress=False)
-    pyro_result = evaluate_ode_run(toy_run, **opts)
-    jax_result = evaluate_ode_run(toy_run, backend="numpyro", **opts)
-    assert jax_result["solver"] == "tsit5" and jax_result["backend"] == "numpyro"
-    assert jax_result["bpd"] == pytest.approx(pyro_result["bpd"], abs=1e-3)
-    assert jax_result["elbo_bpd"] == pytest.approx(pyro_result["elbo_bpd"], rel=1e-4)
-    a, _ = draw_ode_samples(load_run(toy_run).diffusion, 4, seed=1, rtol=1e-5, atol=1e-5)
-    b, _ = draw_ode_samples(load_run(toy_run, backend="numpyro").diffusion, 4, seed=1, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-3)
+    x = load_dataset("eight_gaussians").test[:8]
+    options = dict(trace="exact", probes=1, probe="rademacher", rtol=1e-7, atol=1e-7, eps=None, time_map="grid")
+    runs = {backend: load_run(toy_run, backend=backend).diffusion for backend in ("pyro", "numpyro")}
+    bpd = {b: per_example_ode(d, x, dequantization="none", **options)[0] for b, d in runs.items()}
+    np.testing.assert_allclose(bpd["numpyro"], bpd["pyro"], rtol=0, atol=1e-3)
+    a, _ = draw_ode_samples(runs["pyro"], 4, seed=1, rtol=1e-5, atol=1e-5)
+    b, _ = draw_ode_samples(runs["numpyro"], 4, seed=1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-3)
