@@ -2,8 +2,9 @@
 
 A thin argparse layer: each subcommand parses its flags, calls one function of the Python API
 (:func:`ppl_diffusion.train.train`, :func:`ppl_diffusion.evaluate.evaluate_run`,
-:func:`ppl_diffusion.sampling.sample_run`, :func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2
-and one line ``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
+:func:`ppl_diffusion.likelihood.evaluate_ode_run`, :func:`ppl_diffusion.sampling.sample_run`,
+:func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2 and one line
+``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
 """
 
 from __future__ import annotations
