@@ -2,8 +2,9 @@
 
 A thin argparse layer: each subcommand parses its flags, calls one function of the Python API
 (:func:`ppl_diffusion.train.train`, :func:`ppl_diffusion.evaluate.evaluate_run`,
-:func:`ppl_diffusion.sampling.sample_run`, :func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2
-and one line ``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
+:func:`ppl_diffusion.likelihood.evaluate_ode_run`, :func:`ppl_diffusion.sampling.sample_run`,
+:func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2 and one line
+``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
 """
 
 from __future__ import annotations
@@ -143,11 +144,28 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-examples", type=int, default=None, help="first N test examples only (default: all)")
     p.add_argument("--timesteps-per-batch", type=int, default=None,
                    help="steps t per denoiser call (default: about 512 inputs per call)")
-    p.add_argument("--fd-samples", type=int, default=1000,
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="test examples per call (default 500 for the ELBO, 64 per ODE solve)")
+    p.add_argument("--fd-samples", type=int, default=None,
                    help="digits only: samples of the EMA weights scored by digits_fd (default 1000; 0 disables)")
-    p.add_argument("--fit-variance", type=int, default=0, metavar="N",
+    p.add_argument("--fit-variance", type=int, default=None, metavar="N",
                    help="fit the reverse variances in closed form on N training examples and evaluate that model "
                         "(writes eval-fitted.json; default 0: the trained variance)")
+    p.add_argument("--likelihood", default="elbo", choices=("elbo", "ode"),
+                   help="elbo: the variational bound of the raw and EMA weights (eval.json); ode: the exact "
+                        "likelihood by the probability-flow ODE (eval-ode.json), beside the ELBO of the same "
+                        "weights (default elbo)")
+    g = p.add_argument_group("--likelihood ode")
+    _add_ode_flags(g)
+    g.add_argument("--trace", default=None, help="exact (D copies per example) or hutchinson (default exact)")
+    g.add_argument("--probes", type=int, default=None, help="Hutchinson probes per example (default 1)")
+    g.add_argument("--probe", default=None, help="rademacher or gaussian Hutchinson probes (default rademacher)")
+    g.add_argument("--dequantization", default=None,
+                   help="auto (uniform for 8-bit images, none for continuous data), uniform (cells centred on the "
+                        "pixel values, +log2(127.5) bits/dim), score-sde (score_sde's cells, +7), none (default auto)")
+    g.add_argument("--dequantization-draws", type=int, default=None, metavar="R",
+                   help="dequantization draws per example (default 1; R >= 2 also reports their SD)")
+    g.add_argument("--raw", action="store_true", default=None, help="raw weights instead of the EMA (the default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and the samples (default 0)")
     _add_backend_flag(p, "a run trained on either backend evaluates on both")
@@ -157,12 +175,68 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+def _add_ode_flags(p) -> None:
+    """The solver's flags, shared by ``evaluate --likelihood ode`` and ``sample --ode`` (default ``None``: unset)."""
+    p.add_argument("--rtol", type=float, default=None, help="the adaptive solver's relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, default=None, help="the adaptive solver's absolute tolerance (default 1e-5)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="the ODE's small-time end (default: the map's, 1/T for grid, 1e-5 for vp-linear)")
+    p.add_argument("--time-map", default=None,
+                   help="continuous time of the chain: grid (spline through the steps), grid-linear (k-diffusion's) "
+                        "or vp-linear (score_sde's, linear schedules) (default grid)")
+
+
+ODE_EVAL_FLAGS = ("rtol", "atol", "eps", "time_map", "trace", "probes", "probe", "dequantization",
+                  "dequantization_draws", "raw")
+ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map="grid", trace="exact", probes=1, probe="rademacher",
+                    dequantization="auto", dequantization_draws=1, raw=False)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _ode_options(args, names) -> dict:
+    """The ODE flags ``names`` of ``args``, unset ones at their defaults."""
+    return {k: ODE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k) for k in names}
+
+
 def cmd_evaluate(args) -> None:
+    if args.likelihood == "ode":
+        return _evaluate_ode(args)
+    given = [_flag(k) for k in ODE_EVAL_FLAGS if getattr(args, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} given with --likelihood elbo; these flags are for the ODE's likelihood: "
+                         "add --likelihood ode or drop them")
     from .evaluate import evaluate_run, summary
 
     result = evaluate_run(args.run, max_examples=args.max_examples, timesteps_per_batch=args.timesteps_per_batch,
-                          fd_samples=args.fd_samples, fit_variance=args.fit_variance, device=args.device,
+                          batch_size=500 if args.batch_size is None else args.batch_size,
+                          fd_samples=1000 if args.fd_samples is None else args.fd_samples,
+                          fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision)
+    if distributed.world().is_main:
+        print(json.dumps(result, indent=2) if args.json else summary(result))
+
+
+def _evaluate_ode(args) -> None:
+    from .likelihood import evaluate_ode_run, summary
+
+    for name in ("fd_samples", "fit_variance"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"{_flag(name)} with --likelihood ode: the ODE uses neither samples nor the reverse "
+                             f"variances; drop {_flag(name)} (or use --likelihood elbo)")
+    if args.precision != "fp32":
+        raise ValueError(f"--precision {args.precision} with --likelihood ode: the ODE is solved in fp32 (an adaptive "
+                         "solver's error control needs it); drop --precision")
+    o = _ode_options(args, ODE_EVAL_FLAGS)
+    result = evaluate_ode_run(args.run, max_examples=args.max_examples,
+                              batch_size=64 if args.batch_size is None else args.batch_size,
+                              trace=o["trace"], probes=o["probes"], probe=o["probe"], rtol=o["rtol"], atol=o["atol"],
+                              eps=o["eps"], time_map=o["time_map"], dequantization=o["dequantization"],
+                              draws=o["dequantization_draws"], ema=not o["raw"], seed=args.seed, device=args.device,
+                              backend=args.backend, timesteps_per_batch=args.timesteps_per_batch,
+                              progress=args.progress)
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -178,15 +252,27 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     _add_backend_flag(p, "a run trained on either backend samples on both")
     _add_precision_flag(p, "fp32", "whatever the run trained at")
     _add_dist_flag(p)
+    p.add_argument("--ode", action="store_true",
+                   help="deterministic samples by the probability-flow ODE (x_T as ancestral sampling's for the seed; "
+                        "default name RUN/samples-ema-ode.png)")
+    _add_ode_flags(p.add_argument_group("--ode"))
 
 
 def cmd_sample(args) -> None:
     from .sampling import sample_run
 
+    names = ("rtol", "atol", "eps", "time_map")
+    given = [_flag(k) for k in names if getattr(args, k) is not None]
+    if given and not args.ode:
+        raise ValueError(f"{', '.join(given)} given without --ode; these flags set the ODE's solver: add --ode or "
+                         "drop them")
+    o = _ode_options(args, names)
     result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
-                        device=args.device, out=args.out, backend=args.backend, precision=args.precision)
+                        device=args.device, out=args.out, backend=args.backend, precision=args.precision,
+                        ode=args.ode, **o)
     if distributed.world().is_main:
-        print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}) -> "
+        how = f", ODE: {result.nfe} function evaluations" if args.ode else ""
+        print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}{how}) -> "
               f"{result.png} and {result.npz}")
 
 
@@ -300,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a diffusion model into a run folder")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="bits/dim on the test split (raw and EMA), per-term figure, eval.json")
+    p = sub.add_parser("evaluate", help="bits/dim on the test split: the ELBO (raw and EMA, per-term figure, eval.json) "
+                                        "or the probability-flow ODE's likelihood (--likelihood ode, eval-ode.json)")
     _add_eval_flags(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("sample", help="draw samples: PNG grid (or scatter) and .npz")

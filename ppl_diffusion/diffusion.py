@@ -150,8 +150,11 @@ class GaussianDiffusion(nn.Module):
         p = next(self.denoiser.parameters(), None)
         return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
 
-    def check_data(self, x0: Tensor) -> Tensor:
-        """Check that ``x0`` is a finite batch ``[B x *event_shape]``; raise a one-line error if not."""
+    def check_data(self, x0: Tensor, *, bounded: bool = True) -> Tensor:
+        """Check that ``x0`` is a finite batch ``[B x *event_shape]``; raise a one-line error if not.
+
+        ``bounded=False`` skips the discretized decoder's range [−1, 1] (the probability-flow ODE's density lives
+        on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255))."""
         if not torch.is_tensor(x0):
             raise TypeError(f"x0 must be a tensor of shape [B, {', '.join(map(str, self.event_shape))}], "
                             f"got {type(x0).__name__}")
@@ -167,7 +170,7 @@ class GaussianDiffusion(nn.Module):
             idx = tuple(int(i) for i in bad.nonzero()[0])
             raise ValueError(f"x0{list(idx)} = {x0[idx].item()}: data must be finite; drop or impute "
                              "non-finite values before training")
-        if getattr(self.decoder, "bins", None) is not None:
+        if bounded and getattr(self.decoder, "bins", None) is not None:
             out = (x0 < -1) | (x0 > 1)
             if out.any():
                 idx = tuple(int(i) for i in out.nonzero()[0])

@@ -175,7 +175,7 @@ class AugmentedDynamics(nn.Module):
                 v = self.probe_values.reshape(b, -1, d)
                 div = 0.0
                 for k in range(v.shape[1]):
-                    (g,) = torch.autograd.grad(f, x, v[:, k].reshape(b, *self.event_shape), create_graph=create,
+                    (g,) = torch.autograd.grad(f, x, v[:, k], create_graph=create,  # f is [B x D]
                                                retain_graph=True)
                     div = div + (g.reshape(b, d) * v[:, k]).sum(1)
                 div = div / v.shape[1]
@@ -219,7 +219,7 @@ def log_likelihood(diffusion, x: Tensor, *, trace: str = "exact", probes: int = 
     """
     check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
     check_model(diffusion)
-    x = diffusion.check_data(x)
+    x = diffusion.check_data(x, bounded=False)  # a density on R^D: dequantized pixels reach ±(1 + 1/255)
     ct = ContinuousTime.make(diffusion.schedule, time_map)
     eps = ct.check_eps(eps)
     coef = TimeCoefficients(ct).to(x.device)

@@ -162,18 +162,52 @@ class SampleResult:
     png: Path  # image grid (images) or scatter plot (vectors)
     npz: Path  # "images": uint8 [n x C x H x W] for image data, "samples": float32 [n x D] otherwise
     run: Run
+    nfe: int | None = None  # ODE sampling: evaluations of the vector field (the largest over processes)
+
+
+def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: float = 1e-5, atol: float = 1e-5,
+                     eps: float | None = None, time_map: str = "grid") -> tuple[Tensor, int]:
+    """``n`` deterministic samples ``[n x *event_shape]`` by the probability-flow ODE from s = 1 to ε, and the NFE
+    (:func:`ppl_diffusion.ode.sample_ode`, or ``ppl_diffusion.numpyro.ode.sample_ode`` for a NumPyro model).
+
+    x_T of sample i is counter-based, the x_T of :func:`draw_samples` for the same seed and index, so sample i is
+    the same in any share of the samples up to the solver's tolerance (the samples of one call share the steps)."""
+    from .infer.bound import check_indices
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
+    index = check_indices(indices, int(n))
+    opts = dict(rtol=rtol, atol=atol, eps=eps, time_map=time_map, seed=seed, indices=index)
+    if backend_of(diffusion) == "numpyro":
+        from .numpyro.ode import sample_ode as sample_ode_jax
+
+        if n == 0:
+            return torch.zeros((0, *diffusion.event_shape)), 0
+        x, nfe = sample_ode_jax(diffusion, int(n), **opts)
+        return torch.from_numpy(np.array(x)), int(nfe)  # a copy: JAX arrays are read-only
+    from .ode import check_options, sample_ode
+
+    if n == 0:  # this process's share can be empty; the options are still checked
+        check_options(rtol=rtol, atol=atol)
+        device, dtype = diffusion._device_dtype()
+        return torch.zeros((0, *diffusion.event_shape), device=device, dtype=dtype), 0
+    return sample_ode(diffusion, int(n), **opts)
 
 
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
                device: str = "auto", out: str | Path | None = None, backend: str = "pyro",
-               precision: str = "fp32") -> SampleResult:
+               precision: str = "fp32", ode: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
+               eps: float | None = None, time_map: str = "grid") -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint and the same noise, see
         :func:`draw_samples`).
     :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
         ``"bf16"`` (:mod:`ppl_diffusion.precision`).
-    :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}].png``. The ``.npz`` has the
+    :param bool ode: deterministic samples by the probability-flow ODE (:func:`draw_ode_samples`, with ``rtol``,
+        ``atol``, ``eps``, ``time_map``; x_T that of ancestral sampling with the same seed) instead of the chain;
+        images are rounded to 8 bits as ancestral samples are. :attr:`SampleResult.nfe` is then the NFE.
+    :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}|-ode].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
 
     Under ``torchrun`` each process draws a contiguous share of the n samples (their noise depends on the
@@ -184,21 +218,33 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
+    if ode and steps is not None:
+        raise ValueError(f"--steps {steps} with --ode: the ODE's solver chooses its own steps (set --rtol / --atol); "
+                         "drop one of them")
     w = world()
     loaded = load_run(run, ema=ema, device=local_device(device), backend=backend, precision=check_precision(precision))
     share = range(n)[w.shard(n)]
-    samples = draw_samples(loaded.diffusion, len(share), steps=steps, seed=seed, indices=np.asarray(share)).cpu()
+    nfe = None
+    if ode:
+        samples, nfe = draw_ode_samples(loaded.diffusion, len(share), seed=seed, indices=np.asarray(share), rtol=rtol,
+                                        atol=atol, eps=eps, time_map=time_map)
+        nfe = max(w.gather_objects(nfe))
+        samples = samples.cpu()
+    else:
+        samples = draw_samples(loaded.diffusion, len(share), steps=steps, seed=seed, indices=np.asarray(share)).cpu()
     samples = w.gather(samples.contiguous())
     if out is None:
         out = Path(run) if Path(run).is_dir() else Path(run).parent
-        out = out / f"samples-{'ema' if ema else 'raw'}{'' if steps is None else f'-K{steps}'}.png"
+        tag = "-ode" if ode else ("" if steps is None else f"-K{steps}")
+        out = out / f"samples-{'ema' if ema else 'raw'}{tag}.png"
     png = Path(out)
     npz = png.with_suffix(".npz")
     if not w.is_main:
         w.barrier()  # rank 0 writes the files
-        return SampleResult(samples=samples, png=png, npz=npz, run=loaded)
+        return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
     png.parent.mkdir(parents=True, exist_ok=True)
     what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}, " + (
+        f"ODE, {nfe} evaluations" if ode else
         f"T = {loaded.diffusion.T}" if steps is None else f"{steps} of {loaded.diffusion.T} steps")
     if is_images(loaded.diffusion):
         images = to_uint8(samples).numpy()
@@ -208,4 +254,4 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         np.savez_compressed(npz, samples=samples.to(torch.float32).numpy())
         plots.scatter(samples.numpy(), png, title=what)
     w.barrier()
-    return SampleResult(samples=samples, png=png, npz=npz, run=loaded)
+    return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)

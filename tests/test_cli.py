@@ -165,6 +165,22 @@ BAD = {  # id: (argv with {placeholders}, a string the one-line message must con
     "unknown-eval-device": (["evaluate", "{good}", "--device", "gpu"], "'gpu'"),
     "cuda-without-gpu": (["train", "--steps", "1", "--device", "cuda"], "CUDA is not available"),
     "negative-fit": (["evaluate", "{good}", "--fit-variance", "-1", "--no-progress"], "fit_variance = -1"),
+    # --likelihood ode and sample --ode (the continuous-data case is in tests/test_likelihood.py)
+    "ode-rtol-zero": (["evaluate", "{good}", "--likelihood", "ode", "--rtol", "0", "--no-progress"], "rtol = 0.0"),
+    "ode-unknown-trace": (["evaluate", "{good}", "--likelihood", "ode", "--trace", "diagonal", "--no-progress"],
+                          "unknown trace 'diagonal'"),
+    "ode-no-dequantization-on-images": (["evaluate", "{good}", "--likelihood", "ode", "--dequantization", "none",
+                                         "--no-progress"], "not a likelihood"),
+    "ode-flag-with-elbo": (["evaluate", "{good}", "--trace", "hutchinson", "--no-progress"],
+                           "--trace given with --likelihood elbo"),
+    "ode-fit-variance": (["evaluate", "{good}", "--likelihood", "ode", "--fit-variance", "10", "--no-progress"],
+                         "--fit-variance with --likelihood ode"),
+    "ode-zero-draws": (["evaluate", "{good}", "--likelihood", "ode", "--dequantization-draws", "0", "--no-progress"],
+                       "draws = 0"),
+    "ode-eps-below-first-step": (["evaluate", "{good}", "--likelihood", "ode", "--eps", "0.01", "--no-progress"],
+                                 "eps = 0.01"),
+    "ode-steps": (["sample", "{good}", "--ode", "--steps", "5"], "--steps 5 with --ode"),
+    "ode-solver-flag-without-ode": (["sample", "{good}", "--rtol", "1e-3"], "--rtol given without --ode"),
 }
 if not torch.cuda.is_available():
     BAD["cuda-missing"] = (["train", "--steps", "1", "--device", "cuda"], "'cuda'")

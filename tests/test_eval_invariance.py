@@ -207,3 +207,22 @@ def test_sample_under_torchrun_equals_one_process(digits_run, tmp_path):
     assert out.stdout.count("5 samples") == 1  # rank 0 alone prints
     np.testing.assert_array_equal(np.load(tmp_path / "two.npz")["images"], np.load(tmp_path / "one.npz")["images"])
 
+
+
+def test_ode_evaluate_under_torchrun_equals_one_process(digits_run, capsys):
+    """`evaluate --likelihood ode` on 2 processes (3 digits: shares of 2 and 1) prints the numbers of 1 process.
+    With --batch-size 1 every example is its own solve, so the solver takes the same steps either way and the
+    dequantization draws and Hutchinson probes are those of (seed, test index): equal to float rounding."""
+    from ppl_diffusion.cli import main
+
+    argv = ["evaluate", digits_run, "--likelihood", "ode", "--trace", "hutchinson", "--rtol", "1e-3", "--atol", "1e-3",
+            "--batch-size", "1", "--dequantization-draws", "2", "--max-examples", "3", "--seed", "5", "--json",
+            "--no-progress"]
+    assert main(list(map(str, argv))) == 0
+    one = json.loads(capsys.readouterr().out)
+    out = _torchrun(argv, digits_run.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout)
+    assert (one["world_size"], two["world_size"], two["solves"]) == (1, 2, 6)
+    for key in ("bpd", "bpd_stderr", "dequantization_sd", "elbo_bpd", "nfe_mean", "nfe_max"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key

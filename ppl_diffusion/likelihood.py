@@ -1,0 +1,252 @@
+"""Likelihood of a trained run through the probability-flow ODE: the API behind ``ppl-diffusion evaluate
+--likelihood ode``.
+
+:func:`evaluate_ode_run` loads the newest checkpoint of a run folder (EMA weights by default) and, for every test
+example (or the first ``max_examples``) and every dequantization draw r = 0..R − 1, solves the probability-flow ODE
+(:func:`ppl_diffusion.ode.log_likelihood`, or the JAX twin ``ppl_diffusion.numpyro.ode`` with ``backend="numpyro"``)
+on the dequantized example (:mod:`ppl_diffusion.dequantize`). The numbers:
+
+``bpd``
+    mean over examples of the per-example mean over draws of −log2 p_ε(y)/D + offset: for 8-bit images an upper
+    bound (Jensen, see :mod:`ppl_diffusion.dequantize`) on −log2 P(k)/D of the discrete model P(k) = ∫_cell p_ε,
+    the *dequantized-ODE model*, estimated without bias (exact up to the solver's tolerance and, with
+    ``trace="hutchinson"``, Hutchinson's unbiased noise); for continuous data −log2 p_ε(x)/D (no offset).
+``bpd_stderr``
+    its standard error over examples (it includes the dequantization and the Hutchinson noise: each example's
+    mean is one draw of a random variable whose mean is the example's expected bound).
+``dequantization_sd``
+    with R ≥ 2: the within-example standard deviation over draws (pooled over examples), the dequantization's
+    own noise (each example keeps its Hutchinson probes across its draws).
+``nfe_mean``, ``nfe_max``
+    evaluations of the vector field per batch solve (the examples of a batch share the adaptive steps, so NFE
+    depends on the batch size; the step size is controlled by the worst example of the batch).
+``elbo_bpd``, ``elbo_bpd_stderr``
+    the variational bound of the same weights on the same examples, on the discrete data
+    (:func:`ppl_diffusion.evaluate.per_example_terms`): an upper bound on the DDPM's own negative log-likelihood
+    (its discretized decoder for images). The two are bounds on *different* models, neither bounds the other.
+
+Randomness is counter-based: dequantization draw r of test example i is ``noise.uniform(seed, i, r,
+stream=DEQUANT)`` and its Hutchinson probes ``noise.normal(seed, i, k, stream=PROBE)``, so each example's terms
+depend on (seed, i, its x) alone. The solver's steps, however, are shared by a batch: batch size and process count
+change the result within the solver's tolerance (not bit for bit, as the ELBO's evaluation does).
+
+Under ``torchrun`` each process solves a contiguous share of the examples, the per-example values are gathered in
+test-set order (NFE from every process), rank 0 writes ``RUN/eval-ode.json``, and every process returns the dict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import dequantize as dq
+from .continuous import ContinuousTime
+from .data import load_dataset
+from .distributed import local_device, world
+from .evaluate import _positive, per_example_terms
+from .infer.bound import auto_timesteps_per_batch, check_indices
+from .sampling import backend_of, find_checkpoint, is_images, load_run
+
+SOLVERS = {"pyro": "dopri5", "numpyro": "tsit5"}  # each backend's adaptive solver (5th order, FSAL)
+
+
+def ode_log_prob(diffusion, y: np.ndarray, *, indices, trace: str, probes: int, probe: str, rtol: float, atol: float,
+                 eps: float | None, time_map: str, seed: int) -> tuple[np.ndarray, int, float]:
+    """One batch solve: (log p_ε(y) ``float64[B]`` nats, NFE, ε) on the backend of ``diffusion``, for model-space
+    points ``y`` ``[B x *event]`` that are test examples ``indices`` (their Hutchinson probes)."""
+    opts = dict(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol, eps=eps, time_map=time_map, seed=seed,
+                indices=indices)
+    if backend_of(diffusion) == "numpyro":
+        from .numpyro.ode import log_likelihood as log_likelihood_jax
+
+        res = log_likelihood_jax(diffusion, np.asarray(y, np.float32), **opts)
+        return np.asarray(res.log_prob, np.float64), int(res.nfe), float(res.eps)
+    from .ode import log_likelihood
+
+    device, dtype = diffusion._device_dtype()
+    with torch.no_grad():  # the traces' vector-Jacobian products need no graph beyond one evaluation
+        res = log_likelihood(diffusion, torch.as_tensor(y).to(device=device, dtype=dtype), **opts)
+    return res.log_prob.double().cpu().numpy(), int(res.nfe), float(res.eps)
+
+
+def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "uniform", draws: int = 1, seed: int = 0,
+                    batch_size: int = 64, progress: bool = False, **options) -> tuple[np.ndarray, list[int], float]:
+    """Bits/dim of every example and draw, ``float64[N x R]``: −log2 p_ε(y_r)/D + offset with y_r draw r of the
+    dequantized example (``x`` itself for ``"none"``), in batches of ``batch_size``; also the NFE of every batch
+    solve and ε. ``options``: :func:`ode_log_prob`'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
+    ``time_map``)."""
+    x = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x)
+    indices = check_indices(indices, len(x))
+    num_dims = int(np.prod(x.shape[1:]))
+    out = np.empty((len(x), draws), dtype=np.float64)
+    nfes, eps = [], options.get("eps")
+    jobs = [(start, r) for start in range(0, len(x), batch_size) for r in range(draws)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc="ODE", unit="solve")
+    for start, r in jobs:
+        rows = slice(start, start + batch_size)
+        y = dq.dequantize(x[rows], dequantization, seed=seed, indices=indices[rows], draw=r)
+        log_prob, nfe, eps = ode_log_prob(diffusion, y, indices=indices[rows], seed=seed, **options)
+        out[rows, r] = dq.bits_per_dim(log_prob, num_dims, dequantization)
+        nfes.append(nfe)
+    return out, nfes, eps
+
+
+def _stderr(values: np.ndarray) -> float | None:
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_size: int = 64, trace: str = "exact",
+                     probes: int = 1, probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
+                     eps: float | None = None, time_map: str = "grid", dequantization: str = "auto", draws: int = 1,
+                     ema: bool = True, seed: int = 0, device: str = "auto", backend: str = "pyro",
+                     timesteps_per_batch: int | None = None, progress: bool = True) -> dict:
+    """Bits/dim of ``run``'s test split by the probability-flow ODE, beside the ELBO's (see the module).
+
+    :param int max_examples: the first ``max_examples`` test examples only (default: all).
+    :param int batch_size: examples per ODE solve (they share the adaptive steps; the exact trace calls the net on
+        D copies of each).
+    :param str trace: ``"exact"`` (D ≤ a few hundred) or ``"hutchinson"`` (``probes`` probes of kind ``probe``,
+        ``"rademacher"`` or ``"gaussian"``).
+    :param float rtol, atol: the adaptive solver's tolerances.
+    :param float eps: the small-time end (default: the map's, 1/T for the grid maps).
+    :param str time_map: ``"grid"``, ``"grid-linear"`` or ``"vp-linear"`` (:mod:`ppl_diffusion.continuous`).
+    :param str dequantization: ``"auto"`` (``"uniform"`` for 8-bit images, ``"none"`` for continuous data),
+        ``"uniform"``, ``"score-sde"`` or ``"none"`` (:mod:`ppl_diffusion.dequantize`).
+    :param int draws: R, dequantization draws per example (R ≥ 2 also reports their within-example SD).
+    :param bool ema: EMA weights (default) or raw ones.
+    :param str backend: ``"pyro"`` (torchdiffeq, dopri5) or ``"numpyro"`` (diffrax, Tsit5).
+    :param int timesteps_per_batch: steps per denoiser call of the ELBO beside (default: about 512 inputs a call).
+    :returns: the dict written to ``RUN/eval-ode.json``.
+    """
+    from .ode import check_options
+
+    _positive("max_examples", max_examples, "--max-examples", allow_none=True)
+    _positive("batch_size", batch_size, "--batch-size")
+    _positive("draws", draws, "--dequantization-draws")
+    _positive("timesteps_per_batch", timesteps_per_batch, "--timesteps-per-batch", allow_none=True)
+    check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
+    if dequantization != "auto" and dequantization not in dq.KINDS:
+        dq.resolve(dequantization, True)  # the unknown-name error
+    if backend not in SOLVERS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {tuple(SOLVERS)} (--backend)")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed = {seed!r}; pass an integer >= 0 (--seed)")
+    started = time.monotonic()
+    w = world()
+    progress = progress and w.is_main
+    checkpoint = find_checkpoint(run)
+    loaded = load_run(checkpoint, ema=ema, device=local_device(device), backend=backend, precision="fp32")
+    diffusion, config = loaded.diffusion, loaded.config
+    eps = ContinuousTime.make(diffusion.schedule, time_map).check_eps(eps)  # one-line errors before any solve
+    kind = dq.resolve(dequantization, is_images(diffusion))
+    if draws > 1 and kind == "none":
+        raise ValueError(f"{draws} dequantization draws of continuous data: there is nothing to draw; pass "
+                         "--dequantization-draws 1")
+    data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    x = data.test if max_examples is None else data.test[:max_examples]
+    mine = w.shard(len(x))
+    index = np.arange(len(x))[mine]
+    num_dims = diffusion.num_dims
+
+    t0 = time.monotonic()
+    bpd, nfes, eps = per_example_ode(diffusion, x[mine], indices=index, dequantization=kind, draws=draws, seed=seed,
+                                     batch_size=batch_size, progress=progress, trace=trace, probes=probes, probe=probe,
+                                     rtol=rtol, atol=atol, eps=eps, time_map=time_map)
+    ode_seconds = time.monotonic() - t0
+    bpd = w.gather(torch.from_numpy(bpd)).numpy()  # [N x R], test-set order
+    nfes = [n for part in w.gather_objects(nfes) for n in part]
+
+    t0 = time.monotonic()
+    if timesteps_per_batch is None:  # from the whole set, as evaluate_run: 1 and N processes make the same calls
+        timesteps_per_batch = auto_timesteps_per_batch(min(500, len(x)))
+    terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch, seed=seed, indices=index)
+    elbo = (w.gather(terms.contiguous()).sum(-1) / (num_dims * math.log(2.0))).numpy()
+    elbo_seconds = time.monotonic() - t0
+
+    per_example = bpd.mean(1)
+    result = {
+        "bpd": float(per_example.mean()), "bpd_stderr": _stderr(per_example),
+        "elbo_bpd": float(elbo.mean()), "elbo_bpd_stderr": _stderr(elbo),
+        "dequantization_sd": float(np.sqrt(bpd.var(1, ddof=1).mean())) if draws > 1 else None,
+        "nfe_mean": float(np.mean(nfes)), "nfe_max": int(np.max(nfes)), "solves": len(nfes),
+        "trace": trace, "probes": probes if trace == "hutchinson" else None,
+        "probe": probe if trace == "hutchinson" else None, "rtol": rtol, "atol": atol, "eps": eps,
+        "time_map": time_map, "solver": SOLVERS[backend], "dequantization": kind, "offset_bits": dq.offset_bits(kind),
+        "draws": draws, "batch_size": batch_size, "num_examples": len(x), "num_dims": num_dims,
+        "weights": "ema" if ema else "raw", "data": config.data, "split": "test", "T": config.T, "seed": seed,
+        "backend": backend, "world_size": w.world_size, "checkpoint": str(checkpoint), "step": loaded.step,
+        "ode_seconds": round(ode_seconds, 2), "elbo_seconds": round(elbo_seconds, 2),
+        "json": str(checkpoint.parent / "eval-ode.json"),
+    }
+    result["what"] = describe(result)
+    if w.is_main:
+        result["seconds"] = round(time.monotonic() - started, 2)
+        Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
+    return w.broadcast_object(result)
+
+
+def describe(result: dict) -> dict:
+    """What each number of :func:`evaluate_ode_run`'s dict is, in words (its ``"what"`` entry)."""
+    kind, n, r = result["dequantization"], result["num_examples"], result["draws"]
+    trace = ("the exact trace" if result["trace"] == "exact" else
+             f"Hutchinson's trace ({result['probes']} {result['probe']} probe(s) per example, unbiased)")
+    if kind == "none":
+        ode = (f"−log2 p_ε(x)/D: the probability-flow ODE's density at the {n} continuous test points, in bits per "
+               "dimension (a differential code length, which can be negative)")
+    else:
+        h = dq.cell_width(kind)
+        ode = (f"an upper bound on −log2 P(k)/D of the dequantized-ODE model P(k) = ∫ p_ε over the pixel's cell "
+               f"(width {h:.6g}, {kind} dequantization): −log2 p_ε(y)/D + {result['offset_bits']:.4f} at y uniform "
+               f"in the cell, mean over {r} draw(s) per example and over {n} test examples")
+    images = kind != "none"
+    return {
+        "bpd": f"{ode}; p_ε solved by the probability-flow ODE ({result['solver']}, rtol {result['rtol']:g}, atol "
+               f"{result['atol']:g}, {trace}, s from ε = {result['eps']:g} to 1, {result['time_map']} time map)",
+        "bpd_stderr": "standard error of bpd over examples (includes the dequantization and Hutchinson noise)",
+        "dequantization_sd": "within-example standard deviation over the dequantization draws (pooled over "
+                             "examples; null with one draw)",
+        "elbo_bpd": "the variational bound (ELBO, all T steps, closed-form KLs) of the same weights on the same "
+                    + ("discrete examples: an upper bound on the DDPM's own negative log-likelihood −log2 P(k)/D "
+                       "(its discretized decoder)" if images else
+                       "examples: an upper bound on the DDPM's −log2 p(x)/D (its Gaussian decoder's density)"),
+        "models": "bpd and elbo_bpd bound different models (the deterministic flow with dequantization cells, the "
+                  "stochastic chain with its decoder): neither bounds the other, and a lower bpd is not a tighter "
+                  "bound on the DDPM",
+        "nfe": "nfe_mean / nfe_max: evaluations of the ODE's vector field per batch solve (the examples of a batch "
+               "share the adaptive steps)",
+        "offset_bits": "bits/dim added for the cell volume, −log2(cell width) (0 without dequantization)",
+    }
+
+
+def summary(result: dict) -> str:
+    """A few lines for the terminal from the dict of :func:`evaluate_ode_run`: the two numbers side by side."""
+    def pm(key):
+        se = result.get(f"{key}_stderr")
+        return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
+
+    trace = result["trace"] if result["trace"] == "exact" else f"hutchinson x{result['probes']} {result['probe']}"
+    deq = ("no dequantization" if result["dequantization"] == "none" else
+           f"{result['dequantization']} dequantization (+{result['offset_bits']:.4f}), {result['draws']} draw(s)")
+    lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
+             f"T = {result['T']}, {result['weights'].upper() if result['weights'] == 'ema' else 'raw'} weights:",
+             f"  bits/dim  ODE {pm('bpd')}   ELBO {pm('elbo_bpd')}",
+             f"  ODE:  {result['what']['bpd'].split(';')[0]}",
+             f"  ELBO: {result['what']['elbo_bpd'].split(': ', 1)[-1]}",
+             f"  (bounds on different models: neither bounds the other)",
+             f"  ODE solve: {result['solver']}, rtol {result['rtol']:g}, atol {result['atol']:g}, {trace}, "
+             f"{result['time_map']} map, ε = {result['eps']:g}, {deq}; NFE per batch solve mean "
+             f"{result['nfe_mean']:.1f}, max {result['nfe_max']}"]
+    if result.get("dequantization_sd") is not None:
+        lines.append(f"  dequantization SD within an example {result['dequantization_sd']:.4f} bits/dim")
+    lines.append(f"  wrote {result['json']} ({result['seconds']:.1f} s: ODE {result['ode_seconds']:.1f} s, "
+                 f"ELBO {result['elbo_seconds']:.1f} s)")
+    return "\n".join(lines)
