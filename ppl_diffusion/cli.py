@@ -162,7 +162,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--probe", default=None, help="rademacher or gaussian Hutchinson probes (default rademacher)")
     g.add_argument("--dequantization", default=None,
                    help="auto (uniform for 8-bit images, none for continuous data), uniform (cells centred on the "
-                        "pixel values, +log2(127.5) bits/dim), score-sde (score_sde's cells, +7), none (default auto)")
+                        "pixel values, +log2(127.5) bits/dim), score-sde (score_sde's cells, +7), none, or decoder (no "
+                        "cells: x_1 ~ q(x_1|x_0) scored by the ODE at eps = 1/T and decoded by the trained p(x_0|x_1), "
+                        "a variational bound with its entropy term) (default auto)")
     g.add_argument("--dequantization-draws", type=int, default=None, metavar="R",
                    help="dequantization draws per example (default 1; R >= 2 also reports their SD)")
     g.add_argument("--raw", action="store_true", default=None, help="raw weights instead of the EMA (the default)")

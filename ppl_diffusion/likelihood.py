@@ -93,11 +93,56 @@ def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "unifor
         jobs = tqdm(jobs, desc="ODE", unit="solve")
     for start, r in jobs:
         rows = slice(start, start + batch_size)
-        y = dq.dequantize(x[rows], dequantization, seed=seed, indices=indices[rows], draw=r)
+        if dequantization == "decoder":
+            y, log_q = noised(diffusion, x[rows], seed=seed, indices=indices[rows], draw=r)
+        else:
+            y = dq.dequantize(x[rows], dequantization, seed=seed, indices=indices[rows], draw=r)
         log_prob, nfe, eps = ode_log_prob(diffusion, y, indices=indices[rows], seed=seed, **options)
-        out[rows, r] = dq.bits_per_dim(log_prob, num_dims, dequantization)
+        if dequantization == "decoder":
+            log_prob = log_prob + decoder_log_prob(diffusion, x[rows], y) - log_q
+        out[rows, r] = dq.bits_per_dim(log_prob, num_dims, "none" if dequantization == "decoder" else dequantization)
         nfes.append(nfe)
     return out, nfes, eps
+
+
+def check_decoder_bound(diffusion, time_map: str, eps: float) -> None:
+    """The decoder bound scores x_1 ~ q(x_1|x_0) by the ODE at ε = 1/T: the grid maps only, ε = 1/T only."""
+    ct = ContinuousTime.make(diffusion.schedule, time_map)
+    if ct.kind == "vp-linear" or abs(eps - 1.0 / ct.T) > 1e-12:
+        raise ValueError(f"the decoder bound decodes x_1 with the trained p(x_0|x_1), so the ODE must stop at step 1: "
+                         f"pass --time-map grid and --eps {1.0 / ct.T:g} (= 1/T), not {time_map} with eps = {eps:g}")
+
+
+def noised(diffusion, x, *, seed: int, indices, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """x_1 = √ᾱ_1 x_0 + √(1 − ᾱ_1) z ``float32[B x ...]`` and log q(x_1|x_0) ``float64[B]`` (nats), z draw ``draw`` of
+    the stream ``DEQUANT`` (normal) for test examples ``indices``."""
+    from . import noise
+
+    x = np.asarray(x, dtype=np.float64)
+    z = noise.normal(seed, np.asarray(indices), draw, tuple(x.shape[1:]), stream=noise.DEQUANT, dtype=np.float64)
+    ab = float(diffusion.schedule.alphas_cumprod[0])
+    x1 = math.sqrt(ab) * x + math.sqrt(1.0 - ab) * z
+    d = int(np.prod(x.shape[1:]))
+    log_q = -0.5 * (z.reshape(len(x), -1) ** 2).sum(1) - 0.5 * d * math.log(2.0 * math.pi * (1.0 - ab))
+    return x1.astype(np.float32), log_q
+
+
+def decoder_log_prob(diffusion, x0, x1) -> np.ndarray:
+    """log p(x_0|x_1) ``float64[B]`` (nats) of the trained decoder (discretized for images) on either backend."""
+    if backend_of(diffusion) == "numpyro":
+        import jax.numpy as jnp
+
+        t = jnp.ones((len(x0),), jnp.int32)
+        mean, log_var = diffusion.p_mean_variance(diffusion.denoiser, jnp.asarray(x1, jnp.float32), t)
+        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(jnp.asarray(x0, jnp.float32))
+        return np.asarray(lp, np.float64)
+    device, dtype = diffusion._device_dtype()
+    with torch.no_grad():
+        x1 = torch.as_tensor(np.asarray(x1)).to(device=device, dtype=dtype)
+        mean, log_var = diffusion.p_mean_variance(x1, torch.ones(len(x1), dtype=torch.long, device=device))
+        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(
+            torch.as_tensor(np.asarray(x0)).to(device=device, dtype=dtype))
+    return lp.double().cpu().numpy()
 
 
 def _stderr(values: np.ndarray) -> float | None:
@@ -134,7 +179,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     _positive("draws", draws, "--dequantization-draws")
     _positive("timesteps_per_batch", timesteps_per_batch, "--timesteps-per-batch", allow_none=True)
     check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
-    if dequantization != "auto" and dequantization not in dq.KINDS:
+    if dequantization not in ("auto", "decoder") and dequantization not in dq.KINDS:
         dq.resolve(dequantization, True)  # the unknown-name error
     if backend not in SOLVERS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {tuple(SOLVERS)} (--backend)")
@@ -147,7 +192,11 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     loaded = load_run(checkpoint, ema=ema, device=local_device(device), backend=backend, precision="fp32")
     diffusion, config = loaded.diffusion, loaded.config
     eps = ContinuousTime.make(diffusion.schedule, time_map).check_eps(eps)  # one-line errors before any solve
-    kind = dq.resolve(dequantization, is_images(diffusion))
+    if dequantization == "decoder":
+        kind = "decoder"
+        check_decoder_bound(diffusion, time_map, eps)
+    else:
+        kind = dq.resolve(dequantization, is_images(diffusion))
     if draws > 1 and kind == "none":
         raise ValueError(f"{draws} dequantization draws of continuous data: there is nothing to draw; pass "
                          "--dequantization-draws 1")
@@ -180,8 +229,10 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         "nfe_mean": float(np.mean(nfes)), "nfe_max": int(np.max(nfes)), "solves": len(nfes),
         "trace": trace, "probes": probes if trace == "hutchinson" else None,
         "probe": probe if trace == "hutchinson" else None, "rtol": rtol, "atol": atol, "eps": eps,
-        "time_map": time_map, "solver": SOLVERS[backend], "dequantization": kind, "offset_bits": dq.offset_bits(kind),
-        "draws": draws, "batch_size": batch_size, "num_examples": len(x), "num_dims": num_dims,
+        "time_map": time_map, "solver": SOLVERS[backend], "dequantization": kind,
+        "offset_bits": 0.0 if kind == "decoder" else dq.offset_bits(kind),
+        "draws": draws, "images": is_images(diffusion), "batch_size": batch_size, "num_examples": len(x),
+        "num_dims": num_dims,
         "weights": "ema" if ema else "raw", "data": config.data, "split": "test", "T": config.T, "seed": seed,
         "backend": backend, "world_size": w.world_size, "checkpoint": str(checkpoint), "step": loaded.step,
         "ode_seconds": round(ode_seconds, 2), "elbo_seconds": round(elbo_seconds, 2),
@@ -199,7 +250,12 @@ def describe(result: dict) -> dict:
     kind, n, r = result["dequantization"], result["num_examples"], result["draws"]
     trace = ("the exact trace" if result["trace"] == "exact" else
              f"Hutchinson's trace ({result['probes']} {result['probe']} probe(s) per example, unbiased)")
-    if kind == "none":
+    if kind == "decoder":
+        ode = (f"an upper bound on the negative log-likelihood −log2 P(x_0)/D of the model x_1 ~ p_ε (the ODE), "
+               f"x_0 ~ p(x_0|x_1) (the trained decoder): E_q[−log2 p_ε(x_1) − log2 p(x_0|x_1) + log2 q(x_1|x_0)]/D "
+               f"with x_1 ~ q(x_1|x_0), the entropy term included, mean over {r} draw(s) per example and over {n} "
+               "test examples")
+    elif kind == "none":
         ode = (f"−log2 p_ε(x)/D: the probability-flow ODE's density at the {n} continuous test points, in bits per "
                "dimension (a differential code length, which can be negative)")
     else:
@@ -207,7 +263,7 @@ def describe(result: dict) -> dict:
         ode = (f"an upper bound on −log2 P(k)/D of the dequantized-ODE model P(k) = ∫ p_ε over the pixel's cell "
                f"(width {h:.6g}, {kind} dequantization): −log2 p_ε(y)/D + {result['offset_bits']:.4f} at y uniform "
                f"in the cell, mean over {r} draw(s) per example and over {n} test examples")
-    images = kind != "none"
+    images = result.get("images", kind != "none")
     return {
         "bpd": f"{ode}; p_ε solved by the probability-flow ODE ({result['solver']}, rtol {result['rtol']:g}, atol "
                f"{result['atol']:g}, {trace}, s from ε = {result['eps']:g} to 1, {result['time_map']} time map)",
@@ -235,6 +291,7 @@ def summary(result: dict) -> str:
 
     trace = result["trace"] if result["trace"] == "exact" else f"hutchinson x{result['probes']} {result['probe']}"
     deq = ("no dequantization" if result["dequantization"] == "none" else
+           f"decoder bound (x_1 ~ q(x_1|x_0), {result['draws']} draw(s))" if result["dequantization"] == "decoder" else
            f"{result['dequantization']} dequantization (+{result['offset_bits']:.4f}), {result['draws']} draw(s)")
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
              f"T = {result['T']}, {result['weights'].upper() if result['weights'] == 'ema' else 'raw'} weights:",

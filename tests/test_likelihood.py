@@ -169,3 +169,39 @@ def test_numpyro_backend_agrees(toy_run):
     a, _ = draw_ode_samples(runs["pyro"], 4, seed=1, rtol=1e-5, atol=1e-5)
     b, _ = draw_ode_samples(runs["numpyro"], 4, seed=1, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_the_decoder_bound_has_the_gaussian_closed_form_mean():
+    """E_q[log p_ε(x_1) + log p(x_0|x_1) − log q(x_1|x_0)] for Gaussian data with its exact ε̂, the marginal as prior
+    and the Gaussian decoder N(μ_θ(x_1, 1), β_1 I), whose mean is linear in x_1: every term in closed form."""
+    from tests.test_ode import oracle_diffusion
+
+    diffusion, net, ct = oracle_diffusion()
+    s = diffusion.schedule
+    d, ab, beta = 3, float(s.alphas_cumprod[0]), float(s.betas[0])
+    m1, c1 = net.marginal(1.0 / s.T)  # the ODE's density at ε = 1/T is the marginal at step 1
+    ci = torch.linalg.inv(c1)
+    # μ_θ(x_1, 1) = (x_1 − β_1/σ_1 ε̂)/√α_1 with ε̂ = σ_1 C⁻¹(x_1 − m_1): A x_1 + b
+    a = (torch.eye(d, dtype=torch.float64) - beta * ci) / math.sqrt(1 - beta)
+    b = beta * ci @ m1 / math.sqrt(1 - beta)
+    x0 = torch.tensor([0.3, -0.5, 1.2], dtype=torch.float64)
+    mq, vq = math.sqrt(ab) * x0, 1 - ab  # q(x_1|x_0)
+    r = x0 - a @ mq - b
+    decoder = -0.5 * d * math.log(2 * math.pi * beta) - (r @ r + vq * torch.trace(a.T @ a)) / (2 * beta)
+    dm = mq - m1
+    prior = -0.5 * (d * math.log(2 * math.pi) + torch.logdet(c1) + dm @ ci @ dm + vq * torch.trace(ci))
+    entropy = 0.5 * d * math.log(2 * math.pi * math.e * vq)
+    exact = (decoder + prior + entropy).item()
+
+    n = 60
+    bpd, _, _ = per_example_ode(diffusion, x0.expand(n, d).numpy(), indices=np.arange(n), dequantization="decoder",
+                                seed=0, batch_size=n, rtol=1e-7, atol=1e-7, trace="exact", probes=1,
+                                probe="rademacher", eps=None, time_map="grid")
+    nats = -bpd[:, 0] * d * math.log(2.0)
+    m, se = nats.mean(), nats.std(ddof=1) / math.sqrt(n)
+    assert abs(m - exact) < 5 * se, (m, se, exact)
+
+
+def test_the_decoder_bound_needs_the_ode_to_stop_at_step_1(digits_run):
+    with pytest.raises(ValueError, match=r"the decoder bound decodes x_1 .* pass --time-map grid and --eps"):
+        evaluate_ode_run(digits_run, max_examples=2, dequantization="decoder", eps=0.5, progress=False)
