@@ -298,7 +298,7 @@ def summary(result: dict) -> str:
              f"  bits/dim  ODE {pm('bpd')}   ELBO {pm('elbo_bpd')}",
              f"  ODE:  {result['what']['bpd'].split(';')[0]}",
              f"  ELBO: {result['what']['elbo_bpd'].split(': ', 1)[-1]}",
-             f"  (bounds on different models: neither bounds the other)",
+             "  (bounds on different models: neither bounds the other)",
              f"  ODE solve: {result['solver']}, rtol {result['rtol']:g}, atol {result['atol']:g}, {trace}, "
              f"{result['time_map']} map, ε = {result['eps']:g}, {deq}; NFE per batch solve mean "
              f"{result['nfe_mean']:.1f}, max {result['nfe_max']}"]
