@@ -67,7 +67,7 @@ from ppl_diffusion.continuous import ContinuousTime  # noqa: E402
 from ppl_diffusion.data import load_dataset  # noqa: E402
 from ppl_diffusion.ode import ProbabilityFlow, log_likelihood, sample_ode  # noqa: E402
 
-QUICK = dict(T=100, width=16, depth=1, ml_steps=10, elbo_steps=60, batch=32, n_test=64, grid=16, samples=64)
+QUICK = dict(width=16, depth=1, ml_steps=10, elbo_steps=60, batch=32, elbo_batch=32, n_test=64, grid=16, samples=64)
 
 
 def data_log_prob(x: torch.Tensor, radius: float = 1.0, std: float = 0.05) -> torch.Tensor:
@@ -204,12 +204,9 @@ def main(argv=None) -> list[dict]:
                         "add synchronisation (on a loaded 2-core machine, 2 threads were 10-20x slower)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: " + str(QUICK))
     p.add_argument("--out", default="examples/output")
+    if p.parse_known_args(argv)[0].quick:  # the quick sizes as defaults: flags given still win
+        p.set_defaults(**QUICK)
     args = p.parse_args(argv)
-    if args.quick:
-        args.T, args.width, args.depth = QUICK["T"], QUICK["width"], QUICK["depth"]
-        args.ml_steps, args.elbo_steps, args.batch, args.elbo_batch = (QUICK["ml_steps"], QUICK["elbo_steps"],
-                                                                       QUICK["batch"], QUICK["batch"])
-        args.n_test, args.grid, args.samples = QUICK["n_test"], QUICK["grid"], QUICK["samples"]
     if args.T < 2:
         raise ValueError(f"T = {args.T}; the grid time map interpolates between steps and needs T >= 2 (--T)")
     threads = torch.get_num_threads()
