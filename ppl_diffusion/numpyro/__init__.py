@@ -9,6 +9,8 @@
   and :class:`ChainELBO` (the full chain's Trace / TraceMeanField ELBO compiled with ``lax.scan``) as
   NumPyro ELBOs for ``numpyro.infer.SVI``; timestep samplers as JAX state (:mod:`.timesteps`);
 - the compiled chain (:mod:`.chain`): ELBO, ancestral sampling and the per-term bound;
+- the probability-flow ODE with diffrax (:mod:`.ode`): exact log-likelihood, ODE sampling and
+  ``ProbabilityFlow``, a NumPyro distribution;
 - training, evaluation and sampling behind ``ppl-diffusion … --backend numpyro`` (:mod:`.train`,
   :mod:`.sampling`), with the Pyro backend's checkpoint format.
 
