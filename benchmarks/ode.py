@@ -9,7 +9,7 @@ weights; the first ``--examples`` test examples):
    (cells centred on the pixel values, +log2 127.5) and with the decoder bound (x_1 ~ q(x_1|x_0) scored by the ODE
    and decoded by the trained p(x_0|x_1)); the exact trace for the MLPs, Hutchinson (1 Rademacher probe) for the
    U-Net; rtol = atol = ``--tol``; NFE per batch solve and seconds per example;
-3. torchdiffeq (dopri5) against diffrax (Tsit5, jit-compiled, the compile apart): the same weights and options,
+3. torchdiffeq (dopri5) against diffrax (dopri5, jit-compiled, the compile apart): the same weights and options,
    each run twice in alternation (the second run's time is reported), their per-example |Δ log p|;
 4. k-diffusion's ``log_likelihood`` (``benchmarks/kdiffusion_peer.py``) on the same net, with our Hutchinson trace
    fed k-diffusion's Rademacher probe: on our default ODE (σ̃ → t by our spline) and on k-diffusion's own
@@ -223,7 +223,7 @@ def render(result: dict) -> str:
             i = m["iwae"]
             lines.append(f"| {name}: IWAE K = {i['particles']} | | | {i['bpd']:.4f} ± {i['se']:.4f} | | the importance-"
                          f"weighted bound | | |")
-    lines += ["", "## torchdiffeq (dopri5) against diffrax (Tsit5, jit-compiled), same weights and options", "",
+    lines += ["", "## torchdiffeq (dopri5) against diffrax (dopri5, jit-compiled), same weights and options", "",
               "| model | trace | ODE kind | torchdiffeq s | diffrax s | speed-up | diffrax compile s | NFE torch / JAX | "
               "max abs diff log p (nats) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, m in result["models"].items():

@@ -53,7 +53,7 @@ from .evaluate import _positive, per_example_terms
 from .infer.bound import auto_timesteps_per_batch, check_indices
 from .sampling import backend_of, find_checkpoint, is_images, load_run
 
-SOLVERS = {"pyro": "dopri5", "numpyro": "tsit5"}  # each backend's adaptive solver (5th order, FSAL)
+SOLVERS = {"pyro": "dopri5", "numpyro": "dopri5"}  # each backend's adaptive solver (5th order, FSAL)
 
 
 def ode_log_prob(diffusion, y: np.ndarray, *, indices, trace: str, probes: int, probe: str, rtol: float, atol: float,
@@ -168,7 +168,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         ``"uniform"``, ``"score-sde"`` or ``"none"`` (:mod:`ppl_diffusion.dequantize`).
     :param int draws: R, dequantization draws per example (R ≥ 2 also reports their within-example SD).
     :param bool ema: EMA weights (default) or raw ones.
-    :param str backend: ``"pyro"`` (torchdiffeq, dopri5) or ``"numpyro"`` (diffrax, Tsit5).
+    :param str backend: ``"pyro"`` (torchdiffeq, dopri5) or ``"numpyro"`` (diffrax, dopri5, compiled).
     :param int timesteps_per_batch: steps per denoiser call of the ELBO beside (default: about 512 inputs a call).
     :returns: the dict written to ``RUN/eval-ode.json``.
     """

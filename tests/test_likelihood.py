@@ -157,7 +157,7 @@ def test_dequantizing_continuous_data_exits_2(toy_run, capsys):
 
 
 def test_numpyro_backend_agrees(toy_run):
-    """The NumPyro twin (diffrax, Tsit5) against torchdiffeq's dopri5 on the same weights, through the dispatch
+    """The NumPyro twin (diffrax, dopri5) against torchdiffeq's dopri5 on the same weights, through the dispatch
     that ``--backend numpyro`` takes: the same density within the two solvers' global error (at rtol = atol = 1e-7
     ~2e-4 nats, see the batch-size test; at 1e-5 the two differ by 5e-3 nats here), and the same ODE samples."""
     pytest.importorskip("ppl_diffusion.numpyro.ode")

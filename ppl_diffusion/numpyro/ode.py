@@ -14,7 +14,8 @@ math): log p_ε(x) = log p_1(x(1)) + ∫_ε^1 tr(∂f/∂x)(x(s), s) ds, one ``d
   reverse pass;
 * the step controller is diffrax's ``PIDController`` with the PyTorch side's norm: the largest over the batch of
   each example's RMS scaled error (so both backends control the same quantity); solvers by name
-  (:data:`SOLVERS`, Tsit5 by default, dopri5 as torchdiffeq's);
+  (:data:`SOLVERS`, dopri5 by default, torchdiffeq's method: on the digits MLP at rtol = atol = 1e-5 it took
+  452 evaluations against Tsit5's 764);
 * ``adjoint=False`` differentiates through the solver (``RecursiveCheckpointAdjoint``), ``adjoint=True`` solves
   the continuous adjoint backwards (``BacksolveAdjoint``, with the same per-example norm over the state and its
   adjoint and the parameters' adjoint left out of step control: Kidger et al. 2021's seminorm);
@@ -50,7 +51,7 @@ from .. import noise
 from ..continuous import ContinuousTime
 from ..ode import PROBES, TRACES, check_options  # noqa: F401  (the same names and one-line errors)
 
-SOLVERS = ("tsit5", "dopri5", "dopri8", "bosh3")
+SOLVERS = ("dopri5", "tsit5", "dopri8", "bosh3")
 EXACT_MODES = ("jvp", "vjp")  # the exact trace by D JVPs (default) or D VJPs (as fast on CPU; for comparison)
 MAX_STEPS = 4096  # diffrax's bound on the number of steps (its default; RecursiveCheckpointAdjoint needs one)
 
@@ -192,7 +193,7 @@ def _initial_step(field, t0, y0, f0, args, *, order: int, rtol: float, atol: flo
     return jax.lax.stop_gradient(jnp.minimum(100 * h0, h1))  # as diffrax and torchdiffeq: no gradient through h
 
 
-def solve(field, y0, t0: float, t1: float, args, *, rtol: float, atol: float, solver: str = "tsit5",
+def solve(field, y0, t0: float, t1: float, args, *, rtol: float, atol: float, solver: str = "dopri5",
           adjoint: bool = False, max_steps: int = MAX_STEPS):
     """One adaptive ``diffeqsolve`` of ``field(s, y, args)`` from ``t0`` to ``t1`` (either direction) with the
     per-example norm; returns (y(t1), NFE (a 0-d int array, :func:`nfe_of`), diffrax's result code).
@@ -344,7 +345,7 @@ class ODEResult:
 
 
 def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
-                   probe_values=None, rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
+                   probe_values=None, rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
                    eps: float | None = None, time_map="grid", adjoint: bool = False, seed: int | None = None,
                    indices=None, key=None, max_steps: int = MAX_STEPS, exact_mode: str = "jvp") -> ODEResult:
     """log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
@@ -437,7 +438,7 @@ def prior_draws_normal(diffusion, seed: int, index: np.ndarray, dtype=jnp.float3
 
 
 def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: float = 1e-5, atol: float = 1e-5,
-               solver: str = "tsit5", eps: float | None = None, time_map="grid", seed: int | None = None, indices=None,
+               solver: str = "dopri5", eps: float | None = None, time_map="grid", seed: int | None = None, indices=None,
                key=None, dtype=jnp.float32, max_steps: int = MAX_STEPS):
     """Deterministic samples: x(ε) ``[n x *event]`` of the ODE solved from s = 1 to ε, and the NFE.
 
@@ -494,7 +495,7 @@ class ProbabilityFlow(dist.Distribution):
     arg_constraints: dict = {}
 
     def __init__(self, diffusion, *, net=None, params=None, trace: str = "exact", probes: int = 1,
-                 probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
+                 probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
                  eps: float | None = None, time_map="grid", adjoint: bool = False, seed: int | None = None,
                  key=None, max_steps: int = MAX_STEPS, validate_args=None) -> None:
         check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
