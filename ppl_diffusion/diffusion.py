@@ -240,20 +240,23 @@ class GaussianDiffusion(nn.Module):
                 out = self.denoiser(x_t, t)
         if torch.is_tensor(out) and out.dtype != x_t.dtype and self.precision != "fp32":
             out = out.to(x_t.dtype)  # bf16 → float32: what follows (μ_θ, KLs, decoder) is float32 arithmetic
+        # A learned-variance net (learn_sigma) under a fixed or fitted variance: its ε̂ half is used, its v ignored.
+        two = self.learned_variance or getattr(self.denoiser, "learn_sigma", False)
         if len(batch_shape) > 1:
-            k = 2 if self.learned_variance else 1
+            k = 2 if two else 1
             out = out.reshape(*batch_shape, k * self.event_shape[0], *self.event_shape[1:]) \
                 if torch.is_tensor(out) and out.numel() == k * x_t.numel() else out
-        if self.learned_variance:
+        if two:
             c = x_t.shape[len(batch_shape)]
             want = (*x_t.shape[:len(batch_shape)], 2 * c, *x_t.shape[len(batch_shape) + 1:])
             if not torch.is_tensor(out) or out.shape != want:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-                raise ValueError(f"variance='learned': the denoiser returned {got} for x_t of shape "
+                what = f"variance={self.variance!r}" if self.learned_variance else "a learn_sigma denoiser"
+                raise ValueError(f"{what}: the denoiser returned {got} for x_t of shape "
                                  f"{tuple(x_t.shape)}; it must return ε̂ and v stacked on the channel axis, shape "
                                  f"{want} (UNet(learn_sigma=True) or MLPDenoiser(learn_sigma=True))")
             eps, v = out.split(c, dim=len(batch_shape))
-            return eps, v
+            return (eps, v) if self.learned_variance else (eps, None)
         if not torch.is_tensor(out) or out.shape != x_t.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise ValueError(

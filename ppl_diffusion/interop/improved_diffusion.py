@@ -281,7 +281,7 @@ def import_config(flags: dict, *, origin: str = "improved-diffusion", data: str 
     from ..train import TrainConfig
 
     resolved = resolve_flags(flags, origin)
-    kwargs = unet_kwargs(resolved, origin)
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in unet_kwargs(resolved, origin).items()}  # as JSON
     config = TrainConfig(data=data, data_root=data_root, net="unet", net_config=kwargs,
                          variance=variance_of(resolved), **schedule_fields(resolved), steps=None,
                          source={"kind": origin, "flags": resolved, **(source or {})})
