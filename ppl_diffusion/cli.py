@@ -379,6 +379,11 @@ def cmd_import(args) -> None:
     data = args.data if args.data is not None or args.kind == "safetensors" else "cifar10"
     path = IMPORTERS[args.kind](args.source, args.run_dir, flags=args.flags, data=data, data_root=args.data_root)
     print(f"imported {args.kind} {args.source} -> {path} (evaluate, sample and compare take {args.run_dir})")
+    flags = (TrainConfig.from_dict(json.loads((Path(args.run_dir) / "config.json").read_text()))
+             .source or {}).get("flags", {})
+    if flags.get("timestep_respacing"):
+        print(f"note: timestep_respacing {flags['timestep_respacing']!r} is their sampler's setting; the run is the "
+              f"{flags['diffusion_steps']}-step model (sample --steps K respaces it)")
 
 
 def _add_export_flags(p: argparse.ArgumentParser) -> None:

@@ -251,6 +251,39 @@ def test_a_net_trained_here_exports_with_its_step_folded_in(tmp_path):
     assert back.variance == "posterior"
 
 
+def test_our_embedding_is_theirs_at_their_label():
+    """Theirs: [cos(s f_i), sin(s f_i)], f_i = exp(−ln(10⁴) i / half), at s = their (float) step label."""
+    t = torch.tensor([1, 2, 30])
+    s = (t - 1).float() * (1000 / 30)
+    f = torch.exp(-math.log(10000) * torch.arange(16, dtype=torch.float32) / 16)
+    want = torch.cat([torch.cos(s[:, None] * f), torch.sin(s[:, None] * f)], dim=1)
+    assert torch.equal(timestep_embedding(t, 32, shift=-1.0, scale=1000 / 30), want)
+
+
+def test_old_configs_load_and_nets_register_by_name():
+    from types import SimpleNamespace
+
+    from ppl_diffusion.train import NET_BUILDERS, build_diffusion, register_net
+
+    old = TrainConfig(data="digits", net="mlp", T=10, steps=1).to_dict()
+    for key in ("net_config", "betas", "source"):  # a config.json written before these keys existed
+        old.pop(key)
+    meta = SimpleNamespace(event_shape=(1, 8, 8), decoder="discretized")
+    assert build_diffusion(TrainConfig.from_dict(old), meta).T == 10
+    register_net("linear-test", lambda config, shape: torch.nn.Conv2d(1, 1, 1))
+    try:
+        config = TrainConfig(data="digits", net="linear-test", schedule="custom", betas=[0.1, 0.2, 0.3], T=3,
+                             steps=1).validate()
+        d = build_diffusion(config, meta)
+        assert isinstance(d.denoiser, torch.nn.Conv2d) and np.array_equal(d.schedule.betas, [0.1, 0.2, 0.3])
+        with pytest.raises(ValueError, match="schedule 'linear' with betas given"):
+            TrainConfig(data="digits", net="linear-test", betas=[0.1], steps=1).validate()
+        with pytest.raises(ValueError, match="is a U-Net preset"):
+            register_net("digits", lambda config, shape: None)
+    finally:
+        NET_BUILDERS.pop("linear-test")
+
+
 def test_step_rotation_shifts_the_embedding():
     t = torch.tensor([0.0, 3.0, 29.0], dtype=torch.float64)
     e = timestep_embedding(t, 10, dtype=torch.float64).numpy()
@@ -274,6 +307,13 @@ def test_safetensors_round_trip(imported_run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def test_respacing_is_recorded_not_applied(theirs_checkpoint, tmp_path, capsys):
+    assert main(["import", "improved-diffusion", str(theirs_checkpoint[0]), "--flags",
+                 FLAG_STRING + " --timestep_respacing 10", "--run-dir", str(tmp_path / "run"), "--data", "digits"]) == 0
+    assert "timestep_respacing '10' is their sampler's setting; the run is the 30-step model" in capsys.readouterr().out
+    assert load_run(tmp_path / "run", device="cpu").diffusion.T == 30
+
+
 def test_imported_run_evaluates_and_samples(imported_run, tmp_path, capsys):
     assert main(["evaluate", str(imported_run), "--max-examples", "4", "--fd-samples", "0", "--no-progress"]) == 0
     result = json.loads((imported_run / "eval.json").read_text())
