@@ -132,12 +132,11 @@ def _linear(c_in: int, c_out: int, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
     return nnx.Linear(c_in, c_out, kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs)
 
 
-def _group_norm(channels: int, num_groups, rngs: nnx.Rngs, dtype=None) -> nnx.GroupNorm:
+def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs, dtype=None, min_group_channels: int = 2) -> nnx.GroupNorm:
     # torch's epsilon, and its two-pass variance E[(x − E x)²] (Flax's fast E[x²] − (E x)² loses digits);
-    # the statistics are float32 reductions at any compute dtype. num_groups: an int, or (num_groups,
-    # min_group_channels).
-    groups = _num_groups(channels, *num_groups) if isinstance(num_groups, tuple) else _num_groups(channels, num_groups)
-    return nnx.GroupNorm(channels, groups, epsilon=1e-5, use_fast_variance=False, dtype=dtype, rngs=rngs)
+    # the statistics are float32 reductions at any compute dtype.
+    return nnx.GroupNorm(channels, _num_groups(channels, num_groups, min_group_channels), epsilon=1e-5,
+                         use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def _conv3(c_in: int, c_out: int, rngs: nnx.Rngs, stride: int = 1, dtype=None) -> nnx.Conv:
@@ -158,12 +157,13 @@ class ResBlock(nnx.Module):
     ``scale_shift``, ``GN(h)·(1 + scale) + shift`` in place of ``GN(h + W·emb)``."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float, num_groups: int,
-                 zero_init: bool, scale_shift: bool = False, rngs: nnx.Rngs, dtype=None) -> None:
+                 zero_init: bool, scale_shift: bool = False, min_group_channels: int = 2, rngs: nnx.Rngs,
+                 dtype=None) -> None:
         self.scale_shift = scale_shift
-        self.in_norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.in_norm = _group_norm(channels, num_groups, rngs, dtype, min_group_channels)
         self.in_conv = _conv3(channels, out_channels, rngs, dtype=dtype)
         self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs, dtype)
-        self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype)
+        self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype, min_group_channels)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         self.out_conv = _conv3(out_channels, out_channels, rngs, dtype=dtype)
         if zero_init:
@@ -187,9 +187,9 @@ class AttentionBlock(nnx.Module):
     ``qkv`` split as torch's ``reshape(n, 3, heads, C/heads, L)``: q, k, v in turn, each head contiguous."""
 
     def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool, rngs: nnx.Rngs,
-                 dtype=None) -> None:
+                 dtype=None, min_group_channels: int = 2) -> None:
         self.num_heads = num_heads
-        self.norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.norm = _group_norm(channels, num_groups, rngs, dtype, min_group_channels)
         self.qkv = _linear(channels, 3 * channels, rngs, dtype)
         self.proj_out = _linear(channels, channels, rngs, dtype)
         if zero_init:
@@ -271,16 +271,16 @@ class UNet(nnx.Module):
         self.learn_sigma, self.dtype = learn_sigma, dtype
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
         self.timestep_shift, self.timestep_scale = float(timestep_shift), float(timestep_scale)
-        num_groups = (num_groups, min_group_channels)  # GroupNorm's rule, read by _group_norm
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
-                            scale_shift=use_scale_shift_norm, rngs=rngs, dtype=dtype)
+                            scale_shift=use_scale_shift_norm, min_group_channels=min_group_channels, rngs=rngs,
+                            dtype=dtype)
 
         def attn(ch: int) -> AttentionBlock:
             heads = ch // num_head_channels if num_head_channels is not None else num_heads
             return AttentionBlock(ch, num_heads=heads, num_groups=num_groups, zero_init=zero_init, rngs=rngs,
-                                  dtype=dtype)
+                                  dtype=dtype, min_group_channels=min_group_channels)
 
         emb_dim = 4 * model_channels
         self.time_in = _linear(model_channels, emb_dim, rngs, dtype)
@@ -315,7 +315,7 @@ class UNet(nnx.Module):
                 blocks.append(layers)
         self.output_blocks = nnx.List([nnx.List(layers) for layers in blocks])
 
-        self.out_norm = _group_norm(ch, num_groups, rngs, dtype)
+        self.out_norm = _group_norm(ch, num_groups, rngs, dtype, min_group_channels)
         self.out = _conv3(ch, self.out_channels, rngs, dtype=dtype)
         if zero_init:
             _zero(self.out)
