@@ -234,21 +234,23 @@ def test_improved_diffusion_export_round_trip(imported_run, tmp_path):
     assert back.variance == run.diffusion.variance and np.array_equal(back.schedule.betas, run.diffusion.schedule.betas)
 
 
-def test_a_net_trained_here_exports_with_its_step_folded_in(tmp_path):
+@pytest.mark.parametrize("variance, differs", [("posterior", None), ("beta", "σ_1² = β_1")])
+def test_a_net_trained_here_exports_with_its_step_folded_in(tmp_path, variance, differs):
     """A net that embeds t itself: their code feeds t − 1, so export folds the +1 into the time MLP's first layer."""
     kwargs = dict(in_channels=1, model_channels=64, image_size=8, channel_mult=(1, 1), num_res_blocks=1,
                   attention_resolutions=(4,), num_heads=1)
-    config = TrainConfig(data="digits", net="unet", net_config=kwargs, T=30, variance="posterior", steps=1)
+    config = TrainConfig(data="digits", net="unet", net_config=kwargs, T=30, variance=variance, steps=1)
     torch.manual_seed(4)
     net = UNet(**kwargs, zero_init=False).eval()
     write_run(tmp_path / "run", config, net.state_dict())
     doc = to_improved_diffusion(tmp_path / "run", tmp_path / "theirs")
-    assert doc["flags"]["sigma_small"] and not doc["flags"]["rescale_timesteps"] and doc["exact"]
+    assert doc["flags"]["sigma_small"] == (variance == "posterior") and not doc["flags"]["rescale_timesteps"]
+    assert doc["exact"] == (differs is None) and all(differs in d for d in doc["differences"])
     back = from_improved_diffusion(tmp_path / "theirs" / "model.pt", **doc["flags"])
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 15, 30])
     with torch.no_grad():
         torch.testing.assert_close(back.denoiser(x, t), net(x, t), atol=2e-5, rtol=1e-4)
-    assert back.variance == "posterior"
+    assert back.variance == {"posterior": "posterior", "beta": "fixed-large"}[variance]
 
 
 def test_our_embedding_is_theirs_at_their_label():
@@ -334,6 +336,14 @@ def test_imported_run_takes_the_ode_compare_and_numpyro(imported_run, tmp_path):
                  "stochastic-kl", "--replicates", "4", "--batch-size", "4", "--per-t-steps", "3", "--no-progress"]) == 0
 
 
+def _mlp_run(tmp_path):
+    from ppl_diffusion.nets import MLPDenoiser
+
+    config = TrainConfig(data="digits", net="mlp", T=10, steps=1)
+    write_run(tmp_path / "mlp", config, MLPDenoiser(dim=64).state_dict())
+    return tmp_path / "mlp"
+
+
 def _error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -374,15 +384,19 @@ def test_bad_keys_are_one_line(theirs_checkpoint, tmp_path, capsys, edit, match)
     assert not (tmp_path / "run").exists()
 
 
-def test_other_bad_input_is_one_line(imported_run, tmp_path, capsys):
+def test_other_bad_input_is_one_line(imported_run, theirs_checkpoint, tmp_path, capsys):
     assert "unknown import kind 'diffuser'" in _error(capsys, ["import", "diffuser", "x", "--run-dir", str(tmp_path)])
     assert "unknown export kind 'onnx'" in _error(capsys, ["export", str(imported_run), "--to", "onnx", "--out",
                                                            str(tmp_path / "o")])
     assert "does not exist" in _error(capsys, ["import", "safetensors", str(tmp_path / "none"), "--run-dir",
                                                str(tmp_path / "r")])
-    assert "already holds checkpoints" in _error(capsys, ["import", "improved-diffusion", str(imported_run / "x.pt"),
+    assert "already holds checkpoints" in _error(capsys, ["import", "improved-diffusion", str(theirs_checkpoint[0]),
                                                           "--flags", FLAG_STRING, "--run-dir", str(imported_run),
-                                                          "--data", "digits"]) or True
+                                                          "--data", "digits"])
+    assert "none.pt does not exist" in _error(capsys, ["import", "improved-diffusion", str(tmp_path / "none.pt"), "--flags",
+                                           FLAG_STRING, "--run-dir", str(tmp_path / "r"), "--data", "digits"])
+    assert "needs a U-Net denoiser; this run's net is 'mlp'" in _error(capsys, [
+        "export", str(_mlp_run(tmp_path)), "--to", "improved-diffusion", "--out", str(tmp_path / "o")])
     with pytest.raises(ValueError, match="flag resblock_updown = True: not supported"):
         idiff.resolve_flags(dict(FLAGS, resblock_updown=True), "guided-diffusion")
     with pytest.raises(ValueError, match="num_heads_upsample = 8 differs"):

@@ -138,13 +138,15 @@ def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]
     else:
         raise ValueError(f"the U-Net embeds (t + {shift:g}) · {scale:g}; improved-diffusion feeds t − 1, or (t − 1) · "
                          "1000/T with rescale_timesteps: no flag gives this step label")
+    if not net.attention_resolutions:
+        raise ValueError("the U-Net has no attention outside its middle block; their attention_resolutions cannot say so")
     attention = [m for m in net.modules() if isinstance(m, AttentionBlock)]
     heads = {m.num_heads for m in attention}
     res = next(m for m in net.modules() if isinstance(m, ResBlock))
     flags = dict(image_size=net.image_size, num_channels=net.model_channels,
                  num_res_blocks=(len(net.input_blocks) - len(net.channel_mult)) // len(net.channel_mult),
                  channel_mult=",".join(map(str, net.channel_mult)),
-                 attention_resolutions=",".join(str(r) for r in net.attention_resolutions) or "0",
+                 attention_resolutions=",".join(str(r) for r in net.attention_resolutions),
                  num_heads=heads.pop() if len(heads) == 1 else -1, num_head_channels=-1, num_heads_upsample=-1,
                  use_new_attention_order=False, dropout=float(res.out_layers[2].p),
                  use_scale_shift_norm=bool(res.scale_shift), learn_sigma=bool(net.learn_sigma), sigma_small=False,
@@ -154,8 +156,6 @@ def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]
     if flags["num_heads"] == -1:
         widths = {m.qkv.in_channels // m.num_heads for m in attention}
         flags["num_heads"], flags["num_head_channels"] = 1, widths.pop()
-    if not net.attention_resolutions:
-        raise ValueError("the U-Net has no attention outside its middle block; their attention_resolutions cannot say so")
     betas = diffusion.schedule.betas
     for name in ("linear", "cosine"):
         theirs = idiff.their_betas(name, T)
