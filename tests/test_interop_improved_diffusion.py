@@ -145,6 +145,20 @@ def test_import_forward_equals_the_net_at_their_step_label(theirs_checkpoint):
             assert not torch.allclose(d.denoiser(x, t), net(x, t.float()), atol=1e-3)  # the label matters
 
 
+@pytest.mark.parametrize("new_order", [False, True], ids=["legacy", "new-order"])
+def test_guided_head_channels_and_attention_orders(new_order):
+    """guided-diffusion's num_head_channels (2 heads at 32 channels, 4 at 64) in either qkv order."""
+    flags = dict(FLAGS, num_head_channels=16, use_new_attention_order=new_order, attention_resolutions="8,4")
+    net = random_unet(flags)
+    assert {m.num_heads for m in net.modules() if hasattr(m, "qkv")} == {2, 4}
+    sd = ({idiff._their_key(k): v for k, v in net.state_dict().items()} if new_order  # new order: our row layout
+          else idiff.state_dict_to_theirs(net.state_dict(), net))
+    d = from_improved_diffusion(sd, origin="guided-diffusion", **flags)
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5)), torch.tensor([1, 12, 30])
+    with torch.no_grad():
+        assert torch.equal(d.denoiser(x, t), net(x, (t - 1).float()))
+
+
 def test_legacy_qkv_order_is_their_attention(theirs_checkpoint):
     """Their attention ([head][q, k, v][channel] rows, per head softmax(qᵀk/√d)) on their weights equals ours."""
     path, _ = theirs_checkpoint
