@@ -9,6 +9,7 @@ variance types and the schedules.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -118,6 +119,9 @@ def imported_run(tmp_path_factory, theirs_checkpoint):
     run = tmp_path_factory.mktemp("imported") / "run"
     assert main(["import", "improved-diffusion", str(theirs_checkpoint[0]), "--flags", FLAG_STRING, "--run-dir",
                  str(run), "--data", "digits"]) == 0
+    source = json.loads((run / "config.json").read_text())["source"]
+    assert source["kind"] == "improved-diffusion" and source["flags"]["diffusion_steps"] == 30
+    assert source["sha256"] == hashlib.sha256(theirs_checkpoint[0].read_bytes()).hexdigest()
     return run
 
 

@@ -26,6 +26,18 @@ from .improved_diffusion import from_improved_diffusion, import_config, parse_fl
 from .run_folder import write_run
 
 
+def _sha256(path) -> str | None:
+    import hashlib
+
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cifar10", data_root=None,
                               origin: str = "improved-diffusion") -> Path:
     """Write a run folder for an improved-diffusion (or, with ``origin``, guided-diffusion) checkpoint with ``flags``
@@ -34,7 +46,8 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
     from .run_folder import dataset_meta
 
     flags = parse_flags(flags) if isinstance(flags, str) else dict(flags)
-    source = {"checkpoint": str(Path(checkpoint).resolve())} if not isinstance(checkpoint, dict) else {}
+    source = {} if isinstance(checkpoint, dict) else {"checkpoint": str(Path(checkpoint).resolve()),
+                                                      "sha256": _sha256(checkpoint)}
     config, resolved = import_config(flags, origin=origin, data=data, data_root=data_root, source=source)
     meta = dataset_meta(config)
     kw = config.net_config
@@ -42,8 +55,9 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
         raise ValueError(f"the flags give a model of {kw['in_channels']}x{kw['image_size']}x{kw['image_size']} images "
                          f"but data {data!r} has examples of shape {meta['event_shape']}; pass the data it was trained "
                          "on (or --in_channels / --image_size)")
-    from ..train import build_diffusion
     from types import SimpleNamespace
+
+    from ..train import build_diffusion
 
     net = build_diffusion(config, SimpleNamespace(event_shape=tuple(meta["event_shape"]), decoder=meta["decoder"])).denoiser
     sd = idiff.state_dict_to_ours(idiff.load_state_dict(checkpoint), net,

@@ -58,9 +58,11 @@ def to_safetensors(run, out_dir, *, ema: bool = True) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     st.save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": SAFETENSORS_FORMAT})
-    decoder = "discretized" if getattr(d.decoder, "bins", None) is not None else "gaussian"
+    from ..checkpoint import load_checkpoint
+
+    data = load_checkpoint(loaded.checkpoint)["data"]  # the event shape and decoder the run was built with
     doc = {"format": SAFETENSORS_FORMAT, "config": loaded.config.to_dict(),
-           "data": {"event_shape": list(d.event_shape), "decoder": decoder},
+           "data": {"event_shape": list(data["event_shape"]), "decoder": data["decoder"]},
            "weights": "ema" if ema else "raw", "checkpoint": str(loaded.checkpoint), "step": loaded.step}
     (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return out
