@@ -1,9 +1,11 @@
-"""The ``ppl-diffusion`` command (also ``python -m ppl_diffusion``): train, evaluate, sample, compare, demo.
+"""The ``ppl-diffusion`` command (also ``python -m ppl_diffusion``): train, evaluate, sample, compare, import, export,
+demo.
 
 A thin argparse layer: each subcommand parses its flags, calls one function of the Python API
 (:func:`ppl_diffusion.train.train`, :func:`ppl_diffusion.evaluate.evaluate_run`,
 :func:`ppl_diffusion.likelihood.evaluate_ode_run`, :func:`ppl_diffusion.sampling.sample_run`,
-:func:`ppl_diffusion.study.run_study`) and prints what it returned. Bad input exits with status 2 and one line
+:func:`ppl_diffusion.study.run_study`, :data:`ppl_diffusion.interop.IMPORTERS` / ``EXPORTERS``) and prints what it
+returned. Bad input exits with status 2 and one line
 ``ppl-diffusion: error: <what and the fix>`` on stderr; a diverged run exits with 1.
 """
 
@@ -355,6 +357,57 @@ def cmd_compare(args) -> None:
         print(f"wrote {Path(args.out) / 'report.md'}")
 
 
+# ---------------------------------------------------------------------------------------- import, export
+def _add_import_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", help="what SOURCE is: improved-diffusion, guided-diffusion (a .pt state dict of theirs) or "
+                                "safetensors (a folder of ppl-diffusion export --to safetensors)")
+    p.add_argument("source", help="the checkpoint file or folder")
+    p.add_argument("--run-dir", required=True, help="the run folder to write (config.json and ckpt-00000000.pt)")
+    p.add_argument("--flags", default="", help="their flags, as their scripts take them, e.g. \"--image_size 32 "
+                   "--num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 --noise_schedule "
+                   "cosine\" (see ppl_diffusion.interop.improved_diffusion)")
+    p.add_argument("--data", default=None, help="the data set to evaluate on, e.g. cifar10 or digits (default cifar10; "
+                                                "safetensors: its own)")
+    p.add_argument("--data-root", default=None, help="folder of the data files (cifar10, mnist, image_folder)")
+
+
+def cmd_import(args) -> None:
+    from .interop import IMPORTERS
+
+    if args.kind not in IMPORTERS:
+        raise ValueError(f"unknown import kind {args.kind!r}; choose one of {sorted(IMPORTERS)}")
+    data = args.data if args.data is not None or args.kind == "safetensors" else "cifar10"
+    path = IMPORTERS[args.kind](args.source, args.run_dir, flags=args.flags, data=data, data_root=args.data_root)
+    print(f"imported {args.kind} {args.source} -> {path} (evaluate, sample and compare take {args.run_dir})")
+    flags = (TrainConfig.from_dict(json.loads((Path(args.run_dir) / "config.json").read_text()))
+             .source or {}).get("flags", {})
+    if flags.get("timestep_respacing"):
+        print(f"note: timestep_respacing {flags['timestep_respacing']!r} is their sampler's setting; the run is the "
+              f"{flags['diffusion_steps']}-step model (sample --steps K respaces it)")
+
+
+def _add_export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (its newest checkpoint) or a ckpt-*.pt file")
+    p.add_argument("--to", required=True, dest="kind", help="safetensors or improved-diffusion")
+    p.add_argument("--out", required=True, help="the folder to write")
+    p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
+
+
+def cmd_export(args) -> None:
+    from .interop import EXPORTERS
+
+    if args.kind not in EXPORTERS:
+        raise ValueError(f"unknown export kind {args.kind!r}; choose one of {sorted(EXPORTERS)}")
+    result = EXPORTERS[args.kind](args.run, args.out, ema=not args.raw)
+    print(f"exported {args.run} ({'raw' if args.raw else 'EMA'} weights) -> {args.out}")
+    if isinstance(result, dict):  # improved-diffusion: the flags to run it with, and what differs
+        line = result["command_line"]["improved-diffusion"] or result["command_line"]["guided-diffusion"]
+        print(f"their flags: {line}" if line else "their scripts cannot take these flags as they are: "
+              f"{'; '.join(result['command_line']['why_not']['guided-diffusion'])}")
+        for what in result["differences"]:
+            print(f"differs: {what}")
+
+
 # ---------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> None:
     from .evaluate import evaluate_run, summary
@@ -402,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "draws as arviz InferenceData (netCDF).")
     _add_compare_flags(p)
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("import", help="a model trained elsewhere (improved-diffusion, guided-diffusion, safetensors) "
+                                      "as a run folder that every command takes")
+    _add_import_flags(p)
+    p.set_defaults(func=cmd_import)
+    p = sub.add_parser("export", help="a run's model as safetensors + JSON or as an improved-diffusion checkpoint")
+    _add_export_flags(p)
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="train on digits for a few minutes, evaluate, sample, summarise",
                        description="Train the MLP denoiser on the 8x8 digits (T = 1000) for --minutes, evaluate "
                                    "the bound on the whole 360-image test split (about a minute on 2 cores) and "

@@ -42,11 +42,18 @@ from .distributions import ForwardStepNormal, make_decoder
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
-# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T. A learned variance
-# (improved DDPM) will read the denoiser's extra output in ``p_mean_variance`` instead.
+# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T.
 VARIANCES = {
     "beta": lambda s: np.log(s.betas),
     "posterior": lambda s: s.posterior_log_variance_clipped,
+    # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
+    "fixed-large": lambda s: np.append(s.posterior_log_variance_clipped[0], np.log(s.betas[1:])),
+}
+# Learned reverse variances by name: the fraction f(v) of the denoiser's variance output v in
+# log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
+LEARNED_VARIANCES = {
+    "learned": lambda v: torch.sigmoid(2.0 * v),  # ours: = (v + 1)/2 to first order, kept inside [β̃_t, β_t]
+    "learned-range": lambda v: (v + 1.0) / 2.0,  # improved DDPM's LEARNED_RANGE exactly (unbounded for |v| > 1)
 }
 
 
@@ -67,7 +74,9 @@ class GaussianDiffusion(nn.Module):
     :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), ``"learned"`` (improved DDPM:
         log σ_t² = f log β_t + (1 − f) log β̃_t with f = sigmoid(2 v), v the denoiser's second half of
         channels, so σ_t² stays between β̃_t and β_t; the denoiser must output twice the data's channels,
-        e.g. ``UNet(learn_sigma=True)``, ``MLPDenoiser(learn_sigma=True)``), or a
+        e.g. ``UNet(learn_sigma=True)``, ``MLPDenoiser(learn_sigma=True)``), ``"learned-range"`` (improved DDPM's
+        own f = (v + 1)/2, for its checkpoints), ``"fixed-large"`` (improved DDPM's FIXED_LARGE: β_t, with β̃_2 at
+        t = 1), or a
         :class:`~ppl_diffusion.variance.FittedVariance`: the ELBO-optimal σ_t² for the trained mean,
         fitted on training data (:func:`~ppl_diffusion.variance.fit_variance`; see :meth:`with_variance`).
     :param str precision: ``"fp32"`` (default) or ``"bf16"``: the denoiser's call runs under bfloat16 autocast
@@ -103,8 +112,8 @@ class GaussianDiffusion(nn.Module):
         from .variance import FittedVariance
 
         check_precision(precision)
-        if not isinstance(variance, FittedVariance) and variance not in VARIANCES and variance != "learned":
-            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, 'learned'])} "
+        if not isinstance(variance, FittedVariance) and variance not in VARIANCES and variance not in LEARNED_VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, *LEARNED_VARIANCES])} "
                              "or pass a FittedVariance (ppl_diffusion.variance.fit_variance)")
         if prior is not None:
             from .priors import check_prior
@@ -123,7 +132,7 @@ class GaussianDiffusion(nn.Module):
         self.precision = precision  # the denoiser call's arithmetic (ppl_diffusion.precision)
         if isinstance(variance, FittedVariance):
             self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
-        elif variance == "learned":
+        elif variance in LEARNED_VARIANCES:
             self.p_log_variance = None  # read from the denoiser's output in p_mean_variance
         else:
             self.p_log_variance = VARIANCES[variance](schedule)
@@ -217,7 +226,7 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def learned_variance(self) -> bool:
-        return isinstance(self.variance, str) and self.variance == "learned"
+        return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
     def denoiser_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
         """(ε̂_θ(x_t, t), v): the denoiser's output split, v the variance output (``None`` unless the variance
@@ -231,20 +240,23 @@ class GaussianDiffusion(nn.Module):
                 out = self.denoiser(x_t, t)
         if torch.is_tensor(out) and out.dtype != x_t.dtype and self.precision != "fp32":
             out = out.to(x_t.dtype)  # bf16 → float32: what follows (μ_θ, KLs, decoder) is float32 arithmetic
+        # A learned-variance net (learn_sigma) under a fixed or fitted variance: its ε̂ half is used, its v ignored.
+        two = self.learned_variance or getattr(self.denoiser, "learn_sigma", False)
         if len(batch_shape) > 1:
-            k = 2 if self.learned_variance else 1
+            k = 2 if two else 1
             out = out.reshape(*batch_shape, k * self.event_shape[0], *self.event_shape[1:]) \
                 if torch.is_tensor(out) and out.numel() == k * x_t.numel() else out
-        if self.learned_variance:
+        if two:
             c = x_t.shape[len(batch_shape)]
             want = (*x_t.shape[:len(batch_shape)], 2 * c, *x_t.shape[len(batch_shape) + 1:])
             if not torch.is_tensor(out) or out.shape != want:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-                raise ValueError(f"variance='learned': the denoiser returned {got} for x_t of shape "
+                what = f"variance={self.variance!r}" if self.learned_variance else "a learn_sigma denoiser"
+                raise ValueError(f"{what}: the denoiser returned {got} for x_t of shape "
                                  f"{tuple(x_t.shape)}; it must return ε̂ and v stacked on the channel axis, shape "
                                  f"{want} (UNet(learn_sigma=True) or MLPDenoiser(learn_sigma=True))")
             eps, v = out.split(c, dim=len(batch_shape))
-            return eps, v
+            return (eps, v) if self.learned_variance else (eps, None)
         if not torch.is_tensor(out) or out.shape != x_t.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
             raise ValueError(
@@ -262,9 +274,10 @@ class GaussianDiffusion(nn.Module):
         return cf.predict_x0_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
 
     def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
-        """log σ_t² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v) (= (v + 1)/2 to first order, improved DDPM's
-        interpolation, bounded): always between log β̃_t (clipped at t = 1) and log β_t."""
-        frac = torch.sigmoid(2.0 * v)
+        """log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1) with ``"learned"``'s f = sigmoid(2 v) (= (v + 1)/2
+        to first order, improved DDPM's interpolation, bounded: always between log β̃_t and log β_t), or with
+        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`)."""
+        frac = LEARNED_VARIANCES[self.variance](v)
         log_beta = cf.extract(np.log(self.schedule.betas), t, v)
         log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
         return frac * log_beta + (1.0 - frac) * log_post

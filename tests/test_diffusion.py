@@ -168,7 +168,7 @@ def test_denoiser_output_of_wrong_shape():
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
-    (dict(variance="learned-typo"), ValueError, r"unknown variance 'learned-typo'; choose one of \['beta', 'learned', 'posterior'\]"),
+    (dict(variance="learned-typo"), ValueError, r"unknown variance 'learned-typo'; choose one of \['beta', 'fixed-large', 'learned', 'learned-range', 'posterior'\]"),
     (dict(decoder="bernoulli"), ValueError, r"unknown decoder 'bernoulli'"),
     (dict(prior=dist.Normal(torch.zeros(3), 1.0).to_event(1)), ValueError, r"prior has event shape \(3,\) but the data's event shape is \(2,\)"),
     (dict(prior=dist.Normal(torch.zeros(2), 1.0)), ValueError, r"prior has batch shape \(2,\).*use \.to_event\(1\)"),

@@ -25,14 +25,15 @@ from torch import Tensor, nn
 from .embedding import timestep_embedding
 
 
-def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, num_groups: int, min_group_channels: int = 2) -> nn.GroupNorm:
     """GroupNorm with ``num_groups`` groups (32 in DDPM), or fewer for narrow layers.
 
     The group count is the largest divisor of ``channels`` that is at most ``num_groups`` and leaves at
-    least two channels per group: a one-channel group subtracts its own mean, which would erase the
-    per-channel time embedding that a residual block adds just before its second norm.
+    least ``min_group_channels`` channels per group (default two: a one-channel group subtracts its own mean,
+    which would erase the per-channel time embedding that a residual block adds just before its second norm;
+    improved-diffusion's nets use 32 groups whatever the width, which is ``min_group_channels=1``).
     """
-    most = max(1, min(num_groups, channels // 2))
+    most = max(1, min(num_groups, channels // min_group_channels))
     return nn.GroupNorm(next(g for g in range(most, 0, -1) if channels % g == 0), channels)
 
 
@@ -53,14 +54,15 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float,
-                 num_groups: int, zero_init: bool, scale_shift: bool = False) -> None:
+                 num_groups: int, zero_init: bool, scale_shift: bool = False, min_group_channels: int = 2) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.in_layers = nn.Sequential(group_norm(channels, num_groups), nn.SiLU(),
+        self.in_layers = nn.Sequential(group_norm(channels, num_groups, min_group_channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
         out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.out_layers = nn.Sequential(group_norm(out_channels, num_groups), nn.SiLU(), nn.Dropout(dropout),
+        self.out_layers = nn.Sequential(group_norm(out_channels, num_groups, min_group_channels), nn.SiLU(),
+                                        nn.Dropout(dropout),
                                         zero_(out_conv) if zero_init else out_conv)
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
@@ -82,10 +84,11 @@ class AttentionBlock(nn.Module):
     zero-initialised (when ``zero_init``). Channels are split into ``num_heads`` heads.
     """
 
-    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool) -> None:
+    def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool,
+                 min_group_channels: int = 2) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm = group_norm(channels, num_groups)
+        self.norm = group_norm(channels, num_groups, min_group_channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         proj = nn.Conv1d(channels, channels, 1)
         self.proj_out = zero_(proj) if zero_init else proj
@@ -162,6 +165,12 @@ class UNet(nn.Module):
         or whose channels it does not divide, uses the largest divisor that leaves two channels a group.
     :param bool zero_init: zero-initialise the last conv of every residual branch and the output conv,
         so that every block is the identity and ε̂ = 0 at initialisation (as DDPM does).
+    :param int min_group_channels: the fewest channels a GroupNorm group may hold (default 2, see
+        :func:`group_norm`); 1 gives every layer ``num_groups`` groups, as improved-diffusion's nets have.
+    :param float timestep_shift: the time embedding is taken at ``(t + timestep_shift) · timestep_scale``;
+    :param float timestep_scale: 0 and 1 (the step t itself) for nets trained here. A net trained elsewhere at
+        another step label keeps its own: improved-diffusion's at its 0-based index t − 1 (shift −1), times
+        1000 / T when trained with ``rescale_timesteps`` (:mod:`ppl_diffusion.interop.improved_diffusion`).
     """
 
     def __init__(
@@ -181,6 +190,9 @@ class UNet(nn.Module):
         use_scale_shift_norm: bool = False,
         num_groups: int = 32,
         zero_init: bool = True,
+        min_group_channels: int = 2,
+        timestep_shift: float = 0.0,
+        timestep_scale: float = 1.0,
     ) -> None:
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -188,13 +200,16 @@ class UNet(nn.Module):
         for name, value in [("in_channels", in_channels), ("model_channels", model_channels),
                             ("out_channels", out_channels), ("image_size", image_size),
                             ("num_res_blocks", num_res_blocks), ("num_heads", num_heads),
-                            ("num_groups", num_groups)]:
+                            ("num_groups", num_groups), ("min_group_channels", min_group_channels)]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNet({name}={value!r}): must be a positive integer")
         if not channel_mult or any(not isinstance(m, int) or m < 1 for m in channel_mult):
             raise ValueError(f"UNet(channel_mult={channel_mult}): need at least one positive integer multiplier")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet(dropout={dropout}): must lie in [0, 1)")
+        for name, value in [("timestep_shift", timestep_shift), ("timestep_scale", timestep_scale)]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"UNet({name}={value!r}): must be a finite number")
         levels = len(channel_mult)
         if image_size % 2 ** (levels - 1):
             raise ValueError(
@@ -212,6 +227,8 @@ class UNet(nn.Module):
         self.out_channels = 2 * out_channels if learn_sigma else out_channels
         self.learn_sigma = learn_sigma
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
+        self.min_group_channels = min_group_channels
+        self.timestep_shift, self.timestep_scale = float(timestep_shift), float(timestep_scale)
 
         def heads(ch: int) -> int:
             n = ch // num_head_channels if num_head_channels is not None else num_heads
@@ -222,10 +239,11 @@ class UNet(nn.Module):
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
-                            scale_shift=use_scale_shift_norm)
+                            scale_shift=use_scale_shift_norm, min_group_channels=min_group_channels)
 
         def attn(ch: int) -> AttentionBlock:
-            return AttentionBlock(ch, num_heads=heads(ch), num_groups=num_groups, zero_init=zero_init)
+            return AttentionBlock(ch, num_heads=heads(ch), num_groups=num_groups, zero_init=zero_init,
+                                  min_group_channels=min_group_channels)
 
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -260,7 +278,8 @@ class UNet(nn.Module):
                 self.output_blocks.append(EmbedSequential(*layers))
 
         out_conv = nn.Conv2d(ch, self.out_channels, 3, padding=1)
-        self.out = nn.Sequential(group_norm(ch, num_groups), nn.SiLU(), zero_(out_conv) if zero_init else out_conv)
+        self.out = nn.Sequential(group_norm(ch, num_groups, min_group_channels), nn.SiLU(),
+                                 zero_(out_conv) if zero_init else out_conv)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
@@ -270,7 +289,8 @@ class UNet(nn.Module):
         if not torch.is_tensor(t) or t.shape != (x_t.shape[0],):
             got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
             raise ValueError(f"UNet expects t of shape [N] = ({x_t.shape[0]},), one step per image, got {got}")
-        emb = self.time_embed(timestep_embedding(t, self.model_channels, dtype=x_t.dtype))  # (N, 4·mc)
+        emb = self.time_embed(timestep_embedding(t, self.model_channels, dtype=x_t.dtype, shift=self.timestep_shift,
+                                                 scale=self.timestep_scale))  # (N, 4·mc)
         skips = []
         h = x_t
         for block in self.input_blocks:

@@ -202,7 +202,8 @@ def _unet_kwargs(net) -> dict:
                   attention_resolutions=net.attention_resolutions, dropout=res.out_layers[2].p,
                   learn_sigma=net.learn_sigma, use_scale_shift_norm=res.scale_shift,
                   num_groups=max(m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)),
-                  zero_init=False)
+                  zero_init=False, min_group_channels=getattr(net, "min_group_channels", 2),
+                  timestep_shift=getattr(net, "timestep_shift", 0.0), timestep_scale=getattr(net, "timestep_scale", 1.0))
     if len(heads) == 1:
         kwargs["num_heads"] = heads.pop()
     elif len(head_channels) == 1:
@@ -218,7 +219,8 @@ def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None
     holding its weights and in its train / eval mode.
 
     The PyTorch nets do not store all their constructor arguments, so they are read off the net's
-    attributes and layers (see :func:`_unet_kwargs`); ``kwargs`` overrides them (e.g. the exact
+    attributes and layers (see :func:`_unet_kwargs`; ``min_group_channels`` and the step label's
+    ``timestep_shift`` / ``timestep_scale`` are attributes); ``kwargs`` overrides them (e.g. the exact
     ``num_groups`` or ``zero_init``). The group count of every GroupNorm is checked against the twin's.
     """
     from ..nets import MLPDenoiser as TorchMLP

@@ -27,10 +27,19 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.contrib.module import nnx_module
 
+from ..diffusion import LEARNED_VARIANCES as _TORCH_LEARNED
 from ..diffusion import VARIANCES
 from ..schedule import NoiseSchedule
 from . import closed_forms as cf
 from .distributions import make_decoder
+
+
+# The learned variances of the PyTorch backend (ppl_diffusion.diffusion.LEARNED_VARIANCES), on JAX arrays.
+LEARNED_VARIANCES = {
+    "learned": lambda v: jax.nn.sigmoid(2.0 * v),
+    "learned-range": lambda v: (v + 1.0) / 2.0,
+}
+assert set(LEARNED_VARIANCES) == set(_TORCH_LEARNED)
 
 
 class GaussianDiffusion:
@@ -42,7 +51,8 @@ class GaussianDiffusion:
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
         :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
     :param decoder: ``"gaussian"`` or ``"discretized"``.
-    :param str variance: ``"beta"`` or ``"posterior"``.
+    :param str variance: a name in :data:`ppl_diffusion.diffusion.VARIANCES` (``"beta"``, ``"posterior"``,
+        ``"fixed-large"``) or in :data:`LEARNED_VARIANCES` (``"learned"``, ``"learned-range"``).
     """
 
     backend = "numpyro"
@@ -51,8 +61,8 @@ class GaussianDiffusion:
                  variance: str = "beta") -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
-        if variance not in VARIANCES and variance != "learned":
-            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, 'learned'])}")
+        if variance not in VARIANCES and variance not in LEARNED_VARIANCES:
+            raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, *LEARNED_VARIANCES])}")
         self.schedule = schedule
         self.denoiser = denoiser
         self.event_shape = tuple(event_shape)
@@ -63,7 +73,7 @@ class GaussianDiffusion:
         self.prior = prior
         self.decoder = make_decoder(decoder)
         self.variance = variance
-        self.p_log_variance = None if variance == "learned" else VARIANCES[variance](schedule)
+        self.p_log_variance = None if variance in LEARNED_VARIANCES else VARIANCES[variance](schedule)
 
     def eval(self) -> "GaussianDiffusion":
         """The denoiser in evaluation mode (no dropout), as ``torch.nn.Module.eval``; returns self."""
@@ -112,7 +122,7 @@ class GaussianDiffusion:
 
     def split_output(self, out, x_t):
         """(ε̂, v) from the denoiser's output; v is None unless the variance is learned."""
-        if self.variance != "learned":
+        if self.variance not in LEARNED_VARIANCES:
             return out, None
         axis = len(self._batch_shape(x_t))
         eps, v = jnp.split(out, 2, axis=axis)
@@ -120,12 +130,13 @@ class GaussianDiffusion:
 
     def mean_log_var(self, out, x_t, t):
         """Mean and log-variance of p(x_{t−1}|x_t, θ) from the denoiser's output ``out`` at (x_t, t); with a learned
-        variance log σ² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v), as the Pyro backend."""
+        variance log σ² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v) or (v + 1)/2 (``"learned-range"``), as the Pyro
+        backend."""
         eps, v = self.split_output(out, x_t)
         mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps)
         if v is None:
             return mean, jnp.broadcast_to(cf.extract(self.p_log_variance, t, x_t), x_t.shape)
-        frac = jax.nn.sigmoid(2.0 * v)
+        frac = LEARNED_VARIANCES[self.variance](v)
         log_beta = cf.extract(np.log(self.schedule.betas), t, v)
         log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
         return mean, frac * log_beta + (1.0 - frac) * log_post

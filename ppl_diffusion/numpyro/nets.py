@@ -16,13 +16,18 @@ import numpy as np
 from flax import nnx
 
 
-def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32):
-    """``[B]`` steps → ``[B x dim]`` features cos(t·f_i), sin(t·f_i), f_i = max_period^(−i/(dim/2)), of ``dtype``:
-    computed in float64 for float64 (with jax_enable_x64), else in float32 (as DDPM) and cast."""
+def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32, *, shift: float = 0.0,
+                       scale: float = 1.0):
+    """``[B]`` steps → ``[B x dim]`` features cos(s·f_i), sin(s·f_i), f_i = max_period^(−i/(dim/2)), of ``dtype``,
+    at s = (t + ``shift``) · ``scale``: computed in float64 for float64 (with jax_enable_x64), else in float32 (as
+    DDPM) and cast."""
     half = dim // 2
     work = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=work) / half)
-    args = jnp.asarray(t).astype(work)[:, None] * freqs[None]
+    s = jnp.asarray(t).astype(work)
+    if shift or scale != 1.0:
+        s = (s + jnp.asarray(shift, work)) * jnp.asarray(scale, work)
+    args = s[:, None] * freqs[None]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
@@ -94,14 +99,14 @@ def _torch_unet_skeleton(kwargs: dict):
         return TorchUNet(**kwargs)
 
 
-def _num_groups(channels: int, num_groups: int) -> int:
+def _num_groups(channels: int, num_groups: int, min_group_channels: int = 2) -> int:
     """GroupNorm's group count by the PyTorch U-Net's rule (:func:`ppl_diffusion.nets.unet.group_norm`)."""
     import torch
 
     from ..nets.unet import group_norm
 
     with torch.device("meta"):
-        return group_norm(channels, num_groups).num_groups
+        return group_norm(channels, num_groups, min_group_channels).num_groups
 
 
 def _torch_uniform(fan_in: int):
@@ -127,11 +132,11 @@ def _linear(c_in: int, c_out: int, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
     return nnx.Linear(c_in, c_out, kernel_init=init, bias_init=init, dtype=dtype, rngs=rngs)
 
 
-def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs, dtype=None) -> nnx.GroupNorm:
+def _group_norm(channels: int, num_groups: int, rngs: nnx.Rngs, dtype=None, min_group_channels: int = 2) -> nnx.GroupNorm:
     # torch's epsilon, and its two-pass variance E[(x − E x)²] (Flax's fast E[x²] − (E x)² loses digits);
     # the statistics are float32 reductions at any compute dtype.
-    return nnx.GroupNorm(channels, _num_groups(channels, num_groups), epsilon=1e-5, use_fast_variance=False,
-                         dtype=dtype, rngs=rngs)
+    return nnx.GroupNorm(channels, _num_groups(channels, num_groups, min_group_channels), epsilon=1e-5,
+                         use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def _conv3(c_in: int, c_out: int, rngs: nnx.Rngs, stride: int = 1, dtype=None) -> nnx.Conv:
@@ -152,12 +157,13 @@ class ResBlock(nnx.Module):
     ``scale_shift``, ``GN(h)·(1 + scale) + shift`` in place of ``GN(h + W·emb)``."""
 
     def __init__(self, channels: int, emb_channels: int, out_channels: int, *, dropout: float, num_groups: int,
-                 zero_init: bool, scale_shift: bool = False, rngs: nnx.Rngs, dtype=None) -> None:
+                 zero_init: bool, scale_shift: bool = False, min_group_channels: int = 2, rngs: nnx.Rngs,
+                 dtype=None) -> None:
         self.scale_shift = scale_shift
-        self.in_norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.in_norm = _group_norm(channels, num_groups, rngs, dtype, min_group_channels)
         self.in_conv = _conv3(channels, out_channels, rngs, dtype=dtype)
         self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs, dtype)
-        self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype)
+        self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype, min_group_channels)
         self.drop = nnx.Dropout(dropout, rngs=rngs)
         self.out_conv = _conv3(out_channels, out_channels, rngs, dtype=dtype)
         if zero_init:
@@ -181,9 +187,9 @@ class AttentionBlock(nnx.Module):
     ``qkv`` split as torch's ``reshape(n, 3, heads, C/heads, L)``: q, k, v in turn, each head contiguous."""
 
     def __init__(self, channels: int, *, num_heads: int, num_groups: int, zero_init: bool, rngs: nnx.Rngs,
-                 dtype=None) -> None:
+                 dtype=None, min_group_channels: int = 2) -> None:
         self.num_heads = num_heads
-        self.norm = _group_norm(channels, num_groups, rngs, dtype)
+        self.norm = _group_norm(channels, num_groups, rngs, dtype, min_group_channels)
         self.qkv = _linear(channels, 3 * channels, rngs, dtype)
         self.proj_out = _linear(channels, channels, rngs, dtype)
         if zero_init:
@@ -243,14 +249,17 @@ class UNet(nnx.Module):
                  channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_heads: int = 1,
                  num_head_channels: int | None = None, learn_sigma: bool = False, use_scale_shift_norm: bool = False,
-                 num_groups: int = 32, zero_init: bool = True, rngs: nnx.Rngs | None = None, dtype=None) -> None:
+                 num_groups: int = 32, zero_init: bool = True, min_group_channels: int = 2,
+                 timestep_shift: float = 0.0, timestep_scale: float = 1.0, rngs: nnx.Rngs | None = None,
+                 dtype=None) -> None:
         # The PyTorch constructor checks the arguments, so both nets raise the same errors.
         _torch_unet_skeleton(dict(
             in_channels=in_channels, model_channels=model_channels, image_size=image_size,
             out_channels=out_channels, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
             attention_resolutions=attention_resolutions, dropout=dropout, num_heads=num_heads,
             num_head_channels=num_head_channels, learn_sigma=learn_sigma, use_scale_shift_norm=use_scale_shift_norm,
-            num_groups=num_groups, zero_init=False))
+            num_groups=num_groups, zero_init=False, min_group_channels=min_group_channels,
+            timestep_shift=timestep_shift, timestep_scale=timestep_scale))
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
@@ -261,15 +270,17 @@ class UNet(nnx.Module):
         self.out_channels = 2 * out_channels if learn_sigma else out_channels
         self.learn_sigma, self.dtype = learn_sigma, dtype
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
+        self.timestep_shift, self.timestep_scale = float(timestep_shift), float(timestep_scale)
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
-                            scale_shift=use_scale_shift_norm, rngs=rngs, dtype=dtype)
+                            scale_shift=use_scale_shift_norm, min_group_channels=min_group_channels, rngs=rngs,
+                            dtype=dtype)
 
         def attn(ch: int) -> AttentionBlock:
             heads = ch // num_head_channels if num_head_channels is not None else num_heads
             return AttentionBlock(ch, num_heads=heads, num_groups=num_groups, zero_init=zero_init, rngs=rngs,
-                                  dtype=dtype)
+                                  dtype=dtype, min_group_channels=min_group_channels)
 
         emb_dim = 4 * model_channels
         self.time_in = _linear(model_channels, emb_dim, rngs, dtype)
@@ -304,7 +315,7 @@ class UNet(nnx.Module):
                 blocks.append(layers)
         self.output_blocks = nnx.List([nnx.List(layers) for layers in blocks])
 
-        self.out_norm = _group_norm(ch, num_groups, rngs, dtype)
+        self.out_norm = _group_norm(ch, num_groups, rngs, dtype, min_group_channels)
         self.out = _conv3(ch, self.out_channels, rngs, dtype=dtype)
         if zero_init:
             _zero(self.out)
@@ -318,7 +329,8 @@ class UNet(nnx.Module):
         if not hasattr(t, "shape") or tuple(t.shape) != (shape[0],):
             got = tuple(t.shape) if hasattr(t, "shape") else type(t).__name__
             raise ValueError(f"UNet expects t of shape [N] = ({shape[0]},), one step per image, got {got}")
-        emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(t, self.model_channels, dtype=x_t.dtype))))
+        emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(
+            t, self.model_channels, dtype=x_t.dtype, shift=self.timestep_shift, scale=self.timestep_scale))))
         h = jnp.transpose(x_t, (0, 2, 3, 1))  # NCHW → NHWC, once
         skips = []
         for block in self.input_blocks:

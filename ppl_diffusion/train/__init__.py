@@ -1,7 +1,8 @@
 """Training: ``ppl-diffusion train`` as a function, split by concern.
 
 =================  ===========================================================================
-``config.py``      :class:`TrainConfig`, its validation, the device, :func:`build_diffusion`, :func:`lr_at`
+``config.py``      :class:`TrainConfig`, its validation, the device, :func:`build_diffusion` (nets by name:
+                   the presets and ``NET_BUILDERS``, :func:`register_net`), :func:`lr_at`
 ``run_dir.py``     the run folder: ``config.json``, :class:`MetricsLog`, finding and restoring a checkpoint
 ``batches.py``     :class:`BatchStream`: the examples of each optimizer step
 ``pyro_trainer.py``  one step on the Pyro backend (:class:`PyroTrainer`); the NumPyro twin lives in
@@ -12,13 +13,14 @@
 """
 
 from .batches import BatchStream
-from .config import (BACKENDS, DEVICES, FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, SCHEDULES, TrainConfig,
-                     build_diffusion, lr_at, resolve_device)
+from .config import (BACKENDS, DEVICES, FORMAT, METRICS_FORMATS, NET_BUILDERS, RESUMABLE_KEYS, SCHEDULES, TrainConfig,
+                     build_diffusion, build_schedule, lr_at, register_net, resolve_device)
 from .load import load_trained
 from .loop import TrainingDiverged, TrainResult, train
 from .pyro_trainer import PyroTrainer, make_trainer
 from .run_dir import METRIC_FIELDS, MetricsLog
 
-__all__ = ["BACKENDS", "DEVICES", "FORMAT", "METRICS_FORMATS", "METRIC_FIELDS", "RESUMABLE_KEYS", "SCHEDULES",
-           "BatchStream", "MetricsLog", "PyroTrainer", "TrainConfig", "TrainResult", "TrainingDiverged",
-           "build_diffusion", "load_trained", "lr_at", "make_trainer", "resolve_device", "train"]
+__all__ = ["BACKENDS", "DEVICES", "FORMAT", "METRICS_FORMATS", "METRIC_FIELDS", "NET_BUILDERS", "RESUMABLE_KEYS",
+           "SCHEDULES", "BatchStream", "MetricsLog", "PyroTrainer", "TrainConfig", "TrainResult", "TrainingDiverged",
+           "build_diffusion", "build_schedule", "load_trained", "lr_at", "make_trainer", "register_net",
+           "resolve_device", "train"]

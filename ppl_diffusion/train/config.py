@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..data import DATASETS
-from ..diffusion import VARIANCES, GaussianDiffusion
+from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
 from ..infer import ESTIMATORS
-from ..nets import UNET_PRESETS, MLPDenoiser, unet_preset
+from ..nets import UNET_PRESETS, MLPDenoiser, UNet, unet_preset
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
 from ..schedule import NoiseSchedule
@@ -39,9 +40,16 @@ class TrainConfig:
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
     schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
     T: int = 1000  # diffusion steps
-    variance: str = "beta"  # reverse variance σ_t²: "beta", "posterior" or "learned" (improved DDPM)
+    # reverse variance σ_t²: "beta", "posterior", "learned" (improved DDPM), or for imported models "fixed-large" and
+    # "learned-range" (improved DDPM's own FIXED_LARGE and LEARNED_RANGE)
+    variance: str = "beta"
     prior: str = "normal"  # p(x_T): a name in ppl_diffusion.priors.PRIORS (learned ones train with the net)
-    net: str = "digits"  # a U-Net preset name (digits, mnist, cifar10) or "mlp" for vector data
+    # a U-Net preset name (digits, mnist, cifar10), "mlp" for vector data, or a name in NET_BUILDERS ("unet": the
+    # U-Net of net_config)
+    net: str = "digits"
+    net_config: dict | None = None  # the net's own settings for a builder that needs them (net "unet": UNet kwargs)
+    betas: list | None = None  # β_1..β_T of schedule "custom" (an imported model's own schedule), else None
+    source: dict | None = None  # where an imported model's weights came from (ppl-diffusion import); None if trained
     batch_size: int = 128  # examples per optimizer step
     lr: float = 2e-4  # Adam learning rate after warm-up (DDPM's)
     warmup_steps: int = 1000  # linear warm-up of the learning rate from lr / warmup_steps; 0 for none
@@ -76,13 +84,16 @@ class TrainConfig:
 
         choice("data", DATASETS)
         choice("estimator", ESTIMATORS)
-        choice("schedule", SCHEDULES)
-        choice("variance", [*VARIANCES, "learned"])
+        choice("schedule", [*SCHEDULES, "custom"])
+        if (self.schedule == "custom") != (self.betas is not None):
+            raise ValueError(f"schedule {self.schedule!r} with betas {'given' if self.betas is not None else 'None'}: "
+                             "schedule 'custom' takes its β_t from betas, the named schedules from T; pass both or neither")
+        choice("variance", [*VARIANCES, *LEARNED_VARIANCES])
         choice("prior", PRIORS)
-        if self.estimator == "hybrid" and self.variance != "learned":
+        if self.estimator == "hybrid" and self.variance not in LEARNED_VARIANCES:
             raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
                              "--estimator)")
-        choice("net", [*UNET_PRESETS, "mlp"])
+        choice("net", [*UNET_PRESETS, *NET_BUILDERS])
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
         check_precision(self.precision)
@@ -156,12 +167,50 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def _mlp(config: TrainConfig, event_shape: tuple) -> MLPDenoiser:
+    return MLPDenoiser(dim=math.prod(event_shape), learn_sigma=config.variance in LEARNED_VARIANCES)
+
+
+def _unet(config: TrainConfig, event_shape: tuple) -> UNet:
+    """The U-Net of ``config.net_config`` (UNet's keyword arguments but ``learn_sigma``, which the variance sets)."""
+    kwargs = dict(config.net_config or {})
+    if not kwargs or "learn_sigma" in kwargs:
+        raise ValueError("net 'unet' builds UNet(**net_config): pass net_config, the UNet's keyword arguments "
+                         "without learn_sigma (the variance decides it)")
+    net = UNet(**kwargs, learn_sigma=config.variance in LEARNED_VARIANCES)
+    if (net.in_channels, net.image_size, net.image_size) != event_shape:
+        raise ValueError(f"net_config builds a U-Net for examples of shape {[net.in_channels, net.image_size, net.image_size]} "
+                         f"but data {config.data!r} has {list(event_shape)}; import the model with the data it was "
+                         "trained on")
+    return net
+
+
+# Denoisers by name beside the U-Net presets: ``builder(config, event_shape) -> torch.nn.Module`` (untrained; the
+# weights are loaded after). ``register_net`` adds one (ppl_diffusion.interop registers its adapters).
+NET_BUILDERS: dict[str, Callable] = {"mlp": _mlp, "unet": _unet}
+
+
+def register_net(name: str, builder: Callable) -> None:
+    """Make ``TrainConfig(net=name)`` build its denoiser with ``builder(config, event_shape)``; its settings go in
+    ``config.net_config``. A U-Net preset's name cannot be taken."""
+    if name in UNET_PRESETS:
+        raise ValueError(f"net name {name!r} is a U-Net preset; register the builder under another name")
+    NET_BUILDERS[name] = builder
+
+
+def build_schedule(config: TrainConfig) -> NoiseSchedule:
+    """The schedule of ``config``: a named one of T steps, or ``"custom"``'s ``betas``."""
+    if config.schedule == "custom":
+        return NoiseSchedule(config.betas)
+    return SCHEDULES[config.schedule](config.T)
+
+
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
     event_shape = tuple(dataset.event_shape)
-    learn_sigma = config.variance == "learned"
-    if config.net == "mlp":
-        net = MLPDenoiser(dim=math.prod(event_shape), learn_sigma=learn_sigma)
+    learn_sigma = config.variance in LEARNED_VARIANCES
+    if config.net in NET_BUILDERS:
+        net = NET_BUILDERS[config.net](config, event_shape)
     else:
         preset = UNET_PRESETS[config.net]
         expected = (preset["in_channels"], preset["image_size"], preset["image_size"])
@@ -174,7 +223,7 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
                              f"{config.data!r} has {list(event_shape)}; {fix}")
         net = unet_preset(config.net, learn_sigma=learn_sigma)
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
-    return GaussianDiffusion(schedule=SCHEDULES[config.schedule](config.T), denoiser=net, event_shape=event_shape,
+    return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
                              decoder=dataset.decoder, variance=config.variance, prior=prior,
                              precision=config.precision)
 

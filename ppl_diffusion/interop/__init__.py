@@ -1,0 +1,99 @@
+"""Models trained elsewhere, in and out: ``ppl-diffusion import`` / ``export`` and their Python API.
+
+=========================  ===========================================================================
+``improved_diffusion.py``  :func:`from_improved_diffusion`: an improved-diffusion / guided-diffusion state dict
+                           and their flags → :class:`~ppl_diffusion.GaussianDiffusion` (our U-Net is their
+                           ``UNetModel``; the key map, step label, schedule and variance types are in its
+                           docstring); both backends.
+``export.py``              a run → safetensors + JSON (:func:`to_safetensors`, read back by
+                           :func:`from_safetensors`), → an improved-diffusion checkpoint with its flags
+                           (:func:`to_improved_diffusion`).
+``run_folder.py``          :func:`write_run`: the run folder of an imported model, which every command loads.
+=========================  ===========================================================================
+
+``IMPORTERS`` and ``EXPORTERS`` are the CLI's registries by kind: ``IMPORTERS[kind](source, run_dir, *, flags,
+data, data_root)`` writes a run folder and returns its checkpoint; ``EXPORTERS[kind](run, out_dir, *, ema)`` writes
+``out_dir``. Another adapter (diffusers) registers its own entries, and its denoiser's builder with
+:func:`ppl_diffusion.train.register_net`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .export import from_safetensors, to_improved_diffusion, to_safetensors
+from .improved_diffusion import from_improved_diffusion, import_config, parse_flags
+from .run_folder import write_run
+
+
+def _sha256(path) -> str | None:
+    import hashlib
+
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cifar10", data_root=None,
+                              origin: str = "improved-diffusion") -> Path:
+    """Write a run folder for an improved-diffusion (or, with ``origin``, guided-diffusion) checkpoint with ``flags``
+    (their command-line string or a dict), to be evaluated on ``data``; returns the checkpoint written."""
+    from . import improved_diffusion as idiff
+    from .run_folder import dataset_meta
+
+    flags = parse_flags(flags) if isinstance(flags, str) else dict(flags)
+    source = {} if isinstance(checkpoint, dict) else {"checkpoint": str(Path(checkpoint).resolve()),
+                                                      "sha256": _sha256(checkpoint)}
+    config, resolved = import_config(flags, origin=origin, data=data, data_root=data_root, source=source)
+    meta = dataset_meta(config)
+    kw = config.net_config
+    if tuple(meta["event_shape"]) != (kw["in_channels"], kw["image_size"], kw["image_size"]):
+        raise ValueError(f"the flags give a model of {kw['in_channels']}x{kw['image_size']}x{kw['image_size']} images "
+                         f"but data {data!r} has examples of shape {meta['event_shape']}; pass the data it was trained "
+                         "on (or --in_channels / --image_size)")
+    from types import SimpleNamespace
+
+    from ..train import build_diffusion
+
+    net = build_diffusion(config, SimpleNamespace(event_shape=tuple(meta["event_shape"]), decoder=meta["decoder"])).denoiser
+    sd = idiff.state_dict_to_ours(idiff.load_state_dict(checkpoint), net,
+                                  legacy_attention=not resolved["use_new_attention_order"])
+    return write_run(run_dir, config, sd, meta=meta)
+
+
+def import_guided_diffusion(checkpoint, run_dir, **kwargs) -> Path:
+    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults."""
+    return import_improved_diffusion(checkpoint, run_dir, origin="guided-diffusion", **kwargs)
+
+
+def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) -> Path:
+    """Write a run folder for a folder of :func:`to_safetensors` (its own data set unless ``data`` is given)."""
+    import dataclasses
+
+    from .export import read_safetensors
+
+    if flags:
+        raise ValueError("--flags is for improved-diffusion checkpoints; a safetensors folder carries its own config")
+    config, meta, denoiser, prior = read_safetensors(folder)
+    if data is not None:
+        config = dataclasses.replace(config, data=data, data_root=data_root)
+        meta = None
+    return write_run(run_dir, config, denoiser, meta=meta, prior_state=prior)
+
+
+IMPORTERS = {
+    "improved-diffusion": import_improved_diffusion,
+    "guided-diffusion": import_guided_diffusion,
+    "safetensors": import_safetensors,
+}
+EXPORTERS = {
+    "safetensors": to_safetensors,
+    "improved-diffusion": to_improved_diffusion,
+}
+
+__all__ = ["EXPORTERS", "IMPORTERS", "from_improved_diffusion", "from_safetensors", "import_guided_diffusion",
+           "import_improved_diffusion", "import_safetensors", "to_improved_diffusion", "to_safetensors", "write_run"]

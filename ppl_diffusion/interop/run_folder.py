@@ -1,0 +1,58 @@
+"""Run folders for models trained elsewhere: what ``ppl-diffusion import`` writes.
+
+An imported model's run folder is an ordinary one, so ``evaluate`` (``--fit-variance``, ``--likelihood ode``),
+``sample`` and ``compare`` load it as they load a trained run: ``config.json`` (a
+:class:`~ppl_diffusion.train.TrainConfig` whose ``net`` names a builder, e.g. ``"unet"`` with the U-Net's keyword
+arguments in ``net_config``, whose schedule is a named one or ``"custom"`` with its β_t, and whose ``source``
+records where the weights came from) and one checkpoint ``ckpt-00000000.pt`` (step 0) holding the weights as both
+the raw and the EMA weights (a checkpoint of theirs is one set of weights), with no optimizer state: it is not a
+run to resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
+from ..train import FORMAT, TrainConfig, build_diffusion
+from ..train.run_dir import _write_json, check_run_dir
+
+
+def dataset_meta(config: TrainConfig) -> dict:
+    """``{"event_shape", "decoder"}`` of ``config.data`` (read from ``config.data_root`` for file data sets)."""
+    from ..data import load_dataset
+
+    data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    return {"event_shape": list(data.event_shape), "decoder": data.decoder}
+
+
+def check_weights(config: TrainConfig, meta: dict, state_dict: dict, prior_state: dict | None = None):
+    """The model of ``config`` with ``state_dict`` loaded (strict): a one-line error if they do not fit."""
+    diffusion = build_diffusion(config, SimpleNamespace(event_shape=tuple(meta["event_shape"]), decoder=meta["decoder"]))
+    try:
+        diffusion.denoiser.load_state_dict(state_dict)
+        if prior_state is not None:
+            diffusion.prior.load_state_dict(prior_state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights do not fit the model of the config ({str(e).strip().splitlines()[0]})") from None
+    return diffusion
+
+
+def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, meta: dict | None = None,
+              prior_state: dict | None = None) -> Path:
+    """Write the run folder of a model with weights ``state_dict`` (the denoiser's, our key naming) and settings
+    ``config``; returns the checkpoint's path. Refuses a folder that already holds checkpoints."""
+    run_dir = check_run_dir(run_dir)
+    if list_checkpoints(run_dir):
+        raise ValueError(f"run folder {run_dir} already holds checkpoints; import into a new folder")
+    meta = dataset_meta(config) if meta is None else meta
+    check_weights(config, meta, state_dict, prior_state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    prior = None if prior_state is None else {k: v.detach().cpu() for k, v in prior_state.items()}
+    _write_json(run_dir / "config.json", config.to_dict())
+    return save_checkpoint(checkpoint_path(run_dir, 0), {
+        "format": FORMAT, "step": 0, "elapsed": 0.0, "running_loss": None, "config": config.to_dict(),
+        "world_size": 1, "data": meta, "model": weights, "ema": weights, "prior": prior, "prior_ema": prior,
+        "imported": True})
