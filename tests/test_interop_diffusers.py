@@ -75,6 +75,23 @@ def test_pipeline_loads(tmp_path):
     assert other.variance == "beta" and np.array_equal(other.schedule.betas, diffusion.schedule.betas)
 
 
+def test_ddpm_port_conventions_load(tmp_path):
+    """google/ddpm-* ports keep DDPM's TF conventions (sin first, frequency shift 1, GroupNorm eps 1e-6, TF-style
+    asymmetric downsampling padding) and DDPM's CIFAR-10 sampler (fixed_large, clip_sample); the adapter calls
+    the UNet as it is, so they import exactly; the UNet and scheduler configs side by side in one folder also load."""
+    kw = dict(flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, downsample_padding=0)
+    scheduler = DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large", clip_sample=True)
+    save_pipeline(tmp_path / "p", scheduler, **kw)
+    flat = tmp_path / "flat"
+    shutil.copytree(tmp_path / "p" / "unet", flat)
+    shutil.copy(tmp_path / "p" / "scheduler" / "scheduler_config.json", flat)
+    diffusion = from_diffusers(flat)
+    assert diffusion.variance == "beta" and diffusion.denoiser.scheduler_config["clip_sample"] is True
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(diffusion.predict_eps(x, t), tiny_unet(**kw)(x, 0).sample, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------ denoiser
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_denoiser_equals_scheduler_prediction(tmp_path, prediction_type):

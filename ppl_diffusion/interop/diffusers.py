@@ -16,17 +16,19 @@ The mapping, written down in our words:
   their product in float64; the scheduler's float32 ``alphas_cumprod`` differs from it by float32 rounding.
 * **variance.** ``fixed_small`` (and ``fixed_small_log``, the same distribution) is our ``"posterior"``
   (σ_t² = β̃_t), ``fixed_large`` (and ``fixed_large_log``) our ``"beta"`` (σ_t² = β_t). A DDIMScheduler has no
-  variance; it imports as ``"posterior"`` (DDIM with η = 1 is DDPM with β̃_t). At t = 1 our decoder uses
-  β̃_2 (``"posterior"``) or β_1, where diffusers' sampler adds no noise.
+  variance; it imports as ``"posterior"`` (DDIM with η = 1 is DDPM with β̃_t). At t = 1, where diffusers'
+  sampler adds no noise, our decoder uses β̃_2 (``"posterior"``) or β_1 (``"beta"``); DDPM's and improved
+  DDPM's bound code use β̃_2 for their fixed-large models too, so ``"beta"`` differs from their decoder term.
 * **prediction.** ``epsilon`` as is; ``v_prediction`` (v = √ᾱ_t ε − √(1 − ᾱ_t) x_0) gives
   ε̂ = √ᾱ_t v̂ + √(1 − ᾱ_t) x_t; ``sample`` (x̂_0) gives ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t). Both are exact:
   x̂_0 and μ_θ computed from ε̂ are the scheduler's.
 * **space.** Images in [−1, 1] (``DDPMPipeline`` returns ``(x / 2 + 0.5).clamp(0, 1)``), our model space;
   event shape ``(in_channels, *sample_size)``, decoder ``"discretized"`` (256 bins).
-* ``clip_sample`` / ``thresholding``: the scheduler's sampler clips (or thresholds) x̂_0 before forming the
-  mean. That is a sampling heuristic, not the model whose bound DDPM reports, so the imported model is the
-  unclipped one (μ_θ from ε̂, DDPM's Eq. 11); the flags are kept in ``DiffusersDenoiser.scheduler_config``
-  and written back by :func:`to_diffusers`. Sampling settings (``timestep_spacing``, ``steps_offset``,
+* ``clip_sample`` / ``thresholding``: the scheduler's sampler clips (or thresholds) x̂_0 to [−1, 1] before
+  forming the mean. The imported model is the unclipped one (μ_θ from ε̂, DDPM's Eq. 11), the model our
+  estimators, the ODE and training share; the flags are kept in ``DiffusersDenoiser.scheduler_config`` and
+  written back by :func:`to_diffusers`. (DDPM's own ``calc_bpd_loop`` clips x̂_0 by default: its reported
+  bounds are those of the clipped-mean model, another valid p.) Sampling settings (``timestep_spacing``, ``steps_offset``,
   ``set_alpha_to_one``) are kept the same way.
 
 Refused with one line: ``learned`` / ``learned_range`` variances (below; ``variance="posterior"`` or ``"beta"``
@@ -49,10 +51,17 @@ Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
   order, skips, resblocks, attention, time MLP); the state dict is renamed key by key (``qkv`` split into
   ``to_q``, ``to_k``, ``to_v``), and the off-by-one in t is folded into the time MLP's first layer: the
   sinusoidal features of t are a rotation R of those of t − 1 (per frequency f, by angle f), so W emb(t) =
-  (W R) emb(t − 1) exactly. Refused where ``UNet2DModel`` cannot express the net: ``channel_mult[0] != 1``
+  (W R) emb(t − 1) exactly (measured, float64: 3e-15 at t = 1; beyond, diffusers' float32 sinusoid sets the
+  agreement, 8e-7 at t = 1000; the cifar10 preset in float32: 2e-6 on outputs of size ~1). Refused where ``UNet2DModel`` cannot express the net: ``channel_mult[0] != 1``
   (its input conv has ``block_out_channels[0]`` channels), a GroupNorm with other than the common group
   count (ours shrinks it for narrow layers), a head width that differs between attention layers
   (``attention_head_dim`` is one number), a learned variance, a prior other than N(0, I).
+
+The converse does not hold for every diffusers model: Google's ports of DDPM's checkpoints (``google/ddpm-*``)
+keep DDPM's TensorFlow conventions (sin before cos, frequencies 10000^(−i/(d/2 − 1)) (``freq_shift=1``), GroupNorm
+eps 1e-6, TF-style asymmetric padding of the stride-2 convs (``downsample_padding=0``)), which our UNet does not
+have; they run behind :class:`DiffusersDenoiser` exactly as diffusers runs them, but not as our UNet (nor on the
+NumPyro backend).
 """
 
 from __future__ import annotations
@@ -188,6 +197,8 @@ def _locate(folder, scheduler) -> tuple[Path, Path]:
     if (folder / "unet").is_dir():
         return folder / "unet", Path(scheduler) if scheduler is not None else folder / "scheduler"
     if (folder / "config.json").is_file():
+        if scheduler is None and (folder / "scheduler_config.json").is_file():
+            return folder, folder  # both in one folder (the layout of some hub repositories' roots)
         if scheduler is None:
             raise ValueError(f"{folder} is a UNet folder without a scheduler; pass scheduler=DIR, the folder "
                              "holding scheduler_config.json")
@@ -249,7 +260,8 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
     :class:`DiffusersDenoiser`; the mapping is the module docstring's).
 
     :param folder: a pipeline folder (``unet/`` and ``scheduler/``), or a UNet folder (``config.json`` and
-        weights) with ``scheduler`` the folder holding ``scheduler_config.json``.
+        weights) with ``scheduler`` the folder holding ``scheduler_config.json`` (default: ``folder`` itself
+        when it holds one).
     :param variance: ``None`` (the scheduler's ``variance_type``), ``"posterior"`` or ``"beta"``.
     :param decoder: p(x_0|x_1), ``"discretized"`` (8-bit images) by default.
     :raises ValueError: one line naming the file and the unsupported value.
