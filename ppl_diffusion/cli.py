@@ -359,8 +359,9 @@ def cmd_compare(args) -> None:
 
 # ---------------------------------------------------------------------------------------- import, export
 def _add_import_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", help="what SOURCE is: improved-diffusion, guided-diffusion (a .pt state dict of theirs) or "
-                                "safetensors (a folder of ppl-diffusion export --to safetensors)")
+    p.add_argument("kind", help="what SOURCE is: diffusers (a DDPM/DDIM pipeline folder), improved-diffusion, "
+                        "guided-diffusion (a .pt state dict of theirs) or "
+                        "safetensors (a folder of ppl-diffusion export --to safetensors)")
     p.add_argument("source", help="the checkpoint file or folder")
     p.add_argument("--run-dir", required=True, help="the run folder to write (config.json and ckpt-00000000.pt)")
     p.add_argument("--flags", default="", help="their flags, as their scripts take them, e.g. \"--image_size 32 "
@@ -388,7 +389,7 @@ def cmd_import(args) -> None:
 
 def _add_export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (its newest checkpoint) or a ckpt-*.pt file")
-    p.add_argument("--to", required=True, dest="kind", help="safetensors or improved-diffusion")
+    p.add_argument("--to", required=True, dest="kind", help="safetensors, improved-diffusion or diffusers")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
 

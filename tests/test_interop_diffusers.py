@@ -273,3 +273,38 @@ def test_learned_range_imports_mean_with_fixed_variance(tmp_path):
     with pytest.raises(ValueError, match="learned variance"):
         to_diffusers(diffusion, tmp_path / "out")
     assert math.isfinite(float(diffusion.p_log_variance[0]))
+
+
+# ------------------------------------------------------------------------------------------ run folders and the CLI
+def test_import_diffusers_writes_a_run_every_command_loads(tmp_path):
+    """`ppl-diffusion import diffusers DIR --run-dir RUN --data digits`: the run's model is the pipeline's (same
+    ε̂), `evaluate` scores it, and `export --to diffusers` writes the same UNet weights back."""
+    from ppl_diffusion.cli import main
+    from ppl_diffusion.sampling import load_run
+
+    folder = save_pipeline(tmp_path / "pipe")
+    run = tmp_path / "run"
+    assert main(["import", "diffusers", str(folder), "--run-dir", str(run), "--data", "digits"]) == 0
+    ours = load_run(run, device="cpu").diffusion
+    direct = from_diffusers(folder)
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([1, 17, T])
+    with torch.no_grad():
+        torch.testing.assert_close(ours.predict_eps(x, t), direct.predict_eps(x, t))
+    np.testing.assert_array_equal(ours.schedule.betas, direct.schedule.betas)
+    assert ours.variance == direct.variance
+    assert main(["evaluate", str(run), "--max-examples", "4", "--fd-samples", "0", "--no-progress"]) == 0
+    assert main(["export", str(run), "--to", "diffusers", "--out", str(tmp_path / "back")]) == 0
+    back = UNet2DModel.from_pretrained(str(tmp_path / "back" / "unet"), local_files_only=True)
+    for k, v in tiny_unet().state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v)
+
+
+def test_import_diffusers_refuses_flags_and_other_data(tmp_path):
+    from ppl_diffusion.interop import import_diffusers
+
+    folder = save_pipeline(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="--flags is for improved-diffusion"):
+        import_diffusers(folder, tmp_path / "r1", flags="--image_size 8", data="digits")
+    with pytest.raises(ValueError, match=r"takes examples of shape \[1, 8, 8\] but data 'eight_gaussians'"):
+        import_diffusers(folder, tmp_path / "r2", data="eight_gaussians")

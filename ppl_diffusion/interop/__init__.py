@@ -9,6 +9,9 @@
                            :func:`from_safetensors`), → an improved-diffusion checkpoint with its flags
                            (:func:`to_improved_diffusion`).
 ``run_folder.py``          :func:`write_run`: the run folder of an imported model, which every command loads.
+``diffusers.py``           :func:`~ppl_diffusion.interop.diffusers.from_diffusers`: a diffusers DDPM/DDIM pipeline
+                           folder (``UNet2DModel`` + scheduler) → a model whose denoiser is the UNet behind an
+                           adapter (Pyro only); ``to_diffusers``: export (exact for our U-Net presets).
 =========================  ===========================================================================
 
 ``IMPORTERS`` and ``EXPORTERS`` are the CLI's registries by kind: ``IMPORTERS[kind](source, run_dir, *, flags,
@@ -85,15 +88,31 @@ def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) 
     return write_run(run_dir, config, denoiser, meta=meta, prior_state=prior)
 
 
+def import_diffusers(folder, run_dir, **kwargs) -> Path:
+    """:func:`ppl_diffusion.interop.diffusers.import_diffusers` (diffusers is imported only here)."""
+    from .diffusers import import_diffusers as run
+
+    return run(folder, run_dir, **kwargs)
+
+
+def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
+    """:func:`ppl_diffusion.interop.diffusers.export_diffusers`."""
+    from .diffusers import export_diffusers as go
+
+    return go(run, out_dir, ema=ema)
+
+
 IMPORTERS = {
+    "diffusers": import_diffusers,
     "improved-diffusion": import_improved_diffusion,
     "guided-diffusion": import_guided_diffusion,
     "safetensors": import_safetensors,
 }
 EXPORTERS = {
+    "diffusers": export_diffusers,
     "safetensors": to_safetensors,
     "improved-diffusion": to_improved_diffusion,
 }
 
-__all__ = ["EXPORTERS", "IMPORTERS", "from_improved_diffusion", "from_safetensors", "import_guided_diffusion",
+__all__ = ["EXPORTERS", "IMPORTERS", "export_diffusers", "from_improved_diffusion", "import_diffusers", "from_safetensors", "import_guided_diffusion",
            "import_improved_diffusion", "import_safetensors", "to_improved_diffusion", "to_safetensors", "write_run"]

@@ -464,3 +464,52 @@ def unet_to_diffusers(net):
         unet.to(device=p.device, dtype=p.dtype)
     unet.load_state_dict(_unet2d_state(net), strict=True)
     return unet.eval()
+
+
+# ------------------------------------------------------------------------------------------ run folders
+def build_denoiser(config, event_shape) -> DiffusersDenoiser:
+    """The net builder of ``TrainConfig(net="diffusers")`` (:func:`ppl_diffusion.train.register_net`): an untrained
+    ``UNet2DModel`` of ``config.net_config["unet"]`` behind :class:`DiffusersDenoiser`, the weights loaded after."""
+    from ..train.config import build_schedule
+
+    nc = dict(config.net_config or {})
+    if "unet" not in nc:
+        raise ValueError("net 'diffusers' needs net_config = {'unet': UNet2DModel config, 'prediction_type': ...}; "
+                         "import the model with ppl-diffusion import diffusers")
+    unet = _diffusers().UNet2DModel.from_config(nc["unet"]).eval()
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    if tuple(event_shape) != shape:
+        raise ValueError(f"the diffusers UNet takes examples of shape {list(shape)} but data {config.data!r} has "
+                         f"{list(event_shape)}; import the model with the data it was trained on (--data)")
+    return DiffusersDenoiser(unet, prediction_type=nc.get("prediction_type", "epsilon"), schedule=build_schedule(config),
+                             scheduler_config=nc.get("scheduler_config"))
+
+
+def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_root=None):
+    """Write a run folder for the diffusers pipeline ``folder`` (:func:`from_diffusers`), evaluated on ``data``;
+    returns the checkpoint written. Every command loads it (net ``"diffusers"``, schedule ``"custom"``)."""
+    from ..train import TrainConfig
+    from .run_folder import dataset_meta, write_run
+
+    if flags:
+        raise ValueError("--flags is for improved-diffusion checkpoints; a diffusers folder carries its own configs")
+    diffusion = from_diffusers(folder)
+    den = diffusion.denoiser
+    config = TrainConfig(data=data, data_root=data_root, net="diffusers", schedule="custom", T=diffusion.T,
+                         betas=diffusion.schedule.betas.tolist(), variance=diffusion.variance, steps=None,
+                         net_config={"unet": dict(den.unet.config), "prediction_type": den.prediction_type,
+                                     "scheduler_config": den.scheduler_config},
+                         source={"kind": "diffusers", "folder": str(Path(folder).resolve())})
+    meta = dataset_meta(config)
+    if tuple(meta["event_shape"]) != tuple(diffusion.event_shape):
+        raise ValueError(f"the diffusers model takes examples of shape {list(diffusion.event_shape)} but data {data!r} "
+                         f"has {list(meta['event_shape'])}; pass the data it was trained on (--data)")
+    return write_run(run_dir, config, den.state_dict(), meta=meta)
+
+
+def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
+    """A run folder → a diffusers ``DDPMPipeline`` folder (:func:`to_diffusers`; exact for our U-Net presets and for
+    models imported from diffusers)."""
+    from ..sampling import load_run
+
+    return to_diffusers(load_run(run, ema=ema, device="cpu").diffusion, out_dir)

@@ -187,7 +187,13 @@ def _unet(config: TrainConfig, event_shape: tuple) -> UNet:
 
 # Denoisers by name beside the U-Net presets: ``builder(config, event_shape) -> torch.nn.Module`` (untrained; the
 # weights are loaded after). ``register_net`` adds one (ppl_diffusion.interop registers its adapters).
-NET_BUILDERS: dict[str, Callable] = {"mlp": _mlp, "unet": _unet}
+def _diffusers(config: TrainConfig, event_shape):
+    from ..interop.diffusers import build_denoiser  # diffusers is imported only for such a run
+
+    return build_denoiser(config, event_shape)
+
+
+NET_BUILDERS: dict[str, Callable] = {"mlp": _mlp, "unet": _unet, "diffusers": _diffusers}
 
 
 def register_net(name: str, builder: Callable) -> None:
