@@ -49,9 +49,9 @@ from ppl_diffusion.nets import unet_preset  # noqa: E402
 from ppl_diffusion.sampling import load_run  # noqa: E402
 
 # (name, proposal, full_steps t_0, strata K, draws m)
-SETTINGS = [("uniform 20+20x2", "uniform", 20, 20, 2), ("pilot 20+20x2", "pilot", 20, 20, 2),
-            ("pilot 10+10x2", "pilot", 10, 10, 2), ("pilot 20+40x2", "pilot", 20, 40, 2),
-            ("curve: uniform 20+49x1", "uniform", 20, 49, 1)]
+SETTINGS = [("uniform 20+20x2", "uniform", 20, 20, 2), ("pilot 20+20x2 (default)", "pilot", 20, 20, 2),
+            ("pilot 10+10x2", "pilot", 10, 10, 2), ("pilot 5+5x2", "pilot", 5, 5, 2),
+            ("pilot 20+40x2", "pilot", 20, 40, 2), ("curve's: uniform 20+49x1", "uniform", 20, 49, 1)]
 QUICK_SETTINGS = [("uniform 4+4x2", "uniform", 4, 4, 2), ("pilot 4+4x2", "pilot", 4, 4, 2)]
 # Sustained throughput ASSUMED for a conv U-Net forward at 32x32 (not measured here): a fraction of the datasheet's
 # dense peak (A100 SXM: 19.5 TFLOP/s fp32, 156 tf32, 312 bf16; H100 SXM: 989 bf16). A small-resolution U-Net with

@@ -100,10 +100,10 @@ def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, s
     gathered); fills ``result``'s t-sampling SE, calls and plan for weight set ``name``."""
     w = world()
     pilot_calls = 0
-    if proposal == "pilot":  # on rank 0, sent to the others: every process draws from the same plan
+    if proposal == "pilot" and full_steps < diffusion.T:  # on rank 0, sent to the others: one plan for all
         profile, pilot_calls = w.on_main(lambda: pilot_profile(
             diffusion, train[:pilot_examples].to(next(diffusion.denoiser.parameters()).device), seed=seed,
-            full_steps=min(full_steps, diffusion.T)))
+            full_steps=full_steps))
         plan = plan_from_profile(profile, full_steps=full_steps, strata=strata, draws=draws,
                                  pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
                                         "data": "train", "grid": 50})
