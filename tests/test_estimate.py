@@ -193,3 +193,30 @@ def test_evaluate_estimate_bad_flags_are_one_line(digits_run, capsys, flags, mat
                  *flags]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # two torchrun processes start: ~50 s on a shared 2-core machine
+def test_evaluate_estimate_under_torchrun_equals_one_process(digits_run, capsys):
+    """2 processes (7 digits: shares of 4 and 3) print 1 process's estimate, t-sampling SE and calls: the draws
+    are per example, the pilot is run once and shared."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ppl_diffusion.cli import main
+
+    argv = ["evaluate", str(digits_run), "--json", "--seed", "5", "--max-examples", "7", "--fd-samples", "0",
+            "--no-progress", "--bound", "estimate", "--full-steps", "2", "--strata", "3", "--pilot-examples", "4"]
+    assert main(argv) == 0
+    one = json.loads(capsys.readouterr().out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "ppl_diffusion", *argv, "--dist-backend", "gloo"],
+                         capture_output=True, text=True, timeout=300, cwd=digits_run.parent, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout)
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    for key in ("bpd", "bpd_ema", "bpd_t_stderr", "bpd_ema_t_stderr"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    assert two["calls"] == one["calls"] and two["estimate"] == one["estimate"]
