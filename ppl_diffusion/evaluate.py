@@ -100,16 +100,16 @@ def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, s
     gathered); fills ``result``'s t-sampling SE, calls and plan for weight set ``name``."""
     w = world()
     pilot_calls = 0
+    device = next(diffusion.denoiser.parameters()).device if backend_of(diffusion) == "pyro" else "cpu"
     if proposal == "pilot" and full_steps < diffusion.T:  # on rank 0, sent to the others: one plan for all
         profile, pilot_calls = w.on_main(lambda: pilot_profile(
-            diffusion, train[:pilot_examples].to(next(diffusion.denoiser.parameters()).device), seed=seed,
+            diffusion, train[:pilot_examples].to(device), seed=seed,
             full_steps=full_steps))
         plan = plan_from_profile(profile, full_steps=full_steps, strata=strata, draws=draws,
                                  pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
                                         "data": "train", "grid": 50})
     else:
         plan = plan_uniform(diffusion.T, full_steps=full_steps, strata=strata, draws=draws)
-    device = next(diffusion.denoiser.parameters()).device
     est = estimate_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
                          inputs_per_call=inputs_per_call, progress=progress)
     t_variance = w.gather(est.t_variance.contiguous())
@@ -141,7 +141,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
         ``"bf16"`` (autocast; the bound's arithmetic outside the network stays float32 / float64; see
         ``benchmarks/results/precision.md`` for its bias on the digits).
-    :param str bound: ``"full"`` (every term) or ``"estimate"`` (:mod:`ppl_diffusion.infer.estimate`, Pyro only).
+    :param str bound: ``"full"`` (every term) or ``"estimate"`` (:mod:`ppl_diffusion.infer.estimate`).
     :param int full_steps: with ``"estimate"``: steps t = 1..``full_steps`` computed for every example.
     :param int strata: with ``"estimate"``: strata of the steps above ``full_steps``.
     :param int draws: with ``"estimate"``: steps drawn per stratum and example (>= 2 for the t-sampling's SE).
@@ -161,8 +161,6 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     if bound not in ("full", "estimate"):
         raise ValueError(f"bound = {bound!r}; choose full (every term) or estimate (a few terms per example) (--bound)")
     if bound == "estimate":
-        if backend != "pyro":
-            raise ValueError(f"--bound estimate runs on the Pyro backend only; drop --backend {backend}")
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal = {proposal!r}; choose one of {', '.join(PROPOSALS)} (--proposal)")
         _positive("pilot_examples", pilot_examples, "--pilot-examples")

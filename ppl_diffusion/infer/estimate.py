@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import noise as counter_noise
-from .bound import auto_timesteps_per_batch, check_indices, step_terms, variational_bound
+from .bound import check_indices, step_terms
 
 PROPOSALS = ("uniform", "pilot")
 
@@ -144,8 +144,49 @@ def plan_from_profile(profile, *, full_steps: int = 20, strata: int = 20, draws:
                         probs=tuple(q[p] / q[p].sum() for p in parts), draws=m, proposal="pilot", pilot=pilot or {})
 
 
+def _is_numpyro(diffusion) -> bool:
+    return getattr(diffusion, "backend", "pyro") == "numpyro"
+
+
+def terms_of_rows(diffusion, x, pairs: np.ndarray, *, seed: int, index: np.ndarray, inputs_per_call: int = 512,
+                  progress: bool = False) -> np.ndarray:
+    """``values [N x (T + 1)]`` float64: ``values[i, t − 1]`` = L_{t−1} of example i for every (i, t) row of
+    ``pairs`` ``[R x 2]`` (0 elsewhere) and ``values[i, T]`` = L_T of every example in a row, with the full bound's
+    noise of (``seed``, ``index[i]``, t); ``inputs_per_call`` rows per denoiser call. Pyro
+    (:func:`~ppl_diffusion.infer.bound.step_terms`) or NumPyro (:func:`ppl_diffusion.numpyro.estimate.row_terms`,
+    compiled) by the model's backend."""
+    n, T = len(x), diffusion.T
+    values = np.zeros((n, T + 1))
+    if _is_numpyro(diffusion):
+        from ..numpyro.estimate import row_terms
+
+        xs = np.asarray(x.cpu().numpy() if torch.is_tensor(x) else x, np.float32)
+
+        def rows_fn(rows):
+            return row_terms(diffusion, xs[rows[:, 0]], rows[:, 1], index[rows[:, 0]], seed=seed,
+                             size=min(inputs_per_call, len(pairs)))
+    else:
+        def rows_fn(rows):
+            at = torch.as_tensor(rows[:, 0], device=x.device)
+            term, prior = step_terms(diffusion, x[at], torch.as_tensor(rows[:, 1], device=x.device), seed=seed,
+                                     indices=index[rows[:, 0]])
+            return term.double().cpu().numpy(), prior.double().cpu().numpy()
+    chunks = range(0, len(pairs), inputs_per_call)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="estimate", unit="call")
+    with torch.no_grad():
+        for start in chunks:
+            rows = pairs[start:start + inputs_per_call]
+            term, prior = rows_fn(rows)
+            values[rows[:, 0], rows[:, 1] - 1] = term
+            values[rows[:, 0], T] = prior
+    return values
+
+
 def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps: int = 0,
-                  timesteps_per_batch: int | None = None) -> tuple[np.ndarray, int]:
+                  inputs_per_call: int = 512) -> tuple[np.ndarray, int]:
     """√E[L_{t−1}²] over the examples ``x`` (``[n x ...]``, training data) at ``grid`` steps spread evenly over
     ``full_steps + 1..T``, linear in between: ``([T], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s,
     not the evaluation's."""
@@ -154,11 +195,12 @@ def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps
     lo = min(full_steps + 1, T)
     steps = np.unique(np.round(np.linspace(lo, T, min(grid, T - lo + 1))).astype(np.int64))
     pilot_seed = counter_noise.seed_of(seed, 0, 0, counter_noise.TIMESTEP)
-    with torch.no_grad():
-        terms = variational_bound(diffusion, x, timesteps=steps.tolist(), seed=pilot_seed,
-                                  timesteps_per_batch=timesteps_per_batch or auto_timesteps_per_batch(len(x)))
-    rms = terms.terms[:, steps - 1].double().pow(2).mean(0).sqrt().cpu().numpy()
-    return np.interp(np.arange(1, T + 1), steps, rms), len(x) * len(steps)
+    n = len(x)
+    pairs = np.stack(np.broadcast_arrays(np.arange(n)[:, None], steps[None, :]), -1).reshape(-1, 2)
+    values = terms_of_rows(diffusion, x if _is_numpyro(diffusion) else diffusion.check_data(x), pairs,
+                           seed=pilot_seed, index=np.arange(n), inputs_per_call=inputs_per_call)
+    rms = np.sqrt((values[:, steps - 1] ** 2).mean(0))
+    return np.interp(np.arange(1, T + 1), steps, rms), len(pairs)
 
 
 @dataclass
@@ -198,8 +240,9 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
     if plan.T != diffusion.T:
         raise ValueError(f"the plan is for T = {plan.T} but the model has T = {diffusion.T}; make the plan from "
                          "the model's T")
-    x = diffusion.check_data(x)
-    n, T = x.shape[0], diffusion.T
+    if not _is_numpyro(diffusion):
+        x = diffusion.check_data(x)
+    n, T = len(x), diffusion.T
     index = check_indices(indices, n)
     steps, weights = plan.draw(seed if draw_seed is None else draw_seed, index)  # [N x K x m]
     K, m = steps.shape[1], steps.shape[2]
@@ -207,23 +250,9 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
     exact = np.arange(1, plan.full_steps + 1, dtype=np.int64)
     pairs = np.concatenate([np.stack(np.broadcast_arrays(np.arange(n)[:, None], exact[None, :]), -1).reshape(-1, 2),
                             np.stack([np.repeat(np.arange(n), K * m), steps.reshape(-1)], -1)])
-    if not len(pairs):  # T = 1 and t_0 = 0 cannot happen (t_0 is capped, the tail is then non-empty)
-        raise ValueError("the plan has no steps to compute")
     pairs = np.unique(pairs, axis=0)
-    values = np.zeros((n, T + 1))  # values[i, t] = L_{t−1} for computed pairs; column T = L_T
-    chunks = range(0, len(pairs), inputs_per_call)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="estimate", unit="call")
-    device = x.device
-    with torch.no_grad():
-        for start in chunks:
-            rows = pairs[start:start + inputs_per_call]
-            term, prior = step_terms(diffusion, x[torch.as_tensor(rows[:, 0], device=device)],
-                                     torch.as_tensor(rows[:, 1], device=device), seed=seed, indices=index[rows[:, 0]])
-            values[rows[:, 0], rows[:, 1] - 1] = term.double().cpu().numpy()
-            values[rows[:, 0], T] = prior.double().cpu().numpy()
+    values = terms_of_rows(diffusion, x, pairs, seed=seed, index=index, inputs_per_call=inputs_per_call,
+                           progress=progress)
     terms = np.zeros((n, T + 1))
     terms[:, :plan.full_steps] = values[:, :plan.full_steps]
     terms[:, T] = values[:, T]
