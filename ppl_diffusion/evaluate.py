@@ -207,7 +207,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         if bound == "estimate":
             per_example = _estimate(diffusion, x, mine, data.train, result, name, key, seed=seed,
                                     full_steps=full_steps, strata=strata, draws=draws, proposal=proposal,
-                                    pilot_examples=pilot_examples, inputs_per_call=batch_size * timesteps_per_batch,
+                                    pilot_examples=pilot_examples,
+                                    inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch,  # ~512
                                     progress=progress)
         else:
             mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
