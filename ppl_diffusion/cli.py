@@ -157,6 +157,21 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="elbo: the variational bound of the raw and EMA weights (eval.json); ode: the exact "
                         "likelihood by the probability-flow ODE (eval-ode.json), beside the ELBO of the same "
                         "weights (default elbo)")
+    p.add_argument("--bound", default="full", choices=("full", "estimate"),
+                   help="with --likelihood elbo: full (every one of the T terms per example) or estimate (an unbiased "
+                        "estimate from a few terms per example, its SE including the t-sampling; "
+                        "eval-estimate.json) (default full)")
+    e = p.add_argument_group("--bound estimate")
+    e.add_argument("--full-steps", type=int, default=None, metavar="T0",
+                   help="steps t = 1..T0 computed for every example, where the bound concentrates (default 20)")
+    e.add_argument("--strata", type=int, default=None, metavar="K", help="strata of the steps above T0 (default 20)")
+    e.add_argument("--draws", type=int, default=None, metavar="M",
+                   help="steps drawn per stratum and example; M >= 2 also reports the t-sampling's SE (default 2)")
+    e.add_argument("--proposal", default=None,
+                   help="pilot (strata and importance proposal from the terms' RMS on training examples) or "
+                        "uniform (equal strata, uniform t) (default pilot)")
+    e.add_argument("--pilot-examples", type=int, default=None, metavar="N",
+                   help="training examples of the pilot (default 16)")
     g = p.add_argument_group("--likelihood ode")
     _add_ode_flags(g)
     g.add_argument("--trace", default=None, help="exact (D copies per example) or hutchinson (default exact)")
@@ -192,6 +207,8 @@ def _add_ode_flags(p) -> None:
 
 ODE_EVAL_FLAGS = ("rtol", "atol", "eps", "time_map", "trace", "probes", "probe", "dequantization",
                   "dequantization_draws", "raw")
+ESTIMATE_FLAGS = ("full_steps", "strata", "draws", "proposal", "pilot_examples")
+ESTIMATE_DEFAULTS = dict(full_steps=20, strata=20, draws=2, proposal="pilot", pilot_examples=16)
 ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map="grid", trace="exact", probes=1, probe="rademacher",
                     dequantization="auto", dequantization_draws=1, raw=False)
 
@@ -206,6 +223,13 @@ def _ode_options(args, names) -> dict:
 
 
 def cmd_evaluate(args) -> None:
+    estimate = [_flag(k) for k in ESTIMATE_FLAGS if getattr(args, k) is not None]
+    if args.likelihood == "ode" and (args.bound != "full" or estimate):
+        raise ValueError(f"{', '.join(estimate) or '--bound ' + args.bound} with --likelihood ode: the estimate is of "
+                         "the ELBO's terms; drop them (or use --likelihood elbo)")
+    if args.bound == "full" and estimate:
+        raise ValueError(f"{', '.join(estimate)} given without --bound estimate; these flags set the estimate of the "
+                         "bound: add --bound estimate or drop them")
     if args.likelihood == "ode":
         return _evaluate_ode(args)
     given = [_flag(k) for k in ODE_EVAL_FLAGS if getattr(args, k) is not None]
@@ -218,7 +242,9 @@ def cmd_evaluate(args) -> None:
                           batch_size=500 if args.batch_size is None else args.batch_size,
                           fd_samples=1000 if args.fd_samples is None else args.fd_samples,
                           fit_variance=args.fit_variance or 0, device=args.device,
-                          seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision)
+                          seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
+                          bound=args.bound, **{k: ESTIMATE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
+                                               for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 

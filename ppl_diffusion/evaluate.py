@@ -22,8 +22,17 @@ With ``fit_variance=N`` the reverse variances are first fitted in closed form on
 Keys of the dict: ``bpd``, ``bpd_ema`` (mean bits/dim), ``bpd_stderr``, ``bpd_ema_stderr`` (standard
 errors over examples), ``terms`` (``{"raw": [...], "ema": [...]}``, mean L_j in nats per example,
 j = 0..T), ``digits_fd_ema`` (or ``None``), ``fd_samples``, ``num_examples``, ``num_dims``, ``T``, ``step``,
-``checkpoint``, ``data``, ``seed``, ``backend``, ``precision``, ``world_size`` (processes), ``seconds``, and the
-paths ``json`` and ``figure``.
+``checkpoint``, ``data``, ``seed``, ``backend``, ``precision``, ``world_size`` (processes), ``seconds``, ``bound``
+(``"full"``), ``calls`` (denoiser inputs per weight set: N·T), and the paths ``json`` and ``figure``.
+
+With ``bound="estimate"`` the bound is estimated from a few terms per example (:mod:`ppl_diffusion.infer.estimate`:
+every step t <= ``full_steps``, ``draws`` steps in each of ``strata`` strata above, uniform or from a pilot on
+training examples), unbiased for the full bound of the same seed; the files are ``eval-estimate.json`` and
+``eval_terms-estimate.png`` (``-fitted-estimate`` with a fitted variance), the standard errors include the
+t-sampling, and the dict adds ``bpd_t_stderr`` / ``bpd_ema_t_stderr`` (the t-sampling's part alone: the SE of
+the figure about the full bound of the same examples and seed; ``None`` with ``draws=1``), ``calls`` (inputs
+evaluated, the pilot's included) and ``estimate`` (the plan of each weight set). ``terms`` then holds unbiased
+estimates of the mean L_j (noisy where j > ``full_steps``).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from . import plots
 from .data import load_dataset
 from .distributed import local_device, world
 from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
+from .infer.estimate import PROPOSALS, estimate_bound, pilot_profile, plan_from_profile, plan_uniform
 from .precision import check_precision
 from .sampling import backend_of, draw_samples, find_checkpoint, load_run
 
@@ -83,9 +93,40 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
     return torch.cat(parts) if parts else torch.zeros((0, diffusion.T + 1), dtype=torch.float64)
 
 
+def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, seed: int, full_steps: int,
+              strata: int, draws: int, proposal: str, pilot_examples: int, inputs_per_call: int,
+              progress: bool) -> torch.Tensor:
+    """The estimate's per-term values ``[N x (T + 1)]`` in test-set order (this process's share estimated, all
+    gathered); fills ``result``'s t-sampling SE, calls and plan for weight set ``name``."""
+    w = world()
+    pilot_calls = 0
+    device = next(diffusion.denoiser.parameters()).device if backend_of(diffusion) == "pyro" else "cpu"
+    if proposal == "pilot" and full_steps < diffusion.T:  # on rank 0, sent to the others: one plan for all
+        profile, pilot_calls = w.on_main(lambda: pilot_profile(
+            diffusion, train[:pilot_examples].to(device), seed=seed,
+            full_steps=full_steps))
+        plan = plan_from_profile(profile, full_steps=full_steps, strata=strata, draws=draws,
+                                 pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
+                                        "data": "train", "grid": 50})
+    else:
+        plan = plan_uniform(diffusion.T, full_steps=full_steps, strata=strata, draws=draws)
+    est = estimate_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
+                         inputs_per_call=inputs_per_call, progress=progress)
+    t_variance = w.gather(est.t_variance.contiguous())
+    calls = int(w.all_sum(torch.tensor([est.calls], dtype=torch.float64)).item())
+    n, to_bpd = len(x), 1.0 / (diffusion.num_dims * math.log(2.0))
+    result[f"{key}_t_stderr"] = (None if torch.isnan(t_variance).any() or not n
+                                 else t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd)
+    result.setdefault("calls", {})[name] = calls + pilot_calls
+    result.setdefault("estimate", {})[name] = plan.to_dict()
+    return w.gather(est.terms.contiguous())
+
+
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
-                 seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32") -> dict:
+                 seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32",
+                 bound: str = "full", full_steps: int = 20, strata: int = 20, draws: int = 2,
+                 proposal: str = "pilot", pilot_examples: int = 16) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
@@ -100,6 +141,12 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
         ``"bf16"`` (autocast; the bound's arithmetic outside the network stays float32 / float64; see
         ``benchmarks/results/precision.md`` for its bias on the digits).
+    :param str bound: ``"full"`` (every term) or ``"estimate"`` (:mod:`ppl_diffusion.infer.estimate`).
+    :param int full_steps: with ``"estimate"``: steps t = 1..``full_steps`` computed for every example.
+    :param int strata: with ``"estimate"``: strata of the steps above ``full_steps``.
+    :param int draws: with ``"estimate"``: steps drawn per stratum and example (>= 2 for the t-sampling's SE).
+    :param str proposal: with ``"estimate"``: ``"pilot"`` (strata and importance proposal from √E[L_t²] on
+        ``pilot_examples`` training examples at 50 steps, independent of the evaluated draws) or ``"uniform"``.
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
@@ -111,6 +158,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                          "examples >= 1 (--fit-variance)")
     if isinstance(fd_samples, bool) or not isinstance(fd_samples, numbers.Integral) or fd_samples < 0:
         raise ValueError(f"fd_samples = {fd_samples!r}; pass 0 (off) or a number of samples >= 2 (--fd-samples)")
+    if bound not in ("full", "estimate"):
+        raise ValueError(f"bound = {bound!r}; choose full (every term) or estimate (a few terms per example) (--bound)")
+    if bound == "estimate":
+        if proposal not in PROPOSALS:
+            raise ValueError(f"proposal = {proposal!r}; choose one of {', '.join(PROPOSALS)} (--proposal)")
+        _positive("pilot_examples", pilot_examples, "--pilot-examples")
+        plan_uniform(1000, full_steps=full_steps, strata=strata, draws=draws)  # checks the three counts
     if fit_variance and backend != "pyro":
         raise ValueError(f"--fit-variance {fit_variance} runs on the Pyro backend only; drop --backend {backend} "
                          "or --fit-variance")
@@ -134,7 +188,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "world_size": w.world_size, "precision": precision,
-              "variance": "fitted" if fit_variance else config.variance,
+              "variance": "fitted" if fit_variance else config.variance, "bound": bound,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted = {}, {}
     for name, loaded in runs.items():
@@ -149,12 +203,20 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                 timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict()))
             fitted[name] = fv.to_dict()
             runs[name].diffusion = diffusion = diffusion.with_variance(fv)
-        mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
-                                       batch_size=batch_size, seed=seed, indices=np.arange(len(x))[mine],
-                                       progress=progress)
-        per_example = w.gather(mine_terms.contiguous())  # [N x (T + 1)], in test-set order
-        bpd = per_example.sum(-1) * to_bpd
         key = "bpd" if name == "raw" else "bpd_ema"
+        if bound == "estimate":
+            per_example = _estimate(diffusion, x, mine, data.train, result, name, key, seed=seed,
+                                    full_steps=full_steps, strata=strata, draws=draws, proposal=proposal,
+                                    pilot_examples=pilot_examples,
+                                    inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch,  # ~512
+                                    progress=progress)
+        else:
+            mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
+                                           batch_size=batch_size, seed=seed, indices=np.arange(len(x))[mine],
+                                           progress=progress)
+            per_example = w.gather(mine_terms.contiguous())  # [N x (T + 1)], in test-set order
+            result.setdefault("calls", {})[name] = len(x) * config.T
+        bpd = per_example.sum(-1) * to_bpd
         result[key] = bpd.mean().item()
         result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
         terms[name] = per_example.mean(0).tolist()
@@ -177,13 +239,14 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share).cpu().contiguous())
         result["digits_fd_ema"] = w.on_main(lambda: digits_fd(samples))
 
-    suffix = "-fitted" if fit_variance else ""
+    suffix = ("-fitted" if fit_variance else "") + ("-estimate" if bound == "estimate" else "")
     result["figure"] = str(out_dir / f"eval_terms{suffix}.png")
     result["json"] = str(out_dir / f"eval{suffix}.json")
     if w.is_main:  # one process writes; the others get its dict
         plots.bound_terms(terms, result["figure"],
                           title=f"{config.data}, step {result['step']}: {result['bpd']:.3f} (raw) / "
-                                f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples")
+                                f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples"
+                                + (" (estimate)" if bound == "estimate" else ""))
         result["seconds"] = round(time.monotonic() - started, 2)
         Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
     return w.broadcast_object(result)
@@ -199,6 +262,11 @@ def summary(result: dict) -> str:
              f"T = {result['T']}, variance {result.get('variance', '?')}"
              + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
+             *([f"  estimate of the full bound ({sum(result['calls'].values()):,} denoiser inputs against "
+                f"{2 * result['num_examples'] * result['T']:,}): t-sampling SE raw "
+                + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"
+                                for k in ("bpd_t_stderr", "bpd_ema_t_stderr"))]
+               if result.get("bound") == "estimate" else []),
              f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
              "bits/dim (EMA)"]
     if result.get("digits_fd_ema") is not None:

@@ -25,6 +25,8 @@ Streams keep the different draws of one (example, t) independent:
 ``PROBE``          probe k of example i for the probability-flow ODE's Hutchinson trace (at t = k; Rademacher
                    probes are the signs of these normals)
 ``DEQUANT``        draw r of example i's uniform dequantization (:func:`uniform`, at t = r)
+``TIMESTEP``       draw r of stratum k of example i's step in the bound's estimate (:func:`uniform`, at
+                   t = k·m + r, m draws per stratum; :mod:`ppl_diffusion.infer.estimate`)
 =================  ====================================================================================
 """
 
@@ -34,9 +36,9 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT = 0, 1, 2, 3, 4, 5, 6  # streams
+XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP = 0, 1, 2, 3, 4, 5, 6, 7  # streams
 STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE, "PROBE": PROBE,
-           "DEQUANT": DEQUANT}
+           "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

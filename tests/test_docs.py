@@ -211,3 +211,18 @@ def test_ode_benchmark_quick(tmp_path):
             # the two solvers at tol 1e-4 on an untrained T = 20 net (measured 0.06 bits/dim on the digits)
             assert rows["max_abs_diff_nats"] / (m["num_dims"] * math.log(2)) < 0.3
     assert "torchdiffeq (dopri5) against diffrax" in (tmp_path / "ode_quick.md").read_text()
+
+
+def test_bound_estimate_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bound_estimate.py"), "--quick", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "bound_estimate_quick.json").read_text())
+    full, *estimates = record["digits"]["rows"]
+    assert full["calls"] == 24 * 40 and all(r["calls"] < full["calls"] for r in estimates)
+    assert all(abs(r["diff_from_full"]) < 5 * r["t_stderr"] for r in estimates)
+    assert record["cifar10"]["parameters"] == 35_746_307 and record["cifar10"]["flops_per_input"] > 1e10
+    assert "estimate, not a measurement" in (tmp_path / "bound_estimate_quick.md").read_text()

@@ -82,6 +82,32 @@ def check_indices(indices, n: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
+def step_terms(diffusion, x0: Tensor, t: Tensor, *, analytic: bool = True, seed: int | None = None,
+               indices=None) -> tuple[Tensor, Tensor]:
+    """The bound's term of step ``t[r]`` for row r: L_{t−1} of ``x0[r]`` (``[R x ...]``), in one denoiser call.
+
+    Rows are (example, step) pairs, any mix: ``t`` ``[R]`` in 1..T, ``indices`` ``[R]`` the examples' indices
+    (with ``seed``: counter-based noise, ε of row r is ``normal(seed, indices[r], t[r], stream=XT)``, so a row's
+    term equals the full bound's ``terms[i, t − 1]`` for the same example, seed and step; see
+    :func:`variational_bound`). Returns ``(L_{t−1} [R], L_T [R])`` in nats, the prior term of each row's example
+    (no network call of its own, it is read off the same trace).
+    """
+    if seed is None and indices is not None:
+        raise ValueError("indices select counter-based noise; pass seed=... with them")
+    guide = diffusion.step_guide
+    if seed is not None:
+        rows = check_indices(indices, x0.shape[0])
+        steps = t.cpu().numpy()
+        fed = {"x_t": _normal(seed, rows, steps, x0, counter_noise.XT),
+               "x_T": _normal(seed, rows, 0, x0, counter_noise.PRIOR)}
+        if not analytic:
+            fed["x_prev"] = _normal(seed, rows, steps, x0, counter_noise.PREV)
+        guide = feed_noise(guide, fed)
+    model_trace, guide_trace = trace_pair(diffusion.step_model, guide, x0, t)
+    site = per_example_elbo(model_trace, guide_trace, analytic=analytic)
+    return -(site["x_t"] + site["x_prev"] + site["x_0"]), -site["x_T"]
+
+
 def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps_per_batch: int = 1,
                       timesteps=None, progress: bool = False, seed: int | None = None,
                       indices=None) -> VariationalBound:
@@ -120,23 +146,13 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
         blocks = tqdm(blocks, desc="bound", unit="step", total=len(blocks), unit_scale=c)
     for block in blocks:
         ts = torch.tensor(block, device=x0.device)
-        t = ts.repeat_interleave(batch)
         x0c = x0.repeat((len(ts),) + (1,) * (x0.dim() - 1))
-        guide = diffusion.step_guide
-        if index is not None:
-            rows = np.tile(index, len(block))
-            fed = {"x_t": _normal(seed, rows, t.cpu().numpy(), x0c, counter_noise.XT),
-                   "x_T": _normal(seed, index, 0, x0, counter_noise.PRIOR).repeat(
-                       (len(block),) + (1,) * (x0.dim() - 1))}
-            if not analytic:
-                fed["x_prev"] = _normal(seed, rows, t.cpu().numpy(), x0c, counter_noise.PREV)
-            guide = feed_noise(guide, fed)
-        model_trace, guide_trace = trace_pair(diffusion.step_model, guide, x0c, t)
-        site = per_example_elbo(model_trace, guide_trace, analytic=analytic)
-        step = (site["x_t"] + site["x_prev"] + site["x_0"]).reshape(len(ts), batch)
+        step, prior_rows = step_terms(diffusion, x0c, ts.repeat_interleave(batch), analytic=analytic, seed=seed,
+                                      indices=None if index is None else np.tile(index, len(block)))
+        step = step.reshape(len(ts), batch)
         if prior is None:
-            prior = -site["x_T"][:batch]
+            prior = prior_rows[:batch]
         for i, ti in enumerate(ts.tolist()):
-            columns[ti - 1] = -step[i]
+            columns[ti - 1] = step[i]
     terms = torch.stack(columns + [prior], dim=-1)
     return VariationalBound(terms=terms, num_dims=diffusion.num_dims)

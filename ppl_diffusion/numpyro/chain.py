@@ -317,5 +317,22 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
     return jnp.concatenate([steps.T, prior[:, None]], axis=1)
 
 
+def step_terms(diffusion, params, x0, t, eps, eps_T):
+    """The bound's term of step ``t[r]`` for row r, L_{t−1} of ``x0[r]`` (``[R x ...]``), and the prior term L_T of
+    each row's example, ``([R], [R])`` nats: rows are any mix of (example, step) pairs, as the Pyro backend's
+    :func:`~ppl_diffusion.infer.bound.step_terms`. ``eps`` ``[R x ...]`` is ε of x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and
+    ``eps_T`` the prior's draw (used by a prior without closed-form KL); pass ``noise.normal(seed, index, t, XT)``
+    and ``(seed, index, 0, PRIOR)`` for the full bound's numbers."""
+    s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
+    t = jnp.asarray(t, jnp.int32)
+    x_t = cf.q_sample(s, x0, t, eps)
+    p_mean, p_log_var = diffusion.mean_log_var(denoiser_apply(diffusion)(params, x_t, t), x_t, t)
+    q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, t)
+    kl = _sum_event(cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var), d)
+    nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
+    mean_T, var_T = cf.q_mean_variance(s, x0, jnp.full(t.shape, T, dtype=jnp.int32))
+    return jnp.where(t == 1, nll, kl), prior_term(diffusion, mean_T, var_T, eps_T)
+
+
 __all__ = ["ancestral_sample", "counter_normal", "denoiser_apply", "full_chain_elbo", "sample_from_counter",
-           "sample_from_noise", "variational_bound"]
+           "sample_from_noise", "step_terms", "variational_bound"]
