@@ -231,7 +231,7 @@ def cifar_estimates(digits: dict, cifar: dict) -> list[dict]:
 
 def render(record: dict) -> str:
     dg, cf = record["digits"], record["cifar10"]
-    lines = [f"# The full bound against its estimate (`evaluate --bound estimate`)", "",
+    lines = ["# The full bound against its estimate (`evaluate --bound estimate`)", "",
              f"Date {record['date']}. Machine: {record['machine']}. Command: `{record['command']}`.", "",
              f"## Digits: {dg['model']}", "",
              f"{dg['parameters']:,} parameters, the first {dg['examples']} test digits, T = {dg['T']}, seed 0. "
@@ -256,7 +256,7 @@ def render(record: dict) -> str:
               f"speed the full bound of the {dg['examples']} digits takes "
               f"{a['full_bound_seconds_at_this_speed']:.0f} s, the estimate "
               f"{a['calls']['estimate'] * a['ms_per_input']['estimate'] / 1000:.0f} s."]
-    lines += ["", f"## CIFAR-10: the `cifar10` U-Net preset", "",
+    lines += ["", "## CIFAR-10: the `cifar10` U-Net preset", "",
               f"{cf['parameters']:,} parameters; {cf['flops_per_input'] / 1e9:.2f} GFLOP per input (forward, "
               f"torch.utils.flop_counter, a multiply-add = 2 FLOPs). One forward on this CPU, {cf['threads']} "
               "thread(s), median of the reps, batch sizes alternated:", "",

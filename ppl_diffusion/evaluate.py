@@ -243,10 +243,10 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     result["figure"] = str(out_dir / f"eval_terms{suffix}.png")
     result["json"] = str(out_dir / f"eval{suffix}.json")
     if w.is_main:  # one process writes; the others get its dict
+        head = f"{config.data}, step {result['step']}" if bound == "full" else f"estimate, step {result['step']}"
         plots.bound_terms(terms, result["figure"],
-                          title=f"{config.data}, step {result['step']}: {result['bpd']:.3f} (raw) / "
-                                f"{result['bpd_ema']:.3f} (EMA) bits/dim, {len(x)} test examples"
-                                + (" (estimate)" if bound == "estimate" else ""))
+                          title=f"{head}: {result['bpd']:.3f} (raw) / {result['bpd_ema']:.3f} (EMA) bits/dim, "
+                                f"{len(x)} test examples")
         result["seconds"] = round(time.monotonic() - started, 2)
         Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
     return w.broadcast_object(result)
