@@ -206,7 +206,7 @@ def evaluate_model(name: str, run, args, log) -> dict:
 
 
 def render(result: dict) -> str:
-    lines = [f"# Probability-flow ODE likelihood beside the ELBO", "",
+    lines = ["# Probability-flow ODE likelihood beside the ELBO", "",
              f"Command: `{result['command']}`  ", f"Machine: {result['machine']}, {result['threads']} torch threads; "
              f"{result['date']}. The CPU was shared with other work, so compare times within a row.", ""]
     lines += ["| model | D | examples | ELBO | ODE (trace) | what the ODE number is | NFE | s / example |",
