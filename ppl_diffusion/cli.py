@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)
             distributed.init(args.dist_backend, getattr(args, "device", "auto"))
-            several = distributed.world().world_size > 1
+            several = distributed.world().world_size > 1 and distributed.joined()
         if getattr(args, "backend", "pyro") == "numpyro":
             _join_jax_job()
         args.func(args)

@@ -190,6 +190,11 @@ def local_device(device: str) -> str:
     return device
 
 
+def joined() -> bool:
+    """Whether this process is in a torch.distributed process group (torchrun's, joined by :func:`init`)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def shutdown() -> None:
     """Leave the process group (at the end of a command)."""
     global _WORLD
