@@ -35,7 +35,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -53,18 +52,9 @@ from ppl_diffusion.data import load_dataset  # noqa: E402
 from ppl_diffusion.evaluate import per_example_terms  # noqa: E402
 from ppl_diffusion.likelihood import per_example_ode  # noqa: E402
 from ppl_diffusion.sampling import is_images, load_run  # noqa: E402
+from distributed import cpu_name  # noqa: E402  (benchmarks/distributed.py: the CPU's model name)
 
 LN2 = math.log(2.0)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def mean_se(v) -> tuple[float, float]:

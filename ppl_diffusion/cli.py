@@ -483,11 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "draws as arviz InferenceData (netCDF).")
     _add_compare_flags(p)
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("import", help="a model trained elsewhere (improved-diffusion, guided-diffusion, safetensors) "
+    p = sub.add_parser("import", help="a model trained elsewhere (improved-diffusion, guided-diffusion, diffusers, safetensors) "
                                       "as a run folder that every command takes")
     _add_import_flags(p)
     p.set_defaults(func=cmd_import)
-    p = sub.add_parser("export", help="a run's model as safetensors + JSON or as an improved-diffusion checkpoint")
+    p = sub.add_parser("export", help="a run's model as safetensors + JSON, an improved-diffusion checkpoint or a diffusers pipeline")
     _add_export_flags(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="train on digits for a few minutes, evaluate, sample, summarise",

@@ -286,13 +286,17 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
             from .sampling import prior_draws
 
             x_T = prior_draws_normal(diffusion, seed, check_indices(indices, int(n)), device, dtype, prior_draws)
-    coef = TimeCoefficients(ct).to(x_T.device)
-    func = _Flow(diffusion, coef)
-    span = torch.tensor([1.0, eps], dtype=x_T.dtype, device=x_T.device)
-    y = x_T.reshape(x_T.shape[0], -1)
     with torch.no_grad():
-        out = _torchdiffeq().odeint(func, y, span, rtol=rtol, atol=atol, method=method,
-                                    options=dict(norm=_per_example_norm))[-1]
+        return _integrate(diffusion, ct, x_T, rtol=rtol, atol=atol, method=method, eps=eps)
+
+
+def _integrate(diffusion, ct: ContinuousTime, x_T: Tensor, *, rtol: float, atol: float, method: str,
+               eps: float) -> tuple[Tensor, int]:
+    """x(ε) of the ODE from x(1) = ``x_T`` ``[n x *event]``, and the NFE (differentiable when grad is enabled)."""
+    func = _Flow(diffusion, TimeCoefficients(ct).to(x_T.device))
+    span = torch.tensor([1.0, eps], dtype=x_T.dtype, device=x_T.device)
+    out = _torchdiffeq().odeint(func, x_T.reshape(x_T.shape[0], -1), span, rtol=rtol, atol=atol, method=method,
+                                options=dict(norm=_per_example_norm))[-1]
     return out.reshape(x_T.shape), func.nfe
 
 
@@ -374,11 +378,8 @@ class ProbabilityFlow(TorchDistribution):
         prior = self.diffusion.get_prior(device, dtype)
         x_T = prior.rsample((n,)) if prior.has_rsample else prior.sample((n,))
         o = self.options
-        func = _Flow(self.diffusion, TimeCoefficients(self.time).to(device))
-        span = torch.tensor([1.0, o["eps"]], dtype=dtype, device=device)
-        out = _torchdiffeq().odeint(func, x_T.reshape(n, -1), span, rtol=o["rtol"], atol=o["atol"], method=o["method"],
-                                    options=dict(norm=_per_example_norm))[-1]
-        self.nfe = func.nfe
+        out, self.nfe = _integrate(self.diffusion, self.time, x_T, rtol=o["rtol"], atol=o["atol"],
+                                   method=o["method"], eps=o["eps"])
         return out.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:

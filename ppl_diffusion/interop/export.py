@@ -93,16 +93,9 @@ def from_safetensors(folder, *, backend: str = "pyro", device: str = "cpu"):
     from .run_folder import check_weights
 
     config, meta, denoiser, prior = read_safetensors(folder)
-    diffusion = check_weights(config, meta, denoiser, prior).eval()
-    if backend == "numpyro":
-        from ..numpyro.train import from_torch
+    from ..train.load import to_backend
 
-        twin = from_torch(diffusion)
-        twin.denoiser.eval()
-        return twin
-    if backend != "pyro":
-        raise ValueError(f"unknown backend {backend!r}; choose 'pyro' or 'numpyro'")
-    return diffusion.to(device)
+    return to_backend(check_weights(config, meta, denoiser, prior), backend, device)
 
 
 # ------------------------------------------------------------------------------------------------ improved-diffusion

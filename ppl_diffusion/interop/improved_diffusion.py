@@ -397,13 +397,6 @@ def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", d
     sd = state_dict_to_ours(load_state_dict(checkpoint), diffusion.denoiser,
                             legacy_attention=not config.source["flags"]["use_new_attention_order"])
     diffusion.denoiser.load_state_dict(sd)
-    diffusion.eval()
-    if backend == "numpyro":
-        from ..numpyro.train import from_torch
+    from ..train.load import to_backend
 
-        twin = from_torch(diffusion)
-        twin.denoiser.eval()
-        return twin
-    if backend != "pyro":
-        raise ValueError(f"unknown backend {backend!r}; choose 'pyro' or 'numpyro'")
-    return diffusion
+    return to_backend(diffusion, backend)

@@ -42,11 +42,19 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
     diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
     if state.get("prior") is not None:
         diffusion.prior.load_state_dict(state["prior_ema"] if ema else state["prior"])
+    return to_backend(diffusion, backend, device)
+
+
+def to_backend(diffusion, backend: str = "pyro", device="cpu"):
+    """A Pyro :class:`GaussianDiffusion` in eval mode on ``device``, or (``backend="numpyro"``) its NumPyro twin
+    holding the same weights; the one place a loaded or imported model is put on a backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "numpyro":
         _require_jax()
         from ..numpyro.train import from_torch
 
-        twin = from_torch(diffusion)
+        twin = from_torch(diffusion.eval())
         twin.denoiser.eval()
         return twin
     return diffusion.to(device).eval()
