@@ -77,11 +77,34 @@ def _none_or_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads: torch's, and XLA's thread pool with --backend numpyro (default: one per core; "
+                        "on a busy machine 1 can be much faster). Float rounding may differ with N; the number is "
+                        "recorded in checkpoints and eval JSON")
+
+
+def set_threads(threads: int) -> None:
+    """Compute on ``threads`` CPU threads: ``torch.set_num_threads(threads)`` and ``PJRT_NPROC=threads``, the size of
+    XLA's CPU thread pool, which JAX reads once, when its CPU backend starts: :func:`main` calls this first, before
+    any JAX computation (later in a process that has run JAX it changes torch's threads only). XLA_FLAGS has no
+    thread count, and ``--xla_cpu_multi_thread_eigen=false`` leaves today's XLA CPU runtime multi-threaded.
+    A one-line ``ValueError`` for ``threads < 1``."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads = {threads!r}; pass a positive number of threads (--threads N)")
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["PJRT_NPROC"] = str(threads)
+
+
 # ---------------------------------------------------------------------------------------- train
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     p.add_argument("--data", default=d.data, help=f"data set name (default {d.data}); see ppl_diffusion.data.DATASETS")
-    p.add_argument("--data-root", default=d.data_root, help="folder of the data files (mnist, cifar10, image_folder)")
+    p.add_argument("--data-root", default=d.data_root,
+                   help="folder of the data files (mnist, cifar10, image_folder); stored absolute, so evaluate and "
+                        "compare find it from any folder (on --resume: where the data is now)")
     p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
                    "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
                    "stochastic-mc-ld, hybrid (with --variance learned)")
@@ -107,6 +130,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"metrics file format: {' or '.join(METRICS_FORMATS)} (default {d.metrics_format})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
+    _add_threads_flag(p)
     _add_backend_flag(p, "the run's checkpoints load on either backend")
     _add_precision_flag(p, DEFAULTS.precision, "weights, Adam and the EMA stay float32")
     _add_dist_flag(p)
@@ -186,7 +210,11 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dequantization-draws", type=int, default=None, metavar="R",
                    help="dequantization draws per example (default 1; R >= 2 also reports their SD)")
     g.add_argument("--raw", action="store_true", default=None, help="raw weights instead of the EMA (the default)")
+    p.add_argument("--data-root", default=None,
+                   help="where the run's data is now, if it moved (mnist, cifar10, image_folder; default: the folder "
+                        "the run stored)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_threads_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the bound's noise and the samples (default 0)")
     _add_backend_flag(p, "a run trained on either backend evaluates on both")
     _add_precision_flag(p, "fp32", "the bound's arithmetic outside the network stays float32 / float64")
@@ -244,8 +272,9 @@ def cmd_evaluate(args) -> None:
                           fd_samples=1000 if args.fd_samples is None else args.fd_samples,
                           fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
-                          bound=args.bound, **{k: ESTIMATE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
-                                               for k in ESTIMATE_FLAGS})
+                          bound=args.bound, data_root=args.data_root,
+                          **{k: ESTIMATE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
+                             for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -267,7 +296,7 @@ def _evaluate_ode(args) -> None:
                               eps=o["eps"], time_map=o["time_map"], dequantization=o["dequantization"],
                               draws=o["dequantization_draws"], ema=not o["raw"], seed=args.seed, device=args.device,
                               backend=args.backend, timesteps_per_batch=args.timesteps_per_batch,
-                              progress=args.progress)
+                              progress=args.progress, data_root=args.data_root)
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -280,6 +309,8 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples-ema.png); the .npz goes beside it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    _add_threads_flag(p)
+    p.add_argument("--data-root", default=None, help=argparse.SUPPRESS)  # refused in one line: sampling reads no data
     _add_backend_flag(p, "a run trained on either backend samples on both")
     _add_precision_flag(p, "fp32", "whatever the run trained at")
     _add_dist_flag(p)
@@ -292,6 +323,9 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
 def cmd_sample(args) -> None:
     from .sampling import sample_run
 
+    if args.data_root is not None:
+        raise ValueError(f"--data-root {args.data_root}: sample reads no data (the checkpoint holds the data's shape "
+                         "and decoder, so a moved run samples as it is); drop --data-root")
     names = ("rtol", "atol", "eps", "time_map")
     given = [_flag(k) for k in names if getattr(args, k) is not None]
     if given and not args.ode:
@@ -326,7 +360,9 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: report.md, CSV tables, PNG figures, draws/*.nc")
     p.add_argument("--raw", action="store_true", help="with a run: its raw weights instead of the EMA")
     p.add_argument("--data", default=d.data, help=f"without a run: data set (default {d.data})")
-    p.add_argument("--data-root", default=d.data_root, help="folder of the data files (mnist, cifar10)")
+    p.add_argument("--data-root", default=d.data_root,
+                   help="folder of the data files (mnist, cifar10, image_folder); with a run: where its data is now, "
+                        "if it moved (default: the folder the run stored)")
     p.add_argument("--net", default=d.net, help=f"without a run: denoiser (default {d.net})")
     p.add_argument("--T", type=int, default=d.T, help=f"without a run: diffusion steps (default {d.T})")
     p.add_argument("--schedule", default=d.schedule, help=f"without a run: linear or cosine (default {d.schedule})")
@@ -360,7 +396,7 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help="a bits/dim whose time-to-reach is reported for every race estimator")
     p.add_argument("--eval-examples", type=int, default=d.eval_examples,
                    help=f"test examples scored by the full bound at each race point (default {d.eval_examples})")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    _add_threads_flag(p)
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
     _add_backend_flag(p, "measures that backend's estimators and trains the race on it; a run of either backend "
                          "is a valid θ")
@@ -369,14 +405,8 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args) -> None:
-    import torch
-
     from .study import StudyConfig, command_line, run_study
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"threads = {args.threads}; pass a positive number of threads (--threads)")
-        torch.set_num_threads(args.threads)
     skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
     run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None)
@@ -526,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     several = False
     status = 0
     try:
+        if getattr(args, "threads", None) is not None:  # first: XLA reads its thread count when JAX starts
+            set_threads(args.threads)
         if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)
             distributed.init(args.dist_backend, getattr(args, "device", "auto"))
             several = distributed.world().world_size > 1 and distributed.joined()

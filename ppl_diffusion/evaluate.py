@@ -22,7 +22,8 @@ With ``fit_variance=N`` the reverse variances are first fitted in closed form on
 Keys of the dict: ``bpd``, ``bpd_ema`` (mean bits/dim), ``bpd_stderr``, ``bpd_ema_stderr`` (standard
 errors over examples), ``terms`` (``{"raw": [...], "ema": [...]}``, mean L_j in nats per example,
 j = 0..T), ``digits_fd_ema`` (or ``None``), ``fd_samples``, ``num_examples``, ``num_dims``, ``T``, ``step``,
-``checkpoint``, ``data``, ``seed``, ``backend``, ``precision``, ``world_size`` (processes), ``seconds``, ``bound``
+``checkpoint``, ``data``, ``seed``, ``backend``, ``precision``, ``world_size`` (processes), ``threads`` (torch's,
+provenance: float rounding may depend on it), ``seconds``, ``bound``
 (``"full"``), ``calls`` (denoiser inputs per weight set: N·T), and the paths ``json`` and ``figure``.
 
 With ``bound="estimate"`` the bound is estimated from a few terms per example (:mod:`ppl_diffusion.infer.estimate`:
@@ -47,12 +48,12 @@ import numpy as np
 import torch
 
 from . import plots
-from .data import load_dataset
 from .distributed import local_device, world
 from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
 from .infer.estimate import PROPOSALS, estimate_bound, pilot_profile, plan_from_profile, plan_uniform
 from .precision import check_precision
 from .sampling import backend_of, draw_samples, find_checkpoint, load_run
+from .train.run_dir import load_run_data
 
 
 def _positive(name: str, value, flag: str, allow_none=False) -> None:
@@ -126,7 +127,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
                  seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32",
                  bound: str = "full", full_steps: int = 20, strata: int = 20, draws: int = 2,
-                 proposal: str = "pilot", pilot_examples: int = 16) -> dict:
+                 proposal: str = "pilot", pilot_examples: int = 16, data_root: str | Path | None = None) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
@@ -147,6 +148,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param int draws: with ``"estimate"``: steps drawn per stratum and example (>= 2 for the t-sampling's SE).
     :param str proposal: with ``"estimate"``: ``"pilot"`` (strata and importance proposal from √E[L_t²] on
         ``pilot_examples`` training examples at 50 steps, independent of the evaluated draws) or ``"uniform"``.
+    :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``), for
+        mnist, cifar10 and image_folder.
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
@@ -177,7 +180,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                            precision=precision)
             for name in ("raw", "ema")}
     config = runs["raw"].config
-    data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    data = load_run_data(config, data_root, run=run)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))  # this process's contiguous share of the examples (all of them on one process)
     if timesteps_per_batch is None:  # from the whole set, so that 1 and N processes make the same calls
@@ -187,7 +190,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
-              "world_size": w.world_size, "precision": precision,
+              "world_size": w.world_size, "threads": torch.get_num_threads(), "precision": precision,
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted = {}, {}

@@ -47,11 +47,11 @@ import torch
 
 from . import dequantize as dq
 from .continuous import ContinuousTime
-from .data import load_dataset
 from .distributed import local_device, world
 from .evaluate import _positive, per_example_terms
 from .infer.bound import auto_timesteps_per_batch, check_indices
 from .sampling import backend_of, find_checkpoint, is_images, load_run
+from .train.run_dir import load_run_data
 
 SOLVERS = {"pyro": "dopri5", "numpyro": "dopri5"}  # each backend's adaptive solver (5th order, FSAL)
 
@@ -153,7 +153,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
                      probes: int = 1, probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
                      eps: float | None = None, time_map: str = "grid", dequantization: str = "auto", draws: int = 1,
                      ema: bool = True, seed: int = 0, device: str = "auto", backend: str = "pyro",
-                     timesteps_per_batch: int | None = None, progress: bool = True) -> dict:
+                     timesteps_per_batch: int | None = None, progress: bool = True,
+                     data_root: str | Path | None = None) -> dict:
     """Bits/dim of ``run``'s test split by the probability-flow ODE, beside the ELBO's (see the module).
 
     :param int max_examples: the first ``max_examples`` test examples only (default: all).
@@ -170,6 +171,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     :param bool ema: EMA weights (default) or raw ones.
     :param str backend: ``"pyro"`` (torchdiffeq, dopri5) or ``"numpyro"`` (diffrax, dopri5, compiled).
     :param int timesteps_per_batch: steps per denoiser call of the ELBO beside (default: about 512 inputs a call).
+    :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``).
     :returns: the dict written to ``RUN/eval-ode.json``.
     """
     from .ode import check_options
@@ -200,7 +202,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     if draws > 1 and kind == "none":
         raise ValueError(f"{draws} dequantization draws of continuous data: there is nothing to draw; pass "
                          "--dequantization-draws 1")
-    data = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    data = load_run_data(config, data_root, run=run)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))
     index = np.arange(len(x))[mine]
@@ -234,7 +236,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         "draws": draws, "images": is_images(diffusion), "batch_size": batch_size, "num_examples": len(x),
         "num_dims": num_dims,
         "weights": "ema" if ema else "raw", "data": config.data, "split": "test", "T": config.T, "seed": seed,
-        "backend": backend, "world_size": w.world_size, "checkpoint": str(checkpoint), "step": loaded.step,
+        "backend": backend, "world_size": w.world_size, "threads": torch.get_num_threads(),
+        "checkpoint": str(checkpoint), "step": loaded.step,
         "ode_seconds": round(ode_seconds, 2), "elbo_seconds": round(elbo_seconds, 2),
         "json": str(checkpoint.parent / "eval-ode.json"),
     }

@@ -175,6 +175,109 @@ def test_nan_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, 
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+# ---------------------------------------------------------------------------------------- no litter
+def fail_at_step(monkeypatch, step: int, error: BaseException) -> None:
+    """Make the ``step``-th optimizer step of every PyroTrainer raise ``error`` (after the earlier ones ran)."""
+    real = train_mod.PyroTrainer.step
+    calls = []
+
+    def step_then_fail(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.PyroTrainer, "step", step_then_fail)
+
+
+def snapshot(root: Path) -> dict:
+    """Every file (its bytes) and folder (None) under ``root``, by relative path."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("how", ["data-root", "net-found-late", "first-step", "interrupt", "diverged"])
+def test_a_start_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path, monkeypatch, how):
+    """A bad data folder, a net that does not fit the data (found after the folder is made), an exception in the
+    first step, Ctrl-C or a divergence after a metrics line was written: neither folder it made stays, nor a file."""
+    config, error = toy(steps=6, checkpoint_every=4), RuntimeError
+    if how == "data-root":
+        config, error = toy(steps=6, data="mnist", data_root=str(tmp_path / "no-such-folder")), FileNotFoundError
+    elif how == "net-found-late":
+        config, error = toy(steps=6, data="digits", net="mnist"), ValueError
+    elif how == "first-step":
+        fail_at_step(monkeypatch, 1, RuntimeError("boom"))
+    elif how == "interrupt":
+        fail_at_step(monkeypatch, 3, KeyboardInterrupt())
+        error = KeyboardInterrupt
+    else:
+        monkeypatch.setattr(train_mod, "build_diffusion", nan_after(train_mod.build_diffusion, 2))
+        error = TrainingDiverged
+    before = snapshot(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pyro's warn_if_nan
+        with pytest.raises(error):
+            train(config, tmp_path / "runs" / "new", progress=False)
+    assert snapshot(tmp_path) == before  # neither runs/ nor runs/new, no config.json, no metrics
+
+
+def test_a_failed_start_leaves_a_folder_that_existed_as_it_was(tmp_path, monkeypatch):
+    """The folder stays with what it held: another file, and the config.json and metrics of an earlier start
+    (killed before its first checkpoint), put back byte for byte after this start overwrote them."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine\n")
+    (run_dir / "config.json").write_text('{"an": "earlier start"}\n')
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    before = snapshot(tmp_path)
+    fail_at_step(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        train(toy(steps=6, checkpoint_every=4), run_dir, progress=False)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failure_after_the_first_checkpoint_keeps_the_run_and_it_resumes(tmp_path, monkeypatch):
+    """Past its first checkpoint a run is a run: config, metrics and checkpoint stay, and resume continues it."""
+    fail_at_step(monkeypatch, 5, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        train(toy(steps=6, checkpoint_every=4), tmp_path / "run", progress=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["ckpt-00000004.pt"]
+    assert (tmp_path / "run" / "config.json").is_file() and len(metric_rows(tmp_path / "run")) == 4
+    monkeypatch.undo()
+    assert train(toy(steps=6, checkpoint_every=4), tmp_path / "run", resume=True, progress=False).step == 6
+
+
+def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    """Checkpoints and metrics as they were; config.json holds the new budget (as any resume writes it)."""
+    train(toy(steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
+    before = snapshot(tmp_path)
+    fail_at_step(monkeypatch, 1, RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        train(toy(steps=6, checkpoint_every=4), tmp_path / "run", resume=True, progress=False)
+    after = snapshot(tmp_path)
+    config, config_before = (json.loads(d.pop("run/config.json")) for d in (after, before))
+    assert after == before and config == {**config_before, "steps": 6, "checkpoint_every": 4}
+
+
+def test_data_root_is_stored_absolute_and_may_change_on_resume(tmp_path, monkeypatch):
+    """A relative data folder is stored absolute (from the current folder at the start); a run whose data moved
+    resumes with the folder where it is now; the thread count of the writing process is in each checkpoint."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "pngs").mkdir()
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8)).save(tmp_path / "pngs" / f"{i:02d}.png")
+    monkeypatch.chdir(tmp_path)
+    config = toy(data="image_folder", data_root="pngs", batch_size=4, steps=2, checkpoint_every=2)
+    train(config, "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["data_root"]
+    assert saved == str(tmp_path / "pngs") and final_state("run")["config"]["data_root"] == saved
+    assert final_state("run")["threads"] == torch.get_num_threads()
+    (tmp_path / "pngs").rename(tmp_path / "moved")
+    train(toy(**{**config.to_dict(), "data_root": "moved", "steps": 4}), "run", resume=True, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data_root"] == str(tmp_path / "moved")
+
+
 # ---------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kw, match", [
     (dict(steps=0), r"steps = 0; pass a positive integer \(--steps\)"),

@@ -11,12 +11,13 @@ run to resume.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ..train import FORMAT, TrainConfig, build_diffusion
-from ..train.run_dir import _write_json, check_run_dir
+from ..train.run_dir import _write_json, absolute_data_root, check_run_dir
 
 
 def dataset_meta(config: TrainConfig) -> dict:
@@ -46,6 +47,7 @@ def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, met
     run_dir = check_run_dir(run_dir)
     if list_checkpoints(run_dir):
         raise ValueError(f"run folder {run_dir} already holds checkpoints; import into a new folder")
+    config = dataclasses.replace(config, data_root=absolute_data_root(config.data_root))  # as train() stores it
     meta = dataset_meta(config) if meta is None else meta
     check_weights(config, meta, state_dict, prior_state)
     run_dir.mkdir(parents=True, exist_ok=True)

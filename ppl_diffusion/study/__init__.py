@@ -50,7 +50,7 @@ class StudyConfig:
     run: str | None = None  # run folder or checkpoint: its weights are θ, its config the model; None: fresh init
     raw: bool = False  # with a run: its raw weights instead of the EMA
     data: str = "digits"  # without a run: the model, as for ``ppl-diffusion train``
-    data_root: str | None = None
+    data_root: str | None = None  # the data's folder (mnist, cifar10, image_folder); with a run: where it is now
     net: str = "mlp"
     T: int = 1000
     schedule: str = "linear"
@@ -121,6 +121,7 @@ def _model(config: StudyConfig):
     from ..data import load_dataset
     from ..sampling import find_checkpoint, load_run
     from ..train import TrainConfig, build_diffusion, resolve_device
+    from ..train.run_dir import absolute_data_root, load_run_data
 
     from ..distributed import local_device
 
@@ -131,13 +132,16 @@ def _model(config: StudyConfig):
         tc = loaded.config
         theta = f"{'raw' if config.raw else 'EMA'} weights of {checkpoint} (step {loaded.step})"
         diffusion = loaded.diffusion
+        dataset = load_run_data(tc, config.data_root, run=config.run)
+        if config.data_root is not None:  # the data moved: the race trains on it where it is now
+            tc = dataclasses.replace(tc, data_root=absolute_data_root(config.data_root))
     else:
         tc = TrainConfig(data=config.data, data_root=config.data_root, net=config.net, T=config.T,
                          schedule=config.schedule, variance=config.variance, seed=config.seed, steps=1,
                          batch_size=config.batch_size).validate()
         diffusion = None
         theta = f"freshly initialised {config.net} denoiser (seed {config.seed})"
-    dataset = load_dataset(tc.data, tc.data_root) if tc.data_root else load_dataset(tc.data)
+        dataset = load_dataset(tc.data, tc.data_root) if tc.data_root else load_dataset(tc.data)
     if diffusion is None:
         pyro.set_rng_seed(config.seed)
         diffusion = build_diffusion(tc, dataset).to(device)

@@ -25,9 +25,9 @@ METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
 # optimisation (changing ``device`` or ``precision`` is allowed, but exactness is promised only on the same
 # device and precision: the weights, Adam and the EMA are float32 at either precision, so a checkpoint does not
-# depend on it).
+# depend on it). ``data_root`` is where the data is, not what it is: a run whose data moved resumes with the new one.
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
-                  "metrics_format", "backend", "precision", "world_size")
+                  "metrics_format", "backend", "precision", "world_size", "data_root")
 BACKENDS = ("pyro", "numpyro")
 
 
@@ -36,7 +36,7 @@ class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run folder."""
 
     data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
-    data_root: str | None = None  # folder for the datasets read from files (mnist, cifar10, image_folder)
+    data_root: str | None = None  # folder of the data sets read from files (mnist, cifar10, image_folder); stored absolute
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
     schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
     T: int = 1000  # diffusion steps

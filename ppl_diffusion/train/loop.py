@@ -21,6 +21,15 @@ and falls back to the newest readable one (it is then overwritten when training 
 
 A non-finite loss or gradient norm stops training with :class:`TrainingDiverged` before the
 optimizer step; no checkpoint is written, so the last good one stays intact.
+
+A call that fails before the folder holds a checkpoint (a bad data folder, a net that does not fit the data,
+an exception or ``KeyboardInterrupt`` in the first steps, a divergence) leaves the folder as it found it: the
+folders it made are removed, and ``config.json`` and the metrics file are put back as they were (removed if
+they were not there). A run without a checkpoint can be neither resumed nor evaluated, and the error says what
+went wrong. Only a SIGKILL leaves them behind; the next start overwrites them.
+
+``config.data_root`` is stored absolute (:func:`~.run_dir.absolute_data_root`), so the run evaluates from any
+current folder; it may change on resume (the data moved).
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import (checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries, rng_state,
                           save_checkpoint)
 from .. import distributed
@@ -40,8 +51,8 @@ from ..diffusion import GaussianDiffusion
 from .batches import BatchStream
 from .config import FORMAT, TrainConfig, lr_at, resolve_device
 from .pyro_trainer import _NonFiniteOutput, make_trainer
-from .run_dir import (MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last, _restore,
-                      _write_json, check_run_dir)
+from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last,
+                      _restore, _write_json, absolute_data_root, check_run_dir)
 
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
@@ -87,15 +98,30 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
     :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
     :param bool allow_inexact_resume: resume on another world size even where it cannot be exact (a warning).
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
+
+    A call that fails before ``run_dir`` holds a checkpoint leaves it as it found it (see the module).
     """
+    # The process that prepares the folder (rank 0) notes what it is like now, to put it back on failure.
+    fresh = FreshStart(check_run_dir(run_dir)) if distributed.world().is_main else None
+    try:
+        return _train(config, run_dir, resume=resume, progress=progress, allow_inexact_resume=allow_inexact_resume)
+    except BaseException:
+        if fresh is not None:
+            fresh.undo()
+        raise
+
+
+def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, progress: bool,
+           allow_inexact_resume: bool) -> TrainResult:
     world = distributed.world()
-    config = dataclasses.replace(config, world_size=world.world_size)
+    config = dataclasses.replace(config, world_size=world.world_size, data_root=absolute_data_root(config.data_root))
     config.validate()
     if world.distributed and config.backend == "numpyro":
         raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
                          "torchrun; start it without torchrun (see README, Scaling out)")
     world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
     run_dir = check_run_dir(run_dir)
+    dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     device = resolve_device(distributed.local_device(config.device))
     if resume == "auto":  # decided on rank 0, whose file system holds the run folder
         resume = world.on_main(lambda: bool(list_checkpoints(run_dir)))
@@ -126,7 +152,6 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
         initialize()  # before any JAX computation: a multi-host job is joined first
         writer = jax_is_main()
-    dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
     data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
     trainer = make_trainer(config, dataset, device, world)
     batches = BatchStream(len(dataset.train), config.seed)
@@ -160,6 +185,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
             save_checkpoint(path, {
                 "format": FORMAT, "step": at_step, "elapsed": elapsed, "running_loss": running,
                 "config": config.to_dict(), "world_size": world.world_size, "data": data_meta, **trainer.state(),
+                "threads": torch.get_num_threads(),  # provenance: float rounding may depend on it, the model does not
                 "batches": batches.state_dict(), "rng": rng, "rank_rng": ranks,
             })
             prune_checkpoints(run_dir, config.keep_checkpoints)

@@ -1,16 +1,19 @@
-"""The run folder: ``config.json``, the metrics log, and finding and restoring the checkpoint to resume from
-(checkpoint files themselves are written by :mod:`ppl_diffusion.checkpoint`)."""
+"""The run folder: ``config.json``, the metrics log, where the run's data is (:func:`absolute_data_root`,
+:func:`load_run_data`), and finding and restoring the checkpoint to resume from (checkpoint files themselves are
+written by :mod:`ppl_diffusion.checkpoint`)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_checkpoint, set_rng_state
+from ..data import FILE_DATASETS, Dataset, load_dataset
 from ..distributed import World
 from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 
@@ -26,6 +29,73 @@ def check_run_dir(run_dir: str | Path) -> Path:
             where = "is an existing file" if path == run_dir else f"lies under {path}, an existing file"
             raise ValueError(f"run folder {run_dir} {where}; pass --run-dir a new folder or one of an earlier run")
     return run_dir
+
+
+def absolute_data_root(data_root: str | Path | None) -> str | None:
+    """``data_root`` as an absolute path (``~`` expanded, ``..`` folded, symbolic links kept), ``None`` as is: how
+    a run stores its data folder, so that the run evaluates from any current folder. A relative root in an older
+    run's config is read, as it always was, from the current folder."""
+    return None if data_root is None else os.path.abspath(os.path.expanduser(os.fspath(data_root)))
+
+
+def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, run: str | Path | None = None
+                  ) -> Dataset:
+    """The data set of a run's ``config``, read from ``data_root`` when given (where the data is now: the run or
+    its data moved) or else from the folder the run stored.
+
+    :raises ValueError: ``data_root`` given for a data set that reads no files (digits, the toys).
+    :raises FileNotFoundError: the folder is gone: one line naming it and the ``--data-root`` fix.
+    """
+    name, of_run = config.data, "" if run is None else f" of run {run}"
+    if data_root is not None:
+        if name not in FILE_DATASETS:
+            raise ValueError(f"--data-root {data_root}: the data{of_run}, {name!r}, reads no files (only "
+                             f"{', '.join(sorted(FILE_DATASETS))} do); drop --data-root")
+        root = absolute_data_root(data_root)
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"--data-root {data_root}: no such folder; pass {FILE_DATASETS[name]}")
+        return load_dataset(name, root)
+    if name not in FILE_DATASETS:
+        return load_dataset(name)
+    root = config.data_root
+    if root is None:
+        raise ValueError(f"the data{of_run}, {name!r}, is read from files but no data folder is recorded; pass "
+                         f"--data-root <{FILE_DATASETS[name]}>")
+    if not Path(root).is_dir():
+        where = "" if os.path.isabs(root) else f" (a relative path, read from the current folder {os.getcwd()})"
+        raise FileNotFoundError(f"the data folder{of_run} ({name!r}), {root}{where}, does not exist; if the data "
+                                f"moved, pass --data-root <where it is now>")
+    return load_dataset(name, root)
+
+
+class FreshStart:
+    """What a training call may create or overwrite in ``run_dir`` before its first checkpoint, noted before it
+    starts, so that :meth:`undo` leaves the folder as it was when the call fails before writing one."""
+
+    FILES = ("config.json", *METRICS_FORMATS.values())
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders it will make, deepest first
+        # A folder with checkpoints is a run: a failed resume leaves it alone (its files are those of a checkpoint).
+        self.files = {} if list_checkpoints(run_dir) else {
+            name: (run_dir / name).read_bytes() if (run_dir / name).is_file() else None for name in self.FILES}
+
+    def undo(self) -> None:
+        """Put back the files noted, and remove the folders made, unless the folder now holds a checkpoint."""
+        if list_checkpoints(self.run_dir):
+            return
+        for name, data in self.files.items():
+            path = self.run_dir / name
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif not path.is_file() or path.read_bytes() != data:
+                atomic_write_bytes(path, data)
+        for folder in self.made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else was put there meanwhile) or already gone
+                break
 
 
 def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
