@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,125 @@ def test_demo_quick(tmp_path, capsys):
     assert nonempty(tmp_path / "demo" / "eval.json") and nonempty(tmp_path / "demo" / "samples-ema.png")
 
 
+# ---------------------------------------------------------------------------------------- where the data is
+QUICK_EVAL = ["--max-examples", "2", "--timesteps-per-batch", "5", "--no-progress"]
+
+
+def test_a_run_and_its_data_moved_elsewhere_evaluate_with_data_root(tmp_path, monkeypatch, capsys):
+    """Trained on a PNG folder named relative to one folder, the run evaluates from another (the root is stored
+    absolute); moved with its data, every command that reads the data takes --data-root (and gives the same
+    figure), sample needs none, and without it the error names the stored folder and the fix."""
+    from .test_data import write_pngs
+
+    write_pngs(tmp_path / "work" / "pngs", np.random.default_rng(0).integers(0, 256, (20, 8, 8)))
+    monkeypatch.chdir(tmp_path / "work")
+    assert run(["train", "--data", "image_folder", "--data-root", "pngs", *TINY, "--steps", "2", "--threads", "1",
+                "--run-dir", "runs/a"]) == 0
+    config = json.loads(Path("runs/a/config.json").read_text())
+    assert config["data_root"] == str(tmp_path / "work" / "pngs")
+    monkeypatch.chdir(tmp_path)
+    assert run(["evaluate", "work/runs/a", *QUICK_EVAL]) == 0
+    first = json.loads(Path("work/runs/a/eval.json").read_text())
+
+    Path("work").rename("elsewhere")
+    capsys.readouterr()
+    assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "work" / "pngs") in err and "--data-root" in err, err
+    moved = ["--data-root", "elsewhere/pngs"]
+    assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, *moved]) == 0
+    again = json.loads(Path("elsewhere/runs/a/eval.json").read_text())
+    assert (again["bpd"], again["bpd_ema"], again["num_examples"]) == (first["bpd"], first["bpd_ema"], 2)
+    for extra, name in ((["--bound", "estimate", "--full-steps", "2", "--strata", "2", "--pilot-examples", "2"],
+                         "eval-estimate.json"),
+                        (["--fit-variance", "4"], "eval-fitted.json"),
+                        (["--likelihood", "ode", "--rtol", "1e-3", "--atol", "1e-3", "--trace", "hutchinson"],
+                         "eval-ode.json")):
+        assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, *moved, *extra]) == 0, extra
+        assert json.loads(Path(f"elsewhere/runs/a/{name}").read_text())["num_examples"] == 2
+    assert run(["sample", "elsewhere/runs/a", "-n", "2"]) == 0
+    assert np.load("elsewhere/runs/a/samples-ema.npz")["images"].shape == (2, 1, 8, 8)
+    assert run(["compare", "elsewhere/runs/a", "--out", "study", *moved, "--estimators", "meanfield,stochastic-kl",
+                "--batch-size", "2", "--replicates", "4", "--full-chain-replicates", "4", "--no-progress"]) == 0
+    assert json.loads(Path("study/study.json").read_text())["meta"]["batch"] == 2
+
+
+def test_an_older_run_with_a_relative_data_root_reads_it_from_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Runs written before the root was stored absolute keep working where they did (from the folder they were
+    trained in); elsewhere the error says the path is relative and where it was looked for."""
+    from ppl_diffusion.checkpoint import load_checkpoint, save_checkpoint
+
+    from .test_data import write_pngs
+
+    write_pngs(tmp_path / "pngs", np.random.default_rng(1).integers(0, 256, (20, 8, 8)))
+    assert run(["train", "--data", "image_folder", "--data-root", tmp_path / "pngs", *TINY, "--steps", "2",
+                "--run-dir", tmp_path / "run"]) == 0
+    for ckpt in (tmp_path / "run").glob("ckpt-*.pt"):  # as an older version wrote it
+        state = load_checkpoint(ckpt)
+        state["config"]["data_root"] = "pngs"
+        save_checkpoint(ckpt, state)
+    monkeypatch.chdir(tmp_path)
+    assert run(["evaluate", "run", *QUICK_EVAL]) == 0
+    monkeypatch.chdir(tmp_path / "run")
+    capsys.readouterr()
+    assert run(["evaluate", ".", *QUICK_EVAL]) == 2
+    err = capsys.readouterr().err
+    assert "pngs (a relative path, read from the current folder" in err and "--data-root" in err, err
+
+
+def test_threads_sets_torch_and_xla_and_is_recorded(digits_run, tmp_path, monkeypatch):
+    """--threads N: torch's threads and PJRT_NPROC (XLA's pool), recorded in eval.json and in checkpoints."""
+    monkeypatch.delenv("PJRT_NPROC", raising=False)  # put back as it was after the test
+    threads = torch.get_num_threads()
+    try:
+        assert run(["evaluate", digits_run, *QUICK_EVAL, "--fd-samples", "0", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1 and os.environ["PJRT_NPROC"] == "1"
+        assert json.loads((digits_run / "eval.json").read_text())["threads"] == 1
+        assert run(["sample", digits_run, "-n", "2", "--out", tmp_path / "s.png", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2 and os.environ["PJRT_NPROC"] == "2"
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_sizes_xla_cpu_pool(threads):
+    """In a fresh process, set_threads(N) before JAX's first computation sizes XLA's CPU pool: one thread does all
+    of a large matrix product's work with N = 1, several share it with N = 2 (per-thread CPU time from /proc; the
+    dispatching thread then takes a share too)."""
+    pytest.importorskip("jax")
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs /proc (Linux)")
+    code = f"""
+import os
+from ppl_diffusion.cli import set_threads
+set_threads({threads})
+import jax, jax.numpy as jnp
+
+def ticks():
+    out = {{}}
+    for t in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{{t}}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[t] = int(fields[11]) + int(fields[12])
+    return out
+
+f = jax.jit(lambda a: (a @ a @ a).sum())
+x = jnp.ones((1000, 1000), jnp.float32)
+f(x).block_until_ready()
+before = ticks()
+for _ in range(6):
+    f(x).block_until_ready()
+after = ticks()
+busy = sorted((after[t] - before.get(t, 0) for t in after), reverse=True)
+print(sum(b > 0.2 * busy[0] for b in busy))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PJRT_NPROC": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    busy = int(out.stdout.split()[-1])
+    assert busy == 1 if threads == 1 else busy >= 2, out.stdout
+
+
 # ---------------------------------------------------------------------------------------- bad input
 def _bad_runs(root: Path, good: Path) -> dict[str, Path]:
     """Copies of the good run with a corrupt / truncated newest checkpoint, and an empty folder."""
@@ -181,6 +301,21 @@ BAD = {  # id: (argv with {placeholders}, a string the one-line message must con
                                  "eps = 0.01"),
     "ode-steps": (["sample", "{good}", "--ode", "--steps", "5"], "--steps 5 with --ode"),
     "ode-solver-flag-without-ode": (["sample", "{good}", "--rtol", "1e-3"], "--rtol given without --ode"),
+    # --data-root: where a run's data is now, for the data sets read from files only; sampling reads none
+    "data-root-of-digits": (["evaluate", "{good}", "--data-root", "{images}", "--no-progress"],
+                            "'digits', reads no files"),
+    "ode-data-root-of-digits": (["evaluate", "{good}", "--likelihood", "ode", "--data-root", "{images}",
+                                 "--no-progress"], "'digits', reads no files"),
+    "compare-data-root-of-digits": (["compare", "{good}", "--out", "{empty}/study", "--data-root", "{images}",
+                                     "--no-progress"], "'digits', reads no files"),
+    "sample-data-root": (["sample", "{good}", "--data-root", "{images}"], "sample reads no data"),
+    "train-data-root-of-digits": (["train", "--data", "digits", "--data-root", "{images}", "--steps", "1"],
+                                  "needs no files"),
+    "missing-data-root": (["evaluate", "{good}", "--data-root", "{empty}/gone", "--no-progress"], "{empty}/gone"),
+    # --threads, one helper for every command
+    **{f"{command}-zero-threads": ([command, *where, "--threads", "0"], "threads = 0") for command, where in (
+        ("train", ["--steps", "1"]), ("evaluate", ["{good}"]), ("sample", ["{good}"]),
+        ("compare", ["--out", "{empty}/study"]))},
 }
 if not torch.cuda.is_available():
     BAD["cuda-missing"] = (["train", "--steps", "1", "--device", "cuda"], "'cuda'")
@@ -200,6 +335,7 @@ def test_bad_input_exits_2_with_one_line(argv, expected, digits_run, tmp_path, c
     assert len(lines) == 1 and lines[0].startswith("ppl-diffusion: error: "), err
     assert expected.format(**places) in lines[0], lines[0]
     assert Path(places["file"]).read_text() == "a file, not a run folder\n"  # nothing lost
+    assert not (tmp_path / "new").exists()  # a train refused leaves no folder behind
 
 
 def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):

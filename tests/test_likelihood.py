@@ -50,7 +50,7 @@ def toy_run(tmp_path_factory):
 
 KEYS = {"bpd", "bpd_stderr", "elbo_bpd", "elbo_bpd_stderr", "nfe_mean", "nfe_max", "seconds", "trace", "probes", "rtol",
         "atol", "eps", "time_map", "dequantization", "offset_bits", "draws", "num_examples", "num_dims", "weights",
-        "backend", "world_size", "checkpoint", "step", "json", "what", "dequantization_sd"}
+        "backend", "world_size", "threads", "checkpoint", "step", "json", "what", "dequantization_sd"}
 
 
 def test_eval_ode_json_equals_an_independent_recomputation(digits_run, capsys):

@@ -15,7 +15,8 @@ exponential moving average (EMA) of the weights. The run folder holds
 
 A checkpoint holds the denoiser, the optimizer, the EMA, the step, the importance sampler's loss
 history, the batch order and every random generator, so on CPU a run interrupted (even by SIGKILL)
-and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run. On resume the
+and resumed with ``resume=True`` ends with exactly the weights of an uninterrupted run (at the same thread
+count: torch's CPU kernels round differently with another, so each checkpoint records ``threads``). On resume the
 metrics file is cut back to the restored step. If the newest checkpoint is unreadable, resume warns
 and falls back to the newest readable one (it is then overwritten when training passes its step).
 
