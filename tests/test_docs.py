@@ -19,6 +19,72 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
         exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
 
 
+def markdown_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def links(text: str) -> list[str]:
+    """The targets of the Markdown links and images of ``text``, fenced code blocks and inline code left out."""
+    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.S | re.M)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    inline = re.findall(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", text)
+    refs = re.findall(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", text, flags=re.M)
+    html = re.findall(r"<(?:img|a)\b[^>]*?(?:src|href)=[\"']([^\"']+)", text)
+    return inline + refs + html
+
+
+def anchors(text: str):
+    """The anchors GitHub gives the headings of ``text``: lower case, punctuation dropped, spaces to hyphens,
+    repeats numbered."""
+    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.S | re.M)
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        yield slug if seen[slug] == 0 else f"{slug}-{seen[slug]}"
+
+
+def test_links_resolve_inside_the_repository():
+    """Every link of the README and docs is an http(s) URL or a relative path to a file or folder of the
+    repository (an anchor to a heading of its page); none leaves it (no ../shared, no absolute paths), and
+    ../shared is not mentioned at all."""
+    bad = []
+    for page in markdown_pages():
+        text, name = page.read_text(), page.relative_to(ROOT)
+        if "../shared" in text:
+            bad.append(f"{name} mentions ../shared, a path outside the repository")
+        for target in links(text):
+            if re.match(r"https?://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or path.startswith("/"):
+                bad.append(f"{name}: {target} is neither an http(s) URL nor a relative path")
+            elif not resolved.is_relative_to(ROOT):
+                bad.append(f"{name}: {target} leaves the repository")
+            elif not resolved.exists():
+                bad.append(f"{name}: {target} does not exist")
+            elif anchor and resolved.suffix == ".md" and anchor not in set(anchors(resolved.read_text())):
+                bad.append(f"{name}: {target} names no heading of {resolved.relative_to(ROOT)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_link_check_finds_what_it_must():
+    """The link extraction sees inline links, images, reference links and HTML, and skips code."""
+    text = ("see [a](docs/theory.md#notation), ![fig](docs/figures/x.png \"t\"), <img src=\"y.png\">\n"
+            "[ref]: ../shared/z.md\n`[not](a link)`\n```\n[nor](this)\n```\n")
+    assert links(text) == ["docs/theory.md#notation", "docs/figures/x.png", "../shared/z.md", "y.png"]
+    assert list(anchors("# The `ppl-diffusion` command\n## Two backends: Pyro and NumPyro\n## Notes\n## Notes\n")) == [
+        "the-ppl-diffusion-command", "two-backends-pyro-and-numpyro", "notes", "notes-1"]
+
+
+def test_theory_page_agrees_with_the_code():
+    """docs/theory.md's check block: each formula of the page, computed from the page, equals the package's."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "theory.md").read_text(), flags=re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/theory.md", "exec"), {"__name__": "__theory__"})
+
+
 def test_readme_commands_are_what_ci_runs():
     text = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
