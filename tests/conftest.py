@@ -12,13 +12,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(autouse=True)
 def _seed_and_clear():
-    """Every test starts from the same seed, an empty param store and Pyro's validation on."""
+    """Every test starts from the same seed, an empty param store and Pyro's validation on; a CLI call with
+    ``--threads`` in the test's process leaves torch's thread count and PJRT_NPROC as they were."""
     pyro.set_rng_seed(0)
     pyro.clear_param_store()
     pyro.enable_validation(True)
     torch.set_default_dtype(torch.float32)
+    threads, pjrt_nproc = torch.get_num_threads(), os.environ.get("PJRT_NPROC")
     yield
     pyro.clear_param_store()
+    torch.set_num_threads(threads)
+    if pjrt_nproc is None:
+        os.environ.pop("PJRT_NPROC", None)
+    else:
+        os.environ["PJRT_NPROC"] = pjrt_nproc
 
 
 def pytest_configure(config):

@@ -120,7 +120,7 @@ def test_a_run_and_its_data_moved_elsewhere_evaluate_with_data_root(tmp_path, mo
 
     write_pngs(tmp_path / "work" / "pngs", np.random.default_rng(0).integers(0, 256, (20, 8, 8)))
     monkeypatch.chdir(tmp_path / "work")
-    assert run(["train", "--data", "image_folder", "--data-root", "pngs", *TINY, "--steps", "2", "--threads", "1",
+    assert run(["train", "--data", "image_folder", "--data-root", "pngs", *TINY, "--steps", "2",
                 "--run-dir", "runs/a"]) == 0
     config = json.loads(Path("runs/a/config.json").read_text())
     assert config["data_root"] == str(tmp_path / "work" / "pngs")
@@ -174,18 +174,13 @@ def test_an_older_run_with_a_relative_data_root_reads_it_from_the_current_folder
     assert "pngs (a relative path, read from the current folder" in err and "--data-root" in err, err
 
 
-def test_threads_sets_torch_and_xla_and_is_recorded(digits_run, tmp_path, monkeypatch):
-    """--threads N: torch's threads and PJRT_NPROC (XLA's pool), recorded in eval.json and in checkpoints."""
-    monkeypatch.delenv("PJRT_NPROC", raising=False)  # put back as it was after the test
-    threads = torch.get_num_threads()
-    try:
-        assert run(["evaluate", digits_run, *QUICK_EVAL, "--fd-samples", "0", "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1 and os.environ["PJRT_NPROC"] == "1"
-        assert json.loads((digits_run / "eval.json").read_text())["threads"] == 1
-        assert run(["sample", digits_run, "-n", "2", "--out", tmp_path / "s.png", "--threads", "2"]) == 0
-        assert torch.get_num_threads() == 2 and os.environ["PJRT_NPROC"] == "2"
-    finally:
-        torch.set_num_threads(threads)
+def test_threads_sets_torch_and_xla_and_is_recorded(digits_run, tmp_path):
+    """--threads N: torch's threads and PJRT_NPROC (XLA's pool), recorded in eval.json (conftest puts both back)."""
+    assert run(["evaluate", digits_run, *QUICK_EVAL, "--fd-samples", "0", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1 and os.environ["PJRT_NPROC"] == "1"
+    assert json.loads((digits_run / "eval.json").read_text())["threads"] == 1
+    assert run(["sample", digits_run, "-n", "2", "--out", tmp_path / "s.png", "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2 and os.environ["PJRT_NPROC"] == "2"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
