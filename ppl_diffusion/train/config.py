@@ -36,7 +36,7 @@ class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run folder."""
 
     data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
-    data_root: str | None = None  # folder of the data sets read from files (mnist, cifar10, image_folder); stored absolute
+    data_root: str | None = None  # folder of the file data sets (mnist, cifar10, image_folder); stored absolute
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
     schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
     T: int = 1000  # diffusion steps
