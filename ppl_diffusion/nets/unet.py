@@ -394,30 +394,32 @@ def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
     rest :class:`UNet`'s defaults. ``overrides`` (names of :data:`UNET_SETTINGS`) replace any of them; an unknown
     name is refused in one line listing the known ones. Non-square images are refused (crop or pad them).
     """
-    c, size = square_image_shape(event_shape, f"the U-Net{f' preset {preset!r}' if preset else ''}")
+    if preset is not None:
+        if preset not in UNET_PRESETS:
+            raise ValueError(f"unknown U-Net preset {preset!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
+        p = UNET_PRESETS[preset]
+        want = (p["in_channels"], p["image_size"], p["image_size"])
+        if tuple(event_shape) != want:
+            fits = [n for n, q in UNET_PRESETS.items()
+                    if (q["in_channels"], q["image_size"], q["image_size"]) == tuple(event_shape)]
+            fix = (f"use --net {fits[0]}" if fits else "use --net mlp" if len(tuple(event_shape)) != 3 else
+                   "use --net auto (a U-Net sized for the data)")
+            raise ValueError(f"net preset {preset!r} expects examples of shape {list(want)} but the data has "
+                             f"{list(event_shape)}; {fix}")
+    c, size = square_image_shape(event_shape, "the U-Net")
     unknown = sorted(set(overrides) - set(UNET_SETTINGS))
     if unknown:
         extra = " (the variance decides it: learned variances double the output)" if "learn_sigma" in unknown else ""
         raise ValueError(f"unknown U-Net setting {unknown[0]!r}{extra}; the U-Net's settings are "
                          f"{', '.join(UNET_SETTINGS)}")
-    for key in ("in_channels", "image_size"):
-        want = c if key == "in_channels" else size
+    for key, want in (("in_channels", c), ("image_size", size)):
         if key in overrides and overrides[key] != want:
             raise ValueError(f"U-Net setting {key} = {overrides[key]!r} but the data's images are "
                              f"{c}x{size}x{size}; drop {key} (the data decides it)")
     if preset is None:
         preset = next((n for n, p in UNET_PRESETS.items() if (p["in_channels"], p["image_size"]) == (c, size)), None)
     if preset is not None:
-        if preset not in UNET_PRESETS:
-            raise ValueError(f"unknown U-Net preset {preset!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
-        p = UNET_PRESETS[preset]
-        if (p["in_channels"], p["image_size"]) != (c, size):
-            want = [p["in_channels"], p["image_size"], p["image_size"]]
-            fits = [n for n, q in UNET_PRESETS.items() if (q["in_channels"], q["image_size"]) == (c, size)]
-            fix = f"use --net {fits[0]}" if fits else "use --net auto (a U-Net sized for the data)"
-            raise ValueError(f"net preset {preset!r} expects examples of shape {want} but the data has "
-                             f"{[c, size, size]}; {fix}")
-        base = dict(p)
+        base = dict(UNET_PRESETS[preset])
         if "channel_mult" in overrides and "attention_resolutions" not in overrides:
             base["attention_resolutions"] = default_attention(size, overrides["channel_mult"])
         return {**base, **overrides}

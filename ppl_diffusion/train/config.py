@@ -13,7 +13,8 @@ import torch
 from ..data import DATASETS
 from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
 from ..infer import ESTIMATORS
-from ..nets import NET_BUILDERS, build_net, check_net_config, check_net_name, register_net  # noqa: F401 (re-exported)
+from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, register_net,  # noqa: F401 (re-exported)
+                    resolve_builder)
 from ..nets.build import BUILTIN_NETS
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
@@ -102,6 +103,8 @@ class TrainConfig:
             raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
                              "--estimator)")
         check_net_name(self.net)
+        if self.net not in NET_BUILDERS:
+            resolve_builder(self.net)  # an import path is imported now: a missing module is found before the run starts
         try:
             json.dumps(self.net_config, allow_nan=False)
         except (TypeError, ValueError):
