@@ -133,6 +133,9 @@ def resolve_builder(name: str) -> Callable:
         raise ValueError(f"net {name!r}: cannot import module {module_name!r} ({e}); put the folder holding it on "
                          "PYTHONPATH (or pip install its package) in every process that trains or loads the run"
                          ) from None
+    except Exception as e:  # the module itself fails: say where, in one line
+        raise ValueError(f"net {name!r}: importing module {module_name!r} raised {type(e).__name__}: "
+                         f"{' '.join(str(e).split())}; fix the module") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"net {name!r}: module {module_name!r} has no attribute {attr!r}; name a builder "
