@@ -216,6 +216,16 @@ def test_old_config_json_files_still_load(tmp_path):
     assert type(den).__name__ == "DiffusersDenoiser" and den.unet.config.sample_size == 8
 
 
+def test_a_preset_run_resumes_under_the_default_net():
+    """Before net "auto" became the default, the default was "digits": a digits run resumes without --net (auto
+    builds the digits preset on the digits), but not as another net."""
+    from ppl_diffusion.train.run_dir import _config_diff
+
+    saved = TrainConfig(data="digits", net="digits", T=10, steps=1).to_dict()
+    assert _config_diff(saved, TrainConfig(data="digits", T=10, steps=2)) == []
+    assert _config_diff(saved, TrainConfig(data="digits", net="mlp", T=10, steps=2)) == ["net: saved 'digits', now 'mlp'"]
+
+
 # ---------------------------------------------------------------------------------------- the CLI, fresh processes
 BUILDER_MODULE = '''
 import torch
