@@ -164,7 +164,7 @@ def test_auto_checks_its_settings_against_the_net_it_picks():
 
 
 def test_unknown_net_names_and_import_paths_are_one_line():
-    with pytest.raises(ValueError, match=r"unknown net 'nosuch'; choose one of auto, unet, mlp.*package.module:builder"):
+    with pytest.raises(ValueError, match=r"unknown net 'nosuch'; choose one of auto, unet, mlp.*package.module:build"):
         TrainConfig(net="nosuch", steps=1).validate()
     with pytest.raises(ValueError, match=r"cannot import module 'nosuch_module' .*PYTHONPATH"):
         TrainConfig(net="nosuch_module:build", steps=1).validate()
@@ -223,7 +223,8 @@ def test_a_preset_run_resumes_under_the_default_net():
 
     saved = TrainConfig(data="digits", net="digits", T=10, steps=1).to_dict()
     assert _config_diff(saved, TrainConfig(data="digits", T=10, steps=2)) == []
-    assert _config_diff(saved, TrainConfig(data="digits", net="mlp", T=10, steps=2)) == ["net: saved 'digits', now 'mlp'"]
+    assert _config_diff(saved, TrainConfig(data="digits", net="mlp", T=10, steps=2)) == [
+        "net: saved 'digits', now 'mlp'"]
 
 
 # ---------------------------------------------------------------------------------------- the CLI, fresh processes
@@ -307,7 +308,8 @@ def test_a_run_of_custom_settings_rebuilds_them_in_a_fresh_process(tmp_path):
 
     run_dir = tmp_path / "run"
     assert main(["train", "--data", "eight_gaussians", "--net", "mlp", "--width", "48", "--depth", "2", "--dropout",
-                 "0.1", "--T", "10", "--steps", "2", "--batch-size", "8", "--no-progress", "--run-dir", str(run_dir)]) == 0
+                 "0.1", "--T", "10", "--steps", "2", "--batch-size", "8", "--no-progress",
+                 "--run-dir", str(run_dir)]) == 0
     probe = ("import sys; from ppl_diffusion.sampling import load_run; n = load_run(sys.argv[1], device='cpu')"
              ".diffusion.denoiser; print(n.inp.out_features, len(n.blocks), n.blocks[0].drop.p)")
     env = dict(os.environ, PYTHONPATH=str(ROOT))

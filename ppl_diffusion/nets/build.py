@@ -88,7 +88,8 @@ def is_import_path(name) -> bool:
 def register_net(name: str, builder: Callable) -> None:
     """Make ``net=name`` build its denoiser with ``builder(event_shape, **net_config)`` (see the module docstring),
     in this process only: a run of such a net loads only where the same registration ran first. For runs that every
-    command (a fresh ``ppl-diffusion evaluate``) loads, name the builder by its import path, ``package.module:builder``."""
+    command (a fresh ``ppl-diffusion evaluate``) loads, name the builder by its import path,
+    ``package.module:builder``."""
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"net name {name!r}: pass a plain name (an import path package.module:builder needs no "
                          "registration)")

@@ -345,8 +345,9 @@ UNET_SETTINGS = ("in_channels", "model_channels", "image_size", "out_channels", 
 def default_channel_mult(image_size: int) -> tuple[int, ...]:
     """channel_mult for ``image_size`` pixels: improved-diffusion's for 32, 64 and 256 (guided-diffusion's for
     128); otherwise one level, then one more (×2 channels) per halving while the size is even and its half at
-    least 4 pixels, up to four levels: 8 → (1, 2), 12 → (1, 2), 16 → (1, 2, 2), 20 → (1, 2, 2), 24 → (1, 2, 2),
-    28 → (1, 2, 2), 48 → (1, 2, 2, 2), 96 → (1, 2, 2, 2); sizes that cannot be halved (7, 15) get one level."""
+    least 4 pixels, up to four levels: 8 → (1, 2), 12 → (1, 2), 16 → (1, 2, 2), 20 → (1, 2, 2),
+    24 → (1, 2, 2), 28 → (1, 2, 2), 48 → (1, 2, 2, 2), 96 → (1, 2, 2, 2); sizes that cannot be halved (7, 15) get
+    one level."""
     if image_size in IMPROVED_DIFFUSION_MULT:
         return IMPROVED_DIFFUSION_MULT[image_size]
     size, halvings = image_size, 0

@@ -56,8 +56,8 @@ def to_backend(diffusion, backend: str = "pyro", device="cpu"):
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "numpyro":
         if not isinstance(diffusion.denoiser, (MLPDenoiser, UNet)):
-            raise ValueError(f"backend numpyro runs the built-in nets (the MLP and the U-Net: Flax twins); this model's "
-                             f"denoiser is a {type(diffusion.denoiser).__name__}: use --backend pyro")
+            raise ValueError(f"backend numpyro runs the built-in nets (the MLP and the U-Net: Flax twins); this "
+                             f"model's denoiser is a {type(diffusion.denoiser).__name__}: use --backend pyro")
         _require_jax()
         from ..numpyro.train import from_torch
 
