@@ -22,6 +22,7 @@ from pathlib import Path
 from . import distributed
 from .checkpoint import CheckpointError
 from .distributed import DIST_BACKENDS
+from .nets import NetWarning
 from .precision import PrecisionWarning
 from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
 
@@ -43,8 +44,9 @@ _format_warning = warnings.formatwarning
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """PrecisionWarning (bf16 emulated) as one line ``ppl-diffusion: warning: ...``; other warnings as Python does."""
-    if issubclass(category, PrecisionWarning):
+    """PrecisionWarning (bf16 emulated) and NetWarning (e.g. an MLP narrower than the data) as one line
+    ``ppl-diffusion: warning: ...``; other warnings as Python does."""
+    if issubclass(category, (PrecisionWarning, NetWarning)):
         return f"{PROG}: warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
 
@@ -114,7 +116,29 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help=f"reverse variance: beta, posterior or learned (improved DDPM) (default {d.variance})")
     p.add_argument("--prior", default=d.prior, help=f"p(x_T): normal, gaussian (learned mean and scale), student-t, "
                    f"student-t-learned-df, mixture, flow (default {d.prior}); see ppl_diffusion.priors")
-    p.add_argument("--net", default=d.net, help=f"denoiser: U-Net preset digits, mnist, cifar10, or mlp (default {d.net})")
+    p.add_argument("--net", default=d.net,
+                   help="denoiser: auto (a U-Net sized for images, the MLP for vectors), unet, a U-Net preset (digits, "
+                        "mnist, cifar10), mlp, or package.module:builder, an importable function builder(event_shape, "
+                        f"**net_config) -> torch.nn.Module (default {d.net})")
+    n = p.add_argument_group("net settings (recorded in config.json as net_config; each refused where the net "
+                             "has no such setting)")
+    n.add_argument("--channels", type=int, default=None, metavar="C",
+                   help="U-Net: channels of the first level, model_channels (default: 128 from 32 pixels up, else 64)")
+    n.add_argument("--channel-mult", type=_ints, default=None, metavar="M1,M2,...",
+                   help="U-Net: channel multiplier per level, one level per entry, each halving the size (default by "
+                        "size, improved-diffusion's: 1,2,2,2 at 32 px, 1,2,3,4 at 64; smaller: 1 then 2 per halving "
+                        "down to 4 px)")
+    n.add_argument("--res-blocks", type=int, default=None, metavar="N",
+                   help="U-Net: residual blocks per level, num_res_blocks (default 2)")
+    n.add_argument("--attention", type=_ints, default=None, metavar="R1,R2,...",
+                   help="U-Net: resolutions in pixels with self-attention, or none (default: half the image size "
+                        "below 64 px, 16,8 from 64 up; the middle block always attends)")
+    n.add_argument("--dropout", type=float, default=None, help="U-Net or MLP: dropout (default 0.1 U-Net, 0 MLP)")
+    n.add_argument("--width", type=int, default=None, help="MLP: hidden width (default 128; warned below D)")
+    n.add_argument("--depth", type=int, default=None, help="MLP: residual blocks (default 3)")
+    n.add_argument("--net-config", type=_json_object, default=None, metavar="JSON",
+                   help="any other settings of the net as a JSON object, e.g. '{\"num_heads\": 4}' (the U-Net's "
+                        "keyword arguments, or your builder's)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default {d.lr})")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"default {d.warmup_steps}")
@@ -144,9 +168,50 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
+# The net flags and the net_config key each sets.
+NET_FLAGS = {"channels": "model_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
+             "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth"}
+
+
+def _ints(text: str) -> list[int]:
+    """``"1,2,2"`` → ``[1, 2, 2]``; ``"none"`` → ``[]``."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2,2") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e.msg}); pass an object, e.g. '{{\"num_heads\": 4}}'"
+                                         ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; pass one, e.g. '{{\"num_heads\": 4}}'")
+    return value
+
+
+def net_config_from_args(args: argparse.Namespace) -> dict | None:
+    """``--net-config`` with the net flags given (``--channels``, ``--width``, ...) set on top; None if neither."""
+    config = dict(args.net_config or {})
+    for flag, key in NET_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if key in config:
+            raise ValueError(f"{_flag(flag)} and --net-config both set {key}; pass it once")
+        config[key] = value
+    return config or None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of the parsed ``train`` flags (one flag per field; ``world_size`` comes from the job)."""
-    return TrainConfig(**{f: getattr(args, f) for f in DEFAULTS.to_dict() if hasattr(args, f)})
+    """The :class:`TrainConfig` of the parsed ``train`` flags (one flag per field, the net's settings gathered in
+    ``net_config``; ``world_size`` comes from the job)."""
+    fields = {f: getattr(args, f) for f in DEFAULTS.to_dict() if hasattr(args, f) and f != "net_config"}
+    return TrainConfig(**fields, net_config=net_config_from_args(args))
 
 
 def _print_trained(result) -> None:

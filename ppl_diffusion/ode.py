@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from . import noise
 from .continuous import ContinuousTime
+from .priors import prior_draws
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -283,9 +284,8 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
             x_T = diffusion.get_prior(device, dtype).sample((int(n),))
         else:
             from .infer.bound import check_indices
-            from .sampling import prior_draws
 
-            x_T = prior_draws_normal(diffusion, seed, check_indices(indices, int(n)), device, dtype, prior_draws)
+            x_T = prior_draws_normal(diffusion, seed, check_indices(indices, int(n)), device, dtype)
     with torch.no_grad():
         return _integrate(diffusion, ct, x_T, rtol=rtol, atol=atol, method=method, eps=eps)
 
@@ -300,9 +300,9 @@ def _integrate(diffusion, ct: ContinuousTime, x_T: Tensor, *, rtol: float, atol:
     return out.reshape(x_T.shape), func.nfe
 
 
-def prior_draws_normal(diffusion, seed: int, index: np.ndarray, device, dtype, fallback) -> Tensor:
+def prior_draws_normal(diffusion, seed: int, index: np.ndarray, device, dtype) -> Tensor:
     """x_T for (seed, index, T, SAMPLE): loc + scale · counter normal for a Normal prior (ancestral sampling's
-    numbers), else ``fallback`` (:func:`ppl_diffusion.sampling.prior_draws`)."""
+    numbers), else :func:`ppl_diffusion.priors.prior_draws`."""
     from pyro.distributions import Independent, Normal
 
     prior = diffusion.get_prior(device, dtype)
@@ -312,7 +312,7 @@ def prior_draws_normal(diffusion, seed: int, index: np.ndarray, device, dtype, f
                          dtype=np.float64 if dtype == torch.float64 else np.float32)
         z = torch.from_numpy(z).to(device=device, dtype=dtype)
         return base.loc + base.scale * z
-    return fallback(prior, seed, index, diffusion.T, device, dtype)
+    return prior_draws(prior, seed, index, diffusion.T, device, dtype)
 
 
 class ProbabilityFlow(TorchDistribution):

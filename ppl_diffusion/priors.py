@@ -23,7 +23,8 @@ expectation. :func:`prior_kl` gives the term with more draws, for checks.
 ===========================  ===================================================================
 
 :func:`make_prior` builds one by name (the ``--prior`` flag of ``ppl-diffusion train``);
-:func:`check_prior` is the validation every prior passes, with one-line errors.
+:func:`check_prior` is the validation every prior passes, with one-line errors; :func:`prior_draws` draws x_T of
+sample i from any prior as a function of (seed, i) (the sampler's and the ODE's x_T).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from . import noise
 
 
 class Prior(nn.Module):
@@ -223,3 +227,17 @@ def prior_kl(q: dist.Distribution, p: dist.Distribution, draws: int = 64) -> tup
     except NotImplementedError:
         z = q.rsample((draws,)) if q.has_rsample else q.sample((draws,))
         return (q.log_prob(z) - p.log_prob(z)).mean(0), False
+
+
+def prior_draws(prior, seed: int, index, t: int, device, dtype) -> Tensor:
+    """x_T ``[len(index) x *event]`` from a prior without a location-scale form (Student-t, mixture, flow):
+    example i drawn by torch's generator seeded with the counter key of (seed, index[i], t, SAMPLE), so each
+    draw depends on its index alone. Torch's global generator is left as it was."""
+    keys = noise.key(seed, np.asarray(index), t, noise.SAMPLE)
+    devices = [device] if torch.device(device).type == "cuda" else []
+    rows = []
+    with torch.random.fork_rng(devices=devices):
+        for k in keys.tolist():
+            torch.manual_seed(k & (2 ** 63 - 1))
+            rows.append(prior.sample())
+    return torch.stack(rows).to(device=device, dtype=dtype)

@@ -26,6 +26,7 @@ from .checkpoint import CHECKPOINT_RE, CheckpointError, list_checkpoints, load_c
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
 from .precision import check_precision
+from .priors import prior_draws
 from .respace import respace
 from .train import TrainConfig, load_trained, resolve_device
 
@@ -87,20 +88,6 @@ def site_step(name: str) -> int | None:
     """The step s of the full-chain site ``x_{s}`` (``x_0`` is 0), else ``None``."""
     head, _, tail = name.partition("_")
     return int(tail) if head == "x" and tail.isdigit() else None
-
-
-def prior_draws(prior, seed: int, index, t: int, device, dtype) -> Tensor:
-    """x_T ``[len(index) x *event]`` from a prior without a location-scale form (Student-t, mixture, flow):
-    example i drawn by torch's generator seeded with the counter key of (seed, index[i], t, SAMPLE), so each
-    draw depends on its index alone. Torch's global generator is left as it was."""
-    keys = noise.key(seed, np.asarray(index), t, noise.SAMPLE)
-    devices = [device] if torch.device(device).type == "cuda" else []
-    rows = []
-    with torch.random.fork_rng(devices=devices):
-        for k in keys.tolist():
-            torch.manual_seed(k & (2 ** 63 - 1))
-            rows.append(prior.sample())
-    return torch.stack(rows).to(device=device, dtype=dtype)
 
 
 def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,

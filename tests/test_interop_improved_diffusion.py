@@ -290,7 +290,7 @@ def test_old_configs_load_and_nets_register_by_name():
         old.pop(key)
     meta = SimpleNamespace(event_shape=(1, 8, 8), decoder="discretized")
     assert build_diffusion(TrainConfig.from_dict(old), meta).T == 10
-    register_net("linear-test", lambda config, shape: torch.nn.Conv2d(1, 1, 1))
+    register_net("linear-test", lambda event_shape: torch.nn.Conv2d(1, 1, 1))  # builder(event_shape, **net_config)
     try:
         config = TrainConfig(data="digits", net="linear-test", schedule="custom", betas=[0.1, 0.2, 0.3], T=3,
                              steps=1).validate()
@@ -299,7 +299,7 @@ def test_old_configs_load_and_nets_register_by_name():
         with pytest.raises(ValueError, match="schedule 'linear' with betas given"):
             TrainConfig(data="digits", net="linear-test", betas=[0.1], steps=1).validate()
         with pytest.raises(ValueError, match="is a U-Net preset"):
-            register_net("digits", lambda config, shape: None)
+            register_net("digits", lambda event_shape: None)
     finally:
         NET_BUILDERS.pop("linear-test")
 

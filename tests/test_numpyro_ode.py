@@ -249,7 +249,7 @@ def test_sample_ode_agrees_with_the_pytorch_backend():
     td, jd = tiny_mlp_diffusion()
     with torch.no_grad():
         want, _ = tode.sample_ode(td, 4, seed=7, indices=[3, 4, 5, 6], rtol=1e-6, atol=1e-6)
-        x_T = tode.prior_draws_normal(td, 7, np.arange(3, 7), "cpu", torch.float32, None)
+        x_T = tode.prior_draws_normal(td, 7, np.arange(3, 7), "cpu", torch.float32)
     np.testing.assert_array_equal(np.asarray(ode.prior_draws_normal(jd, 7, np.arange(3, 7))), x_T.numpy())
     got, nfe = ode.sample_ode(jd, 4, seed=7, indices=[3, 4, 5, 6], rtol=1e-6, atol=1e-6, solver="dopri5")
     assert nfe > 0

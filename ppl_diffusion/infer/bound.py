@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import noise as counter_noise
+from ..variance import auto_timesteps_per_batch  # noqa: F401 (re-exported: the call size of the bound and fit_variance)
 from .draws import FeedNoiseMessenger
 from .trace_terms import per_example_elbo, trace_pair
 
@@ -51,12 +52,6 @@ class VariationalBound:
     def bits_per_dim(self) -> Tensor:
         """−ELBO / (D ln 2) per example."""
         return self.nll / (self.num_dims * math.log(2.0))
-
-
-def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
-    """Steps per denoiser call so that a call sees about ``target`` inputs: large enough to keep a CPU busy,
-    small enough that activations stay under glibc's mmap threshold (bigger calls measured 1.8× slower)."""
-    return max(1, target // max(1, batch))
 
 
 def feed_noise(fn, noise: dict):

@@ -88,6 +88,7 @@ VARIANCE_TYPES = {"fixed_small": "posterior", "fixed_small_log": "posterior",
 EXPORT_VARIANCE_TYPES = {"posterior": "fixed_small", "beta": "fixed_large"}
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
            "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
+NET = "ppl_diffusion.interop.diffusers:build_denoiser"  # the run config's net: a builder every command imports
 
 
 def _diffusers():
@@ -467,27 +468,25 @@ def unet_to_diffusers(net):
 
 
 # ------------------------------------------------------------------------------------------ run folders
-def build_denoiser(config, event_shape) -> DiffusersDenoiser:
-    """The net builder of ``TrainConfig(net="diffusers")`` (:func:`ppl_diffusion.train.register_net`): an untrained
-    ``UNet2DModel`` of ``config.net_config["unet"]`` behind :class:`DiffusersDenoiser`, the weights loaded after."""
-    from ..train.config import build_schedule
-
-    nc = dict(config.net_config or {})
-    if "unet" not in nc:
-        raise ValueError("net 'diffusers' needs net_config = {'unet': UNet2DModel config, 'prediction_type': ...}; "
-                         "import the model with ppl-diffusion import diffusers")
-    unet = _diffusers().UNet2DModel.from_config(nc["unet"]).eval()
-    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+def build_denoiser(event_shape, *, unet: dict, prediction_type: str = "epsilon",
+                   scheduler_config: dict | None = None) -> DiffusersDenoiser:
+    """The net builder of an imported diffusers run (its config.json has ``net`` =
+    ``"ppl_diffusion.interop.diffusers:build_denoiser"``, or ``"diffusers"`` from earlier versions, and ``net_config``
+    = these settings; :mod:`ppl_diffusion.nets.build`): an untrained ``UNet2DModel`` of the config ``unet`` behind
+    :class:`DiffusersDenoiser`, the weights loaded after. The ᾱ_t that a ``v_prediction`` or ``sample`` net needs
+    are the scheduler's (``scheduler_config``), the run's own β_t."""
+    net = _diffusers().UNet2DModel.from_config(unet).eval()
+    shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
     if tuple(event_shape) != shape:
-        raise ValueError(f"the diffusers UNet takes examples of shape {list(shape)} but data {config.data!r} has "
+        raise ValueError(f"the diffusers UNet takes examples of shape {list(shape)} but the data has "
                          f"{list(event_shape)}; import the model with the data it was trained on (--data)")
-    return DiffusersDenoiser(unet, prediction_type=nc.get("prediction_type", "epsilon"), schedule=build_schedule(config),
-                             scheduler_config=nc.get("scheduler_config"))
+    schedule = scheduler_schedule(scheduler_config) if prediction_type != "epsilon" and scheduler_config else None
+    return DiffusersDenoiser(net, prediction_type=prediction_type, schedule=schedule, scheduler_config=scheduler_config)
 
 
 def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_root=None):
     """Write a run folder for the diffusers pipeline ``folder`` (:func:`from_diffusers`), evaluated on ``data``;
-    returns the checkpoint written. Every command loads it (net ``"diffusers"``, schedule ``"custom"``)."""
+    returns the checkpoint written. Every command loads it (net :data:`NET`, imported; schedule ``"custom"``)."""
     from ..train import TrainConfig
     from .run_folder import dataset_meta, write_run
 
@@ -495,7 +494,7 @@ def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_r
         raise ValueError("--flags is for improved-diffusion checkpoints; a diffusers folder carries its own configs")
     diffusion = from_diffusers(folder)
     den = diffusion.denoiser
-    config = TrainConfig(data=data, data_root=data_root, net="diffusers", schedule="custom", T=diffusion.T,
+    config = TrainConfig(data=data, data_root=data_root, net=NET, schedule="custom", T=diffusion.T,
                          betas=diffusion.schedule.betas.tolist(), variance=diffusion.variance, steps=None,
                          net_config={"unet": dict(den.unet.config), "prediction_type": den.prediction_type,
                                      "scheduler_config": den.scheduler_config},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch import Tensor, nn
 
@@ -39,8 +40,11 @@ class MLPDenoiser(nn.Module):
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
                  zero_init: bool = True, learn_sigma: bool = False) -> None:
         super().__init__()
-        if dim < 1 or width < 1 or depth < 0:
-            raise ValueError(f"MLPDenoiser(dim={dim}, width={width}, depth={depth}): sizes must be positive")
+        for name, value, least in [("dim", dim, 1), ("width", width, 1), ("depth", depth, 0), ("emb_dim", emb_dim, 1)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"MLPDenoiser({name}={value!r}): must be an integer >= {least}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLPDenoiser(dropout={dropout!r}): must lie in [0, 1)")
         self.dim, self.emb_dim, self.learn_sigma = dim, emb_dim, learn_sigma
         self.time = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.inp = nn.Linear(dim, width)
@@ -66,3 +70,46 @@ class MLPDenoiser(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.parameters())
+
+
+class NetWarning(UserWarning):
+    """A net that will train poorly for its data (e.g. an MLP narrower than the data); the CLI prints it as one line."""
+
+
+# The settings of an MLP denoiser (MLPDenoiser's keyword arguments but dim and learn_sigma, which the data and the
+# variance decide).
+MLP_SETTINGS = ("width", "depth", "emb_dim", "dropout", "zero_init")
+
+
+def check_settings(event_shape, settings: dict) -> tuple[int, ...]:
+    """The event shape as a tuple; one-line errors for a bad shape or a setting not in :data:`MLP_SETTINGS`."""
+    shape = tuple(event_shape)
+    if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"the MLP takes examples of a shape of positive sizes, got {list(shape)}")
+    unknown = sorted(set(settings) - set(MLP_SETTINGS))
+    if unknown:
+        extra = " (the variance decides it: learned variances double the output)" if "learn_sigma" in unknown else ""
+        raise ValueError(f"unknown MLP setting {unknown[0]!r}{extra}; the MLP's settings are {', '.join(MLP_SETTINGS)}")
+    return shape
+
+
+def warn_if_narrow(width: int, event_shape) -> None:
+    """:class:`NetWarning` when the MLP's ``width`` is below D = prod(``event_shape``): every hidden layer is then a
+    bottleneck narrower than x_t, and the denoiser cannot pass x_t through to predict ε."""
+    dim = math.prod(event_shape)
+    if width < dim:
+        warnings.warn(f"the MLP's width {width} is below the data's D = {dim} dimensions "
+                      f"({'x'.join(map(str, event_shape))}): every hidden layer is narrower than x_t; pass --width "
+                      f"{2 ** math.ceil(math.log2(2 * dim))} (width >= D)"
+                      + (", or use the U-Net for images (--net auto)" if len(event_shape) == 3 else ""),
+                      NetWarning, stacklevel=3)
+
+
+def mlp_for(event_shape, *, learn_sigma: bool = False, **settings) -> MLPDenoiser:
+    """The :class:`MLPDenoiser` for examples of ``event_shape`` (D = their product), with ``settings`` (names of
+    :data:`MLP_SETTINGS`; an unknown one is refused in one line) and ``learn_sigma`` for a learned variance; warns
+    when the width is below D (:func:`warn_if_narrow`)."""
+    shape = check_settings(event_shape, settings)
+    net = MLPDenoiser(math.prod(shape), learn_sigma=learn_sigma, **settings)
+    warn_if_narrow(net.inp.out_features, shape)
+    return net

@@ -329,3 +329,109 @@ def unet_preset(name: str, **overrides) -> UNet:
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
     return UNet(**{**UNET_PRESETS[name], **overrides})
+
+
+# ------------------------------------------------------------------------------------------ by the data's shape
+# improved-diffusion's ``create_model`` fixes channel_mult by image size (guided-diffusion adds 128); the sizes in
+# between and below follow :func:`default_channel_mult`'s rule.
+IMPROVED_DIFFUSION_MULT: dict[int, tuple[int, ...]] = {32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4),
+                                                        256: (1, 1, 2, 2, 4, 4)}
+# The settings of a U-Net (UNet's keyword arguments, but learn_sigma, which the variance decides).
+UNET_SETTINGS = ("in_channels", "model_channels", "image_size", "out_channels", "channel_mult", "num_res_blocks",
+                 "attention_resolutions", "dropout", "num_heads", "num_head_channels", "use_scale_shift_norm",
+                 "num_groups", "zero_init", "min_group_channels", "timestep_shift", "timestep_scale")
+
+
+def default_channel_mult(image_size: int) -> tuple[int, ...]:
+    """channel_mult for ``image_size`` pixels: improved-diffusion's for 32, 64 and 256 (guided-diffusion's for
+    128); otherwise one level, then one more (×2 channels) per halving while the size is even and its half at
+    least 4 pixels, up to four levels: 8 → (1, 2), 12 → (1, 2), 16 → (1, 2, 2), 20 → (1, 2, 2),
+    24 → (1, 2, 2), 28 → (1, 2, 2), 48 → (1, 2, 2, 2), 96 → (1, 2, 2, 2); sizes that cannot be halved (7, 15) get
+    one level."""
+    if image_size in IMPROVED_DIFFUSION_MULT:
+        return IMPROVED_DIFFUSION_MULT[image_size]
+    size, halvings = image_size, 0
+    while size % 2 == 0 and size // 2 >= 4 and halvings < 3:
+        size, halvings = size // 2, halvings + 1
+    return (1,) + (2,) * halvings
+
+
+def default_attention(image_size: int, channel_mult: Sequence[int]) -> tuple[int, ...]:
+    """Attention resolutions (pixels) for a U-Net of ``channel_mult`` on ``image_size`` pixels: below 64 pixels the
+    second level, half the image (DDPM's CIFAR-10 model: 16 of 32; the presets); from 64 up the levels of at most
+    16 pixels (improved-diffusion's "16,8" at 64, 128 and 256), or the lowest level if none is; none with one
+    level. The middle block attends in every U-Net."""
+    levels = [image_size // 2 ** level for level in range(len(channel_mult))]
+    if len(levels) == 1:
+        return ()
+    if image_size < 64:
+        return (levels[1],)
+    return tuple(s for s in levels if s <= 16) or (levels[-1],)
+
+
+def square_image_shape(event_shape, what: str) -> tuple[int, int]:
+    """(C, S) of an image event shape ``(C, S, S)``; a one-line error naming ``what`` (the net) for vectors and for
+    non-square images (the U-Net's levels and attention resolutions are square sizes; crop or pad the images)."""
+    shape = tuple(event_shape)
+    if len(shape) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"{what} takes images of shape [C x H x W]; the data has examples of shape {list(shape)}: "
+                         "use --net mlp (or auto) for vectors")
+    c, h, w = shape
+    if h != w:
+        side = min(h, w)
+        raise ValueError(f"{what} takes square images; the data's are {h}x{w} (height x width): crop or pad them to "
+                         f"{side}x{side} or {max(h, w)}x{max(h, w)}, or use --net mlp")
+    return c, h
+
+
+def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
+    """The :class:`UNet` keyword arguments (but ``learn_sigma``) for images of ``event_shape`` ``(C, S, S)``.
+
+    With ``preset`` (a key of :data:`UNET_PRESETS`) its settings, which must be for this shape; without, the
+    preset of this shape if there is one (digits 1×8×8, mnist 1×28×28, cifar10 3×32×32), else the rule:
+    ``model_channels`` 128 from 32 pixels up (improved-diffusion's default), 64 below; ``channel_mult`` by
+    :func:`default_channel_mult`; ``attention_resolutions`` by :func:`default_attention` for that channel_mult;
+    two residual blocks a level, dropout 0.1 (DDPM's CIFAR-10), ``use_scale_shift_norm`` (improved DDPM); the
+    rest :class:`UNet`'s defaults. ``overrides`` (names of :data:`UNET_SETTINGS`) replace any of them; an unknown
+    name is refused in one line listing the known ones. Non-square images are refused (crop or pad them).
+    """
+    if preset is not None:
+        if preset not in UNET_PRESETS:
+            raise ValueError(f"unknown U-Net preset {preset!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
+        p = UNET_PRESETS[preset]
+        want = (p["in_channels"], p["image_size"], p["image_size"])
+        if tuple(event_shape) != want:
+            fits = [n for n, q in UNET_PRESETS.items()
+                    if (q["in_channels"], q["image_size"], q["image_size"]) == tuple(event_shape)]
+            fix = (f"use --net {fits[0]}" if fits else "use --net mlp" if len(tuple(event_shape)) != 3 else
+                   "use --net auto (a U-Net sized for the data)")
+            raise ValueError(f"net preset {preset!r} expects examples of shape {list(want)} but the data has "
+                             f"{list(event_shape)}; {fix}")
+    c, size = square_image_shape(event_shape, "the U-Net")
+    unknown = sorted(set(overrides) - set(UNET_SETTINGS))
+    if unknown:
+        extra = " (the variance decides it: learned variances double the output)" if "learn_sigma" in unknown else ""
+        raise ValueError(f"unknown U-Net setting {unknown[0]!r}{extra}; the U-Net's settings are "
+                         f"{', '.join(UNET_SETTINGS)}")
+    for key, want in (("in_channels", c), ("image_size", size)):
+        if key in overrides and overrides[key] != want:
+            raise ValueError(f"U-Net setting {key} = {overrides[key]!r} but the data's images are "
+                             f"{c}x{size}x{size}; drop {key} (the data decides it)")
+    if preset is None:
+        preset = next((n for n, p in UNET_PRESETS.items() if (p["in_channels"], p["image_size"]) == (c, size)), None)
+    if preset is not None:
+        base = dict(UNET_PRESETS[preset])
+        if "channel_mult" in overrides and "attention_resolutions" not in overrides:
+            base["attention_resolutions"] = default_attention(size, overrides["channel_mult"])
+        return {**base, **overrides}
+    mult = tuple(overrides.get("channel_mult", default_channel_mult(size)))
+    base = dict(in_channels=c, image_size=size, model_channels=128 if size >= 32 else 64, channel_mult=mult,
+                num_res_blocks=2, attention_resolutions=default_attention(size, mult), dropout=0.1,
+                use_scale_shift_norm=True)
+    return {**base, **overrides}
+
+
+def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = False, **overrides) -> UNet:
+    """The :class:`UNet` of :func:`unet_config` for images of ``event_shape`` ``[C x S x S]``, with ``learn_sigma``
+    for a learned variance. Example: ``unet_for((3, 16, 16), model_channels=32)``."""
+    return UNet(**unet_config(event_shape, preset=preset, **overrides), learn_sigma=learn_sigma)

@@ -34,9 +34,9 @@ from .convert import (flax_twin, from_torch, load_torch_state, mlp_from_torch, m
 from .diffusion import GaussianDiffusion
 from .distributions import DiscretizedGaussian, make_decoder
 from .infer import ChainELBO, StochasticTimestepELBO, per_example_elbo, stochastic_elbo_terms, trace_pair
-from .nets import MLPDenoiser, UNet, timestep_embedding, unet_preset
+from .nets import MLPDenoiser, UNet, mlp_for, timestep_embedding, unet_for, unet_preset
 
 __all__ = ["ChainELBO", "DiscretizedGaussian", "GaussianDiffusion", "MLPDenoiser", "StochasticTimestepELBO", "UNet",
-           "chain", "flax_twin", "from_torch", "load_torch_state", "make_decoder", "mlp_from_torch", "mlp_to_torch",
-           "params_from_torch_state", "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding", "to_torch",
-           "torch_state_from_params", "trace_pair", "unet_preset"]
+           "chain", "flax_twin", "from_torch", "load_torch_state", "make_decoder", "mlp_for", "mlp_from_torch",
+           "mlp_to_torch", "params_from_torch_state", "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding",
+           "to_torch", "torch_state_from_params", "trace_pair", "unet_for", "unet_preset"]

@@ -1,5 +1,6 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
-(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`).
+(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`), and
+:func:`unet_for` / :func:`mlp_for`, the nets for a data shape by the PyTorch side's rule.
 
 Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
 float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
@@ -54,8 +55,11 @@ class MLPDenoiser(nnx.Module):
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
                  zero_init: bool = True, learn_sigma: bool = False, rngs: nnx.Rngs | None = None,
                  dtype=None) -> None:
-        if dim < 1 or width < 1 or depth < 0:
-            raise ValueError(f"MLPDenoiser(dim={dim}, width={width}, depth={depth}): sizes must be positive")
+        for name, value, least in [("dim", dim, 1), ("width", width, 1), ("depth", depth, 0), ("emb_dim", emb_dim, 1)]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"MLPDenoiser({name}={value!r}): must be an integer >= {least}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLPDenoiser(dropout={dropout!r}): must lie in [0, 1)")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.dim, self.emb_dim, self.learn_sigma, self.dtype = dim, emb_dim, learn_sigma, dtype
         self.time_in = nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
@@ -355,3 +359,25 @@ def unet_preset(name: str, *, rngs: nnx.Rngs | None = None, **overrides) -> UNet
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
     return UNet(**{**UNET_PRESETS[name], **overrides}, rngs=rngs)
+
+
+def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = False, rngs: nnx.Rngs | None = None,
+             dtype=None, **overrides) -> UNet:
+    """The U-Net for images of ``event_shape`` ``[C x S x S]`` in Flax: the settings of
+    :func:`ppl_diffusion.nets.unet.unet_config` (the same rule, presets and errors), so the same parameters as the
+    PyTorch ``unet_for``. Example: ``unet_for((3, 16, 16), model_channels=32)``."""
+    from ..nets.unet import unet_config
+
+    return UNet(**unet_config(event_shape, preset=preset, **overrides), learn_sigma=learn_sigma, rngs=rngs, dtype=dtype)
+
+
+def mlp_for(event_shape, *, learn_sigma: bool = False, rngs: nnx.Rngs | None = None, dtype=None,
+            **settings) -> MLPDenoiser:
+    """The MLP denoiser for examples of ``event_shape`` in Flax, the twin of :func:`ppl_diffusion.nets.mlp.mlp_for`
+    (the same settings, errors and warning when the width is below D)."""
+    from ..nets.mlp import check_settings, warn_if_narrow
+
+    shape = check_settings(event_shape, settings)
+    net = MLPDenoiser(math.prod(shape), learn_sigma=learn_sigma, rngs=rngs, dtype=dtype, **settings)
+    warn_if_narrow(net.inp.out_features, shape)
+    return net

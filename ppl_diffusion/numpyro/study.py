@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from ..study.estimators import DESCRIPTIONS, FULL_CHAIN, check_estimators
 from . import convert
 from .chain import full_chain_elbo
 from .infer import ChainELBO, stochastic_elbo_terms
@@ -35,11 +34,13 @@ SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 
 
 class NumPyroStudyEstimator:
-    """One estimator bound to a NumPyro diffusion at fixed θ; see the module docstring."""
+    """One estimator bound to a NumPyro diffusion at fixed θ; see the module docstring. Built by
+    :func:`ppl_diffusion.study.estimators.make_study_estimator`, which checks ``name`` and hands over the study's
+    catalogue entries: ``full_chain`` (``trace``, ``meanfield``) and the one-line ``description``."""
 
-    def __init__(self, name: str, diffusion, *, iwae_particles: int = 8) -> None:
-        check_estimators([name])
+    def __init__(self, name: str, diffusion, *, full_chain: bool, description: str, iwae_particles: int = 8) -> None:
         self.name, self.diffusion = name, diffusion
+        self.full_chain, self._description = full_chain, description
         self.params = params_of(diffusion)
         self.num_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(self.params))
         self.key = jax.random.PRNGKey(0)
@@ -52,7 +53,7 @@ class NumPyroStudyEstimator:
                 raise ValueError(f"iwae_particles = {iwae_particles!r}; the IWAE bound needs K >= 2 trajectories "
                                  "(--iwae-particles)")
             self.bound = f"IWAE-{iwae_particles}"
-        elif name not in FULL_CHAIN:
+        elif not full_chain:
             suffix = name[len("stochastic-kl"):]
             self.sampler = make_timestep_sampler(SAMPLERS[suffix], diffusion.T)
             self.sampler_state = self.sampler.init()
@@ -62,17 +63,17 @@ class NumPyroStudyEstimator:
 
     @property
     def family(self) -> str:
-        return "full chain" if self.name in FULL_CHAIN else ("IWAE" if self.name == "iwae" else "stochastic t")
+        return "full chain" if self.full_chain else ("IWAE" if self.name == "iwae" else "stochastic t")
 
     @property
     def description(self) -> str:
-        return DESCRIPTIONS[self.name] + (f", K = {self.iwae_particles}" if self.name == "iwae" else "") \
+        return self._description + (f", K = {self.iwae_particles}" if self.name == "iwae" else "") \
             + " (NumPyro, jit)"
 
     def _loss_fn(self):
         """loss(params, key, x0, sampler_state) → −estimate, summed over the batch."""
         d, name = self.diffusion, self.name
-        if name in FULL_CHAIN:
+        if self.full_chain:
             elbo = ChainELBO(analytic=name == "meanfield")
             return lambda p, key, x0, _: elbo.loss(key, {PARAMS: p}, d.model, d.guide, x0)
         if name == "iwae":

@@ -137,7 +137,8 @@ def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> St
     if getattr(diffusion, "backend", "pyro") == "numpyro":
         from ..numpyro.study import NumPyroStudyEstimator
 
-        return NumPyroStudyEstimator(name, diffusion, iwae_particles=iwae_particles)
+        return NumPyroStudyEstimator(name, diffusion, full_chain=name in FULL_CHAIN, description=DESCRIPTIONS[name],
+                                     iwae_particles=iwae_particles)
     params = [p for p in diffusion.denoiser.parameters() if p.requires_grad]
     if name == "iwae":
         if isinstance(iwae_particles, bool) or not isinstance(iwae_particles, int) or iwae_particles < 2:

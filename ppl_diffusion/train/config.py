@@ -4,8 +4,8 @@ model a configuration builds (:func:`build_diffusion`) with its learning-rate sc
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +13,9 @@ import torch
 from ..data import DATASETS
 from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
 from ..infer import ESTIMATORS
-from ..nets import UNET_PRESETS, MLPDenoiser, UNet, unet_preset
+from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, register_net,  # noqa: F401 (re-exported)
+                    resolve_builder)
+from ..nets.build import BUILTIN_NETS
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
 from ..schedule import NoiseSchedule
@@ -44,10 +46,13 @@ class TrainConfig:
     # "learned-range" (improved DDPM's own FIXED_LARGE and LEARNED_RANGE)
     variance: str = "beta"
     prior: str = "normal"  # p(x_T): a name in ppl_diffusion.priors.PRIORS (learned ones train with the net)
-    # a U-Net preset name (digits, mnist, cifar10), "mlp" for vector data, or a name in NET_BUILDERS ("unet": the
-    # U-Net of net_config)
-    net: str = "digits"
-    net_config: dict | None = None  # the net's own settings for a builder that needs them (net "unet": UNet kwargs)
+    # the denoiser (ppl_diffusion.nets.build): "auto" (a U-Net sized for images, the MLP for vectors), "unet", a U-Net
+    # preset (digits, mnist, cifar10), "mlp", "package.module:builder" (any importable builder), or a register_net name
+    net: str = "auto"
+    # the net's settings, passed to its builder: the U-Net's (model_channels, channel_mult, num_res_blocks,
+    # attention_resolutions, dropout, ...: nets.UNET_SETTINGS), the MLP's (width, depth, emb_dim, dropout), or a
+    # builder's keyword arguments; None for the defaults. JSON values (tuples are kept as lists).
+    net_config: dict | None = None
     betas: list | None = None  # β_1..β_T of schedule "custom" (an imported model's own schedule), else None
     source: dict | None = None  # where an imported model's weights came from (ppl-diffusion import); None if trained
     batch_size: int = 128  # examples per optimizer step
@@ -67,6 +72,10 @@ class TrainConfig:
     precision: str = "fp32"  # the denoiser's arithmetic: "fp32" or "bf16" (autocast; weights, Adam, EMA stay float32)
     # Processes the global batch_size is split over: set by train() from the torchrun job (recorded, not a flag).
     world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.net_config, dict):  # as config.json holds it, so that a resume compares equal
+            self.net_config = _as_json(self.net_config)
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise a one-line ``ValueError`` naming the value and the fix."""
@@ -93,7 +102,15 @@ class TrainConfig:
         if self.estimator == "hybrid" and self.variance not in LEARNED_VARIANCES:
             raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
                              "--estimator)")
-        choice("net", [*UNET_PRESETS, *NET_BUILDERS])
+        check_net_name(self.net)
+        if self.net not in NET_BUILDERS:
+            resolve_builder(self.net)  # an import path is imported now: a missing module is found before the run starts
+        try:
+            json.dumps(self.net_config, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"net_config = {self.net_config!r}; config.json records it: pass numbers, strings, "
+                             "booleans, lists and dicts only") from None
+        check_net_config(self.net, self.net_config)
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
         check_precision(self.precision)
@@ -115,6 +132,9 @@ class TrainConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed = {self.seed!r}; pass an integer (--seed)")
         if self.backend == "numpyro":
+            if self.net not in BUILTIN_NETS:
+                raise ValueError(f"net {self.net!r} trains on --backend pyro only: the NumPyro backend has Flax twins "
+                                 "of the built-in nets (auto, unet, the presets, mlp); drop --backend numpyro")
             if self.prior != "normal" or self.estimator == "hybrid":
                 what = f"prior {self.prior!r}" if self.prior != "normal" else "estimator 'hybrid'"
                 raise ValueError(f"{what} trains on --backend pyro only (so far); drop --backend numpyro")
@@ -167,41 +187,13 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _mlp(config: TrainConfig, event_shape: tuple) -> MLPDenoiser:
-    return MLPDenoiser(dim=math.prod(event_shape), learn_sigma=config.variance in LEARNED_VARIANCES)
-
-
-def _unet(config: TrainConfig, event_shape: tuple) -> UNet:
-    """The U-Net of ``config.net_config`` (UNet's keyword arguments but ``learn_sigma``, which the variance sets)."""
-    kwargs = dict(config.net_config or {})
-    if not kwargs or "learn_sigma" in kwargs:
-        raise ValueError("net 'unet' builds UNet(**net_config): pass net_config, the UNet's keyword arguments "
-                         "without learn_sigma (the variance decides it)")
-    net = UNet(**kwargs, learn_sigma=config.variance in LEARNED_VARIANCES)
-    if (net.in_channels, net.image_size, net.image_size) != event_shape:
-        raise ValueError(f"net_config builds a U-Net for examples of shape {[net.in_channels, net.image_size, net.image_size]} "
-                         f"but data {config.data!r} has {list(event_shape)}; import the model with the data it was "
-                         "trained on")
-    return net
-
-
-# Denoisers by name beside the U-Net presets: ``builder(config, event_shape) -> torch.nn.Module`` (untrained; the
-# weights are loaded after). ``register_net`` adds one (ppl_diffusion.interop registers its adapters).
-def _diffusers(config: TrainConfig, event_shape):
-    from ..interop.diffusers import build_denoiser  # diffusers is imported only for such a run
-
-    return build_denoiser(config, event_shape)
-
-
-NET_BUILDERS: dict[str, Callable] = {"mlp": _mlp, "unet": _unet, "diffusers": _diffusers}
-
-
-def register_net(name: str, builder: Callable) -> None:
-    """Make ``TrainConfig(net=name)`` build its denoiser with ``builder(config, event_shape)``; its settings go in
-    ``config.net_config``. A U-Net preset's name cannot be taken."""
-    if name in UNET_PRESETS:
-        raise ValueError(f"net name {name!r} is a U-Net preset; register the builder under another name")
-    NET_BUILDERS[name] = builder
+def _as_json(value):
+    """``value`` with tuples as lists, recursively (what a JSON round trip gives)."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    return value
 
 
 def build_schedule(config: TrainConfig) -> NoiseSchedule:
@@ -214,20 +206,7 @@ def build_schedule(config: TrainConfig) -> NoiseSchedule:
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
     event_shape = tuple(dataset.event_shape)
-    learn_sigma = config.variance in LEARNED_VARIANCES
-    if config.net in NET_BUILDERS:
-        net = NET_BUILDERS[config.net](config, event_shape)
-    else:
-        preset = UNET_PRESETS[config.net]
-        expected = (preset["in_channels"], preset["image_size"], preset["image_size"])
-        if event_shape != expected:
-            fits = [n for n, p in UNET_PRESETS.items()
-                    if (p["in_channels"], p["image_size"], p["image_size"]) == event_shape]
-            fix = f"use --net {fits[0]}" if fits else ("use --net mlp" if len(event_shape) == 1 else
-                                                        "choose a preset of that image size")
-            raise ValueError(f"net preset {config.net!r} expects examples of shape {list(expected)} but data "
-                             f"{config.data!r} has {list(event_shape)}; {fix}")
-        net = unet_preset(config.net, learn_sigma=learn_sigma)
+    net = build_net(config.net, event_shape, config.net_config, learn_sigma=config.variance in LEARNED_VARIANCES)
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
                              decoder=dataset.decoder, variance=config.variance, prior=prior,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..nets import MLPDenoiser, NetWarning, UNet
 from ..precision import check_precision
 from .config import BACKENDS, FORMAT, TrainConfig, _require_jax, build_diffusion
 
@@ -38,7 +40,9 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
     if precision is not None:
         config = dataclasses.replace(config, precision=precision)
     meta = SimpleNamespace(event_shape=tuple(state["data"]["event_shape"]), decoder=state["data"]["decoder"])
-    diffusion = build_diffusion(config, meta)
+    with warnings.catch_warnings():  # a trained net's warnings were given when it was trained
+        warnings.simplefilter("ignore", NetWarning)
+        diffusion = build_diffusion(config, meta)
     diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
     if state.get("prior") is not None:
         diffusion.prior.load_state_dict(state["prior_ema"] if ema else state["prior"])
@@ -51,6 +55,9 @@ def to_backend(diffusion, backend: str = "pyro", device="cpu"):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if backend == "numpyro":
+        if not isinstance(diffusion.denoiser, (MLPDenoiser, UNet)):
+            raise ValueError(f"backend numpyro runs the built-in nets (the MLP and the U-Net: Flax twins); this "
+                             f"model's denoiser is a {type(diffusion.denoiser).__name__}: use --backend pyro")
         _require_jax()
         from ..numpyro.train import from_torch
 

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from ..checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints, load_checkpoint, set_rng_state
 from ..data import FILE_DATASETS, Dataset, load_dataset
 from ..distributed import World
+from ..nets import UNET_PRESETS
 from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
@@ -100,6 +101,9 @@ class FreshStart:
 
 def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
     now = config.to_dict()
+    if now.get("net") == "auto" and saved.get("net") in UNET_PRESETS:
+        # a preset trains only on data of its shape, for which "auto" (the default since) builds that preset
+        saved = {**saved, "net": "auto"}
     keys = sorted((set(saved) | set(now)) - set(RESUMABLE_KEYS))
     return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
