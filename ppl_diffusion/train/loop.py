@@ -11,6 +11,9 @@ exponential moving average (EMA) of the weights. The run folder holds
                          ``grad_norm``, ``elapsed`` (seconds)
 ``ckpt-{step:08d}.pt``   checkpoints every ``checkpoint_every`` steps and at the end; the last
                          ``keep_checkpoints`` are kept (:mod:`ppl_diffusion.checkpoint`)
+``best.pt``              with ``val_examples``: the weights of the checkpoint with the lowest
+                         validation bits/dim so far (:mod:`~ppl_diffusion.train.validation`);
+                         the metrics rows of the checkpoint steps then carry ``val_bpd``
 =======================  ===================================================================
 
 A checkpoint holds the denoiser, the optimizer, the EMA, the step, the importance sampler's loss
