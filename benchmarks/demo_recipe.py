@@ -141,7 +141,7 @@ def run(name: str, run_root: Path, out: Path, quick: bool) -> dict:
         "test_bpd_ema": evaluation["bpd_ema"], "test_bpd_ema_stderr": evaluation["bpd_ema_stderr"],
         "digits_fd_ema": evaluation["digits_fd_ema"], "fd_samples": evaluation["fd_samples"],
         "validation": [{"step": r["step"], "val_bpd": r["val_bpd"]} for r in metrics if "val_bpd" in r],
-        "samples_png": str(grid.relative_to(out.parent.parent) if grid.is_relative_to(out.parent.parent) else grid),
+        "samples_png": grid.name,  # beside the JSON
     }
     print(f"{name}: {config.steps} steps, EMA {row['test_bpd_ema']:.4f} bits/dim ({row['weights_from']} weights, "
           f"step {row['eval_step']}), digits_fd {row['digits_fd_ema']}", flush=True)

@@ -256,7 +256,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         w.barrier()  # rank 0 writes the files
         return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
     png.parent.mkdir(parents=True, exist_ok=True)
-    best = " (best by validation)" if loaded.weights_from == "best" else ""
+    best = " (best)" if loaded.weights_from == "best" else ""
     what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}{best}, " + (
         f"ODE, {nfe} evaluations" if ode else
         f"T = {loaded.diffusion.T}" if steps is None else f"{steps} of {loaded.diffusion.T} steps")
