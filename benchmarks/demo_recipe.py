@@ -183,7 +183,8 @@ def _write_table(doc: dict, path: Path) -> None:
         lines.append(f"| {name} | {r['steps']} | {r['s_per_step_here']:.3f} | {r['weights_from']} ({r['eval_step']}) | "
                      f"{_fmt(r['val_bpd'], '.4f')} | {r['test_bpd']:.4f} ± {r['test_bpd_stderr']:.4f} | "
                      f"{r['test_bpd_ema']:.4f} ± {r['test_bpd_ema_stderr']:.4f} | {_fmt(r['digits_fd_ema'], '.2f')} |")
-    lines += ["", "Commands: " + "; ".join(f"`{c['command']}`" for c in doc.get("calls", [])), ""]
+    lines += ["", *(f"- {note}" for note in doc.get("notes", [])), "",
+              "Commands: " + "; ".join(f"`{c['command']}`" for c in doc.get("calls", [])), ""]
     path.write_text("\n".join(lines))
 
 
