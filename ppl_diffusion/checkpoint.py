@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 CHECKPOINT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
+# The best weights by validation (ppl_diffusion.train.validation), beside the checkpoints of a run folder.
+BEST_NAME = "best.pt"
 TMP_MARK = ".tmp-"
 
 
@@ -50,6 +52,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the highest step in ``run_dir``, or ``None``."""
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def run_checkpoint(run_dir: str | Path, *, last: bool = False) -> Path | None:
+    """The weights a run folder stands for: ``best.pt`` (the best by validation) when the run has one and
+    ``last`` is false, else its newest checkpoint; ``None`` if it has neither."""
+    best = Path(run_dir) / BEST_NAME
+    if not last and best.is_file():
+        return best
+    return latest_checkpoint(run_dir)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -127,8 +127,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
                  seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32",
                  bound: str = "full", full_steps: int = 20, strata: int = 20, draws: int = 2,
-                 proposal: str = "pilot", pilot_examples: int = 16, data_root: str | Path | None = None) -> dict:
+                 proposal: str = "pilot", pilot_examples: int = 16, data_root: str | Path | None = None,
+                 last: bool = False) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
+
+    The weights are those of ``run``'s best.pt when it has one (a run trained with ``val_examples``: the
+    checkpoint of the lowest validation bits/dim), else of its newest checkpoint; ``last``: the newest checkpoint
+    always. eval.json records which (``weights_from``, ``val_bpd``).
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
     :param int timesteps_per_batch: steps t evaluated per denoiser call (default: about 512 inputs per call).
@@ -174,7 +179,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     started = time.monotonic()
     w = world()
     progress = progress and w.is_main
-    checkpoint = find_checkpoint(run)
+    checkpoint = find_checkpoint(run, last=last)
     out_dir = checkpoint.parent
     runs = {name: load_run(checkpoint, ema=(name == "ema"), device=local_device(device), backend=backend,
                            precision=precision)
@@ -188,7 +193,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     num_dims = runs["raw"].diffusion.num_dims
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
-    result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "data": config.data, "split": "test",
+    result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "weights_from": runs["raw"].weights_from,
+              "val_bpd": runs["raw"].val_bpd, "data": config.data, "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "world_size": w.world_size, "threads": torch.get_num_threads(), "precision": precision,
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,
@@ -261,7 +267,9 @@ def summary(result: dict) -> str:
         se = result.get(f"{key}_stderr")
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
-    lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}, "
+    best = (f" (best by validation: {result['val_bpd']:.4f} bits/dim held out)"
+            if result.get("weights_from") == "best" else "")
+    lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}{best}, "
              f"T = {result['T']}, variance {result.get('variance', '?')}"
              + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",

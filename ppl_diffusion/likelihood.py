@@ -154,7 +154,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
                      eps: float | None = None, time_map: str = "grid", dequantization: str = "auto", draws: int = 1,
                      ema: bool = True, seed: int = 0, device: str = "auto", backend: str = "pyro",
                      timesteps_per_batch: int | None = None, progress: bool = True,
-                     data_root: str | Path | None = None) -> dict:
+                     data_root: str | Path | None = None, last: bool = False) -> dict:
     """Bits/dim of ``run``'s test split by the probability-flow ODE, beside the ELBO's (see the module).
 
     :param int max_examples: the first ``max_examples`` test examples only (default: all).
@@ -172,6 +172,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     :param str backend: ``"pyro"`` (torchdiffeq, dopri5) or ``"numpyro"`` (diffrax, dopri5, compiled).
     :param int timesteps_per_batch: steps per denoiser call of the ELBO beside (default: about 512 inputs a call).
     :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``).
+    :param bool last: the run's newest checkpoint even where it has a best.pt (the best weights by validation,
+        the default then).
     :returns: the dict written to ``RUN/eval-ode.json``.
     """
     from .ode import check_options
@@ -190,7 +192,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     started = time.monotonic()
     w = world()
     progress = progress and w.is_main
-    checkpoint = find_checkpoint(run)
+    checkpoint = find_checkpoint(run, last=last)
     loaded = load_run(checkpoint, ema=ema, device=local_device(device), backend=backend, precision="fp32")
     diffusion, config = loaded.diffusion, loaded.config
     eps = ContinuousTime.make(diffusion.schedule, time_map).check_eps(eps)  # one-line errors before any solve
@@ -237,7 +239,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         "num_dims": num_dims,
         "weights": "ema" if ema else "raw", "data": config.data, "split": "test", "T": config.T, "seed": seed,
         "backend": backend, "world_size": w.world_size, "threads": torch.get_num_threads(),
-        "checkpoint": str(checkpoint), "step": loaded.step,
+        "checkpoint": str(checkpoint), "step": loaded.step, "weights_from": loaded.weights_from,
         "ode_seconds": round(ode_seconds, 2), "elbo_seconds": round(elbo_seconds, 2),
         "json": str(checkpoint.parent / "eval-ode.json"),
     }

@@ -27,6 +27,8 @@ Streams keep the different draws of one (example, t) independent:
 ``DEQUANT``        draw r of example i's uniform dequantization (:func:`uniform`, at t = r)
 ``TIMESTEP``       draw r of stratum k of example i's step in the bound's estimate (:func:`uniform`, at
                    t = k·m + r, m draws per stratum; :mod:`ppl_diffusion.infer.estimate`)
+``HOLDOUT``        training example i's rank for the validation examples held out of the training split
+                   (:func:`uniform`, at t = 0; :mod:`ppl_diffusion.train.validation`)
 =================  ====================================================================================
 """
 
@@ -36,9 +38,9 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP = 0, 1, 2, 3, 4, 5, 6, 7  # streams
+XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP, HOLDOUT = 0, 1, 2, 3, 4, 5, 6, 7, 8  # streams
 STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE, "PROBE": PROBE,
-           "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP}
+           "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP, "HOLDOUT": HOLDOUT}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)

@@ -22,7 +22,7 @@ from pyro.distributions import Independent, Normal
 from torch import Tensor
 
 from . import noise, plots
-from .checkpoint import CHECKPOINT_RE, CheckpointError, list_checkpoints, load_checkpoint
+from .checkpoint import BEST_NAME, CHECKPOINT_RE, CheckpointError, load_checkpoint, run_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
 from .precision import check_precision
@@ -40,10 +40,17 @@ class Run:
     checkpoint: Path
     step: int  # optimizer steps the checkpoint was taken at
     ema: bool  # EMA weights (True) or raw ones
+    val_bpd: float | None = None  # best.pt: the validation bits/dim it was chosen by (else None)
+
+    @property
+    def weights_from(self) -> str:
+        """``"best"`` (best.pt, the best by validation) or ``"checkpoint"`` (a ckpt-*.pt file)."""
+        return "best" if self.checkpoint.name == BEST_NAME else "checkpoint"
 
 
-def find_checkpoint(run: str | Path) -> Path:
-    """The newest ``ckpt-*.pt`` of the run folder ``run`` (or ``run`` itself if it is a file)."""
+def find_checkpoint(run: str | Path, *, last: bool = False) -> Path:
+    """The checkpoint of the run folder ``run``: its ``best.pt`` (the best weights by validation, for a run
+    trained with ``val_examples``) unless ``last``, else its newest ``ckpt-*.pt``; ``run`` itself if it is a file."""
     run = Path(run)
     if run.is_file():
         if not CHECKPOINT_RE.match(run.name) and not zipfile.is_zipfile(run):  # torch.save writes a zip archive
@@ -53,17 +60,18 @@ def find_checkpoint(run: str | Path) -> Path:
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist; pass the --run-dir of a finished "
                                 "`ppl-diffusion train`")
-    found = list_checkpoints(run)
-    if not found:
+    found = run_checkpoint(run, last=last)
+    if found is None:
         raise CheckpointError(f"run folder {run} holds no ckpt-*.pt checkpoint; train into it first "
                               f"(ppl-diffusion train --run-dir {run} ...)")
-    return found[-1]
+    return found
 
 
 def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend: str = "pyro",
-             precision: str | None = None) -> Run:
-    """The model of the newest checkpoint in ``run``, with EMA (default) or raw weights, in eval mode, on the
-    Pyro backend or (``backend="numpyro"``) as its NumPyro twin; a run trained on either backend loads on both.
+             precision: str | None = None, last: bool = False) -> Run:
+    """The model of ``run`` (:func:`find_checkpoint`: best.pt if the run has one and not ``last``, else its
+    newest checkpoint), with EMA (default) or raw weights, in eval mode, on the Pyro backend or
+    (``backend="numpyro"``) as its NumPyro twin; a run trained on either backend loads on both.
     ``precision``: ``"fp32"`` or ``"bf16"`` for the denoiser's arithmetic (default: the run's own).
 
     :raises FileNotFoundError: if ``run`` does not exist.
@@ -72,7 +80,7 @@ def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend
     dev = resolve_device(device)
     if precision is not None:
         check_precision(precision)
-    path = find_checkpoint(run)
+    path = find_checkpoint(run, last=last)
     state = load_checkpoint(path)
     try:
         config = TrainConfig.from_dict(state["config"])
@@ -81,7 +89,8 @@ def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {path} does not fit the configuration saved in it ({reason}); "
                               "it was written by a different configuration or version, train a new run") from None
-    return Run(diffusion=diffusion, config=config, checkpoint=path, step=int(state.get("step", 0)), ema=ema)
+    return Run(diffusion=diffusion, config=config, checkpoint=path, step=int(state.get("step", 0)), ema=ema,
+               val_bpd=state.get("val_bpd"))
 
 
 def site_step(name: str) -> int | None:
@@ -184,8 +193,11 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
                device: str = "auto", out: str | Path | None = None, backend: str = "pyro",
                precision: str = "fp32", ode: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-               eps: float | None = None, time_map: str = "grid") -> SampleResult:
+               eps: float | None = None, time_map: str = "grid", last: bool = False) -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
+
+    The weights are ``run``'s best.pt when it has one (trained with ``val_examples``), else its newest checkpoint;
+    ``last``: the newest checkpoint always.
 
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the same checkpoint and the same noise, see
         :func:`draw_samples`).
@@ -209,7 +221,8 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         raise ValueError(f"--steps {steps} with --ode: the ODE's solver chooses its own steps (set --rtol / --atol); "
                          "drop one of them")
     w = world()
-    loaded = load_run(run, ema=ema, device=local_device(device), backend=backend, precision=check_precision(precision))
+    loaded = load_run(run, ema=ema, device=local_device(device), backend=backend, precision=check_precision(precision),
+                      last=last)
     share = range(n)[w.shard(n)]
     nfe = None
     if ode:
@@ -230,7 +243,8 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         w.barrier()  # rank 0 writes the files
         return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
     png.parent.mkdir(parents=True, exist_ok=True)
-    what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}, " + (
+    best = " (best)" if loaded.weights_from == "best" else ""
+    what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}{best}, " + (
         f"ODE, {nfe} evaluations" if ode else
         f"T = {loaded.diffusion.T}" if steps is None else f"{steps} of {loaded.diffusion.T} steps")
     if is_images(loaded.diffusion):

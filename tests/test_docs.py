@@ -145,6 +145,23 @@ def test_estimator_benchmark_quick(tmp_path):
     assert (tmp_path / "estimators_quick.json").exists() and "stochastic-kl" in out.stdout
 
 
+@pytest.mark.slow  # two fresh processes that train, evaluate and sample: ~110 s on 2 loaded cores
+def test_demo_recipe_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+
+    script, out = str(ROOT / "benchmarks" / "demo_recipe.py"), ["--quick", "--out", str(tmp_path)]
+    for phase in (["speed", "mlp"], ["run", "mlp", "--run-root", str(tmp_path / "runs")]):
+        done = subprocess.run([sys.executable, script, *phase, *out], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "demo_recipe_quick.json").read_text())
+    assert set(result["speed"]) == {"mlp"} and result["speed"]["mlp"]["s_per_step_min"] > 0
+    row = result["runs"]["mlp"]
+    assert row["weights_from"] == "best" and math.isfinite(row["test_bpd_ema"]) and row["validation"]
+    assert (tmp_path / row["samples_png"]).stat().st_size > 1000
+    assert "| mlp |" in (tmp_path / "demo_recipe_quick.md").read_text()
+
+
 def test_backends_benchmark_quick(tmp_path):
     import subprocess
     import sys

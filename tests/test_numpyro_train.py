@@ -28,7 +28,7 @@ from ppl_diffusion.numpyro.train import NumPyroTrainer, clip_by_global_norm  # n
 from ppl_diffusion.sampling import sample_run  # noqa: E402
 from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train  # noqa: E402
 
-from .test_train import assert_same_training_state, final_state, metric_rows  # noqa: E402
+from .test_train import assert_same_best, assert_same_training_state, final_state, metric_rows  # noqa: E402
 
 TOY = dict(data="eight_gaussians", net="mlp", T=20, batch_size=32, lr=1e-3, warmup_steps=3, log_every=1,
            backend="numpyro")
@@ -60,6 +60,29 @@ def test_resume_is_exact(tmp_path, estimator):
     if estimator == "stochastic-kl-is":
         counts = b["sampler"]["loss_counts"]  # the importance sampler's history took part (capped at 10 per t)
         assert counts.sum() > 0 and counts.max() <= 10
+
+
+def test_validation_keeps_the_best_weights_and_resumes_exactly(tmp_path):
+    # The trainer is shared with the Pyro backend: the held-out examples, the estimate (of the EMA weights, in
+    # the checkpoint's torch format) and best.pt are the same code on either backend.
+    from ppl_diffusion.data import load_dataset
+    from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
+    from ppl_diffusion.train.validation import VALIDATION_PLAN, holdout_split
+
+    config = lambda steps: toy(steps=steps, checkpoint_every=2, keep_checkpoints=10, val_examples=16)  # noqa: E731
+    full = train(config(6), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train(config(4), part, progress=False)
+    train(config(6), part, resume=True, progress=False)
+    assert_same_training_state(final_state(tmp_path / "full"), final_state(part))
+    assert_same_best(tmp_path / "full", part)
+    history = final_state(part)["validation"]["history"]
+    assert [h["step"] for h in history] == [2, 4, 6] and full.best_step in (2, 4, 6)
+    data, (_, held) = load_dataset("eight_gaussians"), holdout_split(10_000, 16, seed=0)
+    for h in history:
+        ema = load_trained(tmp_path / "full" / f"ckpt-{h['step']:08d}.pt")
+        est = estimate_bound(ema, data.train[held], plan_uniform(20, **VALIDATION_PLAN), seed=0, indices=held)
+        assert est.bits_per_dim().mean().item() == pytest.approx(h["val_bpd"], rel=1e-6, abs=0)
 
 
 def test_initial_weights_and_batches_are_the_pyro_backends(tmp_path):

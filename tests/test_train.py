@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +20,17 @@ import pyro
 import pytest
 import torch
 
+import ppl_diffusion.train.loop as loop_mod
 import ppl_diffusion.train.pyro_trainer as train_mod
 from ppl_diffusion.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       remove_stale_temporaries, rng_state, save_checkpoint, set_rng_state)
+from ppl_diffusion.data import load_dataset
+from ppl_diffusion.evaluate import evaluate_run
 from ppl_diffusion.infer import ESTIMATORS
+from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
+from ppl_diffusion.sampling import sample_run
 from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train
+from ppl_diffusion.train.validation import VALIDATION_PLAN, Validation, holdout_split
 
 from .common import nan_after
 
@@ -51,7 +60,19 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 
 def metric_rows(run_dir, name="metrics.jsonl"):
-    return [(r["step"], r["loss"]) for r in map(json.loads, (Path(run_dir) / name).read_text().splitlines())]
+    return [(r["step"], r["loss"], r.get("val_bpd"))
+            for r in map(json.loads, (Path(run_dir) / name).read_text().splitlines())]
+
+
+def assert_same_best(a: Path, b: Path) -> None:
+    """Two run folders hold the same validation history, best step and best.pt weights."""
+    va, vb = final_state(a)["validation"], final_state(b)["validation"]
+    assert va["history"] == vb["history"] and va["best"]["step"] == vb["best"]["step"]
+    best_a, best_b = load_checkpoint(a / "best.pt"), load_checkpoint(b / "best.pt")
+    assert best_a["step"] == best_b["step"] == va["best"]["step"] and best_a["val_bpd"] == best_b["val_bpd"]
+    for part in ("model", "ema"):
+        for k in best_a[part]:
+            assert torch.equal(best_a[part][k], best_b[part][k]), f"best.pt {part}.{k} differs"
 
 
 # ---------------------------------------------------------------------------------------- exactness
@@ -82,7 +103,7 @@ train(config, run, resume=latest_checkpoint(run) is not None, progress=False)
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
-    config = toy(steps=40, checkpoint_every=1, keep_checkpoints=2)
+    config = toy(steps=40, checkpoint_every=1, keep_checkpoints=2, val_examples=16)  # the best weights too
     run = tmp_path / "killed"
     rng = random.Random(1234)
     cmd = [sys.executable, "-c", SCRIPT, json.dumps(config.to_dict()), str(run)]
@@ -111,6 +132,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
         torch.set_num_threads(threads)
     assert_same_training_state(final_state(tmp_path / "reference"), final_state(run))
     assert metric_rows(tmp_path / "reference") == metric_rows(run)
+    assert_same_best(tmp_path / "reference", run)
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
     assert len(list_checkpoints(run)) == 2
 
@@ -332,7 +354,7 @@ def test_metrics_beyond_the_checkpoint_are_cut_on_resume(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:  # as if killed after logging steps 5..6 and half a line
         f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
     train(toy(steps=4, checkpoint_every=2), tmp_path, resume=True, progress=False)
-    assert [s for s, _ in metric_rows(tmp_path)] == [1, 2, 3, 4]
+    assert [row[0] for row in metric_rows(tmp_path)] == [1, 2, 3, 4]
 
 
 def test_save_is_atomic_and_stale_temporaries_are_removed(tmp_path):
@@ -375,3 +397,108 @@ def test_load_trained_gives_the_ema_weights(tmp_path):
     for k, v in diffusion.denoiser.state_dict().items():
         assert torch.equal(v, result.ema[k])
     assert diffusion.sample(4).shape == (4, 2)
+
+
+# ---------------------------------------------------------------------------------------- validation, best weights
+VAL = dict(data="digits", net="mlp", T=100, batch_size=32, lr=3e-3, warmup_steps=2, log_every=5, val_examples=40)
+
+
+def test_holdout_split_is_a_partition_of_the_training_split_chosen_by_the_seed():
+    kept, held = holdout_split(100, 10, seed=3)
+    assert len(held) == 10 and np.array_equal(np.sort(np.concatenate([kept, held])), np.arange(100))
+    assert np.array_equal(held, holdout_split(100, 10, seed=3)[1])  # a function of the seed ...
+    assert not np.array_equal(held, holdout_split(100, 10, seed=4)[1])  # ... that depends on it
+    assert set(holdout_split(100, 4, seed=3)[1]) < set(held)  # fewer held out: a subset (the lowest ranks)
+    for bad in (-1, 100, 250, 2.5, True):
+        with pytest.raises(ValueError, match=f"val_examples = {bad!r}, but the training split has 100"):
+            holdout_split(100, bad, seed=0)
+
+
+def test_the_best_is_the_lowest_figure_the_earliest_on_a_tie_never_nan():
+    v = Validation.__new__(Validation)  # record() alone: no data or model needed
+    v.history, v.best = [], None
+    weights = lambda step: {"model": {"w": torch.tensor([float(step)])}, "ema": {"w": torch.tensor([-float(step)])}}
+    kept = [v.record(step, bpd, weights(step)) for step, bpd in [(1, float("nan")), (2, 5.0), (3, 4.0), (4, 4.0),
+                                                                 (5, float("nan")), (6, 4.5)]]
+    assert kept == [False, True, True, False, False, False]
+    assert v.best["step"] == 3 and v.best["val_bpd"] == 4.0 and v.best["ema"]["w"].item() == -3.0
+    assert [h["step"] for h in v.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_validation_figures_are_the_estimate_and_the_test_split_is_never_read(tmp_path, monkeypatch):
+    real = loop_mod.load_dataset
+
+    def nan_test_split(*args, **kw):  # training and validation stay finite only if they never read the test split
+        data = real(*args, **kw)
+        return dataclasses.replace(data, test=torch.full_like(data.test, float("nan")))
+
+    monkeypatch.setattr(loop_mod, "load_dataset", nan_test_split)
+    result = train(TrainConfig(**VAL, steps=9, checkpoint_every=3, keep_checkpoints=10), tmp_path, progress=False)
+    state = final_state(tmp_path)
+    history = state["validation"]["history"]
+    assert [h["step"] for h in history] == [3, 6, 9] and all(math.isfinite(h["val_bpd"]) for h in history)
+    assert state["batches"]["n"] == 1437 - 40  # the trainer drew its batches from the other training digits
+    # Each figure, recomputed independently: the estimate of the bound (a fixed plan, the run's seed) of that
+    # checkpoint's EMA weights on the held-out training digits.
+    data, (_, held) = load_dataset("digits"), holdout_split(1437, 40, seed=0)
+    plan = plan_uniform(100, **VALIDATION_PLAN)
+    assert len(plan.strata) == 20 and all(len(s) == 4 for s in plan.strata)  # t > 20 is sampled, not summed
+    for h in history:
+        ema = load_trained(tmp_path / f"ckpt-{h['step']:08d}.pt")
+        bpd = estimate_bound(ema, data.train[held], plan, seed=0, indices=held).bits_per_dim().mean().item()
+        assert bpd == pytest.approx(h["val_bpd"], rel=1e-6, abs=0)
+    best = min(history, key=lambda h: h["val_bpd"])
+    assert (result.best_step, result.best_val_bpd) == (best["step"], best["val_bpd"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val_bpd"]) for r in rows if "val_bpd" in r] == [(h["step"], h["val_bpd"]) for h in history]
+
+
+def test_best_weights_are_kept_and_used_by_evaluate_and_sample(tmp_path, monkeypatch):
+    figures = iter([5.0, 3.0, 4.0, 3.5])  # validations at steps 2, 4, 6, 8: the best is step 4
+    monkeypatch.setattr(Validation, "estimate", lambda self, state: next(figures))
+    result = train(TrainConfig(**VAL, steps=8, checkpoint_every=2, keep_checkpoints=1), tmp_path, progress=False)
+    assert (result.best_step, result.best_val_bpd, result.best) == (4, 3.0, tmp_path / "best.pt")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000008.pt"]  # best.pt outlives pruning
+    best, last = load_checkpoint(tmp_path / "best.pt"), final_state(tmp_path)
+    assert best["step"] == 4 and best["val_bpd"] == 3.0 and "optimizer" not in best
+    for part in ("model", "ema"):
+        assert any(not torch.equal(v, last[part][k]) for k, v in best[part].items())  # step 4's, not step 8's
+        assert all(torch.equal(v, last["validation"]["best"][part][k]) for k, v in best[part].items())
+    for k, v in load_trained(tmp_path).denoiser.state_dict().items():
+        assert torch.equal(v, best["ema"][k])
+    kw = dict(max_examples=4, fd_samples=0, progress=False)
+    chosen = evaluate_run(tmp_path, **kw)
+    assert (chosen["weights_from"], chosen["step"], chosen["val_bpd"]) == ("best", 4, 3.0)
+    assert json.loads((tmp_path / "eval.json").read_text())["weights_from"] == "best"
+    newest = evaluate_run(tmp_path, last=True, **kw)
+    assert (newest["weights_from"], newest["step"], newest["val_bpd"]) == ("checkpoint", 8, None)
+    assert newest["bpd_ema"] != chosen["bpd_ema"]
+    assert sample_run(tmp_path, n=2).run.step == 4 and sample_run(tmp_path, n=2, last=True).run.step == 8
+
+
+def test_resume_keeps_the_best_and_rewrites_a_stale_best_pt(tmp_path):
+    config = lambda steps: TrainConfig(**VAL, steps=steps, checkpoint_every=2, keep_checkpoints=10)  # noqa: E731
+    train(config(8), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train(config(4), part, progress=False)
+    # As if killed after writing a best.pt of step 6 but before its checkpoint: resume restores step 4's state.
+    shutil.copy(tmp_path / "full" / "ckpt-00000006.pt", part / "best.pt")
+    resumed = train(config(8), part, resume=True, progress=False)
+    assert_same_training_state(final_state(tmp_path / "full"), final_state(part))
+    assert_same_best(tmp_path / "full", part)
+    assert metric_rows(tmp_path / "full") == metric_rows(part)
+    assert resumed.best_step == final_state(part)["validation"]["best"]["step"]
+
+
+def test_a_run_without_val_examples_in_its_config_still_resumes(tmp_path):
+    train(toy(steps=2, checkpoint_every=2), tmp_path, progress=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["val_examples"]  # written before the key existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ckpt = latest_checkpoint(tmp_path)
+    state = load_checkpoint(ckpt)
+    del state["config"]["val_examples"]
+    save_checkpoint(ckpt, state)
+    assert TrainConfig.from_dict(config).val_examples == 0
+    assert train(toy(steps=4, checkpoint_every=2), tmp_path, resume=True, progress=False).step == 4
+    assert not (tmp_path / "best.pt").exists()

@@ -7,6 +7,7 @@
 ``batches.py``     :class:`BatchStream`: the examples of each optimizer step
 ``pyro_trainer.py``  one step on the Pyro backend (:class:`PyroTrainer`); the NumPyro twin lives in
                    :mod:`ppl_diffusion.numpyro.train`
+``validation.py``  ``val_examples``: the held-out examples, the validation estimate, the best weights (best.pt)
 ``loop.py``        :func:`train`: the loop shared by the backends, checkpoints, metrics, progress bar
 ``load.py``        :func:`load_trained`: a trained model from a run folder, on either backend
 =================  ===========================================================================

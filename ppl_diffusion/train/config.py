@@ -63,6 +63,9 @@ class TrainConfig:
     steps: int | None = None  # budget in optimizer steps (total, counting resumed ones) ...
     minutes: float | None = None  # ... and/or in wall-clock minutes (total); training stops at the first
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    # examples held out of the training split (chosen by the seed) whose estimated bound is computed at every
+    # checkpoint; the best EMA weights by it are kept in best.pt (ppl_diffusion.train.validation); 0: off
+    val_examples: int = 0
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     log_every: int = 10  # steps between metric lines
     metrics_format: str = "jsonl"  # "jsonl" (metrics.jsonl) or "csv" (metrics.csv)
@@ -117,6 +120,9 @@ class TrainConfig:
         for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
             positive_int(name)
         positive_int("steps", allow_none=True)
+        if isinstance(self.val_examples, bool) or not isinstance(self.val_examples, int) or self.val_examples < 0:
+            raise ValueError(f"val_examples = {self.val_examples!r}; pass 0 (no validation) or a number of training "
+                             "examples to hold out (--val-examples)")
         if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
             raise ValueError(f"minutes = {self.minutes!r}; pass a positive number of minutes (--minutes)")
         if self.steps is None and self.minutes is None:
@@ -155,6 +161,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
         return cls(**d)
+
+    @classmethod
+    def defaults(cls) -> dict:
+        """Every field at its default, as in ``config.json`` (the values of keys an older ``config.json`` lacks)."""
+        return dataclasses.asdict(cls())
 
 
 

@@ -7,15 +7,16 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, run_checkpoint
 from ..nets import MLPDenoiser, NetWarning, UNet
 from ..precision import check_precision
 from .config import BACKENDS, FORMAT, TrainConfig, _require_jax, build_diffusion
 
 
 def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro",
-                 precision: str | None = None):
-    """The trained model from a run folder (its newest checkpoint) or a checkpoint file, on either backend
+                 precision: str | None = None, last: bool = False):
+    """The trained model from a run folder (its ``best.pt`` if it has one and not ``last``, else its newest
+    checkpoint) or a checkpoint file, on either backend
     (the checkpoint format is shared): a :class:`GaussianDiffusion`, or with ``backend="numpyro"`` its
     :class:`ppl_diffusion.numpyro.GaussianDiffusion` twin holding the same weights.
 
@@ -29,10 +30,10 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
         check_precision(precision)
     path = Path(path)
     if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
+        found = run_checkpoint(path, last=last)
+        if found is None:
             raise CheckpointError(f"no ckpt-*.pt checkpoint in {path}; train first or pass a checkpoint file")
-        path = found[-1]
+        path = found
     state = load_checkpoint(path)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {state.get('format')!r}, expected {FORMAT!r}")

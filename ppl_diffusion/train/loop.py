@@ -11,6 +11,9 @@ exponential moving average (EMA) of the weights. The run folder holds
                          ``grad_norm``, ``elapsed`` (seconds)
 ``ckpt-{step:08d}.pt``   checkpoints every ``checkpoint_every`` steps and at the end; the last
                          ``keep_checkpoints`` are kept (:mod:`ppl_diffusion.checkpoint`)
+``best.pt``              with ``val_examples``: the weights of the checkpoint with the lowest
+                         validation bits/dim so far (:mod:`~ppl_diffusion.train.validation`);
+                         the metrics rows of the checkpoint steps then carry ``val_bpd``
 =======================  ===================================================================
 
 A checkpoint holds the denoiser, the optimizer, the EMA, the step, the importance sampler's loss
@@ -44,8 +47,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries, rng_state,
-                          save_checkpoint)
+from ..checkpoint import (BEST_NAME, checkpoint_path, list_checkpoints, prune_checkpoints, remove_stale_temporaries,
+                          rng_state, save_checkpoint)
 from .. import distributed
 from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
@@ -54,6 +57,7 @@ from .config import FORMAT, TrainConfig, lr_at, resolve_device
 from .pyro_trainer import _NonFiniteOutput, make_trainer
 from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last,
                       _restore, _write_json, absolute_data_root, check_run_dir)
+from .validation import Validation
 
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
@@ -76,6 +80,10 @@ class TrainResult:
     diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro)
     ema: dict  # EMA of the denoiser's state_dict
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
+    # with config.val_examples: the best checkpoint's step and validation bits/dim, and RUN/best.pt (else None)
+    best_step: int | None = None
+    best_val_bpd: float | None = None
+    best: Path | None = None
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = False, progress: bool = True,
@@ -154,8 +162,21 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
         initialize()  # before any JAX computation: a multi-host job is joined first
         writer = jax_is_main()
     data_meta = {"event_shape": list(dataset.event_shape), "decoder": dataset.decoder}
+    validation = None
+    if config.val_examples:  # the trainer sees the training split less the held-out examples
+        validation = Validation(config, dataset, device)
+        dataset = validation.dataset
     trainer = make_trainer(config, dataset, device, world)
     batches = BatchStream(len(dataset.train), config.seed)
+
+    def write_best() -> None:
+        """RUN/best.pt from the validation's best weights (removed while there are none)."""
+        best = None if validation is None else validation.best_checkpoint(fmt=FORMAT, config=config.to_dict(),
+                                                                          data=data_meta)
+        if best is not None:
+            save_checkpoint(run_dir / BEST_NAME, best)
+        else:
+            (run_dir / BEST_NAME).unlink(missing_ok=True)
     step, elapsed, running = 0, 0.0, None
 
     if resume:
@@ -166,13 +187,28 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             _apply(found[0], found[1], config, trainer, batches, world, allow_inexact_resume)
         state = found[1]
         step, elapsed, running = int(state["step"]), float(state["elapsed"]), state["running_loss"]
+        if validation is not None:
+            validation.load_state_dict(state.get("validation"))
     if writer:
         _write_json(run_dir / "config.json", config.to_dict())
-        metrics = MetricsLog(run_dir, config.metrics_format, step)
+        metrics = MetricsLog(run_dir, config.metrics_format, step, validation=validation is not None)
+        # best.pt as the restored (or fresh) state has it: one written after the checkpoint resumed from goes
+        write_best()
     else:
         metrics = NullMetricsLog()
     num_dims = math.prod(dataset.event_shape)
     bpd = lambda nats: nats / (num_dims * math.log(2))  # noqa: E731
+
+    def validate(at_step: int) -> float | None:
+        """The validation bits/dim of the EMA weights now (rank 0's, sent to all), best.pt rewritten when it is
+        the best so far; ``None`` without validation."""
+        if validation is None:
+            return None
+        weights = trainer.state()
+        val_bpd = world.on_main(lambda: validation.estimate(weights))
+        if validation.record(at_step, val_bpd, weights) and writer:
+            write_best()
+        return val_bpd
 
     def save(at_step: int) -> Path:
         metrics.file.flush()
@@ -188,6 +224,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
                 "config": config.to_dict(), "world_size": world.world_size, "data": data_meta, **trainer.state(),
                 "threads": torch.get_num_threads(),  # provenance: float rounding may depend on it, the model does not
                 "batches": batches.state_dict(), "rng": rng, "rank_rng": ranks,
+                **({} if validation is None else {"validation": validation.state_dict()}),
             })
             prune_checkpoints(run_dir, config.keep_checkpoints)
         return path
@@ -200,7 +237,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
         bar.write(f"data-parallel on {world.world_size} processes ({world.backend}): global batch "
                   f"{config.batch_size}, {config.batch_size // world.world_size} per rank")
     last_saved = step if resume else None
-    loss_value, stopped_by = None, "steps"
+    loss_value, stopped_by, row = None, "steps", None
     started = time.monotonic() - elapsed
     try:
         while True:
@@ -229,20 +266,32 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
                     f"a checkpoint, the last good one is {_last(run_dir)}; lower --lr or set --grad-clip")
             running = loss_value if running is None else RUNNING_DECAY * running + (1 - RUNNING_DECAY) * loss_value
             elapsed = time.monotonic() - started
-            if step % config.log_every == 0:
-                metrics.write({"step": step, "loss": loss_value, "bpd": bpd(loss_value), "running_bpd": bpd(running),
-                               "lr": lr, "grad_norm": grad_norm, "elapsed": round(elapsed, 3)})
-                bar.set_postfix(loss=f"{loss_value:.4g}", bpd=f"{bpd(running):.4g}", refresh=False)
+            row = {"step": step, "loss": loss_value, "bpd": bpd(loss_value), "running_bpd": bpd(running),
+                   "lr": lr, "grad_norm": grad_norm, "elapsed": round(elapsed, 3)}
+            checkpoint_now = step % config.checkpoint_every == 0
+            val_bpd = validate(step) if checkpoint_now else None
+            if step % config.log_every == 0 or val_bpd is not None:
+                metrics.write(row if val_bpd is None else {**row, "val_bpd": val_bpd})
+                bar.set_postfix(loss=f"{loss_value:.4g}", bpd=f"{bpd(running):.4g}", refresh=False,
+                                **({} if validation is None or validation.best is None
+                                   else {"best_val": f"{validation.best['val_bpd']:.4g}"}))
             bar.update(1)
-            if step % config.checkpoint_every == 0:
+            if checkpoint_now:
                 save(step)
                 last_saved = step
-        if last_saved != step:
+        if last_saved != step:  # the final checkpoint, between the regular ones: validated too
+            val_bpd = validate(step)
+            if val_bpd is not None and row is not None:
+                metrics.write({**row, "val_bpd": val_bpd})
             save(step)
     finally:
         bar.close()
         metrics.close()
     diffusion, ema = trainer.result()
+    best = None if validation is None else validation.best
     return TrainResult(run_dir=run_dir, step=step, loss=loss_value,
                        running_bpd=None if running is None else bpd(running), stopped_by=stopped_by,
-                       checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed)
+                       checkpoint=checkpoint_path(run_dir, step), diffusion=diffusion, ema=ema, elapsed=elapsed,
+                       best_step=None if best is None else best["step"],
+                       best_val_bpd=None if best is None else best["val_bpd"],
+                       best=None if best is None else run_dir / BEST_NAME)

@@ -19,6 +19,7 @@ from ..nets import UNET_PRESETS
 from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
+VAL_FIELD = "val_bpd"  # with validation: the held-out bits/dim, in the rows of the steps it was computed at
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -100,6 +101,7 @@ class FreshStart:
 
 
 def _config_diff(saved: dict, config: TrainConfig) -> list[str]:
+    saved = {**TrainConfig.defaults(), **saved}  # a key added since the run was written has its default
     now = config.to_dict()
     if now.get("net") == "auto" and saved.get("net") in UNET_PRESETS:
         # a preset trains only on data of its shape, for which "auto" (the default since) builds that preset
@@ -113,15 +115,18 @@ def _write_json(path: Path, obj) -> None:
 
 
 class MetricsLog:
-    """Metric rows appended to ``metrics.jsonl`` or ``metrics.csv``, cut back to a step on resume."""
+    """Metric rows appended to ``metrics.jsonl`` or ``metrics.csv``, cut back to a step on resume.
 
-    def __init__(self, run_dir: Path, fmt: str, upto_step: int) -> None:
+    With ``validation`` the rows may carry :data:`VAL_FIELD` (the CSV file gets that column, empty elsewhere)."""
+
+    def __init__(self, run_dir: Path, fmt: str, upto_step: int, *, validation: bool = False) -> None:
         self.path = run_dir / METRICS_FORMATS[fmt]
         self.fmt = fmt
+        self.fields = METRIC_FIELDS + ((VAL_FIELD,) if validation else ())
         rows = self._read(upto_step)
         buf = io.StringIO()
         if fmt == "csv":
-            writer = csv.DictWriter(buf, METRIC_FIELDS, lineterminator="\n")
+            writer = csv.DictWriter(buf, self.fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
         else:
@@ -140,14 +145,14 @@ class MetricsLog:
             try:
                 row = line if self.fmt == "csv" else json.loads(line)
                 if int(row["step"]) <= upto_step and all(row.get(k) not in (None, "") for k in METRIC_FIELDS):
-                    rows.append({k: row[k] for k in METRIC_FIELDS})
+                    rows.append({k: row[k] for k in self.fields if row.get(k) not in (None, "")})
             except (ValueError, KeyError, TypeError):
                 continue
         return rows
 
     def write(self, row: dict) -> None:
         if self.fmt == "csv":
-            csv.DictWriter(self.file, METRIC_FIELDS, lineterminator="\n").writerow(row)
+            csv.DictWriter(self.file, self.fields, lineterminator="\n").writerow(row)
         else:
             self.file.write(json.dumps(row) + "\n")
         self.file.flush()
