@@ -39,23 +39,32 @@ def perturb(module, scale=0.3, seed=1):
 
 
 # ---------------------------------------------------------------------------------------- the default
+def numbers_of(prior, x0, t) -> tuple:
+    """What a prior decides, each under its own seed: the step pair's per-site terms, the full bound, the
+    stochastic-kl-is loss, and 5 samples of the model."""
+    d = diffusion(prior)
+    pyro.set_rng_seed(5)
+    m, g = trace_pair(d.step_model, d.step_guide, x0, t)
+    terms = per_example_elbo(m, g, analytic=True)
+    pyro.set_rng_seed(6)
+    bound = variational_bound(d, x0, analytic=True).terms
+    pyro.set_rng_seed(7)
+    loss = make_estimator("stochastic-kl-is").loss.differentiable_loss(d.model, d.guide, x0)
+    pyro.set_rng_seed(8)
+    return terms, bound, loss, d.sample(5)
+
+
+def assert_same_numbers(a: tuple, b: tuple) -> None:
+    (a_terms, a_bound, a_loss, a_x), (b_terms, b_bound, b_loss, b_x) = a, b
+    assert all(torch.equal(a_terms[k], b_terms[k]) for k in a_terms)
+    assert torch.equal(a_bound, b_bound) and torch.equal(a_loss, b_loss)
+    assert a_x.shape == b_x.shape and torch.equal(a_x, b_x)
+
+
 def test_standard_normal_passed_explicitly_gives_exactly_the_default_results():
     x0 = torch.randn(16, 2)
     t = torch.randint(1, T + 1, (16,))
-    results = []
-    for prior in (None, StandardNormal((2,))):
-        d = diffusion(prior)
-        pyro.set_rng_seed(5)
-        m, g = trace_pair(d.step_model, d.step_guide, x0, t)
-        terms = per_example_elbo(m, g, analytic=True)
-        pyro.set_rng_seed(6)
-        bound = variational_bound(d, x0, analytic=True).terms
-        pyro.set_rng_seed(7)
-        loss = make_estimator("stochastic-kl-is").loss.differentiable_loss(d.model, d.guide, x0)
-        results.append((terms, bound, loss))
-    (a_terms, a_bound, a_loss), (b_terms, b_bound, b_loss) = results
-    assert all(torch.equal(a_terms[k], b_terms[k]) for k in a_terms)
-    assert torch.equal(a_bound, b_bound) and torch.equal(a_loss, b_loss)
+    assert_same_numbers(numbers_of(None, x0, t), numbers_of(StandardNormal((2,)), x0, t))
 
 
 def test_a_torch_distribution_is_wrapped_and_gives_the_pyro_priors_numbers():
@@ -64,24 +73,10 @@ def test_a_torch_distribution_is_wrapped_and_gives_the_pyro_priors_numbers():
     x0 = torch.randn(16, 2)
     t = torch.randint(1, T + 1, (16,))
     torch_normal = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1)
-    results = []
-    for prior in (dist.Normal(torch.zeros(2), 1.0).to_event(1), torch_normal):
-        d = diffusion(prior)
-        pyro.set_rng_seed(5)
-        m, g = trace_pair(d.step_model, d.step_guide, x0, t)
-        terms = per_example_elbo(m, g, analytic=True)
-        pyro.set_rng_seed(6)
-        bound = variational_bound(d, x0, analytic=True).terms
-        pyro.set_rng_seed(7)
-        loss = make_estimator("stochastic-kl-is").loss.differentiable_loss(d.model, d.guide, x0)
-        pyro.set_rng_seed(8)
-        samples = d.sample(5)
-        results.append((terms, bound, loss, samples))
-    (a_terms, a_bound, a_loss, a_x), (b_terms, b_bound, b_loss, b_x) = results
+    pyro_normal = numbers_of(dist.Normal(torch.zeros(2), 1.0).to_event(1), x0, t)
+    assert_same_numbers(pyro_normal, numbers_of(torch_normal, x0, t))
+    assert pyro_normal[3].shape == (5, 2)
     assert isinstance(diffusion(torch_normal).prior, TorchPrior)
-    assert all(torch.equal(a_terms[k], b_terms[k]) for k in a_terms)
-    assert torch.equal(a_bound, b_bound) and torch.equal(a_loss, b_loss)
-    assert a_x.shape == (5, 2) and torch.equal(a_x, b_x)
     q = dist.Normal(torch.randn(3, 2), torch.rand(3, 2) + 0.5).to_event(1)
     kl, analytic = prior_kl(q, TorchPrior(torch_normal).expand([3]))
     assert analytic and torch.equal(kl, prior_kl(q, dist.Normal(torch.zeros(2), 1.0).to_event(1).expand([3]))[0])
