@@ -10,9 +10,9 @@ thread; a larger one is split by ``at::parallel_for`` over the OpenMP threads, e
 two threads). oneMKL 2024.2, the version in the PyTorch wheels, picks each VML function's kernel (instruction
 set and accuracy) lazily, per function and precision, on the function's first call; when that first call runs
 on several threads at once, one thread can compute its chunk with a less accurate kernel (pytorch/pytorch
-#188792; the fix proposed there, #188791, is the warm-up below). Later calls are right. So a fresh process computed the
-8-Gaussians toy's ``torch.cos`` of 12,000 angles with different bits about half the time, and a training run
-then ended in one of two states; ``OMP_NUM_THREADS=1`` hides it.
+#188792; the fix proposed there, #188791, is the warm-up below). Later calls are right. So a fresh process
+computed the 8-Gaussians toy's ``torch.cos`` of 12,000 angles with different bits about half the time, and a
+training run then ended in one of two states; ``OMP_NUM_THREADS=1`` hides it.
 
 :func:`warm_up` calls each of these functions once on one element, in float32 and float64, so in one thread,
 and runs when ``ppl_diffusion`` is imported (its ``__init__`` imports this module first), before any call

@@ -34,7 +34,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch

@@ -71,10 +71,11 @@ def test_every_unbiased_estimator_centres_on_the_exact_elbo():
 
 def test_the_ess_flag_is_rare_for_independent_draws_and_says_which_way():
     """The rule behind ESS_RANGE, rechecked on fewer simulations than its 10,000: arviz's ESS of R independent
-    draws falls below R/4 rarely (0.23 % at R = 40, 0.04 % at R = 200) and above 2R never (capped at R·log10 R)."""
+    draws leaves [R/4, 2R] rarely (0.21 % at R = 40, 0.1 % at R = 200)."""
     for R, sims in ((40, 1000), (200, 400)):
         ratio = independent_ess(R, sims, seed=R)
-        assert np.mean(ratio < ESS_RANGE[0]) < 0.01 and np.all(ratio <= ESS_RANGE[1]), (R, np.quantile(ratio, [0, 1]))
+        outside = np.mean((ratio < ESS_RANGE[0]) | (ratio > ESS_RANGE[1]))
+        assert outside < 0.01, (R, outside, np.quantile(ratio, [0, 1]))
         assert 0.9 < np.median(ratio) < 1.3  # ≈ R, as it should be
     assert ess_flag(0.6 * 40, 40) is None and ess_flag(1.6 * 40, 40) is None
     assert ess_flag(9, 40).startswith("ESS 9 < R/4 = 10: the replicates look correlated")

@@ -30,7 +30,7 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def _ess(row: dict) -> str:
-    """arviz's ESS of a fixed-θ row, marked † when it departs from R (:func:`~ppl_diffusion.study.fixed.ess_flag`)."""
+    """arviz's ESS of a fixed-θ row, marked † when it departs from R (:func:`.fixed.ess_flag`)."""
     return f"{row['elbo_ess']:.0f}" + (" †" if ess_flag(row["elbo_ess"], row["replicates"]) else "")
 
 
