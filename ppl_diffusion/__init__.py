@@ -1,5 +1,6 @@
 """ppl_diffusion: Gaussian diffusion models (DDPM) written as Pyro probabilistic programs."""
 
+from . import determinism  # noqa: F401  first: MKL's kernels chosen in one thread before any parallel call
 from .diffusion import GaussianDiffusion
 from .distributions import DiscretizedGaussian, DiscretizedGaussianDecoder, GaussianDecoder
 from .infer import StochasticTimestepELBO, make_estimator, variational_bound

@@ -317,15 +317,23 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
 TOYS_2D = ("eight_gaussians", "two_moons", "swiss_roll")
 
 
+# (cos, sin) of the angles kπ/4, k = 0..7, written out: √½ is IEEE's correctly rounded square root, the same number
+# on every machine, where torch.cos of the angles was MKL's (see ppl_diffusion.determinism) and not exact.
+_HALF_SQRT2 = math.sqrt(0.5)
+EIGHT_DIRECTIONS = ((1.0, 0.0), (_HALF_SQRT2, _HALF_SQRT2), (0.0, 1.0), (-_HALF_SQRT2, _HALF_SQRT2),
+                    (-1.0, 0.0), (-_HALF_SQRT2, -_HALF_SQRT2), (0.0, -1.0), (_HALF_SQRT2, -_HALF_SQRT2))
+
+
 def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: float = 0.5, seed: int | None = None):
-    """``[n x 2]`` draws from 8 equal Gaussians on a circle of ``radius``, multiplied by ``scale``.
+    """``[n x 2]`` draws from 8 equal Gaussians centred at radius · (cos kπ/4, sin kπ/4), multiplied by ``scale``.
 
     The classic 2-D toy of the diffusion and flow literature; with the defaults the points lie in [−1.1, 1.1]².
+    The centres are exact constants (:data:`EIGHT_DIRECTIONS`), not computed with a transcendental function, so
+    the draws are a function of ``seed`` alone, in any process and with any number of threads.
     """
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     k = torch.randint(0, 8, (n,), generator=gen)
-    angle = k.float() * (2 * math.pi / 8)
-    centres = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
+    centres = radius * torch.tensor(EIGHT_DIRECTIONS, dtype=torch.float32)[k]
     return scale * (centres + std * torch.randn(n, 2, generator=gen))
 
 

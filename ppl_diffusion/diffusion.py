@@ -57,18 +57,27 @@ LEARNED_VARIANCES = {
 }
 
 
+class DiffusionInputError(ValueError):
+    """Bad input to a :class:`GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
+    ``ValueError`` whose message stays one line when raised inside a Pyro program. (Pyro's trace re-raises a
+    ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).split("\n", 1)[0])
+
+
 class GaussianDiffusion(nn.Module):
     """DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
 
     :param NoiseSchedule schedule: the forward chain's β_1..β_T.
     :param torch.nn.Module denoiser: ``denoiser(x_t, t) -> ε̂`` with ``x_t`` of shape ``[B x ...]``,
         ``t`` a ``LongTensor[B]`` of steps in 1..T, and ``ε̂`` of the shape of ``x_t``.
-    :param tuple event_shape: shape of one example, e.g. ``(2,)`` or ``(1, 8, 8)``; taken from
+    :param tuple event_shape: shape of one example, e.g. ``(2,)`` (or ``2``) or ``(1, 8, 8)``; taken from
         ``prior`` when omitted.
-    :param prior: p(x_T): any Pyro distribution with event shape ``event_shape``, or a learnable
-        :class:`ppl_diffusion.priors.Prior` module (a submodule; its parameters train with the denoiser's);
-        default N(0, I). Its term KL(q(x_T|x_0) || p(x_T)) is analytic where a closed form is registered,
-        Monte Carlo otherwise.
+    :param prior: p(x_T): any Pyro distribution with event shape ``event_shape`` (a torch one is wrapped in
+        :class:`~ppl_diffusion.priors.TorchPrior`), or a learnable :class:`ppl_diffusion.priors.Prior` module (a
+        submodule; its parameters train with the denoiser's); default N(0, I). Its term KL(q(x_T|x_0) || p(x_T))
+        is analytic where a closed form is registered, Monte Carlo otherwise.
     :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]) or a
         decoder object (see :mod:`ppl_diffusion.distributions`).
     :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), ``"learned"`` (improved DDPM:
@@ -115,9 +124,12 @@ class GaussianDiffusion(nn.Module):
         if not isinstance(variance, FittedVariance) and variance not in VARIANCES and variance not in LEARNED_VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, *LEARNED_VARIANCES])} "
                              "or pass a FittedVariance (ppl_diffusion.variance.fit_variance)")
-        if prior is not None:
-            from .priors import check_prior
+        from .priors import as_prior, check_event_shape, check_prior
 
+        if event_shape is not None:
+            event_shape = check_event_shape(event_shape, allow_empty=True)
+        if prior is not None:
+            prior = as_prior(prior)
             if event_shape is None:
                 event_shape = tuple(check_prior(prior, None).event_shape)
             check_prior(prior, event_shape)
@@ -160,32 +172,50 @@ class GaussianDiffusion(nn.Module):
         return (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
 
     def check_data(self, x0: Tensor, *, bounded: bool = True) -> Tensor:
-        """Check that ``x0`` is a finite batch ``[B x *event_shape]``; raise a one-line error if not.
+        """Check that ``x0`` is a finite batch ``[B x *event_shape]`` of floats; raise a one-line error if not.
 
         ``bounded=False`` skips the discretized decoder's range [−1, 1] (the probability-flow ODE's density lives
-        on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255))."""
+        on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255)). Data of another floating dtype than the
+        denoiser's parameters are refused where the denoiser (or a learned prior) meets them (:meth:`_check_dtype`):
+        the guides, which have no parameters, take any."""
         if not torch.is_tensor(x0):
             raise TypeError(f"x0 must be a tensor of shape [B, {', '.join(map(str, self.event_shape))}], "
                             f"got {type(x0).__name__}")
         if not x0.is_floating_point():
-            raise TypeError(f"x0 has dtype {x0.dtype}; convert it to float (8-bit images: x / 127.5 - 1)")
+            raise TypeError(f"x0 has dtype {x0.dtype}; pass float data in model space, x0.float() (8-bit images: "
+                            "x / 127.5 - 1)")
         if x0.dim() != 1 + len(self.event_shape) or x0.shape[1:] != self.event_shape or x0.shape[0] < 1:
-            raise ValueError(
+            raise DiffusionInputError(
                 f"x0 has shape {tuple(x0.shape)}; expected [B, {', '.join(map(str, self.event_shape))}] "
                 f"(a batch of examples of event shape {tuple(self.event_shape)})"
             )
         bad = ~torch.isfinite(x0)
         if bad.any():
             idx = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"x0{list(idx)} = {x0[idx].item()}: data must be finite; drop or impute "
-                             "non-finite values before training")
+            raise DiffusionInputError(f"x0{list(idx)} = {x0[idx].item()}: data must be finite; drop or impute "
+                                      "non-finite values before training")
         if bounded and getattr(self.decoder, "bins", None) is not None:
             out = (x0 < -1) | (x0 > 1)
             if out.any():
                 idx = tuple(int(i) for i in out.nonzero()[0])
-                raise ValueError(f"x0{list(idx)} = {x0[idx].item()} lies outside [-1, 1], the range of the "
-                                 "discretized decoder; map 8-bit pixels v to 2 v / 255 - 1")
+                raise DiffusionInputError(f"x0{list(idx)} = {x0[idx].item()} lies outside [-1, 1], the range of the "
+                                          "discretized decoder; map 8-bit pixels v to 2 v / 255 - 1")
         return x0
+
+    def _check_dtype(self, dtype: torch.dtype, part: str) -> None:
+        """Data of ``dtype`` meeting the floating parameters of ``part`` (the denoiser, or a learned prior): a
+        mismatch is refused, not cast, with a one-line ``TypeError`` naming the conversion (torch would fail deep in
+        the first layer, "mat1 and mat2 must have the same dtype"). float64 end to end (``diffusion.double()`` and
+        float64 data) is the exact arithmetic the tests use."""
+        module = getattr(self, part)
+        p = next((p for p in module.parameters() if p.is_floating_point()), None) \
+            if isinstance(module, nn.Module) else None
+        if p is not None and p.dtype != dtype:
+            to = {torch.float32: "x0.float()", torch.float64: "x0.double()"}.get(p.dtype, f"x0.to({p.dtype})")
+            whole = {torch.float32: "float", torch.float64: "double"}.get(dtype)
+            model = f", or the model to the data's with diffusion.{whole}()" if whole else ""
+            raise TypeError(f"the data have dtype {dtype} but the {part}'s parameters are {p.dtype}; convert the "
+                            f"data: {to}{model}")
 
     def check_timesteps(self, t: Tensor, batch: int) -> Tensor:
         if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (batch,):
@@ -208,6 +238,8 @@ class GaussianDiffusion(nn.Module):
         """p(x_T): the given prior (a learnable :class:`~ppl_diffusion.priors.Prior`'s current distribution),
         or N(0, I) over ``event_shape`` on ``device``."""
         if isinstance(self.prior, nn.Module):
+            if dtype is not None:
+                self._check_dtype(dtype, "prior")
             return self.prior()
         if self.prior is not None:
             return self.prior
@@ -233,6 +265,7 @@ class GaussianDiffusion(nn.Module):
         is learned); each checked to have the shape of ``x_t``. The one call of the denoiser: with
         ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype."""
         batch_shape = self._batch_shape(x_t)
+        self._check_dtype(x_t.dtype, "denoiser")
         with autocast(self.precision, x_t.device.type):
             if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
                 out = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
@@ -252,17 +285,18 @@ class GaussianDiffusion(nn.Module):
             if not torch.is_tensor(out) or out.shape != want:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
                 what = f"variance={self.variance!r}" if self.learned_variance else "a learn_sigma denoiser"
-                raise ValueError(f"{what}: the denoiser returned {got} for x_t of shape "
-                                 f"{tuple(x_t.shape)}; it must return ε̂ and v stacked on the channel axis, shape "
-                                 f"{want} (UNet(learn_sigma=True) or MLPDenoiser(learn_sigma=True))")
+                raise DiffusionInputError(
+                    f"{what}: the denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; it must return ε̂ and "
+                    f"v stacked on the channel axis, shape {want} (UNet(learn_sigma=True) or "
+                    "MLPDenoiser(learn_sigma=True))")
             eps, v = out.split(c, dim=len(batch_shape))
             return (eps, v) if self.learned_variance else (eps, None)
         if not torch.is_tensor(out) or out.shape != x_t.shape:
             got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise ValueError(
-                f"denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; "
-                "denoiser(x_t, t) must return eps-hat of the same shape as x_t"
-            )
+            raise DiffusionInputError(
+                f"denoiser returned {got} for x_t of shape {tuple(x_t.shape)}; denoiser(x_t, t) must return ε̂ of "
+                f"the shape of x_t, {self.num_dims} values per example of event shape {tuple(self.event_shape)} "
+                f"(e.g. an MLP's last layer nn.Linear(width, {self.num_dims}), reshaped to the event shape)")
         return out, None
 
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:

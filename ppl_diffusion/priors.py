@@ -1,7 +1,8 @@
 """Priors p(x_T) at the end of the reverse chain: ``GaussianDiffusion(prior=...)``.
 
-A prior is either a fixed Pyro distribution whose event shape is one example's (the default is
-N(0, I)), or a :class:`Prior`: a ``torch.nn.Module`` with learnable parameters whose ``forward()``
+A prior is either a fixed distribution whose event shape is one example's (the default is N(0, I)): Pyro's,
+or torch's, which is wrapped in :class:`TorchPrior` (Pyro's programs call a distribution to sample it), or a
+:class:`Prior`: a ``torch.nn.Module`` with learnable parameters whose ``forward()``
 returns that distribution. ``GaussianDiffusion`` registers a :class:`Prior` as its submodule ``prior``
 and with ``pyro.module("prior", ...)`` in its programs, so ``pyro.infer.SVI`` and
 :func:`ppl_diffusion.train.train` optimise its parameters together with the denoiser's.
@@ -23,8 +24,9 @@ expectation. :func:`prior_kl` gives the term with more draws, for checks.
 ===========================  ===================================================================
 
 :func:`make_prior` builds one by name (the ``--prior`` flag of ``ppl-diffusion train``);
-:func:`check_prior` is the validation every prior passes, with one-line errors; :func:`prior_draws` draws x_T of
-sample i from any prior as a function of (seed, i) (the sampler's and the ODE's x_T).
+:func:`check_prior` is the validation every prior passes, with one-line errors; :func:`as_prior` wraps a torch
+distribution; :func:`prior_draws` draws x_T of sample i from any prior as a function of (seed, i) (the sampler's and
+the ODE's x_T).
 """
 
 from __future__ import annotations
@@ -37,23 +39,40 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import Tensor, nn
+from torch.distributions import kl_divergence, register_kl
 
 from . import noise
+
+
+def check_event_shape(event_shape, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """``event_shape``, the shape of one example, as a tuple of positive ints; an int ``n`` is ``(n,)``, as NumPy
+    and PyTorch read a shape. Anything else is a one-line ``ValueError`` naming it."""
+    shape = (event_shape,) if isinstance(event_shape, int) and not isinstance(event_shape, bool) else event_shape
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if (shape is None or (not shape and not allow_empty)
+            or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in shape)):
+        raise ValueError(f"event_shape = {event_shape!r}; pass the shape of one example as positive integers, "
+                         "e.g. (2,) (or 2) for vectors, (1, 8, 8) for images")
+    return tuple(int(s) for s in shape)
 
 
 class Prior(nn.Module):
     """A learnable p(x_T): ``forward()`` returns a Pyro distribution with ``event_shape`` and batch shape ().
 
-    :param event_shape: the shape of one example (e.g. ``(2,)`` or ``(1, 8, 8)``).
+    :param event_shape: the shape of one example (e.g. ``(2,)``, or ``2``, or ``(1, 8, 8)``).
     """
 
-    def __init__(self, event_shape: Sequence[int]) -> None:
+    def __init__(self, event_shape: Sequence[int] | int) -> None:
         super().__init__()
-        event_shape = tuple(int(s) for s in event_shape)
-        if not event_shape or any(s < 1 for s in event_shape):
-            raise ValueError(f"{type(self).__name__}(event_shape={event_shape}): pass the shape of one example, "
-                             "e.g. (2,) or (1, 8, 8)")
+        try:
+            event_shape = check_event_shape(event_shape)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
         self.event_shape = torch.Size(event_shape)
         self.dim = math.prod(event_shape)
 
@@ -199,14 +218,92 @@ def make_prior(name: str, event_shape: Sequence[int]) -> Prior:
     return PRIORS[name](tuple(event_shape))
 
 
+class TorchPrior(dist.TorchDistribution):
+    """A ``torch.distributions.Distribution`` (not a Pyro one) as a Pyro distribution, delegating to it.
+
+    Pyro's programs sample a site by calling its distribution and expand it to the data plate with Pyro's
+    methods, which torch's own distributions lack (sampling from the model failed deep in Pyro with "object is
+    not callable"); ``GaussianDiffusion(prior=...)`` wraps a torch distribution in this (:func:`as_prior`). Its
+    density, draws (reparameterised where the wrapped one's are) and moments are the wrapped distribution's, and
+    a KL registered for it is used: ``kl_divergence(q, TorchPrior(p)) = kl_divergence(q, p)``, so the prior
+    term stays analytic where it was.
+
+    :param torch.distributions.Distribution base: the wrapped distribution.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: torch.distributions.Distribution) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.base.has_rsample
+
+    @property
+    def support(self):
+        return self.base.support
+
+    @property
+    def mean(self):
+        return self.base.mean
+
+    @property
+    def variance(self):
+        return self.base.variance
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
+
+    def entropy(self):
+        return self.base.entropy()
+
+    def expand(self, batch_shape, _instance=None):
+        try:  # torch's own distributions expand; then the KL registered for them still applies
+            return TorchPrior(self.base.expand(batch_shape))
+        except NotImplementedError:
+            return super().expand(batch_shape)
+
+    def __repr__(self) -> str:
+        return f"TorchPrior({self.base!r})"
+
+
+@register_kl(torch.distributions.Distribution, TorchPrior)
+def _kl_to_torch_prior(q, p):
+    return kl_divergence(q, p.base)
+
+
+def as_prior(prior):
+    """``prior`` as ``GaussianDiffusion`` keeps it: a :class:`Prior` module or a Pyro distribution unchanged, a
+    torch (not Pyro) distribution wrapped in :class:`TorchPrior`; a class instead of an instance is a one-line
+    ``TypeError`` saying to pass an instance."""
+    if isinstance(prior, type):
+        example = f"{prior.__name__}(event_shape)" if issubclass(prior, Prior) else f"{prior.__name__}(...)"
+        raise TypeError(f"prior is the class {prior.__name__}; pass an instance, e.g. prior={example}")
+    if isinstance(prior, torch.distributions.Distribution) and not isinstance(prior, TorchDistributionMixin):
+        return TorchPrior(prior)
+    return prior
+
+
 def check_prior(prior, event_shape) -> dist.Distribution:
     """Validate ``prior`` (a :class:`Prior` or a distribution) for examples of ``event_shape``; return its
     distribution. One-line ``TypeError`` / ``ValueError`` naming what is wrong and the fix."""
     d = prior() if isinstance(prior, nn.Module) else prior
     if not isinstance(d, torch.distributions.Distribution):
-        raise TypeError(f"prior must be a Pyro distribution over x_T or a ppl_diffusion.priors.Prior module, got "
-                        f"{type(d).__name__}; wrap a custom density as a torch.distributions.Distribution with "
-                        "log_prob and rsample")
+        raise TypeError(f"prior must be a distribution over x_T (Pyro's, or torch's: it is wrapped) or a "
+                        f"ppl_diffusion.priors.Prior module, got {type(d).__name__}; for a density of your own, "
+                        "subclass pyro.distributions.TorchDistribution with log_prob and rsample (or sample)")
+    if isinstance(prior, nn.Module) and not isinstance(d, TorchDistributionMixin):
+        raise TypeError(f"{type(prior).__name__}.forward() returned the torch distribution {type(d).__name__}; "
+                        f"return Pyro's (pyro.distributions.{type(d).__name__}, the same with what Pyro's programs "
+                        "need), or wrap it: ppl_diffusion.priors.TorchPrior(d)")
     if type(d).log_prob is torch.distributions.Distribution.log_prob:
         raise TypeError(f"prior {type(d).__name__} has no log_prob; the bound needs log p(x_T): implement "
                         "log_prob (and rsample for a Monte-Carlo KL)")

@@ -148,3 +148,23 @@ def random_gaussian(dim: int, seed: int = 0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(dim, dim, generator=g, dtype=dtype) * 0.5
     return torch.randn(dim, generator=g, dtype=dtype), a @ a.T + 0.1 * torch.eye(dim, dtype=dtype)
+
+
+def assert_same_state(a, b, *, skip=("elapsed",), where: str = "state") -> None:
+    """Two training states (checkpoint dicts) equal in every entry, recursively: every tensor by ``torch.equal``
+    (same dtype, shape and bits), every number, string and ``None`` by ``==``; the keys in ``skip`` (the wall
+    clock) are left out. The message names the first entry that differs."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b, key=str)}"
+        for k in a:
+            if k not in skip:
+                assert_same_state(a[k], b[k], skip=skip, where=f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: {type(a).__name__} of {len(a)} vs {b!r:.60}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, skip=skip, where=f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, f"{where}: {a!r:.80}"
+        assert torch.equal(a, b), f"{where} differs: max |Δ| = {(a.double() - b.double()).abs().max().item():.3g}"
+    else:
+        assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"

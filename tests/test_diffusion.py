@@ -10,8 +10,10 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_diffusion import DiscretizedGaussian, GaussianDiffusion, MLPDenoiser, NoiseSchedule
+from ppl_diffusion import (DiscretizedGaussian, GaussianDiffusion, MLPDenoiser, NoiseSchedule, StochasticTimestepELBO,
+                           variational_bound)
 from ppl_diffusion import closed_forms as cf
+from ppl_diffusion.priors import FlowPrior
 
 from .common import Z, mean_se
 
@@ -140,7 +142,7 @@ def test_custom_prior_and_decoder_are_used():
     (torch.randn(2), ValueError, r"x0 has shape \(2,\)"),
     (torch.tensor([[0.0, float("nan")]]), ValueError, r"x0\[0, 1\] = nan"),
     (torch.tensor([[0.0, 1.0], [float("inf"), 0.0]]), ValueError, r"x0\[1, 0\] = inf"),
-    (torch.zeros(2, 2, dtype=torch.long), TypeError, "convert it to float"),
+    (torch.zeros(2, 2, dtype=torch.long), TypeError, r"x0 has dtype torch.int64; pass float data .*x0\.float\(\)"),
     ([[0.0, 1.0]], TypeError, "must be a tensor"),
 ])
 @pytest.mark.parametrize("program", ["model", "guide", "posterior_guide"])
@@ -161,10 +163,75 @@ class WrongShape(torch.nn.Module):
         return x[..., :1]
 
 
-def test_denoiser_output_of_wrong_shape():
+@pytest.mark.parametrize("run", ["model", "Trace_ELBO", "StochasticTimestepELBO"])
+def test_denoiser_output_of_wrong_shape_is_one_line_naming_shapes_and_fix(run):
+    """An MLP returning [B x 1] for [B x 2] data: one line (also inside Pyro's traces, which append their shape
+    table to a ValueError) naming both shapes and the output layer it needs."""
     d = GaussianDiffusion(schedule=NoiseSchedule.linear(3), denoiser=WrongShape(), event_shape=(2,))
-    with pytest.raises(ValueError, match=r"denoiser returned \(4, 1\) for x_t of shape \(4, 2\)"):
-        d.model(torch.zeros(4, 2))
+    x0 = torch.zeros(4, 2)
+    call = {"model": lambda: d.model(x0), "Trace_ELBO": lambda: Trace_ELBO().loss(d.model, d.guide, x0),
+            "StochasticTimestepELBO": lambda: StochasticTimestepELBO().loss(d.step_model, d.step_guide, x0)}[run]
+    with pytest.raises(ValueError, match=r"^denoiser returned \(4, 1\) for x_t of shape \(4, 2\); .* 2 values per "
+                                         r"example .*nn\.Linear\(width, 2\)") as e:
+        call()
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- dtypes: refused where the denoiser meets them
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("run", ["model", "Trace_ELBO", "StochasticTimestepELBO", "variational_bound"])
+def test_data_of_another_dtype_than_the_net_is_one_line_naming_the_conversion(dtype, run):
+    """Today's failure was torch's "mat1 and mat2 must have the same dtype" under a Pyro trace dump."""
+    d = make(T=3)
+    x0 = torch.randn(4, 2).to(dtype)
+    call = {"model": lambda: d.model(x0), "Trace_ELBO": lambda: Trace_ELBO().loss(d.model, d.guide, x0),
+            "StochasticTimestepELBO": lambda: StochasticTimestepELBO().loss(d.step_model, d.step_guide, x0),
+            "variational_bound": lambda: variational_bound(d, x0)}[run]
+    whole = ", or the model to the data's with diffusion.double()" if dtype == torch.float64 else ""
+    with pytest.raises(TypeError) as e:
+        call()
+    assert str(e.value) == (f"the data have dtype {dtype} but the denoiser's parameters are torch.float32; "
+                            f"convert the data: x0.float(){whole}")
+    assert math.isfinite(Trace_ELBO().loss(d.model, d.guide, x0.float()))  # the conversion it names works
+
+
+def test_float64_end_to_end_works_and_float32_data_for_a_float64_net_names_double():
+    d = make(T=3).double()
+    x64 = torch.randn(4, 2, dtype=torch.float64)
+    assert math.isfinite(StochasticTimestepELBO().loss(d.step_model, d.step_guide, x64))
+    assert variational_bound(d, x64).terms.dtype == torch.float64
+    with pytest.raises(TypeError, match=r"^the data have dtype torch.float32 but the denoiser's parameters are "
+                                        r"torch.float64; convert the data: x0.double\(\), or the model to the "
+                                        r"data's with diffusion.float\(\)$"):
+        Trace_ELBO().loss(d.model, d.guide, x64.float())
+    d.guide(x64.float())  # the guides have no parameters: any floating dtype
+
+
+def test_a_learned_prior_of_another_dtype_is_named():
+    d = GaussianDiffusion(schedule=NoiseSchedule.linear(3), denoiser=MLPDenoiser(2).double(),
+                          prior=FlowPrior((2,)))
+    with pytest.raises(TypeError, match=r"the prior's parameters are torch.float32; convert the data: x0.float\(\)"):
+        Trace_ELBO().loss(d.model, d.guide, torch.randn(4, 2, dtype=torch.float64))
+    d.double()
+    assert math.isfinite(Trace_ELBO().loss(d.model, d.guide, torch.randn(4, 2, dtype=torch.float64)))
+
+
+# ---------------------------------------------------------------- event_shape
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_an_int_event_shape_is_a_vector_and_bad_ones_are_one_line(backend):
+    if backend == "numpyro":
+        pytest.importorskip("numpyro")
+        from ppl_diffusion.numpyro import MLPDenoiser as Net
+        from ppl_diffusion.numpyro.diffusion import GaussianDiffusion as Diffusion
+    else:
+        Net, Diffusion = MLPDenoiser, GaussianDiffusion
+    make_d = lambda shape: Diffusion(schedule=NoiseSchedule.linear(3), denoiser=Net(2), event_shape=shape)  # noqa: E731
+    assert tuple(make_d(2).event_shape) == (2,)
+    for bad in (0, -1, 2.5, "ab", True, (2, 0), [2.0]):
+        with pytest.raises(ValueError, match=r"^event_shape = .*; pass the shape of one example as positive integers") \
+                as e:
+            make_d(bad)
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
@@ -172,7 +239,7 @@ def test_denoiser_output_of_wrong_shape():
     (dict(decoder="bernoulli"), ValueError, r"unknown decoder 'bernoulli'"),
     (dict(prior=dist.Normal(torch.zeros(3), 1.0).to_event(1)), ValueError, r"prior has event shape \(3,\) but the data's event shape is \(2,\)"),
     (dict(prior=dist.Normal(torch.zeros(2), 1.0)), ValueError, r"prior has batch shape \(2,\).*use \.to_event\(1\)"),
-    (dict(prior="normal"), TypeError, "prior must be a Pyro distribution"),
+    (dict(prior="normal"), TypeError, "prior must be a distribution over x_T"),
 ])
 def test_bad_construction(kwargs, err, match):
     with pytest.raises(err, match=match):

@@ -357,3 +357,24 @@ def _torch_layout(grads, name: str):
         value = np.asarray(node["kernel"] if "kernel" in node else node["scale"])
         return value.T if "kernel" in node else value
     return np.asarray(node["bias"])
+
+
+# ---------------------------------------------------------------------------------------- bad input
+class WrongShapeNet:
+    """A net returning [B x 1] for [B x 2] data (JAX would broadcast it into the mean, silently)."""
+
+    def __call__(self, x, t):
+        return x[..., :1]
+
+
+@pytest.mark.parametrize("variance", ["beta", "learned"])
+def test_denoiser_output_of_wrong_shape_is_one_line_as_on_pyro(variance):
+    jd = npd.GaussianDiffusion(schedule=NoiseSchedule.linear(T), denoiser=WrongShapeNet(), event_shape=2,
+                               variance=variance)
+    x = jnp.zeros((4, 2))
+    fix = "stacked on the channel axis" if variance == "learned" else r"2 values per example .*Linear\(width, 2\)"
+    for call in (lambda: jd.p_mean_variance(WrongShapeNet(), x, jnp.ones(4, jnp.int32)),
+                 lambda: jax.jit(lambda x: jd.predict_eps(WrongShapeNet(), x, jnp.ones(4, jnp.int32)))(x)):
+        with pytest.raises(ValueError, match=rf"^denoiser returned \(4, 1\) for x_t of shape \(4, 2\); .*{fix}") as e:
+            call()
+        assert "\n" not in str(e.value)

@@ -146,3 +146,8 @@ def test_bad_numpyro_priors():
                               prior=dist.Normal(jnp.zeros(3), 1.0).to_event(1))
     with pytest.raises(TypeError, match="prior must be a NumPyro distribution"):
         npd.GaussianDiffusion(schedule=NoiseSchedule.linear(T), denoiser=net, event_shape=(2,), prior="normal")
+    with pytest.raises(TypeError, match=r"^prior is the class DiagonalGaussian; pass an instance, e\.g\. "
+                                        r"prior=DiagonalGaussian\(event_shape\)$"):
+        npd.GaussianDiffusion(schedule=NoiseSchedule.linear(T), denoiser=net, event_shape=(2,),
+                              prior=jp.DiagonalGaussian)
+    assert jp.DiagonalGaussian(2).event_shape == (2,)  # an int event shape is a vector's

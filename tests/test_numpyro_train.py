@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +21,8 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import ppl_diffusion.numpyro as npd  # noqa: E402
-from ppl_diffusion.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
+from ppl_diffusion.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints,  # noqa: E402
+                                      load_checkpoint)
 from ppl_diffusion.cli import main  # noqa: E402
 from ppl_diffusion.evaluate import evaluate_run  # noqa: E402
 from ppl_diffusion.infer import timesteps as torch_timesteps  # noqa: E402
@@ -28,7 +31,7 @@ from ppl_diffusion.numpyro.train import NumPyroTrainer, clip_by_global_norm  # n
 from ppl_diffusion.sampling import sample_run  # noqa: E402
 from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train  # noqa: E402
 
-from .test_train import assert_same_best, assert_same_training_state, final_state, metric_rows  # noqa: E402
+from .test_train import SCRIPT, TWO_THREADS, assert_same_best, assert_same_training_state, final_state, metric_rows  # noqa: E402,E501
 
 TOY = dict(data="eight_gaussians", net="mlp", T=20, batch_size=32, lr=1e-3, warmup_steps=3, log_every=1,
            backend="numpyro")
@@ -83,6 +86,27 @@ def test_validation_keeps_the_best_weights_and_resumes_exactly(tmp_path):
         ema = load_trained(tmp_path / "full" / f"ckpt-{h['step']:08d}.pt")
         est = estimate_bound(ema, data.train[held], plan_uniform(20, **VALIDATION_PLAN), seed=0, indices=held)
         assert est.bits_per_dim().mean().item() == pytest.approx(h["val_bpd"], rel=1e-6, abs=0)
+@pytest.mark.slow  # three processes that each start JAX (~15 s of CPU each on 2 cores)
+def test_stopped_and_resumed_in_new_processes_is_the_uninterrupted_run_of_another(tmp_path):
+    """The 8-Gaussians toy trained to step 5 in one new process and resumed to 8 in another ends bit for bit as
+    the uninterrupted run in a third (every tensor of the state, the JAX keys, the metrics). The processes share
+    the session's compilation cache (conftest.py): the same executables, compiled once."""
+    env = {**TWO_THREADS, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    cmd = [sys.executable, "-c", SCRIPT]
+    reference = subprocess.Popen([*cmd, json.dumps(toy(steps=8, checkpoint_every=2).to_dict()),
+                                  str(tmp_path / "reference")], env=env, stderr=subprocess.PIPE, text=True)
+    for steps in (5, 8):
+        config = json.dumps(toy(steps=steps, checkpoint_every=2).to_dict())
+        done = subprocess.run([*cmd, config, str(tmp_path / "part")], env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-2000:]
+    a, b = final_state(tmp_path / "reference"), final_state(tmp_path / "part")
+    assert a["step"] == 8 and checkpoint_path(tmp_path / "part", 5).is_file()  # stopped at 5, resumed from there
+    assert_same_training_state(a, b)
+    assert metric_rows(tmp_path / "reference") == metric_rows(tmp_path / "part")
 
 
 def test_initial_weights_and_batches_are_the_pyro_backends(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
 from ppl_diffusion.infer import HybridELBO, make_estimator, per_example_elbo, trace_pair, variational_bound
 from ppl_diffusion.priors import (PRIORS, DiagonalGaussian, FlowPrior, GaussianMixture, StandardNormal, StudentT,
-                                  make_prior, prior_kl)
+                                  TorchPrior, make_prior, prior_kl)
 from ppl_diffusion.train import TrainConfig, load_trained, train
 
 from .common import Z, mean_se
@@ -39,23 +39,77 @@ def perturb(module, scale=0.3, seed=1):
 
 
 # ---------------------------------------------------------------------------------------- the default
+def numbers_of(prior, x0, t) -> tuple:
+    """What a prior decides, each under its own seed: the step pair's per-site terms, the full bound, the
+    stochastic-kl-is loss, and 5 samples of the model."""
+    d = diffusion(prior)
+    pyro.set_rng_seed(5)
+    m, g = trace_pair(d.step_model, d.step_guide, x0, t)
+    terms = per_example_elbo(m, g, analytic=True)
+    pyro.set_rng_seed(6)
+    bound = variational_bound(d, x0, analytic=True).terms
+    pyro.set_rng_seed(7)
+    loss = make_estimator("stochastic-kl-is").loss.differentiable_loss(d.model, d.guide, x0)
+    pyro.set_rng_seed(8)
+    return terms, bound, loss, d.sample(5)
+
+
+def assert_same_numbers(a: tuple, b: tuple) -> None:
+    (a_terms, a_bound, a_loss, a_x), (b_terms, b_bound, b_loss, b_x) = a, b
+    assert all(torch.equal(a_terms[k], b_terms[k]) for k in a_terms)
+    assert torch.equal(a_bound, b_bound) and torch.equal(a_loss, b_loss)
+    assert a_x.shape == b_x.shape and torch.equal(a_x, b_x)
+
+
 def test_standard_normal_passed_explicitly_gives_exactly_the_default_results():
     x0 = torch.randn(16, 2)
     t = torch.randint(1, T + 1, (16,))
-    results = []
-    for prior in (None, StandardNormal((2,))):
+    assert_same_numbers(numbers_of(None, x0, t), numbers_of(StandardNormal((2,)), x0, t))
+
+
+def test_a_torch_distribution_is_wrapped_and_gives_the_pyro_priors_numbers():
+    """torch's Independent(Normal(0, 1), 1) (not Pyro's): wrapped in TorchPrior, the same terms, bound, loss and
+    samples bit for bit as Pyro's Normal(0, 1).to_event(1), and its KL stays analytic."""
+    x0 = torch.randn(16, 2)
+    t = torch.randint(1, T + 1, (16,))
+    torch_normal = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), torch.ones(2)), 1)
+    pyro_normal = numbers_of(dist.Normal(torch.zeros(2), 1.0).to_event(1), x0, t)
+    assert_same_numbers(pyro_normal, numbers_of(torch_normal, x0, t))
+    assert pyro_normal[3].shape == (5, 2)
+    assert isinstance(diffusion(torch_normal).prior, TorchPrior)
+    q = dist.Normal(torch.randn(3, 2), torch.rand(3, 2) + 0.5).to_event(1)
+    kl, analytic = prior_kl(q, TorchPrior(torch_normal).expand([3]))
+    assert analytic and torch.equal(kl, prior_kl(q, dist.Normal(torch.zeros(2), 1.0).to_event(1).expand([3]))[0])
+
+
+def test_a_torch_prior_keeps_its_closed_form_kl_or_is_scored_by_monte_carlo():
+    """torch's MultivariateNormal: L_T is the closed-form KL to it (Pyro's Independent-MVN rule) for every example.
+    torch's Independent(StudentT(3)): no KL is registered, so L_T is one draw of log q − log p per example, whose
+    mean over 4000 draws matches the KL by quadrature (a sum of 1-D integrals) within its standard error. The model
+    samples from both."""
+    x0 = torch.randn(1, 2).expand(4000, 2)
+    t = torch.full((4000,), 3)
+    cov = torch.tensor([[1.0, 0.6], [0.6, 2.0]])
+    mvn = torch.distributions.MultivariateNormal(torch.tensor([0.5, -0.5]), cov)
+    student = torch.distributions.Independent(torch.distributions.StudentT(3.0 * torch.ones(2)), 1)
+    for prior in (mvn, student):
         d = diffusion(prior)
-        pyro.set_rng_seed(5)
         m, g = trace_pair(d.step_model, d.step_guide, x0, t)
-        terms = per_example_elbo(m, g, analytic=True)
-        pyro.set_rng_seed(6)
-        bound = variational_bound(d, x0, analytic=True).terms
-        pyro.set_rng_seed(7)
-        loss = make_estimator("stochastic-kl-is").loss.differentiable_loss(d.model, d.guide, x0)
-        results.append((terms, bound, loss))
-    (a_terms, a_bound, a_loss), (b_terms, b_bound, b_loss) = results
-    assert all(torch.equal(a_terms[k], b_terms[k]) for k in a_terms)
-    assert torch.equal(a_bound, b_bound) and torch.equal(a_loss, b_loss)
+        draws = -per_example_elbo(m, g, analytic=True)["x_T"].detach().double()
+        q = g.nodes["x_T"]["fn"].base_dist
+        loc, scale = q.loc[0].double().numpy(), q.scale[0].double().numpy()
+        if prior is mvn:
+            exact, analytic = prior_kl(dist.Normal(q.loc[:1], q.scale[:1]).to_event(1), dist.MultivariateNormal(
+                torch.tensor([0.5, -0.5]), cov))
+            assert analytic and (draws - exact.item()).abs().max() < 1e-5
+        else:
+            z = np.linspace(-12, 12, 200_001)[:, None]  # KL(N(m, s²) || t_3) per dimension by the trapezoid rule
+            log_q = -0.5 * ((z - loc) / scale) ** 2 - np.log(scale * math.sqrt(2 * math.pi))
+            log_p = torch.distributions.StudentT(3.0).log_prob(torch.from_numpy(z)).numpy()
+            exact = np.trapezoid(np.exp(log_q) * (log_q - log_p), z, axis=0).sum()
+            mean, se = mean_se(draws)
+            assert se > 0 and abs(mean - exact) < Z * se
+        assert d.sample(3).shape == (3, 2)
 
 
 # ---------------------------------------------------------------------------------------- the prior's KL
@@ -157,16 +211,34 @@ class NoLogProb(dist.TorchDistribution):
         return torch.zeros(sample_shape + (2,))
 
 
+class TorchDistributionPrior(DiagonalGaussian):
+    def forward(self):
+        return torch.distributions.Independent(torch.distributions.Normal(self.loc, self.log_scale.exp()), 1)
+
+
 @pytest.mark.parametrize("prior, err, words", [
     (dist.Normal(torch.zeros(3), 1.0).to_event(1), ValueError, "event shape (3,) but the data's event shape is (2,)"),
     (dist.Normal(torch.zeros(2), 1.0), ValueError, "batch shape (2,)"),
     (NoLogProb(), TypeError, "has no log_prob"),
-    ("normal", TypeError, "prior must be a Pyro distribution"),
+    ("normal", TypeError, "prior must be a distribution over x_T (Pyro's, or torch's: it is wrapped) or a "
+                          "ppl_diffusion.priors.Prior module, got str; for a density of your own, subclass "
+                          "pyro.distributions.TorchDistribution"),
+    (DiagonalGaussian, TypeError, "prior is the class DiagonalGaussian; pass an instance, e.g. "
+                                  "prior=DiagonalGaussian(event_shape)"),
+    (dist.Normal, TypeError, "prior is the class Normal; pass an instance, e.g. prior=Normal(...)"),
+    (TorchDistributionPrior((2,)), TypeError, "TorchDistributionPrior.forward() returned the torch distribution "
+                                               "Independent; return Pyro's (pyro.distributions.Independent"),
 ])
 def test_bad_priors_are_one_line_errors(prior, err, words):
     with pytest.raises(err) as info:
         diffusion(prior)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_priors_event_shape_may_be_an_int():
+    assert tuple(DiagonalGaussian(2)().event_shape) == (2,)
+    with pytest.raises(ValueError, match=r"^DiagonalGaussian: event_shape = 0; pass the shape of one example"):
+        DiagonalGaussian(0)
 
 
 def test_make_prior_names():

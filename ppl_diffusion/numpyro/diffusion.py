@@ -29,6 +29,7 @@ from numpyro.contrib.module import nnx_module
 
 from ..diffusion import LEARNED_VARIANCES as _TORCH_LEARNED
 from ..diffusion import VARIANCES
+from ..priors import check_event_shape
 from ..schedule import NoiseSchedule
 from . import closed_forms as cf
 from .distributions import make_decoder
@@ -65,7 +66,7 @@ class GaussianDiffusion:
             raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, *LEARNED_VARIANCES])}")
         self.schedule = schedule
         self.denoiser = denoiser
-        self.event_shape = tuple(event_shape)
+        self.event_shape = check_event_shape(event_shape, allow_empty=True)
         if prior is not None:
             from .priors import check_prior
 
@@ -121,10 +122,19 @@ class GaussianDiffusion:
         return net(x_t, t)
 
     def split_output(self, out, x_t):
-        """(ε̂, v) from the denoiser's output; v is None unless the variance is learned."""
-        if self.variance not in LEARNED_VARIANCES:
-            return out, None
+        """(ε̂, v) from the denoiser's output, checked to have the shape of ``x_t`` (twice its channels with a
+        learned variance); v is None unless the variance is learned. Every use of the denoiser's output passes
+        here: a wrong shape is a one-line ``ValueError`` when the program is traced (JAX would broadcast it)."""
+        learned = self.variance in LEARNED_VARIANCES
         axis = len(self._batch_shape(x_t))
+        want = x_t.shape if not learned else (*x_t.shape[:axis], 2 * x_t.shape[axis], *x_t.shape[axis + 1:])
+        if tuple(out.shape) != tuple(want):
+            fix = ("it must return ε̂ and v stacked on the channel axis (learn_sigma=True)" if learned else
+                   f"it must return ε̂ of the shape of x_t, {self.num_dims} values per example of event shape "
+                   f"{self.event_shape} (e.g. an MLP's last layer nnx.Linear(width, {self.num_dims}), reshaped)")
+            raise ValueError(f"denoiser returned {tuple(out.shape)} for x_t of shape {tuple(x_t.shape)}; {fix}")
+        if not learned:
+            return out, None
         eps, v = jnp.split(out, 2, axis=axis)
         return eps, v
 

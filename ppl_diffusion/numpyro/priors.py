@@ -22,15 +22,18 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from ..priors import check_event_shape
+
 
 class Prior:
     """A learned p(x_T) for NumPyro: ``prior()`` inside a model declares ``{name}$…`` params and returns the
     distribution (event shape ``event_shape``, batch shape ())."""
 
     def __init__(self, event_shape, name: str = "prior") -> None:
-        self.event_shape = tuple(int(s) for s in event_shape)
-        if not self.event_shape or any(s < 1 for s in self.event_shape):
-            raise ValueError(f"{type(self).__name__}(event_shape={self.event_shape}): pass the shape of one example")
+        try:
+            self.event_shape = check_event_shape(event_shape)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
         self.dim = int(np.prod(self.event_shape))
         self.name = name
 
@@ -112,6 +115,9 @@ class FlowPrior(Prior):
 
 def check_prior(prior, event_shape):
     """The distribution of ``prior`` (a distribution or a :class:`Prior`), checked; one-line errors."""
+    if isinstance(prior, type):
+        raise TypeError(f"prior is the class {prior.__name__}; pass an instance, e.g. prior={prior.__name__}"
+                        f"({'event_shape' if issubclass(prior, Prior) else '...'})")
     d = prior() if isinstance(prior, Prior) else prior
     if not isinstance(d, dist.Distribution):
         raise TypeError(f"prior must be a NumPyro distribution over x_T or a ppl_diffusion.numpyro.priors.Prior, "

@@ -4,7 +4,8 @@
 initialised net, and writes into one folder:
 
 1. **At a fixed θ** (:mod:`.fixed`): R replicates of every estimator's ELBO estimate and gradient on
-   one batch — mean, sd, MCSE and ESS through arviz (draws saved as ``InferenceData`` in netCDF), the
+   one batch — mean, sd and MCSE sd/√R of the independent replicates, arviz's ESS as a diagnostic of their
+   independence (draws saved as ``InferenceData`` in netCDF), the
    gradient's total variance and signal-to-noise ratio, seconds per call and efficiency
    1 / (variance × time). The importance-weighted bound (``RenyiELBO``, α = 0) is reported apart.
 2. **Per t** (:mod:`.per_t`): the variance of the analytic and the Monte-Carlo step term at each t,
@@ -36,7 +37,7 @@ import torch
 
 from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators,
                          make_study_estimator)
-from .fixed import FixedThetaRow, measure, pooled_agreement
+from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
 from .per_t import PerTResult, per_t_moments
 from .race import budgets, race, speedups, summarise, time_to_reach
 
@@ -237,9 +238,11 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         if est.sampler_probabilities() is not None:
             samplers[name] = est.sampler_probabilities()
         rows.append(row)
+        flag = ess_flag(row.elbo_ess, row.replicates)
         log(f"fixed θ {name:17s} ELBO {row.elbo_mean:10.3f} ± {row.elbo_mcse:.3f} (sd {row.elbo_sd:.3g}, "
-            f"ESS {row.elbo_ess:.0f}), {1e3 * row.loss_seconds:.1f} ms/estimate, grad tr Cov "
-            f"{row.grad_total_variance:.3g}, {1e3 * row.grad_seconds:.1f} ms/grad")
+            f"ESS {row.elbo_ess:.0f} of R = {row.replicates}{'; ' + flag if flag else ''}), "
+            f"{1e3 * row.loss_seconds:.1f} ms/estimate, grad tr Cov {row.grad_total_variance:.3g}, "
+            f"{1e3 * row.grad_seconds:.1f} ms/grad")
     if not w.is_main:  # per-t moments, the report and the files: rank 0
         return {}
     fixed_rows = [dataclasses.asdict(r) for r in rows]

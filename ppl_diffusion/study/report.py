@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..plots import _pyplot, _save
+from .fixed import ESS_RANGE, ess_flag
 
 REFERENCE = "stochastic-kl"  # variance ratios are to this estimator
 
@@ -26,6 +27,11 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         for r in rows:
             w.writerow({k: (";".join(v) if isinstance(v, list) else v) for k, v in r.items()})
     return path
+
+
+def _ess(row: dict) -> str:
+    """arviz's ESS of a fixed-θ row, marked † when it departs from R (:func:`.fixed.ess_flag`)."""
+    return f"{row['elbo_ess']:.0f}" + (" †" if ess_flag(row["elbo_ess"], row["replicates"]) else "")
 
 
 def _g(x, spec=".3g") -> str:
@@ -122,8 +128,11 @@ def markdown(study: dict) -> str:
         lines += ["## At a fixed θ", "",
                   f"{fixed['replicates']} replicates of each ELBO estimate and of each gradient "
                   f"({fixed['full_chain_replicates']} for the full-chain estimators and IWAE). ELBO in nats per "
-                  "example (batch mean); mean, sd, MCSE and ESS from `arviz.summary` of the draws in "
-                  "`draws/<estimator>.nc`. Gradient: of the per-example loss, over all parameters. Efficiency = "
+                  "example (batch mean); mean and sd of the R replicates, independent draws (each its own seed), so "
+                  "MCSE = sd / √R; ESS is arviz's bulk ESS of the draws in `draws/<estimator>.nc`, a diagnostic of "
+                  f"that independence (≈ R), marked † outside [{ESS_RANGE[0]:g} R, {ESS_RANGE[1]:g} R], where R "
+                  "independent draws fall in fewer than 0.3 % of simulations (arviz caps it at R·log10 R). "
+                  "Gradient: of the per-example loss, over all parameters. Efficiency = "
                   "1 / (variance × seconds per call). Ratios are to `stochastic-kl`.", "",
                   "| estimator | ELBO ± MCSE | sd | ESS | ms / estimate | ELBO eff. | var / ref | ms / grad | "
                   "tr Cov(grad) | SNR | grad eff. | grad var / ref |",
@@ -133,7 +142,7 @@ def markdown(study: dict) -> str:
                 continue
             lines.append(
                 f"| {r['estimator']} | {r['elbo_mean']:.3f} ± {r['elbo_mcse']:.3f} | {_g(r['elbo_sd'])} | "
-                f"{r['elbo_ess']:.0f} | {1e3 * r['loss_seconds']:.1f} | {_g(r['elbo_efficiency'])} | "
+                f"{_ess(r)} | {1e3 * r['loss_seconds']:.1f} | {_g(r['elbo_efficiency'])} | "
                 f"{_g(r['elbo_sd'] ** 2 / ref['elbo_sd'] ** 2) if ref else 'n/a'} | {1e3 * r['grad_seconds']:.1f} | "
                 f"{_g(r['grad_total_variance'])} | {_g(r['grad_snr'])} | {_g(r['grad_efficiency'])} | "
                 f"{_g(r['grad_total_variance'] / ref['grad_total_variance']) if ref else 'n/a'} |")
@@ -150,7 +159,7 @@ def markdown(study: dict) -> str:
                       "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"]
             for r in apart:
                 lines.append(f"| {r['estimator']} | {r['bound']} | {r['elbo_mean']:.3f} ± {r['elbo_mcse']:.3f} | "
-                             f"{_g(r['elbo_sd'])} | {r['elbo_ess']:.0f} | {1e3 * r['loss_seconds']:.1f} | "
+                             f"{_g(r['elbo_sd'])} | {_ess(r)} | {1e3 * r['loss_seconds']:.1f} | "
                              f"{1e3 * r['grad_seconds']:.1f} | {_g(r['grad_total_variance'])} | {_g(r['grad_snr'])} |")
             for r in apart:
                 ref = fixed.get("iwae_reference", {}).get(r["estimator"])
@@ -159,7 +168,9 @@ def markdown(study: dict) -> str:
                     lines.append(f"\n{r['bound']} − ELBO = {gap:.3f} ± {se:.3f} nats/example on the same "
                                  f"{ref['examples']} examples (their ELBO {ref['elbo']:.3f} ± {ref['se']:.3f} from "
                                  "the full bound).")
-        notes = [f"- {r['estimator']}: {n}" for r in rows for n in r["notes"]]
+        notes = [f"- {r['estimator']}: † {ess_flag(r['elbo_ess'], r['replicates'])}" for r in rows
+                 if ess_flag(r["elbo_ess"], r["replicates"])]
+        notes += [f"- {r['estimator']}: {n}" for r in rows for n in r["notes"]]
         if notes:
             lines += ["", *notes]
         lines += ["", "![fixed θ](fixed_theta.png)", ""]
@@ -239,9 +250,11 @@ def render(study: dict, out: str | Path) -> Path:
 
 def refresh(study: dict, out: str | Path) -> dict:
     """Recompute what derives from stored data, after a change to how it is derived: the race's targets
-    and speed-ups from its rows; each fixed-θ row's ``elbo_var_se`` from its draws (``draws/*.nc``) where
-    the row lacks it; the predicted-vs-measured table's measured SEs."""
-    from .fixed import variance_se
+    and speed-ups from its rows; each fixed-θ row's MCSE (sd / √R) and ``elbo_var_se`` from its draws
+    (``draws/*.nc``), and the agreement test from the rows; the predicted-vs-measured table's measured SEs."""
+    import dataclasses
+
+    from .fixed import FixedThetaRow, mcse, pooled_agreement, variance_se
     from .race import summarise
 
     out = Path(out)
@@ -250,10 +263,15 @@ def refresh(study: dict, out: str | Path) -> dict:
         race.update(summarise(race["rows"], race["estimators"], race.get("target")))
     fixed = study.get("fixed_theta", {})
     for row in fixed.get("rows", []):
-        if row.get("elbo_var_se") is None or row["elbo_var_se"] != row["elbo_var_se"]:
-            import arviz as az
+        import arviz as az
 
-            row["elbo_var_se"] = variance_se(az.from_netcdf(out / "draws" / f"{row['estimator']}.nc").posterior["elbo"])
+        draws = az.from_netcdf(out / "draws" / f"{row['estimator']}.nc").posterior["elbo"].values
+        row["elbo_mcse"] = mcse(draws)
+        if row.get("elbo_var_se") is None or row["elbo_var_se"] != row["elbo_var_se"]:
+            row["elbo_var_se"] = variance_se(draws)
+    if fixed.get("rows"):
+        fixed["agreement"] = pooled_agreement([FixedThetaRow(**row) for row in fixed["rows"]])
+        fixed["rows"] = [dataclasses.asdict(FixedThetaRow(**row)) for row in fixed["rows"]]
     pred = study.get("per_t", {}).get("predicted", {})
     for name, p in pred.items():
         row = next((r for r in fixed.get("rows", []) if r["estimator"] == name), None)
