@@ -627,7 +627,7 @@ class GaussianDiffusion(nn.Module):
     def sample(self, n: int) -> Tensor:
         """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x ...]``."""
         if self.continuous:
-            raise ValueError("a continuous-time model (T = 0) samples through a chain: "
+            raise ValueError("this model is in continuous time (T = 0) and samples through a chain: "
                              "diffusion.with_steps(T).sample(n)")
         return self.model(None, n=n)
 
