@@ -544,11 +544,15 @@ class GaussianDiffusion(nn.Module):
         self._step_sites(x0, t, weight, is_model=False)
 
     # ------------------------------------------------------------------ continuous time (T = 0, or any γ model)
-    def check_times(self, t: Tensor, batch: int) -> Tensor:
-        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not."""
+    def check_continuous(self) -> None:
+        """A one-line error unless the model has a continuous time: a γ schedule and a net conditioned on γ."""
         if not self.gamma_schedule or self.time_input != "gamma":
             raise ValueError("continuous time needs a γ schedule and a net conditioned on γ (time_input='gamma'); "
                              f"this model has {type(self.schedule).__name__} and time_input={self.time_input!r}")
+
+    def check_times(self, t: Tensor, batch: int) -> Tensor:
+        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not."""
+        self.check_continuous()
         if not torch.is_tensor(t) or not t.is_floating_point() or t.shape != (batch,):
             raise ValueError(f"t must be a float tensor of shape ({batch},) of times in [0, 1], got {t!r}")
         if ((t < 0) | (t > 1)).any():

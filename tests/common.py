@@ -154,14 +154,18 @@ def random_gaussian(dim: int, seed: int = 0, dtype=torch.float64):
 class GammaGaussianOracle(nn.Module):
     """The exact ε̂ for data N(m, diag(s²)) given the label of ``time_input="gamma"``: γ = lo + label (hi − lo)/1000
     (``gamma_range`` = (lo, hi)), α² = sigmoid(−γ), σ² = sigmoid(γ), and E[ε|x_γ] = σ (x − α m)/(α² s² + σ²).
-    ``scale`` is a parameter (1 at the oracle) so that the model has one."""
+    ``scale`` is a parameter (1 at the oracle) so that the model has one, or a buffer (``trainable=False``)."""
 
-    def __init__(self, mean, var, gamma_range) -> None:
+    def __init__(self, mean, var, gamma_range, trainable: bool = True) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
         self.register_buffer("var", torch.as_tensor(var, dtype=torch.float64))
         self.lo, self.hi = gamma_range
-        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+        one = torch.ones((), dtype=torch.float64)
+        if trainable:
+            self.scale = nn.Parameter(one)
+        else:  # a fixed θ: nothing for an optimizer to move
+            self.register_buffer("scale", one)
 
     def forward(self, x, label):
         gamma = (self.lo + label.double() * (self.hi - self.lo) / 1000.0)[:, None]

@@ -259,3 +259,22 @@ def test_learned_schedule_round_trips_through_the_state_dict():
     with torch.no_grad():
         torch.testing.assert_close(variational_bound(b, x0, seed=0).terms, variational_bound(a, x0, seed=0).terms,
                                    rtol=0, atol=0)
+
+
+def test_hybrid_and_plain_read_the_chain():
+    from ppl_diffusion.infer import HybridELBO
+    from ppl_diffusion.infer.plain import plain_stochastic_elbo
+
+    today, gamma = _pair("cosine", "learned", learn_sigma=True)
+    x0 = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    values = []
+    for diffusion in (today, gamma):
+        pyro.set_rng_seed(3)
+        values.append([HybridELBO().loss(diffusion.model, diffusion.guide, x0)])
+    np.testing.assert_allclose(values[1], values[0], rtol=1e-10)
+    today, gamma = _pair("linear", "beta")
+    plain = []
+    for diffusion in (today, gamma):
+        pyro.set_rng_seed(3)
+        plain.append(plain_stochastic_elbo(diffusion, x0).detach().numpy())
+    np.testing.assert_allclose(plain[1], plain[0], rtol=1e-10)

@@ -53,6 +53,7 @@ def continuous_time_terms(diffusion, x0: Tensor, t: Tensor, *, noise: dict | Non
 
     ``noise`` (optional) maps sites (``"x_T"``, ``"x_1"``, ``"x_t"``) to the standard normals they are drawn from
     (:class:`~ppl_diffusion.infer.draws.FeedNoiseMessenger`), e.g. counter-based noise for an evaluation."""
+    diffusion.check_continuous()
     guide = diffusion.continuous_guide if noise is None else FeedNoiseMessenger(noise)(diffusion.continuous_guide)
     model_trace, guide_trace = trace_pair(diffusion.continuous_model, guide, x0, t)
     site = per_example_elbo(model_trace, guide_trace, analytic=analytic)
@@ -112,6 +113,7 @@ class ContinuousTimeELBO(ELBO):
         """Draw the times and score them: (per-example ELBO estimate ``[B]``, t ``[B·k]``, weights ``[B·k]``, the
         per-row terms of :func:`continuous_time_terms` ``[B·k]``; rows grouped by example)."""
         diffusion = diffusion_of(model)
+        diffusion.check_continuous()
         x0 = diffusion.check_data(x0)
         k, batch = self.timesteps_per_example, x0.shape[0]
         t, weight = draw_timesteps(self.get_sampler(), batch * k, x0.device)
