@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from . import closed_forms as cf
 from .distributions import ForwardStepNormal, make_decoder
-from .gamma import GammaChain, GammaSchedule, check_chain_T
+from .gamma import GAMMA_LABEL_SCALE, TIME_INPUTS, GammaChain, GammaSchedule, check_forward_process  # noqa: F401
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
@@ -73,8 +73,6 @@ VARIANCES = {
     # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
     "fixed-large": lambda s: _concat(s.posterior_log_variance_clipped[:1], s.log_betas[1:]),
 }
-TIME_INPUTS = ("step", "gamma")  # what the net is conditioned on: the step label t, or γ(t) rescaled (VDM)
-GAMMA_LABEL_SCALE = 1000.0  # time_input="gamma": the label runs over [0, 1000] for γ in gamma_range, as DDPM's steps
 # Learned reverse variances by name: the fraction f(v) of the denoiser's variance output v in
 # log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
 LEARNED_VARIANCES = {
@@ -181,39 +179,13 @@ class GaussianDiffusion(nn.Module):
     @staticmethod
     def _check_forward_process(schedule, T, time_input, gamma_range, variance):
         """(T, time_input, gamma_range) checked against the schedule; one-line errors."""
-        if isinstance(schedule, NoiseSchedule):
-            if T is not None and T != schedule.T:
-                raise ValueError(f"T = {T!r} but the NoiseSchedule has T = {schedule.T}; omit T (it is the schedule's)")
-            if time_input not in (None, "step"):
-                raise ValueError(f"time_input = {time_input!r}: a NoiseSchedule's net is conditioned on the step label "
-                                 "(time_input='step'); for γ labels pass a γ schedule, "
-                                 "InterpolatedGamma.from_noise_schedule(schedule)")
-            if gamma_range is not None:
-                raise ValueError("gamma_range rescales the γ label of a γ schedule; a NoiseSchedule's net takes steps")
-            return schedule.T, "step", None
-        if T is None:
-            raise ValueError("a γ schedule needs T: pass T >= 2 for a chain of T steps or T = 0 for continuous time")
-        T = check_chain_T(T)
-        time_input = "gamma" if time_input is None else time_input
-        if time_input not in TIME_INPUTS:
-            raise ValueError(f"unknown time_input {time_input!r}; choose one of {TIME_INPUTS}")
-        if T == 0 and time_input == "step":
-            raise ValueError("time_input='step' labels the net by the chain's steps, and T = 0 (continuous time) has "
-                             "none: pass time_input='gamma' (the net sees γ(t) rescaled) or T >= 2")
-        if T == 0 and variance != "beta":
-            raise ValueError(f"variance = {variance!r} with T = 0: in continuous time only the decoder has a variance, "
-                             "σ_0² = sigmoid(γ_0); pass variance='beta' (its value at the first step)")
         from .variance import FittedVariance
 
-        if isinstance(variance, FittedVariance):
+        if isinstance(schedule, GammaSchedule) and isinstance(variance, FittedVariance):
             raise ValueError("a FittedVariance is fitted on a NoiseSchedule's steps; with a γ schedule pass a "
                              "variance by name")
-        if gamma_range is None:
-            gamma_range = tuple(float(g.detach()) for g in schedule.endpoints())
-        lo, hi = (float(v) for v in gamma_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"gamma_range = {gamma_range!r}; pass (γ_lo, γ_hi) finite with γ_lo < γ_hi")
-        return T, time_input, (lo, hi)
+        ends = None if isinstance(schedule, NoiseSchedule) else tuple(float(g.detach()) for g in schedule.endpoints())
+        return check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
 
     def with_variance(self, variance) -> "GaussianDiffusion":
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""

@@ -380,6 +380,44 @@ def make_gamma_schedule(name: str, **kwargs) -> GammaSchedule:
     return GAMMA_SCHEDULES[name](**kwargs)
 
 
+# ------------------------------------------------------------------------------------------ a model's forward process
+TIME_INPUTS = ("step", "gamma")  # what the net is conditioned on: the step label t, or γ(t) rescaled (VDM)
+GAMMA_LABEL_SCALE = 1000.0  # time_input="gamma": the label runs over [0, 1000] for γ in gamma_range, as DDPM's steps
+
+
+def check_forward_process(schedule, T, time_input, gamma_range, variance, *, endpoints=None):
+    """A diffusion's (T, time_input, gamma_range), checked against its forward process (both backends): a
+    NoiseSchedule (``endpoints`` None: T is its own, the net takes steps) or a γ schedule with current
+    ``endpoints`` (γ_0, γ_1) as floats (T = 0 or >= 2; the γ label's range defaults to the endpoints). One-line
+    errors."""
+    if endpoints is None:
+        if T is not None and T != schedule.T:
+            raise ValueError(f"T = {T!r} but the NoiseSchedule has T = {schedule.T}; omit T (it is the schedule's)")
+        if time_input not in (None, "step"):
+            raise ValueError(f"time_input = {time_input!r}: a NoiseSchedule's net is conditioned on the step label "
+                             "(time_input='step'); for γ labels pass a γ schedule, "
+                             "InterpolatedGamma.from_noise_schedule(schedule)")
+        if gamma_range is not None:
+            raise ValueError("gamma_range rescales the γ label of a γ schedule; a NoiseSchedule's net takes steps")
+        return schedule.T, "step", None
+    if T is None:
+        raise ValueError("a γ schedule needs T: pass T >= 2 for a chain of T steps or T = 0 for continuous time")
+    T = check_chain_T(T)
+    time_input = "gamma" if time_input is None else time_input
+    if time_input not in TIME_INPUTS:
+        raise ValueError(f"unknown time_input {time_input!r}; choose one of {TIME_INPUTS}")
+    if T == 0 and time_input == "step":
+        raise ValueError("time_input='step' labels the net by the chain's steps, and T = 0 (continuous time) has "
+                         "none: pass time_input='gamma' (the net sees γ(t) rescaled) or T >= 2")
+    if T == 0 and variance != "beta":
+        raise ValueError(f"variance = {variance!r} with T = 0: in continuous time only the decoder has a variance, "
+                         "σ_0² = sigmoid(γ_0); pass variance='beta' (its value at the first step)")
+    lo, hi = endpoints if gamma_range is None else (float(v) for v in gamma_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"gamma_range = {gamma_range!r}; pass (γ_lo, γ_hi) finite with γ_lo < γ_hi")
+    return T, time_input, (float(lo), float(hi))
+
+
 # ------------------------------------------------------------------------------------------ the discrete chain
 def check_chain_T(T) -> int:
     """T of a chain on a γ schedule: 0 (continuous time) or an integer >= 2; a one-line error otherwise."""
@@ -448,6 +486,6 @@ class GammaChain:
         return f"GammaChain(T={self.T}, gamma_1st={float(self.gamma[0]):.4g}, gamma_T={float(self.gamma[-1]):.4g})"
 
 
-__all__ = ["GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "DenseMonotone", "GammaChain", "GammaSchedule",
+__all__ = ["GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "TIME_INPUTS", "DenseMonotone", "GammaChain", "GammaSchedule",
            "InteriorGradientScale", "InterpolatedGamma", "LinearGamma", "MonotoneNetGamma", "ScalarGamma",
-           "check_chain_T", "check_endpoints", "make_gamma_schedule", "step_times"]
+           "check_chain_T", "check_endpoints", "check_forward_process", "make_gamma_schedule", "step_times"]
