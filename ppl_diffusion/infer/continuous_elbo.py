@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-from pyro.infer import ELBO
 from pyro.util import warn_if_nan
 from torch import Tensor
 
 from ..gamma import InteriorGradientScale
-from .draws import FeedNoiseMessenger, active
-from .stochastic_elbo import diffusion_of, draw_timesteps
+from .draws import FeedNoiseMessenger
+from .stochastic_elbo import StochasticTimestepELBO, diffusion_of, draw_timesteps, record_losses
 from .timesteps import UniformTimes, make_timestep_sampler
 from .trace_terms import per_example_elbo, trace_pair
 
@@ -61,7 +59,7 @@ def continuous_time_terms(diffusion, x0: Tensor, t: Tensor, *, noise: dict | Non
             "diffusion": -(site["diffusion"] + site["x_t"])}
 
 
-class ContinuousTimeELBO(ELBO):
+class ContinuousTimeELBO(StochasticTimestepELBO):
     r"""Unbiased estimate of the continuous-time ELBO (module docstring) from k times per example.
 
     .. math:: \hat{\mathcal{L}} = -L_\text{prior} - L_\text{rec} - \frac1k \sum_{j=1}^k \frac{L(t_j)}{p(t_j)},
@@ -85,29 +83,18 @@ class ContinuousTimeELBO(ELBO):
 
     def __init__(self, *, timesteps="uniform", timesteps_per_example: int = 1, schedule_objective: str = "elbo",
                  sampler_kwargs: dict | None = None) -> None:
-        super().__init__(num_particles=1)
+        super().__init__(timesteps_per_example=timesteps_per_example, timesteps=timesteps,
+                         sampler_kwargs=sampler_kwargs)
         if schedule_objective not in SCHEDULE_OBJECTIVES:
             raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
-        if isinstance(timesteps_per_example, bool) or not isinstance(timesteps_per_example, int) \
-                or timesteps_per_example < 1:
-            raise ValueError(f"timesteps_per_example = {timesteps_per_example!r}; pass an integer >= 1")
-        self.timesteps_per_example = timesteps_per_example
         self.schedule_objective = schedule_objective
-        self._timesteps = timesteps
-        self._sampler_kwargs = sampler_kwargs or {}
-        self.sampler = None if isinstance(timesteps, str) else timesteps
         if self.sampler is not None and getattr(self.sampler, "T", None) != 0:
             raise ValueError(f"the continuous-time ELBO draws times in [0, 1]; {type(timesteps).__name__} draws steps "
                              "(pass make_timestep_sampler(name, 0) or a name)")
 
-    def _get_trace(self, model, guide, args, kwargs):
-        raise NotImplementedError("ContinuousTimeELBO traces diffusion.continuous_model/continuous_guide in terms()")
-
-    def get_sampler(self) -> UniformTimes:
-        """The sampler of times, made on first use."""
-        if self.sampler is None:
-            self.sampler = make_timestep_sampler(self._timesteps, 0, **self._sampler_kwargs)
-        return self.sampler
+    def get_sampler(self, T: int = 0) -> UniformTimes:
+        """The sampler of times (T = 0), made on first use."""
+        return super().get_sampler(0)
 
     def terms(self, model, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
         """Draw the times and score them: (per-example ELBO estimate ``[B]``, t ``[B·k]``, weights ``[B·k]``, the
@@ -116,7 +103,7 @@ class ContinuousTimeELBO(ELBO):
         diffusion.check_continuous()
         x0 = diffusion.check_data(x0)
         k, batch = self.timesteps_per_example, x0.shape[0]
-        t, weight = draw_timesteps(self.get_sampler(), batch * k, x0.device)
+        t, weight = draw_timesteps(self.get_sampler(0), batch * k, x0.device)
         x0k = x0.repeat_interleave(k, dim=0) if k > 1 else x0
         parts = continuous_time_terms(diffusion, x0k, t)  # t float64: γ(t) is computed in float64
         weight = weight.to(x0.dtype)
@@ -144,26 +131,7 @@ class ContinuousTimeELBO(ELBO):
         diff = parts["diffusion"].detach()
         if scale is not None:
             scale.scale = 2.0 * weight * diff
-        draws = active()
-        if draws is None:
-            self.sampler.update(t, diff)
-        else:  # every rank records the global batch's terms in the same order: the same sampler state
-            self.sampler.update(draws.gather(t), draws.gather(diff))
+        record_losses(self.sampler, t, diff)
         loss = -elbo.sum()
         warn_if_nan(loss, "loss")
         return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """−ELBO summed over the batch, as a float; no gradient and no update of the sampler's history."""
-        with torch.no_grad():
-            elbo, *_ = self.terms(model, *args, **kwargs)
-        loss = -elbo.sum().item()
-        warn_if_nan(loss, "loss")
-        return loss
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """As :meth:`differentiable_loss`, then ``backward()``: the step ``pyro.infer.SVI`` takes."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
-        return loss.item()
