@@ -2,7 +2,9 @@
 
 Shapes: ``x0`` and ``x_t`` are ``[B x ...]`` (a batch of B examples of any event shape); ``t`` is
 a ``LongTensor[B]`` of steps in 1..T. Schedule coefficients are gathered in float64 and cast to the
-dtype of the data, as improved DDPM does.
+dtype of the data, as improved DDPM does. ``schedule`` is a :class:`~ppl_diffusion.NoiseSchedule` (float64
+numpy) or a :class:`~ppl_diffusion.gamma.GammaChain` (the same names as float64 tensors, differentiable in a
+learned γ schedule's parameters).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from torch import Tensor
 from .schedule import NoiseSchedule
 
 
-def extract(arr: np.ndarray, t: Tensor, like: Tensor) -> Tensor:
-    """``arr[t - 1]`` as a tensor broadcastable against ``like`` (shape ``[B, 1, ..., 1]``)."""
+def extract(arr: np.ndarray | Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """``arr[t - 1]`` as a tensor broadcastable against ``like`` (shape ``[B, 1, ..., 1]``); ``arr`` a float64 array
+    or tensor (a tensor keeps its gradient)."""
     out = torch.as_tensor(arr, device=t.device)[t - 1].to(like.dtype)
     return out.reshape(out.shape + (1,) * (like.dim() - out.dim()))
 
@@ -39,7 +42,7 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, eps: Tensor) -> Ten
 
 def q_step_mean_variance(schedule: NoiseSchedule, x_prev: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """One forward step: q(x_t | x_{t−1}) = N(√(1 − β_t) · x_{t−1}, β_t I). Returns (mean, variance)."""
-    mean = extract(np.sqrt(schedule.alphas), t, x_prev) * x_prev
+    mean = extract(schedule.sqrt_alphas, t, x_prev) * x_prev
     var = extract(schedule.betas, t, x_prev).expand_as(x_prev)
     return mean, var
 
@@ -74,7 +77,7 @@ def p_mean_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, eps: Tensor
     It equals μ̃_t(x_t, x̂_0) with x̂_0 from :func:`predict_x0_from_eps`.
     """
     coef = extract(schedule.betas / schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-    return (x_t - coef * eps) / extract(np.sqrt(schedule.alphas), t, x_t)
+    return (x_t - coef * eps) / extract(schedule.sqrt_alphas, t, x_t)
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:

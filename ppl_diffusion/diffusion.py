@@ -23,6 +23,17 @@ The reverse step is p(x_{t−1}|x_t, θ) = N(μ_θ(x_t, t), σ_t² I) with DDPM'
 ``"beta"`` σ_t² = β_t, ``"posterior"`` σ_t² = β̃_t (β̃_2 at t = 1, where β̃_1 = 0), or fitted to the
 trained mean in closed form (:mod:`ppl_diffusion.variance`). The decoder p(x_0|x_1) uses μ_θ(x_1, 1)
 and σ_1².
+
+**A learned forward process** (VDM; docs/variational.md). ``schedule`` may be a γ schedule
+(:mod:`ppl_diffusion.gamma`, a ``torch.nn.Module``) instead of a NoiseSchedule: with ``T >= 2`` the chain's β_t
+follow from γ at the steps' times (x_t at (t − 1)/(T − 1): the decoder's x_1 at γ_0, the prior's x_T at γ_1), every
+program above keeps its sites, and the schedule is a submodule registered with ``pyro.module("schedule", ...)`` in
+the model *and* the guides, so ``pyro.infer.SVI(diffusion.model, diffusion.guide, ...)`` trains the forward process
+with the reverse one. With ``T = 0`` the model is in continuous time: its programs are ``continuous_model`` /
+``continuous_guide`` (sites ``x_T``, ``x_1``, ``x_0``, ``x_t`` and the factor ``diffusion``) for
+:class:`~ppl_diffusion.infer.ContinuousTimeELBO`. The net is conditioned on the step label t (``time_input="step"``,
+as today) or on γ rescaled (``"gamma"``: 1000 (γ − γ_lo)/(γ_hi − γ_lo), VDM's), the default for γ schedules: the
+continuous-time ELBO is then unchanged by the schedule's interior.
 """
 
 from __future__ import annotations
@@ -39,15 +50,28 @@ from torch import Tensor, nn
 
 from . import closed_forms as cf
 from .distributions import ForwardStepNormal, make_decoder
+from .gamma import GAMMA_LABEL_SCALE, TIME_INPUTS, GammaChain, GammaSchedule, check_forward_process  # noqa: F401
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
-# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T.
+
+def _concat(a, b):
+    """``a`` and ``b`` end to end, for NumPy arrays, tensors and JAX arrays alike."""
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    if torch.is_tensor(a):
+        return torch.cat([a, b])
+    import jax.numpy as jnp
+
+    return jnp.concatenate([a, b])
+
+
+# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T (a tensor for a GammaChain).
 VARIANCES = {
-    "beta": lambda s: np.log(s.betas),
+    "beta": lambda s: s.log_betas,
     "posterior": lambda s: s.posterior_log_variance_clipped,
     # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
-    "fixed-large": lambda s: np.append(s.posterior_log_variance_clipped[0], np.log(s.betas[1:])),
+    "fixed-large": lambda s: _concat(s.posterior_log_variance_clipped[:1], s.log_betas[1:]),
 }
 # Learned reverse variances by name: the fraction f(v) of the denoiser's variance output v in
 # log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
@@ -69,9 +93,19 @@ class DiffusionInputError(ValueError):
 class GaussianDiffusion(nn.Module):
     """DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
 
-    :param NoiseSchedule schedule: the forward chain's β_1..β_T.
+    :param schedule: the forward process: a :class:`NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
+        (:class:`~ppl_diffusion.gamma.GammaSchedule`, fixed or learned; a submodule, registered in the programs as
+        ``pyro.module("schedule", ...)``), which needs ``T``.
+    :param int T: with a γ schedule, the chain's number of steps T >= 2 (x_t at γ((t − 1)/(T − 1))), or 0 for
+        continuous time (:meth:`continuous_model`); with a NoiseSchedule, omitted (or its own T).
+    :param str time_input: what the denoiser is given as its second argument: ``"step"`` the step label t
+        (``LongTensor[B]`` in 1..T; the only choice for a NoiseSchedule) or ``"gamma"`` γ(t) rescaled,
+        1000 (γ − γ_lo)/(γ_hi − γ_lo) (a float tensor, VDM's; the default for a γ schedule, and needed for T = 0).
+    :param tuple gamma_range: (γ_lo, γ_hi) of the ``"gamma"`` label, fixed at construction (default: the schedule's
+        endpoints then), so that a learned schedule's net sees the same label for the same γ throughout training.
     :param torch.nn.Module denoiser: ``denoiser(x_t, t) -> ε̂`` with ``x_t`` of shape ``[B x ...]``,
-        ``t`` a ``LongTensor[B]`` of steps in 1..T, and ``ε̂`` of the shape of ``x_t``.
+        ``t`` a ``LongTensor[B]`` of steps in 1..T (or the float labels of ``time_input="gamma"``), and ``ε̂`` of
+        the shape of ``x_t``.
     :param tuple event_shape: shape of one example, e.g. ``(2,)`` (or ``2``) or ``(1, 8, 8)``; taken from
         ``prior`` when omitted.
     :param prior: p(x_T): any Pyro distribution with event shape ``event_shape`` (a torch one is wrapped in
@@ -103,18 +137,22 @@ class GaussianDiffusion(nn.Module):
     def __init__(
         self,
         *,
-        schedule: NoiseSchedule,
+        schedule: NoiseSchedule | GammaSchedule,
         denoiser: nn.Module,
         event_shape: tuple[int, ...] | None = None,
         prior: dist.Distribution | None = None,
         decoder="gaussian",
         variance: str = "beta",
         precision: str = "fp32",
+        T: int | None = None,
+        time_input: str | None = None,
+        gamma_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}; "
-                            "build one with NoiseSchedule.linear(T) or NoiseSchedule.cosine(T)")
+        if not isinstance(schedule, (NoiseSchedule, GammaSchedule)):
+            raise TypeError(f"schedule must be a NoiseSchedule or a γ schedule (ppl_diffusion.gamma), got "
+                            f"{type(schedule).__name__}; build one with NoiseSchedule.linear(T) or NoiseSchedule.cosine(T)")
+        T, time_input, gamma_range = self._check_forward_process(schedule, T, time_input, gamma_range, variance)
         if not isinstance(denoiser, nn.Module):
             raise TypeError(f"denoiser must be a torch.nn.Module computing denoiser(x_t, t) -> eps, "
                             f"got {type(denoiser).__name__}")
@@ -135,7 +173,8 @@ class GaussianDiffusion(nn.Module):
             check_prior(prior, event_shape)
         if event_shape is None:
             raise ValueError("pass event_shape=(...), the shape of one example, or a prior with that event shape")
-        self.schedule = schedule
+        self.schedule = schedule  # a GammaSchedule is a submodule (its parameters train and are checkpointed)
+        self._T, self.time_input, self.gamma_range = T, time_input, gamma_range
         self.denoiser = denoiser
         self.event_shape = torch.Size(event_shape)
         self.prior = prior
@@ -144,20 +183,80 @@ class GaussianDiffusion(nn.Module):
         self.precision = precision  # the denoiser call's arithmetic (ppl_diffusion.precision)
         if isinstance(variance, FittedVariance):
             self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
-        elif variance in LEARNED_VARIANCES:
-            self.p_log_variance = None  # read from the denoiser's output in p_mean_variance
+        elif variance in LEARNED_VARIANCES or self.gamma_schedule:
+            self.p_log_variance = None  # read from the denoiser's output, or from the γ chain, in p_mean_variance
         else:
             self.p_log_variance = VARIANCES[variance](schedule)
+
+    @staticmethod
+    def _check_forward_process(schedule, T, time_input, gamma_range, variance):
+        """(T, time_input, gamma_range) checked against the schedule; one-line errors."""
+        from .variance import FittedVariance
+
+        if isinstance(schedule, GammaSchedule) and isinstance(variance, FittedVariance):
+            raise ValueError("a FittedVariance is fitted on a NoiseSchedule's steps; with a γ schedule pass a "
+                             "variance by name")
+        ends = None if isinstance(schedule, NoiseSchedule) else tuple(float(g.detach()) for g in schedule.endpoints())
+        return check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
 
     def with_variance(self, variance) -> "GaussianDiffusion":
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
-                                 prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision)
+                                 prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision,
+                                 **self._process_kwargs())
+
+    def with_steps(self, T: int) -> "GaussianDiffusion":
+        """The same model (γ schedule, denoiser and prior shared; decoder, variance, time input) as a chain of ``T``
+        steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T."""
+        if not self.gamma_schedule:
+            raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps "
+                             "(ppl_diffusion.respace.respace(diffusion, K) respaces it)")
+        return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
+                                 prior=self.prior, decoder=self.decoder, variance=self.variance,
+                                 precision=self.precision, T=T, time_input=self.time_input,
+                                 gamma_range=self.gamma_range)
+
+    def _process_kwargs(self) -> dict:
+        return ({"T": self._T, "time_input": self.time_input, "gamma_range": self.gamma_range}
+                if self.gamma_schedule else {})
+
+    @property
+    def gamma_schedule(self) -> bool:
+        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.gamma`) rather than a NoiseSchedule."""
+        return isinstance(self.schedule, GammaSchedule)
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the model is in continuous time (a γ schedule with T = 0)."""
+        return self._T == 0
+
+    def coefficients(self) -> NoiseSchedule | GammaChain:
+        """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`GammaChain` of the γ
+        schedule at the T steps (float64 tensors, differentiable in its parameters). The programs compute it once
+        per run and pass it to every closed form."""
+        if not self.gamma_schedule:
+            return self.schedule
+        self._need_chain()
+        device = next((p.device for p in self.schedule.parameters()), self._device_dtype()[0])
+        return GammaChain.of(self.schedule, self._T, device=device)
+
+    def _need_chain(self) -> None:
+        if self._T == 0:
+            raise ValueError("this model is in continuous time (T = 0) and has no chain of steps: score it with "
+                             "ppl_diffusion.infer.ContinuousTimeELBO (continuous_model / continuous_guide), or take "
+                             "a chain with diffusion.with_steps(T)")
+
+    def log_variance_table(self, coef=None):
+        """log σ_t² of a fixed variance for t = 1..T (float64 array, or tensor for a γ chain); ``None`` if learned."""
+        if self.p_log_variance is not None or self.learned_variance:
+            return self.p_log_variance
+        return VARIANCES[self.variance](self.coefficients() if coef is None else coef)
 
     # ------------------------------------------------------------------ conventions and checks
     @property
     def T(self) -> int:
-        return self.schedule.T
+        """The number of steps (0: continuous time)."""
+        return self._T
 
     @property
     def num_dims(self) -> int:
@@ -218,6 +317,7 @@ class GaussianDiffusion(nn.Module):
                             f"data: {to}{model}")
 
     def check_timesteps(self, t: Tensor, batch: int) -> Tensor:
+        self._need_chain()
         if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (batch,):
             raise ValueError(f"t must be a LongTensor of shape ({batch},), got {t!r}")
         if ((t < 1) | (t > self.T)).any():
@@ -250,20 +350,40 @@ class GaussianDiffusion(nn.Module):
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
         """A draw of x_t ~ q(x_t|x_0) (Statement 1)."""
         eps = torch.randn_like(x0) if eps is None else eps
-        return cf.q_sample(self.schedule, x0, t, eps)
+        return cf.q_sample(self.coefficients(), x0, t, eps)
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor):
         """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
-        return cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
+        return cf.q_posterior_mean_variance(self.coefficients(), x0, x_t, t)
+
+    def time_label(self, t: Tensor, coef=None) -> Tensor:
+        """The denoiser's second argument at steps ``t``: t itself (``time_input="step"``), or γ_t rescaled
+        (``"gamma"``, :meth:`gamma_label`)."""
+        if self.time_input == "step":
+            return t
+        coef = self.coefficients() if coef is None else coef
+        return self.gamma_label(coef.gamma[t - 1])
+
+    def gamma_label(self, gamma: Tensor) -> Tensor:
+        """1000 (γ − γ_lo)/(γ_hi − γ_lo) with (γ_lo, γ_hi) = ``gamma_range``: the net's label for noise level γ
+        (VDM's rescaled γ; its gradient reaches a learned schedule)."""
+        lo, hi = self.gamma_range
+        return (gamma - lo) * (GAMMA_LABEL_SCALE / (hi - lo))
 
     @property
     def learned_variance(self) -> bool:
         return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
-    def denoiser_output(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor | None]:
+    def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor | None]:
         """(ε̂_θ(x_t, t), v): the denoiser's output split, v the variance output (``None`` unless the variance
         is learned); each checked to have the shape of ``x_t``. The one call of the denoiser: with
-        ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype."""
+        ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype.
+        The net is given :meth:`time_label` of ``t`` (``coef``: the chain's coefficients, when the caller has
+        them), or ``label`` itself when given (continuous time)."""
+        t = self.time_label(t, coef) if label is None else label
+        if t.is_floating_point() and t.dtype != x_t.dtype:
+            t = t.to(x_t.dtype)
         batch_shape = self._batch_shape(x_t)
         self._check_dtype(x_t.dtype, "denoiser")
         with autocast(self.precision, x_t.device.type):
@@ -305,31 +425,38 @@ class GaussianDiffusion(nn.Module):
 
     def predict_x0(self, x_t: Tensor, t: Tensor) -> Tensor:
         """x̂_0(x_t, t) = (x_t − √(1 − ᾱ_t) ε̂_θ) / √ᾱ_t, the denoiser's estimate of x_0."""
-        return cf.predict_x0_from_eps(self.schedule, x_t, t, self.predict_eps(x_t, t))
+        coef = self.coefficients()
+        return cf.predict_x0_from_eps(coef, x_t, t, self.denoiser_output(x_t, t, coef=coef)[0])
 
-    def learned_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
+    def learned_log_variance(self, v: Tensor, t: Tensor, coef=None) -> Tensor:
         """log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1) with ``"learned"``'s f = sigmoid(2 v) (= (v + 1)/2
         to first order, improved DDPM's interpolation, bounded: always between log β̃_t and log β_t), or with
         ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`)."""
+        coef = self.coefficients() if coef is None else coef
         frac = LEARNED_VARIANCES[self.variance](v)
-        log_beta = cf.extract(np.log(self.schedule.betas), t, v)
-        log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
+        log_beta = cf.extract(coef.log_betas, t, v)
+        log_post = cf.extract(coef.posterior_log_variance_clipped, t, v)
         return frac * log_beta + (1.0 - frac) * log_post
 
-    def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False) -> tuple[Tensor, Tensor]:
+    def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False, coef=None
+                        ) -> tuple[Tensor, Tensor]:
         """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
-        ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound)."""
-        eps, v = self.denoiser_output(x_t, t)
-        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps.detach() if detach_mean else eps)
+        ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound).
+        ``coef``: the chain's coefficients (:meth:`coefficients`), when the caller has them."""
+        coef = self.coefficients() if coef is None else coef
+        eps, v = self.denoiser_output(x_t, t, coef=coef)
+        mean = cf.p_mean_from_eps(coef, x_t, t, eps.detach() if detach_mean else eps)
         if v is not None:
-            return mean, self.learned_log_variance(v, t)
-        log_var = cf.extract(self.p_log_variance, t, x_t).expand_as(x_t)
+            return mean, self.learned_log_variance(v, t, coef)
+        log_var = cf.extract(self.log_variance_table(coef), t, x_t).expand_as(x_t)
         return mean, log_var
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x0: Tensor | None = None, n: int | None = None):
         """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
+        self._need_chain()
         self._register()
+        coef = self.coefficients()
         if x0 is not None:
             x0 = self.check_data(x0)
             batch, device, dtype = x0.shape[0], x0.device, x0.dtype
@@ -341,19 +468,21 @@ class GaussianDiffusion(nn.Module):
         with pyro.plate("data", batch):
             x = pyro.sample(f"x_{T}", self.get_prior(device, dtype))
             for t in range(T, 1, -1):
-                mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device))
+                mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device), coef=coef)
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(d))
-            mean, log_var = self.p_mean_variance(x, self._full_t(1, self._batch_shape(x), device))
+            mean, log_var = self.p_mean_variance(x, self._full_t(1, self._batch_shape(x), device), coef=coef)
             return pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
         """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
         x0 = self.check_data(x0)
+        self._need_chain()
+        coef = self._register_schedule()
         batch, d = x0.shape[0], self._event_dims()
         x = x0
         with pyro.plate("data", batch):
             for t in range(1, self.T + 1):
-                mean, var = cf.q_step_mean_variance(self.schedule, x, self._full_t(t, self._batch_shape(x), x0.device))
+                mean, var = cf.q_step_mean_variance(coef, x, self._full_t(t, self._batch_shape(x), x0.device))
                 x = pyro.sample(f"x_{t}", ForwardStepNormal(mean, var.sqrt()).to_event(d))
         return x
 
@@ -364,12 +493,14 @@ class GaussianDiffusion(nn.Module):
         ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL.
         """
         x0 = self.check_data(x0)
+        self._need_chain()
+        coef = self._register_schedule()
         batch, d, T = x0.shape[0], self._event_dims(), self.T
         with pyro.plate("data", batch):
-            mean, var = cf.q_mean_variance(self.schedule, x0, self._full_t(T, batch, x0.device))
+            mean, var = cf.q_mean_variance(coef, x0, self._full_t(T, batch, x0.device))
             x = pyro.sample(f"x_{T}", dist.Normal(mean, var.sqrt()).to_event(d))
             for t in range(T, 1, -1):
-                mean, var, _ = cf.q_posterior_mean_variance(self.schedule, x0, x,
+                mean, var, _ = cf.q_posterior_mean_variance(coef, x0, x,
                                                             self._full_t(t, self._batch_shape(x), x0.device))
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, var.sqrt()).to_event(d))
         return x
@@ -378,25 +509,26 @@ class GaussianDiffusion(nn.Module):
         x0 = self.check_data(x0)
         batch, d, T = x0.shape[0], self._event_dims(), self.T
         t = self.check_timesteps(t, batch)
+        coef = self.coefficients() if is_model else self._register_schedule()  # step_model registered it
         with pyro.plate("data", batch):
             # The prior term: KL(q(x_T|x_0) || p(x_T)), unweighted.
-            mean_T, var_T = cf.q_mean_variance(self.schedule, x0, self._full_t(T, batch, x0.device))
+            mean_T, var_T = cf.q_mean_variance(coef, x0, self._full_t(T, batch, x0.device))
             q_T = dist.Normal(mean_T, var_T.sqrt()).to_event(d)
             pyro.sample("x_T", self.get_prior(x0.device, x0.dtype) if is_model else q_T)
             scale = poutine.scale(scale=weight) if weight is not None else contextlib.nullcontext()
             with scale:
                 # x_t ~ q(x_t|x_0) in both programs: its term is exactly zero.
-                mean, var = cf.q_mean_variance(self.schedule, x0, t)
+                mean, var = cf.q_mean_variance(coef, x0, t)
                 x_t = pyro.sample("x_t", dist.Normal(mean, var.sqrt()).to_event(d))
                 if is_model:
-                    p_mean, p_log_var = self.p_mean_variance(x_t, t)
+                    p_mean, p_log_var = self.p_mean_variance(x_t, t, coef=coef)
                     with poutine.mask(mask=t > 1):
                         pyro.sample("x_prev", dist.Normal(p_mean, torch.exp(0.5 * p_log_var)).to_event(d))
                     with poutine.mask(mask=t == 1):
                         pyro.sample("x_0", self.decoder(p_mean, p_log_var).to_event(d), obs=x0)
                 else:
                     # At t = 1 the site is masked out; the clipped variance keeps it a valid Normal.
-                    q_mean, _, q_log_var = cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
+                    q_mean, _, q_log_var = cf.q_posterior_mean_variance(coef, x0, x_t, t)
                     with poutine.mask(mask=t > 1):
                         pyro.sample("x_prev", dist.Normal(q_mean, torch.exp(0.5 * q_log_var)).to_event(d))
 
@@ -417,17 +549,100 @@ class GaussianDiffusion(nn.Module):
         ``x_prev ~ q(x_{t−1}|x_t, x_0)``."""
         self._step_sites(x0, t, weight, is_model=False)
 
+    # ------------------------------------------------------------------ continuous time (T = 0, or any γ model)
+    def check_continuous(self) -> None:
+        """A one-line error unless the model has a continuous time: a γ schedule and a net conditioned on γ."""
+        if not self.gamma_schedule or self.time_input != "gamma":
+            raise ValueError("continuous time needs a γ schedule and a net conditioned on γ (time_input='gamma'); "
+                             f"this model has {type(self.schedule).__name__} and time_input={self.time_input!r}")
+
+    def check_times(self, t: Tensor, batch: int) -> Tensor:
+        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not."""
+        self.check_continuous()
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.shape != (batch,):
+            raise ValueError(f"t must be a float tensor of shape ({batch},) of times in [0, 1], got {t!r}")
+        if ((t < 0) | (t > 1)).any():
+            raise ValueError(f"time t = {t[(t < 0) | (t > 1)][0].item()!r} is outside [0, 1]")
+        return t
+
+    def _continuous_sites(self, x0: Tensor, t: Tensor, weight: Tensor | None, is_model: bool):
+        x0 = self.check_data(x0)
+        batch, d = x0.shape[0], self._event_dims()
+        t = self.check_times(t, batch)
+        dims = tuple(range(1, x0.dim()))
+
+        def q_normal(gamma):  # q(x_s|x_0) = N(α_s x_0, σ_s² I) at γ(s), with (α_s, σ_s) cast to the data's dtype
+            shape = gamma.shape + (1,) * (x0.dim() - gamma.dim())
+            alpha = torch.sigmoid(-gamma).sqrt().to(x0.dtype).reshape(shape)
+            sigma = torch.sigmoid(gamma).sqrt().to(x0.dtype).reshape(shape)
+            return alpha, sigma, dist.Normal(alpha * x0, sigma.expand_as(x0)).to_event(d)
+
+        g0, g1 = self.schedule.endpoints()
+        g0, g1 = g0.to(x0.device), g1.to(x0.device)
+        g_t, dg_t = self.schedule.gamma_and_derivative(t.to(torch.float64))
+        with pyro.plate("data", batch):
+            # The prior term KL(q(x_T|x_0) || p(x_T)) at γ_1.
+            _, _, q_T = q_normal(g1.expand(batch))
+            pyro.sample("x_T", self.get_prior(x0.device, x0.dtype) if is_model else q_T)
+            # The decoder's latent x_1 ~ q(x_1|x_0) at γ_0 in both programs (its term is 0), and −log p(x_0|x_1):
+            # μ = x̂_0 = (x_1 − σ_0 ε̂)/α_0 and σ² = σ_0² = sigmoid(γ_0), the chain's decoder at its first step.
+            alpha_0, sigma_0, q_1 = q_normal(g0.expand(batch))
+            x_1 = pyro.sample("x_1", q_1)
+            if is_model:
+                eps_hat = self.denoiser_output(x_1, None, label=self.gamma_label(g0.expand(batch)))[0]
+                mean = (x_1 - sigma_0 * eps_hat) / alpha_0
+                log_var = torch.nn.functional.logsigmoid(g0).to(x0.dtype).expand_as(x0)
+                pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
+            scale = poutine.scale(scale=weight) if weight is not None else contextlib.nullcontext()
+            with scale:
+                alpha_t, sigma_t, q_t = q_normal(g_t)
+                x_t = pyro.sample("x_t", q_t)  # in both programs: its term is 0
+                if is_model:
+                    eps = (x_t - alpha_t * x0) / sigma_t
+                    eps_hat = self.denoiser_output(x_t, None, label=self.gamma_label(g_t))[0]
+                    mse = (eps - eps_hat).pow(2).sum(dims)
+                    pyro.factor("diffusion", -0.5 * dg_t.to(x0.dtype) * mse)
+
+    def continuous_model(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
+        """The continuous-time model at per-example times ``t`` (``Tensor[B]`` in [0, 1]): the ELBO's three terms.
+
+        Sites: ``x_T ~ p(x_T)`` (its KL with the guide's q(x_T|x_0) at γ_1 is the prior term); ``x_1 ~ q(x_1|x_0)``
+        at γ_0 and ``x_0 ~ p(x_0|x_1)`` observed (the reconstruction term, the decoder at γ_0); ``x_t ~ q(x_t|x_0)``
+        at γ(t) and the factor ``diffusion`` = −½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖², ε = (x_t − α_t x_0)/σ_t, the diffusion
+        term's integrand (VDM eq. 17). ``x_1`` and ``x_t`` have the same distribution in both programs, so they
+        cancel. ``weight[B]`` (1/p(t)) scales ``x_t`` and ``diffusion``; with t ~ p, ``Trace_ELBO`` /
+        ``TraceMeanField_ELBO`` on the pair is an unbiased estimate of the continuous-time ELBO."""
+        self._register()
+        self._continuous_sites(x0, t, weight, is_model=True)
+
+    def continuous_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
+        """The pair of :meth:`continuous_model`: ``x_T ~ q(x_T|x_0)`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t)."""
+        self._register_schedule(chain=False)
+        self._continuous_sites(x0, t, weight, is_model=False)
+
     def _register(self) -> None:
         pyro.module("denoiser", self.denoiser)
         if isinstance(self.prior, nn.Module) and next(self.prior.parameters(), None) is not None:
             pyro.module("prior", self.prior)
+        self._register_schedule(chain=False)
+
+    def _register_schedule(self, chain: bool = True):
+        """``pyro.module("schedule", ...)`` for a learned γ schedule (model and guides alike); the chain's
+        coefficients (:meth:`coefficients`) when ``chain``."""
+        if self.gamma_schedule and self.schedule.learnable:
+            pyro.module("schedule", self.schedule)
+        return self.coefficients() if chain else None
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
         """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x ...]``."""
+        if self.continuous:
+            raise ValueError("this model is in continuous time (T = 0) and samples through a chain: "
+                             "diffusion.with_steps(T).sample(n)")
         return self.model(None, n=n)
 
     def extra_repr(self) -> str:
-        return (f"T={self.T}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
+        process = f", time_input={self.time_input!r}, gamma_range={self.gamma_range}" if self.gamma_schedule else ""
+        return (f"T={self.T}{process}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
                 f"decoder={self.decoder!r}, precision={self.precision!r}, "
                 f"prior={'N(0, I)' if self.prior is None else self.prior!r}")

@@ -4,7 +4,7 @@ Time runs t = 1..T as in the lecture; arrays are 0-indexed, so β_t is ``betas[t
 Every derived array below has length T and follows DDPM (Ho et al. 2020) and improved DDPM
 (Nichol & Dhariwal 2021):
 
-* ``alphas``               α_t = 1 − β_t
+* ``alphas``               α_t = 1 − β_t   (``sqrt_alphas`` √α_t, ``log_betas`` log β_t)
 * ``alphas_cumprod``       ᾱ_t = ∏_{s ≤ t} α_s                      (Statement 1: q(x_t|x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I))
 * ``alphas_cumprod_prev``  ᾱ_{t−1}, with ᾱ_0 = 1
 * ``posterior_variance``   β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)     (variance of q(x_{t−1}|x_t, x_0); β̃_1 = 0)
@@ -49,6 +49,8 @@ class NoiseSchedule:
             )
         self.betas = betas
         self.alphas = 1.0 - betas
+        self.sqrt_alphas = np.sqrt(self.alphas)
+        self.log_betas = np.log(betas)
         self.alphas_cumprod = np.cumprod(self.alphas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)

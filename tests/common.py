@@ -168,3 +168,104 @@ def assert_same_state(a, b, *, skip=("elapsed",), where: str = "state") -> None:
         assert torch.equal(a, b), f"{where} differs: max |Δ| = {(a.double() - b.double()).abs().max().item():.3g}"
     else:
         assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
+
+
+# ------------------------------------------------------------------------------ a γ schedule's exact Gaussian case
+class GammaGaussianOracle(nn.Module):
+    """The exact ε̂ for data N(m, diag(s²)) given the label of ``time_input="gamma"``: γ = lo + label (hi − lo)/1000
+    (``gamma_range`` = (lo, hi)), α² = sigmoid(−γ), σ² = sigmoid(γ), and E[ε|x_γ] = σ (x − α m)/(α² s² + σ²).
+    ``scale`` is a parameter (1 at the oracle) so that the model has one, or a buffer (``trainable=False``)."""
+
+    def __init__(self, mean, var, gamma_range, trainable: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float64))
+        self.register_buffer("var", torch.as_tensor(var, dtype=torch.float64))
+        self.lo, self.hi = gamma_range
+        one = torch.ones((), dtype=torch.float64)
+        if trainable:
+            self.scale = nn.Parameter(one)
+        else:  # a fixed θ: nothing for an optimizer to move
+            self.register_buffer("scale", one)
+
+    def forward(self, x, label):
+        gamma = (self.lo + label.double() * (self.hi - self.lo) / 1000.0)[:, None]
+        a2, s2 = torch.sigmoid(-gamma), torch.sigmoid(gamma)
+        eps = s2.sqrt() * (x.double() - a2.sqrt() * self.mean) / (a2 * self.var + s2)
+        return (self.scale * eps).to(x.dtype)
+
+
+def gaussian_eps_mse(m, s2, x, gamma):
+    """E_ε ‖ε − ε̂*(x_γ)‖² of the oracle per example, ``[B]``: Σ_d (s⁴ + e^γ (x − m)²) / (s² + e^γ)²."""
+    u = np.exp(np.asarray(gamma, np.float64))[..., None]
+    return ((s2 ** 2 + u * (x - m) ** 2) / (s2 + u) ** 2).sum(-1)
+
+
+def gaussian_continuous_terms(m, s2, x, gamma_0: float, gamma_1: float) -> dict:
+    """The continuous-time ELBO's terms (nats per example ``[B]``) for data N(m, diag(s2)), the exact ε̂ and the
+    Gaussian decoder N(x̂_0(x_1), σ_0²) at γ_0, N(0, I) prior, in closed form:
+
+    - diffusion ½ ∫_{γ_0}^{γ_1} Σ_d (s⁴ + e^γ (x − m)²)/(s² + e^γ)² dγ = ½ Σ_d [F(γ_1) − F(γ_0)],
+      F(γ) = γ − log(s² + e^γ) + (s² − (x − m)²)/(s² + e^γ);
+    - reconstruction ½ log(2π σ_0²) + E(x − x̂_0)²/(2 σ_0²), E(x − x̂_0)² = ((x − m)² σ⁴ + α² s⁴ σ²)/c² at γ_0,
+      c = α² s² + σ²;
+    - prior ½ (σ_1² + α_1² x² − 1 − log σ_1²) summed over d.
+    """
+    x, m, s2 = np.asarray(x, np.float64), np.asarray(m, np.float64), np.asarray(s2, np.float64)
+
+    def F(g):
+        u = math.exp(g)
+        return (g - np.log(s2 + u) + (s2 - (x - m) ** 2) / (s2 + u)).sum(-1)
+
+    def sig(g):
+        return 1.0 / (1.0 + math.exp(-g))
+
+    a2, v = sig(-gamma_0), sig(gamma_0)
+    c = a2 * s2 + v
+    err = ((x - m) ** 2 * v ** 2 + a2 * s2 ** 2 * v) / c ** 2
+    rec = (0.5 * math.log(2 * math.pi * v) + err / (2 * v)).sum(-1)
+    a2_1, v_1 = sig(-gamma_1), sig(gamma_1)
+    prior = (0.5 * (v_1 + a2_1 * x ** 2 - 1.0 - math.log(v_1))).sum(-1)
+    return {"prior": prior, "reconstruction": rec, "diffusion": 0.5 * (F(gamma_1) - F(gamma_0))}
+
+
+def gaussian_elbo_by_endpoints(m, s2, x, gamma_0: float, gamma_1: float) -> np.ndarray:
+    """The same ELBO by another route: with the exact reverse process the chain's terms telescope (docs/variational.md)
+    and ELBO(x) = E_{q(x_1|x)}[log p(x|x_1) + log q(x_1) − log q(x_1|x)] − E_{q(x_T|x)}[log q(x_T) − log p(x_T)]
+    with q(x_γ) = N(α m, α² s² + σ²) the data's marginal: the endpoint terms alone, ``[B]``."""
+    x, m, s2 = np.asarray(x, np.float64), np.asarray(m, np.float64), np.asarray(s2, np.float64)
+
+    def sig(g):
+        return 1.0 / (1.0 + math.exp(-g))
+
+    def e_log_marginal(g):  # E_{z ~ q(z|x)} log N(z; α m, α² s² + σ²)
+        a2, v = sig(-g), sig(g)
+        c = a2 * s2 + v
+        return -0.5 * np.log(2 * math.pi * c) - (a2 * (x - m) ** 2 + v) / (2 * c)
+
+    v_0, a2_1, v_1 = sig(gamma_0), sig(-gamma_1), sig(gamma_1)
+    rec = gaussian_continuous_terms(m, s2, x, gamma_0, gamma_1)["reconstruction"]
+    entropy_0 = 0.5 * np.log(2 * math.pi * math.e * v_0) * np.ones_like(x)  # −E log q(x_1|x)
+    e_log_prior = -0.5 * math.log(2 * math.pi) - (a2_1 * x ** 2 + v_1) / 2
+    return -rec + (e_log_marginal(gamma_0) + entropy_0).sum(-1) - (e_log_marginal(gamma_1) - e_log_prior).sum(-1)
+
+
+def cubature_noise(batch: int, dim: int, dtype=torch.float64):
+    """The 2·dim points ±√dim e_k (equal weights): their mean of any quadratic in a standard normal ε of ``dim``
+    dimensions is its exact expectation. Returns (noise ``[batch·2·dim x dim]``, rows of each example grouped)."""
+    pts = math.sqrt(dim) * torch.cat([torch.eye(dim, dtype=dtype), -torch.eye(dim, dtype=dtype)])
+    return pts.repeat(batch, 1)
+
+
+def central_difference(f, p: torch.Tensor, h: float = 1e-5, index=()) -> float:
+    """d f / d p[index] by central differences with one Richardson step (error O(h⁴)): ``f()`` a float64 scalar
+    function of the parameter ``p``, changed in place and restored."""
+    def d(step):
+        with torch.no_grad():
+            p[index] += step
+            up = float(f())
+            p[index] -= 2 * step
+            down = float(f())
+            p[index] += step
+        return (up - down) / (2 * step)
+
+    return (4 * d(h / 2) - d(h)) / 3

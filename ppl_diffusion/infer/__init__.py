@@ -18,7 +18,10 @@ name                  estimator
 ====================  ==========================================================================
 
 All estimate the same ELBO (nats, summed over the batch); (d) :func:`variational_bound` returns
-its terms separately. The importance-weighted bound with K trajectories (Pyro's ``RenyiELBO`` with
+its terms separately. A model with a γ schedule (:mod:`ppl_diffusion.gamma`) and T steps works with every one of
+them; in continuous time (T = 0) its ELBO is :class:`ContinuousTimeELBO` (uniform, low-discrepancy or importance t;
+``schedule_objective="variance"`` trains the schedule's interior for the estimator's variance), not in this table
+(it needs a γ schedule). The importance-weighted bound with K trajectories (Pyro's ``RenyiELBO`` with
 α = 0 on (model, guide); the model supports ``vectorize_particles=True``) is a different, tighter
 bound, kept out of this table; :mod:`ppl_diffusion.study` reports it apart.
 """
@@ -30,9 +33,11 @@ from dataclasses import dataclass
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from .bound import VariationalBound, variational_bound
+from .continuous_elbo import ContinuousTimeELBO, continuous_time_terms
 from .hybrid import HybridELBO
 from .stochastic_elbo import StochasticTimestepELBO
-from .timesteps import ImportanceTimesteps, LowDiscrepancyTimesteps, UniformTimesteps, make_timestep_sampler
+from .timesteps import (ImportanceTimes, ImportanceTimesteps, LowDiscrepancyTimes, LowDiscrepancyTimesteps, UniformTimes,
+                        UniformTimesteps, make_timestep_sampler)
 from .trace_terms import per_example_elbo, trace_pair
 
 
@@ -74,7 +79,8 @@ def make_estimator(name: str, **kwargs) -> Estimator:
 
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "HybridELBO", "ImportanceTimesteps", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimesteps",
-    "VariationalBound", "make_estimator", "make_timestep_sampler", "per_example_elbo", "trace_pair",
-    "variational_bound",
+    "ESTIMATORS", "ContinuousTimeELBO", "Estimator", "HybridELBO", "ImportanceTimes", "ImportanceTimesteps",
+    "LowDiscrepancyTimes", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimes", "UniformTimesteps",
+    "VariationalBound", "continuous_time_terms", "make_estimator", "make_timestep_sampler", "per_example_elbo",
+    "trace_pair", "variational_bound",
 ]

@@ -61,19 +61,20 @@ class HybridELBO(StochasticTimestepELBO):
         weight = weight.to(x0.dtype)
         draws = active()
         eps = torch.randn_like(x0) if draws is None else draws.randn(x0.shape, dtype=x0.dtype, device=x0.device)
-        x_t = cf.q_sample(diffusion.schedule, x0, t, eps)
-        eps_hat, v = diffusion.denoiser_output(x_t, t)
-        log_var = diffusion.learned_log_variance(v, t)
-        q_mean, _, q_log_var = cf.q_posterior_mean_variance(diffusion.schedule, x0, x_t, t)
+        s = diffusion.coefficients()  # the NoiseSchedule, or a γ schedule's chain
+        x_t = cf.q_sample(s, x0, t, eps)
+        eps_hat, v = diffusion.denoiser_output(x_t, t, coef=s)
+        log_var = diffusion.learned_log_variance(v, t, s)
+        q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, t)
 
         def step_loss(eps_for_mean):  # L_{t−1}: the KL for t > 1, the decoder's −log p(x_0|x_1) at t = 1
-            mean = cf.p_mean_from_eps(diffusion.schedule, x_t, t, eps_for_mean)
+            mean = cf.p_mean_from_eps(s, x_t, t, eps_for_mean)
             kl = cf.normal_kl(q_mean, q_log_var, mean, log_var).reshape(batch, -1).sum(-1)
             nll = -diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
             return torch.where(t == 1, nll, kl)
 
         # L_T = KL(q(x_T|x_0) || p(x_T)): closed form where registered, else one Monte-Carlo draw.
-        mean_T, var_T = cf.q_mean_variance(diffusion.schedule, x0, diffusion._full_t(diffusion.T, batch, x0.device))
+        mean_T, var_T = cf.q_mean_variance(s, x0, diffusion._full_t(diffusion.T, batch, x0.device))
         q_T = dist.Normal(mean_T, var_T.sqrt()).to_event(d)
         prior_term, _ = prior_kl(q_T, diffusion.get_prior(x0.device, x0.dtype), draws=1)
         to_bpd = 1.0 / (x0[0].numel() * math.log(2.0))

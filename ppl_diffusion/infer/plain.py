@@ -20,7 +20,7 @@ def plain_stochastic_elbo(diffusion, x0: Tensor) -> Tensor:
     L_{t−1} is the closed-form KL for t > 1 and −log p(x_0|x_1) for t = 1; L_T = KL(q(x_T|x_0) || N(0, I)).
     Requires the default prior N(0, I).
     """
-    s, T = diffusion.schedule, diffusion.T
+    s, T = diffusion.coefficients(), diffusion.T
     batch, dims = x0.shape[0], tuple(range(1, x0.dim()))
     t = torch.randint(0, T, (batch,)).to(x0.device) + 1
     # The same draws, in the same order, as the Pyro one-step programs: x_T, x_t, x_{t−1}.

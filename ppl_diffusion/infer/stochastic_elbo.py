@@ -26,6 +26,16 @@ def diffusion_of(model):
     return owner
 
 
+def record_losses(sampler, t: Tensor, losses: Tensor) -> None:
+    """``sampler.update(t, losses)``; under :class:`~ppl_diffusion.infer.draws.BatchDraws` every rank records the
+    global batch's losses in the same order, so that every rank keeps the same sampler state."""
+    draws = active()
+    if draws is None:
+        sampler.update(t, losses)
+    else:
+        sampler.update(draws.gather(t), draws.gather(losses))
+
+
 def draw_timesteps(sampler, n: int, device) -> tuple[Tensor, Tensor]:
     """``sampler.sample(n)``, or under :class:`~ppl_diffusion.infer.draws.BatchDraws` this rank's rows of the
     global batch's draw."""
@@ -106,11 +116,7 @@ class StochasticTimestepELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """−ELBO summed over the batch, differentiable in θ; records the step losses for importance t."""
         elbo, t, _, step = self.terms(model, *args, **kwargs)
-        draws = active()
-        if draws is None:
-            self.sampler.update(t, -step.detach())
-        else:  # every rank records the global batch's losses in the same order: the same sampler state
-            self.sampler.update(draws.gather(t), draws.gather(-step.detach()))
+        record_losses(self.sampler, t, -step.detach())
         loss = -elbo.sum()
         warn_if_nan(loss, "loss")
         return loss

@@ -1,8 +1,14 @@
-"""Distributions over the step t of the stochastic-timestep estimator.
+"""Distributions over the step t of the stochastic-timestep estimator, and over the time t ∈ [0, 1] of the
+continuous-time one.
 
 A sampler draws ``t`` (``LongTensor[n]`` in 1..T) and returns the importance weight 1/P(t), so that
 Σ_t term_t is estimated without bias by term_t / P(t). Samplers keep their state in
 ``state_dict()`` so that a resumed training run draws exactly what an uninterrupted one would.
+
+In continuous time (T = 0, :func:`make_timestep_sampler` with ``T=0``) the samplers of the same names draw
+``t`` (float64 ``[n]`` in [0, 1)) with weight 1/p(t), so that ∫_0^1 f(t) dt is estimated by f(t)/p(t):
+:class:`UniformTimes`, :class:`LowDiscrepancyTimes` (VDM's) and :class:`ImportanceTimes` (improved DDPM's
+history on ``bins`` equal bins of [0, 1], uniform within a bin).
 """
 
 from __future__ import annotations
@@ -125,12 +131,94 @@ class ImportanceTimesteps(UniformTimesteps):
         self.write_pos = state["write_pos"].clone().long()
 
 
+class UniformTimes:
+    """Continuous time: t ~ U[0, 1); weight 1."""
+
+    name = "uniform"
+    T = 0  # continuous time
+
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` times (float64 ``[n]``) and their weights 1/p(t) (float64), from ``generator``."""
+        t = torch.rand((n,), dtype=torch.float64, generator=generator, device=_device_of(generator))
+        return t.to(device), torch.ones((n,), dtype=torch.float64, device=device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        """Record per-example diffusion terms at their times (used by importance sampling; ignored here)."""
+
+    def state_dict(self) -> dict:
+        return {"T": 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["T"]) != 0:
+            raise ValueError(f"timestep sampler state is for T = {state['T']} steps; this model is in continuous "
+                             "time (T = 0)")
+
+
+class LowDiscrepancyTimes(UniformTimes):
+    """Continuous time, VDM's low-discrepancy sampler: one u_0 ~ U[0, 1) per call, t_i = (u_0 + i/n) mod 1 for
+    i = 0..n−1: each t_i uniform (weight 1), the batch's times spread evenly over [0, 1)."""
+
+    name = "low-discrepancy"
+
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        u0 = torch.rand((), dtype=torch.float64, generator=generator, device=_device_of(generator)).cpu()
+        t = (u0 + torch.arange(n, dtype=torch.float64) / n) % 1.0
+        return t.to(device), torch.ones((n,), dtype=torch.float64, device=device)
+
+
+class ImportanceTimes(UniformTimes):
+    """Continuous time, improved DDPM's importance sampling on ``bins`` equal bins of [0, 1): bin k has probability
+    P(k) ∝ √E[L²] of the last ``history`` terms recorded in it (mixed with ``uniform_prob`` of uniform, uniform
+    until every bin has ``history`` of them), t uniform within the bin, weight 1/p(t) = 1/(bins · P(k)). The
+    history is an :class:`ImportanceTimesteps` over the bins (its state_dict format, with ``T`` = 0 and ``bins``)."""
+
+    name = "importance"
+
+    def __init__(self, bins: int = 100, history: int = 10, uniform_prob: float = 1e-3) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins = {bins!r}; the continuous importance sampler needs an integer number of bins >= 1")
+        self.bins = bins
+        self.by_bin = ImportanceTimesteps(bins, history=history, uniform_prob=uniform_prob)
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.by_bin.warmed_up
+
+    def density(self, t: Tensor) -> Tensor:
+        """p(t), float64, at times ``t`` in [0, 1]."""
+        k = torch.clamp((t.double().cpu() * self.bins).floor().long(), 0, self.bins - 1)
+        return self.by_bin.probabilities()[k] * self.bins
+
+    def sample(self, n: int, device=None, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        k, weight = self.by_bin.sample(n, generator=generator)  # bins 1..K, weight 1/P(k)
+        u = torch.rand((n,), dtype=torch.float64, generator=generator, device=_device_of(generator)).cpu()
+        t = (k.cpu().double() - 1.0 + u) / self.bins
+        return t.to(device), (weight.cpu() / self.bins).to(device)
+
+    def update(self, t: Tensor, losses: Tensor) -> None:
+        k = torch.clamp((t.detach().double().cpu() * self.bins).floor().long(), 0, self.bins - 1) + 1
+        self.by_bin.update(k, losses)
+
+    def state_dict(self) -> dict:
+        return {**self.by_bin.state_dict(), "T": 0, "bins": self.bins}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if int(state["bins"]) != self.bins:
+            raise ValueError(f"importance sampler state has {state['bins']} bins, this sampler {self.bins}")
+        self.by_bin.load_state_dict({**state, "T": self.bins})
+
+
 TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "importance": ImportanceTimesteps,
                      "low-discrepancy": LowDiscrepancyTimesteps}
+TIME_SAMPLERS = {"uniform": UniformTimes, "importance": ImportanceTimes, "low-discrepancy": LowDiscrepancyTimes}
 
 
-def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps:
-    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``."""
+def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps | UniformTimes:
+    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``; of steps 1..T, or of times in
+    [0, 1) for ``T = 0`` (continuous time)."""
     if name not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {name!r}; choose one of {sorted(TIMESTEP_SAMPLERS)}")
+    if T == 0 and not isinstance(T, bool):
+        return TIME_SAMPLERS[name](**kwargs)
     return TIMESTEP_SAMPLERS[name](T, **kwargs)

@@ -3,6 +3,7 @@
 - closed forms and decoders on JAX arrays (:mod:`.closed_forms`, :mod:`.distributions`), from the same
   float64 schedule;
 - the MLP and U-Net denoisers in Flax NNX (:mod:`.nets`) with weight conversion both ways (:mod:`.convert`);
+- the γ schedules of a learnable forward process in Flax NNX (:mod:`.gamma`), converted by name;
 - :class:`GaussianDiffusion`: the full-chain and one-step programs with the Pyro backend's site names and
   plates, the denoiser registered with ``numpyro.contrib.module.nnx_module``;
 - estimators (:mod:`.infer`): per-example ELBO terms of any trace pair, :class:`StochasticTimestepELBO`
@@ -29,14 +30,20 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
                       "pip install -c constraints.txt -e '.[jax]'") from None
 
 from . import chain
-from .convert import (flax_twin, from_torch, load_torch_state, mlp_from_torch, mlp_to_torch, params_from_torch_state,
-                      to_torch, torch_state_from_params)
+from .convert import (flax_twin, from_torch, gamma_params_from_torch_state, gamma_twin, load_torch_state, mlp_from_torch,
+                      mlp_to_torch, params_from_torch_state, to_torch, torch_state_from_gamma_params,
+                      torch_state_from_params)
 from .diffusion import GaussianDiffusion
 from .distributions import DiscretizedGaussian, make_decoder
-from .infer import ChainELBO, StochasticTimestepELBO, per_example_elbo, stochastic_elbo_terms, trace_pair
+from .gamma import GammaChain, InterpolatedGamma, LinearGamma, MonotoneNetGamma, ScalarGamma, make_gamma_schedule
+from .infer import (ChainELBO, ContinuousTimeELBO, StochasticTimestepELBO, continuous_time_loss, continuous_time_terms,
+                    per_example_elbo, stochastic_elbo_terms, trace_pair)
 from .nets import MLPDenoiser, UNet, mlp_for, timestep_embedding, unet_for, unet_preset
 
-__all__ = ["ChainELBO", "DiscretizedGaussian", "GaussianDiffusion", "MLPDenoiser", "StochasticTimestepELBO", "UNet",
-           "chain", "flax_twin", "from_torch", "load_torch_state", "make_decoder", "mlp_for", "mlp_from_torch",
-           "mlp_to_torch", "params_from_torch_state", "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding",
-           "to_torch", "torch_state_from_params", "trace_pair", "unet_for", "unet_preset"]
+__all__ = ["ChainELBO", "ContinuousTimeELBO", "DiscretizedGaussian", "GammaChain", "GaussianDiffusion",
+           "InterpolatedGamma", "LinearGamma", "MLPDenoiser", "MonotoneNetGamma", "ScalarGamma",
+           "StochasticTimestepELBO", "UNet", "chain", "continuous_time_loss", "continuous_time_terms", "flax_twin",
+           "from_torch", "gamma_params_from_torch_state", "gamma_twin", "load_torch_state", "make_decoder",
+           "make_gamma_schedule", "mlp_for", "mlp_from_torch", "mlp_to_torch", "params_from_torch_state",
+           "per_example_elbo", "stochastic_elbo_terms", "timestep_embedding", "to_torch",
+           "torch_state_from_gamma_params", "torch_state_from_params", "trace_pair", "unet_for", "unet_preset"]

@@ -34,6 +34,10 @@ def denoiser_apply(diffusion):
     its dropout keys are replaced by keys derived from ``dropout_key`` (so a compiled function draws fresh
     masks per call); without one, the module's own keys are used as they are.
     """
+    if getattr(diffusion, "gamma_schedule", False):
+        raise ValueError("the compiled chain takes the denoiser's parameters only, and a γ schedule's would be its "
+                         "initial ones here: score a γ-schedule model with its named-site programs (model, guide, "
+                         "step_model, continuous_model) or ppl_diffusion.numpyro's ELBOs")
     graphdef, params_state, rest = nnx.split(diffusion.denoiser, nnx.Param, nnx.Not(nnx.Param))
 
     def apply(params, x_t, t, dropout_key=None):

@@ -2,7 +2,8 @@
 :mod:`ppl_diffusion.closed_forms` (PyTorch), reading the same float64 :class:`~ppl_diffusion.NoiseSchedule`.
 
 Coefficients are computed in float64 numpy exactly as the PyTorch backend computes them, gathered per t
-and cast to the data's dtype, so that both backends see the same float32 numbers.
+and cast to the data's dtype, so that both backends see the same float32 numbers. ``schedule`` may also be a
+:class:`~ppl_diffusion.numpyro.gamma.GammaChain` (the same names as JAX arrays, differentiable in a γ schedule).
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from jax.scipy.special import log_ndtr
 from ..schedule import NoiseSchedule
 
 
-def extract(arr: np.ndarray, t, like):
-    """``arr[t − 1]`` broadcastable against ``like``: ``t`` has the batch shape, trailing 1s are added."""
-    out = jnp.asarray(np.asarray(arr, dtype=np.float64).astype(like.dtype))[jnp.asarray(t) - 1]
+def extract(arr, t, like):
+    """``arr[t − 1]`` broadcastable against ``like``: ``t`` has the batch shape, trailing 1s are added. ``arr`` is a
+    float64 NumPy array (cast on the host) or a JAX array (a γ chain's, cast in the program)."""
+    if isinstance(arr, np.ndarray):
+        out = jnp.asarray(arr.astype(like.dtype))[jnp.asarray(t) - 1]
+    else:
+        out = jnp.asarray(arr).astype(like.dtype)[jnp.asarray(t) - 1]
     return out.reshape(out.shape + (1,) * (like.ndim - out.ndim))
 
 
@@ -36,7 +41,7 @@ def q_sample(schedule: NoiseSchedule, x0, t, eps):
 
 def q_step_mean_variance(schedule: NoiseSchedule, x_prev, t):
     """q(x_t | x_{t−1}) = N(√(1 − β_t) x_{t−1}, β_t I)."""
-    mean = extract(np.sqrt(schedule.alphas), t, x_prev) * x_prev
+    mean = extract(schedule.sqrt_alphas, t, x_prev) * x_prev
     var = jnp.broadcast_to(extract(schedule.betas, t, x_prev), x_prev.shape)
     return mean, var
 
@@ -58,7 +63,7 @@ def predict_x0_from_eps(schedule: NoiseSchedule, x_t, t, eps):
 def p_mean_from_eps(schedule: NoiseSchedule, x_t, t, eps):
     """DDPM's reverse mean μ_θ(x_t, t) = (x_t − β_t / √(1 − ᾱ_t) · ε̂) / √α_t."""
     coef = extract(schedule.betas / schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
-    return (x_t - coef * eps) / extract(np.sqrt(schedule.alphas), t, x_t)
+    return (x_t - coef * eps) / extract(schedule.sqrt_alphas, t, x_t)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):

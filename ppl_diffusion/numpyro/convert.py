@@ -247,3 +247,73 @@ def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None
     if not torch_module.training:
         module.eval()
     return module
+
+
+# --------------------------------------------------------------------------------------------- γ schedules
+def _flatten(pure: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in pure.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def gamma_params_from_torch_state(module, state_dict) -> dict:
+    """The pure param dict of the Flax γ schedule ``module`` (:mod:`ppl_diffusion.numpyro.gamma`) holding the
+    PyTorch twin's ``state_dict`` (``schedule.`` stripped if present): the names and layouts are the same
+    (``ends.log_range``, ``l2.weight [F x 1]``, …). A ValueError names a missing, extra or misshapen key."""
+    pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    flat = _flatten(pure)
+    given = {k.removeprefix("schedule."): v for k, v in state_dict.items()}
+    if set(given) != set(flat):
+        missing, extra = sorted(set(flat) - set(given)), sorted(set(given) - set(flat))
+        raise ValueError(f"the γ schedule {type(module).__name__} has parameters {sorted(flat)}; the state dict "
+                         f"lacks {missing} and has extra {extra}: build the Flax schedule with the PyTorch one's "
+                         "class and settings (gamma_twin(torch_schedule) does)")
+    for name, want in flat.items():
+        value = given[name]
+        value = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
+        if value.shape != np.shape(want):
+            raise ValueError(f"γ schedule parameter {name}: the Flax schedule has shape {np.shape(want)}, the "
+                             f"state dict {value.shape}; build it with the same features")
+        node, *path = name.split(".")[::-1]
+        target = pure
+        for key in reversed(path):
+            target = target[key]
+        target[node] = jnp.asarray(value, dtype=np.asarray(want).dtype)
+    return pure
+
+
+def torch_state_from_gamma_params(module, params) -> dict[str, torch.Tensor]:
+    """The PyTorch state dict (float32 CPU tensors, the same names) of the pure param dict ``params`` of the Flax γ
+    schedule ``module`` (its weights, or gradients laid out as them)."""
+    del module  # the names are the layout
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in _flatten(params).items()}
+
+
+def gamma_twin(torch_schedule):
+    """The Flax twin of a PyTorch γ schedule (:mod:`ppl_diffusion.gamma`), with its settings and weights."""
+    from .. import gamma as tg
+    from . import gamma as jg
+
+    if isinstance(torch_schedule, tg.InterpolatedGamma):
+        return jg.InterpolatedGamma(torch_schedule.times, torch_schedule.gammas, torch_schedule.interpolation)
+    if isinstance(torch_schedule, tg.LinearGamma):
+        return jg.LinearGamma(torch_schedule.gamma_0, torch_schedule.gamma_1)
+    if isinstance(torch_schedule, tg.ScalarGamma):
+        module = jg.ScalarGamma()
+    elif isinstance(torch_schedule, tg.MonotoneNetGamma):
+        g0, g1 = (float(g.detach()) for g in torch_schedule.endpoints())
+        module = jg.MonotoneNetGamma(g0, g1, learn_endpoints=torch_schedule.learn_endpoints,
+                                     features=torch_schedule.features)
+    else:
+        raise TypeError(f"gamma_twin: no Flax twin known for {type(torch_schedule).__name__}; expected a γ schedule "
+                        "of ppl_diffusion.gamma")
+    pure = gamma_params_from_torch_state(module, torch_schedule.state_dict())
+    state = nnx.state(module, nnx.Param)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(module, state)
+    return module

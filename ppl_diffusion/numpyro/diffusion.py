@@ -13,6 +13,11 @@
 The full-chain programs are written with a Python loop, site by site, as the reference the PyTorch
 backend is checked against; compiled estimators of the full chain with ``lax.scan`` are the next step
 of issue 6.
+
+A γ schedule (:mod:`ppl_diffusion.numpyro.gamma`) in place of the NoiseSchedule makes the forward process learnable,
+as on the PyTorch side: ``T >= 2`` steps at (t − 1)/(T − 1) or ``T = 0`` (``continuous_model`` /
+``continuous_guide``), the parameters registered as ``numpyro.param("schedule$params")`` in the model and the guides,
+the net conditioned on the step (``time_input="step"``) or on γ rescaled (``"gamma"``).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from numpyro.contrib.module import nnx_module
 from ..diffusion import LEARNED_VARIANCES as _TORCH_LEARNED
 from ..diffusion import VARIANCES
 from ..priors import check_event_shape
+from ..gamma import GAMMA_LABEL_SCALE, check_forward_process
 from ..schedule import NoiseSchedule
 from . import closed_forms as cf
 from .distributions import make_decoder
+from .gamma import GammaChain, GammaSchedule, param_module
 
 
 # The learned variances of the PyTorch backend (ppl_diffusion.diffusion.LEARNED_VARIANCES), on JAX arrays.
@@ -46,7 +53,8 @@ assert set(LEARNED_VARIANCES) == set(_TORCH_LEARNED)
 class GaussianDiffusion:
     """DDPM as a NumPyro latent-variable model (see the module table).
 
-    :param NoiseSchedule schedule: the float64 schedule shared with the PyTorch backend.
+    :param schedule: the float64 NoiseSchedule shared with the PyTorch backend, or a γ schedule
+        (:mod:`ppl_diffusion.numpyro.gamma`), which needs ``T``.
     :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.MLPDenoiser`).
     :param tuple event_shape: shape of one example.
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
@@ -54,16 +62,24 @@ class GaussianDiffusion:
     :param decoder: ``"gaussian"`` or ``"discretized"``.
     :param str variance: a name in :data:`ppl_diffusion.diffusion.VARIANCES` (``"beta"``, ``"posterior"``,
         ``"fixed-large"``) or in :data:`LEARNED_VARIANCES` (``"learned"``, ``"learned-range"``).
+    :param int T: with a γ schedule, T >= 2 steps or 0 (continuous time).
+    :param str time_input: ``"step"`` or ``"gamma"`` (default for a γ schedule), as the PyTorch backend's.
+    :param tuple gamma_range: (γ_lo, γ_hi) of the ``"gamma"`` label (default: the schedule's endpoints now).
     """
 
     backend = "numpyro"
 
-    def __init__(self, *, schedule: NoiseSchedule, denoiser, event_shape, prior=None, decoder="gaussian",
-                 variance: str = "beta") -> None:
-        if not isinstance(schedule, NoiseSchedule):
-            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    def __init__(self, *, schedule, denoiser, event_shape, prior=None, decoder="gaussian",
+                 variance: str = "beta", T: int | None = None, time_input: str | None = None,
+                 gamma_range=None) -> None:
+        if not isinstance(schedule, (NoiseSchedule, GammaSchedule)):
+            raise TypeError(f"schedule must be a NoiseSchedule or a γ schedule (ppl_diffusion.numpyro.gamma), got "
+                            f"{type(schedule).__name__}")
         if variance not in VARIANCES and variance not in LEARNED_VARIANCES:
             raise ValueError(f"unknown variance {variance!r}; choose one of {sorted([*VARIANCES, *LEARNED_VARIANCES])}")
+        ends = None if isinstance(schedule, NoiseSchedule) else tuple(float(g) for g in schedule.endpoints())
+        self._T, self.time_input, self.gamma_range = check_forward_process(schedule, T, time_input, gamma_range,
+                                                                           variance, endpoints=ends)
         self.schedule = schedule
         self.denoiser = denoiser
         self.event_shape = check_event_shape(event_shape, allow_empty=True)
@@ -74,7 +90,8 @@ class GaussianDiffusion:
         self.prior = prior
         self.decoder = make_decoder(decoder)
         self.variance = variance
-        self.p_log_variance = None if variance in LEARNED_VARIANCES else VARIANCES[variance](schedule)
+        self.p_log_variance = (None if variance in LEARNED_VARIANCES or self.gamma_schedule
+                               else VARIANCES[variance](schedule))
 
     def eval(self) -> "GaussianDiffusion":
         """The denoiser in evaluation mode (no dropout), as ``torch.nn.Module.eval``; returns self."""
@@ -88,7 +105,55 @@ class GaussianDiffusion:
 
     @property
     def T(self) -> int:
-        return self.schedule.T
+        """The number of steps (0: continuous time)."""
+        return self._T
+
+    @property
+    def gamma_schedule(self) -> bool:
+        return isinstance(self.schedule, GammaSchedule)
+
+    @property
+    def continuous(self) -> bool:
+        return self._T == 0
+
+    def with_steps(self, T: int) -> "GaussianDiffusion":
+        """The same model (γ schedule, denoiser, prior shared) with ``T`` steps, or in continuous time for T = 0."""
+        if not self.gamma_schedule:
+            raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps")
+        return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=self.event_shape,
+                                 prior=self.prior, decoder=self.decoder, variance=self.variance, T=T,
+                                 time_input=self.time_input, gamma_range=self.gamma_range)
+
+    def _sched(self):
+        """The γ schedule with its parameters registered (``numpyro.param("schedule$params")``), or the
+        NoiseSchedule."""
+        return param_module("schedule", self.schedule) if self.gamma_schedule else self.schedule
+
+    def _need_chain(self) -> None:
+        if self._T == 0:
+            raise ValueError("this model is in continuous time (T = 0) and has no chain of steps: score it with "
+                             "ppl_diffusion.numpyro.ContinuousTimeELBO (continuous_model / continuous_guide), or "
+                             "take a chain with diffusion.with_steps(T)")
+
+    def coefficients(self, schedule=None):
+        """The NoiseSchedule, or the :class:`~ppl_diffusion.numpyro.gamma.GammaChain` of ``schedule`` (default: the
+        registered γ schedule, :meth:`_sched`) at the T steps."""
+        if not self.gamma_schedule:
+            return self.schedule
+        self._need_chain()
+        return GammaChain.of(self._sched() if schedule is None else schedule, self._T)
+
+    def log_variance_table(self, coef):
+        """log σ_t² of a fixed variance, t = 1..T (NumPy for a NoiseSchedule, JAX for a γ chain)."""
+        return self.p_log_variance if self.p_log_variance is not None else VARIANCES[self.variance](coef)
+
+    def time_label(self, t, coef):
+        """The net's label at steps t: t, or 1000 (γ_t − γ_lo)/(γ_hi − γ_lo) (``time_input="gamma"``)."""
+        return t if self.time_input == "step" else self.gamma_label(coef.gamma[jnp.asarray(t) - 1])
+
+    def gamma_label(self, gamma):
+        lo, hi = self.gamma_range
+        return (gamma - lo) * (GAMMA_LABEL_SCALE / (hi - lo))
 
     @property
     def num_dims(self) -> int:
@@ -113,7 +178,13 @@ class GaussianDiffusion:
     def _net(self):
         return nnx_module("denoiser", self.denoiser)
 
-    def _call(self, net, x_t, t):
+    def _call(self, net, x_t, t, coef=None, label=None):
+        """The net at (x_t, its label): :meth:`time_label` of the steps ``t`` (``coef`` the chain's coefficients, when
+        the net is conditioned on γ), or ``label`` itself."""
+        if label is not None:
+            t = label.astype(x_t.dtype)
+        elif self.time_input != "step":
+            t = self.time_label(t, self.coefficients() if coef is None else coef).astype(x_t.dtype)
         batch_shape = self._batch_shape(x_t)
         if len(batch_shape) > 1:  # vectorized particles: one flat call
             t = jnp.broadcast_to(t, batch_shape).reshape(-1)
@@ -138,79 +209,86 @@ class GaussianDiffusion:
         eps, v = jnp.split(out, 2, axis=axis)
         return eps, v
 
-    def mean_log_var(self, out, x_t, t):
+    def mean_log_var(self, out, x_t, t, coef=None):
         """Mean and log-variance of p(x_{t−1}|x_t, θ) from the denoiser's output ``out`` at (x_t, t); with a learned
         variance log σ² = f log β_t + (1 − f) log β̃_t, f = sigmoid(2 v) or (v + 1)/2 (``"learned-range"``), as the Pyro
-        backend."""
+        backend. ``coef``: the chain's coefficients (default: the NoiseSchedule, or the registered γ chain)."""
+        coef = self.coefficients() if coef is None else coef
         eps, v = self.split_output(out, x_t)
-        mean = cf.p_mean_from_eps(self.schedule, x_t, t, eps)
+        mean = cf.p_mean_from_eps(coef, x_t, t, eps)
         if v is None:
-            return mean, jnp.broadcast_to(cf.extract(self.p_log_variance, t, x_t), x_t.shape)
+            return mean, jnp.broadcast_to(cf.extract(self.log_variance_table(coef), t, x_t), x_t.shape)
         frac = LEARNED_VARIANCES[self.variance](v)
-        log_beta = cf.extract(np.log(self.schedule.betas), t, v)
-        log_post = cf.extract(self.schedule.posterior_log_variance_clipped, t, v)
+        log_beta = cf.extract(coef.log_betas, t, v)
+        log_post = cf.extract(coef.posterior_log_variance_clipped, t, v)
         return mean, frac * log_beta + (1.0 - frac) * log_post
 
-    def predict_eps(self, net, x_t, t):
-        return self.split_output(self._call(net, x_t, t), x_t)[0]
+    def predict_eps(self, net, x_t, t, coef=None):
+        return self.split_output(self._call(net, x_t, t, coef), x_t)[0]
 
-    def p_mean_variance(self, net, x_t, t):
+    def p_mean_variance(self, net, x_t, t, coef=None):
         """Mean and log-variance of p(x_{t−1}|x_t, θ) (at t = 1, the decoder's)."""
-        return self.mean_log_var(self._call(net, x_t, t), x_t, t)
+        coef = self.coefficients() if coef is None else coef
+        return self.mean_log_var(self._call(net, x_t, t, coef), x_t, t, coef)
 
     def _full_t(self, t: int, x):
         return jnp.full(self._batch_shape(x), t, dtype=jnp.int32)
 
     # ------------------------------------------------------------------ full chain
     def model(self, x0=None, n: int | None = None):
+        self._need_chain()
         net = self._net()
+        coef = self.coefficients()
         batch = x0.shape[0] if x0 is not None else n
         dtype = x0.dtype if x0 is not None else jnp.float32
         d, T = self._d(), self.T
         with numpyro.plate("data", batch):
             x = numpyro.sample(f"x_{T}", self.get_prior(dtype))
             for t in range(T, 1, -1):
-                mean, log_var = self.p_mean_variance(net, x, self._full_t(t, x))
+                mean, log_var = self.p_mean_variance(net, x, self._full_t(t, x), coef)
                 x = numpyro.sample(f"x_{t - 1}", dist.Normal(mean, jnp.exp(0.5 * log_var)).to_event(d))
-            mean, log_var = self.p_mean_variance(net, x, self._full_t(1, x))
+            mean, log_var = self.p_mean_variance(net, x, self._full_t(1, x), coef)
             return numpyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
 
     def guide(self, x0, n: int | None = None):
-        d, x = self._d(), x0
+        self._need_chain()
+        d, x, coef = self._d(), x0, self.coefficients()
         with numpyro.plate("data", x0.shape[0]):
             for t in range(1, self.T + 1):
-                mean, var = cf.q_step_mean_variance(self.schedule, x, self._full_t(t, x))
+                mean, var = cf.q_step_mean_variance(coef, x, self._full_t(t, x))
                 x = numpyro.sample(f"x_{t}", dist.Normal(mean, jnp.sqrt(var)).to_event(d))
         return x
 
     def posterior_guide(self, x0, n: int | None = None):
-        d, T = self._d(), self.T
+        self._need_chain()
+        d, T, coef = self._d(), self.T, self.coefficients()
         with numpyro.plate("data", x0.shape[0]):
-            mean, var = cf.q_mean_variance(self.schedule, x0, self._full_t(T, x0))
+            mean, var = cf.q_mean_variance(coef, x0, self._full_t(T, x0))
             x = numpyro.sample(f"x_{T}", dist.Normal(mean, jnp.sqrt(var)).to_event(d))
             for t in range(T, 1, -1):
-                mean, var, _ = cf.q_posterior_mean_variance(self.schedule, x0, x, self._full_t(t, x))
+                mean, var, _ = cf.q_posterior_mean_variance(coef, x0, x, self._full_t(t, x))
                 x = numpyro.sample(f"x_{t - 1}", dist.Normal(mean, jnp.sqrt(var)).to_event(d))
         return x
 
     # ------------------------------------------------------------------ one step per example
     def _step_sites(self, x0, t, weight, is_model: bool, net=None):
-        d, T = self._d(), self.T
+        self._need_chain()
+        d, T, coef = self._d(), self.T, self.coefficients()
         with numpyro.plate("data", x0.shape[0]):
-            mean_T, var_T = cf.q_mean_variance(self.schedule, x0, self._full_t(T, x0))
+            mean_T, var_T = cf.q_mean_variance(coef, x0, self._full_t(T, x0))
             q_T = dist.Normal(mean_T, jnp.sqrt(var_T)).to_event(d)
             numpyro.sample("x_T", self.get_prior(x0.dtype) if is_model else q_T)
             with handlers.scale(scale=weight) if weight is not None else contextlib.nullcontext():
-                mean, var = cf.q_mean_variance(self.schedule, x0, t)
+                mean, var = cf.q_mean_variance(coef, x0, t)
                 x_t = numpyro.sample("x_t", dist.Normal(mean, jnp.sqrt(var)).to_event(d))
                 if is_model:
-                    p_mean, p_log_var = self.p_mean_variance(net, x_t, t)
+                    p_mean, p_log_var = self.p_mean_variance(net, x_t, t, coef)
                     with handlers.mask(mask=t > 1):
                         numpyro.sample("x_prev", dist.Normal(p_mean, jnp.exp(0.5 * p_log_var)).to_event(d))
                     with handlers.mask(mask=t == 1):
                         numpyro.sample("x_0", self.decoder(p_mean, p_log_var).to_event(d), obs=x0)
                 else:
-                    q_mean, _, q_log_var = cf.q_posterior_mean_variance(self.schedule, x0, x_t, t)
+                    q_mean, _, q_log_var = cf.q_posterior_mean_variance(coef, x0, x_t, t)
                     with handlers.mask(mask=t > 1):
                         numpyro.sample("x_prev", dist.Normal(q_mean, jnp.exp(0.5 * q_log_var)).to_event(d))
 
@@ -221,3 +299,55 @@ class GaussianDiffusion:
     def step_guide(self, x0, t, weight=None):
         self._step_sites(x0, t, weight, False)
 
+    # ------------------------------------------------------------------ continuous time
+    def check_continuous(self) -> None:
+        """A one-line error unless the model has a continuous time (a γ schedule, the net conditioned on γ)."""
+        if not self.gamma_schedule or self.time_input != "gamma":
+            raise ValueError("continuous time needs a γ schedule and a net conditioned on γ (time_input='gamma'); "
+                             f"this model has {type(self.schedule).__name__} and time_input={self.time_input!r}")
+
+    def _continuous_sites(self, x0, t, weight, is_model: bool, net=None, shape=None):
+        self.check_continuous()
+        d = self._d()
+        sched = self._sched()
+        dims = tuple(range(1, x0.ndim))
+        work = jnp.result_type(float)  # γ in float64 under jax_enable_x64, as the PyTorch backend's
+
+        def q_normal(gamma):
+            gamma = gamma.reshape(gamma.shape + (1,) * (x0.ndim - gamma.ndim))
+            alpha = jnp.sqrt(jax.nn.sigmoid(-gamma)).astype(x0.dtype)
+            sigma = jnp.sqrt(jax.nn.sigmoid(gamma)).astype(x0.dtype)
+            return alpha, sigma, dist.Normal(alpha * x0, jnp.broadcast_to(sigma, x0.shape)).to_event(d)
+
+        batch = x0.shape[0]
+        g0, g1 = sched.endpoints(work)
+        g_t, dg_t = sched.gamma_and_derivative(jnp.asarray(t, work), shape=shape)
+        with numpyro.plate("data", batch):
+            _, _, q_T = q_normal(jnp.broadcast_to(g1, (batch,)))
+            numpyro.sample("x_T", self.get_prior(x0.dtype) if is_model else q_T)
+            alpha_0, sigma_0, q_1 = q_normal(jnp.broadcast_to(g0, (batch,)))
+            x_1 = numpyro.sample("x_1", q_1)
+            if is_model:
+                eps_hat = self.split_output(self._call(net, x_1, None, label=self.gamma_label(
+                    jnp.broadcast_to(g0, (batch,)))), x_1)[0]
+                mean = (x_1 - sigma_0 * eps_hat) / alpha_0
+                log_var = jnp.broadcast_to(jax.nn.log_sigmoid(g0).astype(x0.dtype), x0.shape)
+                numpyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
+            with handlers.scale(scale=weight) if weight is not None else contextlib.nullcontext():
+                alpha_t, sigma_t, q_t = q_normal(g_t)
+                x_t = numpyro.sample("x_t", q_t)
+                if is_model:
+                    eps = (x_t - alpha_t * x0) / sigma_t
+                    eps_hat = self.split_output(self._call(net, x_t, None, label=self.gamma_label(g_t)), x_t)[0]
+                    mse = jnp.sum((eps - eps_hat) ** 2, axis=dims)
+                    numpyro.factor("diffusion", -0.5 * dg_t.astype(x0.dtype) * mse)
+
+    def continuous_model(self, x0, t, weight=None, shape=None):
+        """The continuous-time model at per-example times ``t`` (``[B]`` in [0, 1]): sites ``x_T``, ``x_1``, ``x_0``,
+        ``x_t`` and the factor ``diffusion``, as the PyTorch backend's. ``shape`` (optional): (shape(t), shape'(t))
+        of the schedule's interior, computed by the caller (the variance objective)."""
+        self._continuous_sites(x0, t, weight, True, self._net(), shape)
+
+    def continuous_guide(self, x0, t, weight=None, shape=None):
+        """The pair of :meth:`continuous_model`: ``x_T`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t)."""
+        self._continuous_sites(x0, t, weight, False, None, shape)

@@ -162,3 +162,149 @@ class ChainELBO(ELBO):
         if STEP_LOSSES in param_map:
             mutable[STEP_LOSSES] = jnp.zeros(x0.shape[:1], x0.dtype)
         return {"loss": _reduce(elbo, self.reduction), "mutable_state": mutable or None}
+
+
+# ------------------------------------------------------------------------------------------ continuous time
+def feed_noise(fn, noise: dict):
+    """``fn`` with its Normal sites named in ``noise`` drawn as loc + scale · noise[name] (the twin of
+    :class:`ppl_diffusion.infer.draws.FeedNoiseMessenger`: the reparameterised value, from given numbers)."""
+    def value(msg):
+        eps = noise.get(msg["name"])
+        if eps is None or msg.get("is_observed"):
+            return None
+        base = msg["fn"]
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+        return base.loc + base.scale * jnp.reshape(eps, jnp.shape(base.loc)).astype(base.loc.dtype)
+
+    return handlers.substitute(fn, substitute_fn=value)
+
+
+def continuous_time_terms(diffusion, rng_key, x0, t, *, params=None, noise=None, weight=None, shape=None,
+                          analytic: bool = True, with_trace: bool = False):
+    """The continuous-time ELBO's terms per example ``[B]`` at times ``t`` (as the PyTorch backend's
+    :func:`ppl_diffusion.infer.continuous_time_terms`): ``"prior"``, ``"reconstruction"``, ``"diffusion"`` (the
+    integrand ½ γ'(t) ‖ε − ε̂‖², unweighted). ``params`` a NumPyro param map (replaces the registered weights),
+    ``noise`` standard normals for the sites ``x_T``, ``x_1``, ``x_t``; ``shape`` the interior's (shape(t),
+    shape'(t)) when the caller computed them."""
+    diffusion.check_continuous()
+    model, guide = diffusion.continuous_model, diffusion.continuous_guide
+    if params is not None:
+        model, guide = handlers.substitute(model, data=params), handlers.substitute(guide, data=params)
+    if noise is not None:
+        guide = feed_noise(guide, noise)
+    model_trace, guide_trace = trace_pair(model, guide, rng_key, x0, t, None, shape)
+    site = per_example_elbo(model_trace, guide_trace, analytic=analytic)
+    parts = {"prior": -site["x_T"], "reconstruction": -(site["x_0"] + site["x_1"]),
+             "diffusion": -(site["diffusion"] + site["x_t"])}
+    return (parts, model_trace) if with_trace else parts
+
+
+SCHEDULE_OBJECTIVES = ("elbo", "variance")
+
+
+def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=None, schedule_objective="elbo",
+                         reduction: str = "sum"):
+    """(−ELBO reduced over the batch, the per-example terms, the model's mutable state) of the continuous-time
+    estimate at times ``t`` with weights ``weight`` (1/p(t)). With ``schedule_objective="variance"`` the value is the
+    same and the gradient of the schedule's interior parameters is that of Σ_i (w_i L_i)² (reduced alike) instead
+    of the ELBO's, routed in one backward pass: a ``jax.custom_vjp`` takes the cotangent of the loss at the
+    interior's outputs (shape(t), shape'(t)), scales it by 2 w_i L_i per example and pulls it back through the
+    interior alone (the PyTorch backend does the same with hooks)."""
+    if schedule_objective not in SCHEDULE_OBJECTIVES:
+        raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
+    weight = jnp.asarray(weight)
+
+    def rest(shape, pm):
+        parts, trace = continuous_time_terms(diffusion, rng_key, x0, t, params=pm, noise=noise, shape=shape,
+                                             with_trace=True)
+        d = weight.astype(parts["diffusion"].dtype) * parts["diffusion"]
+        loss = _reduce(-(parts["prior"] + parts["reconstruction"] + d), reduction)
+        return loss, (d, parts, _mutable_sites(trace))
+
+    if schedule_objective == "elbo":
+        loss, (_, parts, mutable) = rest(None, param_map)
+        return loss, parts, mutable
+    from .gamma import param_module
+
+    schedule = diffusion.schedule
+    sched_params = param_map.get("schedule$params", {})
+    interior = {k: v for k, v in sched_params.items() if k in schedule.interior_keys}
+    if not interior:
+        raise ValueError(f"schedule_objective='variance' trains the interior of a learned γ schedule, and "
+                         f"{type(schedule).__name__} has none; use MonotoneNetGamma or schedule_objective='elbo'")
+    work = jnp.result_type(float)
+
+    def shape_fn(inner):
+        with handlers.substitute(data={"schedule$params": {**sched_params, **inner}}):
+            module = param_module("schedule", schedule)
+        tt = jnp.asarray(t, work)
+        return jax.jvp(module.shape, (tt,), (jnp.ones_like(tt),))
+
+    @jax.custom_vjp
+    def routed(inner, pm):
+        return rest(shape_fn(inner), pm)
+
+    def fwd(inner, pm):
+        shape, pull_shape = jax.vjp(shape_fn, inner)
+        out, pull_rest, aux = jax.vjp(rest, shape, pm, has_aux=True)
+        return (out, aux), (pull_shape, pull_rest, aux[0])
+
+    def bwd(res, cotangent):
+        pull_shape, pull_rest, d = res
+        c_shape, c_pm = pull_rest(cotangent[0])
+        scale = 2.0 * jax.lax.stop_gradient(d)
+        (c_inner,) = pull_shape(tuple(c * scale.astype(c.dtype) for c in c_shape))
+        return c_inner, c_pm
+
+    routed.defvjp(fwd, bwd)
+    loss, (_, parts, mutable) = routed(interior, param_map)
+    return loss, parts, mutable
+
+
+class ContinuousTimeELBO(ELBO):
+    """The continuous-time ELBO (T = ∞) as a NumPyro ELBO for ``numpyro.infer.SVI`` (the twin of
+    :class:`ppl_diffusion.infer.ContinuousTimeELBO`)::
+
+        svi = SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=ContinuousTimeELBO())
+
+    The programs passed are not run (the estimator scores ``continuous_model`` / ``continuous_guide``; pass those to
+    SVI for its ``init``). Times are drawn ``"uniform"`` or ``"low-discrepancy"`` from the step's key, or passed in:
+    ``svi.update(state, x0, t, weight)`` (importance sampling keeps its history outside, as for
+    :class:`StochasticTimestepELBO`; the per-example integrand is returned under SVI's mutable ``"step_losses"``
+    when that key is there). ``schedule_objective="variance"`` trains the schedule's interior for the estimate's
+    variance (:func:`continuous_time_loss`)."""
+
+    def __init__(self, timesteps: str = "uniform", schedule_objective: str = "elbo", reduction: str = "sum") -> None:
+        if timesteps not in ("uniform", "low-discrepancy"):
+            raise ValueError(f"timesteps = {timesteps!r}: the ELBO draws 'uniform' or 'low-discrepancy' times itself; "
+                             "for importance sampling pass (t, weight) from ppl_diffusion.numpyro.timesteps."
+                             "ImportanceTimes to svi.update")
+        if schedule_objective not in SCHEDULE_OBJECTIVES:
+            raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+        super().__init__(num_particles=1)
+        self.timesteps, self.schedule_objective, self.reduction = timesteps, schedule_objective, reduction
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        from .timesteps import make_timestep_sampler
+
+        diffusion = getattr(model, "__self__", None)
+        if diffusion is None or not hasattr(diffusion, "continuous_model"):
+            raise TypeError("this estimator scores a ppl_diffusion.numpyro.GaussianDiffusion; pass "
+                            f"model=diffusion.model or diffusion.continuous_model (got {model!r})")
+        diffusion.check_continuous()
+        k_t, k_elbo = jax.random.split(rng_key)
+        if t is None:
+            sampler = make_timestep_sampler(self.timesteps, 0)
+            t, weight = sampler.sample(k_t, sampler.init(), x0.shape[0])
+        elif weight is None:
+            raise ValueError("pass the importance weights 1/p(t) with the times t (weight=...)")
+        params = {k: v for k, v in param_map.items() if k != STEP_LOSSES}
+        loss, parts, mutable = continuous_time_loss(diffusion, k_elbo, params, x0, t, weight,
+                                                    schedule_objective=self.schedule_objective,
+                                                    reduction=self.reduction)
+        if STEP_LOSSES in param_map:
+            mutable[STEP_LOSSES] = jax.lax.stop_gradient(parts["diffusion"])
+        return {"loss": loss, "mutable_state": mutable or None}

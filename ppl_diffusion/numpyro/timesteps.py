@@ -123,12 +123,93 @@ class ImportanceTimesteps(UniformTimesteps):
                 "write_pos": jnp.asarray(saved["write_pos"].numpy(), jnp.int32)}
 
 
+class UniformTimes:
+    """Continuous time: t ~ U[0, 1); weight 1 (the twin of :class:`ppl_diffusion.infer.timesteps.UniformTimes`)."""
+
+    name = "uniform"
+    T = 0
+
+    def init(self) -> dict:
+        return {}
+
+    def sample(self, key, state: dict, n: int):
+        """``n`` times (float64 under x64, else float32) and their weights 1/p(t)."""
+        dtype = jnp.result_type(float)
+        return jax.random.uniform(key, (n,), dtype), jnp.ones((n,), dtype)
+
+    def update(self, state: dict, t, losses) -> dict:
+        return state
+
+    def to_torch_state(self, state: dict) -> dict:
+        return {"T": 0}
+
+    def from_torch_state(self, saved: dict) -> dict:
+        if int(saved["T"]) != 0:
+            raise ValueError(f"timestep sampler state is for T = {saved['T']} steps; this model is in continuous "
+                             "time (T = 0)")
+        return self.init()
+
+
+class LowDiscrepancyTimes(UniformTimes):
+    """Continuous time, VDM's: t_i = (u_0 + i/n) mod 1, one u_0 per call; weight 1."""
+
+    name = "low-discrepancy"
+
+    def sample(self, key, state: dict, n: int):
+        dtype = jnp.result_type(float)
+        return (jax.random.uniform(key, (), dtype) + jnp.arange(n, dtype=dtype) / n) % 1.0, jnp.ones((n,), dtype)
+
+
+class ImportanceTimes(UniformTimes):
+    """Continuous time: improved DDPM's history on ``bins`` equal bins of [0, 1), t uniform within the drawn bin,
+    weight 1/(bins · P(bin)); the state is an :class:`ImportanceTimesteps` state over the bins (the PyTorch
+    :class:`~ppl_diffusion.infer.timesteps.ImportanceTimes` format)."""
+
+    name = "importance"
+
+    def __init__(self, bins: int = 100, history: int = 10, uniform_prob: float = 1e-3) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"bins = {bins!r}; the continuous importance sampler needs an integer number of bins >= 1")
+        self.bins = bins
+        self.by_bin = ImportanceTimesteps(bins, history=history, uniform_prob=uniform_prob)
+
+    def init(self) -> dict:
+        return self.by_bin.init()
+
+    def density(self, state: dict, t):
+        k = jnp.clip(jnp.floor(t * self.bins).astype(jnp.int32), 0, self.bins - 1)
+        return self.by_bin.probabilities(state)[k] * self.bins
+
+    def sample(self, key, state: dict, n: int):
+        k_bin, k_u = jax.random.split(key)
+        dtype = jnp.result_type(float)
+        k, weight = self.by_bin.sample(k_bin, state, n)
+        t = (k.astype(dtype) - 1.0 + jax.random.uniform(k_u, (n,), dtype)) / self.bins
+        return t, weight.astype(dtype) / self.bins
+
+    def update(self, state: dict, t, losses) -> dict:
+        k = jnp.clip(jnp.floor(t * self.bins).astype(jnp.int32), 0, self.bins - 1) + 1
+        return self.by_bin.update(state, k, losses)
+
+    def to_torch_state(self, state: dict) -> dict:
+        return {**self.by_bin.to_torch_state(state), "T": 0, "bins": self.bins}
+
+    def from_torch_state(self, saved: dict) -> dict:
+        super().from_torch_state(saved)
+        if int(saved["bins"]) != self.bins:
+            raise ValueError(f"importance sampler state has {saved['bins']} bins, this sampler {self.bins}")
+        return self.by_bin.from_torch_state({**saved, "T": self.bins})
+
+
 TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "importance": ImportanceTimesteps,
                      "low-discrepancy": LowDiscrepancyTimesteps}
+TIME_SAMPLERS = {"uniform": UniformTimes, "importance": ImportanceTimes, "low-discrepancy": LowDiscrepancyTimes}
 
 
-def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps:
-    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``."""
+def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps | UniformTimes:
+    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``; of times in [0, 1) for T = 0."""
     if name not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {name!r}; choose one of {sorted(TIMESTEP_SAMPLERS)}")
+    if T == 0 and not isinstance(T, bool):
+        return TIME_SAMPLERS[name](**kwargs)
     return TIMESTEP_SAMPLERS[name](T, **kwargs)
