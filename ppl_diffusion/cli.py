@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError
 from .distributed import DIST_BACKENDS
 from .nets import NetWarning
 from .precision import PrecisionWarning
-from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
+from .train import METRICS_FORMATS, BudgetWarning, TrainConfig, TrainingDiverged, train
 
 PROG = "ppl-diffusion"
 DEFAULTS = TrainConfig()  # argparse defaults come from the dataclass, never restated here
@@ -40,7 +40,8 @@ DEMO_NET = dict(net="auto", net_config=dict(model_channels=16))
 DEMO_CONFIG = dict(data="digits", **DEMO_NET, T=200, estimator="stochastic-kl-is", batch_size=64, lr=1e-3,
                    warmup_steps=100, ema_decay=0.998, steps=2000, checkpoint_every=400, val_examples=128)
 DEMO_EVAL = dict(max_examples=360, fd_samples=1000, n=64)  # the whole 360-image test split
-QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, checkpoint_every=10, log_every=5, val_examples=32)
+QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, ema_decay=0.85, checkpoint_every=10, log_every=5,
+                    val_examples=32)
 QUICK_EVAL = dict(max_examples=16, fd_samples=0, n=16)
 
 
@@ -48,9 +49,9 @@ _format_warning = warnings.formatwarning
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """PrecisionWarning (bf16 emulated) and NetWarning (e.g. an MLP narrower than the data) as one line
-    ``ppl-diffusion: warning: ...``; other warnings as Python does."""
-    if issubclass(category, (PrecisionWarning, NetWarning)):
+    """PrecisionWarning (bf16 emulated), NetWarning (e.g. an MLP narrower than the data) and BudgetWarning (a
+    warm-up or EMA longer than the run) as one line ``ppl-diffusion: warning: ...``; other warnings as Python does."""
+    if issubclass(category, (PrecisionWarning, NetWarning, BudgetWarning)):
         return f"{PROG}: warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
 
@@ -145,10 +146,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "keyword arguments, or your builder's)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default {d.lr})")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"default {d.warmup_steps}")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"steps of linear learning-rate warm-up; for a short run about 5%% of --steps (default "
+                        f"{d.warmup_steps}: warned when over half the run)")
     p.add_argument("--grad-clip", type=_none_or_float, default=d.grad_clip,
                    help=f"max gradient norm, or none (default {d.grad_clip})")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"default {d.ema_decay}")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"decay of the EMA of the weights, which evaluate and sample use; it starts at the initial "
+                        f"weights and keeps decay^steps of them, so for a short run take at most 1 - 3/steps, "
+                        f"e.g. 0.998 for 1,500 steps (default {d.ema_decay}: warned when it keeps over 5%%)")
     p.add_argument("--steps", type=int, default=d.steps, help="budget in optimizer steps (total, resumed ones included)")
     p.add_argument("--minutes", type=float, default=d.minutes, help="budget in wall-clock minutes (total)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"default {d.checkpoint_every}")
@@ -236,7 +242,7 @@ def cmd_train(args) -> None:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
     resume = "auto" if args.auto_resume else args.resume
     result = train(config_from_args(args), args.run_dir, resume=resume, progress=args.progress,
-                   allow_inexact_resume=args.allow_inexact_resume)
+                   allow_inexact_resume=args.allow_inexact_resume, log=print)
     if distributed.world().is_main:
         _print_trained(result)
 
