@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -557,12 +559,6 @@ def cmd_export(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------- demo
-def _describe_net(config: TrainConfig) -> str:
-    """``"unet denoiser (model_channels=32, ...)"``: the net's name and its own settings but the data's shape."""
-    settings = {k: v for k, v in (config.net_config or {}).items() if k not in ("in_channels", "image_size")}
-    return f"{config.net} denoiser" + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
-
-
 def cmd_demo(args) -> None:
     from .evaluate import evaluate_run, summary
     from .sampling import sample_run
@@ -572,11 +568,11 @@ def cmd_demo(args) -> None:
                          seed=args.seed, device=args.device)
     plan = QUICK_EVAL if args.quick else DEMO_EVAL
     run_dir = Path(args.run_dir)
-    print(f"demo: {_describe_net(config)} on {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps "
-          f"of batch {config.batch_size}, best EMA weights by the bound estimated on {config.val_examples} held-out "
-          f"training digits every {config.checkpoint_every} steps; run folder {run_dir}", flush=True)
+    print(f"demo: {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps of batch {config.batch_size}, "
+          f"best EMA weights by the bound estimated on {config.val_examples} held-out training digits every "
+          f"{config.checkpoint_every} steps; run folder {run_dir}", flush=True)
     t0 = time.monotonic()
-    trained = train(config, run_dir, resume=args.resume, progress=args.progress)
+    trained = train(config, run_dir, resume=args.resume, progress=args.progress, log=print)  # log: the net as built
     t1 = time.monotonic()
     _print_trained(trained)
     result = evaluate_run(run_dir, max_examples=plan["max_examples"], fd_samples=plan["fd_samples"],
@@ -650,6 +646,15 @@ def _join_jax_job() -> None:
     initialize()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's stop), raised where the process is, so that a run stopped before
+    its first checkpoint leaves its folder as it found it, as Ctrl-C does."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
@@ -660,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     several = False
     status = 0
+    # Signal handlers live in the main thread; under torchrun SIGTERM keeps its default (the launcher stops the ranks
+    # it stops at once, and a rank would otherwise wait on a process group whose peer is gone).
+    on_term = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_term else None
     try:
         if getattr(args, "threads", None) is not None:  # first: XLA reads its thread count when JAX starts
             set_threads(args.threads)
@@ -680,10 +689,14 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.world().is_main:
             print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; a train run continues from its last checkpoint with --resume", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; a train run continues from "
+              "its last checkpoint with --resume (one stopped before its first left its folder as it found it)",
+              file=sys.stderr)
+        status = 143 if isinstance(e, Terminated) else 130
     finally:
+        if on_term:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
     if several:
         sys.stdout.flush()

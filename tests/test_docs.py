@@ -162,6 +162,7 @@ def test_demo_recipe_benchmark_quick(tmp_path):
     assert "| mlp |" in (tmp_path / "demo_recipe_quick.md").read_text()
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_backends_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -254,6 +255,7 @@ def test_readme_own_images_recipe_runs_as_written(tmp_path):
     assert (run / "samples-ema.png").exists()
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_readme_backend_example_runs_as_written(tmp_path):
     pytest.importorskip("jax")
     import shlex
@@ -299,6 +301,7 @@ def test_extending_guide_runs_as_written(capsys):
     assert "bits/dim; prior term" in out and "learned prior location" in out and "torch.Size([4, 2])" in out
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_priors_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -312,6 +315,7 @@ def test_priors_benchmark_quick(tmp_path):
     assert result["rows"][-1]["estimator"] == "hybrid" and all(math.isfinite(r["bpd_ema"]) for r in result["rows"])
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_ode_benchmark_quick(tmp_path):
     """benchmarks/ode.py --quick: every section (ELBO, IWAE, ODE on both backends, the k-diffusion side-by-side when
     k-diffusion is installed) runs on fresh T = 20 nets and writes its table."""

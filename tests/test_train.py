@@ -559,3 +559,27 @@ def test_train_says_which_net_it_built(tmp_path, capsys):
     assert [_one_line_warning(w.message, w.category, w.filename, w.lineno).count("\n") for w in caught] == [1, 1]
     assert all(_one_line_warning(w.message, w.category, w.filename, w.lineno).startswith("ppl-diffusion: warning: ")
                for w in caught)
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder(tmp_path):
+    """`kill` (SIGTERM) of a CLI train before its first checkpoint: status 143, one line, and the run folder it made
+    is gone, as after Ctrl-C; the message says a stopped run resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "runs" / "new"
+    proc = subprocess.Popen([sys.executable, "-m", "ppl_diffusion", "train", "--data", "two_moons", "--net", "mlp",
+                             "--T", "20", "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1",
+                             "--warmup-steps", "0", "--threads", "1", "--no-progress", "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("ppl-diffusion: terminated; a train run continues"), err
+    assert not (tmp_path / "runs").exists()

@@ -244,7 +244,7 @@ def budget_warnings(config: TrainConfig) -> list[str]:
     steps, out = config.steps, []
     if steps is None:
         return out
-    if config.warmup_steps > steps // 2:
+    if config.warmup_steps > max(1, steps // 2):
         out.append(f"--warmup-steps {config.warmup_steps} is over half of the run's {steps} steps: the learning rate "
                    f"reaches --lr {config.lr:g} only at step {config.warmup_steps}; pass --warmup-steps "
                    f"{max(1, steps // 20)} (5% of the steps) or train longer")

@@ -80,8 +80,9 @@ class TrainResult:
     running_bpd: float | None  # smoothed bits/dim
     stopped_by: str  # "steps" or "minutes"
     checkpoint: Path  # the final checkpoint
-    diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro)
-    ema: dict  # EMA of the denoiser's state_dict
+    # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro); not in the repr
+    diffusion: GaussianDiffusion = dataclasses.field(repr=False)
+    ema: dict = dataclasses.field(repr=False)  # EMA of the denoiser's state_dict
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
     # with config.val_examples: the best checkpoint's step and validation bits/dim, and RUN/best.pt (else None)
     best_step: int | None = None
