@@ -368,7 +368,7 @@ def test_an_image_folder_of_16_pixels_gets_a_u_net_by_default(tmp_path, capsys):
     w = caught[0]
     assert _one_line_warning(w.message, w.category, w.filename, w.lineno) == (
         "ppl-diffusion: warning: the MLP's width 128 is below the data's D = 256 dimensions (1x16x16): every hidden "
-        "layer is narrower than x_t; pass --width 512 (width >= D), or use the U-Net for images (--net auto)\n")
+        "layer is narrower than x_t; pass --width 512 (width >= D), or use the U-Net for square images (--net auto)\n")
 
 
 @pytest.mark.slow
