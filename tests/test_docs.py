@@ -184,6 +184,7 @@ def test_pyro_overhead_benchmark_quick(tmp_path):
     assert (tmp_path / "pyro_overhead_quick.json").exists() and "training step" in out.stdout
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_digits_budget_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -199,6 +200,7 @@ def test_digits_budget_benchmark_quick(tmp_path):
     assert (tmp_path / "out" / "digits_budget_quick_curve.png").exists()
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_readme_cli_example_runs(tmp_path):
     """The README's CLI session, line by line, with ``ppl-diffusion`` the installed command's module."""
     import shlex
@@ -336,6 +338,7 @@ def test_ode_benchmark_quick(tmp_path):
     assert "torchdiffeq (dopri5) against diffrax" in (tmp_path / "ode_quick.md").read_text()
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_bound_estimate_benchmark_quick(tmp_path):
     import subprocess
     import sys
