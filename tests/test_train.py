@@ -325,7 +325,9 @@ def test_net_preset_must_fit_the_data(tmp_path):
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_every_estimator_trains(estimator, tmp_path):
     variance = "learned" if estimator == "hybrid" else "beta"  # the hybrid loss trains a learned σ²
-    result = train(toy(estimator=estimator, steps=2, T=5, variance=variance), tmp_path, progress=False)
+    # A continuous-time estimator scores a γ schedule in continuous time (T = 0); the others a chain of steps.
+    process = dict(T=5) if ESTIMATORS[estimator].needs_steps else dict(T=0, schedule="learned-net")
+    result = train(toy(estimator=estimator, steps=2, variance=variance, **process), tmp_path, progress=False)
     assert result.step == 2 and np.isfinite(result.loss)
 
 
