@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +26,7 @@ from .checkpoint import CheckpointError
 from .distributed import DIST_BACKENDS
 from .nets import NetWarning
 from .precision import PrecisionWarning
-from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
+from .train import METRICS_FORMATS, BudgetWarning, TrainConfig, TrainingDiverged, train
 
 PROG = "ppl-diffusion"
 DEFAULTS = TrainConfig()  # argparse defaults come from the dataclass, never restated here
@@ -40,7 +42,8 @@ DEMO_NET = dict(net="auto", net_config=dict(model_channels=16))
 DEMO_CONFIG = dict(data="digits", **DEMO_NET, T=200, estimator="stochastic-kl-is", batch_size=64, lr=1e-3,
                    warmup_steps=100, ema_decay=0.998, steps=2000, checkpoint_every=400, val_examples=128)
 DEMO_EVAL = dict(max_examples=360, fd_samples=1000, n=64)  # the whole 360-image test split
-QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, checkpoint_every=10, log_every=5, val_examples=32)
+QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, ema_decay=0.85, checkpoint_every=10, log_every=5,
+                    val_examples=32)
 QUICK_EVAL = dict(max_examples=16, fd_samples=0, n=16)
 
 
@@ -48,9 +51,9 @@ _format_warning = warnings.formatwarning
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """PrecisionWarning (bf16 emulated) and NetWarning (e.g. an MLP narrower than the data) as one line
-    ``ppl-diffusion: warning: ...``; other warnings as Python does."""
-    if issubclass(category, (PrecisionWarning, NetWarning)):
+    """PrecisionWarning (bf16 emulated), NetWarning (e.g. an MLP narrower than the data) and BudgetWarning (a
+    warm-up or EMA longer than the run) as one line ``ppl-diffusion: warning: ...``; other warnings as Python does."""
+    if issubclass(category, (PrecisionWarning, NetWarning, BudgetWarning)):
         return f"{PROG}: warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
 
@@ -161,10 +164,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "keyword arguments, or your builder's)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default {d.lr})")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"default {d.warmup_steps}")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"steps of linear learning-rate warm-up; for a short run about 5%% of --steps (default "
+                        f"{d.warmup_steps}: warned when over half the run)")
     p.add_argument("--grad-clip", type=_none_or_float, default=d.grad_clip,
                    help=f"max gradient norm, or none (default {d.grad_clip})")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"default {d.ema_decay}")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"decay of the EMA of the weights, which evaluate and sample use; it starts at the initial "
+                        f"weights and keeps decay^steps of them, so for a short run take at most 1 - 3/steps, "
+                        f"e.g. 0.998 for 1,500 steps (default {d.ema_decay}: warned when it keeps over 5%%)")
     p.add_argument("--steps", type=int, default=d.steps, help="budget in optimizer steps (total, resumed ones included)")
     p.add_argument("--minutes", type=float, default=d.minutes, help="budget in wall-clock minutes (total)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"default {d.checkpoint_every}")
@@ -263,7 +271,7 @@ def cmd_train(args) -> None:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
     resume = "auto" if args.auto_resume else args.resume
     result = train(config_from_args(args), args.run_dir, resume=resume, progress=args.progress,
-                   allow_inexact_resume=args.allow_inexact_resume)
+                   allow_inexact_resume=args.allow_inexact_resume, log=print)
     if distributed.world().is_main:
         _print_trained(result)
 
@@ -579,12 +587,6 @@ def cmd_export(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------- demo
-def _describe_net(config: TrainConfig) -> str:
-    """``"unet denoiser (model_channels=32, ...)"``: the net's name and its own settings but the data's shape."""
-    settings = {k: v for k, v in (config.net_config or {}).items() if k not in ("in_channels", "image_size")}
-    return f"{config.net} denoiser" + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
-
-
 def cmd_demo(args) -> None:
     from .evaluate import evaluate_run, summary
     from .sampling import sample_run
@@ -594,11 +596,11 @@ def cmd_demo(args) -> None:
                          seed=args.seed, device=args.device)
     plan = QUICK_EVAL if args.quick else DEMO_EVAL
     run_dir = Path(args.run_dir)
-    print(f"demo: {_describe_net(config)} on {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps "
-          f"of batch {config.batch_size}, best EMA weights by the bound estimated on {config.val_examples} held-out "
-          f"training digits every {config.checkpoint_every} steps; run folder {run_dir}", flush=True)
+    print(f"demo: {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps of batch {config.batch_size}, "
+          f"best EMA weights by the bound estimated on {config.val_examples} held-out training digits every "
+          f"{config.checkpoint_every} steps; run folder {run_dir}", flush=True)
     t0 = time.monotonic()
-    trained = train(config, run_dir, resume=args.resume, progress=args.progress)
+    trained = train(config, run_dir, resume=args.resume, progress=args.progress, log=print)  # log: the net as built
     t1 = time.monotonic()
     _print_trained(trained)
     result = evaluate_run(run_dir, max_examples=plan["max_examples"], fd_samples=plan["fd_samples"],
@@ -672,6 +674,15 @@ def _join_jax_job() -> None:
     initialize()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's stop), raised where the process is, so that a run stopped before
+    its first checkpoint leaves its folder as it found it, as Ctrl-C does."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
@@ -682,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     several = False
     status = 0
+    # Signal handlers live in the main thread; under torchrun SIGTERM keeps its default (the launcher stops the ranks
+    # it stops at once, and a rank would otherwise wait on a process group whose peer is gone).
+    on_term = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_term else None
     try:
         if getattr(args, "threads", None) is not None:  # first: XLA reads its thread count when JAX starts
             set_threads(args.threads)
@@ -702,10 +717,14 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.world().is_main:
             print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; a train run continues from its last checkpoint with --resume", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; a train run continues from "
+              "its last checkpoint with --resume (one stopped before its first left its folder as it found it)",
+              file=sys.stderr)
+        status = 143 if isinstance(e, Terminated) else 130
     finally:
+        if on_term:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
     if several:
         sys.stdout.flush()

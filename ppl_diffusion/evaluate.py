@@ -55,7 +55,7 @@ from .infer.continuous_bound import (continuous_pilot_profile, estimate_continuo
 from .infer.estimate import PROPOSALS, estimate_bound, pilot_profile, plan_from_profile, plan_uniform
 from .precision import check_precision
 from .sampling import SAMPLE_STEPS, backend_of, draw_samples, find_checkpoint, load_run
-from .train.run_dir import load_run_data
+from .train.run_dir import absolute_data_root, load_run_data
 
 
 def _positive(name: str, value, flag: str, allow_none=False) -> None:
@@ -263,7 +263,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     if sample_steps is not None and not continuous:
         raise ValueError(f"sample_steps = {sample_steps!r} sets the chain that samples a continuous-time run; this run "
                          f"has T = {config.T} steps of its own")
-    data = load_run_data(config, data_root, run=run)
+    data = load_run_data(config, data_root, run=run, event_shape=runs["raw"].diffusion.event_shape)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))  # this process's contiguous share of the examples (all of them on one process)
     if timesteps_per_batch is None:  # from the whole set, so that 1 and N processes make the same calls
@@ -272,7 +272,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "weights_from": runs["raw"].weights_from,
-              "val_bpd": runs["raw"].val_bpd, "data": config.data, "split": "test",
+              "val_bpd": runs["raw"].val_bpd, "data": config.data,
+              "data_root": config.data_root if data_root is None else absolute_data_root(data_root), "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "world_size": w.world_size, "threads": torch.get_num_threads(), "precision": precision,
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,

@@ -218,7 +218,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     if draws > 1 and kind == "none":
         raise ValueError(f"{draws} dequantization draws of continuous data: there is nothing to draw; pass "
                          "--dequantization-draws 1")
-    data = load_run_data(config, data_root, run=run)
+    data = load_run_data(config, data_root, run=run, event_shape=diffusion.event_shape)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))
     index = np.arange(len(x))[mine]

@@ -29,7 +29,7 @@ from ppl_diffusion.evaluate import evaluate_run
 from ppl_diffusion.infer import ESTIMATORS
 from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
 from ppl_diffusion.sampling import sample_run
-from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train
+from ppl_diffusion.train import BatchStream, TrainConfig, TrainingDiverged, load_trained, lr_at, train
 from ppl_diffusion.train.validation import VALIDATION_PLAN, Validation, holdout_split
 
 from .common import assert_same_state, nan_after
@@ -497,3 +497,91 @@ def test_a_run_without_val_examples_in_its_config_still_resumes(tmp_path):
     assert TrainConfig.from_dict(config).val_examples == 0
     assert train(toy(steps=4, checkpoint_every=2), tmp_path, resume=True, progress=False).step == 4
     assert not (tmp_path / "best.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------- a short run's settings
+def test_the_ema_keeps_decay_to_the_steps_of_the_initial_weights():
+    """The EMA the trainer keeps is Σ_k w_k θ_k over the raw weights θ_0 (the initial ones) .. θ_N, with
+    w_0 = d^N and w_k = (1 − d) d^(N−k): recomputed from the raw weights recorded after every step. The share d^N
+    of θ_0 is what budget_warnings reports."""
+    decay, n = 0.9, 6
+    config = toy(steps=n, ema_decay=decay).validate()
+    data = load_dataset(config.data)
+    trainer = train_mod.make_trainer(config, data, torch.device("cpu"))
+    batches = BatchStream(len(data.train), config.seed)
+    raw = [{k: v.detach().clone().double() for k, v in trainer.net.state_dict().items()}]
+    for step in range(1, n + 1):
+        trainer.step(batches.next(config.batch_size), lr_at(config, step))
+        raw.append({k: v.detach().clone().double() for k, v in trainer.net.state_dict().items()})
+    weights = [decay ** n] + [(1 - decay) * decay ** (n - k) for k in range(1, n + 1)]
+    assert math.isclose(sum(weights), 1.0)
+    for key, got in trainer.ema.items():
+        want = sum(w * r[key] for w, r in zip(weights, raw))
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6), key
+    assert not torch.equal(raw[0]["inp.weight"], raw[-1]["inp.weight"])  # the weights moved
+
+
+def test_a_warm_up_or_an_ema_longer_than_the_run_is_warned_with_the_fix(tmp_path):
+    """Warned: a warm-up over half the run, an EMA keeping over 5% of the initial weights at the end; the decay
+    suggested keeps at most 5%. Not warned: the demo's settings (2,000 steps, warm-up 100, EMA 0.998), a budget in
+    minutes only."""
+    from ppl_diffusion.train import BudgetWarning, budget_warnings
+
+    warm, ema = budget_warnings(toy(steps=1500, warmup_steps=1000, ema_decay=0.999))
+    assert warm == ("--warmup-steps 1000 is over half of the run's 1500 steps: the learning rate reaches --lr 0.001 "
+                    "only at step 1000; pass --warmup-steps 75 (5% of the steps) or train longer")
+    assert ema == ("--ema-decay 0.999 over 1500 steps leaves 22% of the untrained initial weights in the EMA weights "
+                   "that evaluate and sample use; pass --ema-decay 0.998 or lower (at most 1 - 3/steps) or train "
+                   "longer")
+    for steps in (20, 200, 1500, 2000, 7000):
+        decay = float(budget_warnings(toy(steps=steps, ema_decay=0.9999))[-1].split("pass --ema-decay ")[1].split()[0])
+        assert decay ** steps <= 0.05 and not budget_warnings(toy(steps=steps, warmup_steps=0, ema_decay=decay))
+    assert "pass --ema-decay 0 (no averaging)" in budget_warnings(toy(steps=2, ema_decay=0.5))[-1]
+    assert budget_warnings(toy(steps=2000, warmup_steps=100, ema_decay=0.998)) == []
+    assert budget_warnings(toy(steps=None, minutes=1.0, warmup_steps=1000, ema_decay=0.9999)) == []
+    with pytest.warns(BudgetWarning, match="--ema-decay 0.999 over 4 steps"):
+        train(toy(steps=4, ema_decay=0.999), tmp_path, progress=False)
+
+
+def test_train_says_which_net_it_built(tmp_path, capsys):
+    """The CLI's first line names the net with the settings the size rule chose and its parameter count, and the
+    examples it trains on; the budget warnings are one line each."""
+    from ppl_diffusion.cli import _one_line_warning, main
+    from ppl_diffusion.train import BudgetWarning
+
+    with pytest.warns(BudgetWarning) as caught:
+        assert main(["train", "--data", "digits", "--channels", "8", "--res-blocks", "1", "--T", "5", "--steps", "2",
+                     "--batch-size", "4", "--val-examples", "7", "--no-progress", "--run-dir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    params = sum(p.numel() for p in load_trained(tmp_path).denoiser.parameters())
+    assert first == ("net auto: U-Net (model_channels=8, channel_mult=(1, 2), num_res_blocks=1, "
+                     "attention_resolutions=(4,), dropout=0.1, use_scale_shift_norm=True), "
+                     f"{params:,} parameters; 1,430 digits training examples of shape [1, 8, 8] (7 more held out "
+                     "for validation)")
+    assert [_one_line_warning(w.message, w.category, w.filename, w.lineno).count("\n") for w in caught] == [1, 1]
+    assert all(_one_line_warning(w.message, w.category, w.filename, w.lineno).startswith("ppl-diffusion: warning: ")
+               for w in caught)
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder(tmp_path):
+    """`kill` (SIGTERM) of a CLI train before its first checkpoint: status 143, one line, and the run folder it made
+    is gone, as after Ctrl-C; the message says a stopped run resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "runs" / "new"
+    proc = subprocess.Popen([sys.executable, "-m", "ppl_diffusion", "train", "--data", "two_moons", "--net", "mlp",
+                             "--T", "20", "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1",
+                             "--warmup-steps", "0", "--threads", "1", "--no-progress", "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("ppl-diffusion: terminated; a train run continues"), err
+    assert not (tmp_path / "runs").exists()

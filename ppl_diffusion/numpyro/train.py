@@ -213,6 +213,11 @@ class NumPyroTrainer:
     def params(self) -> dict:
         return self.svi.get_params(self.svi_state)[PARAMS]
 
+    @property
+    def num_parameters(self) -> int:
+        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.PyroTrainer>`."""
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params()))
+
     def _to_torch(self, params) -> dict:
         return convert.torch_state_from_params(self.diffusion.denoiser, params)
 

@@ -69,7 +69,9 @@ class TrainConfig:
     lr: float = 2e-4  # Adam learning rate after warm-up (DDPM's)
     warmup_steps: int = 1000  # linear warm-up of the learning rate from lr / warmup_steps; 0 for none
     grad_clip: float | None = 1.0  # max global gradient norm (DDPM); None for no clipping
-    ema_decay: float = 0.999  # EMA of the weights; DDPM uses 0.9999 for 800k steps, 0.999 suits short runs
+    # EMA of the weights, from the initial ones (it keeps ema_decay ** steps of them): DDPM uses 0.9999 for 800k steps;
+    # 0.999 suits runs of 3,000 steps and more, a shorter run at most 1 - 3/steps (budget_warnings)
+    ema_decay: float = 0.999
     steps: int | None = None  # budget in optimizer steps (total, counting resumed ones) ...
     minutes: float | None = None  # ... and/or in wall-clock minutes (total); training stops at the first
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
@@ -235,6 +237,37 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
                              decoder=dataset.decoder, variance=config.variance, prior=prior,
                              precision=config.precision, **schedules.process_kwargs(config))
+
+
+class BudgetWarning(UserWarning):
+    """Settings that do not suit the run's number of steps (a warm-up or an EMA longer than the run); the CLI prints
+    it as one line."""
+
+
+# The share of the untrained initial weights the EMA may still hold at the end of a run before it is warned.
+EMA_INITIAL_SHARE = 0.05
+
+
+def budget_warnings(config: TrainConfig) -> list[str]:
+    """What ``config``'s warm-up and EMA leave undone in a run of ``config.steps`` steps (none for a budget in minutes
+    only): a warm-up over half the run, and an EMA that still holds more than :data:`EMA_INITIAL_SHARE` of the
+    initial weights at the end. The EMA starts at the initial weights and keeps ``ema_decay ** steps`` of them, so
+    the suggested decay is at most 1 − 3/steps (e^−3 ≈ 0.05 of them kept): it averages about the last third of the
+    run."""
+    steps, out = config.steps, []
+    if steps is None:
+        return out
+    if config.warmup_steps > max(1, steps // 2):
+        out.append(f"--warmup-steps {config.warmup_steps} is over half of the run's {steps} steps: the learning rate "
+                   f"reaches --lr {config.lr:g} only at step {config.warmup_steps}; pass --warmup-steps "
+                   f"{max(1, steps // 20)} (5% of the steps) or train longer")
+    kept = config.ema_decay ** steps
+    if kept > EMA_INITIAL_SHARE:
+        decay = math.floor(max(0.0, 1.0 - 3.0 / steps) * 1000) / 1000
+        out.append(f"--ema-decay {config.ema_decay:g} over {steps} steps leaves {kept:.0%} of the untrained initial "
+                   f"weights in the EMA weights that evaluate and sample use; pass --ema-decay {decay:g}"
+                   + (" or lower (at most 1 - 3/steps)" if decay > 0 else " (no averaging)") + " or train longer")
+    return out
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

@@ -105,6 +105,11 @@ class PyroTrainer:
                         ema[k].copy_(v)
         return mean_loss, grad_norm.item()
 
+    @property
+    def num_parameters(self) -> int:
+        """The denoiser's parameters (a learned prior's not counted)."""
+        return sum(p.numel() for p in self.net.parameters())
+
     def state(self) -> dict:
         state = {"optimizer": self.optimizer.state_dict(),
                  "sampler": None if self.sampler is None else self.sampler.state_dict(),
