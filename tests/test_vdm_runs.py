@@ -106,6 +106,7 @@ print(json.dumps({"nll": est.nll.tolist(), "ends": [float(g) for g in d.schedule
     assert fresh["ends"] == [float(g) for g in d.schedule.endpoints()] and fresh["ends"][0] != -10.0  # trained
 
 
+@pytest.mark.slow  # ~27 s on 2 shared cores (three processes); the in-process resume tests above stay in the default run
 def test_sigkill_at_random_moments_then_resume_is_exact_in_continuous_time(tmp_path):
     """As the chain's test in test_train.py: a learned-net schedule at T = 0 with importance-sampled t (the
     sampler's history) and validation (the continuous bound's estimate), killed at random, ends bit for bit as the
@@ -151,21 +152,33 @@ def test_validation_in_continuous_time_is_the_bounds_estimate_of_the_ema_weights
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def test_evaluate_on_a_continuous_run_estimates_the_models_bound_without_bias(continuous_run):
-    """eval.json is :func:`estimate_continuous_bound` of the run's weights, and the estimate's mean over many
-    replicates agrees with the model's bound computed independently: the prior in closed form, the reconstruction
-    by 20,000 draws of x_1, the diffusion term by 48-node Gauss–Legendre in t with 2,000 draws of ε per node."""
+def test_evaluate_on_a_continuous_run_is_the_estimate_of_its_weights(continuous_run):
+    """eval.json is :func:`estimate_continuous_bound` of the run's weights (raw and EMA), its terms and SEs."""
     result = evaluate_run(continuous_run, max_examples=6, fd_samples=0, seed=3, progress=False, proposal="uniform",
                           strata=4, draws=2)
     assert result["bound"] == "continuous" and result["T"] == 0 and result["t_draws"] == 8
     assert set(result["terms"]["ema"]) == {"reconstruction", "diffusion", "prior"} and result["bpd_ema_t_stderr"] > 0
     assert "reconstruction" in result["what"] and (continuous_run / "eval_integrand.png").stat().st_size > 1000
+    x = load_dataset("eight_gaussians").test[:6]
+    plan = plan_continuous_uniform(strata=4, draws=2)
+    for ema, key in ((False, "bpd"), (True, "bpd_ema")):
+        est = estimate_continuous_bound(load_trained(continuous_run, ema=ema), x, plan, seed=3)
+        bpd = est.bits_per_dim()
+        assert bpd.mean().item() == pytest.approx(result[key], rel=1e-6)
+        assert bpd.std().item() / len(bpd) ** 0.5 == pytest.approx(result[f"{key}_stderr"], rel=1e-6)
+        assert est.summary()["bpd_t_stderr"] == pytest.approx(result[f"{key}_t_stderr"], rel=1e-6)
+        for name, value in est.terms.items():
+            assert value.mean().item() == pytest.approx(result["terms"]["ema" if ema else "raw"][name], rel=1e-6)
+
+
+@pytest.mark.slow  # ~80 s on 2 shared cores: the reference quadrature (576,000 denoiser inputs)
+def test_evaluate_on_a_continuous_run_estimates_the_models_bound_without_bias(continuous_run):
+    """The estimate's mean over many replicates agrees with the trained model's bound computed independently: the
+    prior in closed form, the reconstruction by 20,000 draws of x_1, the diffusion term by 48-node Gauss–Legendre in
+    t with 2,000 draws of ε per node."""
     d = load_trained(continuous_run, ema=True)
     x = load_dataset("eight_gaussians").test[:6]
     plan = plan_continuous_uniform(strata=4, draws=2)
-    est = estimate_continuous_bound(d, x, plan, seed=3)
-    assert est.bits_per_dim().mean().item() == pytest.approx(result["bpd_ema"], rel=1e-6)
-
     R, N = 400, len(x)
     reps = estimate_continuous_bound(d, x.repeat(R, 1), plan, seed=3, indices=np.arange(R * N)).nll.reshape(R, N)
     g = torch.Generator().manual_seed(0)
