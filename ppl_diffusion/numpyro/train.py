@@ -131,9 +131,9 @@ class NumPyroTrainer:
         self.config = config
         self.train_x = dataset.train.numpy().astype(np.float32)
         self.batch_size = config.batch_size
-        from ..train.schedules import estimator_kwargs
-
-        loss, sampler_name = estimator_loss(config.estimator, **estimator_kwargs(config))
+        # What trains a learned schedule's interior in continuous time (the config's, its default resolved by the
+        # config itself: this module imports nothing of ppl_diffusion.train, which imports it).
+        loss, sampler_name = estimator_loss(config.estimator, config.resolved().schedule_objective or "elbo")
         self.continuous = config.T == 0 and isinstance(loss, ContinuousTimeELBO)
         self.sampler = None if sampler_name is None else make_timestep_sampler(sampler_name, config.T)
         warmup, lr = config.warmup_steps, config.lr
