@@ -330,3 +330,12 @@ def test_bad_evaluate_and_sample_flags_on_gamma_runs_are_one_line_each(continuou
     ]:
         err = error_line(capsys, argv)
         assert match in err, err
+
+
+def test_the_studys_race_refuses_continuous_time_estimators():
+    """The study's models are NoiseSchedule chains: its race takes the estimators of steps only."""
+    from ppl_diffusion.study.estimators import check_estimators
+
+    assert check_estimators(["stochastic-kl-is", "trace"], trainable=True) == ("stochastic-kl-is", "trace")
+    with pytest.raises(ValueError, match="unknown race \\(training\\) estimator 'continuous-is'; choose from trace"):
+        check_estimators(["stochastic-kl", "continuous-is"], trainable=True)
