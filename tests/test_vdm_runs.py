@@ -62,14 +62,21 @@ def continuous_run(tmp_path_factory):
 @pytest.mark.parametrize("process", [dict(CONTINUOUS), dict(T=100, schedule="learned-net", estimator="stochastic-kl-is")],
                          ids=["T0", "T100"])
 def test_resume_is_exact_with_a_learned_schedule(tmp_path, process):
-    config = lambda steps: toy(steps=steps, checkpoint_every=2, **process)  # noqa: E731
+    # With validation (the continuous bound's estimate at T = 0, the chain's at T = 100) and its best.pt.
+    config = lambda steps: toy(steps=steps, checkpoint_every=2, val_examples=8, **process)  # noqa: E731
     train(config(8), tmp_path / "full", progress=False)
     part = tmp_path / "part"
-    train(config(5), part, progress=False)
+    train(config(4), part, progress=False)  # stopped at a validation step (a stop at 5 would validate at 5 too)
     train(config(8), part, resume=True, progress=False)
     a, b = final_state(tmp_path / "full"), final_state(part)
     assert_same_training_state(a, b)
     assert metric_rows(tmp_path / "full") == metric_rows(part)
+    assert_same_best(tmp_path / "full", part)
+    assert [h["step"] for h in a["validation"]["history"]] == [2, 4, 6, 8]
+    best_a, best_b = load_checkpoint(tmp_path / "full" / "best.pt"), load_checkpoint(part / "best.pt")
+    for key in ("schedule", "schedule_ema"):  # best.pt keeps the schedule the best weights were scored with
+        assert best_a[key].keys() == a[key].keys()
+        assert all(torch.equal(best_a[key][k], best_b[key][k]) for k in best_a[key])
     # The schedule trained (its parameters and their EMA are in the checkpoint) and the sampler kept its history.
     init = load_trained(part, ema=True).schedule.state_dict().keys()
     assert set(a["schedule"]) == set(a["schedule_ema"]) == set(init)
