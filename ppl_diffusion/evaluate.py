@@ -115,14 +115,21 @@ def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, s
         plan = plan_uniform(diffusion.T, full_steps=full_steps, strata=strata, draws=draws)
     est = estimate_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
                          inputs_per_call=inputs_per_call, progress=progress)
+    _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
+    return w.gather(est.terms.contiguous())
+
+
+def _record_sampling(result: dict, name: str, key: str, est, plan, pilot_calls: int, n: int) -> None:
+    """Fill ``result``'s t-sampling SE (``{key}_t_stderr``, over all processes' examples), calls and plan for weight
+    set ``name`` from this process's estimate ``est`` (a chain's or the continuous-time bound's)."""
+    w = world()
     t_variance = w.gather(est.t_variance.contiguous())
     calls = int(w.all_sum(torch.tensor([est.calls], dtype=torch.float64)).item())
-    n, to_bpd = len(x), 1.0 / (diffusion.num_dims * math.log(2.0))
+    to_bpd = 1.0 / (est.num_dims * math.log(2.0))
     result[f"{key}_t_stderr"] = (None if torch.isnan(t_variance).any() or not n
                                  else t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd)
     result.setdefault("calls", {})[name] = calls + pilot_calls
     result.setdefault("estimate", {})[name] = plan.to_dict()
-    return w.gather(est.terms.contiguous())
 
 
 def _continuous(diffusion, x, mine, train, result: dict, name: str, key: str, *, seed: int, strata: int, draws: int,
@@ -142,13 +149,7 @@ def _continuous(diffusion, x, mine, train, result: dict, name: str, key: str, *,
         plan = plan_continuous_uniform(strata=strata, draws=draws)
     est = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
                                     inputs_per_call=inputs_per_call, progress=progress)
-    t_variance = w.gather(est.t_variance.contiguous())
-    calls = int(w.all_sum(torch.tensor([est.calls], dtype=torch.float64)).item())
-    n, to_bpd = len(x), 1.0 / (diffusion.num_dims * math.log(2.0))
-    result[f"{key}_t_stderr"] = (None if torch.isnan(t_variance).any() or not n
-                                 else t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd)
-    result.setdefault("calls", {})[name] = calls + pilot_calls
-    result.setdefault("estimate", {})[name] = plan.to_dict()
+    _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
     terms = {k: w.gather(v.contiguous()) for k, v in est.terms.items()}
     draws_t = w.gather(torch.from_numpy(est.t).contiguous()).numpy()
     draws_l = w.gather(torch.from_numpy(est.integrand).contiguous()).numpy()

@@ -35,7 +35,6 @@ the mean is √(Σ_i v̂_i)/N (``None`` for m = 1).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +43,7 @@ from torch import Tensor
 
 from .. import noise as counter_noise
 from .bound import check_indices
-from .estimate import _count
+from .estimate import PerExampleEstimate, _count
 from .continuous_elbo import continuous_time_terms
 
 PROPOSALS = ("uniform", "pilot")
@@ -165,7 +164,7 @@ def continuous_pilot_profile(diffusion, x: Tensor, *, seed: int, bins: int = 50,
 
 
 @dataclass
-class ContinuousBoundEstimate:
+class ContinuousBoundEstimate(PerExampleEstimate):
     """Per-example estimates of the continuous-time bound (nats) and the t-integral's estimated variance."""
 
     nll: Tensor  # [N], L̂ per example (nats), unbiased for the continuous-time bound
@@ -175,18 +174,6 @@ class ContinuousBoundEstimate:
     integrand: np.ndarray  # [N x R] L(t) at them (unweighted)
     calls: int  # denoiser inputs evaluated
     num_dims: int
-
-    def bits_per_dim(self) -> Tensor:
-        return self.nll / (self.num_dims * math.log(2.0))
-
-    def summary(self) -> dict:
-        """Mean bits/dim, its SE over examples, and the t-integral's Monte-Carlo SE alone."""
-        bpd, n = self.bits_per_dim(), len(self.nll)
-        to_bpd = 1.0 / (self.num_dims * math.log(2.0))
-        t_se = (self.t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd
-                if n and not torch.isnan(self.t_variance).any() else None)
-        return {"bpd": bpd.mean().item(), "bpd_stderr": bpd.std().item() / math.sqrt(n) if n > 1 else None,
-                "bpd_t_stderr": t_se, "calls": self.calls}
 
 
 def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, seed: int, indices=None,
