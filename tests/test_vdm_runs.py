@@ -5,18 +5,14 @@ is that schedule's run), sampling, export, and every bad combination refused in 
 from __future__ import annotations
 
 import json
-import random
-import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from ppl_diffusion.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ppl_diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ppl_diffusion.cli import main
 from ppl_diffusion.data import load_dataset
 from ppl_diffusion.evaluate import evaluate_run
@@ -26,7 +22,7 @@ from ppl_diffusion.train import TrainConfig, load_trained, train
 from ppl_diffusion.train.validation import VALIDATION_CONTINUOUS_PLAN, holdout_split
 
 from .common import Z, mean_se
-from .test_train import SCRIPT, TWO_THREADS, assert_same_best, assert_same_training_state, final_state, metric_rows
+from .test_train import assert_same_best, assert_same_training_state, final_state, killed_and_resumed, metric_rows
 
 TOY = dict(data="eight_gaussians", net="mlp", batch_size=32, lr=1e-3, warmup_steps=3, log_every=1)
 CONTINUOUS = dict(T=0, schedule="learned-net", estimator="continuous-is")
@@ -110,7 +106,7 @@ print(json.dumps({"nll": est.nll.tolist(), "ends": [float(g) for g in d.schedule
     est = estimate_continuous_bound(d, torch.tensor([[0.5, -1.0], [1.5, 0.25]]), plan_continuous_uniform(strata=3, draws=2),
                                     seed=4)
     assert fresh["nll"] == est.nll.tolist() and fresh["T"] == 0 and fresh["range"] == [-10.0, 5.0]
-    assert fresh["ends"] == [float(g) for g in d.schedule.endpoints()] and fresh["ends"][0] != -10.0  # trained
+    assert fresh["ends"] == [float(g.detach()) for g in d.schedule.endpoints()] and fresh["ends"][0] != -10.0  # trained
 
 
 @pytest.mark.slow  # ~27 s on 2 shared cores (three processes); the in-process resume tests above stay in the default run
@@ -119,30 +115,11 @@ def test_sigkill_at_random_moments_then_resume_is_exact_in_continuous_time(tmp_p
     sampler's history) and validation (the continuous bound's estimate), killed at random, ends bit for bit as the
     uninterrupted run."""
     config = toy(**CONTINUOUS, steps=24, checkpoint_every=1, keep_checkpoints=2, val_examples=16)
-    run_dir = tmp_path / "killed"
-    rng = random.Random(99)
-    cmd = [sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())]
-    reference = subprocess.Popen([*cmd, str(tmp_path / "reference")], env=TWO_THREADS, stderr=subprocess.PIPE, text=True)
-    kills = 0
-    for _ in range(2):
-        before = latest_checkpoint(run_dir)
-        proc = subprocess.Popen([*cmd, str(run_dir)], env=TWO_THREADS, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and latest_checkpoint(run_dir) == before and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 1
-    done = subprocess.run([*cmd, str(run_dir)], env=TWO_THREADS, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    _, err = reference.communicate(timeout=900)
-    assert reference.returncode == 0, err[-2000:]
-    assert_same_training_state(final_state(tmp_path / "reference"), final_state(run_dir))
-    assert metric_rows(tmp_path / "reference") == metric_rows(run_dir)
-    assert_same_best(tmp_path / "reference", run_dir)
+    run = killed_and_resumed(config, tmp_path, seed=99, tries=2, pause=0.3, wait=120, timeout=900)
+    best, reference = load_checkpoint(run / "best.pt"), load_checkpoint(tmp_path / "reference" / "best.pt")
+    for key in ("schedule", "schedule_ema"):  # best.pt's schedule too (assert_same_best compares the nets)
+        assert best[key].keys() == reference[key].keys() and len(best[key]) > 0
+        assert all(torch.equal(v, reference[key][k]) for k, v in best[key].items()), key
 
 
 def test_validation_in_continuous_time_is_the_bounds_estimate_of_the_ema_weights(continuous_run):
