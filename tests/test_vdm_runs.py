@@ -81,6 +81,38 @@ def test_resume_is_exact_with_a_learned_schedule(tmp_path, process):
     assert len(a["optimizer"]["state"]) == len(a["model"]) + len(a["schedule"])
 
 
+@pytest.mark.parametrize("backend", ["pyro", pytest.param("numpyro", marks=pytest.mark.slow)])
+def test_schedule_objective_reaches_the_interior_only(tmp_path, backend):
+    """--schedule-objective variance (learned-net's default at T = 0) against elbo, same seed and draws: after one
+    step Adam's first moment (0.1 x the gradient) of the denoiser and of the endpoints is the same under both, and
+    the interior's is not, so the objective changes the interior's gradient alone."""
+    if backend == "numpyro":
+        pytest.importorskip("numpyro")
+    states = {}
+    for objective in ("variance", "elbo"):
+        run_dir = tmp_path / objective
+        train(toy(**CONTINUOUS, steps=1, schedule_objective=objective, backend=backend), run_dir, progress=False)
+        states[objective] = final_state(run_dir)
+    assert json.loads((tmp_path / "variance" / "config.json").read_text())["schedule_objective"] == "variance"
+    d = load_trained(tmp_path / "elbo")
+    names = [f"model.{n}" for n, _ in d.denoiser.named_parameters()]
+    names += [f"schedule.{n}" for n, _ in d.schedule.named_parameters()]  # the optimizer's order, both backends
+    moments = {o: dict(zip(names, (v["exp_avg"] for v in states[o]["optimizer"]["state"].values()), strict=True))
+               for o in states}
+    ends = {f"schedule.{n}" for n, p in d.schedule.named_parameters()
+            if any(p is q for q in d.schedule.endpoint_parameters())}
+    interior = {n for n in names if n.startswith("schedule.")} - ends
+    assert ends and interior
+    tol = dict(rtol=0, atol=0) if backend == "pyro" else dict(rtol=1e-5, atol=1e-9)  # XLA may fuse the two differently
+    for n in names:
+        a, b = moments["variance"][n], moments["elbo"][n]
+        if n in interior:
+            continue
+        torch.testing.assert_close(a, b, **tol, msg=n)
+    assert any((moments["variance"][n] - moments["elbo"][n]).abs().max() > 1e-3 * moments["elbo"][n].abs().max()
+               for n in interior)
+
+
 def test_config_records_the_forward_process_and_a_fresh_process_rebuilds_the_model(tmp_path):
     run_dir = tmp_path / "run"
     train(toy(T=0, schedule="learned-net", estimator="continuous-ld", gamma_min=-10.0, steps=3), run_dir,
