@@ -216,6 +216,7 @@ def test_a_gamma_run_resumes_exactly_and_loads_on_pyro(tmp_path):
     assert torch.isfinite(est.nll).all()
 
 
+@pytest.mark.slow  # two backends' runs, one compiling (~20 s on 2 shared cores)
 def test_a_gamma_runs_first_step_matches_the_pyro_backend(tmp_path):
     """Same seed, both backends: the same initial denoiser and schedule (converted), the same batches; one Adam step
     (lr / 3 in the warm-up) from there moves every weight by at most ~lr / 3 on each, so they land close. (Their t and
