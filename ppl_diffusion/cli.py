@@ -116,9 +116,25 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "compare find it from any folder (on --resume: where the data is now)")
     p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
                    "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
-                   "stochastic-mc-ld, hybrid (with --variance learned)")
-    p.add_argument("--schedule", default=d.schedule, help=f"noise schedule: linear or cosine (default {d.schedule})")
-    p.add_argument("--T", type=int, default=d.T, help=f"diffusion steps (default {d.T})")
+                   "stochastic-mc-ld, hybrid (with --variance learned); with --T 0: continuous, continuous-ld "
+                   "(low-discrepancy t), continuous-is (importance-sampled t)")
+    p.add_argument("--schedule", default=d.schedule,
+                   help=f"forward process: linear or cosine (noise schedules of T steps), or a γ schedule (VDM): "
+                        "fixed-linear, learned-scalar (learned endpoints), learned-net (VDM's monotone net), "
+                        f"interpolated-linear / interpolated-cosine (that schedule's γ at its steps) (default {d.schedule})")
+    p.add_argument("--T", type=_steps, default=d.T,
+                   help=f"diffusion steps (default {d.T}); 0 (or inf) with a γ schedule: continuous time, T = ∞")
+    g = p.add_argument_group("γ schedules (docs/variational.md; each refused with a noise schedule)")
+    g.add_argument("--gamma-min", type=float, default=d.gamma_min, metavar="G0",
+                   help="γ_0 = log(σ²/α²) at t = 0: fixed, or where a learned one starts (default -13.3, VDM's)")
+    g.add_argument("--gamma-max", type=float, default=d.gamma_max, metavar="G1",
+                   help="γ_1 at t = 1 (default 5.0, VDM's); the net's γ label is rescaled over [G0, G1]")
+    g.add_argument("--time-input", default=d.time_input,
+                   help="what the net is conditioned on: gamma (γ(t) rescaled; the default, and needed at T = 0) or "
+                        "step (the step label, finite T)")
+    g.add_argument("--schedule-objective", default=d.schedule_objective,
+                   help="with --T 0: what trains learned-net's interior, variance (the estimate's variance; its "
+                        "endpoints by the ELBO: the default) or elbo (default: variance for learned-net, else elbo)")
     p.add_argument("--variance", default=d.variance,
                    help=f"reverse variance: beta, posterior or learned (improved DDPM) (default {d.variance})")
     p.add_argument("--prior", default=d.prior, help=f"p(x_T): normal, gaussian (learned mean and scale), student-t, "
@@ -187,6 +203,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 # The net flags and the net_config key each sets.
 NET_FLAGS = {"channels": "model_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
              "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth"}
+
+
+def _steps(text: str) -> int:
+    """``--T``: an integer, or ``inf`` / ``continuous`` for 0 (continuous time)."""
+    if text.strip().lower() in ("inf", "continuous"):
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps; pass an integer, or 0 (inf) for "
+                                         "continuous time") from None
 
 
 def _ints(text: str) -> list[int]:
@@ -272,16 +299,19 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="elbo: the variational bound of the raw and EMA weights (eval.json); ode: the exact "
                         "likelihood by the probability-flow ODE (eval-ode.json), beside the ELBO of the same "
                         "weights (default elbo)")
-    p.add_argument("--bound", default="full", choices=("full", "estimate"),
+    p.add_argument("--bound", default=None, choices=("full", "estimate"),
                    help="with --likelihood elbo: full (every one of the T terms per example) or estimate (an unbiased "
                         "estimate from a few terms per example, its SE including the t-sampling; "
-                        "eval-estimate.json) (default full)")
-    e = p.add_argument_group("--bound estimate")
+                        "eval-estimate.json) (default full); a run in continuous time (T = 0) is always estimated: its "
+                        "reconstruction and prior terms per example and its diffusion term from K x M draws of t")
+    e = p.add_argument_group("--bound estimate, and a continuous-time run's bound")
     e.add_argument("--full-steps", type=int, default=None, metavar="T0",
                    help="steps t = 1..T0 computed for every example, where the bound concentrates (default 20)")
-    e.add_argument("--strata", type=int, default=None, metavar="K", help="strata of the steps above T0 (default 20)")
+    e.add_argument("--strata", type=int, default=None, metavar="K",
+                   help="strata of the steps above T0, or of [0, 1] in continuous time (default 20)")
     e.add_argument("--draws", type=int, default=None, metavar="M",
-                   help="steps drawn per stratum and example; M >= 2 also reports the t-sampling's SE (default 2)")
+                   help="steps (times) drawn per stratum and example; M >= 2 also reports the t-sampling's SE "
+                        "(default 2)")
     e.add_argument("--proposal", default=None,
                    help="pilot (strata and importance proposal from the terms' RMS on training examples) or "
                         "uniform (equal strata, uniform t) (default pilot)")
@@ -321,14 +351,14 @@ def _add_ode_flags(p) -> None:
                    help="the ODE's small-time end (default: the map's, 1/T for grid, 1e-5 for vp-linear)")
     p.add_argument("--time-map", default=None,
                    help="continuous time of the chain: grid (spline through the steps), grid-linear (k-diffusion's) "
-                        "or vp-linear (score_sde's, linear schedules) (default grid)")
+                        "or vp-linear (score_sde's, linear schedules) (default grid); a γ schedule's ODE runs on its "
+                        "own time (gamma, the only map there)")
 
 
 ODE_EVAL_FLAGS = ("rtol", "atol", "eps", "time_map", "trace", "probes", "probe", "dequantization",
                   "dequantization_draws", "raw")
 ESTIMATE_FLAGS = ("full_steps", "strata", "draws", "proposal", "pilot_examples")
-ESTIMATE_DEFAULTS = dict(full_steps=20, strata=20, draws=2, proposal="pilot", pilot_examples=16)
-ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map="grid", trace="exact", probes=1, probe="rademacher",
+ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map=None, trace="exact", probes=1, probe="rademacher",
                     dequantization="auto", dequantization_draws=1, raw=False)
 
 
@@ -343,12 +373,9 @@ def _ode_options(args, names) -> dict:
 
 def cmd_evaluate(args) -> None:
     estimate = [_flag(k) for k in ESTIMATE_FLAGS if getattr(args, k) is not None]
-    if args.likelihood == "ode" and (args.bound != "full" or estimate):
+    if args.likelihood == "ode" and (args.bound is not None or estimate):
         raise ValueError(f"{', '.join(estimate) or '--bound ' + args.bound} with --likelihood ode: the estimate is of "
                          "the ELBO's terms; drop them (or use --likelihood elbo)")
-    if args.bound == "full" and estimate:
-        raise ValueError(f"{', '.join(estimate)} given without --bound estimate; these flags set the estimate of the "
-                         "bound: add --bound estimate or drop them")
     if args.likelihood == "ode":
         return _evaluate_ode(args)
     given = [_flag(k) for k in ODE_EVAL_FLAGS if getattr(args, k) is not None]
@@ -363,8 +390,7 @@ def cmd_evaluate(args) -> None:
                           fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
                           bound=args.bound, data_root=args.data_root, last=args.last,
-                          **{k: ESTIMATE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
-                             for k in ESTIMATE_FLAGS})
+                          **{k: getattr(args, k) for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -395,7 +421,9 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help=RUN_HELP)
     p.add_argument("--last", action="store_true", help=LAST_HELP)
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--steps", type=int, default=None, help="sample with K respaced steps (default: all T)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sample with K respaced steps (default: all T), or with a γ schedule the K-step chain of the "
+                        "same γ (any K >= 2; a continuous-time run's default is 1000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples-ema.png); the .npz goes beside it")

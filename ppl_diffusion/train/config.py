@@ -18,10 +18,10 @@ from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, r
 from ..nets.build import BUILTIN_NETS
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
-from ..schedule import NoiseSchedule
+from . import schedules
+from .schedules import SCHEDULES, build_schedule  # noqa: F401 (re-exported)
 
 FORMAT = "ppl_diffusion.train/1"
-SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 DEVICES = ("auto", "cpu", "cuda")
 METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
@@ -40,8 +40,18 @@ class TrainConfig:
     data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
     data_root: str | None = None  # folder of the file data sets (mnist, cifar10, image_folder); stored absolute
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
-    schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
-    T: int = 1000  # diffusion steps
+    # the forward process: a NoiseSchedule, "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM), or a γ
+    # schedule (ppl_diffusion.train.schedules): "fixed-linear", "learned-scalar", "learned-net", "interpolated-linear",
+    # "interpolated-cosine"
+    schedule: str = "linear"
+    T: int = 1000  # diffusion steps; 0 with a γ schedule: continuous time (T = ∞)
+    # γ schedules only (None otherwise; train() writes their defaults): γ_0 and γ_1 (fixed, or where learned ones
+    # start; VDM's -13.3 and 5.0), the net's time input ("gamma": γ rescaled over [gamma_min, gamma_max]; "step") and,
+    # at T = 0, what trains the interior ("variance" of the estimate, the default for learned-net; "elbo")
+    gamma_min: float | None = None
+    gamma_max: float | None = None
+    time_input: str | None = None
+    schedule_objective: str | None = None
     # reverse variance σ_t²: "beta", "posterior", "learned" (improved DDPM), or for imported models "fixed-large" and
     # "learned-range" (improved DDPM's own FIXED_LARGE and LEARNED_RANGE)
     variance: str = "beta"
@@ -104,6 +114,7 @@ class TrainConfig:
                              "schedule 'custom' takes its β_t from betas, the named schedules from T; pass both or neither")
         choice("variance", [*VARIANCES, *LEARNED_VARIANCES])
         choice("prior", PRIORS)
+        schedules.check(self)  # T, the γ settings and the estimator against the forward process
         if self.estimator == "hybrid" and self.variance not in LEARNED_VARIANCES:
             raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
                              "--estimator)")
@@ -119,7 +130,7 @@ class TrainConfig:
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
         check_precision(self.precision)
-        for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
             positive_int(name)
         positive_int("steps", allow_none=True)
         if isinstance(self.val_examples, bool) or not isinstance(self.val_examples, int) or self.val_examples < 0:
@@ -146,6 +157,10 @@ class TrainConfig:
             if self.prior != "normal" or self.estimator == "hybrid":
                 what = f"prior {self.prior!r}" if self.prior != "normal" else "estimator 'hybrid'"
                 raise ValueError(f"{what} trains on --backend pyro only (so far); drop --backend numpyro")
+            if schedules.is_gamma(self.schedule) and self.estimator in ("trace", "meanfield"):
+                raise ValueError(f"estimator {self.estimator!r} with a γ schedule trains on --backend pyro only (the "
+                                 "compiled chain of the NumPyro backend reads NoiseSchedules); drop --backend numpyro "
+                                 "or pass a stochastic or continuous estimator")
             if self.device not in ("auto", "cpu"):
                 raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device (a GPU "
                                  "when jax has CUDA support); pass --device auto or cpu")
@@ -155,6 +170,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> "TrainConfig":
+        """The config with a γ schedule's unset settings at their defaults (:func:`.schedules.resolve`), as
+        config.json records it."""
+        return schedules.resolve(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -209,13 +229,6 @@ def _as_json(value):
     return value
 
 
-def build_schedule(config: TrainConfig) -> NoiseSchedule:
-    """The schedule of ``config``: a named one of T steps, or ``"custom"``'s ``betas``."""
-    if config.schedule == "custom":
-        return NoiseSchedule(config.betas)
-    return SCHEDULES[config.schedule](config.T)
-
-
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
     event_shape = tuple(dataset.event_shape)
@@ -223,7 +236,7 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
                              decoder=dataset.decoder, variance=config.variance, prior=prior,
-                             precision=config.precision)
+                             precision=config.precision, **schedules.process_kwargs(config))
 
 
 class BudgetWarning(UserWarning):

@@ -131,7 +131,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, progress: bool,
            allow_inexact_resume: bool, log: Callable[[str], None] | None) -> TrainResult:
     world = distributed.world()
-    config = dataclasses.replace(config, world_size=world.world_size, data_root=absolute_data_root(config.data_root))
+    config = dataclasses.replace(config, world_size=world.world_size,
+                                 data_root=absolute_data_root(config.data_root)).resolved()  # config.json's values
     config.validate()
     if world.distributed and config.backend == "numpyro":
         raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
