@@ -105,9 +105,10 @@ class VDMCategorical(TorchDistribution):
 
     @property
     def centres(self) -> Tensor:
-        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``."""
+        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: (2k − (bins − 1))/(bins − 1), one
+        rounding, so each is the nearest float to the centre, as the data's pixels are (``data.to_model_space``)."""
         k = torch.arange(self.bins, dtype=self.loc.dtype, device=self.loc.device)
-        return k * (2.0 / (self.bins - 1)) - 1.0
+        return (2.0 * k - (self.bins - 1)) / (self.bins - 1)
 
     @property
     def logits(self) -> Tensor:

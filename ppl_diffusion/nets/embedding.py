@@ -48,7 +48,8 @@ def check_fourier_exponents(exponents, what: str = "fourier_features") -> tuple[
     for n in exponents:
         if isinstance(n, bool) or not isinstance(n, int) or n not in FOURIER_EXPONENTS:
             raise ValueError(f"{what} = {list(exponents)!r}: each exponent n of a frequency 2^n must be an integer in "
-                             f"0..16 (float32 cannot resolve the phase 2^n·2π·x beyond), got {n!r}")
+                             f"0..16 (float32 cannot resolve the phase 2^n·2π·x beyond), got {n!r}; VDM uses 6, 7 for "
+                             "8-bit data (--fourier-features auto picks them from the data's grey levels)")
     if len(set(exponents)) != len(exponents):
         raise ValueError(f"{what} = {list(exponents)!r}: an exponent appears twice; pass each once")
     return tuple(exponents)
@@ -65,7 +66,7 @@ def fourier_features(x: Tensor, exponents: Sequence[int]) -> Tensor:
     cos and sin again) have the same bits in every process."""
     n, c = x.shape[:2]
     w = torch.tensor([2.0 ** k * 2.0 * math.pi for k in exponents], dtype=x.dtype, device=x.device)
-    h = (x[:, :, None] * w[None, :, None, None, None]).reshape(n, c * len(w), *x.shape[2:])  # (N, C·F, H, W)
+    h = (x[:, :, None] * w[None, None, :, None, None]).reshape(n, c * len(w), *x.shape[2:])  # (N, C·F, H, W)
     return torch.cat([torch.sin(h), torch.cos(h)], dim=1)
 
 

@@ -71,7 +71,9 @@ class VDMCategorical(dist.Distribution):
 
     @property
     def centres(self):
-        return jnp.arange(self.bins, dtype=jnp.result_type(self.loc)) * (2.0 / (self.bins - 1)) - 1.0
+        """c_k = (2k − (bins − 1))/(bins − 1): one rounding, the nearest float to each centre (as the PyTorch twin's)."""
+        k = jnp.arange(self.bins, dtype=jnp.result_type(self.loc))
+        return (2.0 * k - (self.bins - 1)) / (self.bins - 1)
 
     @property
     def logits(self):

@@ -43,7 +43,7 @@ def fourier_features(x, exponents: Sequence[int]):
     x's dtype; XLA compiles sin and cos into the program, the same bits in every process)."""
     n, c = x.shape[:2]
     w = jnp.asarray([2.0 ** k * 2.0 * math.pi for k in exponents], dtype=x.dtype)
-    h = (x[:, :, None] * w[None, :, None, None, None]).reshape((n, c * len(exponents)) + tuple(x.shape[2:]))
+    h = (x[:, :, None] * w[None, None, :, None, None]).reshape((n, c * len(exponents)) + tuple(x.shape[2:]))
     return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=1)
 
 
