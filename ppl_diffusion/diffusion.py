@@ -584,12 +584,9 @@ class GaussianDiffusion(nn.Module):
         x0 = self.check_data(x0)
         batch, d = x0.shape[0], self._event_dims()
         t = self.check_times(t, batch)
-        dims = tuple(range(1, x0.dim()))
 
-        def q_normal(gamma):  # q(x_s|x_0) = N(α_s x_0, σ_s² I) at γ(s), with (α_s, σ_s) cast to the data's dtype
-            shape = gamma.shape + (1,) * (x0.dim() - gamma.dim())
-            alpha = torch.sigmoid(-gamma).sqrt().to(x0.dtype).reshape(shape)
-            sigma = torch.sigmoid(gamma).sqrt().to(x0.dtype).reshape(shape)
+        def q_normal(gamma):  # q(x_s|x_0) = N(α_s x_0, σ_s² I) at γ(s)
+            alpha, sigma = self._alpha_sigma(gamma, x0)
             return alpha, sigma, dist.Normal(alpha * x0, sigma.expand_as(x0)).to_event(d)
 
         g0, g1 = self.schedule.endpoints()
@@ -617,10 +614,32 @@ class GaussianDiffusion(nn.Module):
                 alpha_t, sigma_t, q_t = q_normal(g_t)
                 x_t = pyro.sample("x_t", q_t)  # in both programs: its term is 0
                 if is_model:
-                    eps = (x_t - alpha_t * x0) / sigma_t
-                    eps_hat = self.denoiser_output(x_t, None, label=self.gamma_label(g_t))[0]
-                    mse = (eps - eps_hat).pow(2).sum(dims)
-                    pyro.factor("diffusion", -0.5 * dg_t.to(x0.dtype) * mse)
+                    pyro.factor("diffusion", -self._integrand(x0, x_t, g_t, dg_t, alpha_t, sigma_t))
+
+    def _alpha_sigma(self, gamma: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """(α, σ) = (√sigmoid(−γ), √sigmoid(γ)) of per-example ``gamma`` ``[B]`` (float64), cast to the data's dtype
+        and shaped to broadcast against ``x0`` ``[B x ...]``."""
+        shape = gamma.shape + (1,) * (x0.dim() - gamma.dim())
+        return (torch.sigmoid(-gamma).sqrt().to(x0.dtype).reshape(shape),
+                torch.sigmoid(gamma).sqrt().to(x0.dtype).reshape(shape))
+
+    def _integrand(self, x0: Tensor, x_t: Tensor, g_t: Tensor, dg_t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+        """½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example, ε = (x_t − α_t x_0)/σ_t: the diffusion term's integrand."""
+        eps = (x_t - alpha_t * x0) / sigma_t
+        eps_hat = self.denoiser_output(x_t, None, label=self.gamma_label(g_t))[0]
+        return 0.5 * dg_t.to(x0.dtype) * (eps - eps_hat).pow(2).sum(tuple(range(1, x0.dim())))
+
+    def diffusion_integrand(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
+        :meth:`continuous_model`'s factor ``diffusion`` scores for the same ``x0`` ``[B x ...]``, times ``t``
+        ``[B]`` in [0, 1] and noise ``eps`` (the site ``x_t`` fed ``eps``), without its other terms' network call.
+        E over t ~ U[0, 1) and ε is the continuous-time diffusion term."""
+        x0 = self.check_data(x0)
+        t = self.check_times(t, x0.shape[0])
+        g_t, dg_t = self.schedule.gamma_and_derivative(t.to(torch.float64))
+        alpha_t, sigma_t = self._alpha_sigma(g_t, x0)
+        x_t = alpha_t * x0 + sigma_t * eps.to(x0.dtype)
+        return self._integrand(x0, x_t, g_t, dg_t, alpha_t, sigma_t)
 
     def continuous_model(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
         """The continuous-time model at per-example times ``t`` (``Tensor[B]`` in [0, 1]): the ELBO's three terms.

@@ -203,6 +203,15 @@ def test_a_run_and_its_data_moved_elsewhere_evaluate_with_data_root(tmp_path, mo
     assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, *moved]) == 0
     again = json.loads(Path("elsewhere/runs/a/eval.json").read_text())
     assert (again["bpd"], again["bpd_ema"], again["num_examples"]) == (first["bpd"], first["bpd_ema"], 2)
+    assert (first["data_root"], again["data_root"]) == (str(tmp_path / "work" / "pngs"), str(tmp_path / "elsewhere" / "pngs"))
+    write_pngs(tmp_path / "other", np.random.default_rng(1).integers(0, 256, (6, 12, 12)))  # another size
+    capsys.readouterr()
+    assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, "--data-root", "other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ppl-diffusion: error: the image_folder data under {tmp_path / 'other'} has examples of shape "
+                   "[1, 12, 12] but the run elsewhere/runs/a was trained on [1, 8, 8]; pass --data-root the folder "
+                   "it trained on"), err
+    assert json.loads(Path("elsewhere/runs/a/eval.json").read_text()) == again  # not overwritten
     for extra, name in ((["--bound", "estimate", "--full-steps", "2", "--strata", "2", "--pilot-examples", "2"],
                          "eval-estimate.json"),
                         (["--fit-variance", "4"], "eval-fitted.json"),

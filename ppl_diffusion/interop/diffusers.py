@@ -303,6 +303,9 @@ def to_diffusers(diffusion: GaussianDiffusion, folder) -> Path:
     d = _diffusers()
     from ..nets.unet import UNet
 
+    if getattr(diffusion, "gamma_schedule", False):
+        raise ValueError("the model's forward process is a γ schedule; a diffusers DDPMScheduler runs a β_t schedule of "
+                         "T steps with a step-labelled net: export --to safetensors (which keeps the schedule)")
     if diffusion.prior is not None:
         raise ValueError(f"the model's prior is {diffusion.prior!r}; a diffusers pipeline starts from N(0, I)")
     if not isinstance(diffusion.variance, str) or diffusion.variance not in EXPORT_VARIANCE_TYPES:
