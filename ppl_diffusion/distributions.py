@@ -19,6 +19,7 @@ schedule) instead (:func:`~ppl_diffusion.closed_forms.scaled_latent`), and the m
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pyro.distributions import Normal, TorchDistribution, constraints
 from torch.distributions import kl as torch_kl
@@ -78,6 +79,15 @@ class DiscretizedGaussian(TorchDistribution):
         return self.loc
 
 
+def bin_centres(bins: int) -> np.ndarray:
+    """The ``bins`` centres c_k = (2k − (bins − 1))/(bins − 1) of [−1, 1], float64 NumPy (each the float64 nearest to
+    the centre; cast to float32 it is the float32 the data's pixels are, as ``data.to_model_space`` rounds once from
+    float64). Computed on the host so that both backends' decoders hold the same bits: a compiled division by a
+    constant may become a multiplication by its reciprocal, one ulp off."""
+    k = np.arange(bins, dtype=np.float64)
+    return (2.0 * k - (bins - 1)) / (bins - 1)
+
+
 class VDMCategorical(TorchDistribution):
     """VDM's categorical over the ``bins`` centres c_k = −1 + 2k/(bins − 1) of [−1, 1], elementwise:
 
@@ -105,10 +115,9 @@ class VDMCategorical(TorchDistribution):
 
     @property
     def centres(self) -> Tensor:
-        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: (2k − (bins − 1))/(bins − 1), one
-        rounding, so each is the nearest float to the centre, as the data's pixels are (``data.to_model_space``)."""
-        k = torch.arange(self.bins, dtype=self.loc.dtype, device=self.loc.device)
-        return (2.0 * k - (self.bins - 1)) / (self.bins - 1)
+        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: :func:`bin_centres`, the numbers the
+        data's pixels are (``data.to_model_space``) and the NumPyro twin's, bit for bit."""
+        return torch.as_tensor(bin_centres(self.bins), dtype=self.loc.dtype, device=self.loc.device)
 
     @property
     def logits(self) -> Tensor:

@@ -9,6 +9,7 @@ from numpyro.distributions import constraints
 from jax.scipy.special import ndtr
 from numpyro.distributions.util import promote_shapes
 
+from ..distributions import bin_centres
 from ..distributions import uses_denoiser  # noqa: F401 (re-exported: the same test on this backend's decoders)
 from .closed_forms import discretized_gaussian_log_likelihood
 
@@ -71,9 +72,9 @@ class VDMCategorical(dist.Distribution):
 
     @property
     def centres(self):
-        """c_k = (2k − (bins − 1))/(bins − 1): one rounding, the nearest float to each centre (as the PyTorch twin's)."""
-        k = jnp.arange(self.bins, dtype=jnp.result_type(self.loc))
-        return (2.0 * k - (self.bins - 1)) / (self.bins - 1)
+        """c_k = (2k − (bins − 1))/(bins − 1) from the host (:func:`ppl_diffusion.distributions.bin_centres`), the
+        PyTorch twin's numbers bit for bit."""
+        return jnp.asarray(bin_centres(self.bins), dtype=jnp.result_type(self.loc))
 
     @property
     def logits(self):
