@@ -31,8 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from estimators import machine_info  # noqa: E402
 
@@ -45,13 +43,6 @@ RECIPE = dict(data="digits", net="digits", estimator="stochastic-kl-is", schedul
               batch_size=128, lr=5e-4, warmup_steps=100, grad_clip=1.0, ema_decay=0.998, seed=0, log_every=50)
 QUICK = dict(RECIPE, net="auto", T=20, batch_size=16, warmup_steps=2,
              net_config=dict(model_channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4]))
-DIGITS_SPACING = 2.0 / 16  # 17 levels rint(v·255/16), v = 0..16, from −1 to 1: 16 steps of (about) 0.125
-
-
-def digits_spacing(data) -> float:
-    """(max − min)/(levels − 1) of the training digits' values: the spacing of their grey levels."""
-    levels = torch.unique(data.train)
-    return float((levels.max() - levels.min()) / (len(levels) - 1))
 
 
 def row(name: str, exponents: list[int], base: dict, steps: int, run_dir: Path, examples: int, quick: bool) -> dict:
@@ -126,7 +117,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = p.parse_args(argv)
     steps, examples = (4, 8) if args.quick else (args.steps, args.examples)
-    spacing = digits_spacing(load_dataset("digits"))
+    spacing = load_dataset("digits").level_spacing  # (max − min)/(levels − 1) of the training digits
     exponents = list(fourier_exponents(spacing))
     run_root = Path(args.run_dir)
     rows = [row(name, e, dict(QUICK if args.quick else RECIPE), steps, run_root / name, examples, args.quick)
