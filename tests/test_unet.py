@@ -243,3 +243,32 @@ def test_the_frequency_rule_gives_vdms_exponents_for_8_bit_data_and_2_3_for_the_
     for bad in (0.0, -1.0, float("nan"), 1e-9):
         with pytest.raises(ValueError, match="spacing"):
             fourier_exponents(bad)
+
+
+FEATURES_SCRIPT = r"""
+import hashlib, torch
+from ppl_diffusion.nets.embedding import fourier_features
+from ppl_diffusion.nets.unet import UNet
+torch.manual_seed(0)
+x = torch.rand(128, 1, 8, 8) * 2 - 1  # 8,192 elements: torch splits sin and cos over the threads (VML per chunk)
+h = hashlib.sha256(fourier_features(x, (2, 3, 6, 7)).numpy().tobytes())
+net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), num_res_blocks=1,
+           attention_resolutions=(4,), num_groups=4, zero_init=False, fourier_features=(2, 3))
+x.requires_grad_(True)
+net(x, torch.arange(1, 129)).square().sum().backward()
+for t in (x.grad, *(p.grad for p in net.parameters())):
+    h.update(t.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_fourier_features_and_their_gradients_have_the_same_bits_in_fresh_processes():
+    """sin and cos of a large CPU tensor run in MKL's vector-math library on several threads, whose kernels
+    ppl_diffusion.determinism chooses at import: three new processes on 2 threads give the features of 8,192 values
+    and a U-Net's gradients through them with the same bits."""
+    import sys
+
+    from .test_determinism import run_concurrently
+
+    outputs = run_concurrently([([sys.executable, "-c", FEATURES_SCRIPT], 2)] * 3)
+    assert len({out.strip() for out in outputs}) == 1 and len(outputs[0].strip()) == 64, outputs
