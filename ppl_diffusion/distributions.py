@@ -28,13 +28,9 @@ from torch import Tensor
 from .closed_forms import discretized_gaussian_log_likelihood
 
 
-class DiscretizedGaussian(TorchDistribution):
-    """N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
-
-    Values are the bin centres −1 + 2k/(bins − 1). ``log_prob`` is exact in the tails
-    (:func:`~ppl_diffusion.closed_forms.discretized_gaussian_log_likelihood`); ``sample`` draws from
-    the Normal and rounds to the nearest centre, which is a draw from this distribution.
-    """
+class _OnBins(TorchDistribution):
+    """A distribution over the ``bins`` centres of [−1, 1], elementwise, from a location and a scale (the decoders'
+    shared constructor and ``expand``)."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real  # the bin centres; checked in log_prob when validation is on
@@ -47,7 +43,23 @@ class DiscretizedGaussian(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return DiscretizedGaussian(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
+        return type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
+
+
+def check_bins(bins) -> int:
+    """``bins`` (the number of values of a decoder on [−1, 1]), an integer >= 2; a one-line ``ValueError``."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins = {bins!r}; pass an integer number of values >= 2 (256 for 8-bit data)")
+    return bins
+
+
+class DiscretizedGaussian(_OnBins):
+    """N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
+
+    Values are the bin centres −1 + 2k/(bins − 1). ``log_prob`` is exact in the tails
+    (:func:`~ppl_diffusion.closed_forms.discretized_gaussian_log_likelihood`); ``sample`` draws from
+    the Normal and rounds to the nearest centre, which is a draw from this distribution.
+    """
 
     def _grid(self, x: Tensor) -> Tensor:
         k = torch.round((x.clamp(-1.0, 1.0) + 1.0) * (self.bins - 1) / 2.0)
@@ -88,7 +100,7 @@ def bin_centres(bins: int) -> np.ndarray:
     return (2.0 * k - (bins - 1)) / (bins - 1)
 
 
-class VDMCategorical(TorchDistribution):
+class VDMCategorical(_OnBins):
     """VDM's categorical over the ``bins`` centres c_k = −1 + 2k/(bins − 1) of [−1, 1], elementwise:
 
         P(c_k) = exp(−(c_k − loc)²/(2 scale²)) / Σ_j exp(−(c_j − loc)²/(2 scale²)),
@@ -99,19 +111,6 @@ class VDMCategorical(TorchDistribution):
     pixel alone, exact when the pixels are independent given x_1, and no network call. ``log_prob`` is a
     ``log_softmax`` over the ``bins`` logits (``[... x bins]`` in memory); ``sample`` and :meth:`from_normal` are
     exact draws (inverse CDF)."""
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real  # the bin centres; checked in log_prob when validation is on
-    has_rsample = False
-
-    def __init__(self, loc: Tensor, scale: Tensor, bins: int = 256, validate_args=None):
-        self.loc, self.scale = torch.broadcast_tensors(torch.as_tensor(loc), torch.as_tensor(scale))
-        self.bins = int(bins)
-        super().__init__(self.loc.shape, validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        return VDMCategorical(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
 
     @property
     def centres(self) -> Tensor:
@@ -183,9 +182,7 @@ class DiscretizedGaussianDecoder:
     uses_denoiser = True
 
     def __init__(self, bins: int = 256) -> None:
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins = {bins!r}; pass an integer number of bins >= 2 (256 for 8-bit data)")
-        self.bins = bins
+        self.bins = check_bins(bins)
 
     def __call__(self, mean: Tensor, log_variance: Tensor):
         return DiscretizedGaussian(mean, torch.exp(0.5 * log_variance), self.bins)
@@ -208,9 +205,7 @@ class VDMCategoricalDecoder:
     uses_denoiser = False
 
     def __init__(self, bins: int = 256) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins = {bins!r}; pass an integer number of values >= 2 (256 for 8-bit data)")
-        self.bins = bins
+        self.bins = check_bins(bins)
 
     def __call__(self, loc: Tensor, log_variance: Tensor):
         return VDMCategorical(loc, torch.exp(0.5 * log_variance), self.bins)

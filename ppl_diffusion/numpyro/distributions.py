@@ -9,7 +9,7 @@ from numpyro.distributions import constraints
 from jax.scipy.special import ndtr
 from numpyro.distributions.util import promote_shapes
 
-from ..distributions import bin_centres
+from ..distributions import bin_centres, check_bins
 from ..distributions import uses_denoiser  # noqa: F401 (re-exported: the same test on this backend's decoders)
 from .closed_forms import discretized_gaussian_log_likelihood
 
@@ -124,9 +124,7 @@ class DiscretizedGaussianDecoder:
     uses_denoiser = True
 
     def __init__(self, bins: int = 256) -> None:
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins = {bins!r}; pass an integer number of bins >= 2 (256 for 8-bit data)")
-        self.bins = bins
+        self.bins = check_bins(bins)
 
     def __call__(self, mean, log_variance):
         return DiscretizedGaussian(mean, jnp.exp(0.5 * log_variance), self.bins)
@@ -140,9 +138,7 @@ class VDMCategoricalDecoder:
     uses_denoiser = False
 
     def __init__(self, bins: int = 256) -> None:
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins = {bins!r}; pass an integer number of values >= 2 (256 for 8-bit data)")
-        self.bins = bins
+        self.bins = check_bins(bins)
 
     def __call__(self, loc, log_variance):
         return VDMCategorical(loc, jnp.exp(0.5 * log_variance), self.bins)
