@@ -137,6 +137,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "endpoints by the ELBO: the default) or elbo (default: variance for learned-net, else elbo)")
     p.add_argument("--variance", default=d.variance,
                    help=f"reverse variance: beta, posterior or learned (improved DDPM) (default {d.variance})")
+    p.add_argument("--decoder", default=d.decoder, metavar="discretized|vdm-categorical",
+                   help="p(x_0|x_1) of 8-bit data: discretized (DDPM's exact discretized Gaussian at the denoiser's "
+                        "x̂_0, one denoiser call) or vdm-categorical (VDM's categorical over the 256 values from "
+                        "x_1/α_1, no call); refused on continuous data, which the Gaussian density scores (default: "
+                        "discretized)")
     p.add_argument("--prior", default=d.prior, help=f"p(x_T): normal, gaussian (learned mean and scale), student-t, "
                    f"student-t-learned-df, mixture, flow (default {d.prior}); see ppl_diffusion.priors")
     p.add_argument("--net", default=d.net,
@@ -156,6 +161,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     n.add_argument("--attention", type=_ints, default=None, metavar="R1,R2,...",
                    help="U-Net: resolutions in pixels with self-attention, or none (default: half the image size "
                         "below 64 px, 16,8 from 64 up; the middle block always attends)")
+    n.add_argument("--fourier-features", type=_fourier, default=None, metavar="N1,N2,...|auto",
+                   help="U-Net: sin and cos of 2^n·2π·x_t for each exponent n as extra input channels (VDM's Fourier "
+                        "features); auto: the two exponents the data's grey-level spacing Δ asks for, n = "
+                        "round(log2(1/Δ)) and n − 1 (6,7 for 8-bit data, 2,3 for the digits' 17 levels), recorded "
+                        "as numbers; refused on continuous data (default: none)")
     n.add_argument("--dropout", type=float, default=None, help="U-Net or MLP: dropout (default 0.1 U-Net, 0 MLP)")
     n.add_argument("--width", type=int, default=None, help="MLP: hidden width (default 128; warned below D)")
     n.add_argument("--depth", type=int, default=None, help="MLP: residual blocks (default 3)")
@@ -202,7 +212,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 # The net flags and the net_config key each sets.
 NET_FLAGS = {"channels": "model_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
-             "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth"}
+             "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth",
+             "fourier_features": "fourier_features"}
 
 
 def _steps(text: str) -> int:
@@ -224,6 +235,11 @@ def _ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2,2") from None
+
+
+def _fourier(text: str) -> list[int] | str:
+    """``"6,7"`` → ``[6, 7]``; ``"none"`` → ``[]``; ``"auto"`` (resolved from the data by train)."""
+    return "auto" if text.strip().lower() == "auto" else _ints(text)
 
 
 def _json_object(text: str) -> dict:

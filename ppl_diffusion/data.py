@@ -79,6 +79,16 @@ class Dataset:
         """D, the number of dimensions of one example (for bits/dim)."""
         return int(math.prod(self.event_shape))
 
+    @property
+    def level_spacing(self) -> float | None:
+        """The spacing of the training split's grey levels in model space, (max − min)/(L − 1) over its L distinct
+        values: 2/255 for 8-bit data using every value, 0.125 for the digits' 17 levels; ``None`` for continuous
+        data (and for a split of one value)."""
+        if self.bins is None:
+            return None
+        levels = torch.unique(self.train)
+        return float((levels.max() - levels.min()) / (len(levels) - 1)) if len(levels) > 1 else None
+
     def make_decoder(self):
         """The decoder object for :class:`~ppl_diffusion.GaussianDiffusion` (``decoder=...``)."""
         from .distributions import DiscretizedGaussianDecoder, GaussianDecoder

@@ -142,16 +142,16 @@ def decoder_log_prob(diffusion, x0, x1) -> np.ndarray:
         import jax.numpy as jnp
 
         t = jnp.ones((len(x0),), jnp.int32)
-        mean, log_var = diffusion.p_mean_variance(diffusion.denoiser, jnp.asarray(x1, jnp.float32), t)
-        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(jnp.asarray(x0, jnp.float32))
+        decoder = diffusion.decoder_at(diffusion.denoiser, jnp.asarray(x1, jnp.float32), t)
+        lp = decoder.to_event(len(diffusion.event_shape)).log_prob(jnp.asarray(x0, jnp.float32))
         return np.asarray(lp, np.float64)
     device, dtype = diffusion._device_dtype()
     if getattr(diffusion, "continuous", False):  # its decoder is the first step of any chain of its γ
         diffusion = diffusion.with_steps(2)
     with torch.no_grad():
         x1 = torch.as_tensor(np.asarray(x1)).to(device=device, dtype=dtype)
-        mean, log_var = diffusion.p_mean_variance(x1, torch.ones(len(x1), dtype=torch.long, device=device))
-        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(
+        decoder = diffusion.decoder_at(x1, torch.ones(len(x1), dtype=torch.long, device=device))
+        lp = decoder.to_event(len(diffusion.event_shape)).log_prob(
             torch.as_tensor(np.asarray(x0)).to(device=device, dtype=dtype))
     return lp.double().cpu().numpy()
 

@@ -184,6 +184,28 @@ def test_pyro_overhead_benchmark_quick(tmp_path):
     assert (tmp_path / "pyro_overhead_quick.json").exists() and "training step" in out.stdout
 
 
+@pytest.mark.slow  # ~20 s on 2 shared cores: two tiny trainings and evaluations
+def test_fourier_features_benchmark_quick(tmp_path):
+    """benchmarks/fourier_features.py --quick: both rows, the second with the rule's exponents for the digits (2, 3)
+    and a first conv that reads 4 more channels, scored with finite bounds and SEs."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fourier_features.py"), "--quick", "--run-dir",
+                          str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "fourier_features_quick.json").read_text())
+    none, fourier = record["rows"]
+    assert none["fourier_features"] == [] and fourier["fourier_features"] == record["exponents"] == [2, 3]
+    assert record["spacing"] == pytest.approx(0.125)
+    assert fourier["parameters"] - none["parameters"] == 4 * 8 * 9  # 4 channels into model_channels 8, 3x3
+    for r in (none, fourier):
+        for w in ("raw", "ema"):
+            assert math.isfinite(r[w]["bpd"]) and r[w]["se"] > 0
+    assert "| n = 2,3 | raw |" in (tmp_path / "out" / "fourier_features_quick.md").read_text()
+
+
 @pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_digits_budget_benchmark_quick(tmp_path):
     import subprocess

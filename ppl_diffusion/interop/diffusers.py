@@ -353,6 +353,9 @@ def _unet2d_config(net) -> dict:
     from ..nets.unet import AttentionBlock, ResBlock
 
     levels = len(net.channel_mult)
+    if getattr(net, "fourier_features", ()):
+        raise ValueError(f"UNet(fourier_features={list(net.fourier_features)}): UNet2DModel has no Fourier features "
+                         "of its input; no exact export")
     if net.channel_mult[0] != 1:
         raise ValueError(f"UNet(channel_mult={net.channel_mult}): UNet2DModel's input conv has "
                          "block_out_channels[0] channels, so channel_mult[0] must be 1 to export")

@@ -136,6 +136,9 @@ def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]
     if not isinstance(diffusion, GaussianDiffusion) or not isinstance(diffusion.denoiser, UNet):
         raise ValueError(f"export to improved-diffusion needs a U-Net denoiser; this run's net is {config.net!r}")
     net = diffusion.denoiser
+    if getattr(net, "fourier_features", ()):
+        raise ValueError(f"the U-Net has Fourier features of x_t (fourier_features={list(net.fourier_features)}); "
+                         "improved-diffusion's UNetModel has none")
     groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
     if groups != {32}:
         raise ValueError(f"the U-Net's GroupNorms have {sorted(groups)} groups; improved-diffusion's always have 32 "
@@ -186,6 +189,9 @@ def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]
         differences.append("a fitted variance has no flag; exported as FIXED_LARGE")
     if getattr(diffusion.decoder, "bins", None) is None:
         differences.append("the decoder is Gaussian; theirs is the discretized Gaussian of 8-bit images")
+    elif getattr(diffusion.decoder, "name", None) == "vdm-categorical":
+        differences.append("the decoder is VDM's categorical from x_1/α_1; theirs is the discretized Gaussian at "
+                           "the net's x̂_0")
     if diffusion.prior is not None:
         differences.append(f"the prior p(x_T) is {config.prior!r}; theirs is N(0, I)")
     return flags, differences, delta

@@ -75,7 +75,7 @@ NET_ALIASES: dict[str, str] = {"diffusers": "ppl_diffusion.interop.diffusers:bui
 # The CLI flag of each setting it has one for, named in errors.
 SETTING_FLAGS = {"model_channels": "--channels", "channel_mult": "--channel-mult", "num_res_blocks": "--res-blocks",
                  "attention_resolutions": "--attention", "dropout": "--dropout", "width": "--width",
-                 "depth": "--depth"}
+                 "depth": "--depth", "fourier_features": "--fourier-features"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 IMPORT_PATH_FIX = "package.module:builder, a function builder(event_shape, **net_config) -> torch.nn.Module"
 

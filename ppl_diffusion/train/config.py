@@ -12,6 +12,7 @@ import torch
 
 from ..data import DATASETS
 from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
+from ..distributions import IMAGE_DECODERS
 from ..infer import ESTIMATORS
 from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, register_net,  # noqa: F401 (re-exported)
                     resolve_builder)
@@ -63,6 +64,9 @@ class TrainConfig:
     # attention_resolutions, dropout, ...: nets.UNET_SETTINGS), the MLP's (width, depth, emb_dim, dropout), or a
     # builder's keyword arguments; None for the defaults. JSON values (tuples are kept as lists).
     net_config: dict | None = None
+    # p(x_0|x_1) of 8-bit data: None (the data's own: "discretized", DDPM's exact discretized Gaussian), "discretized"
+    # or "vdm-categorical" (VDM's categorical over the 256 values, no denoiser call); continuous data: None only
+    decoder: str | None = None
     betas: list | None = None  # β_1..β_T of schedule "custom" (an imported model's own schedule), else None
     source: dict | None = None  # where an imported model's weights came from (ppl-diffusion import); None if trained
     batch_size: int = 128  # examples per optimizer step
@@ -127,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"net_config = {self.net_config!r}; config.json records it: pass numbers, strings, "
                              "booleans, lists and dicts only") from None
         check_net_config(self.net, self.net_config)
+        if self.decoder is not None:
+            choice("decoder", IMAGE_DECODERS)
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
         check_precision(self.precision)
@@ -229,13 +235,49 @@ def _as_json(value):
     return value
 
 
+def decoder_of(config: TrainConfig, dataset) -> str:
+    """The decoder's name for ``config`` on ``dataset``: ``config.decoder``, or the data's own (``dataset.decoder``:
+    discretized for 8-bit data, gaussian for continuous data). An 8-bit decoder on continuous data is refused in one
+    line."""
+    if config.decoder is None:
+        return dataset.decoder
+    if dataset.decoder not in IMAGE_DECODERS:
+        raise ValueError(f"decoder {config.decoder!r} scores 8-bit data on their 256 values; the data {config.data!r} "
+                         "are continuous (scored by the Gaussian density): drop --decoder")
+    return config.decoder
+
+
+def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
+    """``config`` with the settings that depend on the data resolved (before it is recorded): the net setting
+    ``fourier_features = "auto"`` becomes the exponents of the data's grey-level spacing
+    (:func:`~ppl_diffusion.nets.embedding.fourier_exponents` of ``dataset.level_spacing``). Fourier features on
+    continuous data, which have no grey levels for them to resolve, and an 8-bit decoder on them are refused in
+    one line."""
+    decoder_of(config, dataset)
+    features = (config.net_config or {}).get("fourier_features")
+    if not features:
+        return config
+    if dataset.bins is None:
+        raise ValueError(f"fourier_features = {features!r} on the continuous data {config.data!r}: the features read "
+                         "x_t against the spacing of 8-bit data's grey levels, which continuous data do not have; drop "
+                         "--fourier-features")
+    if features != "auto":
+        return config
+    from ..nets.embedding import fourier_exponents
+
+    return dataclasses.replace(config, net_config={**config.net_config,
+                                                   "fourier_features": list(fourier_exponents(dataset.level_spacing))})
+
+
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
+    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
+    the data's own decoder (``dataset.decoder``; :func:`decoder_of`)."""
     event_shape = tuple(dataset.event_shape)
+    decoder = decoder_of(config, dataset)
     net = build_net(config.net, event_shape, config.net_config, learn_sigma=config.variance in LEARNED_VARIANCES)
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
-                             decoder=dataset.decoder, variance=config.variance, prior=prior,
+                             decoder=decoder, variance=config.variance, prior=prior,
                              precision=config.precision, **schedules.process_kwargs(config))
 
 
