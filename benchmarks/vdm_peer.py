@@ -418,15 +418,16 @@ def cmd_report(args) -> None:
              f"`model_vdm.py` and `train_state.py` run by `benchmarks/vdm_peer.py`. Machine: {r0['machine']['cpu']}, "
              f"{r0['machine']['cores']} cores, JAX {r0['machine']['jax']}, Flax {r0['machine']['flax']}, "
              f"optax {r0['machine']['optax']}.", "",
-             "Bound in bits/dim on the 360 test digits (EMA parameters), continuous time (T = ∞), learned γ "
+             f"Bound in bits/dim on the {r0['eval']['digits']} test digits, continuous time (T = ∞), learned γ "
              "endpoints; ± is the SE over digits, MC the Monte-Carlo SE of the mean (t and ε draws).", "",
-             "| lr | warm-up | EMA | params | steps × batch | train min | s/step | bound (bits/dim) | MC SE | recon | "
-             "klz | diff | γ_0, γ_1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        c, e = r["config"], r["eval"]["ema"]
+             "| lr | warm-up | EMA | params | weights | steps × batch | train min | s/step | bound (bits/dim) | MC SE | "
+             "recon | klz | diff | γ_0, γ_1 (EMA) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, which in ((r, w) for r in runs for w in ("ema", "raw") if w in r["eval"]):
+        c, e = r["config"], r["eval"][which]
         lines.append(
-            f"| {c['lr']:g} | {c['warmup']} | {c['ema_rate']} | {r['parameters']:,} | {c['steps']} × {c['batch']} | "
+            f"| {c['lr']:g} | {c['warmup']} | {c['ema_rate']} | {r['parameters']:,} | {which} | "
+            f"{c['steps']} × {c['batch']} | "
             f"{r['train_seconds'] / 60:.0f} | {r['s_per_step']:.2f} | **{e['total']['bpd']:.3f} ± "
             f"{e['total']['se_over_digits']:.3f}** | {e['total']['se_monte_carlo']:.4f} | "
             f"{e['recon']['bpd']:.4f} ± {e['recon']['se_over_digits']:.4f} | {e['klz']['bpd']:.2e} | "
