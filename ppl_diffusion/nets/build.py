@@ -56,7 +56,13 @@ def _unet_class(event_shape, **settings) -> nn.Module:
     if "model_channels" not in settings:
         raise ValueError("net 'unet' is the UNet class with net_config as its keyword arguments and its defaults for "
                          "the rest: pass model_channels (--channels), or use --net auto for a U-Net sized by the data")
-    return UNet(**settings)
+    try:
+        return UNet(**settings)
+    except ValueError as error:  # a class default that does not fit these images, e.g. attention at 16 pixels
+        unset = [SETTING_FLAGS[k] for k in ("channel_mult", "attention_resolutions") if k not in settings]
+        given = f" ({', '.join(unset)} not given)" if unset else ""
+        raise ValueError(f"{error}; net 'unet' is the UNet class with its defaults for the settings not given{given}:"
+                         " pass them, or use --net auto for a U-Net sized by the data") from None
 
 
 def _preset(name: str) -> Callable:
