@@ -415,3 +415,9 @@ def test_unet_class_defaults_that_do_not_fit_name_the_flags_and_auto():
                                          r"\(--channel-mult, --attention not given\).*--net auto"):
         build_net("unet", (1, 8, 8), dict(model_channels=8))
     assert build_net("unet", (1, 8, 8), dict(model_channels=8, attention_resolutions=(4,))) is not None
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1, "0.1"])
+def test_dropout_outside_0_1_names_the_flag(dropout):
+    with pytest.raises(ValueError, match=r"^dropout \(--dropout\) = .*must lie in \[0, 1\); pass e.g. 0.1"):
+        build_net("auto", (1, 8, 8), dict(dropout=dropout))

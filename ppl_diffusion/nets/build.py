@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import re
 from collections.abc import Callable
 
@@ -206,6 +207,10 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
     if unknown and not open_ended:
         raise ValueError(f"{what} has no setting {_flagged(unknown[0])}{where}; its settings are "
                          f"{', '.join(map(_flagged, known)) or 'none'}")
+    dropout = net_config.get("dropout")
+    if name in BUILTIN_NETS and dropout is not None and not (isinstance(dropout, numbers.Real) and 0 <= dropout < 1):
+        raise ValueError(f"{_flagged('dropout')} = {dropout!r}: a dropout probability must lie in [0, 1); pass e.g. "
+                         "0.1 (the U-Net's default) or 0 (none)")
 
 
 def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict:

@@ -244,7 +244,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             held = f" ({config.val_examples} more held out for validation)" if validation is not None else ""
             log(f"{describe_net(config.net, dataset.event_shape, config.net_config, parameters=trainer.num_parameters)}"
                 f"; {len(dataset.train):,} {config.data} training examples of shape {list(dataset.event_shape)}{held}")
-        for message in budget_warnings(config):
+        for message in budget_warnings(config, len(dataset.train)):
             warnings.warn(message, BudgetWarning, stacklevel=3)
 
     from tqdm.auto import tqdm
