@@ -467,9 +467,16 @@ def cmd_sample(args) -> None:
         raise ValueError(f"{', '.join(given)} given without --ode; these flags set the ODE's solver: add --ode or "
                          "drop them")
     o = _ode_options(args, names)
-    result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
-                        device=args.device, out=args.out, backend=args.backend, precision=args.precision,
-                        ode=args.ode, last=args.last, **o)
+    try:
+        result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
+                            device=args.device, out=args.out, backend=args.backend, precision=args.precision,
+                            ode=args.ode, last=args.last, **o)
+    except ValueError as error:  # the API names its argument K; here it is the flag
+        prefix = f"K = {args.steps!r} steps is "
+        if args.steps is None or not str(error).startswith(prefix):
+            raise
+        raise ValueError(f"--steps {args.steps} is " + str(error)[len(prefix):] + "; pass --steps in that range or "
+                         "drop it (all of the run's steps)") from None
     if distributed.world().is_main:
         how = f", ODE: {result.nfe} function evaluations" if args.ode else ""
         best = " (best.pt)" if result.run.weights_from == "best" else ""

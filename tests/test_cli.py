@@ -93,6 +93,17 @@ def test_sample_images_npz_png_and_seed(digits_run, tmp_path):
     sample("raw", "--raw")
 
 
+def test_sample_steps_outside_the_run_names_the_flag(digits_run, tmp_path, capsys):
+    T = json.loads((digits_run / "config.json").read_text())["T"]
+    for bad in (0, T + 1):
+        assert run(["sample", digits_run, "-n", "2", "--steps", bad, "--out", tmp_path / "s.png"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ppl-diffusion: error: --steps {bad} is outside 1..T = 1..{T}; a respaced sampler keeps "
+                       "between 1 and T of the original steps; pass --steps in that range or drop it (all of the "
+                       "run's steps)"]
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_fourier_features_auto_and_the_vdm_decoder_are_recorded_resumed_and_loaded(tmp_path, capsys):
     """--fourier-features auto becomes the digits' exponents [2, 3] in net_config (it shapes the net), --decoder
     vdm-categorical the config's decoder; a resume with the same flags continues, and a loaded run has both."""
