@@ -282,6 +282,31 @@ def _print_trained(result) -> None:
               "weights on the held-out examples)")
 
 
+def given_flags(argv: list[str], command: str) -> set[str]:
+    """The destinations of the flags of ``command`` that ``argv`` sets (not left at their defaults)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
+
+
+def resume_with_saved_settings(args: argparse.Namespace, given: set[str]) -> None:
+    """``--resume`` (or ``--auto-resume``) of a run folder with a config.json: every train flag not given takes the
+    run's saved value, so ``train --run-dir RUN --resume`` continues the run as it was started. A flag given is
+    used as given (and refused by :func:`~ppl_diffusion.train.train` where the run cannot change it)."""
+    path = Path(args.run_dir) / "config.json"
+    if not (args.resume or args.auto_resume) or not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    for field in DEFAULTS.to_dict():
+        if field != "net_config" and hasattr(args, field) and field not in given and field in saved:
+            setattr(args, field, saved[field])
+    if "net_config" not in given and saved.get("net_config"):
+        flagged = {NET_FLAGS[flag] for flag in given & set(NET_FLAGS)}
+        args.net_config = {k: v for k, v in saved["net_config"].items() if k not in flagged} or None
+
+
 def cmd_train(args) -> None:
     if args.resume and args.auto_resume:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
@@ -728,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
             several = distributed.world().world_size > 1 and distributed.joined()
         if getattr(args, "backend", "pyro") == "numpyro":
             _join_jax_job()
+        if args.command == "train":
+            resume_with_saved_settings(args, given_flags(list(sys.argv[1:] if argv is None else argv), "train"))
         args.func(args)
         # Every rank finishes before any leaves the group: a rank tearing gloo down while another still talks to it
         # can abort.

@@ -455,3 +455,22 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1
     assert err[0].startswith("ppl-diffusion: error: ") and "at step 4" in err[0] and "ckpt-00000002.pt" in err[0]
+
+
+def test_resume_takes_the_saved_settings_of_every_flag_not_given(tmp_path, capsys):
+    """`train --run-dir RUN --resume --steps 4` after a start with non-default flags continues that run: the same
+    weights as the same flags trained straight to 4 steps; a flag given that the run cannot change is refused."""
+    import torch
+
+    flags = ["--data", "digits", *TINY, "--lr", "3e-3", "--ema-decay", "0.5", "--seed", "7"]
+    assert run(["train", *flags, "--steps", "4", "--run-dir", tmp_path / "straight"]) == 0
+    assert run(["train", *flags, "--steps", "2", "--run-dir", tmp_path / "resumed"]) == 0
+    assert run(["train", "--run-dir", tmp_path / "resumed", "--resume", "--steps", "4"]) == 0
+    a = torch.load(tmp_path / "straight" / "ckpt-00000004.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "ckpt-00000004.pt", weights_only=False)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    capsys.readouterr()
+    assert run(["train", "--run-dir", tmp_path / "resumed", "--resume", "--steps", "6", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lr: saved 0.003, now 0.001" in err and "drop the flags that change it" in err

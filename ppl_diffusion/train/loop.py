@@ -152,7 +152,9 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
                 diff = _config_diff(json.loads(cfg_path.read_text()), config)
                 if diff:
                     raise ValueError(f"--resume with a configuration that differs from {cfg_path} "
-                                     f"({'; '.join(diff)}); pass the saved settings or start a new run folder")
+                                     f"({'; '.join(diff)}); drop the flags that change it (ppl-diffusion train "
+                                     "--resume takes the saved settings of every flag not given) or start a new run "
+                                     "folder")
             elif not list_checkpoints(run_dir):
                 raise ValueError(f"nothing to resume in {run_dir}: no config.json and no checkpoint; start without "
                                  "--resume")
