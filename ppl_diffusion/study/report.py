@@ -113,6 +113,33 @@ def race_figure(rows: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def learned_schedule_lines(sched: dict) -> list[str]:
+    """The report's learned-schedule section (:mod:`ppl_diffusion.study.schedule`) from its dict."""
+    intro = (f"The same θ (denoiser) and the same endpoints γ_0, γ_1 throughout: the schedule's interior "
+             f"({sched['interior']}) reset to its initialisation (seed {sched['seed']}), each continuous-time "
+             f"estimator measured ({sched['replicates']} replicates), then the interior alone trained for "
+             f"{sched['steps']} Adam steps (lr {sched['lr']:g}, batches of {sched['batch_size']} training examples) on "
+             "the variance of the diffusion estimate (`ContinuousTimeELBO(schedule_objective=\"variance\")`), and "
+             "measured again with the same replicate seeds. In continuous time the ELBO depends on the endpoints "
+             "only, so the means must agree (z); the variance is what the interior changes. Variances of the "
+             "batch-mean ELBO estimate (nats² per example), ± SE from the draws' fourth moment; the ratio's SE by "
+             "the delta method.")
+    header = ("| estimator | var, initial | var, trained | trained / initial | tr Cov(grad) trained / initial | "
+              "ELBO trained − initial | z |")
+    lines = ["## Learned schedule: the interior trained for variance", "", intro, "", header,
+             "|:---|---:|---:|---:|---:|---:|---:|"]
+    for c in sched["comparison"]:
+        lines.append(f"| {c['estimator']} | {_g(c['var_initial'])} ± {_g(c['var_initial_se'], '.2g')} | "
+                     f"{_g(c['var_trained'])} ± {_g(c['var_trained_se'], '.2g')} | {_g(c['ratio'])} ± "
+                     f"{_g(c['ratio_se'], '.2g')} | {_g(c['grad_ratio'])} | {c['mean_difference']:.3f} ± "
+                     f"{c['mean_difference_se']:.3f} | {c['z']:.2f} |")
+    losses = sched.get("losses") or []
+    if losses:
+        lines += ["", f"−ELBO per example during the interior's training: {losses[0]:.3f} at the first step, "
+                  f"{losses[-1]:.3f} at the last (one batch each; its expectation does not move)."]
+    return lines + [""]
+
+
 def markdown(study: dict) -> str:
     """The report, from the dict written to ``study.json``."""
     meta, lines = study["meta"], []
@@ -225,30 +252,8 @@ def markdown(study: dict) -> str:
             lines.append(f"- {s['fast']} vs {s['slow']}: {ratio} ({s['ratio_kind']}; {s['slow']} final "
                          f"{s['target_bpd']:.4f} bits/dim)")
         lines += ["", "![race](race.png)", ""]
-    sched = study.get("learned_schedule")
-    if sched:
-        lines += ["## Learned schedule: the interior trained for variance", "",
-                  f"The same θ (denoiser) and the same endpoints γ_0, γ_1 throughout: the schedule's interior "
-                  f"({sched['interior']}) reset to its initialisation (seed {sched['seed']}), each continuous-time "
-                  f"estimator measured ({sched['replicates']} replicates), then the interior alone trained for "
-                  f"{sched['steps']} Adam steps (lr {sched['lr']:g}, batches of {sched['batch_size']} training "
-                  "examples) on the variance of the diffusion estimate (`ContinuousTimeELBO(schedule_objective="
-                  "\"variance\")`), and measured again with the same replicate seeds. In continuous time the ELBO "
-                  "depends on the endpoints only, so the means must agree (z); the variance is what the interior "
-                  "changes. Variances of the batch-mean ELBO estimate (nats² per example), ± SE from the draws' "
-                  "fourth moment; the ratio's SE by the delta method.", "",
-                  "| estimator | var, initial | var, trained | trained / initial | tr Cov(grad) trained / initial | "
-                  "ELBO trained − initial | z |", "|:---|---:|---:|---:|---:|---:|---:|"]
-        for c in sched["comparison"]:
-            lines.append(f"| {c['estimator']} | {_g(c['var_initial'])} ± {_g(c['var_initial_se'], '.2g')} | "
-                         f"{_g(c['var_trained'])} ± {_g(c['var_trained_se'], '.2g')} | {_g(c['ratio'])} ± "
-                         f"{_g(c['ratio_se'], '.2g')} | {_g(c['grad_ratio'])} | {c['mean_difference']:.3f} ± "
-                         f"{c['mean_difference_se']:.3f} | {c['z']:.2f} |")
-        losses = sched.get("losses") or []
-        if losses:
-            lines += ["", f"−ELBO per example during the interior's training: {losses[0]:.3f} at the first step, "
-                      f"{losses[-1]:.3f} at the last (one batch each; its expectation does not move)."]
-        lines.append("")
+    if study.get("learned_schedule"):
+        lines += learned_schedule_lines(study["learned_schedule"])
     lines += ["## Files", "", "`study.json` (everything above), `fixed_theta.csv`, `per_t.csv`, `race.csv`, "
               "`race_targets.csv`, `draws/*.nc` (arviz InferenceData; `az.from_netcdf`), the figures.", ""]
     return "\n".join(lines)
