@@ -520,6 +520,7 @@ def _none_or_int(text: str) -> int | None:
 
 def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     from .study import StudyConfig
+    from .study.estimators import DEFAULT_CONTINUOUS_ESTIMATORS, DEFAULT_ESTIMATORS
 
     d = StudyConfig()
     p.add_argument("run", nargs="?", default=None,
@@ -532,14 +533,17 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help="folder of the data files (mnist, cifar10, image_folder); with a run: where its data is now, "
                         "if it moved (default: the folder the run stored)")
     p.add_argument("--net", default=d.net, help=f"without a run: denoiser (default {d.net})")
-    p.add_argument("--T", type=int, default=d.T, help=f"without a run: diffusion steps (default {d.T})")
-    p.add_argument("--schedule", default=d.schedule, help=f"without a run: linear or cosine (default {d.schedule})")
+    p.add_argument("--T", type=_steps, default=d.T,
+                   help=f"without a run: diffusion steps (default {d.T}); 0 (or inf) with a γ schedule: continuous time")
+    p.add_argument("--schedule", default=d.schedule,
+                   help=f"without a run: linear, cosine or a γ schedule such as learned-net (default {d.schedule})")
     p.add_argument("--variance", default=d.variance, help=f"without a run: beta or posterior (default {d.variance})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"examples in the fixed batch and in the race's batches (default {d.batch_size})")
     p.add_argument("--estimators", type=_names, default=d.estimators,
-                   help=f"comma-separated (default {','.join(d.estimators)}); see ppl_diffusion.study.estimators")
+                   help=f"comma-separated (default {','.join(DEFAULT_ESTIMATORS)}; in continuous time "
+                        f"{','.join(DEFAULT_CONTINUOUS_ESTIMATORS)}); see ppl_diffusion.study.estimators")
     p.add_argument("--replicates", type=int, default=d.replicates,
                    help=f"replicates of each estimate and gradient at the fixed θ (default {d.replicates})")
     p.add_argument("--full-chain-replicates", type=_none_or_int, default=d.full_chain_replicates,
@@ -564,6 +568,12 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                    help="a bits/dim whose time-to-reach is reported for every race estimator")
     p.add_argument("--eval-examples", type=int, default=d.eval_examples,
                    help=f"test examples scored by the full bound at each race point (default {d.eval_examples})")
+    p.add_argument("--schedule-steps", type=int, default=d.schedule_steps,
+                   help="continuous time with learned-net: the learned-schedule row, the continuous estimators with the "
+                        "schedule's interior as initialised and after this many Adam steps training it alone for the "
+                        "estimate's variance, at the same θ (default 0: no row)")
+    p.add_argument("--schedule-lr", type=float, default=d.schedule_lr,
+                   help=f"learning rate of those steps (default {d.schedule_lr:g})")
     _add_threads_flag(p)
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
     _add_backend_flag(p, "measures that backend's estimators and trains the race on it; a run of either backend "

@@ -183,6 +183,12 @@ def test_continuous_terms_and_gradients_agree(x64, tol):
             for name, p in td.denoiser.named_parameters():
                 close(p.grad, _torch_layout(grads["denoiser$params"], name), rtol=10 * tol if x64 else 1e-3,
                       atol=10 * tol)
+        # The prior term by one draw of x_T (the same noise) instead of its closed form: prior_term="mc".
+        mc = continuous_time_terms(td, x0, t, noise=noise, analytic=False)
+        _, jmc, _ = jax.jit(lambda p: npd.continuous_time_loss(jd, jax.random.PRNGKey(0), p, *jargs, noise=jnoise,
+                                                               prior_term="mc"))(pm)
+        close(mc["prior"], jmc["prior"], rtol=tol, atol=tol)
+        assert not np.allclose(np.asarray(jmc["prior"]), np.asarray(jparts["prior"]))
 
 
 @pytest.mark.parametrize("objective, timesteps", [

@@ -19,6 +19,7 @@ from flax import nnx  # noqa: E402
 import ppl_diffusion.numpyro as npd  # noqa: E402
 from ppl_diffusion.cli import main  # noqa: E402
 from ppl_diffusion.study import STUDY_ESTIMATORS, make_study_estimator, measure  # noqa: E402
+from ppl_diffusion.study.estimators import CONTINUOUS  # noqa: E402
 from ppl_diffusion.study.fixed import pooled_agreement  # noqa: E402
 
 from .common import Z, mean_se  # noqa: E402
@@ -47,7 +48,7 @@ def test_every_compiled_estimator_centres_on_the_exact_elbo():
     d, x0, elbo, _ = jax_twin()
     x0 = x0.repeat(50, 1)  # 200 examples, 4 distinct
     rows, R = [], 120
-    for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae"):
+    for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae" and n not in CONTINUOUS):  # a chain's
         est = make_study_estimator(name, d)
         assert type(est).__name__ == "NumPyroStudyEstimator"
         row, _ = measure(est, x0, R, seed=k)

@@ -19,6 +19,7 @@ from ppl_diffusion import GaussianDiffusion, NoiseSchedule
 from ppl_diffusion.cli import main
 from ppl_diffusion.infer import LowDiscrepancyTimesteps, StochasticTimestepELBO
 from ppl_diffusion.study import STUDY_ESTIMATORS, make_study_estimator, measure, per_t_moments, time_to_reach
+from ppl_diffusion.study.estimators import CONTINUOUS
 from ppl_diffusion.study.fixed import ESS_RANGE, RunningMoments, ess_flag, independent_ess, pooled_agreement
 from ppl_diffusion.study.race import budgets, speedups
 
@@ -48,7 +49,7 @@ def test_every_unbiased_estimator_centres_on_the_exact_elbo():
     d, x0, elbo, _ = linear_gaussian()
     x0 = x0.repeat(50, 1)  # 200 examples, 4 distinct: the same per-example ELBO, estimated more precisely
     rows, R = [], 150
-    for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae"):
+    for k, name in enumerate(n for n in STUDY_ESTIMATORS if n != "iwae" and n not in CONTINUOUS):  # a chain's
         row, idata = measure(make_study_estimator(name, d), x0, R, seed=k)
         rows.append(row)
         # The replicates are independent draws: MCSE = sd / √R exactly (sd with ddof = 1, computed here apart);
@@ -295,6 +296,8 @@ def test_compare_on_a_trained_run_uses_its_weights(tmp_path):
     (["--replicates", "2"], ["replicates = 2", "at least 4"]),
     (["--race-seconds", "5", "--race-estimators", "iwae"], ["'iwae'", "race"]),
     (["--iwae-particles", "1"], ["iwae_particles = 1", "--iwae-particles"]),
+    (["--estimators", "continuous"], ["'continuous'", "T = 5"]),
+    (["--schedule-steps", "-1"], ["schedule_steps = -1", "--schedule-steps"]),
 ])
 def test_compare_bad_input_is_one_line(tmp_path, capsys, flags, words):
     assert main(["compare", "--out", str(tmp_path / "x"), "--data", "eight_gaussians", "--T", "5", *flags]) == 2
@@ -341,3 +344,97 @@ def test_compare_under_torchrun_equals_one_process(tmp_path):
         da, db = (az.from_netcdf(tmp_path / k / "draws" / f"{name}.nc").posterior for k in ("one", "two"))
         np.testing.assert_array_equal(db["elbo"].values, da["elbo"].values)
         np.testing.assert_allclose(db["grad_proj"].values, da["grad_proj"].values, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- continuous time
+def _oracle_continuous(features=16):
+    """A model in continuous time at a fixed θ: the exact ε̂ of 2-D Gaussian data (a scale parameter at 1 for the
+    gradients), VDM's monotone net schedule from −10 to 8 with fixed endpoints; its data and a batch."""
+    from ppl_diffusion.gamma import MonotoneNetGamma
+
+    from .common import GammaGaussianOracle
+
+    m, s2, lims = np.array([0.5, -0.3]), np.array([0.01, 0.2]), (-10.0, 8.0)
+    torch.manual_seed(0)
+    schedule = MonotoneNetGamma(*lims, learn_endpoints=False, features=features).double()
+    d = GaussianDiffusion(schedule=schedule, denoiser=GammaGaussianOracle(m, s2, lims), event_shape=(2,), T=0,
+                          gamma_range=lims)
+    rng = np.random.default_rng(8)
+
+    def data(n):
+        return torch.from_numpy(m + np.sqrt(s2) * rng.standard_normal((n, 2)))
+
+    return d, data(8), data(512), (m, s2, lims), data
+
+
+def test_continuous_estimators_centre_on_the_closed_form_elbo():
+    """Every continuous-time study estimator (the prior term analytic or Monte Carlo, t uniform, low-discrepancy or
+    importance-sampled) is unbiased for the exact Gaussian case's ELBO at T = ∞, within Z MCSEs."""
+    from .common import gaussian_continuous_terms
+
+    d, _, _, (m, s2, lims), data = _oracle_continuous()
+    x0 = data(32)  # 32 examples: the importance sampler's history (100 bins) fills in a few calls
+    exact = -sum(gaussian_continuous_terms(m, s2, x0.numpy(), *lims).values()).mean()
+    rows = []
+    for k, name in enumerate(CONTINUOUS):
+        row, _ = measure(make_study_estimator(name, d), x0, 50, seed=k)
+        rows.append(row)
+        assert row.family == "continuous time" and row.grad_total_variance > 0
+        assert abs(row.elbo_mean - exact) <= Z * row.elbo_mcse, (name, row.elbo_mean, row.elbo_mcse, exact)
+    assert pooled_agreement(rows)["dof"] == 3
+    # The prior's KL in closed form has no variance; one draw of x_T adds some.
+    var = {r.estimator: r.elbo_sd ** 2 for r in rows}
+    assert var["continuous-mc"] > var["continuous"] - Z * math.hypot(rows[0].elbo_var_se, rows[3].elbo_var_se)
+
+
+def test_learned_schedule_row_lowers_the_variance_at_the_same_elbo():
+    """The learned-schedule row on the toy: with the interior trained for variance (θ and the endpoints fixed) the
+    uniform-t estimator's variance falls far beyond its SE, and the ELBO's mean does not move."""
+    from ppl_diffusion.study.schedule import learned_schedule_rows
+
+    d, _, train, _, data = _oracle_continuous()
+    x0 = data(32)  # a batch mean of 32 examples: near-normal draws, so the variances' SEs are near √(2/R)
+    before = [p.detach().clone() for p in d.parameters()]
+    section = learned_schedule_rows(d, x0, train, estimators=("continuous",), replicates=400, steps=80, lr=0.1,
+                                    batch_size=64, seed=0)
+    assert [(r["stage"], r["estimator"]) for r in section["rows"]] == [("initial", "continuous"),
+                                                                       ("trained", "continuous")]
+    (c,) = section["comparison"]
+    assert c["var_trained"] < c["var_initial"] - Z * math.hypot(c["var_initial_se"], c["var_trained_se"]), c
+    assert c["ratio"] < 0.7 and abs(c["z"]) < Z, c
+    names = [n for n, _ in d.named_parameters()]
+    moved = {n for n, p, q in zip(names, d.parameters(), before) if not torch.equal(p.detach(), q)}
+    assert moved and all(n.startswith("schedule.l") for n in moved), moved  # the interior alone
+
+
+def test_compare_a_continuous_time_run_with_the_learned_schedule_row(tmp_path, capsys):
+    """compare on a learned-net run at T = 0: the continuous-time estimators by default, no per-t picture, and the
+    learned-schedule row (tiny settings: that it runs and reports, not what it finds; the toy test above does)."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", "eight_gaussians", "--net", "mlp", "--width", "16", "--depth", "1",
+                 "--schedule", "learned-net", "--T", "0", "--estimator", "continuous", "--steps", "3",
+                 "--batch-size", "8", "--run-dir", str(run), "--no-progress"]) == 0
+    out = tmp_path / "study"
+    assert main(["compare", str(run), "--out", str(out), "--estimators", "continuous,continuous-ld,continuous-mc",
+                 "--schedule-steps", "2", *TINY[TINY.index("--batch-size"):]]) == 0
+    study = json.loads((out / "study.json").read_text())
+    assert [r["estimator"] for r in study["fixed_theta"]["rows"]] == ["continuous", "continuous-ld", "continuous-mc"]
+    assert study["meta"]["T"] == 0 and "per_t" not in study and "race" not in study
+    section = study["learned_schedule"]
+    assert [c["estimator"] for c in section["comparison"]] == ["continuous", "continuous-ld", "continuous-mc"]
+    assert section["steps"] == 2 and len(section["losses"]) == 2
+    assert all(math.isfinite(c["ratio"]) and c["var_initial"] > 0 for c in section["comparison"])
+    assert (out / "draws" / "schedule-trained-continuous.nc").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "T = ∞" in report and "## Learned schedule" in report and "## Per t" not in report
+    assert "Ratios are to `continuous`" in report
+    capsys.readouterr()
+    # A chain's estimators on it, a race, or the row on a model without an interior: one line each.
+    for flags, words in ((["--estimators", "stochastic-kl"], "continuous time (T = 0)"),
+                         (["--race-seconds", "1"], "--race-seconds 0")):
+        assert main(["compare", str(run), "--out", str(tmp_path / "x"), *flags, *TINY[TINY.index("--batch-size"):]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert main(["compare", "--out", str(tmp_path / "y"), *TINY, "--schedule-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--schedule learned-net --T 0" in err, err

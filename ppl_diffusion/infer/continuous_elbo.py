@@ -38,6 +38,7 @@ from .timesteps import UniformTimes, make_timestep_sampler
 from .trace_terms import per_example_elbo, trace_pair
 
 SCHEDULE_OBJECTIVES = ("elbo", "variance")
+PRIOR_TERMS = ("kl", "mc")  # the prior term KL(q(x_T|x_0) || p(x_T)) in closed form, or by one draw of x_T
 
 
 def continuous_time_terms(diffusion, x0: Tensor, t: Tensor, *, noise: dict | None = None,
@@ -78,16 +79,24 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
     :param str schedule_objective: ``"elbo"`` (every parameter by the ELBO) or ``"variance"`` (the schedule's interior
         by the variance of the diffusion estimate, everything else by the ELBO; needs a schedule with interior
         parameters, :class:`~ppl_diffusion.gamma.MonotoneNetGamma`).
+    :param str prior_term: ``"kl"`` (default: the prior's KL in closed form where one is registered, as in
+        training) or ``"mc"`` (log q(x_T|x_0) − log p(x_T) at one draw of x_T: the value of Pyro's ``Trace_ELBO`` on
+        the continuous programs). The diffusion term is Monte Carlo in (t, ε) and the reconstruction term one draw
+        of x_1 either way (T = ∞ has no step whose KL could be taken in closed form instead).
     :param dict sampler_kwargs: passed to the named sampler (e.g. ``bins``, ``history``, ``uniform_prob``).
     """
 
     def __init__(self, *, timesteps="uniform", timesteps_per_example: int = 1, schedule_objective: str = "elbo",
-                 sampler_kwargs: dict | None = None) -> None:
+                 prior_term: str = "kl", sampler_kwargs: dict | None = None) -> None:
         super().__init__(timesteps_per_example=timesteps_per_example, timesteps=timesteps,
                          sampler_kwargs=sampler_kwargs)
         if schedule_objective not in SCHEDULE_OBJECTIVES:
             raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
         self.schedule_objective = schedule_objective
+        if prior_term not in PRIOR_TERMS:
+            raise ValueError(f"unknown prior_term {prior_term!r}; choose one of {PRIOR_TERMS} (closed-form KL or one "
+                             "draw of x_T)")
+        self.prior_term = prior_term
         if self.sampler is not None and getattr(self.sampler, "T", None) != 0:
             raise ValueError(f"the continuous-time ELBO draws times in [0, 1]; {type(timesteps).__name__} draws steps "
                              "(pass make_timestep_sampler(name, 0) or a name)")
@@ -105,7 +114,7 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
         k, batch = self.timesteps_per_example, x0.shape[0]
         t, weight = draw_timesteps(self.get_sampler(0), batch * k, x0.device)
         x0k = x0.repeat_interleave(k, dim=0) if k > 1 else x0
-        parts = continuous_time_terms(diffusion, x0k, t)  # t float64: γ(t) is computed in float64
+        parts = continuous_time_terms(diffusion, x0k, t, analytic=self.prior_term == "kl")  # t float64: γ(t) in float64
         weight = weight.to(x0.dtype)
         nll = parts["prior"] + parts["reconstruction"] + weight * parts["diffusion"]
         return -nll.reshape(batch, k).mean(-1), t, weight, parts

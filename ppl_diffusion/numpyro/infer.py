@@ -204,23 +204,28 @@ def continuous_time_terms(diffusion, rng_key, x0, t, *, params=None, noise=None,
 
 
 SCHEDULE_OBJECTIVES = ("elbo", "variance")
+PRIOR_TERMS = ("kl", "mc")  # the prior term KL(q(x_T|x_0) || p(x_T)) in closed form, or by one draw of x_T
 
 
 def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=None, schedule_objective="elbo",
-                         reduction: str = "sum"):
+                         reduction: str = "sum", prior_term: str = "kl"):
     """(−ELBO reduced over the batch, the per-example terms, the model's mutable state) of the continuous-time
     estimate at times ``t`` with weights ``weight`` (1/p(t)). With ``schedule_objective="variance"`` the value is the
     same and the gradient of the schedule's interior parameters is that of Σ_i (w_i L_i)² (reduced alike) instead
     of the ELBO's, routed in one backward pass: a ``jax.custom_vjp`` takes the cotangent of the loss at the
     interior's outputs (shape(t), shape'(t)), scales it by 2 w_i L_i per example and pulls it back through the
-    interior alone (the PyTorch backend does the same with hooks)."""
+    interior alone (the PyTorch backend does the same with hooks). ``prior_term`` ``"kl"`` scores the prior term in
+    closed form (where registered), ``"mc"`` at one draw of x_T."""
     if schedule_objective not in SCHEDULE_OBJECTIVES:
         raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
+    if prior_term not in PRIOR_TERMS:
+        raise ValueError(f"unknown prior_term {prior_term!r}; choose one of {PRIOR_TERMS} (closed-form KL or one "
+                         "draw of x_T)")
     weight = jnp.asarray(weight)
 
     def rest(shape, pm):
         parts, trace = continuous_time_terms(diffusion, rng_key, x0, t, params=pm, noise=noise, shape=shape,
-                                             with_trace=True)
+                                             analytic=prior_term == "kl", with_trace=True)
         d = weight.astype(parts["diffusion"].dtype) * parts["diffusion"]
         loss = _reduce(-(parts["prior"] + parts["reconstruction"] + d), reduction)
         return loss, (d, parts, _mutable_sites(trace))
@@ -276,9 +281,10 @@ class ContinuousTimeELBO(ELBO):
     ``svi.update(state, x0, t, weight)`` (importance sampling keeps its history outside, as for
     :class:`StochasticTimestepELBO`; the per-example integrand is returned under SVI's mutable ``"step_losses"``
     when that key is there). ``schedule_objective="variance"`` trains the schedule's interior for the estimate's
-    variance (:func:`continuous_time_loss`)."""
+    variance (:func:`continuous_time_loss`); ``prior_term="mc"`` scores the prior term at one draw of x_T."""
 
-    def __init__(self, timesteps: str = "uniform", schedule_objective: str = "elbo", reduction: str = "sum") -> None:
+    def __init__(self, timesteps: str = "uniform", schedule_objective: str = "elbo", reduction: str = "sum",
+                 prior_term: str = "kl") -> None:
         if timesteps not in ("uniform", "low-discrepancy"):
             raise ValueError(f"timesteps = {timesteps!r}: the ELBO draws 'uniform' or 'low-discrepancy' times itself; "
                              "for importance sampling pass (t, weight) from ppl_diffusion.numpyro.timesteps."
@@ -287,8 +293,11 @@ class ContinuousTimeELBO(ELBO):
             raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+        if prior_term not in PRIOR_TERMS:
+            raise ValueError(f"unknown prior_term {prior_term!r}; choose one of {PRIOR_TERMS}")
         super().__init__(num_particles=1)
         self.timesteps, self.schedule_objective, self.reduction = timesteps, schedule_objective, reduction
+        self.prior_term = prior_term
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
         from .timesteps import make_timestep_sampler
@@ -307,7 +316,7 @@ class ContinuousTimeELBO(ELBO):
         params = {k: v for k, v in param_map.items() if k != STEP_LOSSES}
         loss, parts, mutable = continuous_time_loss(diffusion, k_elbo, params, x0, t, weight,
                                                     schedule_objective=self.schedule_objective,
-                                                    reduction=self.reduction)
+                                                    reduction=self.reduction, prior_term=self.prior_term)
         if STEP_LOSSES in param_map:
             mutable[STEP_LOSSES] = jax.lax.stop_gradient(parts["diffusion"])
         return {"loss": loss, "mutable_state": mutable or None}

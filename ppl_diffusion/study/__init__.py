@@ -14,6 +14,13 @@ initialised net, and writes into one folder:
 3. **Training race** (:mod:`.race`): the same initial net trained with each estimator for the same
    wall time; test bits/dim (full bound) against time; times to reach the Monte-Carlo estimators'
    final bits/dim and the speed-up ratios.
+4. **Learned schedule** (:mod:`.schedule`, a model in continuous time with VDM's learned-net schedule,
+   ``schedule_steps > 0``): the continuous-time estimators at the same θ with the schedule's interior as
+   initialised and after training it alone for the estimate's variance.
+
+A model in continuous time (a γ schedule with T = 0: ``--schedule learned-net --T 0``, or a run of one) is measured
+with the continuous-time estimators (:mod:`.estimators`); the per-t picture and the race are of a chain's steps and
+are skipped there (the race is refused in one line).
 
 Outputs: ``report.md``, ``study.json``, ``fixed_theta.csv``, ``per_t.csv``, ``race.csv``,
 ``race_targets.csv``, ``fixed_theta.png``, ``per_t.png``, ``race.png``, ``draws/<estimator>.nc``.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -35,7 +43,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators,
+from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators, default_estimators,
                          make_study_estimator)
 from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
 from .per_t import PerTResult, per_t_moments
@@ -53,12 +61,13 @@ class StudyConfig:
     data: str = "digits"  # without a run: the model, as for ``ppl-diffusion train``
     data_root: str | None = None  # the data's folder (mnist, cifar10, image_folder); with a run: where it is now
     net: str = "mlp"
-    T: int = 1000
-    schedule: str = "linear"
+    T: int = 1000  # 0: continuous time (with a γ schedule)
+    schedule: str = "linear"  # a NoiseSchedule or a γ schedule (ppl_diffusion.train.schedules)
     variance: str = "beta"
     seed: int = 0
     batch_size: int = 128  # the fixed batch (first test examples) and the race's batch
-    estimators: tuple = DEFAULT_ESTIMATORS
+    estimators: tuple | None = None  # None: the model's defaults (DEFAULT_ESTIMATORS; continuous time: the
+    # continuous-time estimators)
     replicates: int = 200  # R per estimator at the fixed θ (ELBO and gradient each)
     full_chain_replicates: int | None = 16  # R for trace / meanfield / iwae (None: same as replicates); at
     # T = 1000 each of their calls is ~1000 denoiser calls (10 s and more for a gradient on a CPU)
@@ -75,6 +84,8 @@ class StudyConfig:
     race_target: float | None = None  # an extra bits/dim whose time-to-reach is reported
     device: str = "auto"
     backend: str = "pyro"  # "pyro" or "numpyro": the backend whose estimators (and race training) are measured
+    schedule_steps: int = 0  # learned-schedule row: Adam steps training the interior for variance (0: no row)
+    schedule_lr: float = 1e-2  # their learning rate
     command: str = field(default="", repr=False)
 
     def validate(self) -> "StudyConfig":
@@ -83,7 +94,13 @@ class StudyConfig:
         if self.backend == "numpyro" and self.device not in ("auto", "cpu"):
             raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device; pass "
                              "--device auto or cpu")
-        check_estimators(self.estimators)
+        if self.estimators is not None:
+            check_estimators(self.estimators)
+        if isinstance(self.schedule_steps, bool) or not isinstance(self.schedule_steps, int) or self.schedule_steps < 0:
+            raise ValueError(f"schedule_steps = {self.schedule_steps!r}; pass a number of steps >= 0 (--schedule-steps; "
+                             "0 skips the learned-schedule row)")
+        if not (isinstance(self.schedule_lr, (int, float)) and math.isfinite(self.schedule_lr) and self.schedule_lr > 0):
+            raise ValueError(f"schedule_lr = {self.schedule_lr!r}; pass a positive learning rate (--schedule-lr)")
         if self.race_seconds:
             check_estimators(self.race_estimators, trainable=True)
             budgets(self.race_seconds, self.race_points)
@@ -139,7 +156,8 @@ def _model(config: StudyConfig):
     else:
         tc = TrainConfig(data=config.data, data_root=config.data_root, net=config.net, T=config.T,
                          schedule=config.schedule, variance=config.variance, seed=config.seed, steps=1,
-                         batch_size=config.batch_size).validate()
+                         batch_size=config.batch_size,
+                         **({"estimator": "continuous"} if config.T == 0 else {})).validate().resolved()
         diffusion = None
         theta = f"freshly initialised {config.net} denoiser (seed {config.seed})"
         dataset = load_dataset(tc.data, tc.data_root) if tc.data_root else load_dataset(tc.data)
@@ -207,10 +225,22 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         (out / "draws").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     diffusion, twin, tc, dataset, theta = _model(config)
+    continuous = tc.T == 0
+    estimators = check_estimators(config.estimators or default_estimators(tc.T), T=tc.T)
+    if continuous and config.race_seconds:
+        raise ValueError("the training race scores a chain's full bound, and this model is in continuous time (T = 0): "
+                         "pass --race-seconds 0")
+    if continuous and config.backend == "numpyro":
+        raise ValueError("a model in continuous time (T = 0) is measured on the Pyro backend only: pass --backend pyro")
+    if config.schedule_steps:
+        from .schedule import check_interior
+
+        check_interior(twin)
     device = next(twin.parameters()).device
     x0 = dataset.test[:config.batch_size].to(device)
     pyro.clear_param_store()
     meta = {"data": tc.data, "net": tc.net, "T": tc.T, "schedule": tc.schedule, "variance": tc.variance,
+            "estimators": list(estimators),
             "theta": theta, "batch": len(x0), "batch_from": f"(the first test examples of {tc.data})",
             "num_parameters": sum(p.numel() for p in twin.denoiser.parameters()), "backend": config.backend,
             "machine": _machine(), "device": _device_name(config.backend, device), "threads": torch.get_num_threads(),
@@ -223,7 +253,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     rows: list[FixedThetaRow] = []
     samplers, reference = {}, {}
     diffusion.eval()
-    for k, name in enumerate(config.estimators):
+    for k, name in enumerate(estimators):
         est = make_study_estimator(name, diffusion, iwae_particles=config.iwae_particles)
         r = config.replicates if name not in (*FULL_CHAIN, "iwae") else (config.full_chain_replicates or config.replicates)
         xs = x0[:config.iwae_examples] if name == "iwae" and config.iwae_examples else x0
@@ -250,13 +280,13 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                             "full_chain_replicates": config.full_chain_replicates or config.replicates,
                             "rows": fixed_rows, "agreement": pooled_agreement(rows), "iwae_reference": reference}
 
-    # 2. per t (on the Pyro twin at the same θ: the step terms' distribution, not a backend's speed)
+    # 2. per t (on the Pyro twin at the same θ: the step terms' distribution, not a backend's speed); a chain's only
     twin.eval()
-    per_t: PerTResult = per_t_moments(twin, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
-                                      seed=config.seed, progress=progress)
-    per_t_rows = per_t.rows()
-    study["per_t"] = {"repeats": config.per_t_repeats, "steps": len(per_t.t), "rows": per_t_rows}
-    if per_t.full_grid:
+    per_t: PerTResult | None = None if continuous else per_t_moments(twin, x0, steps=config.per_t_steps, repeats=config.per_t_repeats,
+                                                  seed=config.seed, progress=progress)
+    if per_t is not None:
+        study["per_t"] = {"repeats": config.per_t_repeats, "steps": len(per_t.t), "rows": per_t.rows()}
+    if per_t is not None and per_t.full_grid:
         measured = {r.estimator: (r.elbo_sd ** 2, r.elbo_var_se) for r in rows}
         pred = {}
         for name, kind, probs in (("stochastic-kl", "kl", None), ("stochastic-mc", "mc", None),
@@ -269,7 +299,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         ideal = per_t.importance_probabilities("kl")
         pred["stochastic-kl, ideal P(t) ∝ sqrt E[L²]"] = per_t.predicted_variance("kl", ideal)
         study["per_t"]["predicted"] = pred
-    log(f"per-t moments on {len(per_t.t)} steps done")
+    if per_t is not None:
+        log(f"per-t moments on {len(per_t.t)} steps done")
 
     # 3. race
     if config.race_seconds:
@@ -285,6 +316,22 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                          "eval_examples": min(config.eval_examples, len(dataset.test)), "estimators": names,
                          "target": config.race_target, "rows": race_rows,
                          **summarise(race_rows, names, config.race_target)}
+
+    # 4. the learned schedule's interior, as initialised and trained for variance, at the same θ
+    if config.schedule_steps:
+        from .schedule import learned_schedule_rows
+
+        def save(stage, name, idata):
+            idata.to_netcdf(str(out / "draws" / f"schedule-{stage}-{name}.nc"))
+
+        section = learned_schedule_rows(twin, x0, dataset.train, estimators=estimators, replicates=config.replicates,
+                                        steps=config.schedule_steps, lr=config.schedule_lr,
+                                        batch_size=config.batch_size, seed=config.seed, progress=progress,
+                                        on_draws=save)
+        study["learned_schedule"] = section
+        for c in section["comparison"]:
+            log(f"learned schedule {c['estimator']:15s} variance trained / initial {c['ratio']:.3g} ± "
+                f"{c['ratio_se']:.2g} (ELBO means differ by {c['mean_difference']:.3g} ± {c['mean_difference_se']:.2g})")
 
     meta["seconds"] = round(time.monotonic() - started, 1)
     (out / "study.json").write_text(json.dumps(study, indent=2, default=float) + "\n")

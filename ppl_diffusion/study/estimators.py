@@ -13,7 +13,19 @@ name                 family              estimator
 ``stochastic-mc-ld`` stochastic t        ... low-discrepancy t
 ``iwae``             IWAE (K)            ``RenyiELBO(alpha=0, num_particles=K)`` on (model, guide): the
                                          importance-weighted bound, per example, with K trajectories
+``continuous``       continuous time     T = ∞ (a γ schedule, T = 0): ``ContinuousTimeELBO``, the diffusion
+                                         term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example, prior KL analytic
+``continuous-ld``    continuous time     ... t low-discrepancy across the batch (VDM)
+``continuous-is``    continuous time     ... t importance-sampled (a history on bins of [0, 1])
+``continuous-mc``    continuous time     ... t uniform, the prior term Monte Carlo (one draw of x_T: Pyro's
+                                         ``Trace_ELBO`` on the continuous programs)
 ===================  ==================  =====================================================================
+
+The continuous-time estimators score a model in continuous time, the others a chain of T steps (a NoiseSchedule or a
+γ schedule with T >= 2); :func:`check_estimators` refuses a mismatch with the model's T in one line. In continuous
+time the diffusion term is Monte Carlo in (t, ε) whatever the estimator (there is no step whose KL could be taken in
+closed form), the reconstruction term one draw of x_1 (the net at x_1 has no closed form in it); only the prior term
+is analytic (``continuous*``) or Monte Carlo (``continuous-mc``).
 
 All but ``iwae`` are unbiased for the same ELBO. ``iwae`` estimates a different, tighter bound
 (log p(x_0) ≥ IWAE_K ≥ ELBO; Burda et al. 2016), so its mean is reported apart and never pooled with
@@ -31,13 +43,17 @@ from dataclasses import dataclass, field
 import torch
 from pyro.infer import ELBO, RenyiELBO
 
-from ..infer import STEP_ESTIMATORS, make_estimator
+from ..infer import STEP_ESTIMATORS, ContinuousTimeELBO, make_estimator
 
 FULL_CHAIN = ("trace", "meanfield")
+CONTINUOUS = ("continuous", "continuous-ld", "continuous-is", "continuous-mc")  # T = 0 (a γ schedule) only
+CONTINUOUS_TIMES = {"continuous": "uniform", "continuous-ld": "low-discrepancy", "continuous-is": "importance",
+                    "continuous-mc": "uniform"}
 STUDY_ESTIMATORS = ("trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld",
-                    "stochastic-mc", "stochastic-mc-is", "stochastic-mc-ld", "iwae")
+                    "stochastic-mc", "stochastic-mc-is", "stochastic-mc-ld", "iwae", *CONTINUOUS)
 DEFAULT_ESTIMATORS = ("trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld",
                       "stochastic-mc", "iwae")
+DEFAULT_CONTINUOUS_ESTIMATORS = CONTINUOUS  # the default of a model in continuous time
 DESCRIPTIONS = {
     "trace": "full chain, Trace_ELBO (Monte Carlo)",
     "meanfield": "full chain, TraceMeanField_ELBO (analytic KL)",
@@ -48,18 +64,36 @@ DESCRIPTIONS = {
     "stochastic-mc-is": "stochastic t, Monte-Carlo step, t importance-sampled",
     "stochastic-mc-ld": "stochastic t, Monte-Carlo step, t low-discrepancy",
     "iwae": "IWAE: RenyiELBO α = 0, K trajectories (a tighter bound)",
+    "continuous": "T = ∞, diffusion term at one uniform t (Monte Carlo in t, ε), prior KL analytic",
+    "continuous-ld": "T = ∞, diffusion term at low-discrepancy t, prior KL analytic",
+    "continuous-is": "T = ∞, diffusion term at importance-sampled t, prior KL analytic",
+    "continuous-mc": "T = ∞, diffusion term at one uniform t, prior term Monte Carlo",
 }
 
 
-def check_estimators(names, *, trainable: bool = False) -> tuple[str, ...]:
+def default_estimators(T: int) -> tuple[str, ...]:
+    """The study's default estimators for a model of ``T`` steps (0: continuous time)."""
+    return DEFAULT_CONTINUOUS_ESTIMATORS if T == 0 else DEFAULT_ESTIMATORS
+
+
+def check_estimators(names, *, trainable: bool = False, T: int | None = None) -> tuple[str, ...]:
     """The names, checked against the study's list (or the trainable ones: the estimators of a chain of steps, the
-    study's models being NoiseSchedule chains); a one-line error otherwise."""
+    race's); with ``T``, also against the model (continuous-time estimators for T = 0 only, the others for a chain);
+    a one-line error otherwise."""
     known = STEP_ESTIMATORS if trainable else STUDY_ESTIMATORS
     names = tuple(names)
     bad = [n for n in names if n not in known]
     if bad or not names:
         what = "race (training) estimator" if trainable else "study estimator"
         raise ValueError(f"unknown {what} {bad[0] if bad else '(none given)'!r}; choose from {', '.join(known)}")
+    if T is not None:
+        wrong = [n for n in names if (n in CONTINUOUS) != (T == 0)]
+        if wrong and T == 0:
+            raise ValueError(f"estimator {wrong[0]!r} scores a chain of steps, and this model is in continuous time "
+                             f"(T = 0): pass --estimators from {', '.join(CONTINUOUS)}")
+        if wrong:
+            raise ValueError(f"estimator {wrong[0]!r} scores continuous time (T = 0), and this model has T = {T} "
+                             f"steps: drop it from --estimators (the continuous ones need --T 0 with a γ schedule)")
     return names
 
 
@@ -78,6 +112,8 @@ class StudyEstimator:
 
     @property
     def family(self) -> str:
+        if self.name in CONTINUOUS:
+            return "continuous time"
         return "full chain" if self.name in FULL_CHAIN else ("IWAE" if self.name == "iwae" else "stochastic t")
 
     @property
@@ -94,8 +130,11 @@ class StudyEstimator:
         pyro.set_rng_seed(seed)
 
     def sampler_probabilities(self):
-        """P(t) of the frozen importance sampler, float64 numpy (None for the other estimators)."""
-        return None if self.sampler_state is None else self.loss.sampler.probabilities().numpy()
+        """P(t) of the frozen importance sampler of steps, float64 numpy (None for the other estimators, and for
+        continuous time, whose sampler has a density on [0, 1] instead)."""
+        if self.sampler_state is None or not hasattr(self.loss.sampler, "probabilities"):
+            return None
+        return self.loss.sampler.probabilities().numpy()
 
     def estimate(self, x0: torch.Tensor) -> float:
         with torch.no_grad():
@@ -134,8 +173,11 @@ class StudyEstimator:
 def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> StudyEstimator:
     """The estimator ``name`` (see the module table) for ``diffusion`` (a NumPyro diffusion gets the compiled
     twin, :class:`ppl_diffusion.numpyro.study.NumPyroStudyEstimator`)."""
-    check_estimators([name])
+    check_estimators([name], T=getattr(diffusion, "T", None))
     if getattr(diffusion, "backend", "pyro") == "numpyro":
+        if name in CONTINUOUS:
+            raise ValueError(f"estimator {name!r} (continuous time) is measured on the Pyro backend only; pass "
+                             "--backend pyro")
         from ..numpyro.study import NumPyroStudyEstimator
 
         return NumPyroStudyEstimator(name, diffusion, full_chain=name in FULL_CHAIN, description=DESCRIPTIONS[name],
@@ -147,5 +189,8 @@ def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> St
                              "(--iwae-particles)")
         loss = RenyiELBO(alpha=0, num_particles=iwae_particles, vectorize_particles=True, max_plate_nesting=1)
         return StudyEstimator(name, loss, diffusion.model, diffusion.guide, params, bound=f"IWAE-{iwae_particles}")
+    if name in CONTINUOUS:
+        loss = ContinuousTimeELBO(timesteps=CONTINUOUS_TIMES[name], prior_term="mc" if name.endswith("-mc") else "kl")
+        return StudyEstimator(name, loss, diffusion.model, diffusion.guide, params)
     est = make_estimator(name)
     return StudyEstimator(name, est.loss, diffusion.model, est.guide(diffusion), params)

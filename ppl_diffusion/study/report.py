@@ -15,7 +15,11 @@ import numpy as np
 from ..plots import _pyplot, _save
 from .fixed import ESS_RANGE, ess_flag
 
-REFERENCE = "stochastic-kl"  # variance ratios are to this estimator
+REFERENCES = ("stochastic-kl", "continuous")  # variance ratios are to the first of these in the table
+
+
+def _T(meta: dict) -> str:
+    return "∞ (continuous time)" if meta["T"] == 0 else str(meta["T"])
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -109,10 +113,37 @@ def race_figure(rows: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def learned_schedule_lines(sched: dict) -> list[str]:
+    """The report's learned-schedule section (:mod:`ppl_diffusion.study.schedule`) from its dict."""
+    intro = (f"The same θ (denoiser) and the same endpoints γ_0, γ_1 throughout: the schedule's interior "
+             f"({sched['interior']}) reset to its initialisation (seed {sched['seed']}), each continuous-time "
+             f"estimator measured ({sched['replicates']} replicates), then the interior alone trained for "
+             f"{sched['steps']} Adam steps (lr {sched['lr']:g}, batches of {sched['batch_size']} training examples) on "
+             "the variance of the diffusion estimate (`ContinuousTimeELBO(schedule_objective=\"variance\")`), and "
+             "measured again with the same replicate seeds. In continuous time the ELBO depends on the endpoints "
+             "only, so the means must agree (z); the variance is what the interior changes. Variances of the "
+             "batch-mean ELBO estimate (nats² per example), ± SE from the draws' fourth moment; the ratio's SE by "
+             "the delta method.")
+    header = ("| estimator | var, initial | var, trained | trained / initial | tr Cov(grad) trained / initial | "
+              "ELBO trained − initial | z |")
+    lines = ["## Learned schedule: the interior trained for variance", "", intro, "", header,
+             "|:---|---:|---:|---:|---:|---:|---:|"]
+    for c in sched["comparison"]:
+        lines.append(f"| {c['estimator']} | {_g(c['var_initial'])} ± {_g(c['var_initial_se'], '.2g')} | "
+                     f"{_g(c['var_trained'])} ± {_g(c['var_trained_se'], '.2g')} | {_g(c['ratio'])} ± "
+                     f"{_g(c['ratio_se'], '.2g')} | {_g(c['grad_ratio'])} | {c['mean_difference']:.3f} ± "
+                     f"{c['mean_difference_se']:.3f} | {c['z']:.2f} |")
+    losses = sched.get("losses") or []
+    if losses:
+        lines += ["", f"−ELBO per example during the interior's training: {losses[0]:.3f} at the first step, "
+                  f"{losses[-1]:.3f} at the last (one batch each; its expectation does not move)."]
+    return lines + [""]
+
+
 def markdown(study: dict) -> str:
     """The report, from the dict written to ``study.json``."""
     meta, lines = study["meta"], []
-    lines += [f"# Estimator study: {meta['data']}, {meta['net']} denoiser, T = {meta['T']}", "",
+    lines += [f"# Estimator study: {meta['data']}, {meta['net']} denoiser, T = {_T(meta)}", "",
               f"- Command: `{meta['command']}`",
               f"- Machine: {meta['machine']}; torch {meta['torch']}, pyro {meta['pyro']}, arviz {meta['arviz']}, "
               f"{meta['threads']} torch thread(s); date {meta['date']}",
@@ -124,7 +155,7 @@ def markdown(study: dict) -> str:
     fixed = study.get("fixed_theta")
     if fixed:
         rows = fixed["rows"]
-        ref = next((r for r in rows if r["estimator"] == REFERENCE), None)
+        ref = next((r for name in REFERENCES for r in rows if r["estimator"] == name), None)
         lines += ["## At a fixed θ", "",
                   f"{fixed['replicates']} replicates of each ELBO estimate and of each gradient "
                   f"({fixed['full_chain_replicates']} for the full-chain estimators and IWAE). ELBO in nats per "
@@ -133,7 +164,8 @@ def markdown(study: dict) -> str:
                   f"that independence (≈ R), marked † outside [{ESS_RANGE[0]:g} R, {ESS_RANGE[1]:g} R], where R "
                   "independent draws fall in fewer than 0.3 % of simulations (arviz caps it at R·log10 R). "
                   "Gradient: of the per-example loss, over all parameters. Efficiency = "
-                  "1 / (variance × seconds per call). Ratios are to `stochastic-kl`.", "",
+                  "1 / (variance × seconds per call). Ratios are to "
+                  f"`{ref['estimator'] if ref else REFERENCES[0]}`.", "",
                   "| estimator | ELBO ± MCSE | sd | ESS | ms / estimate | ELBO eff. | var / ref | ms / grad | "
                   "tr Cov(grad) | SNR | grad eff. | grad var / ref |",
                   "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -220,6 +252,8 @@ def markdown(study: dict) -> str:
             lines.append(f"- {s['fast']} vs {s['slow']}: {ratio} ({s['ratio_kind']}; {s['slow']} final "
                          f"{s['target_bpd']:.4f} bits/dim)")
         lines += ["", "![race](race.png)", ""]
+    if study.get("learned_schedule"):
+        lines += learned_schedule_lines(study["learned_schedule"])
     lines += ["## Files", "", "`study.json` (everything above), `fixed_theta.csv`, `per_t.csv`, `race.csv`, "
               "`race_targets.csv`, `draws/*.nc` (arviz InferenceData; `az.from_netcdf`), the figures.", ""]
     return "\n".join(lines)
@@ -229,7 +263,7 @@ def render(study: dict, out: str | Path) -> Path:
     """Write the CSV tables, the figures and ``report.md`` of ``study`` (the dict of ``study.json``) to ``out``."""
     out = Path(out)
     meta = study["meta"]
-    title = f"{meta['data']}, {meta['net']}, T = {meta['T']}"
+    title = f"{meta['data']}, {meta['net']}, T = {_T(meta)}"
     if "fixed_theta" in study:
         rows = study["fixed_theta"]["rows"]
         write_csv(out / "fixed_theta.csv", rows)
