@@ -357,6 +357,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     _add_dist_flag(p)
     p.add_argument("--json", action="store_true", help="print the whole JSON instead of the summary")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved progress of an unfinished evaluation of another configuration "
+                        "(RUN/eval*.progress) instead of refusing it; by default the same command continues its own")
 
 
 def _add_ode_flags(p) -> None:
@@ -405,7 +408,7 @@ def cmd_evaluate(args) -> None:
                           fd_samples=1000 if args.fd_samples is None else args.fd_samples,
                           fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
-                          bound=args.bound, data_root=args.data_root, last=args.last,
+                          bound=args.bound, data_root=args.data_root, last=args.last, restart=args.restart,
                           **{k: getattr(args, k) for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
@@ -414,6 +417,9 @@ def cmd_evaluate(args) -> None:
 def _evaluate_ode(args) -> None:
     from .likelihood import evaluate_ode_run, summary
 
+    if args.restart:
+        raise ValueError("--restart with --likelihood ode: the ODE's evaluation saves no progress to discard; drop "
+                         "--restart")
     for name in ("fd_samples", "fit_variance"):
         if getattr(args, name) is not None:
             raise ValueError(f"{_flag(name)} with --likelihood ode: the ODE uses neither samples nor the reverse "

@@ -1,0 +1,245 @@
+"""Resumable evaluation (ppl_diffusion.resume): an evaluation interrupted at any moment (SIGKILL in new processes, or
+an exception after k chunks) continues from its saved chunks and ends with exactly the uninterrupted result; progress
+of another configuration is refused in one line and kept; a run with one set of weights is scored once."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ppl_diffusion.evaluate import evaluate_run, summary
+from ppl_diffusion.resume import Progress, in_chunks
+from ppl_diffusion.train import TrainConfig, train
+
+from .common import kill_at_random_moments
+
+TOY = dict(data="eight_gaussians", net="mlp", batch_size=32, lr=1e-3, warmup_steps=3, log_every=1, ema_decay=0.5)
+# Small batches and calls, so that an evaluation has several chunks per weight set.
+EVAL = dict(max_examples=12, batch_size=3, timesteps_per_batch=5, fd_samples=0, seed=5, progress=False)
+KINDS = {"full": {}, "estimate": dict(bound="estimate", full_steps=5, strata=5, draws=2),
+         "fitted": dict(fit_variance=8), "continuous": dict(strata=3, draws=2)}
+VARYING = ("seconds", "resumed_chunks", "checkpoint", "json", "figure")  # provenance, not numbers
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """A chain (T = 20) and a continuous-time run (T = 0), a few steps each: raw and EMA weights differ."""
+    root = tmp_path_factory.mktemp("resume")
+    train(TrainConfig(**TOY, T=20, steps=6, checkpoint_every=6), root / "chain", progress=False)
+    train(TrainConfig(**TOY, T=0, schedule="learned-net", estimator="continuous-is", steps=3, checkpoint_every=3),
+          root / "continuous", progress=False)
+    return {"chain": root / "chain", "continuous": root / "continuous"}
+
+
+def copy_run(runs, kind: str, dest: Path) -> Path:
+    shutil.copytree(runs["continuous" if kind == "continuous" else "chain"], dest)
+    return dest
+
+
+def numbers(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if k not in VARYING}
+    for fit in out.get("fitted_variance", {}).values():
+        fit.pop("seconds")  # the fit's wall time
+    return out
+
+
+def progress_folders(run: Path) -> list:
+    return sorted(p.name for p in run.glob("*.progress"))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, saves: int) -> None:
+    """Make the evaluation stop (an exception, as a kill would) once ``saves`` chunks have been computed and saved."""
+    chunk, done = Progress.chunk, []
+
+    def counted(self, key, compute):
+        if len(done) == saves:
+            raise Interrupted(key)
+        out = chunk(self, key, compute)
+        if self.saved > len(done):
+            done.append(key)
+        return out
+
+    monkeypatch.setattr(Progress, "chunk", counted)
+
+
+# ---------------------------------------------------------------------------------------- the chunks
+def test_in_chunks_reads_saved_chunks_back_instead_of_computing(tmp_path):
+    progress = Progress(tmp_path / "p", {"a": 1}).open()
+    calls = []
+
+    def unit(u):
+        calls.append(u)
+        return {"x": np.full(2, u, dtype=np.float64) / 3}
+
+    first = list(in_chunks(progress.scoped("s"), "k", range(5), 2, unit))
+    assert calls == [0, 1, 2, 3, 4] and progress.chunks() == ["s-k-0", "s-k-1", "s-k-2"]
+    calls.clear()
+    again = list(in_chunks(Progress(tmp_path / "p", {"a": 1}).open().scoped("s"), "k", range(5), 2, unit))
+    assert calls == []  # every unit read back
+    assert [u for u, _ in again] == list(range(5))
+    for (_, a), (_, b) in zip(first, again):
+        assert a.keys() == b.keys() == {"x"} and np.array_equal(a["x"], b["x"])
+
+
+# ---------------------------------------------------------------------------------------- interrupted, continued
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monkeypatch, kind):
+    """Stopped after 3 saved chunks (the pilot or fit among them where there is one), then the same call: the same
+    dict, every number bit for bit, as an uninterrupted evaluation; the progress folder is gone at the end."""
+    kw = {**EVAL, **KINDS[kind]}
+    reference = evaluate_run(copy_run(runs, kind, tmp_path / "reference"), **kw)
+    run = copy_run(runs, kind, tmp_path / "interrupted")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(Interrupted):
+            evaluate_run(run, **kw)
+    (folder,) = run.glob("*.progress")
+    assert len(list(folder.glob("*.npz"))) == 3
+    resumed = evaluate_run(run, **kw)
+    assert resumed["resumed_chunks"] == 3 and reference["resumed_chunks"] == 0
+    assert numbers(resumed) == numbers(reference)
+    assert json.loads(Path(resumed["json"]).read_text())["bpd_ema"] == reference["bpd_ema"]
+    assert progress_folders(run) == [] and not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+EVAL_SCRIPT = """
+import json, sys
+from ppl_diffusion.evaluate import evaluate_run
+evaluate_run(sys.argv[2], **json.loads(sys.argv[1]))
+"""
+TWO_THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+@pytest.mark.parametrize("kind", ["full", pytest.param("estimate", marks=pytest.mark.slow),
+                                  pytest.param("continuous", marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path, kind):
+    """The evaluation in new processes SIGKILLed at random moments (after a chunk was saved), then run to the end,
+    writes the eval JSON of an uninterrupted run in another new process, every number bit for bit."""
+    # More examples, in smaller chunks: the evaluation runs well beyond the longest pause.
+    kw = {**EVAL, **KINDS[kind], "max_examples": 40, "batch_size": 2, "timesteps_per_batch": 1}
+    cmd = [sys.executable, "-c", EVAL_SCRIPT, json.dumps(kw)]
+    reference, run = (copy_run(runs, kind, tmp_path / name) for name in ("reference", "killed"))
+    ref = subprocess.Popen([*cmd, str(reference)], env=TWO_THREADS, stderr=subprocess.PIPE, text=True)
+    saved = lambda: sorted(p.name for p in run.glob("*.progress/*.npz"))  # noqa: E731
+    kills = kill_at_random_moments([*cmd, str(run)], saved=saved, rng=random.Random(hash(kind) % 1000), tries=3,
+                                   pause=0.3, env=TWO_THREADS)
+    assert kills >= 1
+    done = subprocess.run([*cmd, str(run)], env=TWO_THREADS, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, err = ref.communicate(timeout=600)
+    assert ref.returncode == 0, err[-2000:]
+    name = {"estimate": "eval-estimate.json"}.get(kind, "eval.json")
+    got, want = (json.loads((r / name).read_text()) for r in (run, reference))
+    assert got["resumed_chunks"] > 0 and want["resumed_chunks"] == 0
+    assert numbers(got) == numbers(want)
+    assert progress_folders(run) == []
+
+
+# ---------------------------------------------------------------------------------------- another configuration
+def test_progress_of_another_configuration_is_refused_and_kept(runs, tmp_path, monkeypatch):
+    run = copy_run(runs, "full", tmp_path / "run")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(Interrupted):
+            evaluate_run(run, **EVAL)
+    folder = run / "eval.progress"
+    before = sorted(p.name for p in folder.iterdir())
+    for change, named in [(dict(seed=6), "seed: saved 5, now 6"), (dict(max_examples=11), "test_examples"),
+                          (dict(batch_size=4), "batch_size: saved 3, now 4")]:
+        with pytest.raises(ValueError, match=rf"^{folder} holds the progress of another evaluation \(.*{named}.*\); "
+                                             r"pass --restart to discard it"):
+            evaluate_run(run, **{**EVAL, **change})
+        assert sorted(p.name for p in folder.iterdir()) == before  # nothing lost
+    # Other weights under the same name: the checkpoint's hash differs.
+    ckpt = latest_checkpoint(run)
+    state = load_checkpoint(ckpt)
+    state["ema"] = {k: v + 1e-3 for k, v in state["ema"].items()}
+    save_checkpoint(ckpt, state)
+    with pytest.raises(ValueError, match="checkpoint_sha256"):
+        evaluate_run(run, **EVAL)
+    fresh = evaluate_run(run, **EVAL, restart=True)  # discards the old progress, starts afresh
+    assert fresh["resumed_chunks"] == 0 and not folder.exists()
+
+
+def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch):
+    run = copy_run(runs, "full", tmp_path / "run")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        with pytest.raises(Interrupted):
+            evaluate_run(run, **EVAL)
+    cmd = [sys.executable, "-m", "ppl_diffusion", "evaluate", str(run), "--max-examples", "12", "--batch-size", "3",
+           "--timesteps-per-batch", "5", "--fd-samples", "0", "--no-progress", "--threads", "1"]
+    bad = subprocess.run([*cmd, "--seed", "6"], capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "eval.progress holds the progress of another evaluation" in bad.stderr and "--restart" in bad.stderr
+    assert (run / "eval.progress").is_dir()
+    ok = subprocess.run([*cmd, "--seed", "6", "--restart"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert not (run / "eval.progress").exists() and json.loads((run / "eval.json").read_text())["seed"] == 6
+    ode = subprocess.run([*cmd[:5], "--likelihood", "ode", "--restart"], capture_output=True, text=True)
+    assert ode.returncode == 2 and "--restart with --likelihood ode" in ode.stderr
+
+
+# ---------------------------------------------------------------------------------------- one set of weights
+@pytest.mark.parametrize("kind", ["full", "estimate", "continuous"])
+def test_a_run_with_one_set_of_weights_is_scored_once(runs, tmp_path, kind, monkeypatch):
+    """An imported run (raw = EMA weights, state["imported"]) is scored once: half the denoiser inputs, the EMA keys
+    the raw figures (readers of eval.json find them all), and they equal the EMA weights scored as a trained run."""
+    kw = {**EVAL, **KINDS[kind]}
+    trained = evaluate_run(copy_run(runs, kind, tmp_path / "trained"), **kw)
+    run = copy_run(runs, kind, tmp_path / "imported")
+    ckpt = latest_checkpoint(run)
+    state = load_checkpoint(ckpt)
+    for raw, ema in (("model", "ema"), ("prior", "prior_ema"), ("schedule", "schedule_ema")):
+        if state.get(ema) is not None:
+            state[raw] = state[ema]
+    save_checkpoint(ckpt, {**state, "imported": True})
+    inputs = []
+    from ppl_diffusion.nets.mlp import MLPDenoiser
+
+    hook = MLPDenoiser.forward
+
+    def counted(self, x, *a, **k):
+        inputs.append(len(x))
+        return hook(self, x, *a, **k)
+
+    monkeypatch.setattr(MLPDenoiser, "forward", counted)
+    once = evaluate_run(run, **kw)
+    assert once["scored_once"] is True and trained["scored_once"] is False
+    for key in ("bpd", "bpd_stderr", "terms"):  # the EMA weights' numbers, under both names
+        ema_key = key.replace("bpd", "bpd_ema") if key != "terms" else key
+        want = trained[ema_key] if key != "terms" else trained["terms"]["ema"]
+        assert (once[key] if key != "terms" else once["terms"]["raw"]) == want
+    assert once["bpd_ema"] == once["bpd"] and once["terms"]["ema"] == once["terms"]["raw"]
+    assert once["calls"]["ema"] == 0 and once["calls"]["raw"] == trained["calls"]["ema"]
+    monkeypatch.undo()
+    inputs_once = sum(inputs)
+    inputs.clear()
+    monkeypatch.setattr(MLPDenoiser, "forward", counted)
+    evaluate_run(copy_run(runs, kind, tmp_path / "trained-again"), **kw)
+    assert inputs_once == once["calls"]["raw"] and sum(inputs) == sum(trained["calls"].values())  # pilots included
+    assert "scored once" in summary(once)
+
+
+def test_one_weight_set_means_equal_tensors_or_imported():
+    a = {"model": {"w": torch.ones(2)}, "ema": {"w": torch.ones(2)}}
+    from ppl_diffusion.evaluate import one_weight_set
+
+    assert one_weight_set(a)
+    assert not one_weight_set({**a, "ema": {"w": torch.tensor([1.0, 1.0 + 1e-7])}})
+    assert not one_weight_set({**a, "prior": {"m": torch.zeros(1)}})
+    assert one_weight_set({"model": {}, "ema": {"w": torch.zeros(1)}, "imported": True})
