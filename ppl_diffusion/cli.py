@@ -359,7 +359,8 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--restart", action="store_true",
                    help="discard the saved progress of an unfinished evaluation of another configuration "
-                        "(RUN/eval*.progress) instead of refusing it; by default the same command continues its own")
+                        "(RUN/eval*.progress, also --likelihood ode's) instead of refusing it; by default the same "
+                        "command continues its own")
 
 
 def _add_ode_flags(p) -> None:
@@ -417,9 +418,6 @@ def cmd_evaluate(args) -> None:
 def _evaluate_ode(args) -> None:
     from .likelihood import evaluate_ode_run, summary
 
-    if args.restart:
-        raise ValueError("--restart with --likelihood ode: the ODE's evaluation saves no progress to discard; drop "
-                         "--restart")
     for name in ("fd_samples", "fit_variance"):
         if getattr(args, name) is not None:
             raise ValueError(f"{_flag(name)} with --likelihood ode: the ODE uses neither samples nor the reverse "
@@ -434,7 +432,8 @@ def _evaluate_ode(args) -> None:
                               eps=o["eps"], time_map=o["time_map"], dequantization=o["dequantization"],
                               draws=o["dequantization_draws"], ema=not o["raw"], seed=args.seed, device=args.device,
                               backend=args.backend, timesteps_per_batch=args.timesteps_per_batch,
-                              progress=args.progress, data_root=args.data_root, last=args.last)
+                              progress=args.progress, data_root=args.data_root, last=args.last,
+                              restart=args.restart)
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 

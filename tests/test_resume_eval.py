@@ -18,6 +18,7 @@ import torch
 
 from ppl_diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ppl_diffusion.evaluate import evaluate_run, summary
+from ppl_diffusion.likelihood import evaluate_ode_run
 from ppl_diffusion.resume import Progress, in_chunks
 from ppl_diffusion.train import TrainConfig, train
 
@@ -27,8 +28,18 @@ TOY = dict(data="eight_gaussians", net="mlp", batch_size=32, lr=1e-3, warmup_ste
 # Small batches and calls, so that an evaluation has several chunks per weight set.
 EVAL = dict(max_examples=12, batch_size=3, timesteps_per_batch=5, fd_samples=0, seed=5, progress=False)
 KINDS = {"full": {}, "estimate": dict(bound="estimate", full_steps=5, strata=5, draws=2),
-         "fitted": dict(fit_variance=8), "continuous": dict(strata=3, draws=2)}
-VARYING = ("seconds", "resumed_chunks", "checkpoint", "json", "figure")  # provenance, not numbers
+         "fitted": dict(fit_variance=8), "continuous": dict(strata=3, draws=2),
+         "ode": dict(likelihood="ode", rtol=1e-3, atol=1e-3)}  # evaluate --likelihood ode (and its ELBO beside)
+VARYING = ("seconds", "resumed_chunks", "checkpoint", "json", "figure", "ode_seconds", "elbo_seconds")  # not numbers
+JSON = {"estimate": "eval-estimate.json", "fitted": "eval-fitted.json", "ode": "eval-ode.json"}
+
+
+def evaluate(run, *, likelihood="elbo", **kw) -> dict:
+    """``evaluate_run``, or with ``likelihood="ode"`` ``evaluate_ode_run`` (the options they share)."""
+    if likelihood == "elbo":
+        return evaluate_run(run, **kw)
+    kw.pop("fd_samples")
+    return evaluate_ode_run(run, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -101,31 +112,36 @@ def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monke
     """Stopped after 3 saved chunks (the pilot or fit among them where there is one), then the same call: the same
     dict, every number bit for bit, as an uninterrupted evaluation; the progress folder is gone at the end."""
     kw = {**EVAL, **KINDS[kind]}
-    reference = evaluate_run(copy_run(runs, kind, tmp_path / "reference"), **kw)
+    reference = evaluate(copy_run(runs, kind, tmp_path / "reference"), **kw)
     run = copy_run(runs, kind, tmp_path / "interrupted")
     with monkeypatch.context() as m:
         interrupt_after(m, 3)
         with pytest.raises(Interrupted):
-            evaluate_run(run, **kw)
+            evaluate(run, **kw)
     (folder,) = run.glob("*.progress")
     assert len(list(folder.glob("*.npz"))) == 3
-    resumed = evaluate_run(run, **kw)
+    resumed = evaluate(run, **kw)
     assert resumed["resumed_chunks"] == 3 and reference["resumed_chunks"] == 0
     assert numbers(resumed) == numbers(reference)
-    assert json.loads(Path(resumed["json"]).read_text())["bpd_ema"] == reference["bpd_ema"]
+    assert json.loads(Path(resumed["json"]).read_text())["bpd"] == reference["bpd"]
     assert progress_folders(run) == [] and not [p for p in run.iterdir() if ".tmp-" in p.name]
 
 
 EVAL_SCRIPT = """
 import json, sys
-from ppl_diffusion.evaluate import evaluate_run
-evaluate_run(sys.argv[2], **json.loads(sys.argv[1]))
+kw = json.loads(sys.argv[1])
+if kw.pop("likelihood", "elbo") == "ode":
+    from ppl_diffusion.likelihood import evaluate_ode_run as evaluate
+    kw.pop("fd_samples")
+else:
+    from ppl_diffusion.evaluate import evaluate_run as evaluate
+evaluate(sys.argv[2], **kw)
 """
 TWO_THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-@pytest.mark.parametrize("kind", ["full", pytest.param("estimate", marks=pytest.mark.slow),
-                                  pytest.param("continuous", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", ["full", *(pytest.param(k, marks=pytest.mark.slow) for k in ("estimate", "continuous",
+                                                                                             "ode"))])
 def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path, kind):
     """The evaluation in new processes SIGKILLed at random moments (after a chunk was saved), then run to the end,
     writes the eval JSON of an uninterrupted run in another new process, every number bit for bit."""
@@ -142,7 +158,7 @@ def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-2000:]
-    name = {"estimate": "eval-estimate.json"}.get(kind, "eval.json")
+    name = JSON.get(kind, "eval.json")
     got, want = (json.loads((r / name).read_text()) for r in (run, reference))
     assert got["resumed_chunks"] > 0 and want["resumed_chunks"] == 0
     assert numbers(got) == numbers(want)
@@ -190,8 +206,6 @@ def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch
     ok = subprocess.run([*cmd, "--seed", "6", "--restart"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert not (run / "eval.progress").exists() and json.loads((run / "eval.json").read_text())["seed"] == 6
-    ode = subprocess.run([*cmd[:5], "--likelihood", "ode", "--restart"], capture_output=True, text=True)
-    assert ode.returncode == 2 and "--restart with --likelihood ode" in ode.stderr
 
 
 # ---------------------------------------------------------------------------------------- one set of weights
