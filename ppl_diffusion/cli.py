@@ -457,6 +457,12 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ode", action="store_true",
                    help="deterministic samples by the probability-flow ODE (x_T as ancestral sampling's for the seed; "
                         "default name RUN/samples-ema-ode.png)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="samples per call, each call's saved as it finishes (OUT.progress) so that the same command "
+                        "continues after a kill (default: all samples in one call)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved progress of an unfinished call of another configuration instead of "
+                        "refusing it")
     _add_ode_flags(p.add_argument_group("--ode"))
 
 
@@ -474,7 +480,7 @@ def cmd_sample(args) -> None:
     o = _ode_options(args, names)
     result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
                         device=args.device, out=args.out, backend=args.backend, precision=args.precision,
-                        ode=args.ode, last=args.last, **o)
+                        ode=args.ode, last=args.last, batch_size=args.batch_size, restart=args.restart, **o)
     if distributed.world().is_main:
         how = f", ODE: {result.nfe} function evaluations" if args.ode else ""
         best = " (best.pt)" if result.run.weights_from == "best" else ""

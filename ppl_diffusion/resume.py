@@ -90,7 +90,7 @@ class Progress:
                 saved = {"fingerprint": "unreadable"}
             diff = _differences(saved, self.fingerprint)
             if diff:
-                raise ValueError(f"{self.folder} holds the progress of another evaluation ({'; '.join(diff)}); pass "
+                raise ValueError(f"{self.folder} holds the progress of another configuration ({'; '.join(diff)}); pass "
                                  f"{self.flag} to discard it and start afresh, or delete the folder")
             return self
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from ppl_diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from ppl_diffusion.evaluate import evaluate_run, summary
 from ppl_diffusion.likelihood import evaluate_ode_run
 from ppl_diffusion.resume import Progress, in_chunks
+from ppl_diffusion.sampling import sample_run
 from ppl_diffusion.train import TrainConfig, train
 
 from .common import kill_at_random_moments
@@ -176,7 +177,7 @@ def test_progress_of_another_configuration_is_refused_and_kept(runs, tmp_path, m
     before = sorted(p.name for p in folder.iterdir())
     for change, named in [(dict(seed=6), "seed: saved 5, now 6"), (dict(max_examples=11), "test_examples"),
                           (dict(batch_size=4), "batch_size: saved 3, now 4")]:
-        with pytest.raises(ValueError, match=rf"^{folder} holds the progress of another evaluation \(.*{named}.*\); "
+        with pytest.raises(ValueError, match=rf"^{folder} holds the progress of another configuration \(.*{named}.*\); "
                                              r"pass --restart to discard it"):
             evaluate_run(run, **{**EVAL, **change})
         assert sorted(p.name for p in folder.iterdir()) == before  # nothing lost
@@ -201,7 +202,7 @@ def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch
            "--timesteps-per-batch", "5", "--fd-samples", "0", "--no-progress", "--threads", "1"]
     bad = subprocess.run([*cmd, "--seed", "6"], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "eval.progress holds the progress of another evaluation" in bad.stderr and "--restart" in bad.stderr
+    assert "eval.progress holds the progress of another configuration" in bad.stderr and "--restart" in bad.stderr
     assert (run / "eval.progress").is_dir()
     ok = subprocess.run([*cmd, "--seed", "6", "--restart"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -257,3 +258,33 @@ def test_one_weight_set_means_equal_tensors_or_imported():
     assert not one_weight_set({**a, "ema": {"w": torch.tensor([1.0, 1.0 + 1e-7])}})
     assert not one_weight_set({**a, "prior": {"m": torch.zeros(1)}})
     assert one_weight_set({"model": {}, "ema": {"w": torch.zeros(1)}, "imported": True})
+
+
+# ---------------------------------------------------------------------------------------- sample
+@pytest.mark.parametrize("ode", [False, True], ids=["ancestral", "ode"])
+def test_interrupted_sampling_continues_to_the_same_samples(runs, tmp_path, monkeypatch, ode):
+    """``sample_run`` with a batch size, stopped after 2 of its 4 calls, then called again: the samples of an
+    uninterrupted call, bit for bit (and without a batch size, one call: the samples of before this change)."""
+    kw = dict(n=10, seed=3, batch_size=3, ode=ode, rtol=1e-3, atol=1e-3)
+    run = copy_run(runs, "full", tmp_path / "run")
+    reference = sample_run(run, out=tmp_path / "reference.png", **kw).samples
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2)
+        with pytest.raises(Interrupted):
+            sample_run(run, out=tmp_path / "resumed.png", **kw)
+    assert len(list((tmp_path / "resumed.progress").glob("*.npz"))) == 2
+    resumed = sample_run(run, out=tmp_path / "resumed.png", **kw).samples
+    assert torch.equal(resumed, reference) and not (tmp_path / "resumed.progress").exists()
+    assert np.array_equal(np.load(tmp_path / "resumed.npz")["samples"], reference.numpy())
+    if not ode:  # one call of all n samples, as before: equal to float rounding only to the batches' samples
+        whole = sample_run(run, out=tmp_path / "whole.png", **{**kw, "batch_size": None}).samples
+        torch.testing.assert_close(whole, reference, rtol=1e-5, atol=1e-5)
+        from ppl_diffusion.sampling import draw_samples, load_run
+
+        torch.testing.assert_close(whole, draw_samples(load_run(run).diffusion, 10, seed=3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"resumed.progress holds the progress of another configuration \(seed"):
+        with monkeypatch.context() as m:
+            interrupt_after(m, 1)
+            with pytest.raises(Interrupted):
+                sample_run(run, out=tmp_path / "resumed.png", **kw)
+            sample_run(run, out=tmp_path / "resumed.png", **{**kw, "seed": 4})
