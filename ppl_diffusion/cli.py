@@ -549,6 +549,9 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                          "is a valid θ")
     _add_dist_flag(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved fixed-θ replicates of an unfinished study of another configuration "
+                        "(OUT/fixed-theta.progress) instead of refusing them; by default the same command continues")
 
 
 def cmd_compare(args) -> None:
@@ -556,7 +559,8 @@ def cmd_compare(args) -> None:
 
     skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
-    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None)
+    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None,
+              restart=args.restart)
     if distributed.world().is_main:
         print(f"wrote {Path(args.out) / 'report.md'}")
 

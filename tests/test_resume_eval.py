@@ -288,3 +288,45 @@ def test_interrupted_sampling_continues_to_the_same_samples(runs, tmp_path, monk
             with pytest.raises(Interrupted):
                 sample_run(run, out=tmp_path / "resumed.png", **kw)
             sample_run(run, out=tmp_path / "resumed.png", **{**kw, "seed": 4})
+
+
+# ---------------------------------------------------------------------------------------- compare's fixed θ
+def test_interrupted_fixed_theta_replicates_continue_to_the_same_draws(tmp_path, monkeypatch):
+    """measure in chunks of 3 replicates, stopped after its ELBO chunks and one gradient chunk, then called again:
+    the same draws, gradient norms, projections and gradient moments, bit for bit, as without saving."""
+    from ppl_diffusion.study import make_study_estimator, measure
+
+    from .test_study import linear_gaussian
+
+    d, x0, _, _ = linear_gaussian()
+    est = make_study_estimator("stochastic-kl", d)
+    row, idata = measure(est, x0, 8, seed=3)  # nothing saved: as before this change
+    progress = Progress(tmp_path / "p", {"study": 1}).open()
+    with monkeypatch.context() as m:
+        interrupt_after(m, 4)  # 3 ELBO chunks, then 1 of the 3 gradient chunks
+        with pytest.raises(Interrupted):
+            measure(est, x0, 8, seed=3, chunk=progress.scoped("kl"), per_chunk=3)
+    assert len(progress.chunks()) == 4
+    again = Progress(tmp_path / "p", {"study": 1}).open()
+    row2, idata2 = measure(est, x0, 8, seed=3, chunk=again.scoped("kl"), per_chunk=3)
+    assert again.reused == 4 and again.saved == 2
+    for var in ("elbo", "grad_norm", "grad_proj"):
+        assert np.array_equal(idata.posterior[var].values, idata2.posterior[var].values), var
+    for key in ("elbo_mean", "elbo_sd", "grad_total_variance", "grad_mean_norm_sq", "grad_snr"):
+        assert getattr(row, key) == getattr(row2, key), key
+
+
+def test_compare_refuses_the_progress_of_another_study(tmp_path, monkeypatch):
+    from ppl_diffusion.study import StudyConfig, run_study
+
+    config = StudyConfig(data="eight_gaussians", T=8, batch_size=4, estimators=("stochastic-kl",), replicates=8,
+                         per_t_repeats=2, device="cpu")
+    with monkeypatch.context() as m:
+        interrupt_after(m, 1)
+        with pytest.raises(Interrupted):
+            run_study(config, tmp_path, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"fixed-theta.progress holds the progress of another configuration "
+                                         r"\(seed: saved 0, now 1\); pass --restart"):
+        run_study(StudyConfig(**{**config.__dict__, "seed": 1}), tmp_path, progress=False, log=lambda *a: None)
+    study = run_study(config, tmp_path, progress=False, log=lambda *a: None)
+    assert study["fixed_theta"]["rows"][0]["replicates"] == 8 and not (tmp_path / "fixed-theta.progress").exists()
