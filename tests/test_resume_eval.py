@@ -8,8 +8,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +332,42 @@ def test_compare_refuses_the_progress_of_another_study(tmp_path, monkeypatch):
         run_study(StudyConfig(**{**config.__dict__, "seed": 1}), tmp_path, progress=False, log=lambda *a: None)
     study = run_study(config, tmp_path, progress=False, log=lambda *a: None)
     assert study["fixed_theta"]["rows"][0]["replicates"] == 8 and not (tmp_path / "fixed-theta.progress").exists()
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow  # three 2-process launches (~40 s on 2 shared cores)
+@pytest.mark.parametrize("kind", ["full", "estimate"])
+def test_sigkill_a_rank_under_torchrun_then_the_same_command_is_exact(runs, tmp_path, kind):
+    """`evaluate` on 2 processes (gloo), one rank SIGKILLed at a random moment after a chunk was saved (torchrun then
+    ends the job), run again: the eval JSON of an uninterrupted 2-process run, every number bit for bit."""
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    flags = ["--max-examples", "40", "--batch-size", "2", "--timesteps-per-batch", "1", "--fd-samples", "0",
+             "--seed", "5", "--no-progress", "--dist-backend", "gloo"]
+    if kind == "estimate":
+        flags += ["--bound", "estimate", "--full-steps", "5", "--strata", "5", "--draws", "2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "ppl_diffusion", "evaluate"]
+    reference, run = (copy_run(runs, "full", tmp_path / name) for name in ("reference", "killed"))
+    ref = subprocess.run([*torchrun, str(reference), *flags], env=env, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    rng = random.Random(21)
+    proc = subprocess.Popen([*torchrun, str(run), *flags], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not list(run.glob("*.progress/*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.3))
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "python" in p.name().lower()]
+    assert proc.poll() is None and workers, "the job ended before the kill; make it longer"
+    rng.choice(workers).send_signal(signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and list(run.glob("*.progress/*.npz"))
+    done = subprocess.run([*torchrun, str(run), *flags], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    name = JSON.get(kind, "eval.json")
+    got, want = (json.loads((r / name).read_text()) for r in (run, reference))
+    assert got["world_size"] == want["world_size"] == 2
+    assert got["resumed_chunks"] > 0 and numbers(got) == numbers(want)
+    assert progress_folders(run) == []
