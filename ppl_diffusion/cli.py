@@ -557,7 +557,7 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
 def cmd_compare(args) -> None:
     from .study import StudyConfig, command_line, run_study
 
-    skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
+    skip = {"out", "threads", "progress", "func", "command", "dist_backend", "restart"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
     run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None,
               restart=args.restart)
