@@ -90,6 +90,14 @@ def interrupt_after(monkeypatch, saves: int) -> None:
     monkeypatch.setattr(Progress, "chunk", counted)
 
 
+def stopped_after(saves: int, monkeypatch, call, *args, **kw) -> None:
+    """``call(*args, **kw)`` stopped by :func:`interrupt_after` once ``saves`` chunks are saved."""
+    with monkeypatch.context() as m:
+        interrupt_after(m, saves)
+        with pytest.raises(Interrupted):
+            call(*args, **kw)
+
+
 # ---------------------------------------------------------------------------------------- the chunks
 def test_in_chunks_reads_saved_chunks_back_instead_of_computing(tmp_path):
     progress = Progress(tmp_path / "p", {"a": 1}).open()
@@ -117,10 +125,7 @@ def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monke
     kw = {**EVAL, **KINDS[kind]}
     reference = evaluate(copy_run(runs, kind, tmp_path / "reference"), **kw)
     run = copy_run(runs, kind, tmp_path / "interrupted")
-    with monkeypatch.context() as m:
-        interrupt_after(m, 3)
-        with pytest.raises(Interrupted):
-            evaluate(run, **kw)
+    stopped_after(3, monkeypatch, evaluate, run, **kw)
     (folder,) = run.glob("*.progress")
     assert len(list(folder.glob("*.npz"))) == 3
     resumed = evaluate(run, **kw)
@@ -140,11 +145,11 @@ else:
     from ppl_diffusion.evaluate import evaluate_run as evaluate
 evaluate(sys.argv[2], **kw)
 """
-TWO_THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the reference and the killed runs share the cores
 
 
-@pytest.mark.parametrize("kind", ["full", *(pytest.param(k, marks=pytest.mark.slow) for k in ("estimate", "continuous",
-                                                                                             "ode"))])
+@pytest.mark.slow  # a reference and 4 killed or finished processes: 25 s of CPU (ode: 50 s); in-process above
+@pytest.mark.parametrize("kind", ["full", "estimate", "continuous", "ode"])
 def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path, kind):
     """The evaluation in new processes SIGKILLed at random moments (after a chunk was saved), then run to the end,
     writes the eval JSON of an uninterrupted run in another new process, every number bit for bit."""
@@ -152,12 +157,12 @@ def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path
     kw = {**EVAL, **KINDS[kind], "max_examples": 40, "batch_size": 2, "timesteps_per_batch": 1}
     cmd = [sys.executable, "-c", EVAL_SCRIPT, json.dumps(kw)]
     reference, run = (copy_run(runs, kind, tmp_path / name) for name in ("reference", "killed"))
-    ref = subprocess.Popen([*cmd, str(reference)], env=TWO_THREADS, stderr=subprocess.PIPE, text=True)
+    ref = subprocess.Popen([*cmd, str(reference)], env=ONE_THREAD, stderr=subprocess.PIPE, text=True)
     saved = lambda: sorted(p.name for p in run.glob("*.progress/*.npz"))  # noqa: E731
     kills = kill_at_random_moments([*cmd, str(run)], saved=saved, rng=random.Random(hash(kind) % 1000), tries=3,
-                                   pause=0.3, env=TWO_THREADS)
+                                   pause=0.3, env=ONE_THREAD)
     assert kills >= 1
-    done = subprocess.run([*cmd, str(run)], env=TWO_THREADS, capture_output=True, text=True)
+    done = subprocess.run([*cmd, str(run)], env=ONE_THREAD, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     _, err = ref.communicate(timeout=600)
     assert ref.returncode == 0, err[-2000:]
@@ -171,10 +176,7 @@ def test_sigkill_at_random_moments_then_the_same_command_is_exact(runs, tmp_path
 # ---------------------------------------------------------------------------------------- another configuration
 def test_progress_of_another_configuration_is_refused_and_kept(runs, tmp_path, monkeypatch):
     run = copy_run(runs, "full", tmp_path / "run")
-    with monkeypatch.context() as m:
-        interrupt_after(m, 2)
-        with pytest.raises(Interrupted):
-            evaluate_run(run, **EVAL)
+    stopped_after(2, monkeypatch, evaluate_run, run, **EVAL)
     folder = run / "eval.progress"
     before = sorted(p.name for p in folder.iterdir())
     for change, named in [(dict(seed=6), "seed: saved 5, now 6"), (dict(max_examples=11), "test_examples"),
@@ -194,20 +196,19 @@ def test_progress_of_another_configuration_is_refused_and_kept(runs, tmp_path, m
     assert fresh["resumed_chunks"] == 0 and not folder.exists()
 
 
-def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch):
+def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch, capsys):
+    from ppl_diffusion.cli import main
+
     run = copy_run(runs, "full", tmp_path / "run")
-    with monkeypatch.context() as m:
-        interrupt_after(m, 1)
-        with pytest.raises(Interrupted):
-            evaluate_run(run, **EVAL)
-    cmd = [sys.executable, "-m", "ppl_diffusion", "evaluate", str(run), "--max-examples", "12", "--batch-size", "3",
-           "--timesteps-per-batch", "5", "--fd-samples", "0", "--no-progress", "--threads", "1"]
-    bad = subprocess.run([*cmd, "--seed", "6"], capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "eval.progress holds the progress of another configuration" in bad.stderr and "--restart" in bad.stderr
+    stopped_after(1, monkeypatch, evaluate_run, run, **EVAL)
+    argv = ["evaluate", str(run), "--max-examples", "12", "--batch-size", "3", "--timesteps-per-batch", "5",
+            "--fd-samples", "0", "--no-progress", "--seed", "6"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"ppl-diffusion: error: {run / 'eval.progress'} holds the "
+                                                         "progress of another configuration (") and "--restart" in err
     assert (run / "eval.progress").is_dir()
-    ok = subprocess.run([*cmd, "--seed", "6", "--restart"], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert main([*argv, "--restart"]) == 0
     assert not (run / "eval.progress").exists() and json.loads((run / "eval.json").read_text())["seed"] == 6
 
 
@@ -270,10 +271,7 @@ def test_interrupted_sampling_continues_to_the_same_samples(runs, tmp_path, monk
     kw = dict(n=10, seed=3, batch_size=3, ode=ode, rtol=1e-3, atol=1e-3)
     run = copy_run(runs, "full", tmp_path / "run")
     reference = sample_run(run, out=tmp_path / "reference.png", **kw).samples
-    with monkeypatch.context() as m:
-        interrupt_after(m, 2)
-        with pytest.raises(Interrupted):
-            sample_run(run, out=tmp_path / "resumed.png", **kw)
+    stopped_after(2, monkeypatch, sample_run, run, out=tmp_path / "resumed.png", **kw)
     assert len(list((tmp_path / "resumed.progress").glob("*.npz"))) == 2
     resumed = sample_run(run, out=tmp_path / "resumed.png", **kw).samples
     assert torch.equal(resumed, reference) and not (tmp_path / "resumed.progress").exists()
@@ -284,12 +282,9 @@ def test_interrupted_sampling_continues_to_the_same_samples(runs, tmp_path, monk
         from ppl_diffusion.sampling import draw_samples, load_run
 
         torch.testing.assert_close(whole, draw_samples(load_run(run).diffusion, 10, seed=3), rtol=0, atol=0)
+    stopped_after(1, monkeypatch, sample_run, run, out=tmp_path / "resumed.png", **kw)
     with pytest.raises(ValueError, match=r"resumed.progress holds the progress of another configuration \(seed"):
-        with monkeypatch.context() as m:
-            interrupt_after(m, 1)
-            with pytest.raises(Interrupted):
-                sample_run(run, out=tmp_path / "resumed.png", **kw)
-            sample_run(run, out=tmp_path / "resumed.png", **{**kw, "seed": 4})
+        sample_run(run, out=tmp_path / "resumed.png", **{**kw, "seed": 4})
 
 
 # ---------------------------------------------------------------------------------------- compare's fixed θ
@@ -304,10 +299,8 @@ def test_interrupted_fixed_theta_replicates_continue_to_the_same_draws(tmp_path,
     est = make_study_estimator("stochastic-kl", d)
     row, idata = measure(est, x0, 8, seed=3)  # nothing saved: as before this change
     progress = Progress(tmp_path / "p", {"study": 1}).open()
-    with monkeypatch.context() as m:
-        interrupt_after(m, 4)  # 3 ELBO chunks, then 1 of the 3 gradient chunks
-        with pytest.raises(Interrupted):
-            measure(est, x0, 8, seed=3, chunk=progress.scoped("kl"), per_chunk=3)
+    # Stopped after its 3 ELBO chunks and 1 of its 3 gradient chunks.
+    stopped_after(4, monkeypatch, measure, est, x0, 8, seed=3, chunk=progress.scoped("kl"), per_chunk=3)
     assert len(progress.chunks()) == 4
     again = Progress(tmp_path / "p", {"study": 1}).open()
     row2, idata2 = measure(est, x0, 8, seed=3, chunk=again.scoped("kl"), per_chunk=3)
@@ -323,10 +316,7 @@ def test_compare_refuses_the_progress_of_another_study(tmp_path, monkeypatch):
 
     config = StudyConfig(data="eight_gaussians", T=8, batch_size=4, estimators=("stochastic-kl",), replicates=8,
                          per_t_repeats=2, device="cpu")
-    with monkeypatch.context() as m:
-        interrupt_after(m, 1)
-        with pytest.raises(Interrupted):
-            run_study(config, tmp_path, progress=False, log=lambda *a: None)
+    stopped_after(1, monkeypatch, run_study, config, tmp_path, progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match=r"fixed-theta.progress holds the progress of another configuration "
                                          r"\(seed: saved 0, now 1\); pass --restart"):
         run_study(StudyConfig(**{**config.__dict__, "seed": 1}), tmp_path, progress=False, log=lambda *a: None)
