@@ -496,5 +496,7 @@ def summary(result: dict) -> str:
                 "bits/dim (EMA)"])]
     if result.get("digits_fd_ema") is not None:
         lines.append(f"  digits_fd (EMA weights, {result['fd_samples']} samples) {result['digits_fd_ema']:.2f}")
+    if result.get("resumed_chunks"):
+        lines.append(f"  continued an interrupted evaluation: {result['resumed_chunks']} saved chunks read back")
     lines.append(f"  wrote {result['json']} and {result['figure']} ({result['seconds']:.1f} s)")
     return "\n".join(lines)

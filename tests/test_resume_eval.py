@@ -130,6 +130,8 @@ def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monke
     assert len(list(folder.glob("*.npz"))) == 3
     resumed = evaluate(run, **kw)
     assert resumed["resumed_chunks"] == 3 and reference["resumed_chunks"] == 0
+    if kind != "ode":
+        assert "3 saved chunks read back" in summary(resumed) and "read back" not in summary(reference)
     assert numbers(resumed) == numbers(reference)
     assert json.loads(Path(resumed["json"]).read_text())["bpd"] == reference["bpd"]
     assert progress_folders(run) == [] and not [p for p in run.iterdir() if ".tmp-" in p.name]
