@@ -382,6 +382,10 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     _add_dist_flag(p)
     p.add_argument("--json", action="store_true", help="print the whole JSON instead of the summary")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved progress of an unfinished evaluation of another configuration "
+                        "(RUN/eval*.progress, also --likelihood ode's) instead of refusing it; by default the same "
+                        "command continues its own")
 
 
 def _add_ode_flags(p) -> None:
@@ -430,7 +434,7 @@ def cmd_evaluate(args) -> None:
                           fd_samples=1000 if args.fd_samples is None else args.fd_samples,
                           fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
-                          bound=args.bound, data_root=args.data_root, last=args.last,
+                          bound=args.bound, data_root=args.data_root, last=args.last, restart=args.restart,
                           **{k: getattr(args, k) for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
@@ -453,7 +457,8 @@ def _evaluate_ode(args) -> None:
                               eps=o["eps"], time_map=o["time_map"], dequantization=o["dequantization"],
                               draws=o["dequantization_draws"], ema=not o["raw"], seed=args.seed, device=args.device,
                               backend=args.backend, timesteps_per_batch=args.timesteps_per_batch,
-                              progress=args.progress, data_root=args.data_root, last=args.last)
+                              progress=args.progress, data_root=args.data_root, last=args.last,
+                              restart=args.restart)
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -477,6 +482,12 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ode", action="store_true",
                    help="deterministic samples by the probability-flow ODE (x_T as ancestral sampling's for the seed; "
                         "default name RUN/samples-ema-ode.png)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="samples per call, each call's saved as it finishes (OUT.progress) so that the same command "
+                        "continues after a kill (default: all samples in one call)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved progress of an unfinished call of another configuration instead of "
+                        "refusing it")
     _add_ode_flags(p.add_argument_group("--ode"))
 
 
@@ -495,7 +506,8 @@ def cmd_sample(args) -> None:
     try:
         result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
                             device=args.device, out=args.out, backend=args.backend, precision=args.precision,
-                            ode=args.ode, last=args.last, **o)
+                            ode=args.ode, last=args.last, batch_size=args.batch_size,
+                            restart=args.restart, **o)
     except ValueError as error:  # the API names its argument K; here it is the flag
         prefix = f"K = {args.steps!r} steps is "
         if args.steps is None or not str(error).startswith(prefix):
@@ -580,14 +592,18 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
                          "is a valid θ")
     _add_dist_flag(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved fixed-θ replicates of an unfinished study of another configuration "
+                        "(OUT/fixed-theta.progress) instead of refusing them; by default the same command continues")
 
 
 def cmd_compare(args) -> None:
     from .study import StudyConfig, command_line, run_study
 
-    skip = {"out", "threads", "progress", "func", "command", "dist_backend"}
+    skip = {"out", "threads", "progress", "func", "command", "dist_backend", "restart"}
     config = StudyConfig(**{k: v for k, v in vars(args).items() if k not in skip}, command=command_line())
-    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None)
+    run_study(config, args.out, progress=args.progress, log=print if distributed.world().is_main else lambda *a: None,
+              restart=args.restart)
     if distributed.world().is_main:
         print(f"wrote {Path(args.out) / 'report.md'}")
 

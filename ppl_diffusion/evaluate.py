@@ -54,7 +54,10 @@ from .infer.continuous_bound import (continuous_pilot_profile, estimate_continuo
                                     plan_continuous_uniform)
 from .infer.estimate import PROPOSALS, estimate_bound, pilot_profile, plan_from_profile, plan_uniform
 from .precision import check_precision
+from .resume import Chunk, Progress, array_sha256, compute_now, file_sha256, in_chunks, json_chunk
+from .checkpoint import atomic_write_bytes, load_checkpoint
 from .sampling import SAMPLE_STEPS, backend_of, draw_samples, find_checkpoint, load_run
+from .train import resolve_device
 from .train.run_dir import absolute_data_root, load_run_data
 
 
@@ -66,55 +69,77 @@ def _positive(name: str, value, flag: str, allow_none=False) -> None:
 
 
 def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | None = None, batch_size: int = 500,
-                      timesteps=None, seed: int = 0, indices=None, progress: bool = False) -> torch.Tensor:
+                      timesteps=None, seed: int = 0, indices=None, progress: bool = False,
+                      chunk: Chunk = compute_now) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
     (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
     A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`).
 
     The noise is counter-based (:mod:`ppl_diffusion.noise`): example i's draws are a function of (``seed``,
     ``indices[i]``, t) alone, ``indices`` default 0..N − 1 (pass the test-set indices of a subset or shard), so
-    any batch size, subset, process count or backend gives each example the same numbers."""
+    any batch size, subset, process count or backend gives each example the same numbers. ``chunk``
+    (:mod:`ppl_diffusion.resume`) saves or reads back each batch's terms (key ``terms-<batch>``)."""
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
+    indices = check_indices(indices, len(x))
     if backend_of(diffusion) == "numpyro":
         if timesteps is not None:
             raise ValueError("a subset of the bound's terms (timesteps=...) is computed on the Pyro backend only")
         from .numpyro.sampling import per_example_terms as terms_numpyro
 
-        return torch.from_numpy(terms_numpyro(diffusion, x.cpu().numpy(), timesteps_per_batch=timesteps_per_batch,
-                                              batch_size=batch_size, seed=seed, indices=indices))
-    device = next(diffusion.denoiser.parameters()).device
-    indices = check_indices(indices, len(x))
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].to(device)
-            bound = variational_bound(diffusion, chunk, analytic=True, timesteps=timesteps, seed=seed,
-                                      indices=indices[start:start + batch_size],
+        def batch_terms(start):  # one batch of the compiled bound
+            return {"terms": terms_numpyro(diffusion, x[start:start + batch_size].cpu().numpy(),
+                                           timesteps_per_batch=timesteps_per_batch, batch_size=batch_size, seed=seed,
+                                           indices=indices[start:start + batch_size])}
+    else:
+        device = next(diffusion.denoiser.parameters()).device
+
+        def batch_terms(start):
+            bound = variational_bound(diffusion, x[start:start + batch_size].to(device), analytic=True,
+                                      timesteps=timesteps, seed=seed, indices=indices[start:start + batch_size],
                                       timesteps_per_batch=timesteps_per_batch, progress=progress)
-            parts.append(bound.terms.cpu().double())
+            return {"terms": bound.terms.cpu().double().numpy()}
+    with torch.no_grad():
+        parts = [torch.from_numpy(out["terms"]) for _, out in
+                 in_chunks(chunk, "terms", range(0, len(x), batch_size), 1, batch_terms)]
     return torch.cat(parts) if parts else torch.zeros((0, diffusion.T + 1), dtype=torch.float64)
+
+
+def _pilot(chunk: Chunk, profile_fn) -> tuple[np.ndarray, int]:
+    """A pilot's ``(profile, calls)``, computed on rank 0 (saved as a chunk of the progress) and sent to the others."""
+    def compute():
+        profile, calls = profile_fn()
+        return {"profile": np.asarray(profile, dtype=np.float64).tolist(), "calls": int(calls)}
+
+    saved = world().on_main(lambda: json_chunk(chunk, "pilot", compute))  # JSON: the floats read back exactly
+    return np.asarray(saved["profile"], dtype=np.float64), int(saved["calls"])
+
+
+def _calls_per_chunk(batch: int, per_example: int, inputs_per_call: int) -> int:
+    """Denoiser calls per progress chunk: about ``batch`` examples' worth of inputs, as a batch of the full bound."""
+    return max(1, -(-batch * per_example // inputs_per_call))
 
 
 def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, seed: int, full_steps: int,
               strata: int, draws: int, proposal: str, pilot_examples: int, inputs_per_call: int,
-              progress: bool) -> torch.Tensor:
+              progress: bool, chunk: Chunk = compute_now, batch: int = 500) -> torch.Tensor:
     """The estimate's per-term values ``[N x (T + 1)]`` in test-set order (this process's share estimated, all
-    gathered); fills ``result``'s t-sampling SE, calls and plan for weight set ``name``."""
+    gathered); fills ``result``'s t-sampling SE, calls and plan for weight set ``name``. ``chunk`` saves the pilot
+    and each group of calls of about ``batch`` examples (:mod:`ppl_diffusion.resume`)."""
     w = world()
     pilot_calls = 0
     device = next(diffusion.denoiser.parameters()).device if backend_of(diffusion) == "pyro" else "cpu"
     if proposal == "pilot" and full_steps < diffusion.T:  # on rank 0, sent to the others: one plan for all
-        profile, pilot_calls = w.on_main(lambda: pilot_profile(
-            diffusion, train[:pilot_examples].to(device), seed=seed,
-            full_steps=full_steps))
+        profile, pilot_calls = _pilot(chunk, lambda: pilot_profile(
+            diffusion, train[:pilot_examples].to(device), seed=seed, full_steps=full_steps))
         plan = plan_from_profile(profile, full_steps=full_steps, strata=strata, draws=draws,
                                  pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
                                         "data": "train", "grid": 50})
     else:
         plan = plan_uniform(diffusion.T, full_steps=full_steps, strata=strata, draws=draws)
     est = estimate_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
-                         inputs_per_call=inputs_per_call, progress=progress)
+                         inputs_per_call=inputs_per_call, progress=progress, chunk=chunk,
+                         calls_per_chunk=_calls_per_chunk(batch, plan.calls_per_example, inputs_per_call))
     _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
     return w.gather(est.terms.contiguous())
 
@@ -133,14 +158,16 @@ def _record_sampling(result: dict, name: str, key: str, est, plan, pilot_calls: 
 
 
 def _continuous(diffusion, x, mine, train, result: dict, name: str, key: str, *, seed: int, strata: int, draws: int,
-                proposal: str, pilot_examples: int, inputs_per_call: int, progress: bool) -> tuple[torch.Tensor, dict]:
+                proposal: str, pilot_examples: int, inputs_per_call: int, progress: bool, chunk: Chunk = compute_now,
+                batch: int = 500) -> tuple[torch.Tensor, dict]:
     """The continuous-time bound's estimate per example ``[N]`` in test-set order (this process's share estimated,
-    all gathered) and its terms' means; fills ``result``'s t-integral SE, calls and plan for weight set ``name``."""
+    all gathered) and its terms' means; fills ``result``'s t-integral SE, calls and plan for weight set ``name``.
+    ``chunk`` saves the pilot and each group of calls of about ``batch`` examples (:mod:`ppl_diffusion.resume`)."""
     w = world()
     pilot_calls = 0
     device = next(diffusion.denoiser.parameters()).device
     if proposal == "pilot":  # on rank 0, sent to the others: one plan for all
-        profile, pilot_calls = w.on_main(lambda: continuous_pilot_profile(
+        profile, pilot_calls = _pilot(chunk, lambda: continuous_pilot_profile(
             diffusion, train[:pilot_examples].to(device), seed=seed, bins=PILOT_BINS))
         plan = plan_continuous_from_profile(profile, strata=strata, draws=draws,
                                             pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
@@ -148,7 +175,8 @@ def _continuous(diffusion, x, mine, train, result: dict, name: str, key: str, *,
     else:
         plan = plan_continuous_uniform(strata=strata, draws=draws)
     est = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
-                                    inputs_per_call=inputs_per_call, progress=progress)
+                                    inputs_per_call=inputs_per_call, progress=progress, chunk=chunk,
+                                    calls_per_chunk=_calls_per_chunk(batch, plan.t_draws, inputs_per_call))
     _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
     terms = {k: w.gather(v.contiguous()) for k, v in est.terms.items()}
     draws_t = w.gather(torch.from_numpy(est.t).contiguous()).numpy()
@@ -192,7 +220,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                  seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32",
                  bound: str | None = None, full_steps: int | None = None, strata: int | None = None,
                  draws: int | None = None, proposal: str | None = None, pilot_examples: int | None = None,
-                 data_root: str | Path | None = None, last: bool = False, sample_steps: int | None = None) -> dict:
+                 data_root: str | Path | None = None, last: bool = False, sample_steps: int | None = None,
+                 restart: bool = False) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     The weights are those of ``run``'s best.pt when it has one (a run trained with ``val_examples``: the
@@ -224,6 +253,8 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param int sample_steps: the chain of a continuous-time run that draws the ``fd_samples`` (default 1000).
     :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``), for
         mnist, cifar10 and image_folder.
+    :param bool restart: discard the progress of an earlier, unfinished evaluation of another configuration
+        (``--restart``; by default such a folder is refused, and one of the same configuration is continued).
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
@@ -250,9 +281,10 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     progress = progress and w.is_main
     checkpoint = find_checkpoint(run, last=last)
     out_dir = checkpoint.parent
+    scored_once = one_weight_set(load_checkpoint(checkpoint))  # an imported run: its raw and EMA weights are one
     runs = {name: load_run(checkpoint, ema=(name == "ema"), device=local_device(device), backend=backend,
                            precision=precision)
-            for name in ("raw", "ema")}
+            for name in (("raw",) if scored_once else ("raw", "ema"))}
     config = runs["raw"].config
     continuous = runs["raw"].diffusion.T == 0
     options = (_continuous_options if continuous else _chain_options)(bound, full_steps, strata, draws, proposal,
@@ -271,6 +303,19 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
     num_dims = runs["raw"].diffusion.num_dims
     to_bpd = 1.0 / (num_dims * math.log(2.0))
+    suffix = ("-fitted" if fit_variance else "") + ("-estimate" if bound == "estimate" else "")
+    used_train = max(fit_variance, options.get("pilot_examples", 0) if options.get("proposal") == "pilot" else 0)
+    fingerprint = lambda: {  # noqa: E731 - what the numbers depend on, computed on rank 0 alone
+        "evaluate": bound, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
+        "data": config.data, "test_examples": len(x), "test_sha256": array_sha256(x),
+        "train_sha256": array_sha256(data.train[:used_train]) if used_train else None, "seed": seed,
+        "backend": backend, "precision": precision, "device": resolve_device(local_device(device)).type,
+        "options": options, "fit_variance": fit_variance, "batch_size": batch_size,
+        "timesteps_per_batch": timesteps_per_batch, "fd_samples": fd_samples if config.data == "digits" else 0,
+        "sample_steps": sample_steps}
+    saved = Progress(out_dir / f"eval{suffix}.progress", w.on_main(fingerprint))  # rank 0's, on every rank
+    w.on_main(lambda: saved.open(restart=restart))
+    examples_key = f"{mine.start}-{mine.stop}"  # this process's examples: its chunks' keys
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "weights_from": runs["raw"].weights_from,
               "val_bpd": runs["raw"].val_bpd, "data": config.data,
@@ -278,25 +323,27 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "world_size": w.world_size, "threads": torch.get_num_threads(), "precision": precision,
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,
+              "scored_once": scored_once,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
     terms, fitted, integrand = {}, {}, {}
     for name, loaded in runs.items():
         diffusion = loaded.diffusion
+        chunk = saved.scoped(f"{name}-{examples_key}")
         if fit_variance:
             from .variance import FittedVariance
             from .variance import fit_variance as fit
 
-            # Fitted once, on rank 0, and sent to the others: every process scores the same model.
-            fv = FittedVariance.from_dict(w.on_main(lambda: fit(
+            # Fitted once, on rank 0 (saved in the progress), and sent to the others: every process scores one model.
+            fv = FittedVariance.from_dict(w.on_main(lambda: json_chunk(saved.scoped(name), "fit", lambda: fit(
                 diffusion, data.train[:fit_variance].to(next(diffusion.denoiser.parameters()).device),
-                timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict()))
+                timesteps_per_batch=timesteps_per_batch, seed=seed, progress=progress).to_dict())))
             fitted[name] = fv.to_dict()
             runs[name].diffusion = diffusion = diffusion.with_variance(fv)
         key = "bpd" if name == "raw" else "bpd_ema"
         if continuous:
             nll, parts = _continuous(diffusion, x, mine, data.train, result, name, key, seed=seed,
                                      inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch, progress=progress,
-                                     **options)
+                                     chunk=chunk, batch=min(batch_size, len(x)), **options)
             bpd = nll * to_bpd
             result[key] = bpd.mean().item()
             result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
@@ -305,17 +352,19 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         if bound == "estimate":
             per_example = _estimate(diffusion, x, mine, data.train, result, name, key, seed=seed,
                                     inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch,  # ~512
-                                    progress=progress, **options)
+                                    progress=progress, chunk=chunk, batch=min(batch_size, len(x)), **options)
         else:
             mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
                                            batch_size=batch_size, seed=seed, indices=np.arange(len(x))[mine],
-                                           progress=progress)
+                                           progress=progress, chunk=chunk)
             per_example = w.gather(mine_terms.contiguous())  # [N x (T + 1)], in test-set order
             result.setdefault("calls", {})[name] = len(x) * config.T
         bpd = per_example.sum(-1) * to_bpd
         result[key] = bpd.mean().item()
         result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
         terms[name] = per_example.mean(0).tolist()
+    if scored_once:  # one set of weights: its figures stand for both (readers of eval.json find every key)
+        _copy_to_ema(result, terms, fitted, integrand)
     result["terms"] = terms
     if fit_variance:
         result["fitted_variance"] = fitted
@@ -339,28 +388,60 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         from .metrics import digits_fd
 
         # Sampling is split across processes (sample i's noise depends on i alone); the distance on rank 0.
-        share = np.arange(fd_samples)[w.shard(fd_samples)]
+        part = w.shard(fd_samples)
+        share = np.arange(fd_samples)[part]
         steps = (SAMPLE_STEPS if sample_steps is None else sample_steps) if continuous else None
         result["fd_sample_steps"] = steps
-        samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share,
-                                        steps=steps).cpu().contiguous())
+        drawn = saved.chunk(f"fd-{part.start}-{part.stop}", lambda: {"samples": draw_samples(
+            runs["ema"].diffusion, len(share), seed=seed, indices=share, steps=steps).cpu().numpy()})
+        samples = w.gather(torch.from_numpy(drawn["samples"]).contiguous())
         result["digits_fd_ema"] = w.on_main(lambda: digits_fd(samples))
 
-    suffix = ("-fitted" if fit_variance else "") + ("-estimate" if bound == "estimate" else "")
     result["figure"] = str(out_dir / (f"eval_integrand{suffix}.png" if continuous else f"eval_terms{suffix}.png"))
     result["json"] = str(out_dir / f"eval{suffix}.json")
     if w.is_main:  # one process writes; the others get its dict
         head = {"full": f"{config.data}, step {result['step']}", "estimate": f"estimate, step {result['step']}",
                 "continuous": f"{config.data}, T = ∞, step {result['step']}"}[bound]
-        title = (f"{head}: {result['bpd']:.3f} (raw) / {result['bpd_ema']:.3f} (EMA) bits/dim, "
+        title = (f"{head}: {result['bpd']:.3f} bits/dim (one set of weights), {len(x)} test examples" if scored_once
+                 else f"{head}: {result['bpd']:.3f} (raw) / {result['bpd_ema']:.3f} (EMA) bits/dim, "
                  f"{len(x)} test examples")
         if continuous:
             plots.integrand(integrand, result["figure"], title=title)
         else:
             plots.bound_terms(terms, result["figure"], title=title)
         result["seconds"] = round(time.monotonic() - started, 2)
-        Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
+        result["resumed_chunks"] = saved.reused  # rank 0's chunks read back from an interrupted run (0: none)
+        atomic_write_bytes(result["json"], (json.dumps(result, indent=2) + "\n").encode())
+        saved.finish()  # the evaluation is written: its progress is no longer needed
     return w.broadcast_object(result)
+
+
+def one_weight_set(state: dict) -> bool:
+    """Whether a checkpoint's raw and EMA weights are one set: an imported run (``state["imported"]``), or equal
+    tensors (net, prior and γ schedule)."""
+    if state.get("imported"):
+        return True
+
+    def same(a, b) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    return all(same(state.get(raw), state.get(ema)) for raw, ema in
+               (("model", "ema"), ("prior", "prior_ema"), ("schedule", "schedule_ema")))
+
+
+def _copy_to_ema(result: dict, terms: dict, fitted: dict, integrand: dict) -> None:
+    """The raw weights' figures under the EMA keys too, for a run whose two weight sets are one (scored once)."""
+    for key in ("bpd", "bpd_stderr", "bpd_t_stderr"):
+        if key in result:
+            result[key.replace("bpd", "bpd_ema", 1)] = result[key]
+    terms["ema"] = terms["raw"]
+    for d in (fitted, integrand, result.get("estimate", {})):
+        if "raw" in d:
+            d["ema"] = d["raw"]
+    if "calls" in result:
+        result["calls"]["ema"] = 0  # not scored again
 
 
 def describe_continuous(result: dict) -> dict:
@@ -396,9 +477,11 @@ def summary(result: dict) -> str:
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}{best}, "
              f"T = {result['T'] or '∞ (continuous time)'}, variance {result.get('variance', '?')}"
              + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
-             f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
+             (f"  bits/dim  {pm('bpd')}   (one set of weights, as imported: raw = EMA, scored once)"
+              if result.get("scored_once") else f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}"),
              *([f"  estimate of the full bound ({sum(result['calls'].values()):,} denoiser inputs against "
-                f"{2 * result['num_examples'] * result['T']:,}): t-sampling SE raw "
+                f"{sum(1 for v in result['calls'].values() if v) * result['num_examples'] * result['T']:,}): "
+                "t-sampling SE raw "
                 + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"
                                 for k in ("bpd_t_stderr", "bpd_ema_t_stderr"))]
                if result.get("bound") == "estimate" else []),
@@ -413,5 +496,7 @@ def summary(result: dict) -> str:
                 "bits/dim (EMA)"])]
     if result.get("digits_fd_ema") is not None:
         lines.append(f"  digits_fd (EMA weights, {result['fd_samples']} samples) {result['digits_fd_ema']:.2f}")
+    if result.get("resumed_chunks"):
+        lines.append(f"  continued an interrupted evaluation: {result['resumed_chunks']} saved chunks read back")
     lines.append(f"  wrote {result['json']} and {result['figure']} ({result['seconds']:.1f} s)")
     return "\n".join(lines)

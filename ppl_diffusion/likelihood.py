@@ -46,10 +46,12 @@ import numpy as np
 import torch
 
 from . import dequantize as dq
+from .checkpoint import atomic_write_bytes
 from .continuous import time_of
 from .distributed import local_device, world
 from .evaluate import _positive, per_example_terms
 from .infer.bound import auto_timesteps_per_batch, check_indices
+from .resume import Chunk, Progress, array_sha256, compute_now, file_sha256, in_chunks
 from .sampling import backend_of, find_checkpoint, is_images, load_run
 from .train.run_dir import load_run_data
 
@@ -76,22 +78,22 @@ def ode_log_prob(diffusion, y: np.ndarray, *, indices, trace: str, probes: int, 
 
 
 def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "uniform", draws: int = 1, seed: int = 0,
-                    batch_size: int = 64, progress: bool = False, **options) -> tuple[np.ndarray, list[int], float]:
+                    batch_size: int = 64, progress: bool = False, chunk: Chunk = compute_now,
+                    **options) -> tuple[np.ndarray, list[int], float]:
     """Bits/dim of every example and draw, ``float64[N x R]``: −log2 p_ε(y_r)/D + offset with y_r draw r of the
     dequantized example (``x`` itself for ``"none"``), in batches of ``batch_size``; also the NFE of every batch
     solve and ε. ``options``: :func:`ode_log_prob`'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
-    ``time_map``)."""
+    ``time_map``). ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each batch solve (key
+    ``solve-<j>``)."""
     x = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x)
     indices = check_indices(indices, len(x))
     num_dims = int(np.prod(x.shape[1:]))
     out = np.empty((len(x), draws), dtype=np.float64)
     nfes, eps = [], options.get("eps")
     jobs = [(start, r) for start in range(0, len(x), batch_size) for r in range(draws)]
-    if progress:
-        from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="ODE", unit="solve")
-    for start, r in jobs:
+    def solve(job):
+        start, r = job
         rows = slice(start, start + batch_size)
         if dequantization == "decoder":
             y, log_q = noised(diffusion, x[rows], seed=seed, indices=indices[rows], draw=r)
@@ -100,8 +102,18 @@ def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "unifor
         log_prob, nfe, eps = ode_log_prob(diffusion, y, indices=indices[rows], seed=seed, **options)
         if dequantization == "decoder":
             log_prob = log_prob + decoder_log_prob(diffusion, x[rows], y) - log_q
-        out[rows, r] = dq.bits_per_dim(log_prob, num_dims, "none" if dequantization == "decoder" else dequantization)
-        nfes.append(nfe)
+        return {"bpd": dq.bits_per_dim(log_prob, num_dims, "none" if dequantization == "decoder" else dequantization),
+                "nfe": np.array(nfe), "eps": np.array(eps, dtype=np.float64)}
+
+    done = in_chunks(chunk, "solve", jobs, 1, solve)
+    if progress:
+        from tqdm.auto import tqdm
+
+        done = tqdm(done, total=len(jobs), desc="ODE", unit="solve")
+    for (start, r), solved in done:
+        out[start:start + batch_size, r] = solved["bpd"]
+        nfes.append(int(solved["nfe"]))
+        eps = float(solved["eps"])
     return out, nfes, eps
 
 
@@ -166,7 +178,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
                      draws: int = 1,
                      ema: bool = True, seed: int = 0, device: str = "auto", backend: str = "pyro",
                      timesteps_per_batch: int | None = None, progress: bool = True,
-                     data_root: str | Path | None = None, last: bool = False) -> dict:
+                     data_root: str | Path | None = None, last: bool = False, restart: bool = False) -> dict:
     """Bits/dim of ``run``'s test split by the probability-flow ODE, beside the ELBO's (see the module).
 
     :param int max_examples: the first ``max_examples`` test examples only (default: all).
@@ -187,7 +199,10 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``).
     :param bool last: the run's newest checkpoint even where it has a best.pt (the best weights by validation,
         the default then).
-    :returns: the dict written to ``RUN/eval-ode.json``.
+    :param bool restart: discard the progress of an unfinished evaluation of another configuration
+        (``RUN/eval-ode.progress``; ``--restart``) instead of refusing it.
+    :returns: the dict written to ``RUN/eval-ode.json``; the solves and the ELBO's batches are saved as they finish
+        (:mod:`ppl_diffusion.resume`), so the same call after a kill continues to the same numbers.
     """
     from .ode import check_options
 
@@ -223,28 +238,39 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     mine = w.shard(len(x))
     index = np.arange(len(x))[mine]
     num_dims = diffusion.num_dims
+    if timesteps_per_batch is None:  # from the whole set, as evaluate_run: 1 and N processes make the same calls
+        timesteps_per_batch = auto_timesteps_per_batch(min(500, len(x)))
+    fingerprint = lambda: {  # noqa: E731 - what the numbers depend on, computed on rank 0 alone
+        "evaluate": "ode", "checkpoint_sha256": file_sha256(checkpoint), "ema": ema, "data": config.data,
+        "test_examples": len(x), "test_sha256": array_sha256(x), "seed": seed, "backend": backend,
+        "device": str(next(diffusion.denoiser.parameters()).device.type) if backend == "pyro" else "jax",
+        "batch_size": batch_size, "trace": trace, "probes": probes, "probe": probe, "rtol": rtol, "atol": atol,
+        "eps": eps, "time_map": time_map, "dequantization": kind, "draws": draws,
+        "timesteps_per_batch": timesteps_per_batch}
+    saved = Progress(checkpoint.parent / "eval-ode.progress", w.on_main(fingerprint))  # rank 0's, on every rank
+    w.on_main(lambda: saved.open(restart=restart))
+    chunk = saved.scoped(f"{mine.start}-{mine.stop}")  # this process's examples
 
     t0 = time.monotonic()
     bpd, nfes, eps = per_example_ode(diffusion, x[mine], indices=index, dequantization=kind, draws=draws, seed=seed,
                                      batch_size=batch_size, progress=progress, trace=trace, probes=probes, probe=probe,
-                                     rtol=rtol, atol=atol, eps=eps, time_map=time_map)
+                                     rtol=rtol, atol=atol, eps=eps, time_map=time_map, chunk=chunk)
     ode_seconds = time.monotonic() - t0
     bpd = w.gather(torch.from_numpy(bpd)).numpy()  # [N x R], test-set order
     nfes = [n for part in w.gather_objects(nfes) for n in part]
 
     t0 = time.monotonic()
-    if timesteps_per_batch is None:  # from the whole set, as evaluate_run: 1 and N processes make the same calls
-        timesteps_per_batch = auto_timesteps_per_batch(min(500, len(x)))
     if diffusion.T == 0:  # the continuous-time bound, estimated (evaluate's default plan, uniform t)
         from .evaluate import CONTINUOUS_DEFAULTS
         from .infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
 
         plan = plan_continuous_uniform(strata=CONTINUOUS_DEFAULTS["strata"], draws=CONTINUOUS_DEFAULTS["draws"])
         device = next(diffusion.denoiser.parameters()).device
-        nll = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=index).nll
+        nll = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=index,
+                                        chunk=saved.scoped(f"elbo-{mine.start}-{mine.stop}")).nll
     else:
         nll = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch, seed=seed,
-                                indices=index).sum(-1)
+                                indices=index, chunk=saved.scoped(f"elbo-{mine.start}-{mine.stop}")).sum(-1)
     elbo = (w.gather(nll.contiguous()) / (num_dims * math.log(2.0))).numpy()
     elbo_seconds = time.monotonic() - t0
 
@@ -269,7 +295,9 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     result["what"] = describe(result)
     if w.is_main:
         result["seconds"] = round(time.monotonic() - started, 2)
-        Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
+        result["resumed_chunks"] = saved.reused  # rank 0's solves and batches read back (0: none)
+        atomic_write_bytes(result["json"], (json.dumps(result, indent=2) + "\n").encode())
+        saved.finish()  # the evaluation is written: its progress is no longer needed
     return w.broadcast_object(result)
 
 

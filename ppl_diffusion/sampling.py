@@ -29,6 +29,7 @@ from .gamma import CONTINUOUS_SAMPLE_STEPS
 from .precision import check_precision
 from .priors import prior_draws
 from .respace import respace
+from .resume import Progress, file_sha256
 from .train import TrainConfig, load_trained, resolve_device
 
 
@@ -218,7 +219,8 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
                device: str = "auto", out: str | Path | None = None, backend: str = "pyro",
                precision: str = "fp32", ode: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-               eps: float | None = None, time_map: str | None = None, last: bool = False) -> SampleResult:
+               eps: float | None = None, time_map: str | None = None, last: bool = False,
+               batch_size: int | None = None, restart: bool = False) -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
     The weights are ``run``'s best.pt when it has one (trained with ``val_examples``), else its newest checkpoint;
@@ -235,6 +237,12 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         (:func:`sampling_chain`); a run in continuous time (T = 0) samples with :data:`SAMPLE_STEPS` steps unless told.
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}|-ode].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
+    :param int batch_size: samples per call, samples jB..(j+1)B − 1 in call j (default: all of a process's share
+        in one call). Each call's samples are saved as they finish beside the PNG (``<out>.progress``,
+        :mod:`ppl_diffusion.resume`), so the same call after a kill continues to the same samples, bit for bit;
+        the folder is removed once the files are written.
+    :param bool restart: discard the progress of an unfinished call of another configuration (``--restart``)
+        instead of refusing it.
 
     Under ``torchrun`` each process draws a contiguous share of the n samples (their noise depends on the
     sample's index, so the result is that of one process), the shares are gathered, and rank 0 writes the
@@ -247,27 +255,49 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     if ode and steps is not None:
         raise ValueError(f"--steps {steps} with --ode: the ODE's solver chooses its own steps (set --rtol / --atol); "
                          "drop one of them")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size = {batch_size!r}; pass a positive number of samples per call (--batch-size)")
     w = world()
     loaded = load_run(run, ema=ema, device=local_device(device), backend=backend, precision=check_precision(precision),
                       last=last)
-    share = range(n)[w.shard(n)]
+    part = w.shard(n)
     nfe = None
     if steps is None and not ode and getattr(loaded.diffusion, "continuous", False):
         steps = SAMPLE_STEPS  # a model in continuous time samples through a chain of its γ
-    if ode:
-        samples, nfe = draw_ode_samples(loaded.diffusion, len(share), seed=seed, indices=np.asarray(share), rtol=rtol,
-                                        atol=atol, eps=eps, time_map=time_map)
-        nfe = max(w.gather_objects(nfe))
-        samples = samples.cpu()
-    else:
-        samples = draw_samples(loaded.diffusion, len(share), steps=steps, seed=seed, indices=np.asarray(share)).cpu()
-    samples = w.gather(samples.contiguous())
     if out is None:
         out = Path(run) if Path(run).is_dir() else Path(run).parent
         tag = "-ode" if ode else ("" if steps is None else f"-K{steps}")
         out = out / f"samples-{'ema' if ema else 'raw'}{tag}.png"
     png = Path(out)
     npz = png.with_suffix(".npz")
+    fingerprint = lambda: {  # noqa: E731 - what the samples depend on, computed on rank 0 alone
+        "sample": n, "checkpoint_sha256": file_sha256(loaded.checkpoint), "ema": ema, "steps": steps, "seed": seed,
+        "backend": backend, "precision": precision, "device": resolve_device(local_device(device)).type,
+        "batch_size": batch_size, "ode": dict(rtol=rtol, atol=atol, eps=eps, time_map=time_map) if ode else None}
+    saved = Progress(png.with_suffix(".progress"), w.on_main(fingerprint))  # rank 0's, on every rank
+    w.on_main(lambda: (png.parent.mkdir(parents=True, exist_ok=True), saved.open(restart=restart)))
+    # Calls of samples [jB, (j + 1)B) ∩ this process's share (the whole share in one call without a batch size).
+    cuts = sorted({part.start, part.stop, *(range(-(-part.start // batch_size) * batch_size, part.stop, batch_size)
+                                            if batch_size else ())})
+    calls = list(zip(cuts[:-1], cuts[1:]))
+
+    def draw(start, stop):
+        index = np.arange(start, stop)
+        if ode:
+            drawn, count = draw_ode_samples(loaded.diffusion, len(index), seed=seed, indices=index, rtol=rtol,
+                                            atol=atol, eps=eps, time_map=time_map)
+            return {"samples": drawn.cpu().numpy(), "nfe": np.array(count)}
+        return {"samples": draw_samples(loaded.diffusion, len(index), steps=steps, seed=seed,
+                                        indices=index).cpu().numpy()}
+
+    parts = [saved.chunk(f"samples-{start}-{stop}", lambda: draw(start, stop)) for start, stop in calls]
+    event = tuple(loaded.diffusion.event_shape)
+    samples = (torch.from_numpy(np.concatenate([p["samples"] for p in parts])) if parts
+               else torch.zeros((0, *event)))
+    if ode:
+        nfe = max(c for counts in w.gather_objects([int(p["nfe"]) for p in parts]) for c in counts)
+    samples = w.gather(samples.contiguous())
     if not w.is_main:
         w.barrier()  # rank 0 writes the files
         return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
@@ -285,5 +315,6 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     else:
         np.savez_compressed(npz, samples=samples.to(torch.float32).numpy())
         plots.scatter(samples.numpy(), png, title=what)
+    saved.finish()  # the files are written: the progress is no longer needed
     w.barrier()
     return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)

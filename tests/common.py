@@ -1,9 +1,13 @@
-"""Shared helpers: Monte-Carlo comparisons with tolerances from standard errors, and the
-linear-Gaussian diffusion whose log-likelihood and ELBO are known in closed form."""
+"""Shared helpers: Monte-Carlo comparisons with tolerances from standard errors, the
+linear-Gaussian diffusion whose log-likelihood and ELBO are known in closed form, and processes
+killed at random moments."""
 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import time
 
 import numpy as np
 import torch
@@ -100,6 +104,25 @@ def linear_gaussian_elbo(schedule, a, b, log_var, x0: np.ndarray) -> tuple[np.nd
     mT, vT = np.sqrt(ab[-1]) * x0, 1 - ab[-1]
     terms[:, T] = (0.5 * (vT + mT**2 - 1 - np.log(vT))).sum(-1)
     return -terms.sum(-1), terms
+
+
+def kill_at_random_moments(cmd: list, *, saved, rng, tries: int, pause: float, env: dict, wait: float = 60) -> int:
+    """Start ``cmd`` ``tries`` times in a new process, each SIGKILLed at a random moment up to ``pause`` s after
+    ``saved()`` (what the command has written so far: its newest checkpoint, its progress files) first changes in
+    that try (imports take a while), unless it finished first; return how many were killed."""
+    kills = 0
+    for _ in range(tries):
+        before = saved()
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + wait
+        while proc.poll() is None and saved() == before and time.monotonic() < deadline:
+            time.sleep(0.005)  # wait until the work runs, then kill at random
+        time.sleep(rng.uniform(0.0, pause))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    return kills
 
 
 def nan_after(build, calls: int):

@@ -360,8 +360,13 @@ def test_imported_run_evaluates_and_samples(imported_run, tmp_path, capsys):
     assert main(["evaluate", str(imported_run), "--max-examples", "4", "--fd-samples", "0", "--no-progress"]) == 0
     result = json.loads((imported_run / "eval.json").read_text())
     assert result["T"] == 30 and result["variance"] == "learned-range" and math.isfinite(result["bpd_ema"])
+    # One set of weights, scored once: its figures under both names, no denoiser call for the EMA copy.
+    assert result["scored_once"] is True and result["bpd_ema"] == result["bpd"] and result["calls"]["ema"] == 0
+    assert "scored once" in capsys.readouterr().out
     assert main(["evaluate", str(imported_run), "--max-examples", "4", "--fd-samples", "0", "--fit-variance", "16",
                  "--no-progress"]) == 0
+    fitted = json.loads((imported_run / "eval-fitted.json").read_text())
+    assert fitted["scored_once"] is True and fitted["fitted_variance"]["ema"] == fitted["fitted_variance"]["raw"]
     assert main(["sample", str(imported_run), "-n", "4", "--steps", "10", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.npz").is_file()
 

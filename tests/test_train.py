@@ -8,7 +8,6 @@ import math
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from ppl_diffusion.sampling import sample_run
 from ppl_diffusion.train import BatchStream, TrainConfig, TrainingDiverged, load_trained, lr_at, train
 from ppl_diffusion.train.validation import VALIDATION_PLAN, Validation, holdout_split
 
-from .common import assert_same_state, nan_after
+from .common import assert_same_state, kill_at_random_moments, nan_after
 
 TOY = dict(data="eight_gaussians", net="mlp", T=20, batch_size=32, lr=1e-3, warmup_steps=3, log_every=1)
 
@@ -108,18 +107,8 @@ def killed_and_resumed(config: TrainConfig, tmp_path: Path, *, seed: int, tries:
     cmd = [sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())]
     reference = subprocess.Popen([*cmd, str(tmp_path / "reference")], env=TWO_THREADS, stderr=subprocess.PIPE,
                                  text=True)
-    kills = 0
-    for _ in range(tries):
-        before = latest_checkpoint(run)
-        proc = subprocess.Popen([*cmd, str(run)], env=TWO_THREADS, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + wait
-        while proc.poll() is None and latest_checkpoint(run) == before and time.monotonic() < deadline:
-            time.sleep(0.005)  # wait until training runs (imports take a while), then kill at random
-        time.sleep(rng.uniform(0.0, pause))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    kills = kill_at_random_moments([*cmd, str(run)], saved=lambda: latest_checkpoint(run), rng=rng, tries=tries,
+                                   pause=pause, env=TWO_THREADS, wait=wait)
     assert kills >= 1
     done = subprocess.run([*cmd, str(run)], env=TWO_THREADS, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

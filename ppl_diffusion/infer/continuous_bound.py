@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .. import noise as counter_noise
+from ..resume import Chunk, compute_now, in_chunks
 from .bound import check_indices
 from .estimate import PerExampleEstimate, _count
 from .continuous_elbo import continuous_time_terms
@@ -177,8 +178,8 @@ class ContinuousBoundEstimate(PerExampleEstimate):
 
 
 def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, seed: int, indices=None,
-                              draw_seed: int | None = None, inputs_per_call: int = 512,
-                              progress: bool = False) -> ContinuousBoundEstimate:
+                              draw_seed: int | None = None, inputs_per_call: int = 512, progress: bool = False,
+                              chunk: Chunk = compute_now, calls_per_chunk: int = 1) -> ContinuousBoundEstimate:
     """The estimate L̂ of every example of ``x`` ``[N x ...]`` under ``plan`` (the module docstring), for a model in
     continuous time (a γ schedule, ``T = 0``).
 
@@ -187,6 +188,8 @@ def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, see
     :param int draw_seed: seed of the draws of t and of the diffusion term's ε (default ``seed``): other values
         give independent estimates of the diffusion term with the same endpoint terms.
     :param int inputs_per_call: (example, time) rows per denoiser call.
+    :param chunk: saves or reads back each group of ``calls_per_chunk`` denoiser calls (:mod:`ppl_diffusion.resume`;
+        default: none saved); the estimate is the same bits either way.
     """
     if not getattr(diffusion, "continuous", False):
         raise ValueError("estimate_continuous_bound scores a model in continuous time (a γ schedule with T = 0); "
@@ -201,32 +204,40 @@ def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, see
     rows = np.stack([np.repeat(np.arange(n), R), np.tile(np.arange(R), n)], -1)  # (example, draw j = k·m + r)
     rows = rows[rows[:, 1] > 0]  # draw 0 is scored with the endpoint terms
     values = np.zeros((n, R))
-    chunks = range(0, len(rows), inputs_per_call)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="continuous bound", unit="call")
     flat_t = t.reshape(n, R)
 
     def noise_of(r):  # the diffusion term's ε of rows (example, draw)
         return _eps(dseed, index[r[:, 0]], r[:, 1], x, counter_noise.DIFFUSION)
 
+    def first(start):  # draw 0 of examples start.. in the programs' own pass, which also scores the endpoint terms
+        part = np.arange(start, min(start + inputs_per_call, n))
+        r = np.stack([part, np.zeros_like(part)], -1)
+        ti = torch.as_tensor(flat_t[part, 0], dtype=torch.float64, device=x.device)
+        terms = first_draw_terms(diffusion, x[start:start + len(part)], ti, noise_of(r), seed=seed,
+                                 indices=index[part])
+        return {k: terms[k].double().cpu().numpy() for k in ("reconstruction", "prior", "diffusion")}
+
+    def integrand(start):  # draws 1..R − 1: the integrand alone, one network call per row
+        r = rows[start:start + inputs_per_call]
+        xi = x[torch.as_tensor(r[:, 0], device=x.device)]
+        ti = torch.as_tensor(flat_t[r[:, 0], r[:, 1]], dtype=torch.float64, device=x.device)
+        return {"integrand": diffusion.diffusion_integrand(xi, ti, noise_of(r)).double().cpu().numpy()}
+
+    calls = range(0, len(rows), inputs_per_call)
+    done = in_chunks(chunk, "rows", calls, calls_per_chunk, integrand)
+    if progress:
+        from tqdm.auto import tqdm
+
+        done = tqdm(done, total=len(calls), desc="continuous bound", unit="call")
     with torch.no_grad():
-        # Draw 0 of every example in the programs' own pass, which also scores the endpoint terms.
         rec, prior = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-        for start in range(0, n, inputs_per_call):
+        for start, out in in_chunks(chunk, "first", range(0, n, inputs_per_call), calls_per_chunk, first):
             part = np.arange(start, min(start + inputs_per_call, n))
-            r = np.stack([part, np.zeros_like(part)], -1)
-            ti = torch.as_tensor(flat_t[part, 0], dtype=torch.float64, device=x.device)
-            terms = first_draw_terms(diffusion, x[start:start + len(part)], ti, noise_of(r), seed=seed,
-                                     indices=index[part])
-            rec[part], prior[part] = terms["reconstruction"].double().cpu(), terms["prior"].double().cpu()
-            values[part, 0] = terms["diffusion"].double().cpu().numpy()
-        for start in chunks:  # draws 1..R − 1: the integrand alone, one network call per row
+            rec[part], prior[part] = torch.from_numpy(out["reconstruction"]), torch.from_numpy(out["prior"])
+            values[part, 0] = out["diffusion"]
+        for start, out in done:
             r = rows[start:start + inputs_per_call]
-            xi = x[torch.as_tensor(r[:, 0], device=x.device)]
-            ti = torch.as_tensor(flat_t[r[:, 0], r[:, 1]], dtype=torch.float64, device=x.device)
-            values[r[:, 0], r[:, 1]] = diffusion.diffusion_integrand(xi, ti, noise_of(r)).double().cpu().numpy()
+            values[r[:, 0], r[:, 1]] = out["integrand"]
     weighted = values.reshape(n, K, m) * w  # [N x K x m], each L(t)/(m p_k(t))
     diffusion_term = weighted.sum((1, 2))
     t_var = (m * weighted).var(axis=2, ddof=1).sum(1) / m if m > 1 else np.full(n, np.nan)

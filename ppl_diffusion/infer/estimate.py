@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .. import noise as counter_noise
+from ..resume import Chunk, compute_now, in_chunks
 from .bound import check_indices, step_terms
 
 PROPOSALS = ("uniform", "pilot")
@@ -149,12 +150,13 @@ def _is_numpyro(diffusion) -> bool:
 
 
 def terms_of_rows(diffusion, x, pairs: np.ndarray, *, seed: int, index: np.ndarray, inputs_per_call: int = 512,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, chunk: Chunk = compute_now, calls_per_chunk: int = 1) -> np.ndarray:
     """``values [N x (T + 1)]`` float64: ``values[i, t − 1]`` = L_{t−1} of example i for every (i, t) row of
     ``pairs`` ``[R x 2]`` (0 elsewhere) and ``values[i, T]`` = L_T of every example in a row, with the full bound's
     noise of (``seed``, ``index[i]``, t); ``inputs_per_call`` rows per denoiser call. Pyro
     (:func:`~ppl_diffusion.infer.bound.step_terms`) or NumPyro (:func:`ppl_diffusion.numpyro.estimate.row_terms`,
-    compiled) by the model's backend."""
+    compiled) by the model's backend. ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each group of
+    ``calls_per_chunk`` calls (key ``rows-<group>``): the calls are the same whatever was saved."""
     n, T = len(x), diffusion.T
     values = np.zeros((n, T + 1))
     if _is_numpyro(diffusion):
@@ -171,17 +173,22 @@ def terms_of_rows(diffusion, x, pairs: np.ndarray, *, seed: int, index: np.ndarr
             term, prior = step_terms(diffusion, x[at], torch.as_tensor(rows[:, 1], device=x.device), seed=seed,
                                      indices=index[rows[:, 0]])
             return term.double().cpu().numpy(), prior.double().cpu().numpy()
-    chunks = range(0, len(pairs), inputs_per_call)
+    calls = range(0, len(pairs), inputs_per_call)
+
+    def call(start):
+        term, prior = rows_fn(pairs[start:start + inputs_per_call])
+        return {"term": term, "prior": prior}
+
+    done = in_chunks(chunk, "rows", calls, calls_per_chunk, call)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc="estimate", unit="call")
+        done = tqdm(done, total=len(calls), desc="estimate", unit="call")
     with torch.no_grad():
-        for start in chunks:
+        for start, out in done:
             rows = pairs[start:start + inputs_per_call]
-            term, prior = rows_fn(rows)
-            values[rows[:, 0], rows[:, 1] - 1] = term
-            values[rows[:, 0], T] = prior
+            values[rows[:, 0], rows[:, 1] - 1] = out["term"]
+            values[rows[:, 0], T] = out["prior"]
     return values
 
 
@@ -234,7 +241,8 @@ class BoundEstimate(PerExampleEstimate):
 
 
 def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indices=None, draw_seed: int | None = None,
-                   inputs_per_call: int = 512, progress: bool = False) -> BoundEstimate:
+                   inputs_per_call: int = 512, progress: bool = False, chunk: Chunk = compute_now,
+                   calls_per_chunk: int = 1) -> BoundEstimate:
     """The estimate L̂ of every example of ``x`` ``[N x ...]`` under ``plan`` (module docstring).
 
     :param int seed: the bound's noise and the draws of t (example i's draws depend on (seed, indices[i]) alone).
@@ -242,6 +250,8 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
     :param int draw_seed: seed of the draws of t alone (default ``seed``): other values give independent
         estimates of the same full bound (the bound's noise stays ``seed``'s).
     :param int inputs_per_call: (example, step) pairs per denoiser call.
+    :param chunk: saves or reads back each group of ``calls_per_chunk`` denoiser calls (:mod:`ppl_diffusion.resume`;
+        default: none saved); the estimate is the same bits either way.
     """
     if plan.T != diffusion.T:
         raise ValueError(f"the plan is for T = {plan.T} but the model has T = {diffusion.T}; make the plan from "
@@ -258,7 +268,7 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
                             np.stack([np.repeat(np.arange(n), K * m), steps.reshape(-1)], -1)])
     pairs = np.unique(pairs, axis=0)
     values = terms_of_rows(diffusion, x, pairs, seed=seed, index=index, inputs_per_call=inputs_per_call,
-                           progress=progress)
+                           progress=progress, chunk=chunk, calls_per_chunk=calls_per_chunk)
     terms = np.zeros((n, T + 1))
     terms[:, :plan.full_steps] = values[:, :plan.full_steps]
     terms[:, T] = values[:, T]

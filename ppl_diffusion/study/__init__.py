@@ -194,8 +194,13 @@ def _elbo_of(diffusion, x, *, seed: int, draws: int = 8) -> dict:
     return {"examples": len(x), "elbo": float(elbo.mean()), "se": se}
 
 
-def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict:
+def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True, log=print,
+              restart: bool = False) -> dict:
     """Run the study of ``config``, write its outputs to ``out_dir`` and return ``study.json``'s dict.
+
+    The fixed-θ replicates are saved as they finish (``out_dir/fixed-theta.progress``, :mod:`ppl_diffusion.resume`):
+    the same call after a kill continues them to the same draws (the per-t moments and the race run again);
+    progress of another configuration is refused in one line (``restart``: discard it).
 
     Under ``torchrun`` the fixed-θ replicates of each estimator are split across the processes
     (:func:`~ppl_diffusion.study.fixed.measure`); rank 0 then computes the per-t moments, writes every file and
@@ -248,6 +253,15 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
             "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": config.command or "ppl_diffusion.study.run_study", "config": dataclasses.asdict(config)}
     study = {"meta": meta}
+    from ..resume import Progress, file_sha256
+    from ..sampling import find_checkpoint
+
+    fingerprint = lambda: {  # noqa: E731 - what the replicates depend on, computed on rank 0 alone
+        **{k: v for k, v in dataclasses.asdict(config).items() if k != "command"},
+        "checkpoint_sha256": None if config.run is None else file_sha256(find_checkpoint(config.run)),
+        "device": str(device.type)}
+    saved = Progress(out / "fixed-theta.progress", w.on_main(fingerprint))  # rank 0's, on every rank
+    w.on_main(lambda: saved.open(restart=restart))
 
     # 1. fixed θ
     rows: list[FixedThetaRow] = []
@@ -257,7 +271,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         est = make_study_estimator(name, diffusion, iwae_particles=config.iwae_particles)
         r = config.replicates if name not in (*FULL_CHAIN, "iwae") else (config.full_chain_replicates or config.replicates)
         xs = x0[:config.iwae_examples] if name == "iwae" and config.iwae_examples else x0
-        row, idata = measure(est, xs, r, seed=config.seed + k, progress=progress)
+        row, idata = measure(est, xs, r, seed=config.seed + k, progress=progress, chunk=saved.scoped(name))
         if not w.is_main:  # the other processes only run their share of the replicates
             continue
         if name == "iwae":
@@ -336,6 +350,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     meta["seconds"] = round(time.monotonic() - started, 1)
     (out / "study.json").write_text(json.dumps(study, indent=2, default=float) + "\n")
     report.render(study, out)
+    saved.finish()  # the study is written: its progress is no longer needed
     return study
 
 

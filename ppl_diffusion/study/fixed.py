@@ -32,9 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..resume import Chunk, compute_now
 from .estimators import StudyEstimator
 
 GRAD_DIRECTIONS = 8  # random unit directions the gradient draws are projected on (kept in the netCDF)
+REPLICATES_PER_CHUNK = 8  # replicates per saved chunk of a measurement (ppl_diffusion.resume)
 
 
 @dataclass
@@ -187,14 +189,19 @@ def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_sec
 
 
 def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int = 0, directions=None,
-            progress: bool = False):
+            progress: bool = False, chunk: Chunk = compute_now, per_chunk: int = REPLICATES_PER_CHUNK):
     """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``).
 
     Replicate r (of the ELBO estimate, and separately of the gradient) runs with the estimator reseeded by
     :func:`ppl_diffusion.noise.seed_of` ``(seed, r)``, so its draws depend on (seed, r) alone. Under
     ``torchrun`` each process runs a contiguous share of the replicates and the draws, timings and gradient
     moments are gathered in replicate order: every process returns the row of the whole R (the timings are
-    those of each replicate's own process)."""
+    those of each replicate's own process).
+
+    ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each group of ``per_chunk`` replicates (their draws,
+    timings and the gradient moments after them, keys ``elbo-…`` and ``grad-…``), so a measurement killed and
+    called again continues to the same draws and moments, bit for bit (the timings read back are those of the
+    process that measured them)."""
     import arviz as az
 
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 4:
@@ -220,27 +227,54 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
     # Replicate r's randomness is the generator seeded with seed_of(seed, r, phase): a function of (seed, r)
     # alone, so the replicates can be split across processes (contiguously, gathered in order).
     mine = range(replicates)[w.shard(replicates)]
+    groups = [mine[i:i + per_chunk] for i in range(0, len(mine), per_chunk)]
+    key = f"{mine.start}-{mine.stop}"
     elbo, loss_s = [], []
     bar = tqdm(total=2 * len(mine), desc=est.name, disable=not (progress and w.is_main), leave=False)
-    for r in mine:
-        est.reseed(noise.seed_of(seed, r, 0))
-        t0 = time.perf_counter()
-        value = est.estimate(x0)
-        loss_s.append(time.perf_counter() - t0)
-        elbo.append(value / batch)
-        bar.update()
+
+    def estimates(group):
+        values, seconds = [], []
+        for r in group:
+            est.reseed(noise.seed_of(seed, r, 0))
+            t0 = time.perf_counter()
+            value = est.estimate(x0)
+            seconds.append(time.perf_counter() - t0)
+            values.append(value / batch)
+        return {"elbo": np.asarray(values, np.float64), "seconds": np.asarray(seconds, np.float64)}
+
+    for j, group in enumerate(groups):
+        done = chunk(f"elbo-{key}-{j}", lambda: estimates(group))
+        elbo.extend(done["elbo"].tolist())
+        loss_s.extend(done["seconds"].tolist())
+        bar.update(len(group))
     moments = RunningMoments(n_params)
     grad_s, norms, projs = [], [], []
-    for r in mine:
-        est.reseed(noise.seed_of(seed, r, 1))
-        t0 = time.perf_counter()
-        _, g = est.gradient(x0)
-        grad_s.append(time.perf_counter() - t0)
-        g = g.cpu() / batch  # the gradient of the per-example loss
-        moments.add(g)
-        norms.append(g.norm().item())
-        projs.append((directions @ g).numpy())
-        bar.update()
+
+    def gradients(group):
+        seconds, group_norms, group_projs = [], [], []
+        for r in group:
+            est.reseed(noise.seed_of(seed, r, 1))
+            t0 = time.perf_counter()
+            _, g = est.gradient(x0)
+            seconds.append(time.perf_counter() - t0)
+            g = g.cpu() / batch  # the gradient of the per-example loss
+            moments.add(g)
+            group_norms.append(g.norm().item())
+            group_projs.append((directions @ g).numpy())
+        return {"seconds": np.asarray(seconds, np.float64), "norms": np.asarray(group_norms, np.float64),
+                "projs": np.asarray(group_projs, np.float64).reshape(len(group), len(directions)),
+                "count": np.array(moments.count), "mean": moments.mean.numpy(), "m2": moments._m2.numpy()}
+
+    for j, group in enumerate(groups):
+        done = chunk(f"grad-{key}-{j}", lambda: gradients(group))
+        grad_s.extend(done["seconds"].tolist())
+        norms.extend(done["norms"].tolist())
+        projs.extend(list(done["projs"]))
+        # The moments after this group (read back, or as just computed: the same numbers).
+        moments.count = int(done["count"])
+        moments.mean = torch.from_numpy(np.array(done["mean"]))
+        moments._m2 = torch.from_numpy(np.array(done["m2"]))
+        bar.update(len(group))
     bar.close()
 
     def gather(values, shape=()):

@@ -1,0 +1,153 @@
+"""Progress of a long evaluation saved chunk by chunk, so that the same command killed at any moment continues.
+
+A :class:`Progress` is a folder (``RUN/eval.progress`` beside ``RUN/eval.json``) holding ``fingerprint.json`` (what
+was evaluated: the checkpoint's hash, the data's hash, the seed and every option that changes a number) and one
+file per finished chunk, ``<key>.npz``, written atomically (temporary file, fsync, rename:
+:func:`~ppl_diffusion.checkpoint.atomic_write_bytes`). A chunk is a fixed group of the computation's own units
+(a batch of examples, a group of denoiser calls), a function of the seed and its index alone (the noise is
+counter-based, :mod:`ppl_diffusion.noise`), so a chunk that was saved is read back instead of recomputed and the
+result is bit for bit that of an uninterrupted run (on the same machine and thread count: float rounding may
+depend on them, as for training's resume).
+
+A folder whose fingerprint differs from the command's is refused in one line naming the folder, the differences
+and the fix (``--restart``, or deleting the folder); nothing is read from it and nothing is deleted. The command
+that finishes removes the folder (:meth:`Progress.finish`).
+
+Code that computes in chunks takes a ``chunk`` callable, ``chunk(key, compute) -> dict of arrays``:
+:func:`compute_now` (the default: no saving) or a :class:`Progress`'s :meth:`~Progress.scoped` view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .checkpoint import atomic_write_bytes
+
+FINGERPRINT = "fingerprint.json"
+Chunk = Callable[[str, Callable[[], dict]], dict]
+
+
+def compute_now(key: str, compute: Callable[[], dict]) -> dict:
+    """The default ``chunk``: compute, save nothing."""
+    return compute()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 16 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def array_sha256(a) -> str:
+    """The SHA-256 of an array's dtype, shape and bytes (hex): a fingerprint of data."""
+    a = np.ascontiguousarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _differences(saved: dict, now: dict) -> list[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: saved {saved.get(k, '(none)')}, now {now.get(k, '(none)')}" for k in keys
+            if saved.get(k) != now.get(k)]
+
+
+class Progress:
+    """The chunks of one evaluation in ``folder``, for the configuration ``fingerprint`` (a JSON-able dict).
+
+    :param bool restart: discard the folder's chunks first (``--restart``) instead of refusing a mismatch.
+    :param str flag: the command's flag that restarts, named in the refusal.
+    """
+
+    def __init__(self, folder: str | Path, fingerprint: dict, *, flag: str = "--restart"):
+        self.folder = Path(folder)
+        self.fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back (tuples become lists)
+        self.flag = flag
+        self.reused = 0  # chunks read back by this process
+        self.saved = 0  # chunks computed and saved by this process
+
+    def open(self, *, restart: bool = False) -> "Progress":
+        """Check the folder's fingerprint (write it if the folder is new or has none); one-line ``ValueError`` for a
+        folder of another configuration (``restart``: delete it and start afresh). Call on one process."""
+        path = self.folder / FINGERPRINT
+        if restart and self.folder.exists():
+            shutil.rmtree(self.folder)
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                saved = {"fingerprint": "unreadable"}
+            diff = _differences(saved, self.fingerprint)
+            if diff:
+                raise ValueError(f"{self.folder} holds the progress of another configuration ({'; '.join(diff)}); pass "
+                                 f"{self.flag} to discard it and start afresh, or delete the folder")
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(self.fingerprint, indent=2) + "\n").encode())
+        return self
+
+    def chunks(self) -> list[str]:
+        """The keys of the saved chunks."""
+        return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
+
+    def chunk(self, key: str, compute: Callable[[], dict]) -> dict:
+        """The arrays of chunk ``key``: read back if saved (and readable), else ``compute()``d and saved."""
+        path = self.folder / f"{key}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    out = {k: f[k] for k in f.files}
+                self.reused += 1
+                return out
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # unreadable: computed again
+                pass
+        out = {k: np.asarray(v) for k, v in compute().items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **out)
+        atomic_write_bytes(path, buffer.getbuffer())
+        self.saved += 1
+        return out
+
+    def scoped(self, prefix: str) -> Chunk:
+        """A ``chunk`` callable whose keys start with ``prefix`` (e.g. the weight set and the process's share)."""
+        return lambda key, compute: self.chunk(f"{prefix}-{key}", compute)
+
+    def finish(self) -> None:
+        """Remove the folder: the evaluation is written. Call on one process, after every process is done."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def in_chunks(chunk: Chunk, key: str, units, per_chunk: int, compute_one: Callable[[object], dict]):
+    """Yield ``(unit, compute_one(unit))`` for each of ``units`` in order, ``per_chunk`` units to a chunk
+    ``f"{key}-{index}"`` of ``chunk``: a saved chunk's units are read back, not computed."""
+    units = list(units)
+    per_chunk = max(1, int(per_chunk))
+    for c in range(0, len(units), per_chunk):
+        group = units[c:c + per_chunk]
+
+        def compute(group=group):
+            return {f"{i}/{k}": v for i, u in enumerate(group) for k, v in compute_one(u).items()}
+
+        arrays = chunk(f"{key}-{c // per_chunk}", compute)
+        for i, u in enumerate(group):
+            yield u, {k.split("/", 1)[1]: v for k, v in arrays.items() if k.split("/", 1)[0] == str(i)}
+
+
+def json_chunk(chunk: Chunk, key: str, compute: Callable[[], object]):
+    """A JSON-able result (a pilot's profile, a fitted variance) as one chunk: floats read back exactly."""
+    arrays = chunk(key, lambda: {"json": np.array(json.dumps(compute()))})
+    return json.loads(str(arrays["json"]))
+
+
+__all__ = ["Progress", "array_sha256", "compute_now", "file_sha256", "in_chunks", "json_chunk"]
