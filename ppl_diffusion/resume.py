@@ -78,8 +78,10 @@ class Progress:
         self.saved = 0  # chunks computed and saved by this process
 
     def open(self, *, restart: bool = False) -> "Progress":
-        """Check the folder's fingerprint (write it if the folder is new or has none); one-line ``ValueError`` for a
-        folder of another configuration (``restart``: delete it and start afresh). Call on one process."""
+        """Check the folder's fingerprint; one-line ``ValueError`` for a folder of another configuration that holds
+        chunks (``restart``: delete it and start afresh). The folder is written only with the first chunk, so a
+        command that fails before computing anything leaves none behind, and a folder without chunks (such a
+        command killed between the two writes) is simply taken over. Call on one process."""
         path = self.folder / FINGERPRINT
         if restart and self.folder.exists():
             shutil.rmtree(self.folder)
@@ -89,13 +91,18 @@ class Progress:
             except ValueError:
                 saved = {"fingerprint": "unreadable"}
             diff = _differences(saved, self.fingerprint)
-            if diff:
+            if diff and not self.chunks():
+                shutil.rmtree(self.folder)  # nothing to lose
+            elif diff:
                 raise ValueError(f"{self.folder} holds the progress of another configuration ({'; '.join(diff)}); pass "
                                  f"{self.flag} to discard it and start afresh, or delete the folder")
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, (json.dumps(self.fingerprint, indent=2) + "\n").encode())
         return self
+
+    def _write_fingerprint(self) -> None:
+        path = self.folder / FINGERPRINT
+        if not path.is_file():  # every process may write it: the same bytes, each through its own temporary file
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, (json.dumps(self.fingerprint, indent=2) + "\n").encode())
 
     def chunks(self) -> list[str]:
         """The keys of the saved chunks."""
@@ -113,6 +120,7 @@ class Progress:
             except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # unreadable: computed again
                 pass
         out = {k: np.asarray(v) for k, v in compute().items()}
+        self._write_fingerprint()
         buffer = io.BytesIO()
         np.savez(buffer, **out)
         atomic_write_bytes(path, buffer.getbuffer())

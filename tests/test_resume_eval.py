@@ -117,6 +117,21 @@ def test_in_chunks_reads_saved_chunks_back_instead_of_computing(tmp_path):
         assert a.keys() == b.keys() == {"x"} and np.array_equal(a["x"], b["x"])
 
 
+def test_progress_is_written_with_its_first_chunk_and_an_empty_one_is_taken_over(tmp_path):
+    """A command that fails before its first chunk leaves no folder; a folder of another configuration without
+    chunks (killed between the fingerprint and the first chunk) is taken over; one with chunks is refused."""
+    Progress(tmp_path / "p", {"a": 1}).open()
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "fingerprint.json").write_text('{"a": 0}')
+    taken = Progress(tmp_path / "p", {"a": 1}).open()
+    taken.chunk("k", lambda: {"x": np.ones(2)})
+    assert json.loads((tmp_path / "p" / "fingerprint.json").read_text()) == {"a": 1} and taken.chunks() == ["k"]
+    with pytest.raises(ValueError, match=r"holds the progress of another configuration \(a: saved 1, now 2\)"):
+        Progress(tmp_path / "p", {"a": 2}).open()
+    assert (tmp_path / "p" / "k.npz").is_file()  # refused, nothing deleted
+
+
 # ---------------------------------------------------------------------------------------- interrupted, continued
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monkeypatch, kind):
