@@ -387,6 +387,7 @@ def test_continuous_estimators_centre_on_the_closed_form_elbo():
     assert var["continuous-mc"] > var["continuous"] - Z * math.hypot(rows[0].elbo_var_se, rows[3].elbo_var_se)
 
 
+@pytest.mark.slow  # ~20 s of CPU (70 s on a loaded machine); test_continuous_elbo checks the variance objective fast
 def test_learned_schedule_row_lowers_the_variance_at_the_same_elbo():
     """The learned-schedule row on the toy: with the interior trained for variance (θ and the endpoints fixed) the
     uniform-t estimator's variance falls far beyond its SE, and the ELBO's mean does not move."""
