@@ -133,7 +133,7 @@ def test_progress_is_written_with_its_first_chunk_and_an_empty_one_is_taken_over
 
 
 # ---------------------------------------------------------------------------------------- interrupted, continued
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "fitted" else k for k in KINDS])
 def test_interrupted_evaluation_continues_to_the_same_bits(runs, tmp_path, monkeypatch, kind):
     """Stopped after 3 saved chunks (the pilot or fit among them where there is one), then the same call: the same
     dict, every number bit for bit, as an uninterrupted evaluation; the progress folder is gone at the end."""
@@ -230,7 +230,7 @@ def test_cli_refuses_mismatched_progress_in_one_line(runs, tmp_path, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------- one set of weights
-@pytest.mark.parametrize("kind", ["full", "estimate", "continuous"])
+@pytest.mark.parametrize("kind", ["full", "estimate", pytest.param("continuous", marks=pytest.mark.slow)])
 def test_a_run_with_one_set_of_weights_is_scored_once(runs, tmp_path, kind, monkeypatch):
     """An imported run (raw = EMA weights, state["imported"]) is scored once: half the denoiser inputs, the EMA keys
     the raw figures (readers of eval.json find them all), and they equal the EMA weights scored as a trained run."""
