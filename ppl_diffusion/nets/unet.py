@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embedding import timestep_embedding
+from .remat import checkpoint_call
 
 
 def group_norm(channels: int, num_groups: int, min_group_channels: int = 2) -> nn.GroupNorm:
@@ -171,7 +172,17 @@ class UNet(nn.Module):
     :param float timestep_scale: 0 and 1 (the step t itself) for nets trained here. A net trained elsewhere at
         another step label keeps its own: improved-diffusion's at its 0-based index t − 1 (shift −1), times
         1000 / T when trained with ``rescale_timesteps`` (:mod:`ppl_diffusion.interop.improved_diffusion`).
+
+    .. attribute:: use_checkpoint
+
+        ``False`` (default); ``True`` recomputes each block (a level's residual block with its attention, the
+        middle block, an up-sampling block) in the backward pass instead of keeping its activations
+        (improved-diffusion's ``use_checkpoint``; :mod:`ppl_diffusion.nets.remat`). A runtime setting, not a
+        constructor argument: it changes memory and time, not the net (same parameters, state dict and
+        numbers). ``GaussianDiffusion(checkpoint_activations="blocks")`` sets it.
     """
+
+    use_checkpoint: bool = False
 
     def __init__(
         self,
@@ -291,14 +302,15 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects t of shape [N] = ({x_t.shape[0]},), one step per image, got {got}")
         emb = self.time_embed(timestep_embedding(t, self.model_channels, dtype=x_t.dtype, shift=self.timestep_shift,
                                                  scale=self.timestep_scale))  # (N, 4·mc)
+        run = checkpoint_call if self.use_checkpoint else (lambda block, h, e: block(h, e))
         skips = []
         h = x_t
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = run(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = run(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)  # (N, C_out, H, W)
 
     @property

@@ -35,6 +35,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from ..nets.remat import check_checkpointing
 from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators,
                          make_study_estimator)
 from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
@@ -75,6 +76,9 @@ class StudyConfig:
     race_target: float | None = None  # an extra bits/dim whose time-to-reach is reported
     device: str = "auto"
     backend: str = "pyro"  # "pyro" or "numpyro": the backend whose estimators (and race training) are measured
+    # "none", "steps" or "blocks": activations recomputed in the backward pass (ppl_diffusion.nets.remat), for the
+    # full-chain gradients of a large net; the numbers do not change
+    checkpoint_activations: str = "none"
     command: str = field(default="", repr=False)
 
     def validate(self) -> "StudyConfig":
@@ -83,6 +87,7 @@ class StudyConfig:
         if self.backend == "numpyro" and self.device not in ("auto", "cpu"):
             raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device; pass "
                              "--device auto or cpu")
+        check_checkpointing(self.checkpoint_activations)
         check_estimators(self.estimators)
         if self.race_seconds:
             check_estimators(self.race_estimators, trainable=True)
@@ -207,6 +212,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         (out / "draws").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     diffusion, twin, tc, dataset, theta = _model(config)
+    diffusion.checkpoint_activations = config.checkpoint_activations  # a net without blocks: refused here
     device = next(twin.parameters()).device
     x0 = dataset.test[:config.batch_size].to(device)
     pyro.clear_param_store()
@@ -275,7 +281,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     if config.race_seconds:
         race_tc = dataclasses.replace(tc, lr=config.race_lr, warmup_steps=0, grad_clip=config.race_grad_clip,
                                       batch_size=config.batch_size, device=config.device, log_every=10,
-                                      metrics_format="jsonl", backend=config.backend)
+                                      metrics_format="jsonl", backend=config.backend,
+                                      checkpoint_activations=config.checkpoint_activations)
         race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)
