@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +27,7 @@ from .distributed import DIST_BACKENDS
 from .nets import NetWarning
 from .nets.remat import CHECKPOINTING
 from .precision import PrecisionWarning
-from .train import METRICS_FORMATS, TrainConfig, TrainingDiverged, train
+from .train import METRICS_FORMATS, BudgetWarning, TrainConfig, TrainingDiverged, train
 
 PROG = "ppl-diffusion"
 DEFAULTS = TrainConfig()  # argparse defaults come from the dataclass, never restated here
@@ -41,7 +43,8 @@ DEMO_NET = dict(net="auto", net_config=dict(model_channels=16))
 DEMO_CONFIG = dict(data="digits", **DEMO_NET, T=200, estimator="stochastic-kl-is", batch_size=64, lr=1e-3,
                    warmup_steps=100, ema_decay=0.998, steps=2000, checkpoint_every=400, val_examples=128)
 DEMO_EVAL = dict(max_examples=360, fd_samples=1000, n=64)  # the whole 360-image test split
-QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, checkpoint_every=10, log_every=5, val_examples=32)
+QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, ema_decay=0.85, checkpoint_every=10, log_every=5,
+                    val_examples=32)
 QUICK_EVAL = dict(max_examples=16, fd_samples=0, n=16)
 
 
@@ -49,9 +52,9 @@ _format_warning = warnings.formatwarning
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    """PrecisionWarning (bf16 emulated) and NetWarning (e.g. an MLP narrower than the data) as one line
-    ``ppl-diffusion: warning: ...``; other warnings as Python does."""
-    if issubclass(category, (PrecisionWarning, NetWarning)):
+    """PrecisionWarning (bf16 emulated), NetWarning (e.g. an MLP narrower than the data) and BudgetWarning (a
+    warm-up or EMA longer than the run) as one line ``ppl-diffusion: warning: ...``; other warnings as Python does."""
+    if issubclass(category, (PrecisionWarning, NetWarning, BudgetWarning)):
         return f"{PROG}: warning: {message}\n"
     return _format_warning(message, category, filename, lineno, line)
 
@@ -126,11 +129,32 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "compare find it from any folder (on --resume: where the data is now)")
     p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
                    "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
-                   "stochastic-mc-ld, hybrid (with --variance learned)")
-    p.add_argument("--schedule", default=d.schedule, help=f"noise schedule: linear or cosine (default {d.schedule})")
-    p.add_argument("--T", type=int, default=d.T, help=f"diffusion steps (default {d.T})")
+                   "stochastic-mc-ld, hybrid (with --variance learned); with --T 0: continuous, continuous-ld "
+                   "(low-discrepancy t), continuous-is (importance-sampled t)")
+    p.add_argument("--schedule", default=d.schedule,
+                   help=f"forward process: linear or cosine (noise schedules of T steps), or a γ schedule (VDM): "
+                        "fixed-linear, learned-scalar (learned endpoints), learned-net (VDM's monotone net), "
+                        f"interpolated-linear / interpolated-cosine (that schedule's γ at its steps) (default {d.schedule})")
+    p.add_argument("--T", type=_steps, default=d.T,
+                   help=f"diffusion steps (default {d.T}); 0 (or inf) with a γ schedule: continuous time, T = ∞")
+    g = p.add_argument_group("γ schedules (docs/variational.md; each refused with a noise schedule)")
+    g.add_argument("--gamma-min", type=float, default=d.gamma_min, metavar="G0",
+                   help="γ_0 = log(σ²/α²) at t = 0: fixed, or where a learned one starts (default -13.3, VDM's)")
+    g.add_argument("--gamma-max", type=float, default=d.gamma_max, metavar="G1",
+                   help="γ_1 at t = 1 (default 5.0, VDM's); the net's γ label is rescaled over [G0, G1]")
+    g.add_argument("--time-input", default=d.time_input,
+                   help="what the net is conditioned on: gamma (γ(t) rescaled; the default, and needed at T = 0) or "
+                        "step (the step label, finite T)")
+    g.add_argument("--schedule-objective", default=d.schedule_objective,
+                   help="with --T 0: what trains learned-net's interior, variance (the estimate's variance; its "
+                        "endpoints by the ELBO: the default) or elbo (default: variance for learned-net, else elbo)")
     p.add_argument("--variance", default=d.variance,
                    help=f"reverse variance: beta, posterior or learned (improved DDPM) (default {d.variance})")
+    p.add_argument("--decoder", default=d.decoder, metavar="discretized|vdm-categorical",
+                   help="p(x_0|x_1) of 8-bit data: discretized (DDPM's exact discretized Gaussian at the denoiser's "
+                        "x̂_0, one denoiser call) or vdm-categorical (VDM's categorical over the 256 values from "
+                        "x_1/α_1, no call); refused on continuous data, which the Gaussian density scores (default: "
+                        "discretized)")
     p.add_argument("--prior", default=d.prior, help=f"p(x_T): normal, gaussian (learned mean and scale), student-t, "
                    f"student-t-learned-df, mixture, flow (default {d.prior}); see ppl_diffusion.priors")
     p.add_argument("--net", default=d.net,
@@ -150,6 +174,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     n.add_argument("--attention", type=_ints, default=None, metavar="R1,R2,...",
                    help="U-Net: resolutions in pixels with self-attention, or none (default: half the image size "
                         "below 64 px, 16,8 from 64 up; the middle block always attends)")
+    n.add_argument("--fourier-features", type=_fourier, default=None, metavar="N1,N2,...|auto",
+                   help="U-Net: sin and cos of 2^n·2π·x_t for each exponent n as extra input channels (VDM's Fourier "
+                        "features); auto: the two exponents the data's grey-level spacing Δ asks for, n = "
+                        "round(log2(1/Δ)) and n − 1 (6,7 for 8-bit data, 2,3 for the digits' 17 levels), recorded "
+                        "as numbers; refused on continuous data (default: none)")
     n.add_argument("--dropout", type=float, default=None, help="U-Net or MLP: dropout (default 0.1 U-Net, 0 MLP)")
     n.add_argument("--width", type=int, default=None, help="MLP: hidden width (default 128; warned below D)")
     n.add_argument("--depth", type=int, default=None, help="MLP: residual blocks (default 3)")
@@ -158,10 +187,15 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "keyword arguments, or your builder's)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate after warm-up (default {d.lr})")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help=f"default {d.warmup_steps}")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help=f"steps of linear learning-rate warm-up; for a short run about 5%% of --steps (default "
+                        f"{d.warmup_steps}: warned when over half the run)")
     p.add_argument("--grad-clip", type=_none_or_float, default=d.grad_clip,
                    help=f"max gradient norm, or none (default {d.grad_clip})")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help=f"default {d.ema_decay}")
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help=f"decay of the EMA of the weights, which evaluate and sample use; it starts at the initial "
+                        f"weights and keeps decay^steps of them, so for a short run take at most 1 - 3/steps, "
+                        f"e.g. 0.998 for 1,500 steps (default {d.ema_decay}: warned when it keeps over 5%%)")
     p.add_argument("--steps", type=int, default=d.steps, help="budget in optimizer steps (total, resumed ones included)")
     p.add_argument("--minutes", type=float, default=d.minutes, help="budget in wall-clock minutes (total)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"default {d.checkpoint_every}")
@@ -192,7 +226,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 # The net flags and the net_config key each sets.
 NET_FLAGS = {"channels": "model_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
-             "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth"}
+             "attention": "attention_resolutions", "dropout": "dropout", "width": "width", "depth": "depth",
+             "fourier_features": "fourier_features"}
+
+
+def _steps(text: str) -> int:
+    """``--T``: an integer, or ``inf`` / ``continuous`` for 0 (continuous time)."""
+    if text.strip().lower() in ("inf", "continuous"):
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps; pass an integer, or 0 (inf) for "
+                                         "continuous time") from None
 
 
 def _ints(text: str) -> list[int]:
@@ -203,6 +249,11 @@ def _ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,2,2") from None
+
+
+def _fourier(text: str) -> list[int] | str:
+    """``"6,7"`` → ``[6, 7]``; ``"none"`` → ``[]``; ``"auto"`` (resolved from the data by train)."""
+    return "auto" if text.strip().lower() == "auto" else _ints(text)
 
 
 def _json_object(text: str) -> dict:
@@ -250,7 +301,7 @@ def cmd_train(args) -> None:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
     resume = "auto" if args.auto_resume else args.resume
     result = train(config_from_args(args), args.run_dir, resume=resume, progress=args.progress,
-                   allow_inexact_resume=args.allow_inexact_resume)
+                   allow_inexact_resume=args.allow_inexact_resume, log=print)
     if distributed.world().is_main:
         _print_trained(result)
 
@@ -278,16 +329,19 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                    help="elbo: the variational bound of the raw and EMA weights (eval.json); ode: the exact "
                         "likelihood by the probability-flow ODE (eval-ode.json), beside the ELBO of the same "
                         "weights (default elbo)")
-    p.add_argument("--bound", default="full", choices=("full", "estimate"),
+    p.add_argument("--bound", default=None, choices=("full", "estimate"),
                    help="with --likelihood elbo: full (every one of the T terms per example) or estimate (an unbiased "
                         "estimate from a few terms per example, its SE including the t-sampling; "
-                        "eval-estimate.json) (default full)")
-    e = p.add_argument_group("--bound estimate")
+                        "eval-estimate.json) (default full); a run in continuous time (T = 0) is always estimated: its "
+                        "reconstruction and prior terms per example and its diffusion term from K x M draws of t")
+    e = p.add_argument_group("--bound estimate, and a continuous-time run's bound")
     e.add_argument("--full-steps", type=int, default=None, metavar="T0",
                    help="steps t = 1..T0 computed for every example, where the bound concentrates (default 20)")
-    e.add_argument("--strata", type=int, default=None, metavar="K", help="strata of the steps above T0 (default 20)")
+    e.add_argument("--strata", type=int, default=None, metavar="K",
+                   help="strata of the steps above T0, or of [0, 1] in continuous time (default 20)")
     e.add_argument("--draws", type=int, default=None, metavar="M",
-                   help="steps drawn per stratum and example; M >= 2 also reports the t-sampling's SE (default 2)")
+                   help="steps (times) drawn per stratum and example; M >= 2 also reports the t-sampling's SE "
+                        "(default 2)")
     e.add_argument("--proposal", default=None,
                    help="pilot (strata and importance proposal from the terms' RMS on training examples) or "
                         "uniform (equal strata, uniform t) (default pilot)")
@@ -327,14 +381,14 @@ def _add_ode_flags(p) -> None:
                    help="the ODE's small-time end (default: the map's, 1/T for grid, 1e-5 for vp-linear)")
     p.add_argument("--time-map", default=None,
                    help="continuous time of the chain: grid (spline through the steps), grid-linear (k-diffusion's) "
-                        "or vp-linear (score_sde's, linear schedules) (default grid)")
+                        "or vp-linear (score_sde's, linear schedules) (default grid); a γ schedule's ODE runs on its "
+                        "own time (gamma, the only map there)")
 
 
 ODE_EVAL_FLAGS = ("rtol", "atol", "eps", "time_map", "trace", "probes", "probe", "dequantization",
                   "dequantization_draws", "raw")
 ESTIMATE_FLAGS = ("full_steps", "strata", "draws", "proposal", "pilot_examples")
-ESTIMATE_DEFAULTS = dict(full_steps=20, strata=20, draws=2, proposal="pilot", pilot_examples=16)
-ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map="grid", trace="exact", probes=1, probe="rademacher",
+ODE_DEFAULTS = dict(rtol=1e-5, atol=1e-5, eps=None, time_map=None, trace="exact", probes=1, probe="rademacher",
                     dequantization="auto", dequantization_draws=1, raw=False)
 
 
@@ -349,12 +403,9 @@ def _ode_options(args, names) -> dict:
 
 def cmd_evaluate(args) -> None:
     estimate = [_flag(k) for k in ESTIMATE_FLAGS if getattr(args, k) is not None]
-    if args.likelihood == "ode" and (args.bound != "full" or estimate):
+    if args.likelihood == "ode" and (args.bound is not None or estimate):
         raise ValueError(f"{', '.join(estimate) or '--bound ' + args.bound} with --likelihood ode: the estimate is of "
                          "the ELBO's terms; drop them (or use --likelihood elbo)")
-    if args.bound == "full" and estimate:
-        raise ValueError(f"{', '.join(estimate)} given without --bound estimate; these flags set the estimate of the "
-                         "bound: add --bound estimate or drop them")
     if args.likelihood == "ode":
         return _evaluate_ode(args)
     given = [_flag(k) for k in ODE_EVAL_FLAGS if getattr(args, k) is not None]
@@ -369,8 +420,7 @@ def cmd_evaluate(args) -> None:
                           fit_variance=args.fit_variance or 0, device=args.device,
                           seed=args.seed, progress=args.progress, backend=args.backend, precision=args.precision,
                           bound=args.bound, data_root=args.data_root, last=args.last,
-                          **{k: ESTIMATE_DEFAULTS[k] if getattr(args, k) is None else getattr(args, k)
-                             for k in ESTIMATE_FLAGS})
+                          **{k: getattr(args, k) for k in ESTIMATE_FLAGS})
     if distributed.world().is_main:
         print(json.dumps(result, indent=2) if args.json else summary(result))
 
@@ -401,7 +451,9 @@ def _add_sample_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help=RUN_HELP)
     p.add_argument("--last", action="store_true", help=LAST_HELP)
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--steps", type=int, default=None, help="sample with K respaced steps (default: all T)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sample with K respaced steps (default: all T), or with a γ schedule the K-step chain of the "
+                        "same γ (any K >= 2; a continuous-time run's default is 1000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples (default 0)")
     p.add_argument("--raw", action="store_true", help="raw weights instead of the EMA (the default)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples-ema.png); the .npz goes beside it")
@@ -566,12 +618,6 @@ def cmd_export(args) -> None:
 
 
 # ---------------------------------------------------------------------------------------- demo
-def _describe_net(config: TrainConfig) -> str:
-    """``"unet denoiser (model_channels=32, ...)"``: the net's name and its own settings but the data's shape."""
-    settings = {k: v for k, v in (config.net_config or {}).items() if k not in ("in_channels", "image_size")}
-    return f"{config.net} denoiser" + (f" ({', '.join(f'{k}={v}' for k, v in settings.items())})" if settings else "")
-
-
 def cmd_demo(args) -> None:
     from .evaluate import evaluate_run, summary
     from .sampling import sample_run
@@ -581,11 +627,11 @@ def cmd_demo(args) -> None:
                          seed=args.seed, device=args.device)
     plan = QUICK_EVAL if args.quick else DEMO_EVAL
     run_dir = Path(args.run_dir)
-    print(f"demo: {_describe_net(config)} on {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps "
-          f"of batch {config.batch_size}, best EMA weights by the bound estimated on {config.val_examples} held-out "
-          f"training digits every {config.checkpoint_every} steps; run folder {run_dir}", flush=True)
+    print(f"demo: {config.data}, T = {config.T}, {config.estimator}, {config.steps} steps of batch {config.batch_size}, "
+          f"best EMA weights by the bound estimated on {config.val_examples} held-out training digits every "
+          f"{config.checkpoint_every} steps; run folder {run_dir}", flush=True)
     t0 = time.monotonic()
-    trained = train(config, run_dir, resume=args.resume, progress=args.progress)
+    trained = train(config, run_dir, resume=args.resume, progress=args.progress, log=print)  # log: the net as built
     t1 = time.monotonic()
     _print_trained(trained)
     result = evaluate_run(run_dir, max_examples=plan["max_examples"], fd_samples=plan["fd_samples"],
@@ -659,6 +705,15 @@ def _join_jax_job() -> None:
     initialize()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's stop), raised where the process is, so that a run stopped before
+    its first checkpoint leaves its folder as it found it, as Ctrl-C does."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
@@ -669,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _one_line_warning
     several = False
     status = 0
+    # Signal handlers live in the main thread; under torchrun SIGTERM keeps its default (the launcher stops the ranks
+    # it stops at once, and a rank would otherwise wait on a process group whose peer is gone).
+    on_term = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_term else None
     try:
         if getattr(args, "threads", None) is not None:  # first: XLA reads its thread count when JAX starts
             set_threads(args.threads)
@@ -689,10 +748,14 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.world().is_main:
             print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         status = 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; a train run continues from its last checkpoint with --resume", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; a train run continues from "
+              "its last checkpoint with --resume (one stopped before its first left its folder as it found it)",
+              file=sys.stderr)
+        status = 143 if isinstance(e, Terminated) else 130
     finally:
+        if on_term:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
     if several:
         sys.stdout.flush()

@@ -80,6 +80,15 @@ def p_mean_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, eps: Tensor
     return (x_t - coef * eps) / extract(schedule.sqrt_alphas, t, x_t)
 
 
+def scaled_latent(schedule: NoiseSchedule, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_t/√ᾱ_t, log((1 − ᾱ_t)/ᾱ_t)): the latent on the data's scale, x_t/α_t = x_0 + (σ_t/α_t) ε, and the log of
+    its noise variance σ_t²/α_t² (γ_t of a γ chain, read exactly; log-SNR⁻¹ of a NoiseSchedule), the second
+    broadcast to ``x_t``'s shape. VDM's categorical decoder reads them at t = 1."""
+    gamma = schedule.gamma if hasattr(schedule, "gamma") else np.log1p(-schedule.alphas_cumprod) - np.log(
+        schedule.alphas_cumprod)
+    return x_t / extract(schedule.sqrt_alphas_cumprod, t, x_t), extract(gamma, t, x_t).expand_as(x_t)
+
+
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise (diagonal Gaussians), in nats.
 

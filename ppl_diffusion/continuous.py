@@ -43,6 +43,13 @@ The cosine schedule's own ᾱ(s) = f(s)/f(0) is not offered as a map: it reaches
 ODE is singular; ``"grid"`` equals it at every step but the last (where the chain clips β_T at 0.999) and
 interpolates between steps.
 
+``"gamma"`` (a γ-schedule model, :class:`GammaTime`; the only map there)
+    s is γ's own time t ∈ [0, 1]: ᾱ(s) = sigmoid(−γ(s)), σ²(s) = sigmoid(γ(s)), and β(s) = −d log ᾱ/ds =
+    d/ds log(1 + e^{γ(s)}) = σ²(s) γ'(s) (γ' by autodiff); the net is called as it was trained, on γ(s) rescaled
+    (``time_input="gamma"``) or at the step label 1 + (T − 1) s (``"step"``, x_t at (t − 1)/(T − 1)). Exact at every
+    time, at finite T and in continuous time alike; the small-time end is s = 0, γ_0, where the decoder's latent
+    x_1 sits (the first noise level the net was trained at), so ``eps`` >= 0.
+
 What the ODE does not use. The reverse variances σ_t² (fixed, learned or fitted) and the decoder p(x_0|x_1) do
 not enter the probability flow: only ε̂ and the prior p(x_T) (the density at s = 1) do. A learned-variance net's
 ε̂ half is used. A respaced model has no net between its kept steps: use the model it was respaced from.
@@ -57,7 +64,7 @@ import numpy as np
 
 from .schedule import NoiseSchedule
 
-MAPS = ("grid", "grid-linear", "vp-linear")
+MAPS = ("grid", "grid-linear", "vp-linear")  # of a NoiseSchedule; a γ-schedule model's map is "gamma"
 
 
 class ContinuousTime:
@@ -164,3 +171,76 @@ class ContinuousTime:
 
     def __repr__(self) -> str:
         return f"ContinuousTime({self.schedule!r}, kind={self.kind!r})"
+
+
+class GammaTime:
+    """The continuous time of a γ-schedule model (the map ``"gamma"`` of the module): s is γ's own t, ᾱ(s) =
+    sigmoid(−γ(s)), β(s) = σ²(s) γ'(s), the net's label as the model conditions it. The same interface as
+    :class:`ContinuousTime` (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`, :meth:`check_eps`), float64 NumPy from
+    the schedule's float64 evaluation.
+
+    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a γ schedule (T >= 2 or T = 0)."""
+
+    kind = "gamma"
+    s_min = 0.0
+    default_eps = 0.0
+
+    def __init__(self, diffusion) -> None:
+        if not getattr(diffusion, "gamma_schedule", False):
+            raise TypeError("GammaTime is the time of a γ-schedule model; a NoiseSchedule's is ContinuousTime")
+        self.diffusion, self.schedule, self.T = diffusion, diffusion.schedule, diffusion.T
+
+    def check_eps(self, eps) -> float:
+        """``eps`` (``None``: 0, γ_0) checked to lie in [0, 1); one-line error if not."""
+        if eps is None:
+            return self.default_eps
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not 0 <= eps < 1:
+            raise ValueError(f"eps = {eps!r}; the ODE of a γ schedule runs on its own time s in [0, 1]: pass eps >= 0 "
+                             "(γ_0, the default) and < 1 (--eps)")
+        return float(eps)
+
+    def _gamma(self, s):
+        import torch
+
+        with torch.no_grad():
+            g, dg = self.schedule.gamma_and_derivative(torch.as_tensor(np.asarray(s, np.float64)))
+        return g.double().cpu().numpy(), dg.double().cpu().numpy()
+
+    def alpha_bar(self, s):
+        """ᾱ(s) = sigmoid(−γ(s)), float64."""
+        return 1.0 / (1.0 + np.exp(self._gamma(s)[0]))
+
+    def beta(self, s):
+        """β(s) = sigmoid(γ(s)) γ'(s), float64."""
+        g, dg = self._gamma(s)
+        return dg / (1.0 + np.exp(-g))
+
+    def step(self, s):
+        """The net's label at s: γ(s) rescaled (``time_input="gamma"``) or the step 1 + (T − 1) s (``"step"``)."""
+        d = self.diffusion
+        if d.time_input == "step":
+            return 1.0 + (self.T - 1) * np.asarray(s, np.float64)
+        lo, hi = d.gamma_range
+        return (self._gamma(s)[0] - lo) * (1000.0 / (hi - lo))
+
+    def __repr__(self) -> str:
+        return f"GammaTime({type(self.schedule).__name__}, T={self.T}, time_input={self.diffusion.time_input!r})"
+
+
+def time_of(diffusion, time_map=None):
+    """The continuous time of ``diffusion`` for the ODE: a :class:`ContinuousTime` of its NoiseSchedule by
+    ``time_map`` (``None``: ``"grid"``; or an instance), or for a γ schedule its :class:`GammaTime` (``time_map``
+    ``None`` or ``"gamma"``). One-line errors for a map that does not fit the model."""
+    if isinstance(time_map, (ContinuousTime, GammaTime)):
+        if isinstance(time_map, GammaTime) != bool(getattr(diffusion, "gamma_schedule", False)):
+            raise ValueError(f"the time map {time_map!r} is not of this model's forward process")
+        return time_map if isinstance(time_map, GammaTime) else ContinuousTime.make(diffusion.schedule, time_map)
+    if getattr(diffusion, "gamma_schedule", False):
+        if time_map not in (None, "gamma"):
+            raise ValueError(f"time map {time_map!r} with a γ-schedule model: its ODE runs on γ's own time (the map "
+                             "'gamma', exact at every time); drop --time-map")
+        return GammaTime(diffusion)
+    if time_map == "gamma":
+        raise ValueError("time map 'gamma' is a γ-schedule model's; this model's forward process is a NoiseSchedule: "
+                         f"choose one of {MAPS} (--time-map)")
+    return ContinuousTime.make(diffusion.schedule, "grid" if time_map is None else time_map)

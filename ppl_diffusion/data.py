@@ -79,6 +79,16 @@ class Dataset:
         """D, the number of dimensions of one example (for bits/dim)."""
         return int(math.prod(self.event_shape))
 
+    @property
+    def level_spacing(self) -> float | None:
+        """The spacing of the training split's grey levels in model space, (max − min)/(L − 1) over its L distinct
+        values: 2/255 for 8-bit data using every value, 0.125 for the digits' 17 levels; ``None`` for continuous
+        data (and for a split of one value)."""
+        if self.bins is None:
+            return None
+        levels = torch.unique(self.train)
+        return float((levels.max() - levels.min()) / (len(levels) - 1)) if len(levels) > 1 else None
+
     def make_decoder(self):
         """The decoder object for :class:`~ppl_diffusion.GaussianDiffusion` (``decoder=...``)."""
         from .distributions import DiscretizedGaussianDecoder, GaussianDecoder
@@ -278,11 +288,16 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
         raise ValueError(f"test_fraction = {test_fraction!r}; pass a fraction in (0, 1), e.g. 0.1")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} not found; pass root=<a folder of .png files>")
-    paths = sorted((p for p in root.rglob("*") if p.suffix.lower() == ".png" and p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix())
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise FileNotFoundError(f"image folder {root} {what}; pass a folder of .png images (--data-root FOLDER, "
+                                "or root= in Python)")
+    files = [p for p in root.rglob("*") if p.is_file()]
+    paths = sorted((p for p in files if p.suffix.lower() == ".png"), key=lambda p: p.relative_to(root).as_posix())
     if len(paths) < 2:
-        raise FileNotFoundError(f"found {len(paths)} .png file(s) under {root}; put at least two PNG images "
+        others = sorted(p for p in files if p.suffix.lower() in _OTHER_IMAGE_SUFFIXES)
+        seen = (f" but {len(others)} other image file(s), e.g. {others[0].name}: convert them to 8-bit PNG"
+                if others else "")
+        raise FileNotFoundError(f"found {len(paths)} .png file(s) under {root}{seen}; put at least two PNG images "
                                 "there (subfolders are searched too)")
 
     modes, size = [], None
@@ -388,6 +403,9 @@ DATASETS = {
     **{name: functools.partial(toy_2d, name) for name in TOYS_2D},
     "gaussian": gaussian,
 }
+# Image files an image folder skips: named when it finds too few PNGs.
+_OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
 FILE_DATASETS = {  # datasets read from files: what root must hold
     "mnist": "the folder holding the four MNIST idx files",
     "cifar10": f"the folder holding {CIFAR10_DIR}/",
@@ -402,7 +420,8 @@ def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> Dataset
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if name in FILE_DATASETS:
         if root is None:
-            raise ValueError(f"dataset {name!r} is read from files; pass root=<{FILE_DATASETS[name]}>")
+            raise ValueError(f"dataset {name!r} is read from files; pass --data-root <{FILE_DATASETS[name]}> (root= in "
+                             "Python)")
         return DATASETS[name](root, **kwargs)
     if root is not None:
         raise ValueError(f"dataset {name!r} needs no files but got root={str(root)!r}; drop root "

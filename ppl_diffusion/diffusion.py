@@ -49,7 +49,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from . import closed_forms as cf
-from .distributions import ForwardStepNormal, make_decoder
+from .distributions import ForwardStepNormal, make_decoder, uses_denoiser
 from .gamma import GAMMA_LABEL_SCALE, TIME_INPUTS, GammaChain, GammaSchedule, check_forward_process  # noqa: F401
 from .nets.remat import check_checkpointing, checkpoint_call
 from .precision import autocast, check_precision
@@ -113,7 +113,8 @@ class GaussianDiffusion(nn.Module):
         :class:`~ppl_diffusion.priors.TorchPrior`), or a learnable :class:`ppl_diffusion.priors.Prior` module (a
         submodule; its parameters train with the denoiser's); default N(0, I). Its term KL(q(x_T|x_0) || p(x_T))
         is analytic where a closed form is registered, Monte Carlo otherwise.
-    :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]) or a
+    :param decoder: p(x_0|x_1): ``"gaussian"`` (default), ``"discretized"`` (256 bins on [−1, 1]),
+        ``"vdm-categorical"`` (VDM's categorical over the 256 values, from x_1/α_1 without a denoiser call) or a
         decoder object (see :mod:`ppl_diffusion.distributions`).
     :param variance: ``"beta"`` (σ_t² = β_t), ``"posterior"`` (σ_t² = β̃_t), ``"learned"`` (improved DDPM:
         log σ_t² = f log β_t + (1 − f) log β̃_t with f = sigmoid(2 v), v the denoiser's second half of
@@ -482,6 +483,21 @@ class GaussianDiffusion(nn.Module):
         log_var = cf.extract(self.log_variance_table(coef), t, x_t).expand_as(x_t)
         return mean, log_var
 
+    def decoder_at(self, x_t: Tensor, t: Tensor, mean: Tensor | None = None, log_var: Tensor | None = None, *,
+                   coef=None, checkpoint: bool = False):
+        """p(x_0|x_t) of the decoder at the latent ``x_t`` of step ``t`` (the decoder's step is t = 1; at other
+        steps the value is masked out by the callers): ``decoder(mean, log_var)`` with the reverse step's mean and
+        log-variance (:meth:`p_mean_variance`, computed here when not given: one denoiser call), or, for a decoder
+        that does not use the denoiser (``"vdm-categorical"``), ``decoder(x_t/α_t, log(σ_t²/α_t²))`` and no call
+        (:func:`~ppl_diffusion.closed_forms.scaled_latent`). ``checkpoint``: the call's activations recomputed in
+        the backward pass (:meth:`denoiser_output`)."""
+        coef = self.coefficients() if coef is None else coef
+        if not uses_denoiser(self.decoder):
+            return self.decoder(*cf.scaled_latent(coef, x_t, t))
+        if mean is None:
+            mean, log_var = self.p_mean_variance(x_t, t, coef=coef, checkpoint=checkpoint)
+        return self.decoder(mean, log_var)
+
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x0: Tensor | None = None, n: int | None = None):
         """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
@@ -503,9 +519,8 @@ class GaussianDiffusion(nn.Module):
                 mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device), coef=coef,
                                                      checkpoint=remat)
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(d))
-            mean, log_var = self.p_mean_variance(x, self._full_t(1, self._batch_shape(x), device), coef=coef,
-                                                 checkpoint=remat)
-            return pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
+            return pyro.sample("x_0", self.decoder_at(x, self._full_t(1, self._batch_shape(x), device), coef=coef,
+                                                      checkpoint=remat).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
         """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
@@ -559,7 +574,7 @@ class GaussianDiffusion(nn.Module):
                     with poutine.mask(mask=t > 1):
                         pyro.sample("x_prev", dist.Normal(p_mean, torch.exp(0.5 * p_log_var)).to_event(d))
                     with poutine.mask(mask=t == 1):
-                        pyro.sample("x_0", self.decoder(p_mean, p_log_var).to_event(d), obs=x0)
+                        pyro.sample("x_0", self.decoder_at(x_t, t, p_mean, p_log_var, coef=coef).to_event(d), obs=x0)
                 else:
                     # At t = 1 the site is masked out; the clipped variance keeps it a valid Normal.
                     q_mean, _, q_log_var = cf.q_posterior_mean_variance(coef, x0, x_t, t)
@@ -603,12 +618,9 @@ class GaussianDiffusion(nn.Module):
         x0 = self.check_data(x0)
         batch, d = x0.shape[0], self._event_dims()
         t = self.check_times(t, batch)
-        dims = tuple(range(1, x0.dim()))
 
-        def q_normal(gamma):  # q(x_s|x_0) = N(α_s x_0, σ_s² I) at γ(s), with (α_s, σ_s) cast to the data's dtype
-            shape = gamma.shape + (1,) * (x0.dim() - gamma.dim())
-            alpha = torch.sigmoid(-gamma).sqrt().to(x0.dtype).reshape(shape)
-            sigma = torch.sigmoid(gamma).sqrt().to(x0.dtype).reshape(shape)
+        def q_normal(gamma):  # q(x_s|x_0) = N(α_s x_0, σ_s² I) at γ(s)
+            alpha, sigma = self._alpha_sigma(gamma, x0)
             return alpha, sigma, dist.Normal(alpha * x0, sigma.expand_as(x0)).to_event(d)
 
         g0, g1 = self.schedule.endpoints()
@@ -619,23 +631,49 @@ class GaussianDiffusion(nn.Module):
             _, _, q_T = q_normal(g1.expand(batch))
             pyro.sample("x_T", self.get_prior(x0.device, x0.dtype) if is_model else q_T)
             # The decoder's latent x_1 ~ q(x_1|x_0) at γ_0 in both programs (its term is 0), and −log p(x_0|x_1):
-            # μ = x̂_0 = (x_1 − σ_0 ε̂)/α_0 and σ² = σ_0² = sigmoid(γ_0), the chain's decoder at its first step.
+            # μ = x̂_0 = (x_1 − σ_0 ε̂)/α_0 and σ² = σ_0² = sigmoid(γ_0), the chain's decoder at its first step; or,
+            # for a decoder without the denoiser (VDM's categorical), x_1/α_0 and log(σ_0²/α_0²) = γ_0.
             alpha_0, sigma_0, q_1 = q_normal(g0.expand(batch))
             x_1 = pyro.sample("x_1", q_1)
             if is_model:
-                eps_hat = self.denoiser_output(x_1, None, label=self.gamma_label(g0.expand(batch)))[0]
-                mean = (x_1 - sigma_0 * eps_hat) / alpha_0
-                log_var = torch.nn.functional.logsigmoid(g0).to(x0.dtype).expand_as(x0)
+                if uses_denoiser(self.decoder):
+                    eps_hat = self.denoiser_output(x_1, None, label=self.gamma_label(g0.expand(batch)))[0]
+                    mean = (x_1 - sigma_0 * eps_hat) / alpha_0
+                    log_var = torch.nn.functional.logsigmoid(g0).to(x0.dtype).expand_as(x0)
+                else:
+                    mean, log_var = x_1 / alpha_0, g0.to(x0.dtype).expand_as(x0)
                 pyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
             scale = poutine.scale(scale=weight) if weight is not None else contextlib.nullcontext()
             with scale:
                 alpha_t, sigma_t, q_t = q_normal(g_t)
                 x_t = pyro.sample("x_t", q_t)  # in both programs: its term is 0
                 if is_model:
-                    eps = (x_t - alpha_t * x0) / sigma_t
-                    eps_hat = self.denoiser_output(x_t, None, label=self.gamma_label(g_t))[0]
-                    mse = (eps - eps_hat).pow(2).sum(dims)
-                    pyro.factor("diffusion", -0.5 * dg_t.to(x0.dtype) * mse)
+                    pyro.factor("diffusion", -self._integrand(x0, x_t, g_t, dg_t, alpha_t, sigma_t))
+
+    def _alpha_sigma(self, gamma: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """(α, σ) = (√sigmoid(−γ), √sigmoid(γ)) of per-example ``gamma`` ``[B]`` (float64), cast to the data's dtype
+        and shaped to broadcast against ``x0`` ``[B x ...]``."""
+        shape = gamma.shape + (1,) * (x0.dim() - gamma.dim())
+        return (torch.sigmoid(-gamma).sqrt().to(x0.dtype).reshape(shape),
+                torch.sigmoid(gamma).sqrt().to(x0.dtype).reshape(shape))
+
+    def _integrand(self, x0: Tensor, x_t: Tensor, g_t: Tensor, dg_t: Tensor, alpha_t: Tensor, sigma_t: Tensor) -> Tensor:
+        """½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example, ε = (x_t − α_t x_0)/σ_t: the diffusion term's integrand."""
+        eps = (x_t - alpha_t * x0) / sigma_t
+        eps_hat = self.denoiser_output(x_t, None, label=self.gamma_label(g_t))[0]
+        return 0.5 * dg_t.to(x0.dtype) * (eps - eps_hat).pow(2).sum(tuple(range(1, x0.dim())))
+
+    def diffusion_integrand(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
+        :meth:`continuous_model`'s factor ``diffusion`` scores for the same ``x0`` ``[B x ...]``, times ``t``
+        ``[B]`` in [0, 1] and noise ``eps`` (the site ``x_t`` fed ``eps``), without its other terms' network call.
+        E over t ~ U[0, 1) and ε is the continuous-time diffusion term."""
+        x0 = self.check_data(x0)
+        t = self.check_times(t, x0.shape[0])
+        g_t, dg_t = self.schedule.gamma_and_derivative(t.to(torch.float64))
+        alpha_t, sigma_t = self._alpha_sigma(g_t, x0)
+        x_t = alpha_t * x0 + sigma_t * eps.to(x0.dtype)
+        return self._integrand(x0, x_t, g_t, dg_t, alpha_t, sigma_t)
 
     def continuous_model(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
         """The continuous-time model at per-example times ``t`` (``Tensor[B]`` in [0, 1]): the ELBO's three terms.

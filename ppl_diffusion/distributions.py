@@ -1,12 +1,25 @@
 """Distributions the model's sites use: the decoders p(x_0 | x_1), and the forward-step Normal.
 
-A decoder is a small object turning the reverse mean and log-variance at t = 1 into a Pyro
-distribution over x_0 with batch shape ``[B x ...]`` (the model reinterprets the data dimensions as
-its event). Decoders are chosen by name in :func:`make_decoder`.
+A decoder is a small object turning two tensors ``[B x ...]`` into a Pyro distribution over x_0 with batch shape
+``[B x ...]`` (the model reinterprets the data dimensions as its event). Decoders are chosen by name in
+:func:`make_decoder`:
+
+=====================  =================================================================================
+``"gaussian"``         N(μ_θ(x_1, 1), σ_1²): a density, for continuous data
+``"discretized"``      the same Gaussian, its mass on each of 256 bins of [−1, 1] (DDPM §3.3), exact in the
+                       tails: 8-bit data
+``"vdm-categorical"``  VDM's factorised categorical over the 256 values: p(x_0 = c_k|x_1) ∝
+                       N(c_k; x_1/α_1, σ_1²/α_1²), no network call: 8-bit data
+=====================  =================================================================================
+
+The first two read the reverse step's mean and log-variance at t = 1 (one call of the denoiser); a decoder with
+``uses_denoiser = False`` reads the latent rescaled to the data's scale, x_1/α_1, and log(σ_1²/α_1²) (= γ_0 of a γ
+schedule) instead (:func:`~ppl_diffusion.closed_forms.scaled_latent`), and the model skips the denoiser.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from pyro.distributions import Normal, TorchDistribution, constraints
 from torch.distributions import kl as torch_kl
@@ -15,13 +28,9 @@ from torch import Tensor
 from .closed_forms import discretized_gaussian_log_likelihood
 
 
-class DiscretizedGaussian(TorchDistribution):
-    """N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
-
-    Values are the bin centres −1 + 2k/(bins − 1). ``log_prob`` is exact in the tails
-    (:func:`~ppl_diffusion.closed_forms.discretized_gaussian_log_likelihood`); ``sample`` draws from
-    the Normal and rounds to the nearest centre, which is a draw from this distribution.
-    """
+class _OnBins(TorchDistribution):
+    """A distribution over the ``bins`` centres of [−1, 1], elementwise, from a location and a scale (the decoders'
+    shared constructor and ``expand``)."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real  # the bin centres; checked in log_prob when validation is on
@@ -34,7 +43,23 @@ class DiscretizedGaussian(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return DiscretizedGaussian(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
+        return type(self)(self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.bins)
+
+
+def check_bins(bins) -> int:
+    """``bins`` (the number of values of a decoder on [−1, 1]), an integer >= 2; a one-line ``ValueError``."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins = {bins!r}; pass an integer number of values >= 2 (256 for 8-bit data)")
+    return bins
+
+
+class DiscretizedGaussian(_OnBins):
+    """N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
+
+    Values are the bin centres −1 + 2k/(bins − 1). ``log_prob`` is exact in the tails
+    (:func:`~ppl_diffusion.closed_forms.discretized_gaussian_log_likelihood`); ``sample`` draws from
+    the Normal and rounds to the nearest centre, which is a draw from this distribution.
+    """
 
     def _grid(self, x: Tensor) -> Tensor:
         k = torch.round((x.clamp(-1.0, 1.0) + 1.0) * (self.bins - 1) / 2.0)
@@ -57,15 +82,88 @@ class DiscretizedGaussian(TorchDistribution):
                 )
         return discretized_gaussian_log_likelihood(value, self.loc, torch.log(self.scale), self.bins)
 
+    def from_normal(self, eps: Tensor) -> Tensor:
+        """The draw whose standard normal noise is ``eps``: loc + scale · eps rounded to the nearest centre."""
+        return self._grid(self.loc + self.scale * eps)
+
     @property
     def mean(self):
         return self.loc
+
+
+def bin_centres(bins: int) -> np.ndarray:
+    """The ``bins`` centres c_k = (2k − (bins − 1))/(bins − 1) of [−1, 1], float64 NumPy (each the float64 nearest to
+    the centre; cast to float32 it is the float32 the data's pixels are, as ``data.to_model_space`` rounds once from
+    float64). Computed on the host so that both backends' decoders hold the same bits: a compiled division by a
+    constant may become a multiplication by its reciprocal, one ulp off."""
+    k = np.arange(bins, dtype=np.float64)
+    return (2.0 * k - (bins - 1)) / (bins - 1)
+
+
+class VDMCategorical(_OnBins):
+    """VDM's categorical over the ``bins`` centres c_k = −1 + 2k/(bins − 1) of [−1, 1], elementwise:
+
+        P(c_k) = exp(−(c_k − loc)²/(2 scale²)) / Σ_j exp(−(c_j − loc)²/(2 scale²)),
+
+    the Gaussian density N(c_k; loc, scale²) normalised over the centres (google-research/vdm ``EncDec.decode``,
+    on our centres: VDM's are (k + ½)·2/bins − 1). As the decoder p(x_0|x_1) it has loc = x_1/α_1, scale² =
+    σ_1²/α_1² = e^{γ_0}: the posterior over x_0 of q(x_1|x_0) under a uniform prior on the centres for each
+    pixel alone, exact when the pixels are independent given x_1, and no network call. ``log_prob`` is a
+    ``log_softmax`` over the ``bins`` logits (``[... x bins]`` in memory); ``sample`` and :meth:`from_normal` are
+    exact draws (inverse CDF)."""
+
+    @property
+    def centres(self) -> Tensor:
+        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: :func:`bin_centres`, the numbers the
+        data's pixels are (``data.to_model_space``) and the NumPyro twin's, bit for bit."""
+        return torch.as_tensor(bin_centres(self.bins), dtype=self.loc.dtype, device=self.loc.device)
+
+    @property
+    def logits(self) -> Tensor:
+        """log P(c_k), ``[*batch_shape x bins]``, normalised."""
+        z = (self.centres - self.loc[..., None]) / self.scale[..., None]
+        return torch.log_softmax(-0.5 * z * z, dim=-1)
+
+    @property
+    def probs(self) -> Tensor:
+        return self.logits.exp()
+
+    def _index(self, x: Tensor) -> Tensor:
+        return torch.round((x.clamp(-1.0, 1.0) + 1.0) * (self.bins - 1) / 2.0).long()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            off = (value - self.centres[self._index(value)]).abs() > 1e-4 / self.bins
+            if off.any():
+                raise ValueError(f"value {value[off].flatten()[0].item()!r} is not a centre of a {self.bins}-value "
+                                 "categorical decoder; map 8-bit pixels v to 2 v / 255 − 1")
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        logits = self.logits.expand(*shape, self.bins)
+        return logits.gather(-1, self._index(value).expand(shape)[..., None])[..., 0]
+
+    def from_normal(self, eps: Tensor) -> Tensor:
+        """The draw whose standard normal noise is ``eps``: the centre c_k with k the smallest index whose CDF
+        reaches Φ(eps) (inverse-CDF sampling, so a draw from this distribution for eps ~ N(0, 1))."""
+        u = torch.special.ndtr(eps.to(self.loc.dtype))
+        cdf = self.probs.cumsum(-1)
+        k = (cdf < u[..., None]).sum(-1).clamp(max=self.bins - 1)
+        return self.centres[k]
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            return self.from_normal(torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device))
+
+    @property
+    def mean(self):
+        return (self.probs * self.centres).sum(-1)
 
 
 class GaussianDecoder:
     """p(x_0 | x_1) = N(μ_θ(x_1, 1), σ_1² I): a density, for continuous data."""
 
     name = "gaussian"
+    uses_denoiser = True
 
     def __call__(self, mean: Tensor, log_variance: Tensor):
         return Normal(mean, torch.exp(0.5 * log_variance))
@@ -81,11 +179,10 @@ class DiscretizedGaussianDecoder:
     """
 
     name = "discretized"
+    uses_denoiser = True
 
     def __init__(self, bins: int = 256) -> None:
-        if not isinstance(bins, int) or bins < 2:
-            raise ValueError(f"bins = {bins!r}; pass an integer number of bins >= 2 (256 for 8-bit data)")
-        self.bins = bins
+        self.bins = check_bins(bins)
 
     def __call__(self, mean: Tensor, log_variance: Tensor):
         return DiscretizedGaussian(mean, torch.exp(0.5 * log_variance), self.bins)
@@ -94,11 +191,44 @@ class DiscretizedGaussianDecoder:
         return f"DiscretizedGaussianDecoder(bins={self.bins})"
 
 
-DECODERS = {"gaussian": GaussianDecoder, "discretized": DiscretizedGaussianDecoder}
+class VDMCategoricalDecoder:
+    """VDM's p(x_0 | x_1): for each pixel the categorical over the ``bins`` values with P(c_k) ∝ N(c_k; x_1/α_1,
+    σ_1²/α_1²) (:class:`VDMCategorical`), factorised over pixels (Kingma et al. 2021, appendix B; ``EncDec`` of
+    google-research/vdm). No network call: the model calls it with loc = x_1/α_1 and log variance log(σ_1²/α_1²)
+    (= γ_0) in place of the reverse step's mean and variance (``uses_denoiser = False``). For 8-bit data.
+
+    Where the discretized decoder spends one denoiser call per example to predict x_0, this one trusts x_1: its
+    −log p(x_0|x_1) falls to 0 as γ_0 → −∞ (σ_1/α_1 much below the spacing 2/(bins − 1)), so a learned γ_0 is pushed
+    low and the denoiser's first steps carry the work."""
+
+    name = "vdm-categorical"
+    uses_denoiser = False
+
+    def __init__(self, bins: int = 256) -> None:
+        self.bins = check_bins(bins)
+
+    def __call__(self, loc: Tensor, log_variance: Tensor):
+        return VDMCategorical(loc, torch.exp(0.5 * log_variance), self.bins)
+
+    def __repr__(self) -> str:
+        return f"VDMCategoricalDecoder(bins={self.bins})"
 
 
-def make_decoder(decoder) -> GaussianDecoder | DiscretizedGaussianDecoder:
-    """A decoder from its name (``"gaussian"``, ``"discretized"``) or a decoder object itself."""
+DECODERS = {"gaussian": GaussianDecoder, "discretized": DiscretizedGaussianDecoder,
+            "vdm-categorical": VDMCategoricalDecoder}
+# The decoders of 8-bit data (a ``bins`` attribute, data on the bin centres), for the data's own choice.
+IMAGE_DECODERS = ("discretized", "vdm-categorical")
+
+
+def uses_denoiser(decoder) -> bool:
+    """Whether ``decoder`` is called with the reverse step's mean and log-variance at t = 1 (one denoiser call), or
+    (``uses_denoiser = False``) with x_1/α_1 and log(σ_1²/α_1²). Decoder objects without the attribute use it."""
+    return bool(getattr(decoder, "uses_denoiser", True))
+
+
+def make_decoder(decoder) -> GaussianDecoder | DiscretizedGaussianDecoder | VDMCategoricalDecoder:
+    """A decoder from its name (``"gaussian"``, ``"discretized"``, ``"vdm-categorical"``) or a decoder object
+    itself."""
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")

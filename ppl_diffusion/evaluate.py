@@ -50,10 +50,12 @@ import torch
 from . import plots
 from .distributed import local_device, world
 from .infer.bound import auto_timesteps_per_batch, check_indices, variational_bound
+from .infer.continuous_bound import (continuous_pilot_profile, estimate_continuous_bound, plan_continuous_from_profile,
+                                    plan_continuous_uniform)
 from .infer.estimate import PROPOSALS, estimate_bound, pilot_profile, plan_from_profile, plan_uniform
 from .precision import check_precision
-from .sampling import backend_of, draw_samples, find_checkpoint, load_run
-from .train.run_dir import load_run_data
+from .sampling import SAMPLE_STEPS, backend_of, draw_samples, find_checkpoint, load_run
+from .train.run_dir import absolute_data_root, load_run_data
 
 
 def _positive(name: str, value, flag: str, allow_none=False) -> None:
@@ -113,22 +115,84 @@ def _estimate(diffusion, x, mine, train, result: dict, name: str, key: str, *, s
         plan = plan_uniform(diffusion.T, full_steps=full_steps, strata=strata, draws=draws)
     est = estimate_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
                          inputs_per_call=inputs_per_call, progress=progress)
+    _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
+    return w.gather(est.terms.contiguous())
+
+
+def _record_sampling(result: dict, name: str, key: str, est, plan, pilot_calls: int, n: int) -> None:
+    """Fill ``result``'s t-sampling SE (``{key}_t_stderr``, over all processes' examples), calls and plan for weight
+    set ``name`` from this process's estimate ``est`` (a chain's or the continuous-time bound's)."""
+    w = world()
     t_variance = w.gather(est.t_variance.contiguous())
     calls = int(w.all_sum(torch.tensor([est.calls], dtype=torch.float64)).item())
-    n, to_bpd = len(x), 1.0 / (diffusion.num_dims * math.log(2.0))
+    to_bpd = 1.0 / (est.num_dims * math.log(2.0))
     result[f"{key}_t_stderr"] = (None if torch.isnan(t_variance).any() or not n
                                  else t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd)
     result.setdefault("calls", {})[name] = calls + pilot_calls
     result.setdefault("estimate", {})[name] = plan.to_dict()
-    return w.gather(est.terms.contiguous())
+
+
+def _continuous(diffusion, x, mine, train, result: dict, name: str, key: str, *, seed: int, strata: int, draws: int,
+                proposal: str, pilot_examples: int, inputs_per_call: int, progress: bool) -> tuple[torch.Tensor, dict]:
+    """The continuous-time bound's estimate per example ``[N]`` in test-set order (this process's share estimated,
+    all gathered) and its terms' means; fills ``result``'s t-integral SE, calls and plan for weight set ``name``."""
+    w = world()
+    pilot_calls = 0
+    device = next(diffusion.denoiser.parameters()).device
+    if proposal == "pilot":  # on rank 0, sent to the others: one plan for all
+        profile, pilot_calls = w.on_main(lambda: continuous_pilot_profile(
+            diffusion, train[:pilot_examples].to(device), seed=seed, bins=PILOT_BINS))
+        plan = plan_continuous_from_profile(profile, strata=strata, draws=draws,
+                                            pilot={"examples": min(pilot_examples, len(train)), "calls": pilot_calls,
+                                                   "data": "train", "bins": PILOT_BINS})
+    else:
+        plan = plan_continuous_uniform(strata=strata, draws=draws)
+    est = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=np.arange(len(x))[mine],
+                                    inputs_per_call=inputs_per_call, progress=progress)
+    _record_sampling(result, name, key, est, plan, pilot_calls, len(x))
+    terms = {k: w.gather(v.contiguous()) for k, v in est.terms.items()}
+    draws_t = w.gather(torch.from_numpy(est.t).contiguous()).numpy()
+    draws_l = w.gather(torch.from_numpy(est.integrand).contiguous()).numpy()
+    return w.gather(est.nll.contiguous()), {"terms": {k: v.mean().item() for k, v in terms.items()},
+                                            "draws": (draws_t, draws_l)}
+
+
+def _continuous_options(bound, full_steps, strata, draws, proposal, pilot_examples) -> dict:
+    """The continuous-time bound's plan options, unset ones at their defaults; one-line errors for the chain's."""
+    if bound == "full":
+        raise ValueError("--bound full on a run in continuous time (T = 0): it has no chain of terms to sum; its bound "
+                         "is always an estimate (drop --bound; --strata and --draws set its draws of t)")
+    if full_steps is not None:
+        raise ValueError(f"--full-steps {full_steps} on a run in continuous time (T = 0): there are no steps; its "
+                         "diffusion term is estimated from --strata × --draws draws of t per example")
+    return {k: CONTINUOUS_DEFAULTS[k] if v is None else v
+            for k, v in dict(strata=strata, draws=draws, proposal=proposal, pilot_examples=pilot_examples).items()}
+
+
+def _chain_options(bound, full_steps, strata, draws, proposal, pilot_examples) -> dict:
+    """The chain's bound options (``bound`` resolved to full or estimate, unset ones at their defaults)."""
+    given = {k: v for k, v in dict(full_steps=full_steps, strata=strata, draws=draws, proposal=proposal,
+                                   pilot_examples=pilot_examples).items() if v is not None}
+    bound = "full" if bound is None else bound
+    if bound == "full" and given:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} given without --bound estimate; "
+                         "these flags set the estimate of the bound: add --bound estimate or drop them")
+    return {"bound": bound, **ESTIMATE_DEFAULTS, **given}
+
+
+ESTIMATE_DEFAULTS = dict(full_steps=20, strata=20, draws=2, proposal="pilot", pilot_examples=16)
+# The continuous-time bound's defaults: 20 strata × 2 draws of t per example (R = 40, the chain estimate's 60 calls
+# less its 20 exact steps), the pilot's importance proposal on 16 training examples at 50 bins of t.
+CONTINUOUS_DEFAULTS = dict(strata=20, draws=2, proposal="pilot", pilot_examples=16)
+PILOT_BINS = 50
 
 
 def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_per_batch: int | None = None,
                  batch_size: int = 500, fd_samples: int = 1000, fit_variance: int = 0, device: str = "auto",
                  seed: int = 0, progress: bool = True, backend: str = "pyro", precision: str = "fp32",
-                 bound: str = "full", full_steps: int = 20, strata: int = 20, draws: int = 2,
-                 proposal: str = "pilot", pilot_examples: int = 16, data_root: str | Path | None = None,
-                 last: bool = False) -> dict:
+                 bound: str | None = None, full_steps: int | None = None, strata: int | None = None,
+                 draws: int | None = None, proposal: str | None = None, pilot_examples: int | None = None,
+                 data_root: str | Path | None = None, last: bool = False, sample_steps: int | None = None) -> dict:
     """Bits/dim of the raw and EMA weights of ``run`` on the test split, per-term breakdown, figure and JSON.
 
     The weights are those of ``run``'s best.pt when it has one (a run trained with ``val_examples``: the
@@ -147,12 +211,17 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     :param str precision: the denoiser's arithmetic, ``"fp32"`` (default, whatever the run trained at) or
         ``"bf16"`` (autocast; the bound's arithmetic outside the network stays float32 / float64; see
         ``benchmarks/results/precision.md`` for its bias on the digits).
-    :param str bound: ``"full"`` (every term) or ``"estimate"`` (:mod:`ppl_diffusion.infer.estimate`).
-    :param int full_steps: with ``"estimate"``: steps t = 1..``full_steps`` computed for every example.
-    :param int strata: with ``"estimate"``: strata of the steps above ``full_steps``.
-    :param int draws: with ``"estimate"``: steps drawn per stratum and example (>= 2 for the t-sampling's SE).
-    :param str proposal: with ``"estimate"``: ``"pilot"`` (strata and importance proposal from √E[L_t²] on
-        ``pilot_examples`` training examples at 50 steps, independent of the evaluated draws) or ``"uniform"``.
+    :param str bound: a chain's ``"full"`` (every term, the default) or ``"estimate"``
+        (:mod:`ppl_diffusion.infer.estimate`); a run in continuous time (T = 0) is always estimated
+        (:mod:`ppl_diffusion.infer.continuous_bound`; ``"estimate"`` or ``None``), ``"full"`` is refused.
+    :param int full_steps: with ``"estimate"``: steps t = 1..``full_steps`` computed for every example (default 20).
+    :param int strata: with ``"estimate"``: strata of the steps above ``full_steps``; in continuous time: strata of
+        [0, 1] (default 20).
+    :param int draws: steps (times) drawn per stratum and example, >= 2 for the t-sampling's SE (default 2).
+    :param str proposal: ``"pilot"`` (strata and importance proposal from √E[L_t²] on ``pilot_examples`` (16)
+        training examples at 50 steps, or 50 bins of t, independent of the evaluated draws; the default) or
+        ``"uniform"``.
+    :param int sample_steps: the chain of a continuous-time run that draws the ``fd_samples`` (default 1000).
     :param data_root: where the run's data is now (default: the folder the run stored; ``--data-root``), for
         mnist, cifar10 and image_folder.
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
@@ -166,13 +235,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                          "examples >= 1 (--fit-variance)")
     if isinstance(fd_samples, bool) or not isinstance(fd_samples, numbers.Integral) or fd_samples < 0:
         raise ValueError(f"fd_samples = {fd_samples!r}; pass 0 (off) or a number of samples >= 2 (--fd-samples)")
-    if bound not in ("full", "estimate"):
+    if bound not in (None, "full", "estimate"):
         raise ValueError(f"bound = {bound!r}; choose full (every term) or estimate (a few terms per example) (--bound)")
-    if bound == "estimate":
-        if proposal not in PROPOSALS:
-            raise ValueError(f"proposal = {proposal!r}; choose one of {', '.join(PROPOSALS)} (--proposal)")
-        _positive("pilot_examples", pilot_examples, "--pilot-examples")
-        plan_uniform(1000, full_steps=full_steps, strata=strata, draws=draws)  # checks the three counts
+    if proposal is not None and proposal not in PROPOSALS:
+        raise ValueError(f"proposal = {proposal!r}; choose one of {', '.join(PROPOSALS)} (--proposal)")
+    _positive("pilot_examples", pilot_examples, "--pilot-examples", allow_none=True)
+    plan_uniform(1000, full_steps=0 if full_steps is None else full_steps, strata=1 if strata is None else strata,
+                 draws=1 if draws is None else draws)  # checks the three counts
     if fit_variance and backend != "pyro":
         raise ValueError(f"--fit-variance {fit_variance} runs on the Pyro backend only; drop --backend {backend} "
                          "or --fit-variance")
@@ -185,7 +254,17 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                            precision=precision)
             for name in ("raw", "ema")}
     config = runs["raw"].config
-    data = load_run_data(config, data_root, run=run)
+    continuous = runs["raw"].diffusion.T == 0
+    options = (_continuous_options if continuous else _chain_options)(bound, full_steps, strata, draws, proposal,
+                                                                     pilot_examples)
+    bound = "continuous" if continuous else options.pop("bound")
+    if fit_variance and getattr(runs["raw"].diffusion, "gamma_schedule", False):
+        raise ValueError(f"--fit-variance {fit_variance} on a run with a γ schedule ({config.schedule}): the fitted "
+                         "variances are of a NoiseSchedule's steps; drop --fit-variance")
+    if sample_steps is not None and not continuous:
+        raise ValueError(f"sample_steps = {sample_steps!r} sets the chain that samples a continuous-time run; this run "
+                         f"has T = {config.T} steps of its own")
+    data = load_run_data(config, data_root, run=run, event_shape=runs["raw"].diffusion.event_shape)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))  # this process's contiguous share of the examples (all of them on one process)
     if timesteps_per_batch is None:  # from the whole set, so that 1 and N processes make the same calls
@@ -194,12 +273,13 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
     result = {"checkpoint": str(checkpoint), "step": runs["raw"].step, "weights_from": runs["raw"].weights_from,
-              "val_bpd": runs["raw"].val_bpd, "data": config.data, "split": "test",
+              "val_bpd": runs["raw"].val_bpd, "data": config.data,
+              "data_root": config.data_root if data_root is None else absolute_data_root(data_root), "split": "test",
               "num_examples": len(x), "num_dims": num_dims, "T": config.T, "seed": seed, "backend": backend,
               "world_size": w.world_size, "threads": torch.get_num_threads(), "precision": precision,
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
-    terms, fitted = {}, {}
+    terms, fitted, integrand = {}, {}, {}
     for name, loaded in runs.items():
         diffusion = loaded.diffusion
         if fit_variance:
@@ -213,12 +293,19 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
             fitted[name] = fv.to_dict()
             runs[name].diffusion = diffusion = diffusion.with_variance(fv)
         key = "bpd" if name == "raw" else "bpd_ema"
+        if continuous:
+            nll, parts = _continuous(diffusion, x, mine, data.train, result, name, key, seed=seed,
+                                     inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch, progress=progress,
+                                     **options)
+            bpd = nll * to_bpd
+            result[key] = bpd.mean().item()
+            result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
+            terms[name], integrand[name] = parts["terms"], parts["draws"]
+            continue
         if bound == "estimate":
             per_example = _estimate(diffusion, x, mine, data.train, result, name, key, seed=seed,
-                                    full_steps=full_steps, strata=strata, draws=draws, proposal=proposal,
-                                    pilot_examples=pilot_examples,
                                     inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch,  # ~512
-                                    progress=progress)
+                                    progress=progress, **options)
         else:
             mine_terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch,
                                            batch_size=batch_size, seed=seed, indices=np.arange(len(x))[mine],
@@ -232,8 +319,16 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     result["terms"] = terms
     if fit_variance:
         result["fitted_variance"] = fitted
-    result["decoder_bpd"] = {k: v[0] * to_bpd for k, v in terms.items()}
-    result["prior_bpd"] = {k: v[-1] * to_bpd for k, v in terms.items()}
+    if continuous:
+        result["terms_unit"] = "nats per example; the continuous-time bound's three terms (means over examples)"
+        result["decoder_bpd"] = {k: v["reconstruction"] * to_bpd for k, v in terms.items()}
+        result["diffusion_bpd"] = {k: v["diffusion"] * to_bpd for k, v in terms.items()}
+        result["prior_bpd"] = {k: v["prior"] * to_bpd for k, v in terms.items()}
+        result["t_draws"] = result["estimate"]["ema"]["t_draws"]
+        result["what"] = describe_continuous(result)
+    else:
+        result["decoder_bpd"] = {k: v[0] * to_bpd for k, v in terms.items()}
+        result["prior_bpd"] = {k: v[-1] * to_bpd for k, v in terms.items()}
 
     result["fd_samples"] = fd_samples if config.data == "digits" else 0
     result["digits_fd_ema"] = None
@@ -245,20 +340,49 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
         # Sampling is split across processes (sample i's noise depends on i alone); the distance on rank 0.
         share = np.arange(fd_samples)[w.shard(fd_samples)]
-        samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share).cpu().contiguous())
+        steps = (SAMPLE_STEPS if sample_steps is None else sample_steps) if continuous else None
+        result["fd_sample_steps"] = steps
+        samples = w.gather(draw_samples(runs["ema"].diffusion, len(share), seed=seed, indices=share,
+                                        steps=steps).cpu().contiguous())
         result["digits_fd_ema"] = w.on_main(lambda: digits_fd(samples))
 
     suffix = ("-fitted" if fit_variance else "") + ("-estimate" if bound == "estimate" else "")
-    result["figure"] = str(out_dir / f"eval_terms{suffix}.png")
+    result["figure"] = str(out_dir / (f"eval_integrand{suffix}.png" if continuous else f"eval_terms{suffix}.png"))
     result["json"] = str(out_dir / f"eval{suffix}.json")
     if w.is_main:  # one process writes; the others get its dict
-        head = f"{config.data}, step {result['step']}" if bound == "full" else f"estimate, step {result['step']}"
-        plots.bound_terms(terms, result["figure"],
-                          title=f"{head}: {result['bpd']:.3f} (raw) / {result['bpd_ema']:.3f} (EMA) bits/dim, "
-                                f"{len(x)} test examples")
+        head = {"full": f"{config.data}, step {result['step']}", "estimate": f"estimate, step {result['step']}",
+                "continuous": f"{config.data}, T = ∞, step {result['step']}"}[bound]
+        title = (f"{head}: {result['bpd']:.3f} (raw) / {result['bpd_ema']:.3f} (EMA) bits/dim, "
+                 f"{len(x)} test examples")
+        if continuous:
+            plots.integrand(integrand, result["figure"], title=title)
+        else:
+            plots.bound_terms(terms, result["figure"], title=title)
         result["seconds"] = round(time.monotonic() - started, 2)
         Path(result["json"]).write_text(json.dumps(result, indent=2) + "\n")
     return w.broadcast_object(result)
+
+
+def describe_continuous(result: dict) -> dict:
+    """What each number of a continuous-time run's eval.json is, in words (its ``"what"`` entry)."""
+    plan = result["estimate"]["ema"]
+    how = ("uniform in each of K equal strata of [0, 1]" if plan["proposal"] == "uniform" else
+           f"from the pilot's importance proposal (√E[L(t)²] on {plan['pilot']['examples']} training examples at "
+           f"{plan['pilot']['bins']} bins of t, 10 % uniform), strata at its equal-mass quantiles")
+    return {
+        "bpd": "an unbiased estimate of the continuous-time (T = ∞) variational bound, −ELBO / (D ln 2) per example, "
+               "mean over the test examples: reconstruction + diffusion + prior (ppl_diffusion.infer.continuous_bound)",
+        "bpd_stderr": "standard error over examples: covers the examples, the draws of t and every noise draw",
+        "bpd_t_stderr": "the t-integral's own Monte-Carlo standard error (its draws of t and ε within each stratum; "
+                        "null with --draws 1): how far the figure may be from the exact t-integral for these examples",
+        "reconstruction": "−log p(x_0|x_1) at γ_0, one draw x_1 = α_0 x_0 + σ_0 ε per example, ε counter-based "
+                          "(seed, example, 1, XT): the net at x_1 has no closed form in x_1; unbiased, and the same "
+                          "number as L_0 of any chain of the same γ evaluated with the same seed",
+        "prior": "KL(q(x_T|x_0) || p(x_T)) at γ_1, in closed form (one counter-based draw for a prior without one)",
+        "diffusion": f"½ ∫_0^1 γ'(t) E‖ε − ε̂(x_t, γ(t))‖² dt by R = {plan['t_draws']} draws of t per example "
+                     f"({plan['strata']} strata × {plan['draws']} draws, t {how}), each with its own ε, t and ε "
+                     "counter-based of (seed, example, draw)",
+    }
 
 
 def summary(result: dict) -> str:
@@ -270,7 +394,7 @@ def summary(result: dict) -> str:
     best = (f" (best by validation: {result['val_bpd']:.4f} bits/dim held out)"
             if result.get("weights_from") == "best" else "")
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}{best}, "
-             f"T = {result['T']}, variance {result.get('variance', '?')}"
+             f"T = {result['T'] or '∞ (continuous time)'}, variance {result.get('variance', '?')}"
              + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
              f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}",
              *([f"  estimate of the full bound ({sum(result['calls'].values()):,} denoiser inputs against "
@@ -278,8 +402,15 @@ def summary(result: dict) -> str:
                 + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"
                                 for k in ("bpd_t_stderr", "bpd_ema_t_stderr"))]
                if result.get("bound") == "estimate" else []),
-             f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
-             "bits/dim (EMA)"]
+             *([f"  continuous-time bound (T = ∞), {result['t_draws']} draws of t per example "
+                f"({sum(result['calls'].values()):,} denoiser inputs); the t-integral's Monte-Carlo SE raw "
+                + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"
+                                for k in ("bpd_t_stderr", "bpd_ema_t_stderr")),
+                f"  reconstruction {result['decoder_bpd']['ema']:.4f}, diffusion {result['diffusion_bpd']['ema']:.4f}, "
+                f"prior {result['prior_bpd']['ema']:.2e} bits/dim (EMA)"]
+               if result.get("bound") == "continuous" else
+               [f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
+                "bits/dim (EMA)"])]
     if result.get("digits_fd_ema") is not None:
         lines.append(f"  digits_fd (EMA weights, {result['fd_samples']} samples) {result['digits_fd_ema']:.2f}")
     lines.append(f"  wrote {result['json']} and {result['figure']} ({result['seconds']:.1f} s)")

@@ -51,6 +51,9 @@ from .closed_forms import log1mexp
 from .schedule import NoiseSchedule
 
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0  # VDM's defaults for 8-bit images: σ_0² ≈ 1.7e-6, α_1² ≈ 6.7e-3
+# The chain of steps that samples a model in continuous time unless told (sample --steps K), and whose x_T noise
+# (SAMPLE stream at t = K) the probability-flow ODE starts from.
+CONTINUOUS_SAMPLE_STEPS = 1000
 INTERPOLATIONS = ("cubic", "linear")
 
 
@@ -486,6 +489,7 @@ class GammaChain:
         return f"GammaChain(T={self.T}, gamma_1st={float(self.gamma[0]):.4g}, gamma_T={float(self.gamma[-1]):.4g})"
 
 
-__all__ = ["GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "TIME_INPUTS", "DenseMonotone", "GammaChain", "GammaSchedule",
-           "InteriorGradientScale", "InterpolatedGamma", "LinearGamma", "MonotoneNetGamma", "ScalarGamma",
-           "check_chain_T", "check_endpoints", "check_forward_process", "make_gamma_schedule", "step_times"]
+__all__ = ["CONTINUOUS_SAMPLE_STEPS", "GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "TIME_INPUTS",
+           "DenseMonotone", "GammaChain", "GammaSchedule", "InteriorGradientScale", "InterpolatedGamma", "LinearGamma",
+           "MonotoneNetGamma", "ScalarGamma", "check_chain_T", "check_endpoints", "check_forward_process",
+           "make_gamma_schedule", "step_times"]

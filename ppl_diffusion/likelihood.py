@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from . import dequantize as dq
-from .continuous import ContinuousTime
+from .continuous import time_of
 from .distributed import local_device, world
 from .evaluate import _positive, per_example_terms
 from .infer.bound import auto_timesteps_per_batch, check_indices
@@ -105,9 +105,15 @@ def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "unifor
     return out, nfes, eps
 
 
-def check_decoder_bound(diffusion, time_map: str, eps: float) -> None:
-    """The decoder bound scores x_1 ~ q(x_1|x_0) by the ODE at ε = 1/T: the grid maps only, ε = 1/T only."""
-    ct = ContinuousTime.make(diffusion.schedule, time_map)
+def check_decoder_bound(diffusion, time_map: str | None, eps: float) -> None:
+    """The decoder bound scores x_1 ~ q(x_1|x_0) by the ODE at ε = 1/T: the grid maps only, ε = 1/T only (a
+    γ-schedule model's x_1 sits at its time 0: ε = 0)."""
+    ct = time_of(diffusion, time_map)
+    if ct.kind == "gamma":
+        if eps != 0.0:
+            raise ValueError(f"the decoder bound decodes x_1, which sits at γ_0 (the time s = 0 of a γ schedule), "
+                             f"with the trained p(x_0|x_1): pass --eps 0 (the default), not {eps:g}")
+        return
     if ct.kind == "vp-linear" or abs(eps - 1.0 / ct.T) > 1e-12:
         raise ValueError(f"the decoder bound decodes x_1 with the trained p(x_0|x_1), so the ODE must stop at step 1: "
                          f"pass --time-map grid and --eps {1.0 / ct.T:g} (= 1/T), not {time_map} with eps = {eps:g}")
@@ -120,7 +126,10 @@ def noised(diffusion, x, *, seed: int, indices, draw: int) -> tuple[np.ndarray, 
 
     x = np.asarray(x, dtype=np.float64)
     z = noise.normal(seed, np.asarray(indices), draw, tuple(x.shape[1:]), stream=noise.DEQUANT, dtype=np.float64)
-    ab = float(diffusion.schedule.alphas_cumprod[0])
+    if getattr(diffusion, "gamma_schedule", False):  # x_1 at γ_0 (every T, and T = 0)
+        ab = float(torch.sigmoid(-diffusion.schedule.endpoints()[0].detach()))
+    else:
+        ab = float(diffusion.schedule.alphas_cumprod[0])
     x1 = math.sqrt(ab) * x + math.sqrt(1.0 - ab) * z
     d = int(np.prod(x.shape[1:]))
     log_q = -0.5 * (z.reshape(len(x), -1) ** 2).sum(1) - 0.5 * d * math.log(2.0 * math.pi * (1.0 - ab))
@@ -133,14 +142,16 @@ def decoder_log_prob(diffusion, x0, x1) -> np.ndarray:
         import jax.numpy as jnp
 
         t = jnp.ones((len(x0),), jnp.int32)
-        mean, log_var = diffusion.p_mean_variance(diffusion.denoiser, jnp.asarray(x1, jnp.float32), t)
-        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(jnp.asarray(x0, jnp.float32))
+        decoder = diffusion.decoder_at(diffusion.denoiser, jnp.asarray(x1, jnp.float32), t)
+        lp = decoder.to_event(len(diffusion.event_shape)).log_prob(jnp.asarray(x0, jnp.float32))
         return np.asarray(lp, np.float64)
     device, dtype = diffusion._device_dtype()
+    if getattr(diffusion, "continuous", False):  # its decoder is the first step of any chain of its γ
+        diffusion = diffusion.with_steps(2)
     with torch.no_grad():
         x1 = torch.as_tensor(np.asarray(x1)).to(device=device, dtype=dtype)
-        mean, log_var = diffusion.p_mean_variance(x1, torch.ones(len(x1), dtype=torch.long, device=device))
-        lp = diffusion.decoder(mean, log_var).to_event(len(diffusion.event_shape)).log_prob(
+        decoder = diffusion.decoder_at(x1, torch.ones(len(x1), dtype=torch.long, device=device))
+        lp = decoder.to_event(len(diffusion.event_shape)).log_prob(
             torch.as_tensor(np.asarray(x0)).to(device=device, dtype=dtype))
     return lp.double().cpu().numpy()
 
@@ -151,7 +162,8 @@ def _stderr(values: np.ndarray) -> float | None:
 
 def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_size: int = 64, trace: str = "exact",
                      probes: int = 1, probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                     eps: float | None = None, time_map: str = "grid", dequantization: str = "auto", draws: int = 1,
+                     eps: float | None = None, time_map: str | None = None, dequantization: str = "auto",
+                     draws: int = 1,
                      ema: bool = True, seed: int = 0, device: str = "auto", backend: str = "pyro",
                      timesteps_per_batch: int | None = None, progress: bool = True,
                      data_root: str | Path | None = None, last: bool = False) -> dict:
@@ -164,7 +176,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         ``"rademacher"`` or ``"gaussian"``).
     :param float rtol, atol: the adaptive solver's tolerances.
     :param float eps: the small-time end (default: the map's, 1/T for the grid maps).
-    :param str time_map: ``"grid"``, ``"grid-linear"`` or ``"vp-linear"`` (:mod:`ppl_diffusion.continuous`).
+    :param str time_map: ``"grid"`` (the default), ``"grid-linear"`` or ``"vp-linear"`` (:mod:`ppl_diffusion.continuous`);
+        a γ-schedule model's ODE runs on its own time, ``"gamma"`` (the default there, the only map).
     :param str dequantization: ``"auto"`` (``"uniform"`` for 8-bit images, ``"none"`` for continuous data),
         ``"uniform"``, ``"score-sde"`` or ``"none"`` (:mod:`ppl_diffusion.dequantize`).
     :param int draws: R, dequantization draws per example (R ≥ 2 also reports their within-example SD).
@@ -195,7 +208,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     checkpoint = find_checkpoint(run, last=last)
     loaded = load_run(checkpoint, ema=ema, device=local_device(device), backend=backend, precision="fp32")
     diffusion, config = loaded.diffusion, loaded.config
-    eps = ContinuousTime.make(diffusion.schedule, time_map).check_eps(eps)  # one-line errors before any solve
+    ode_time = time_of(diffusion, time_map)  # one-line errors before any solve
+    time_map, eps = ode_time.kind, ode_time.check_eps(eps)
     if dequantization == "decoder":
         kind = "decoder"
         check_decoder_bound(diffusion, time_map, eps)
@@ -204,7 +218,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     if draws > 1 and kind == "none":
         raise ValueError(f"{draws} dequantization draws of continuous data: there is nothing to draw; pass "
                          "--dequantization-draws 1")
-    data = load_run_data(config, data_root, run=run)
+    data = load_run_data(config, data_root, run=run, event_shape=diffusion.event_shape)
     x = data.test if max_examples is None else data.test[:max_examples]
     mine = w.shard(len(x))
     index = np.arange(len(x))[mine]
@@ -221,8 +235,17 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     t0 = time.monotonic()
     if timesteps_per_batch is None:  # from the whole set, as evaluate_run: 1 and N processes make the same calls
         timesteps_per_batch = auto_timesteps_per_batch(min(500, len(x)))
-    terms = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch, seed=seed, indices=index)
-    elbo = (w.gather(terms.contiguous()).sum(-1) / (num_dims * math.log(2.0))).numpy()
+    if diffusion.T == 0:  # the continuous-time bound, estimated (evaluate's default plan, uniform t)
+        from .evaluate import CONTINUOUS_DEFAULTS
+        from .infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
+
+        plan = plan_continuous_uniform(strata=CONTINUOUS_DEFAULTS["strata"], draws=CONTINUOUS_DEFAULTS["draws"])
+        device = next(diffusion.denoiser.parameters()).device
+        nll = estimate_continuous_bound(diffusion, x[mine].to(device), plan, seed=seed, indices=index).nll
+    else:
+        nll = per_example_terms(diffusion, x[mine], timesteps_per_batch=timesteps_per_batch, seed=seed,
+                                indices=index).sum(-1)
+    elbo = (w.gather(nll.contiguous()) / (num_dims * math.log(2.0))).numpy()
     elbo_seconds = time.monotonic() - t0
 
     per_example = bpd.mean(1)
@@ -275,7 +298,9 @@ def describe(result: dict) -> dict:
         "bpd_stderr": "standard error of bpd over examples (includes the dequantization and Hutchinson noise)",
         "dequantization_sd": "within-example standard deviation over the dequantization draws (pooled over "
                              "examples; null with one draw)",
-        "elbo_bpd": "the variational bound (ELBO, all T steps, closed-form KLs) of the same weights on the same "
+        "elbo_bpd": ("the continuous-time variational bound (T = ∞; an unbiased estimate, 40 draws of t per example) "
+                     if result["T"] == 0 else "the variational bound (ELBO, all T steps, closed-form KLs) ")
+                    + "of the same weights on the same "
                     + ("discrete examples: an upper bound on the DDPM's own negative log-likelihood −log2 P(k)/D "
                        "(its discretized decoder)" if images else
                        "examples: an upper bound on the DDPM's −log2 p(x)/D (its Gaussian decoder's density)"),

@@ -29,6 +29,8 @@ Streams keep the different draws of one (example, t) independent:
                    t = k·m + r, m draws per stratum; :mod:`ppl_diffusion.infer.estimate`)
 ``HOLDOUT``        training example i's rank for the validation examples held out of the training split
                    (:func:`uniform`, at t = 0; :mod:`ppl_diffusion.train.validation`)
+``DIFFUSION``      ε of draw j of example i's continuous-time diffusion term, x_t = α_t x_0 + σ_t ε at the draw's
+                   time (at t = j; :mod:`ppl_diffusion.infer.continuous_bound`, whose draws of t are ``TIMESTEP``'s)
 =================  ====================================================================================
 """
 
@@ -38,9 +40,9 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP, HOLDOUT = 0, 1, 2, 3, 4, 5, 6, 7, 8  # streams
+XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP, HOLDOUT, DIFFUSION = range(10)  # streams
 STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE, "PROBE": PROBE,
-           "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP, "HOLDOUT": HOLDOUT}
+           "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP, "HOLDOUT": HOLDOUT, "DIFFUSION": DIFFUSION}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -128,5 +130,5 @@ def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32)
     return z[..., :m].astype(dtype).reshape(h_shape + shape)
 
 
-__all__ = ["DEQUANT", "PREV", "PRIOR", "PROBE", "REPLICATE", "SAMPLE", "STREAMS", "XT", "key", "normal", "seed_of",
-           "uniform"]
+__all__ = ["DEQUANT", "DIFFUSION", "PREV", "PRIOR", "PROBE", "REPLICATE", "SAMPLE", "STREAMS", "XT", "key", "normal",
+           "seed_of", "uniform"]

@@ -51,7 +51,8 @@ from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor, nn
 
 from . import noise
-from .continuous import ContinuousTime
+from .continuous import ContinuousTime, GammaTime, time_of
+from .gamma import CONTINUOUS_SAMPLE_STEPS
 from .priors import prior_draws
 
 TRACES = ("exact", "hutchinson")
@@ -119,10 +120,34 @@ class TimeCoefficients(nn.Module):
         return t.to(dtype), var.sqrt().to(dtype), beta.to(dtype)
 
 
-def drift(diffusion, coef: TimeCoefficients, x: Tensor, s: Tensor) -> Tensor:
-    """f(x, s) = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)] ``[B x ...]`` (the ε̂ half of a learned-variance net)."""
+class GammaTimeCoefficients(nn.Module):
+    """The ``(label, σ, β)`` of a γ-schedule model at a 0-d ``s`` (:class:`~ppl_diffusion.continuous.GammaTime`): γ and
+    γ' of its schedule in float64, σ² = sigmoid(γ), β = σ² γ', the label γ rescaled (``time_input="gamma"``) or the
+    step 1 + (T − 1) s; cast to ``dtype``."""
+
+    def __init__(self, ct: GammaTime) -> None:
+        super().__init__()
+        self.ct = ct
+
+    def forward(self, s: Tensor, dtype) -> tuple[Tensor, Tensor, Tensor]:
+        d = self.ct.diffusion
+        s = s.to(torch.float64)
+        gamma, dgamma = d.schedule.gamma_and_derivative(s)
+        var = torch.sigmoid(gamma)
+        label = d.gamma_label(gamma) if d.time_input == "gamma" else 1.0 + (d.T - 1) * s
+        return label.to(dtype), var.sqrt().to(dtype), (var * dgamma).to(dtype)
+
+
+def time_coefficients(ct: ContinuousTime | GammaTime) -> nn.Module:
+    """The tensor coefficients of a continuous-time map: :class:`TimeCoefficients` or :class:`GammaTimeCoefficients`."""
+    return GammaTimeCoefficients(ct) if isinstance(ct, GammaTime) else TimeCoefficients(ct)
+
+
+def drift(diffusion, coef: nn.Module, x: Tensor, s: Tensor) -> Tensor:
+    """f(x, s) = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)] ``[B x ...]`` (the ε̂ half of a learned-variance net), the net called
+    at the label t(s) of the map (``coef``: :func:`time_coefficients`)."""
     t, sigma, beta = coef(s, x.dtype)
-    eps = diffusion.denoiser_output(x, t.expand(x.shape[0]))[0]
+    eps = diffusion.denoiser_output(x, None, label=t.expand(x.shape[0]))[0]
     return -0.5 * beta * (x - eps / sigma)
 
 
@@ -204,7 +229,7 @@ class ODEResult:
 
 def log_likelihood(diffusion, x: Tensor, *, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
                    probe_values: Tensor | None = None, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
-                   eps: float | None = None, time_map="grid", adjoint: bool = False, seed: int | None = None,
+                   eps: float | None = None, time_map=None, adjoint: bool = False, seed: int | None = None,
                    indices=None) -> ODEResult:
     """log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module).
 
@@ -213,17 +238,19 @@ def log_likelihood(diffusion, x: Tensor, *, trace: str = "exact", probes: int = 
     :param int probes: K, Hutchinson probes per example; ``probe`` ``"rademacher"`` or ``"gaussian"``.
     :param probe_values: explicit probes ``[B x K x *event]`` (overrides ``probes``, ``probe`` and ``seed``).
     :param float rtol, atol: the adaptive solver's tolerances; ``method`` a torchdiffeq method.
-    :param float eps: the small-time end (default: the map's, 1/T for ``"grid"``).
-    :param time_map: ``"grid"``, ``"vp-linear"`` or a :class:`~ppl_diffusion.continuous.ContinuousTime`.
+    :param float eps: the small-time end (default: the map's, 1/T for ``"grid"``, 0 (γ_0) for ``"gamma"``).
+    :param time_map: ``"grid"`` (the default for a NoiseSchedule), ``"grid-linear"``, ``"vp-linear"`` or a
+        :class:`~ppl_diffusion.continuous.ContinuousTime`; a γ-schedule model's is ``"gamma"`` (its own time, the
+        default, :class:`~ppl_diffusion.continuous.GammaTime`).
     :param bool adjoint: gradients by the adjoint method instead of backpropagation through the solver.
     :param int seed: counter-based probes for (seed, ``indices[i]``, k) (default ``None``: torch's generator).
     """
     check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
     check_model(diffusion)
     x = diffusion.check_data(x, bounded=False)  # a density on R^D: dequantized pixels reach ±(1 + 1/255)
-    ct = ContinuousTime.make(diffusion.schedule, time_map)
+    ct = time_of(diffusion, time_map)
     eps = ct.check_eps(eps)
-    coef = TimeCoefficients(ct).to(x.device)
+    coef = time_coefficients(ct).to(x.device)
     b, d = x.shape[0], diffusion.num_dims
     if trace == "hutchinson" and probe_values is None:
         probe_values = make_probes(diffusion, b, probes=probes, probe=probe, seed=seed, indices=indices,
@@ -264,7 +291,7 @@ class _Flow(nn.Module):
 
 
 def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-               method: str = "dopri5", eps: float | None = None, time_map="grid", seed: int | None = None,
+               method: str = "dopri5", eps: float | None = None, time_map=None, seed: int | None = None,
                indices=None) -> tuple[Tensor, int]:
     """Deterministic samples: x(ε) ``[n x *event]`` of the ODE solved from s = 1 to ε, and the NFE.
 
@@ -274,7 +301,7 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
     the caller."""
     check_options(rtol=rtol, atol=atol)
     check_model(diffusion)
-    ct = ContinuousTime.make(diffusion.schedule, time_map)
+    ct = time_of(diffusion, time_map)
     eps = ct.check_eps(eps)
     device, dtype = diffusion._device_dtype()
     if x_T is None:
@@ -290,10 +317,10 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
         return _integrate(diffusion, ct, x_T, rtol=rtol, atol=atol, method=method, eps=eps)
 
 
-def _integrate(diffusion, ct: ContinuousTime, x_T: Tensor, *, rtol: float, atol: float, method: str,
+def _integrate(diffusion, ct: ContinuousTime | GammaTime, x_T: Tensor, *, rtol: float, atol: float, method: str,
                eps: float) -> tuple[Tensor, int]:
     """x(ε) of the ODE from x(1) = ``x_T`` ``[n x *event]``, and the NFE (differentiable when grad is enabled)."""
-    func = _Flow(diffusion, TimeCoefficients(ct).to(x_T.device))
+    func = _Flow(diffusion, time_coefficients(ct).to(x_T.device))
     span = torch.tensor([1.0, eps], dtype=x_T.dtype, device=x_T.device)
     out = _torchdiffeq().odeint(func, x_T.reshape(x_T.shape[0], -1), span, rtol=rtol, atol=atol, method=method,
                                 options=dict(norm=_per_example_norm))[-1]
@@ -308,11 +335,12 @@ def prior_draws_normal(diffusion, seed: int, index: np.ndarray, device, dtype) -
     prior = diffusion.get_prior(device, dtype)
     base = prior.base_dist if isinstance(prior, Independent) else prior
     if isinstance(base, Normal):
-        z = noise.normal(seed, index, diffusion.T, tuple(diffusion.event_shape), stream=noise.SAMPLE,
+        T = diffusion.T or CONTINUOUS_SAMPLE_STEPS  # continuous time: the x_T of sampling's default chain
+        z = noise.normal(seed, index, T, tuple(diffusion.event_shape), stream=noise.SAMPLE,
                          dtype=np.float64 if dtype == torch.float64 else np.float32)
         z = torch.from_numpy(z).to(device=device, dtype=dtype)
         return base.loc + base.scale * z
-    return prior_draws(prior, seed, index, diffusion.T, device, dtype)
+    return prior_draws(prior, seed, index, diffusion.T or CONTINUOUS_SAMPLE_STEPS, device, dtype)
 
 
 class ProbabilityFlow(TorchDistribution):
@@ -339,11 +367,11 @@ class ProbabilityFlow(TorchDistribution):
 
     def __init__(self, diffusion, *, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
                  rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5", eps: float | None = None,
-                 time_map="grid", adjoint: bool = False, seed: int | None = None, validate_args=None) -> None:
+                 time_map=None, adjoint: bool = False, seed: int | None = None, validate_args=None) -> None:
         check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
         check_model(diffusion)
         self.diffusion = diffusion
-        self.time = ContinuousTime.make(diffusion.schedule, time_map)
+        self.time = time_of(diffusion, time_map)
         self.options = dict(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol, method=method,
                             eps=self.time.check_eps(eps), time_map=self.time, adjoint=adjoint, seed=seed)
         self.nfe = None

@@ -69,6 +69,29 @@ def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str |
     return _save(fig, path)
 
 
+def integrand(draws: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str | None = None) -> Path:
+    """The continuous-time diffusion term's integrand L(t) = ½ γ'(t)‖ε − ε̂‖² at the drawn times: the mean of the
+    draws in each of 50 bins of t against t (nats per example, log scale), for each named set of weights
+    ``{name: (t, L)}``; its area is the diffusion term."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    edges = np.linspace(0.0, 1.0, 51)
+    for label, (t, values) in draws.items():
+        t, values = np.asarray(t).reshape(-1), np.asarray(values).reshape(-1)
+        k = np.clip(np.digitize(t, edges) - 1, 0, 49)
+        count = np.bincount(k, minlength=50)
+        mean = np.bincount(k, weights=values, minlength=50) / np.maximum(count, 1)
+        keep = count > 0
+        ax.plot(0.5 * (edges[:-1] + edges[1:])[keep], mean[keep], label=label, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel("L(t) (nats per example)")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from . import noise, plots
 from .checkpoint import BEST_NAME, CHECKPOINT_RE, CheckpointError, load_checkpoint, run_checkpoint
 from .data import to_uint8
 from .diffusion import GaussianDiffusion
+from .gamma import CONTINUOUS_SAMPLE_STEPS
 from .precision import check_precision
 from .priors import prior_draws
 from .respace import respace
@@ -99,10 +100,34 @@ def site_step(name: str) -> int | None:
     return int(tail) if head == "x" and tail.isdigit() else None
 
 
+SAMPLE_STEPS = CONTINUOUS_SAMPLE_STEPS  # the chain that samples a model in continuous time unless told (--steps K)
+
+
+def sampling_chain(diffusion: GaussianDiffusion, steps=None) -> GaussianDiffusion:
+    """The chain that ancestral sampling runs: the model itself, or with ``steps = K`` its K respaced steps
+    (a NoiseSchedule's, :func:`~ppl_diffusion.respace`) or the K-step chain of its γ schedule
+    (:meth:`~ppl_diffusion.GaussianDiffusion.with_steps`, for a net conditioned on γ; any K >= 2). A model in
+    continuous time needs ``steps``. One-line errors."""
+    if not diffusion.gamma_schedule:
+        return diffusion if steps is None else respace(diffusion, steps)
+    if steps is None:
+        if diffusion.continuous:
+            raise ValueError("this model is in continuous time (T = 0): pass the number of steps of the chain that "
+                             f"samples it (--steps K, e.g. {SAMPLE_STEPS})")
+        return diffusion
+    if diffusion.time_input != "gamma":
+        raise ValueError(f"--steps {steps} on a γ-schedule model whose net is conditioned on its {diffusion.T} step "
+                         "labels (time_input='step'): it samples with its own steps only; drop --steps")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2:
+        raise ValueError(f"--steps {steps!r}: the chain of a γ schedule has K >= 2 steps (x_1 at γ_0, x_K at γ_1)")
+    return diffusion.with_steps(int(steps))
+
+
 def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = None, seed: int = 0,
                  indices=None) -> Tensor:
     """``n`` samples ``[n x *event_shape]`` by ancestral sampling; ``steps = K`` samples with K respaced steps
-    (:func:`~ppl_diffusion.respace`).
+    (:func:`~ppl_diffusion.respace`), or for a γ schedule with the K-step chain of the same γ
+    (:func:`sampling_chain`; a model in continuous time needs ``steps``).
 
     The noise is counter-based (:mod:`ppl_diffusion.noise`, stream ``SAMPLE``): sample i's draw of the site
     x_s is ``normal(seed, indices[i], s)`` (x_T from a Gaussian prior, x_{t−1} given x_t, the decoder's x_0
@@ -117,7 +142,7 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
         from .numpyro.sampling import draw_samples as draw_numpyro
 
         return torch.from_numpy(draw_numpyro(diffusion, int(n), steps=steps, seed=seed, indices=index))
-    model = diffusion if steps is None else respace(diffusion, steps)
+    model = sampling_chain(diffusion, steps)
     device, dtype = model._device_dtype()
     if n == 0:
         return torch.zeros((0, *model.event_shape), device=device, dtype=dtype)
@@ -162,7 +187,7 @@ class SampleResult:
 
 
 def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: float = 1e-5, atol: float = 1e-5,
-                     eps: float | None = None, time_map: str = "grid") -> tuple[Tensor, int]:
+                     eps: float | None = None, time_map: str | None = None) -> tuple[Tensor, int]:
     """``n`` deterministic samples ``[n x *event_shape]`` by the probability-flow ODE from s = 1 to ε, and the NFE
     (:func:`ppl_diffusion.ode.sample_ode`, or ``ppl_diffusion.numpyro.ode.sample_ode`` for a NumPyro model).
 
@@ -193,7 +218,7 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
 def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: int = 0, ema: bool = True,
                device: str = "auto", out: str | Path | None = None, backend: str = "pyro",
                precision: str = "fp32", ode: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
-               eps: float | None = None, time_map: str = "grid", last: bool = False) -> SampleResult:
+               eps: float | None = None, time_map: str | None = None, last: bool = False) -> SampleResult:
     """Sample the trained model of ``run`` and write ``out`` (a PNG) and the ``.npz`` beside it.
 
     The weights are ``run``'s best.pt when it has one (trained with ``val_examples``), else its newest checkpoint;
@@ -206,6 +231,8 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     :param bool ode: deterministic samples by the probability-flow ODE (:func:`draw_ode_samples`, with ``rtol``,
         ``atol``, ``eps``, ``time_map``; x_T that of ancestral sampling with the same seed) instead of the chain;
         images are rounded to 8 bits as ancestral samples are. :attr:`SampleResult.nfe` is then the NFE.
+    :param steps: K: sample with K respaced steps of a NoiseSchedule, or the K-step chain of a γ schedule
+        (:func:`sampling_chain`); a run in continuous time (T = 0) samples with :data:`SAMPLE_STEPS` steps unless told.
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}|-ode].png``. The ``.npz`` has the
         same name with the suffix ``.npz``.
 
@@ -225,6 +252,8 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
                       last=last)
     share = range(n)[w.shard(n)]
     nfe = None
+    if steps is None and not ode and getattr(loaded.diffusion, "continuous", False):
+        steps = SAMPLE_STEPS  # a model in continuous time samples through a chain of its γ
     if ode:
         samples, nfe = draw_ode_samples(loaded.diffusion, len(share), seed=seed, indices=np.asarray(share), rtol=rtol,
                                         atol=atol, eps=eps, time_map=time_map)
@@ -246,7 +275,9 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     best = " (best)" if loaded.weights_from == "best" else ""
     what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}{best}, " + (
         f"ODE, {nfe} evaluations" if ode else
-        f"T = {loaded.diffusion.T}" if steps is None else f"{steps} of {loaded.diffusion.T} steps")
+        f"T = {loaded.diffusion.T}" if steps is None else
+        f"{steps} steps of T = ∞ (continuous time)" if loaded.diffusion.T == 0 else
+        f"{steps} of {loaded.diffusion.T} steps")
     if is_images(loaded.diffusion):
         images = to_uint8(samples).numpy()
         np.savez_compressed(npz, images=images)

@@ -13,7 +13,8 @@ the optimal isotropic variance for an imperfect mean (Bao et al. 2022, "Analytic
 follow-up "Estimating the Optimal Covariance with Imperfect Mean in Diffusion Probabilistic Models").
 For a perfect mean σ_t*² = β̃_t; DDPM's fixed choices β_t and β̃_t are the two ends it interpolates.
 The decoder p(x_0|x_1) has no closed form for the discretized likelihood, so its log-variance is the
-minimiser of the decoder's negative log-likelihood, found by a grid and golden-section search.
+minimiser of the decoder's negative log-likelihood, found by a grid and golden-section search. VDM's categorical
+decoder (``"vdm-categorical"``) has no variance of its own to fit (it reads σ_1²/α_1²): σ_1² stays β_1 there.
 
 :func:`fit_variance` estimates m_t and the decoder variance on training data (any number of examples,
 one draw of x_t per example and step); ``GaussianDiffusion(..., variance=fitted.log_variance)`` or
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor
 
 from . import closed_forms as cf
+from .distributions import uses_denoiser
 
 
 def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
@@ -173,7 +175,10 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
         diffusion.train(was_training)
     x0_mse = sq_err / (x0.shape[0] * diffusion.num_dims)
     x0_mse[np.setdiff1d(np.arange(T), np.asarray(steps) - 1)] = np.nan
-    decoder_log_variance = _decoder_log_variance(diffusion, x0.cpu(), torch.cat(decoder_means),
-                                                 math.log(1e-12), 0.0, 57)
+    if uses_denoiser(diffusion.decoder):
+        decoder_log_variance = _decoder_log_variance(diffusion, x0.cpu(), torch.cat(decoder_means),
+                                                     math.log(1e-12), 0.0, 57)
+    else:  # VDM's categorical decoder reads x_1/α_1 and σ_1²/α_1², no variance: σ_1² stays β_1, unused
+        decoder_log_variance = float(np.log(s.betas[0]))
     return FittedVariance(x0_mse=x0_mse, decoder_log_variance=decoder_log_variance, num_examples=int(x0.shape[0]),
                           seconds=round(time.monotonic() - started, 2))

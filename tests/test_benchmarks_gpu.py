@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def _jax_cache_env() -> dict:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"} if cache else {}
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_gpu_benchmark_quick_writes_every_section_with_numbers(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, **_jax_cache_env()})

@@ -93,6 +93,26 @@ def test_sample_images_npz_png_and_seed(digits_run, tmp_path):
     sample("raw", "--raw")
 
 
+def test_fourier_features_auto_and_the_vdm_decoder_are_recorded_resumed_and_loaded(tmp_path, capsys):
+    """--fourier-features auto becomes the digits' exponents [2, 3] in net_config (it shapes the net), --decoder
+    vdm-categorical the config's decoder; a resume with the same flags continues, and a loaded run has both."""
+    from ppl_diffusion.distributions import VDMCategoricalDecoder
+    from ppl_diffusion.sampling import load_run
+
+    run_dir = tmp_path / "ff"
+    flags = ["train", "--data", "digits", "--net", "auto", "--channels", "8", "--channel-mult", "1,2", "--res-blocks",
+             "1", "--T", "10", "--batch-size", "8", "--warmup-steps", "1", "--checkpoint-every", "2", "--no-progress",
+             "--fourier-features", "auto", "--decoder", "vdm-categorical", "--run-dir", run_dir]
+    assert run([*flags, "--steps", "2"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["net_config"]["fourier_features"] == [2, 3] and config["decoder"] == "vdm-categorical"
+    assert run([*flags, "--steps", "3", "--resume"]) == 0
+    loaded = load_run(run_dir)
+    assert loaded.step == 3 and loaded.diffusion.denoiser.fourier_features == (2, 3)
+    assert isinstance(loaded.diffusion.decoder, VDMCategoricalDecoder)
+    assert run(["sample", run_dir, "-n", "4", "--out", tmp_path / "s.png"]) == 0
+
+
 def test_sample_vectors_and_default_out(tmp_path):
     run_dir = tmp_path / "toy"
     assert run(["train", "--data", "eight_gaussians", *TINY, "--steps", "2", "--run-dir", run_dir]) == 0
@@ -183,6 +203,15 @@ def test_a_run_and_its_data_moved_elsewhere_evaluate_with_data_root(tmp_path, mo
     assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, *moved]) == 0
     again = json.loads(Path("elsewhere/runs/a/eval.json").read_text())
     assert (again["bpd"], again["bpd_ema"], again["num_examples"]) == (first["bpd"], first["bpd_ema"], 2)
+    assert (first["data_root"], again["data_root"]) == (str(tmp_path / "work" / "pngs"), str(tmp_path / "elsewhere" / "pngs"))
+    write_pngs(tmp_path / "other", np.random.default_rng(1).integers(0, 256, (6, 12, 12)))  # another size
+    capsys.readouterr()
+    assert run(["evaluate", "elsewhere/runs/a", *QUICK_EVAL, "--data-root", "other"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ppl-diffusion: error: the image_folder data under {tmp_path / 'other'} has examples of shape "
+                   "[1, 12, 12] but the run elsewhere/runs/a was trained on [1, 8, 8]; pass --data-root the folder "
+                   "it trained on"), err
+    assert json.loads(Path("elsewhere/runs/a/eval.json").read_text()) == again  # not overwritten
     for extra, name in ((["--bound", "estimate", "--full-steps", "2", "--strata", "2", "--pilot-examples", "2"],
                          "eval-estimate.json"),
                         (["--fit-variance", "4"], "eval-fitted.json"),
@@ -310,6 +339,16 @@ BAD = {  # id: (argv with {placeholders}, a string the one-line message must con
     "channel-mult-not-ints": (["train", "--channel-mult", "1,x", "--steps", "1"], "comma-separated list of integers"),
     "unet-setting-misspelled": (["train", "--data", "digits", "--net-config", '{{"chanels": 8}}', "--steps", "1"],
                                 "no setting chanels"),
+    # VDM's Fourier features and categorical decoder are for 8-bit data only
+    "fourier-features-on-continuous-data": (["train", "--data", "eight_gaussians", "--fourier-features", "auto",
+                                             "--steps", "1"], "fourier_features = 'auto' on the continuous data"),
+    "fourier-exponent-too-high": (["train", "--data", "digits", "--fourier-features", "2,20", "--steps", "1"],
+                                  "got 20"),
+    "fourier-features-of-the-mlp": (["train", "--data", "digits", "--net", "mlp", "--fourier-features", "2,3",
+                                     "--steps", "1"], "net 'mlp' has no setting fourier_features (--fourier-features)"),
+    "vdm-decoder-on-continuous-data": (["train", "--data", "two_moons", "--decoder", "vdm-categorical", "--steps",
+                                        "1"], "the data 'two_moons' are continuous"),
+    "unknown-decoder": (["train", "--decoder", "categorical", "--steps", "1"], "unknown decoder 'categorical'"),
     "image-sizes": (["train", "--data", "image_folder", "--data-root", "{images}", "--steps", "1"], "2.png"),
     "unreadable-image": (["train", "--data", "image_folder", "--data-root", "{unreadable}", "--steps", "1"],
                          "{unreadable}/2.png is not a readable image"),

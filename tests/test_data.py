@@ -249,6 +249,15 @@ def test_image_folder_empty_or_missing(tmp_path):
         load_image_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_image_folder(tmp_path / "nope")
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="a.png is a file, not a folder"):
+        load_image_folder(tmp_path / "a.png")
+    for name in ("b.jpg", "c.JPEG"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        (tmp_path / "sub" / name).write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"found 1 .png file\(s\) under .* but 2 other image file\(s\), "
+                                                r"e.g. b.jpg: convert them to 8-bit PNG"):
+        load_image_folder(tmp_path)
 
 
 # ------------------------------------------------------------------------ continuous data
@@ -281,7 +290,7 @@ def test_registry_by_name_and_errors(tmp_path):
     assert load_dataset("mnist", root=tmp_path).name == "mnist"
     with pytest.raises(ValueError, match=r"unknown dataset 'mnsit'; choose one of \[.*'mnist'.*\]"):
         load_dataset("mnsit")
-    with pytest.raises(ValueError, match="pass root="):
+    with pytest.raises(ValueError, match=r"pass --data-root <the folder holding .*> \(root= in Python\)"):
         load_dataset("cifar10")
     with pytest.raises(ValueError, match="needs no files"):
         load_dataset("gaussian", root=tmp_path)

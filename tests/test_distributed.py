@@ -106,6 +106,7 @@ distributed.shutdown()
 """
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_two_processes_train_the_digits_unet_as_one_with_dropout(tmp_path):
     """The digits U-Net preset (dropout 0.1: its masks are drawn for the global batch too), 10 steps."""
     script = tmp_path / "unet.py"
@@ -125,6 +126,7 @@ def test_two_processes_train_the_digits_unet_as_one_with_dropout(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- exact resume
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_sigkill_a_rank_at_random_then_resume_ends_as_the_uninterrupted_run(mlp_runs, tmp_path):
     _, uninterrupted = mlp_runs
     cfg = dict(MLP, checkpoint_every=2, keep_checkpoints=2)  # frequent writes: a kill often lands in one

@@ -162,6 +162,7 @@ def test_demo_recipe_benchmark_quick(tmp_path):
     assert "| mlp |" in (tmp_path / "demo_recipe_quick.md").read_text()
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_backends_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -183,6 +184,29 @@ def test_pyro_overhead_benchmark_quick(tmp_path):
     assert (tmp_path / "pyro_overhead_quick.json").exists() and "training step" in out.stdout
 
 
+@pytest.mark.slow  # ~20 s on 2 shared cores: two tiny trainings and evaluations
+def test_fourier_features_benchmark_quick(tmp_path):
+    """benchmarks/fourier_features.py --quick: both rows, the second with the rule's exponents for the digits (2, 3)
+    and a first conv that reads 4 more channels, scored with finite bounds and SEs."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fourier_features.py"), "--quick", "--run-dir",
+                          str(tmp_path / "run"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "fourier_features_quick.json").read_text())
+    none, fourier = record["rows"]
+    assert none["fourier_features"] == [] and fourier["fourier_features"] == record["exponents"] == [2, 3]
+    assert record["spacing"] == pytest.approx(0.125)
+    assert fourier["parameters"] - none["parameters"] == 4 * 8 * 9  # 4 channels into model_channels 8, 3x3
+    for r in (none, fourier):
+        for w in ("raw", "ema"):
+            assert math.isfinite(r[w]["bpd"]) and r[w]["se"] > 0
+    assert "| n = 2,3 | raw |" in (tmp_path / "out" / "fourier_features_quick.md").read_text()
+
+
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_digits_budget_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -198,6 +222,7 @@ def test_digits_budget_benchmark_quick(tmp_path):
     assert (tmp_path / "out" / "digits_budget_quick_curve.png").exists()
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_readme_cli_example_runs(tmp_path):
     """The README's CLI session, line by line, with ``ppl-diffusion`` the installed command's module."""
     import shlex
@@ -218,6 +243,43 @@ def test_readme_cli_example_runs(tmp_path):
     assert (tmp_path / "runs" / "toy" / "ckpt-00000800.pt").exists()
 
 
+# Appended to each command of the README's own-images recipe: the same commands, seconds instead of minutes (argparse
+# takes a flag's last value).
+OWN_IMAGES_TINY = {"train": ["--steps", "2", "--T", "5", "--channels", "4", "--res-blocks", "1", "--batch-size", "8",
+                             "--warmup-steps", "1", "--ema-decay", "0.5", "--checkpoint-every", "1", "--val-examples",
+                             "8", "--no-progress"],
+                   "evaluate": ["--max-examples", "4", "--no-progress"], "sample": ["-n", "4"]}
+
+
+def test_readme_own_images_recipe_runs_as_written(tmp_path):
+    """The README's own-images commands in order, with OWN_IMAGES_TINY appended: examples/make_png_folder.py writes
+    the folder (1,797 PNGs of 16x16), train reads it with the U-Net of the size rule, evaluate and sample the run."""
+    import shlex
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- own-images -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1)
+    commands = [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines()]
+    assert [c[1] for c in commands] == [
+        "examples/make_png_folder.py", "train", "evaluate", "sample"]
+    for args in commands:
+        if args[0] == "python":
+            argv = [sys.executable, str(ROOT / args[1]), *args[2:]]
+        else:
+            argv = [sys.executable, "-m", "ppl_diffusion", *args[1:], *OWN_IMAGES_TINY[args[1]]]
+        out = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (args, out.stderr[-2000:])
+    pngs = sorted((tmp_path / "data" / "digits16").rglob("*.png"))
+    assert len(pngs) == 1797 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
+    run = tmp_path / "runs" / "own"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["data"], config["net"]) == ("image_folder", "auto")
+    assert json.loads((run / "eval.json").read_text())["weights_from"] == "best"
+    assert (run / "samples-ema.png").exists()
+
+
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_readme_backend_example_runs_as_written(tmp_path):
     pytest.importorskip("jax")
     import shlex
@@ -263,6 +325,7 @@ def test_extending_guide_runs_as_written(capsys):
     assert "bits/dim; prior term" in out and "learned prior location" in out and "torch.Size([4, 2])" in out
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_priors_benchmark_quick(tmp_path):
     import subprocess
     import sys
@@ -276,6 +339,7 @@ def test_priors_benchmark_quick(tmp_path):
     assert result["rows"][-1]["estimator"] == "hybrid" and all(math.isfinite(r["bpd_ema"]) for r in result["rows"])
 
 
+@pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
 def test_ode_benchmark_quick(tmp_path):
     """benchmarks/ode.py --quick: every section (ELBO, IWAE, ODE on both backends, the k-diffusion side-by-side when
     k-diffusion is installed) runs on fresh T = 20 nets and writes its table."""
@@ -296,6 +360,7 @@ def test_ode_benchmark_quick(tmp_path):
     assert "torchdiffeq (dopri5) against diffrax" in (tmp_path / "ode_quick.md").read_text()
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_bound_estimate_benchmark_quick(tmp_path):
     import subprocess
     import sys

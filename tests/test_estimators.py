@@ -22,8 +22,9 @@ T = 6
 R = 500  # copies of the data inside one batch: one estimate averages R independent draws
 CONFIGS = [
     pytest.param("linear", "beta", id="linear-beta"),
-    pytest.param("linear", "posterior", id="linear-posterior"),
-    pytest.param("cosine", "beta", id="cosine-beta"),
+    # the two mixed pairs run with -m slow (each ~15 s): the default run keeps a schedule and a variance each twice
+    pytest.param("linear", "posterior", id="linear-posterior", marks=pytest.mark.slow),
+    pytest.param("cosine", "beta", id="cosine-beta", marks=pytest.mark.slow),
     pytest.param("cosine", "posterior", id="cosine-posterior"),
 ]
 

@@ -180,6 +180,33 @@ def test_evaluate_under_torchrun_equals_one_process(digits_run, capsys):
     assert json.loads((digits_run / "eval.json").read_text())["world_size"] == 2  # written by rank 0
 
 
+@pytest.mark.slow  # a training run and a 2-process evaluate (~30 s on 2 shared cores)
+def test_continuous_time_evaluate_under_torchrun_equals_one_process(tmp_path, capsys):
+    """A run in continuous time (learned γ, T = 0) evaluated on 2 processes (7 digits: shares of 4 and 3, the pilot
+    on rank 0) prints the numbers of 1 process: bits/dim, both SEs and the three terms (counter-based noise of
+    (seed, example, draw))."""
+    from ppl_diffusion.cli import main
+
+    run_dir = tmp_path / "vdm"
+    assert main(["train", "--data", "digits", "--net", "mlp", "--T", "0", "--schedule", "learned-net", "--estimator",
+                 "continuous-ld", "--batch-size", "16", "--steps", "2", "--warmup-steps", "1", "--no-progress",
+                 "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()  # train's lines
+    argv = ["evaluate", run_dir, "--json", "--seed", "5", "--max-examples", "7", "--fd-samples", "0", "--strata", "3",
+            "--draws", "2", "--no-progress"]
+    assert main(list(map(str, argv))) == 0
+    one = json.loads(capsys.readouterr().out)
+    out = _torchrun(argv, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout)
+    assert (one["world_size"], two["world_size"], one["bound"]) == (1, 2, "continuous")
+    for key in ("bpd", "bpd_ema", "bpd_stderr", "bpd_ema_stderr", "bpd_t_stderr", "bpd_ema_t_stderr"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    for weights in ("raw", "ema"):
+        for term, value in one["terms"][weights].items():
+            assert two["terms"][weights][term] == pytest.approx(value, rel=1e-6, abs=1e-9), (weights, term)
+
+
 def test_evaluate_backends_agree(digits_run, capsys):
     """`evaluate --backend numpyro` prints Pyro's bits/dim and terms for the same weights and seed (float32)."""
     pytest.importorskip("numpyro")

@@ -271,6 +271,28 @@ def test_a_net_trained_here_exports_with_its_step_folded_in(tmp_path, variance, 
     assert back.variance == {"posterior": "posterior", "beta": "fixed-large"}[variance]
 
 
+def test_fourier_features_refuse_export_and_the_vdm_decoder_is_a_stated_difference(tmp_path):
+    """Their UNetModel and diffusers' UNet2DModel have no Fourier features of x_t: export refuses in one line; VDM's
+    categorical decoder exports the net, with the decoder named among what their code computes differently."""
+    from ppl_diffusion.interop.diffusers import unet_to_diffusers
+
+    kwargs = dict(in_channels=1, model_channels=64, image_size=8, channel_mult=(1, 1), num_res_blocks=1,
+                  attention_resolutions=(4,), num_heads=1)
+    featured = dict(kwargs, fourier_features=[2, 3])
+    config = TrainConfig(data="digits", net="unet", net_config=featured, T=30, variance="posterior", steps=1)
+    write_run(tmp_path / "ff", config, UNet(**featured).state_dict())
+    with pytest.raises(ValueError, match=r"^the U-Net has Fourier features of x_t \(fourier_features=\[2, 3\]\)") as e:
+        to_improved_diffusion(tmp_path / "ff", tmp_path / "theirs-ff")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"UNet2DModel has no Fourier features of its input; no exact export$"):
+        unet_to_diffusers(UNet(**featured))
+    config = TrainConfig(data="digits", net="unet", net_config=kwargs, T=30, variance="posterior", steps=1,
+                         decoder="vdm-categorical")
+    write_run(tmp_path / "vdm", config, UNet(**kwargs).state_dict())
+    doc = to_improved_diffusion(tmp_path / "vdm", tmp_path / "theirs-vdm")
+    assert not doc["exact"] and [d for d in doc["differences"] if "VDM's categorical" in d]
+
+
 def test_our_embedding_is_theirs_at_their_label():
     """Theirs: [cos(s f_i), sin(s f_i)], f_i = exp(−ln(10⁴) i / half), at s = their (float) step label."""
     t = torch.tensor([1, 2, 30])

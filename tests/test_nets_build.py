@@ -368,7 +368,7 @@ def test_an_image_folder_of_16_pixels_gets_a_u_net_by_default(tmp_path, capsys):
     w = caught[0]
     assert _one_line_warning(w.message, w.category, w.filename, w.lineno) == (
         "ppl-diffusion: warning: the MLP's width 128 is below the data's D = 256 dimensions (1x16x16): every hidden "
-        "layer is narrower than x_t; pass --width 512 (width >= D), or use the U-Net for images (--net auto)\n")
+        "layer is narrower than x_t; pass --width 512 (width >= D), or use the U-Net for square images (--net auto)\n")
 
 
 @pytest.mark.slow
@@ -383,3 +383,27 @@ def test_an_image_folder_of_16_pixels_trains_below_8_bits_per_dim(tmp_path):
     cli("evaluate", run_dir, "--no-progress")
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["bpd"] < 8 and result["bpd_ema"] < 8, (result["bpd"], result["bpd_ema"])
+
+
+def test_describe_net_names_the_settings_the_net_is_built_with():
+    """net_settings: the size rule's or the preset's U-Net settings, the MLP's defaults under the given ones, a
+    builder's settings as given; each U-Net built from them equals the one build_net makes."""
+    from ppl_diffusion.nets.build import describe_net, net_settings
+
+    for name, shape, config in [("auto", (1, 16, 16), {"model_channels": 16}), ("auto", (3, 12, 12), None),
+                                ("digits", (1, 8, 8), {"dropout": 0.0}), ("mnist", (1, 28, 28), None)]:
+        settings = net_settings(name, shape, config)
+        rebuilt = UNet(in_channels=shape[0], image_size=shape[1], **settings)
+        built = build_net(name, shape, config)
+        assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == [
+            (k, v.shape) for k, v in built.state_dict().items()], name
+        assert (rebuilt.channel_mult, rebuilt.attention_resolutions) == (built.channel_mult,
+                                                                         built.attention_resolutions)
+    assert describe_net("auto", (1, 12, 12), {"model_channels": 8}, parameters=1234) == (
+        "net auto: U-Net (model_channels=8, channel_mult=(1, 2), num_res_blocks=2, attention_resolutions=(6,), "
+        "dropout=0.1, use_scale_shift_norm=True), 1,234 parameters")
+    assert describe_net("mlp", (2,), {"width": 64}) == (
+        "net mlp: MLP (width=64, depth=3, emb_dim=64, dropout=0.0, zero_init=True)")
+    assert describe_net("mynets:tiny", (2,), {"width": 8}) == "net mynets:tiny: (width=8)"
+    assert describe_net("mynets:tiny", (2,), None, parameters=12) == "net mynets:tiny, 12 parameters"
+    assert describe_net("unet", (1, 8, 8), {"model_channels": 8}) == "net unet: U-Net (model_channels=8)"

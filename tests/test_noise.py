@@ -85,7 +85,7 @@ def test_neighbours_are_uncorrelated(neighbour):
     (lambda: noise.normal(2 ** 64, 0, 0), "seed = "),
     (lambda: noise.normal(0, [0, -2], 0), "negative value -2"),
     (lambda: noise.normal(0, 0.5, 0), "must be integers"),
-    (lambda: noise.normal(0, 0, 1, stream=9), "unknown noise stream 9"),
+    (lambda: noise.normal(0, 0, 1, stream=len(noise.STREAMS)), f"unknown noise stream {len(noise.STREAMS)}"),
 ], ids=["negative-seed", "big-seed", "negative-index", "float-index", "stream"])
 def test_bad_coordinates_one_line(call, message):
     with pytest.raises(ValueError, match=message):

@@ -89,11 +89,10 @@ def test_unet_twin_computes_the_same_and_converts_back_exactly(name, overrides):
     _check_twin(name, overrides, tnet, jnet, x, want, np.asarray(apply(jnet, _j(x), _j(t))))
 
 
-def test_digits_preset_output_and_input_gradient_agree():
-    tnet, jnet = _pair("digits")
-    x, t = _inputs(tnet, n=4, seed=1)
-    w = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    x.requires_grad_(True)
+def _outputs_and_input_gradients(tnet, jnet, x, t, w):
+    """Both nets' outputs at (x, t) and the gradients of Σ w·output in x: (torch out, torch grad, flax out, flax
+    grad), NumPy arrays."""
+    x = x.detach().requires_grad_(True)
     out = tnet(x, t)
     (out * w).sum().backward()
     graphdef, state = nnx.split(jnet)
@@ -103,8 +102,15 @@ def test_digits_preset_output_and_input_gradient_agree():
         return (y * _j(w)).sum(), y
 
     (_, got), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(_j(x.detach()))
-    _check_twin("digits", {}, tnet, jnet, x, out.detach().numpy(), np.asarray(got))
-    want = x.grad.numpy()
+    return out.detach().numpy(), x.grad.numpy(), np.asarray(got), np.asarray(g)
+
+
+def test_digits_preset_output_and_input_gradient_agree():
+    tnet, jnet = _pair("digits")
+    x, t = _inputs(tnet, n=4, seed=1)
+    w = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    out, want, got, g = _outputs_and_input_gradients(tnet, jnet, x, t, w)
+    _check_twin("digits", {}, tnet, jnet, x, out, got)
     err = np.abs(np.asarray(g) - want).max()
     print(f"digits d loss / d x_t: max |flax - torch| = {err:.2e} at scale {np.abs(want).max():.2f}")
     assert err <= 1e-4 * np.abs(want).max()
@@ -198,3 +204,28 @@ def test_mlp_converters_and_dispatch():
     assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), tnet.state_dict().values()))
     with pytest.raises(ValueError, match="^layer blocks.1.norm: .*same dim, width and depth$"):
         from_torch(MLPDenoiser(6, width=32, depth=1), tnet)  # unexpected keys: the torch net is deeper
+
+
+def test_fourier_features_twin_computes_the_same_with_its_input_gradient():
+    """A three-channel U-Net with VDM's Fourier features (n = 6, 7): flax_twin reads the setting, the outputs and
+    d loss / d x_t agree (the features' channel order and their sin/cos derivatives), the weights round-trip."""
+    from ppl_diffusion.nets.embedding import fourier_features as torch_features
+    from ppl_diffusion.numpyro.nets import fourier_features
+
+    torch.manual_seed(0)
+    tnet = TorchUNet(**{**SMALL, "in_channels": 3}, fourier_features=(6, 7), zero_init=False).eval()
+    jnet = flax_twin(tnet)
+    assert jnet.fourier_features == (6, 7) and jnet.num_parameters == tnet.num_parameters
+    x, t = _inputs(tnet, n=3, seed=3)
+    x = x * 0.9  # data-scale inputs: the phases 2^7·2π·x stay within float32's exact range
+    with jax.enable_x64(True):  # the features alone, in float64: the same numbers, order included
+        xd = x.double()
+        assert np.allclose(np.asarray(fourier_features(jnp.asarray(xd.numpy()), (6, 7))),
+                           torch_features(xd, (6, 7)).numpy(), rtol=0, atol=1e-12)
+    w = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    want, grad, got, g = _outputs_and_input_gradients(tnet, jnet, x, t, w)
+    # sin(2^7·2π·x) turns ~800 times per unit of x: float32 rounding of the angle (~1e-5 rad) is the tolerance's
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert np.abs(g - grad).max() <= 1e-3 * np.abs(grad).max()
+    back = torch_state_from_params(jnet, _params(jnet))
+    assert all(torch.equal(back[k], v) for k, v in tnet.state_dict().items())

@@ -257,6 +257,7 @@ def test_sample_ode_agrees_with_the_pytorch_backend():
 
 
 # ------------------------------------------------------------------------------- NumPyro likelihood
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_maximum_likelihood_with_plain_svi():
     """ProbabilityFlow as the likelihood of a NumPyro model, the denoiser registered with nnx_module and an empty
     guide: plain SVI (Trace_ELBO is −log p, no latent sites) lowers −log p of 2-D data in a few steps. Then the

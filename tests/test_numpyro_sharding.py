@@ -99,6 +99,7 @@ def assert_same_sampler(a: dict, b: dict) -> None:
                                    atol=1e-6 * float(v.abs().max()), msg=k)
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_two_devices_give_the_one_device_numbers(tmp_path):
     if jax.device_count() != 1:
         pytest.skip("the 1-device reference runs in the test process, which sees several JAX devices")

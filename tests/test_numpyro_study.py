@@ -42,6 +42,7 @@ def jax_twin(shrink=0.7, batch=4):
     return npd.GaussianDiffusion(schedule=d.schedule, denoiser=net, event_shape=(2,)), x0.float(), elbo, logp
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_every_compiled_estimator_centres_on_the_exact_elbo():
     d, x0, elbo, _ = jax_twin()
     x0 = x0.repeat(50, 1)  # 200 examples, 4 distinct
@@ -69,6 +70,7 @@ def test_compiled_iwae_lies_between_the_elbo_and_the_log_likelihood():
     assert math.isfinite(value) and grad.shape == (est.num_params,) and torch.isfinite(grad).all()
 
 
+@pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_compare_with_backend_numpyro(tmp_path):
     out = tmp_path / "study"
     assert main(["compare", "--backend", "numpyro", "--out", str(out), *TINY, "--estimators",

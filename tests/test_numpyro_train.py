@@ -184,6 +184,54 @@ def test_a_run_of_either_backend_evaluates_samples_and_resumes_on_the_other(tmp_
         assert 5 * 16 - 10 * 10 <= state["sampler"]["loss_counts"].sum() <= 5 * 16
 
 
+GAMMA = dict(T=0, schedule="learned-net", estimator="continuous-is")  # VDM's learned schedule in continuous time
+
+
+@pytest.mark.slow  # three runs that each compile (~40-55 s on 2 shared cores)
+def test_a_gamma_run_resumes_exactly_and_loads_on_pyro(tmp_path):
+    """A learned γ schedule in continuous time trains on the NumPyro backend: its parameters (and EMA, and Adam's
+    moments after the denoiser's, the Pyro trainer's order) are the checkpoint's schedule.*, a stopped run resumes bit
+    for bit with the importance sampler's history, and the run loads on Pyro as the model whose bound it estimates."""
+    from ppl_diffusion.data import load_dataset
+    from ppl_diffusion.infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
+
+    config = lambda steps: toy(steps=steps, checkpoint_every=2, **GAMMA)  # noqa: E731
+    train(config(5), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train(config(3), part, progress=False)
+    train(config(5), part, resume=True, progress=False)
+    a, b = final_state(tmp_path / "full"), final_state(part)
+    assert_same_training_state(a, b)
+    assert_same_jax_keys(a, b)
+    assert metric_rows(tmp_path / "full") == metric_rows(part)
+    assert a["sampler"]["loss_counts"].sum() > 0 and a["sampler"]["T"] == 0
+    pyro_model = load_trained(part)  # the Pyro model, EMA weights
+    assert list(a["schedule"]) == list(pyro_model.schedule.state_dict())
+    assert any(not torch.equal(a["schedule"][k], a["schedule_ema"][k]) for k in a["schedule"])  # it trained
+    assert len(a["optimizer"]["state"]) == len(a["model"]) + len(a["schedule"])
+    for k, v in pyro_model.schedule.state_dict().items():
+        assert torch.equal(v, a["schedule_ema"][k]), k
+    x = load_dataset("eight_gaussians").test[:8]
+    est = estimate_continuous_bound(pyro_model, x, plan_continuous_uniform(strata=2, draws=2), seed=0)
+    assert torch.isfinite(est.nll).all()
+
+
+@pytest.mark.slow  # two backends' runs, one compiling (~20 s on 2 shared cores)
+def test_a_gamma_runs_first_step_matches_the_pyro_backend(tmp_path):
+    """Same seed, both backends: the same initial denoiser and schedule (converted), the same batches; one Adam step
+    (lr / 3 in the warm-up) from there moves every weight by at most ~lr / 3 on each, so they land close. (Their t and
+    noise differ; the ELBOs' terms and gradients for the same t and noise agree: test_numpyro_gamma.py.)"""
+    for b in ("pyro", "numpyro"):
+        train(toy(steps=1, backend=b, estimator="continuous", T=0, schedule="learned-net"), tmp_path / b,
+              progress=False)
+    a, b = final_state(tmp_path / "pyro"), final_state(tmp_path / "numpyro")
+    assert torch.equal(a["batches"]["perm"], b["batches"]["perm"])
+    for part in ("model", "schedule"):
+        assert list(a[part]) == list(b[part])
+        for k in a[part]:
+            assert torch.allclose(a[part][k], b[part][k], atol=2.1 * 1e-3 / 3), (part, k)
+
+
 def test_cli_train_evaluate_sample_with_backend_numpyro(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--backend", "numpyro", "--data", "eight_gaussians", "--net", "mlp", "--T", "10",

@@ -195,3 +195,75 @@ def test_a_respaced_model_is_refused():
         log_likelihood(respace(diffusion, 10), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="respaced"):
         ProbabilityFlow(respace(diffusion, 10))
+
+
+# ---------------------------------------------------------------------------------------- γ-schedule models
+def gamma_oracle_diffusion(*, exact_prior: bool):
+    """A continuous-time model (T = 0) of a non-linear MonotoneNetGamma whose ε̂ is the exact one for data
+    N(m, diag s²) given γ (tests/common.py GammaGaussianOracle), and (``exact_prior``) whose prior is the data's
+    marginal at γ_1, N(α_1 m, α_1² s² + σ_1²)."""
+    from ppl_diffusion.gamma import MonotoneNetGamma
+    from tests.common import GammaGaussianOracle
+
+    m, s2, lo_hi = np.array([0.5, -0.3, 1.0]), np.array([0.05, 0.2, 1.5]), (-8.0, 6.0)
+    schedule = MonotoneNetGamma(*lo_hi, features=8).double()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a visibly non-linear interior
+        for p in schedule.interior_parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 2.0)
+    prior = None
+    if exact_prior:
+        a2 = 1.0 / (1.0 + math.exp(lo_hi[1]))
+        prior = dist.Normal(torch.tensor(math.sqrt(a2) * m), torch.tensor(np.sqrt(a2 * s2 + 1 - a2))).to_event(1)
+    net = GammaGaussianOracle(m, s2, lo_hi, trainable=False)
+    diffusion = GaussianDiffusion(schedule=schedule, denoiser=net, event_shape=(D,), T=0, gamma_range=lo_hi,
+                                  prior=prior)
+    return diffusion, torch.tensor(m), torch.tensor(s2), lo_hi
+
+
+def _gamma_marginal(m, s2, gamma):
+    """(mean, sd) of the data's marginal at γ: α m and √(α² s² + σ²)."""
+    a2 = torch.sigmoid(-torch.as_tensor(gamma, dtype=torch.float64))
+    return a2.sqrt() * m, (a2 * s2 + 1 - a2).sqrt()
+
+
+def test_gamma_time_beta_is_the_derivative_of_minus_log_alpha_bar():
+    """β(s) = σ²(s) γ'(s) (γ' by autodiff) against a central difference of −log ᾱ(s) = log(1 + e^{γ(s)})."""
+    from ppl_diffusion.continuous import GammaTime
+
+    diffusion, *_ = gamma_oracle_diffusion(exact_prior=False)
+    ct = GammaTime(diffusion)
+    s, h = np.linspace(0.05, 0.95, 7), 1e-5
+    fd = (np.log(ct.alpha_bar(s - h)) - np.log(ct.alpha_bar(s + h))) / (2 * h)
+    np.testing.assert_allclose(ct.beta(s), fd, rtol=1e-6)
+    g0, g1 = (float(v.detach()) for v in diffusion.schedule.endpoints())
+    np.testing.assert_allclose(ct.alpha_bar(np.array([0.0, 1.0])), [1 / (1 + math.exp(g0)), 1 / (1 + math.exp(g1))],
+                               rtol=1e-12)
+
+
+def test_ode_of_a_gamma_model_gives_the_gaussian_log_density():
+    """With the exact ε̂ and the exact marginal at γ_1 as prior, the ODE (on γ's own time, map "gamma", ε = 0) gives
+    the data's marginal density at γ_0: N(α_0 m, α_0² s² + σ_0²), in closed form."""
+    diffusion, m, s2, (lo, _) = gamma_oracle_diffusion(exact_prior=True)
+    x = points()
+    res = log_likelihood(diffusion, x, rtol=1e-8, atol=1e-8)
+    mean, sd = _gamma_marginal(m, s2, lo)
+    ref = dist.Normal(mean, sd).log_prob(x).sum(-1)
+    torch.testing.assert_close(res.log_prob, ref, rtol=0, atol=2e-5)
+    assert res.eps == 0.0 and 20 < res.nfe < 2000
+
+
+def test_ode_of_a_gamma_model_with_a_standard_normal_prior_is_the_closed_form_linear_map():
+    """N(0, I) prior: x(1) = μ_1 + (sd_1/sd_0)(x − μ_0) per dimension (the flow of the exact marginals), and
+    log p(x) = log N(x(1); 0, I) + Σ_d log(sd_1/sd_0)."""
+    diffusion, m, s2, (lo, hi) = gamma_oracle_diffusion(exact_prior=False)
+    x = points()
+    res = log_likelihood(diffusion, x, rtol=1e-8, atol=1e-8)
+    (m0, sd0), (m1, sd1) = _gamma_marginal(m, s2, lo), _gamma_marginal(m, s2, hi)
+    x1 = m1 + sd1 / sd0 * (x - m0)
+    torch.testing.assert_close(res.x1, x1, rtol=0, atol=1e-5)
+    ref = dist.Normal(0.0, 1.0).log_prob(x1).sum(-1) + torch.log(sd1 / sd0).sum()
+    torch.testing.assert_close(res.log_prob, ref, rtol=0, atol=2e-5)
+    # Sampling runs the same map backwards: from x(1) it returns x.
+    back, _ = sample_ode(diffusion, x_T=res.x1.detach(), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)

@@ -29,7 +29,7 @@ from ppl_diffusion.evaluate import evaluate_run
 from ppl_diffusion.infer import ESTIMATORS
 from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
 from ppl_diffusion.sampling import sample_run
-from ppl_diffusion.train import TrainConfig, TrainingDiverged, load_trained, train
+from ppl_diffusion.train import BatchStream, TrainConfig, TrainingDiverged, load_trained, lr_at, train
 from ppl_diffusion.train.validation import VALIDATION_PLAN, Validation, holdout_split
 
 from .common import assert_same_state, nan_after
@@ -97,23 +97,25 @@ train(config, run, resume=latest_checkpoint(run) is not None, progress=False)
 TWO_THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
-    """The 8-Gaussians toy killed at random moments, each part a new process, ends bit for bit as the
-    uninterrupted run in yet another process: every tensor of the state, the best weights, and the metrics."""
-    config = toy(steps=40, checkpoint_every=1, keep_checkpoints=2, val_examples=16)  # the best weights too
+def killed_and_resumed(config: TrainConfig, tmp_path: Path, *, seed: int, tries: int, pause: float,
+                       wait: float = 60, timeout: float = 600) -> Path:
+    """Train ``config`` uninterrupted in a new process (``tmp_path/reference``) while, beside it, new processes on
+    ``tmp_path/killed`` are SIGKILLed ``tries`` times at a random moment (up to ``pause`` s) after their first
+    checkpoint and a last one finishes the run; assert both end bit for bit the same (every tensor of the state, the
+    metrics, the best weights). Returns the killed run's folder."""
     run = tmp_path / "killed"
-    rng = random.Random(1234)
+    rng = random.Random(seed)
     cmd = [sys.executable, "-c", SCRIPT, json.dumps(config.to_dict())]
     reference = subprocess.Popen([*cmd, str(tmp_path / "reference")], env=TWO_THREADS, stderr=subprocess.PIPE,
                                  text=True)
     kills = 0
-    for _ in range(3):
+    for _ in range(tries):
         before = latest_checkpoint(run)
         proc = subprocess.Popen([*cmd, str(run)], env=TWO_THREADS, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + wait
         while proc.poll() is None and latest_checkpoint(run) == before and time.monotonic() < deadline:
             time.sleep(0.005)  # wait until training runs (imports take a while), then kill at random
-        time.sleep(rng.uniform(0.0, 0.15))
+        time.sleep(rng.uniform(0.0, pause))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -121,11 +123,20 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     assert kills >= 1
     done = subprocess.run([*cmd, str(run)], env=TWO_THREADS, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    _, err = reference.communicate(timeout=600)
+    _, err = reference.communicate(timeout=timeout)
     assert reference.returncode == 0, err[-2000:]
     assert_same_training_state(final_state(tmp_path / "reference"), final_state(run))
     assert metric_rows(tmp_path / "reference") == metric_rows(run)
-    assert_same_best(tmp_path / "reference", run)
+    if config.val_examples:
+        assert_same_best(tmp_path / "reference", run)
+    return run
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
+    """The 8-Gaussians toy killed at random moments, each part a new process, ends bit for bit as the
+    uninterrupted run in yet another process: every tensor of the state, the best weights, and the metrics."""
+    config = toy(steps=40, checkpoint_every=1, keep_checkpoints=2, val_examples=16)  # the best weights too
+    run = killed_and_resumed(config, tmp_path, seed=1234, tries=3, pause=0.15)
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
     assert len(list_checkpoints(run)) == 2
 
@@ -325,7 +336,9 @@ def test_net_preset_must_fit_the_data(tmp_path):
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_every_estimator_trains(estimator, tmp_path):
     variance = "learned" if estimator == "hybrid" else "beta"  # the hybrid loss trains a learned σ²
-    result = train(toy(estimator=estimator, steps=2, T=5, variance=variance), tmp_path, progress=False)
+    # A continuous-time estimator scores a γ schedule in continuous time (T = 0); the others a chain of steps.
+    process = dict(T=5) if ESTIMATORS[estimator].needs_steps else dict(T=0, schedule="learned-net")
+    result = train(toy(estimator=estimator, steps=2, variance=variance, **process), tmp_path, progress=False)
     assert result.step == 2 and np.isfinite(result.loss)
 
 
@@ -495,3 +508,91 @@ def test_a_run_without_val_examples_in_its_config_still_resumes(tmp_path):
     assert TrainConfig.from_dict(config).val_examples == 0
     assert train(toy(steps=4, checkpoint_every=2), tmp_path, resume=True, progress=False).step == 4
     assert not (tmp_path / "best.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------- a short run's settings
+def test_the_ema_keeps_decay_to_the_steps_of_the_initial_weights():
+    """The EMA the trainer keeps is Σ_k w_k θ_k over the raw weights θ_0 (the initial ones) .. θ_N, with
+    w_0 = d^N and w_k = (1 − d) d^(N−k): recomputed from the raw weights recorded after every step. The share d^N
+    of θ_0 is what budget_warnings reports."""
+    decay, n = 0.9, 6
+    config = toy(steps=n, ema_decay=decay).validate()
+    data = load_dataset(config.data)
+    trainer = train_mod.make_trainer(config, data, torch.device("cpu"))
+    batches = BatchStream(len(data.train), config.seed)
+    raw = [{k: v.detach().clone().double() for k, v in trainer.net.state_dict().items()}]
+    for step in range(1, n + 1):
+        trainer.step(batches.next(config.batch_size), lr_at(config, step))
+        raw.append({k: v.detach().clone().double() for k, v in trainer.net.state_dict().items()})
+    weights = [decay ** n] + [(1 - decay) * decay ** (n - k) for k in range(1, n + 1)]
+    assert math.isclose(sum(weights), 1.0)
+    for key, got in trainer.ema.items():
+        want = sum(w * r[key] for w, r in zip(weights, raw))
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-6), key
+    assert not torch.equal(raw[0]["inp.weight"], raw[-1]["inp.weight"])  # the weights moved
+
+
+def test_a_warm_up_or_an_ema_longer_than_the_run_is_warned_with_the_fix(tmp_path):
+    """Warned: a warm-up over half the run, an EMA keeping over 5% of the initial weights at the end; the decay
+    suggested keeps at most 5%. Not warned: the demo's settings (2,000 steps, warm-up 100, EMA 0.998), a budget in
+    minutes only."""
+    from ppl_diffusion.train import BudgetWarning, budget_warnings
+
+    warm, ema = budget_warnings(toy(steps=1500, warmup_steps=1000, ema_decay=0.999))
+    assert warm == ("--warmup-steps 1000 is over half of the run's 1500 steps: the learning rate reaches --lr 0.001 "
+                    "only at step 1000; pass --warmup-steps 75 (5% of the steps) or train longer")
+    assert ema == ("--ema-decay 0.999 over 1500 steps leaves 22% of the untrained initial weights in the EMA weights "
+                   "that evaluate and sample use; pass --ema-decay 0.998 or lower (at most 1 - 3/steps) or train "
+                   "longer")
+    for steps in (20, 200, 1500, 2000, 7000):
+        decay = float(budget_warnings(toy(steps=steps, ema_decay=0.9999))[-1].split("pass --ema-decay ")[1].split()[0])
+        assert decay ** steps <= 0.05 and not budget_warnings(toy(steps=steps, warmup_steps=0, ema_decay=decay))
+    assert "pass --ema-decay 0 (no averaging)" in budget_warnings(toy(steps=2, ema_decay=0.5))[-1]
+    assert budget_warnings(toy(steps=2000, warmup_steps=100, ema_decay=0.998)) == []
+    assert budget_warnings(toy(steps=None, minutes=1.0, warmup_steps=1000, ema_decay=0.9999)) == []
+    with pytest.warns(BudgetWarning, match="--ema-decay 0.999 over 4 steps"):
+        train(toy(steps=4, ema_decay=0.999), tmp_path, progress=False)
+
+
+def test_train_says_which_net_it_built(tmp_path, capsys):
+    """The CLI's first line names the net with the settings the size rule chose and its parameter count, and the
+    examples it trains on; the budget warnings are one line each."""
+    from ppl_diffusion.cli import _one_line_warning, main
+    from ppl_diffusion.train import BudgetWarning
+
+    with pytest.warns(BudgetWarning) as caught:
+        assert main(["train", "--data", "digits", "--channels", "8", "--res-blocks", "1", "--T", "5", "--steps", "2",
+                     "--batch-size", "4", "--val-examples", "7", "--no-progress", "--run-dir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    params = sum(p.numel() for p in load_trained(tmp_path).denoiser.parameters())
+    assert first == ("net auto: U-Net (model_channels=8, channel_mult=(1, 2), num_res_blocks=1, "
+                     "attention_resolutions=(4,), dropout=0.1, use_scale_shift_norm=True), "
+                     f"{params:,} parameters; 1,430 digits training examples of shape [1, 8, 8] (7 more held out "
+                     "for validation)")
+    assert [_one_line_warning(w.message, w.category, w.filename, w.lineno).count("\n") for w in caught] == [1, 1]
+    assert all(_one_line_warning(w.message, w.category, w.filename, w.lineno).startswith("ppl-diffusion: warning: ")
+               for w in caught)
+
+
+def test_sigterm_before_the_first_checkpoint_leaves_no_folder(tmp_path):
+    """`kill` (SIGTERM) of a CLI train before its first checkpoint: status 143, one line, and the run folder it made
+    is gone, as after Ctrl-C; the message says a stopped run resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "runs" / "new"
+    proc = subprocess.Popen([sys.executable, "-m", "ppl_diffusion", "train", "--data", "two_moons", "--net", "mlp",
+                             "--T", "20", "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1",
+                             "--warmup-steps", "0", "--threads", "1", "--no-progress", "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("ppl-diffusion: terminated; a train run continues"), err
+    assert not (tmp_path / "runs").exists()

@@ -1,5 +1,7 @@
 """The U-Net denoiser: shapes, zero initialisation, time conditioning, gradients, presets, bad input."""
 
+import math
+
 import pytest
 import torch
 
@@ -165,3 +167,108 @@ def test_presets_and_overrides():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown U-Net preset 'imagenet'; known presets: cifar10, digits, mnist"):
         unet_preset("imagenet")
+
+
+# ---------------------------------------------------------------------------------------- Fourier features of x_t
+def test_fourier_features_are_vdms_sin_and_cos_in_its_channel_order():
+    from ppl_diffusion.nets.embedding import fourier_features
+
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    out = fourier_features(x, (2, 3, 6))
+    assert out.shape == (3, 2 * 2 * 3, 4, 4)
+    # VDM's Base2FourierFeatures: channel c and exponent n at c·F + i, the sines first, then the cosines.
+    for c in range(2):
+        for i, n in enumerate((2, 3, 6)):
+            angle = 2.0 ** n * 2 * math.pi * x[:, c]
+            assert torch.allclose(out[:, c * 3 + i], torch.sin(angle), rtol=0, atol=1e-12)
+            assert torch.allclose(out[:, 6 + c * 3 + i], torch.cos(angle), rtol=0, atol=1e-12)
+
+
+def test_without_fourier_features_a_preset_is_the_same_net(name="digits"):
+    """Off by default: the preset built with fourier_features=() or None has the state dict (names, shapes, values
+    from the same seed) and the outputs of the preset as it was, so old checkpoints load; on, only the first conv
+    reads more channels."""
+    torch.manual_seed(0)
+    old = unet_preset(name, zero_init=False).eval()
+    for off in ((), None):
+        torch.manual_seed(0)
+        new = unet_preset(name, zero_init=False, fourier_features=off).eval()
+        assert new.fourier_features == ()
+        a, b = old.state_dict(), new.state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    c, s = old.in_channels, old.image_size
+    x, t = torch.randn(2, c, s, s), steps(2)
+    with torch.no_grad():
+        assert torch.equal(old(x, t), new(x, t))
+    on = unet_preset(name, fourier_features=[6, 7]).state_dict()
+    changed = [k for k in a if a[k].shape != on[k].shape]
+    assert list(on) == list(a) and changed == ["input_blocks.0.0.weight"]
+    assert on["input_blocks.0.0.weight"].shape[1] == 5 * c
+
+
+def test_fourier_features_feed_the_first_conv_and_pass_gradients_to_x_t():
+    net = small(zero_init=False, fourier_features=(2, 3)).eval()
+    conv = net.input_blocks[0][0]
+    assert conv.in_channels == 5
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    t = steps(2)
+    out = net(x, t)
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with torch.no_grad():  # the four feature channels (1..4) reach the output
+        conv.weight[:, 1:] = 0.0
+        assert (net(x, t) - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([17], r"integer in 0\.\.16.*got 17"), ([-1], "got -1"), ([2.0], "got 2.0"), ([2, 2], "appears twice"),
+    ("auto", "resolved from the data's grey levels"), (3, "pass a list of integer exponents"),
+], ids=["too-high", "negative", "float", "twice", "auto", "scalar"])
+def test_bad_fourier_exponents_are_refused_in_one_line(bad, match):
+    with pytest.raises(ValueError, match=match) as e:
+        small(fourier_features=bad)
+    assert "\n" not in str(e.value)
+
+
+def test_the_frequency_rule_gives_vdms_exponents_for_8_bit_data_and_2_3_for_the_digits():
+    from ppl_diffusion.data import load_dataset
+    from ppl_diffusion.nets.embedding import fourier_exponents
+
+    assert fourier_exponents(2 / 255) == (6, 7)  # VDM's for CIFAR-10
+    spacing = load_dataset("digits").level_spacing
+    assert spacing == pytest.approx(0.125) and fourier_exponents(spacing) == (2, 3)
+    for spacing in (2 / 255, 0.125, 2 / 15, 0.3):  # the top frequency turns by about one period per level step
+        n = fourier_exponents(spacing)[1]
+        assert 2 ** -0.5 <= 2 ** n * spacing <= 2 ** 0.5
+    for bad in (0.0, -1.0, float("nan"), 1e-9):
+        with pytest.raises(ValueError, match="spacing"):
+            fourier_exponents(bad)
+
+
+FEATURES_SCRIPT = r"""
+import hashlib, torch
+from ppl_diffusion.nets.embedding import fourier_features
+from ppl_diffusion.nets.unet import UNet
+torch.manual_seed(0)
+x = torch.rand(128, 1, 8, 8) * 2 - 1  # 8,192 elements: torch splits sin and cos over the threads (VML per chunk)
+h = hashlib.sha256(fourier_features(x, (2, 3, 6, 7)).numpy().tobytes())
+net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), num_res_blocks=1,
+           attention_resolutions=(4,), num_groups=4, zero_init=False, fourier_features=(2, 3))
+x.requires_grad_(True)
+net(x, torch.arange(1, 129)).square().sum().backward()
+for t in (x.grad, *(p.grad for p in net.parameters())):
+    h.update(t.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_fourier_features_and_their_gradients_have_the_same_bits_in_fresh_processes():
+    """sin and cos of a large CPU tensor run in MKL's vector-math library on several threads, whose kernels
+    ppl_diffusion.determinism chooses at import: three new processes on 2 threads give the features of 8,192 values
+    and a U-Net's gradients through them with the same bits."""
+    import sys
+
+    from .test_determinism import run_concurrently
+
+    outputs = run_concurrently([([sys.executable, "-c", FEATURES_SCRIPT], 2)] * 3)
+    assert len({out.strip() for out in outputs}) == 1 and len(outputs[0].strip()) == 64, outputs

@@ -15,19 +15,25 @@ name                  estimator
 ``stochastic-mc-ld``  (c) Monte-Carlo step term, low-discrepancy t.
 ``hybrid``            improved DDPM's L_simple + λ L_vlb for ``variance="learned"`` (:class:`HybridELBO`):
                       its value is the stochastic-kl estimate of −ELBO, its gradient the hybrid one.
+``continuous``        (T = 0) :class:`ContinuousTimeELBO`: reconstruction at γ_0, prior at γ_1 and the
+                      diffusion term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example (Monte Carlo in t and ε).
+``continuous-ld``     (T = 0) ... low-discrepancy t across the batch (VDM's).
+``continuous-is``     (T = 0) ... t importance-sampled (a history of the integrand on bins of [0, 1]).
 ====================  ==========================================================================
 
 All estimate the same ELBO (nats, summed over the batch); (d) :func:`variational_bound` returns
-its terms separately. A model with a γ schedule (:mod:`ppl_diffusion.gamma`) and T steps works with every one of
-them; in continuous time (T = 0) its ELBO is :class:`ContinuousTimeELBO` (uniform, low-discrepancy or importance t;
-``schedule_objective="variance"`` trains the schedule's interior for the estimator's variance), not in this table
-(it needs a γ schedule). The importance-weighted bound with K trajectories (Pyro's ``RenyiELBO`` with
+its terms separately. Each entry of :data:`ESTIMATORS` says which models it scores (:attr:`EstimatorSpec.time`):
+``"steps"``, a chain of T steps (a NoiseSchedule, or a γ schedule (:mod:`ppl_diffusion.gamma`) with T >= 2: every
+one of them works on either), or ``"continuous"``, a γ schedule in continuous time (T = 0, net conditioned on γ);
+:func:`check_estimator` refuses a mismatch in one line. The continuous ones take ``schedule_objective="variance"``
+to train a learned schedule's interior for the estimator's variance. The importance-weighted bound with K trajectories (Pyro's ``RenyiELBO`` with
 α = 0 on (model, guide); the model supports ``vectorize_particles=True``) is a different, tighter
 bound, kept out of this table; :mod:`ppl_diffusion.study` reports it apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -53,34 +59,77 @@ class Estimator:
         return getattr(diffusion, self.guide_name)
 
 
+TIMES = ("steps", "continuous")  # what an estimator scores: a chain of T steps, or continuous time (T = 0)
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """An entry of :data:`ESTIMATORS`: how to make the ELBO, the guide it pairs with, and the time it scores
+    (``"steps"``: a chain of T steps, any schedule; ``"continuous"``: a γ schedule with T = 0)."""
+
+    factory: Callable[..., ELBO]
+    guide_name: str  # "guide" or "posterior_guide"
+    time: str = "steps"
+
+    @property
+    def needs_steps(self) -> bool:
+        """Whether the estimator scores a chain of steps (and so refuses a continuous-time model)."""
+        return self.time == "steps"
+
+
 def _stochastic(step_term, timesteps):
-    return lambda **kw: StochasticTimestepELBO(step_term=step_term, timesteps=timesteps, **kw)
+    return EstimatorSpec(lambda **kw: StochasticTimestepELBO(step_term=step_term, timesteps=timesteps, **kw), "guide")
+
+
+def _continuous(timesteps):
+    return EstimatorSpec(lambda **kw: ContinuousTimeELBO(timesteps=timesteps, **kw), "guide", "continuous")
 
 
 ESTIMATORS = {
-    "trace": (lambda **kw: Trace_ELBO(**kw), "guide"),
-    "meanfield": (lambda **kw: TraceMeanField_ELBO(**kw), "posterior_guide"),
-    "stochastic-kl": (_stochastic("kl", "uniform"), "guide"),
-    "stochastic-mc": (_stochastic("mc", "uniform"), "guide"),
-    "stochastic-kl-is": (_stochastic("kl", "importance"), "guide"),
-    "stochastic-mc-is": (_stochastic("mc", "importance"), "guide"),
-    "stochastic-kl-ld": (_stochastic("kl", "low-discrepancy"), "guide"),
-    "stochastic-mc-ld": (_stochastic("mc", "low-discrepancy"), "guide"),
-    "hybrid": (lambda **kw: HybridELBO(**kw), "guide"),
+    "trace": EstimatorSpec(lambda **kw: Trace_ELBO(**kw), "guide"),
+    "meanfield": EstimatorSpec(lambda **kw: TraceMeanField_ELBO(**kw), "posterior_guide"),
+    "stochastic-kl": _stochastic("kl", "uniform"),
+    "stochastic-mc": _stochastic("mc", "uniform"),
+    "stochastic-kl-is": _stochastic("kl", "importance"),
+    "stochastic-mc-is": _stochastic("mc", "importance"),
+    "stochastic-kl-ld": _stochastic("kl", "low-discrepancy"),
+    "stochastic-mc-ld": _stochastic("mc", "low-discrepancy"),
+    "hybrid": EstimatorSpec(lambda **kw: HybridELBO(**kw), "guide"),
+    "continuous": _continuous("uniform"),
+    "continuous-ld": _continuous("low-discrepancy"),
+    "continuous-is": _continuous("importance"),
 }
+STEP_ESTIMATORS = tuple(n for n, s in ESTIMATORS.items() if s.needs_steps)
+CONTINUOUS_ESTIMATORS = tuple(n for n, s in ESTIMATORS.items() if not s.needs_steps)
+
+
+def check_estimator(name: str, T: int) -> EstimatorSpec:
+    """The entry of ``name`` if it scores a model of ``T`` steps (0: continuous time); a one-line ``ValueError``
+    naming the value and the fix otherwise."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; choose one of {list(ESTIMATORS)}")
+    spec = ESTIMATORS[name]
+    if T == 0 and spec.needs_steps:
+        raise ValueError(f"estimator {name!r} scores a chain of steps, and T = 0 is continuous time: pass --estimator "
+                         f"one of {', '.join(CONTINUOUS_ESTIMATORS)} (or T >= 2 steps)")
+    if T != 0 and not spec.needs_steps:
+        raise ValueError(f"estimator {name!r} scores continuous time (T = 0), and this model has T = {T} steps: pass "
+                         f"--T 0 with a γ schedule, or a step estimator such as stochastic-kl-is")
+    return spec
 
 
 def make_estimator(name: str, **kwargs) -> Estimator:
     """The estimator called ``name`` (see the table above); ``kwargs`` go to its ELBO class."""
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; choose one of {list(ESTIMATORS)}")
-    factory, guide_name = ESTIMATORS[name]
-    return Estimator(name=name, loss=factory(**kwargs), guide_name=guide_name)
+    spec = ESTIMATORS[name]
+    return Estimator(name=name, loss=spec.factory(**kwargs), guide_name=spec.guide_name)
 
 
 __all__ = [
-    "ESTIMATORS", "ContinuousTimeELBO", "Estimator", "HybridELBO", "ImportanceTimes", "ImportanceTimesteps",
-    "LowDiscrepancyTimes", "LowDiscrepancyTimesteps", "StochasticTimestepELBO", "UniformTimes", "UniformTimesteps",
-    "VariationalBound", "continuous_time_terms", "make_estimator", "make_timestep_sampler", "per_example_elbo",
-    "trace_pair", "variational_bound",
+    "CONTINUOUS_ESTIMATORS", "ESTIMATORS", "STEP_ESTIMATORS", "ContinuousTimeELBO", "Estimator", "EstimatorSpec",
+    "HybridELBO", "ImportanceTimes", "ImportanceTimesteps", "LowDiscrepancyTimes", "LowDiscrepancyTimesteps",
+    "StochasticTimestepELBO", "UniformTimes", "UniformTimesteps", "VariationalBound", "check_estimator",
+    "continuous_time_terms", "make_estimator", "make_timestep_sampler", "per_example_elbo", "trace_pair",
+    "variational_bound",
 ]

@@ -57,8 +57,9 @@ def active() -> "BatchDraws | None":
 class FeedNoiseMessenger(Messenger):
     """Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
 
-    For sites whose distribution is a Normal or a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
-    (then rounded to its bins, a draw from it), under ``.to_event``, a mask or an expansion; observed sites,
+    For sites whose distribution is a Normal, a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
+    (then rounded to its bins, a draw from it) or a :class:`~ppl_diffusion.distributions.VDMCategorical` (its
+    inverse CDF at Φ(noise)), under ``.to_event``, a mask or an expansion; observed sites,
     replayed ones and sites not named are left alone. ``noise`` is a dict of tensors shaped like the sites'
     values, or a function of the site's name returning one (or ``None``), so that the noise of a long chain is
     made one site at a time. This is how the bound and the sampler take counter-based noise
@@ -86,15 +87,15 @@ class FeedNoiseMessenger(Messenger):
         eps = self._eps(msg, base)
         if eps is None:
             return
-        from ..distributions import DiscretizedGaussian
+        from ..distributions import DiscretizedGaussian, VDMCategorical
 
-        if not isinstance(base, (Normal, DiscretizedGaussian)):
+        if not isinstance(base, (Normal, DiscretizedGaussian, VDMCategorical)):
             raise ValueError(f"site {msg['name']!r} is a {type(base).__name__}; {self.refusal}")
         eps = eps.to(device=base.loc.device, dtype=base.loc.dtype)
         if eps.numel() == base.loc.numel():  # given noise may come flat; an expanded site's broadcasts instead
             eps = eps.reshape(base.loc.shape)
-        value = base.loc + base.scale * eps
-        msg["value"] = base._grid(value) if isinstance(base, DiscretizedGaussian) else value
+        # a decoder's draw from its noise: rounded to the bins, or the categorical's inverse CDF at Φ(ε)
+        msg["value"] = base.loc + base.scale * eps if isinstance(base, Normal) else base.from_normal(eps)
 
 
 class BatchDraws(FeedNoiseMessenger):

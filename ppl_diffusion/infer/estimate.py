@@ -203,16 +203,10 @@ def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps
     return np.interp(np.arange(1, T + 1), steps, rms), len(pairs)
 
 
-@dataclass
-class BoundEstimate:
-    """Per-example estimates of the full bound (nats) and the estimated variance of their t-sampling."""
-
-    nll: Tensor  # [N], L̂ per example (nats), unbiased for the full bound of variational_bound(seed=...)
-    t_variance: Tensor  # [N], v̂_i, unbiased for Var(L̂_i | the bound's noise); NaN when draws = 1
-    terms: Tensor  # [N x (T + 1)], unbiased per-term estimates (L_j exactly for j < t_0 and j = T; else the
-    #               draws' weighted terms at their steps, 0 elsewhere); terms.sum(-1) == nll
-    calls: int  # denoiser inputs evaluated (distinct (example, step) pairs)
-    num_dims: int
+class PerExampleEstimate:
+    """What an estimate of a bound per example (``nll`` ``[N]`` nats, ``t_variance`` ``[N]``, ``calls``,
+    ``num_dims``) reports: bits/dim and its standard errors (:class:`BoundEstimate`, and the continuous-time
+    bound's :class:`~ppl_diffusion.infer.continuous_bound.ContinuousBoundEstimate`)."""
 
     def bits_per_dim(self) -> Tensor:
         return self.nll / (self.num_dims * math.log(2.0))
@@ -225,6 +219,18 @@ class BoundEstimate:
                 if n and not torch.isnan(self.t_variance).any() else None)
         return {"bpd": bpd.mean().item(), "bpd_stderr": bpd.std().item() / math.sqrt(n) if n > 1 else None,
                 "bpd_t_stderr": t_se, "calls": self.calls}
+
+
+@dataclass
+class BoundEstimate(PerExampleEstimate):
+    """Per-example estimates of the full bound (nats) and the estimated variance of their t-sampling."""
+
+    nll: Tensor  # [N], L̂ per example (nats), unbiased for the full bound of variational_bound(seed=...)
+    t_variance: Tensor  # [N], v̂_i, unbiased for Var(L̂_i | the bound's noise); NaN when draws = 1
+    terms: Tensor  # [N x (T + 1)], unbiased per-term estimates (L_j exactly for j < t_0 and j = T; else the
+    #               draws' weighted terms at their steps, 0 elsewhere); terms.sum(-1) == nll
+    calls: int  # denoiser inputs evaluated (distinct (example, step) pairs)
+    num_dims: int
 
 
 def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indices=None, draw_seed: int | None = None,

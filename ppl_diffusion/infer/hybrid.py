@@ -70,7 +70,7 @@ class HybridELBO(StochasticTimestepELBO):
         def step_loss(eps_for_mean):  # L_{t−1}: the KL for t > 1, the decoder's −log p(x_0|x_1) at t = 1
             mean = cf.p_mean_from_eps(s, x_t, t, eps_for_mean)
             kl = cf.normal_kl(q_mean, q_log_var, mean, log_var).reshape(batch, -1).sum(-1)
-            nll = -diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+            nll = -diffusion.decoder_at(x_t, t, mean, log_var, coef=s).to_event(d).log_prob(x0)
             return torch.where(t == 1, nll, kl)
 
         # L_T = KL(q(x_T|x_0) || p(x_T)): closed form where registered, else one Monte-Carlo draw.

@@ -32,6 +32,6 @@ def plain_stochastic_elbo(diffusion, x0: Tensor) -> Tensor:
     p_mean, p_log_var = diffusion.p_mean_variance(x_t, t)
     q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, t)
     kl = cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var).sum(dims)
-    decoder = diffusion.decoder(p_mean, p_log_var).log_prob(x0).sum(dims)
+    decoder = diffusion.decoder_at(x_t, t, p_mean, p_log_var, coef=s).log_prob(x0).sum(dims)
     step = torch.where(t == 1, decoder, -kl)
     return -prior + T * step

@@ -81,11 +81,11 @@ def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) 
 
     if flags:
         raise ValueError("--flags is for improved-diffusion checkpoints; a safetensors folder carries its own config")
-    config, meta, denoiser, prior = read_safetensors(folder)
+    config, meta, denoiser, prior, schedule = read_safetensors(folder)
     if data is not None:
         config = dataclasses.replace(config, data=data, data_root=data_root)
         meta = None
-    return write_run(run_dir, config, denoiser, meta=meta, prior_state=prior)
+    return write_run(run_dir, config, denoiser, meta=meta, prior_state=prior, schedule_state=schedule)
 
 
 def import_diffusers(folder, run_dir, **kwargs) -> Path:

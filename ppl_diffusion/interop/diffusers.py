@@ -303,6 +303,9 @@ def to_diffusers(diffusion: GaussianDiffusion, folder) -> Path:
     d = _diffusers()
     from ..nets.unet import UNet
 
+    if getattr(diffusion, "gamma_schedule", False):
+        raise ValueError("the model's forward process is a γ schedule; a diffusers DDPMScheduler runs a β_t schedule of "
+                         "T steps with a step-labelled net: export --to safetensors (which keeps the schedule)")
     if diffusion.prior is not None:
         raise ValueError(f"the model's prior is {diffusion.prior!r}; a diffusers pipeline starts from N(0, I)")
     if not isinstance(diffusion.variance, str) or diffusion.variance not in EXPORT_VARIANCE_TYPES:
@@ -350,6 +353,9 @@ def _unet2d_config(net) -> dict:
     from ..nets.unet import AttentionBlock, ResBlock
 
     levels = len(net.channel_mult)
+    if getattr(net, "fourier_features", ()):
+        raise ValueError(f"UNet(fourier_features={list(net.fourier_features)}): UNet2DModel has no Fourier features "
+                         "of its input; no exact export")
     if net.channel_mult[0] != 1:
         raise ValueError(f"UNet(channel_mult={net.channel_mult}): UNet2DModel's input conv has "
                          "block_out_channels[0] channels, so channel_mult[0] must be 1 to export")

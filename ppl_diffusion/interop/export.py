@@ -1,7 +1,7 @@
 """A run's model out of this package: safetensors weights with a JSON config, or an improved-diffusion checkpoint.
 
 ``to_safetensors(run, out)`` writes ``out/model.safetensors`` (the denoiser's state dict, and a learned prior's
-under ``prior.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.TrainConfig`, the data's
+under ``prior.`` and a learned γ schedule's under ``schedule.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.TrainConfig`, the data's
 event shape and decoder, which weights and from which checkpoint); :func:`from_safetensors` builds the same
 :class:`~ppl_diffusion.GaussianDiffusion` from them, and ``ppl-diffusion import safetensors DIR`` makes a run
 folder of them.
@@ -53,8 +53,10 @@ def to_safetensors(run, out_dir, *, ema: bool = True) -> Path:
     loaded = _load(run, ema)
     d = loaded.diffusion
     tensors = {k: v.detach().cpu().contiguous() for k, v in d.denoiser.state_dict().items()}
-    if isinstance(d.prior, torch.nn.Module):
-        tensors.update({f"prior.{k}": v.detach().cpu().contiguous() for k, v in d.prior.state_dict().items()})
+    for part in ("prior", "schedule"):  # a learned prior's and a γ schedule's weights, under their prefixes
+        module = getattr(d, part)
+        if isinstance(module, torch.nn.Module):
+            tensors.update({f"{part}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     st.save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": SAFETENSORS_FORMAT})
@@ -69,7 +71,8 @@ def to_safetensors(run, out_dir, *, ema: bool = True) -> Path:
 
 
 def read_safetensors(folder) -> tuple:
-    """(TrainConfig, data meta, denoiser state dict, prior state dict or None) of an exported folder."""
+    """(TrainConfig, data meta, denoiser state dict, prior state dict or None, γ schedule state dict or None) of an
+    exported folder."""
     from ..train import TrainConfig
 
     st = _safetensors()
@@ -82,9 +85,10 @@ def read_safetensors(folder) -> tuple:
     if doc.get("format") != SAFETENSORS_FORMAT:
         raise ValueError(f"{folder / CONFIG_FILE} has format {doc.get('format')!r}, expected {SAFETENSORS_FORMAT!r}")
     tensors = st.load_file(str(folder / WEIGHTS_FILE))
-    denoiser = {k: v for k, v in tensors.items() if not k.startswith("prior.")}
+    denoiser = {k: v for k, v in tensors.items() if not k.startswith(("prior.", "schedule."))}
     prior = {k[len("prior."):]: v for k, v in tensors.items() if k.startswith("prior.")} or None
-    return TrainConfig.from_dict(doc["config"]), doc["data"], denoiser, prior
+    schedule = {k[len("schedule."):]: v for k, v in tensors.items() if k.startswith("schedule.")} or None
+    return TrainConfig.from_dict(doc["config"]), doc["data"], denoiser, prior, schedule
 
 
 def from_safetensors(folder, *, backend: str = "pyro", device: str = "cpu"):
@@ -92,10 +96,10 @@ def from_safetensors(folder, *, backend: str = "pyro", device: str = "cpu"):
     with ``backend="numpyro"`` its NumPyro twin."""
     from .run_folder import check_weights
 
-    config, meta, denoiser, prior = read_safetensors(folder)
+    config, meta, denoiser, prior, schedule = read_safetensors(folder)
     from ..train.load import to_backend
 
-    return to_backend(check_weights(config, meta, denoiser, prior), backend, device)
+    return to_backend(check_weights(config, meta, denoiser, prior, schedule), backend, device)
 
 
 # ------------------------------------------------------------------------------------------------ improved-diffusion
@@ -112,15 +116,29 @@ def step_rotation(dim: int, delta: float, max_period: float = 10000.0) -> np.nda
     return r
 
 
+def check_noise_schedule(diffusion, config, kind: str) -> None:
+    """A one-line refusal to export a γ-schedule model (learned or in continuous time) to ``kind``, whose code runs
+    a β_t schedule of T steps; safetensors keeps it."""
+    if getattr(diffusion, "gamma_schedule", False):
+        T = "T = ∞" if diffusion.T == 0 else f"T = {diffusion.T}"
+        raise ValueError(f"export --to {kind}: this run's forward process is the γ schedule {config.schedule!r} "
+                         f"({T}), and {kind}'s code runs a β_t schedule of T steps with a step-labelled net; export "
+                         "--to safetensors (which keeps the schedule)")
+
+
 def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]:
     """(their flags for our model, what their code would compute differently, the step shift δ to fold in)."""
     from ..diffusion import GaussianDiffusion
     from ..nets import UNet
     from ..nets.unet import AttentionBlock, ResBlock
 
+    check_noise_schedule(diffusion, config, "improved-diffusion")
     if not isinstance(diffusion, GaussianDiffusion) or not isinstance(diffusion.denoiser, UNet):
         raise ValueError(f"export to improved-diffusion needs a U-Net denoiser; this run's net is {config.net!r}")
     net = diffusion.denoiser
+    if getattr(net, "fourier_features", ()):
+        raise ValueError(f"the U-Net has Fourier features of x_t (fourier_features={list(net.fourier_features)}); "
+                         "improved-diffusion's UNetModel has none")
     groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
     if groups != {32}:
         raise ValueError(f"the U-Net's GroupNorms have {sorted(groups)} groups; improved-diffusion's always have 32 "
@@ -171,6 +189,9 @@ def improved_diffusion_flags(diffusion, config) -> tuple[dict, list[str], float]
         differences.append("a fitted variance has no flag; exported as FIXED_LARGE")
     if getattr(diffusion.decoder, "bins", None) is None:
         differences.append("the decoder is Gaussian; theirs is the discretized Gaussian of 8-bit images")
+    elif getattr(diffusion.decoder, "name", None) == "vdm-categorical":
+        differences.append("the decoder is VDM's categorical from x_1/α_1; theirs is the discretized Gaussian at "
+                           "the net's x̂_0")
     if diffusion.prior is not None:
         differences.append(f"the prior p(x_T) is {config.prior!r}; theirs is N(0, I)")
     return flags, differences, delta

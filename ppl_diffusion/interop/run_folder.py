@@ -28,20 +28,24 @@ def dataset_meta(config: TrainConfig) -> dict:
     return {"event_shape": list(data.event_shape), "decoder": data.decoder}
 
 
-def check_weights(config: TrainConfig, meta: dict, state_dict: dict, prior_state: dict | None = None):
-    """The model of ``config`` with ``state_dict`` loaded (strict): a one-line error if they do not fit."""
+def check_weights(config: TrainConfig, meta: dict, state_dict: dict, prior_state: dict | None = None,
+                  schedule_state: dict | None = None):
+    """The model of ``config`` with ``state_dict`` loaded (strict), and a learned prior's and γ schedule's
+    weights: a one-line error if they do not fit."""
     diffusion = build_diffusion(config, SimpleNamespace(event_shape=tuple(meta["event_shape"]), decoder=meta["decoder"]))
     try:
         diffusion.denoiser.load_state_dict(state_dict)
         if prior_state is not None:
             diffusion.prior.load_state_dict(prior_state)
+        if schedule_state is not None:
+            diffusion.schedule.load_state_dict(schedule_state)
     except RuntimeError as e:
         raise ValueError(f"the weights do not fit the model of the config ({str(e).strip().splitlines()[0]})") from None
     return diffusion
 
 
 def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, meta: dict | None = None,
-              prior_state: dict | None = None) -> Path:
+              prior_state: dict | None = None, schedule_state: dict | None = None) -> Path:
     """Write the run folder of a model with weights ``state_dict`` (the denoiser's, our key naming) and settings
     ``config``; returns the checkpoint's path. Refuses a folder that already holds checkpoints."""
     run_dir = check_run_dir(run_dir)
@@ -49,12 +53,14 @@ def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, met
         raise ValueError(f"run folder {run_dir} already holds checkpoints; import into a new folder")
     config = dataclasses.replace(config, data_root=absolute_data_root(config.data_root))  # as train() stores it
     meta = dataset_meta(config) if meta is None else meta
-    check_weights(config, meta, state_dict, prior_state)
+    check_weights(config, meta, state_dict, prior_state, schedule_state)
     run_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     prior = None if prior_state is None else {k: v.detach().cpu() for k, v in prior_state.items()}
+    schedule = {} if schedule_state is None else {"schedule": {k: v.detach().cpu() for k, v in schedule_state.items()}}
+    schedule.update({"schedule_ema": schedule["schedule"]} if schedule else {})
     _write_json(run_dir / "config.json", config.to_dict())
     return save_checkpoint(checkpoint_path(run_dir, 0), {
         "format": FORMAT, "step": 0, "elapsed": 0.0, "running_loss": None, "config": config.to_dict(),
         "world_size": 1, "data": meta, "model": weights, "ema": weights, "prior": prior, "prior_ema": prior,
-        "imported": True})
+        **schedule, "imported": True})

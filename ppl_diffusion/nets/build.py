@@ -36,8 +36,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .mlp import MLP_SETTINGS, mlp_for
-from .unet import UNET_PRESETS, UNET_SETTINGS, UNet, square_image_shape, unet_for
+from .mlp import MLP_SETTINGS, MLPDenoiser, mlp_for
+from .unet import UNET_PRESETS, UNET_SETTINGS, UNet, square_image_shape, unet_config, unet_for
 
 
 def _auto(event_shape, **settings) -> nn.Module:
@@ -75,7 +75,7 @@ NET_ALIASES: dict[str, str] = {"diffusers": "ppl_diffusion.interop.diffusers:bui
 # The CLI flag of each setting it has one for, named in errors.
 SETTING_FLAGS = {"model_channels": "--channels", "channel_mult": "--channel-mult", "num_res_blocks": "--res-blocks",
                  "attention_resolutions": "--attention", "dropout": "--dropout", "width": "--width",
-                 "depth": "--depth"}
+                 "depth": "--depth", "fourier_features": "--fourier-features"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 IMPORT_PATH_FIX = "package.module:builder, a function builder(event_shape, **net_config) -> torch.nn.Module"
 
@@ -200,6 +200,32 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
     if unknown and not open_ended:
         raise ValueError(f"{what} has no setting {_flagged(unknown[0])}{where}; its settings are "
                          f"{', '.join(map(_flagged, known)) or 'none'}")
+
+
+def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict:
+    """The settings the net ``name`` is built with for examples of ``event_shape``, but the data's own
+    (``in_channels``, ``image_size``, ``dim``): for the built-in U-Nets (``auto`` on images, the presets)
+    :func:`~.unet.unet_config`'s, the preset or the size rule filled in; for the MLP (``mlp``, ``auto`` on vectors)
+    :class:`~.mlp.MLPDenoiser`'s defaults under ``net_config``; for any other net ``net_config`` as given."""
+    settings = dict(net_config or {})
+    image = len(tuple(event_shape)) == 3
+    if name in UNET_PRESETS or (name == "auto" and image):
+        settings = unet_config(event_shape, preset=name if name in UNET_PRESETS else None, **settings)
+    elif name == "mlp" or name == "auto":
+        defaults = {k: p.default for k, p in inspect.signature(MLPDenoiser).parameters.items() if k in MLP_SETTINGS}
+        settings = {**defaults, **settings}
+    return {k: v for k, v in settings.items() if k not in ("in_channels", "image_size")}
+
+
+def describe_net(name: str, event_shape, net_config: dict | None = None, *, parameters: int | None = None) -> str:
+    """One line, ``"net auto: U-Net (model_channels=16, channel_mult=(1, 2, 2), ...), 438,801 parameters"``: the
+    settings of :func:`net_settings`."""
+    settings = net_settings(name, event_shape, net_config)
+    kind = ("U-Net" if name in UNET_PRESETS or name == "unet" or (name == "auto" and len(tuple(event_shape)) == 3)
+            else "MLP" if name in ("mlp", "auto") else "")
+    shown = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v!r}" for k, v in settings.items())
+    what = " ".join(part for part in (kind, f"({shown})" if shown else "") if part)
+    return f"net {name}" + (f": {what}" if what else "") + ("" if parameters is None else f", {parameters:,} parameters")
 
 
 def build_net(name: str, event_shape, net_config: dict | None = None, *, learn_sigma: bool = False) -> nn.Module:

@@ -1,11 +1,18 @@
-"""Sinusoidal embedding of the step t (Transformer positional encoding, as in DDPM)."""
+"""Sinusoidal features: the embedding of the step t (Transformer positional encoding, as in DDPM), and the Fourier
+features of the input x_t (VDM, Kingma et al. 2021, appendix B) with the rule that picks their frequencies from
+the spacing of the data's grey levels."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+# The exponents n of the frequencies 2^n a Fourier feature may have: float32 keeps about 2^-24 of |x| ~ 1, so the
+# phase 2^n·2π·x of a float32 x is exact to ~2^(n−21) radians, a few hundredths at n = 16.
+FOURIER_EXPONENTS = range(0, 17)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, dtype=torch.float32, *, shift: float = 0.0,
@@ -24,3 +31,59 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, dtype=t
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb.to(dtype)
+
+
+def check_fourier_exponents(exponents, what: str = "fourier_features") -> tuple[int, ...]:
+    """``exponents`` (a sequence of distinct integers n in 0..16, the frequencies 2^n; empty or ``None``: no
+    features) as a tuple; a one-line ``ValueError`` naming the bad value and the fix otherwise."""
+    if exponents is None:
+        return ()
+    if isinstance(exponents, str):
+        fix = ("'auto' is resolved from the data's grey levels by the train command (--fourier-features auto); "
+               "pass the exponents themselves here, e.g. [6, 7]" if exponents == "auto" else
+               "pass a list of integer exponents n, e.g. [6, 7] (VDM's for 8-bit data)")
+        raise ValueError(f"{what} = {exponents!r}: {fix}")
+    if not isinstance(exponents, Sequence):
+        raise ValueError(f"{what} = {exponents!r}: pass a list of integer exponents n, e.g. [6, 7]")
+    for n in exponents:
+        if isinstance(n, bool) or not isinstance(n, int) or n not in FOURIER_EXPONENTS:
+            raise ValueError(f"{what} = {list(exponents)!r}: each exponent n of a frequency 2^n must be an integer in "
+                             f"0..16 (float32 cannot resolve the phase 2^n·2π·x beyond), got {n!r}; VDM uses 6, 7 for "
+                             "8-bit data (--fourier-features auto picks them from the data's grey levels)")
+    if len(set(exponents)) != len(exponents):
+        raise ValueError(f"{what} = {list(exponents)!r}: an exponent appears twice; pass each once")
+    return tuple(exponents)
+
+
+def fourier_features(x: Tensor, exponents: Sequence[int]) -> Tensor:
+    """VDM's Fourier features of ``x`` ``[N x C x H x W]``: sin and cos of 2^n·2π·x for each channel c and each
+    exponent n of ``exponents`` (F of them), ``[N x 2CF x H x W]``, ordered as VDM's ``Base2FourierFeatures``:
+    sin(2^{n_1}·2π·x_c1), sin(2^{n_2}·2π·x_c1), …, sin(2^{n_F}·2π·x_cC), then the cos in the same order.
+
+    Each angle is x times the frequency 2^n·2π rounded once to x's dtype (exact scaling by 2^n), in x's dtype.
+    ``torch.sin`` / ``torch.cos`` of a large CPU tensor run in MKL's vector-math library on several threads;
+    :mod:`ppl_diffusion.determinism` chooses those kernels once at import, so the features (and their gradients,
+    cos and sin again) have the same bits in every process."""
+    n, c = x.shape[:2]
+    w = torch.tensor([2.0 ** k * 2.0 * math.pi for k in exponents], dtype=x.dtype, device=x.device)
+    h = (x[:, :, None] * w[None, None, :, None, None]).reshape(n, c * len(w), *x.shape[2:])  # (N, C·F, H, W)
+    return torch.cat([torch.sin(h), torch.cos(h)], dim=1)
+
+
+def fourier_exponents(spacing: float) -> tuple[int, int]:
+    """The exponents (n* − 1, n*) of the Fourier features for data whose levels are ``spacing`` apart (model space).
+
+    The rule: the top frequency has one period per level step, 2^{n*}·Δ = 1, n* = round(log2(1/Δ)). Then
+    sin(2^{n*}·2π·x_t) is (nearly) periodic on the lattice of levels and, at noise levels below the spacing, reads
+    the offset of x_t from its level, i.e. the noise itself; the frequency below it turns by π per level step,
+    2^{n*−1}·2π·Δ = π, so it tells neighbouring levels apart (their parity), which x_t alone resolves only at
+    spacings of ~1. For 8-bit data (Δ = 2/255): 1/Δ = 127.5, (6, 7), VDM's choice; for the digits (17 levels,
+    Δ = 0.125): (2, 3)."""
+    if isinstance(spacing, bool) or not isinstance(spacing, (int, float)) or not math.isfinite(spacing) or spacing <= 0:
+        raise ValueError(f"grey-level spacing {spacing!r}: pass the positive distance between neighbouring levels in "
+                         "model space (2/255 for 8-bit data)")
+    top = round(math.log2(1.0 / spacing))
+    if top - 1 not in FOURIER_EXPONENTS or top not in FOURIER_EXPONENTS:
+        raise ValueError(f"grey-level spacing {spacing:.3g} gives Fourier exponents ({top - 1}, {top}), outside 0..16; "
+                         "pass the exponents yourself (--fourier-features n1,n2)")
+    return top - 1, top

@@ -101,7 +101,8 @@ def warn_if_narrow(width: int, event_shape) -> None:
         warnings.warn(f"the MLP's width {width} is below the data's D = {dim} dimensions "
                       f"({'x'.join(map(str, event_shape))}): every hidden layer is narrower than x_t; pass --width "
                       f"{2 ** math.ceil(math.log2(2 * dim))} (width >= D)"
-                      + (", or use the U-Net for images (--net auto)" if len(event_shape) == 3 else ""),
+                      + (", or use the U-Net for square images (--net auto)"
+                         if len(event_shape) == 3 and event_shape[-1] == event_shape[-2] else ""),
                       NetWarning, stacklevel=3)
 
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import timestep_embedding
+from .embedding import check_fourier_exponents, timestep_embedding
+from .embedding import fourier_features as input_features
 from .remat import checkpoint_call
 
 
@@ -172,6 +173,11 @@ class UNet(nn.Module):
     :param float timestep_scale: 0 and 1 (the step t itself) for nets trained here. A net trained elsewhere at
         another step label keeps its own: improved-diffusion's at its 0-based index t − 1 (shift −1), times
         1000 / T when trained with ``rescale_timesteps`` (:mod:`ppl_diffusion.interop.improved_diffusion`).
+    :param fourier_features: exponents n (distinct integers in 0..16) of VDM's Fourier features: sin and cos of
+        2^n·2π·x_t per input channel (:func:`~ppl_diffusion.nets.embedding.fourier_features`) are concatenated to
+        x_t before the first conv, which then reads C·(1 + 2F) channels. Default ``()``: none, and the net is the
+        one without the option, parameter for parameter. :func:`~ppl_diffusion.nets.embedding.fourier_exponents`
+        picks them from the data's grey-level spacing ((6, 7) for 8-bit data, (2, 3) for the 17-level digits).
 
     .. attribute:: use_checkpoint
 
@@ -204,8 +210,10 @@ class UNet(nn.Module):
         min_group_channels: int = 2,
         timestep_shift: float = 0.0,
         timestep_scale: float = 1.0,
+        fourier_features: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        fourier_features = check_fourier_exponents(fourier_features, "UNet(fourier_features)")
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
         for name, value in [("in_channels", in_channels), ("model_channels", model_channels),
@@ -240,6 +248,7 @@ class UNet(nn.Module):
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
         self.min_group_channels = min_group_channels
         self.timestep_shift, self.timestep_scale = float(timestep_shift), float(timestep_scale)
+        self.fourier_features = fourier_features  # exponents n of the input's features sin, cos(2^n·2π·x_t)
 
         def heads(ch: int) -> int:
             n = ch // num_head_channels if num_head_channels is not None else num_heads
@@ -260,7 +269,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
         # Down path: every block's output is kept as a skip for the up path.
-        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        conv_in = nn.Conv2d(in_channels * (1 + 2 * len(fourier_features)), model_channels, 3, padding=1)
+        self.input_blocks = nn.ModuleList([EmbedSequential(conv_in)])
         skip_channels, ch = [model_channels], model_channels
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -304,7 +314,7 @@ class UNet(nn.Module):
                                                  scale=self.timestep_scale))  # (N, 4·mc)
         run = checkpoint_call if self.use_checkpoint else (lambda block, h, e: block(h, e))
         skips = []
-        h = x_t
+        h = x_t if not self.fourier_features else torch.cat([x_t, input_features(x_t, self.fourier_features)], dim=1)
         for block in self.input_blocks:
             h = run(block, h, emb)
             skips.append(h)
@@ -351,7 +361,7 @@ IMPROVED_DIFFUSION_MULT: dict[int, tuple[int, ...]] = {32: (1, 2, 2, 2), 64: (1,
 # The settings of a U-Net (UNet's keyword arguments, but learn_sigma, which the variance decides).
 UNET_SETTINGS = ("in_channels", "model_channels", "image_size", "out_channels", "channel_mult", "num_res_blocks",
                  "attention_resolutions", "dropout", "num_heads", "num_head_channels", "use_scale_shift_norm",
-                 "num_groups", "zero_init", "min_group_channels", "timestep_shift", "timestep_scale")
+                 "num_groups", "zero_init", "min_group_channels", "timestep_shift", "timestep_scale", "fourier_features")
 
 
 def default_channel_mult(image_size: int) -> tuple[int, ...]:

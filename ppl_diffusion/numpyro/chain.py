@@ -25,6 +25,7 @@ from flax import nnx
 from jax import lax
 
 from . import closed_forms as cf
+from .distributions import uses_denoiser
 
 
 def denoiser_apply(diffusion):
@@ -47,6 +48,14 @@ def denoiser_apply(diffusion):
         return nnx.merge(graphdef, state, other)(x_t, t)
 
     return apply
+
+
+def _decoder(diffusion, p_step, x_1, t):
+    """The decoder p(x_0|x_1) at x_1 (``t``: step 1 per example): from ``p_step(x_1, 1)``'s mean and log-variance (one
+    denoiser call), or from x_1/α_1 and log(σ_1²/α_1²) for a decoder without the denoiser (VDM's categorical)."""
+    if uses_denoiser(diffusion.decoder):
+        return diffusion.decoder(*p_step(x_1, 1))
+    return diffusion.decoder(*cf.scaled_latent(diffusion.schedule, x_1, t))
 
 
 def _rekey(rest, key):
@@ -142,8 +151,7 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
             return _sum_event(_normal_logpdf(xs[k], mean, jnp.exp(log_var)), d)
 
         log_p = score(reverse, T - 1)
-        mean, log_var = p_step(xs[0], 1)
-        log_dec = diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+        log_dec = _decoder(diffusion, p_step, xs[0], full(1)).to_event(d).log_prob(x0)
         return log_prior + log_p.sum(0) + log_dec - log_q.sum(0)
 
     # Posterior order: x_T ~ q(x_T|x_0), then x_{t−1} ~ q(x_{t−1}|x_t, x_0); each site scored by −KL.
@@ -165,15 +173,14 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
         return _sum_event(cf.normal_kl(q_mean, jnp.log(q_var), p_mean, p_log_var), d)
 
     kls = score(kl, T - 1)
-    mean, log_var = p_step(x_1, 1)
-    log_dec = diffusion.decoder(mean, log_var).to_event(d).log_prob(x0)
+    log_dec = _decoder(diffusion, p_step, x_1, full(1)).to_event(d).log_prob(x0)
     return log_dec - kls.sum(0) - kl_T
 
 
 def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     """Ancestral samples ``[n x ...]`` from ``noise`` ``[T x n x ...]``: x_T = noise[0], then
     x_{t−1} = μ_θ(x_t, t) + σ_t · noise[T − t + 1] for t = T..2; x_0 is the decoder's mean at x_1, or a
-    draw from the decoder when ``decoder_key`` is given."""
+    draw from the decoder when ``decoder_key`` is given (VDM's categorical: its mean over the values, or a draw)."""
     T = diffusion.T
     apply = denoiser_apply(diffusion)
     n = noise.shape[1]
@@ -188,20 +195,17 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
         return mean + jnp.exp(0.5 * log_var) * eps, None
 
     x_1, _ = lax.scan(step, noise[0], (jnp.arange(T, 1, -1), noise[1:]))
-    mean, log_var = p_step(x_1, 1)
-    if decoder_key is None:
-        return mean
-    return diffusion.decoder(mean, log_var).sample(decoder_key)
+    decoder = _decoder(diffusion, p_step, x_1, jnp.ones((n,), jnp.int32))
+    return decoder.mean if decoder_key is None else decoder.sample(decoder_key)
 
 
 def sample_from_counter(diffusion, params, x_T, seed: int, indices):
     """Ancestral samples ``[n x ...]`` from x_T ``[n x ...]`` with the counter-based noise of
     :mod:`ppl_diffusion.noise` (stream ``SAMPLE``): sample i's step to x_{t−1} takes ``normal(seed, indices[i],
     t − 1)`` and the decoder's draw of x_0 ``normal(seed, indices[i], 0)`` (rounded to the bins of a discretized
-    decoder): the numbers of the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`, made on the host
+    decoder, the inverse CDF of VDM's categorical at its Φ): the numbers of the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`, made on the host
     one step at a time (``jax.pure_callback``)."""
     from .. import noise as counter
-    from .distributions import DiscretizedGaussian
 
     T = diffusion.T
     apply = denoiser_apply(diffusion)
@@ -217,10 +221,10 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
         return mean + jnp.exp(0.5 * log_var) * eps, None
 
     x_1, _ = lax.scan(step, x_T, jnp.arange(T, 1, -1))
-    mean, log_var = p_step(x_1, 1)
-    x_0 = mean + jnp.exp(0.5 * log_var) * counter_normal(seed, indices, 0, shape, x_1.dtype, counter.SAMPLE)
-    decoder = diffusion.decoder(mean, log_var)
-    return decoder._grid(x_0) if isinstance(decoder, DiscretizedGaussian) else x_0
+    decoder = _decoder(diffusion, p_step, x_1, jnp.ones((n,), jnp.int32))
+    eps = counter_normal(seed, indices, 0, shape, x_1.dtype, counter.SAMPLE)
+    # rounded to the bins (discretized), the inverse CDF at Φ(ε) (VDM's categorical), or loc + scale·ε (Gaussian)
+    return decoder.from_normal(eps) if hasattr(decoder, "from_normal") else decoder.loc + decoder.scale * eps
 
 
 def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
@@ -244,8 +248,7 @@ def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
 
     x_T = place(_fixed_prior(diffusion).sample(k_T, (n,)))
     x_1, _ = lax.scan(step, x_T, (jnp.arange(T, 1, -1), jax.random.split(k_steps, T - 1)))
-    mean, log_var = p_step(x_1, 1)
-    return diffusion.decoder(mean, log_var).sample(k_dec)
+    return _decoder(diffusion, p_step, x_1, jnp.ones((n,), jnp.int32)).sample(k_dec)
 
 
 def counter_normal(seed: int, index, t, shape, dtype, stream: int):
@@ -305,7 +308,7 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
         p_mean, p_log_var = diffusion.mean_log_var(apply(params, x_t, tt), x_t, tt)
         q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, tt)
         kl = _sum_event(cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var), d)
-        nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
+        nll = -diffusion.decoder_at(None, x_t, tt, p_mean, p_log_var, s).to_event(d).log_prob(x0)
         return jnp.where(t == 1, nll, kl)
 
     steps = lax.map(term, (jnp.arange(1, T + 1), jnp.zeros((T,), x0.dtype) if noise is None else noise),
@@ -333,7 +336,7 @@ def step_terms(diffusion, params, x0, t, eps, eps_T):
     p_mean, p_log_var = diffusion.mean_log_var(denoiser_apply(diffusion)(params, x_t, t), x_t, t)
     q_mean, _, q_log_var = cf.q_posterior_mean_variance(s, x0, x_t, t)
     kl = _sum_event(cf.normal_kl(q_mean, q_log_var, p_mean, p_log_var), d)
-    nll = -diffusion.decoder(p_mean, p_log_var).to_event(d).log_prob(x0)
+    nll = -diffusion.decoder_at(None, x_t, t, p_mean, p_log_var, s).to_event(d).log_prob(x0)
     mean_T, var_T = cf.q_mean_variance(s, x0, jnp.full(t.shape, T, dtype=jnp.int32))
     return jnp.where(t == 1, nll, kl), prior_term(diffusion, mean_T, var_T, eps_T)
 

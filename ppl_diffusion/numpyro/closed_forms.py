@@ -66,6 +66,14 @@ def p_mean_from_eps(schedule: NoiseSchedule, x_t, t, eps):
     return (x_t - coef * eps) / extract(schedule.sqrt_alphas, t, x_t)
 
 
+def scaled_latent(schedule: NoiseSchedule, x_t, t):
+    """(x_t/√ᾱ_t, log((1 − ᾱ_t)/ᾱ_t)) broadcast to x_t: the latent on the data's scale and the log of its noise
+    variance σ_t²/α_t² (γ_t of a γ chain), as :func:`ppl_diffusion.closed_forms.scaled_latent`."""
+    gamma = schedule.gamma if hasattr(schedule, "gamma") else np.log1p(-schedule.alphas_cumprod) - np.log(
+        schedule.alphas_cumprod)
+    return x_t / extract(schedule.sqrt_alphas_cumprod, t, x_t), jnp.broadcast_to(extract(gamma, t, x_t), x_t.shape)
+
+
 def normal_kl(mean1, logvar1, mean2, logvar2):
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
     return 0.5 * (logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * jnp.exp(-logvar2) - 1.0)

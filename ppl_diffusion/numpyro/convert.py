@@ -203,7 +203,8 @@ def _unet_kwargs(net) -> dict:
                   learn_sigma=net.learn_sigma, use_scale_shift_norm=res.scale_shift,
                   num_groups=max(m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)),
                   zero_init=False, min_group_channels=getattr(net, "min_group_channels", 2),
-                  timestep_shift=getattr(net, "timestep_shift", 0.0), timestep_scale=getattr(net, "timestep_scale", 1.0))
+                  timestep_shift=getattr(net, "timestep_shift", 0.0), timestep_scale=getattr(net, "timestep_scale", 1.0),
+                  fourier_features=getattr(net, "fourier_features", ()))
     if len(heads) == 1:
         kwargs["num_heads"] = heads.pop()
     elif len(head_channels) == 1:

@@ -39,7 +39,7 @@ from ..gamma import GAMMA_LABEL_SCALE, check_forward_process
 from ..nets.remat import check_checkpointing
 from ..schedule import NoiseSchedule
 from . import closed_forms as cf
-from .distributions import make_decoder
+from .distributions import make_decoder, uses_denoiser
 from .gamma import GammaChain, GammaSchedule, param_module
 
 
@@ -98,7 +98,7 @@ class GaussianDiffusion:
     :param tuple event_shape: shape of one example.
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
         :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
-    :param decoder: ``"gaussian"`` or ``"discretized"``.
+    :param decoder: ``"gaussian"``, ``"discretized"`` or ``"vdm-categorical"`` (from x_1/α_1, no denoiser call).
     :param str variance: a name in :data:`ppl_diffusion.diffusion.VARIANCES` (``"beta"``, ``"posterior"``,
         ``"fixed-large"``) or in :data:`LEARNED_VARIANCES` (``"learned"``, ``"learned-range"``).
     :param int T: with a γ schedule, T >= 2 steps or 0 (continuous time).
@@ -295,6 +295,17 @@ class GaussianDiffusion:
         coef = self.coefficients() if coef is None else coef
         return self.mean_log_var(self._call(net, x_t, t, coef), x_t, t, coef)
 
+    def decoder_at(self, net, x_t, t, mean=None, log_var=None, coef=None):
+        """p(x_0|x_t) of the decoder at the latent ``x_t`` of step ``t`` (1: the decoder's; other steps are masked out
+        by the callers), as the PyTorch backend's: ``decoder(mean, log_var)`` of the reverse step (computed with
+        ``net`` when not given), or ``decoder(x_t/α_t, log(σ_t²/α_t²))`` without the net for ``"vdm-categorical"``."""
+        coef = self.coefficients() if coef is None else coef
+        if not uses_denoiser(self.decoder):
+            return self.decoder(*cf.scaled_latent(coef, x_t, t))
+        if mean is None:
+            mean, log_var = self.p_mean_variance(net, x_t, t, coef)
+        return self.decoder(mean, log_var)
+
     def _full_t(self, t: int, x):
         return jnp.full(self._batch_shape(x), t, dtype=jnp.int32)
 
@@ -311,8 +322,7 @@ class GaussianDiffusion:
             for t in range(T, 1, -1):
                 mean, log_var = self.p_mean_variance(net, x, self._full_t(t, x), coef)
                 x = numpyro.sample(f"x_{t - 1}", dist.Normal(mean, jnp.exp(0.5 * log_var)).to_event(d))
-            mean, log_var = self.p_mean_variance(net, x, self._full_t(1, x), coef)
-            return numpyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
+            return numpyro.sample("x_0", self.decoder_at(net, x, self._full_t(1, x), coef=coef).to_event(d), obs=x0)
 
     def guide(self, x0, n: int | None = None):
         self._need_chain()
@@ -350,7 +360,8 @@ class GaussianDiffusion:
                     with handlers.mask(mask=t > 1):
                         numpyro.sample("x_prev", dist.Normal(p_mean, jnp.exp(0.5 * p_log_var)).to_event(d))
                     with handlers.mask(mask=t == 1):
-                        numpyro.sample("x_0", self.decoder(p_mean, p_log_var).to_event(d), obs=x0)
+                        numpyro.sample("x_0", self.decoder_at(net, x_t, t, p_mean, p_log_var, coef).to_event(d),
+                                       obs=x0)
                 else:
                     q_mean, _, q_log_var = cf.q_posterior_mean_variance(coef, x0, x_t, t)
                     with handlers.mask(mask=t > 1):
@@ -392,10 +403,13 @@ class GaussianDiffusion:
             alpha_0, sigma_0, q_1 = q_normal(jnp.broadcast_to(g0, (batch,)))
             x_1 = numpyro.sample("x_1", q_1)
             if is_model:
-                eps_hat = self.split_output(self._call(net, x_1, None, label=self.gamma_label(
-                    jnp.broadcast_to(g0, (batch,)))), x_1)[0]
-                mean = (x_1 - sigma_0 * eps_hat) / alpha_0
-                log_var = jnp.broadcast_to(jax.nn.log_sigmoid(g0).astype(x0.dtype), x0.shape)
+                if uses_denoiser(self.decoder):
+                    eps_hat = self.split_output(self._call(net, x_1, None, label=self.gamma_label(
+                        jnp.broadcast_to(g0, (batch,)))), x_1)[0]
+                    mean = (x_1 - sigma_0 * eps_hat) / alpha_0
+                    log_var = jnp.broadcast_to(jax.nn.log_sigmoid(g0).astype(x0.dtype), x0.shape)
+                else:  # VDM's categorical: x_1/α_0 and log(σ_0²/α_0²) = γ_0, no denoiser call
+                    mean, log_var = x_1 / alpha_0, jnp.broadcast_to(g0.astype(x0.dtype), x0.shape)
                 numpyro.sample("x_0", self.decoder(mean, log_var).to_event(d), obs=x0)
             with handlers.scale(scale=weight) if weight is not None else contextlib.nullcontext():
                 alpha_t, sigma_t, q_t = q_normal(g_t)

@@ -202,7 +202,8 @@ class ChainELBO(ELBO):
 
 # ------------------------------------------------------------------------------------------ continuous time
 def feed_noise(fn, noise: dict):
-    """``fn`` with its Normal sites named in ``noise`` drawn as loc + scale · noise[name] (the twin of
+    """``fn`` with its Normal sites named in ``noise`` drawn as loc + scale · noise[name] (a decoder's by its
+    ``from_normal``; the twin of
     :class:`ppl_diffusion.infer.draws.FeedNoiseMessenger`: the reparameterised value, from given numbers)."""
     def value(msg):
         eps = noise.get(msg["name"])
@@ -211,7 +212,9 @@ def feed_noise(fn, noise: dict):
         base = msg["fn"]
         while hasattr(base, "base_dist"):
             base = base.base_dist
-        return base.loc + base.scale * jnp.reshape(eps, jnp.shape(base.loc)).astype(base.loc.dtype)
+        eps = jnp.reshape(eps, jnp.shape(base.loc)).astype(base.loc.dtype)
+        # a decoder's draw: rounded to its bins, or VDM's categorical's inverse CDF at Φ(ε)
+        return base.from_normal(eps) if hasattr(base, "from_normal") else base.loc + base.scale * eps
 
     return handlers.substitute(fn, substitute_fn=value)
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ..nets.embedding import check_fourier_exponents
 from . import distributed as dp
 
 
@@ -38,6 +39,16 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float
     if dim % 2:
         emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
     return emb.astype(dtype)
+
+
+def fourier_features(x, exponents: Sequence[int]):
+    """VDM's Fourier features of ``x`` ``[N x C x H x W]``, ``[N x 2CF x H x W]``: the twin of
+    :func:`ppl_diffusion.nets.embedding.fourier_features` (the same channel order, the same angles x·(2^n·2π) in
+    x's dtype; XLA compiles sin and cos into the program, the same bits in every process)."""
+    n, c = x.shape[:2]
+    w = jnp.asarray([2.0 ** k * 2.0 * math.pi for k in exponents], dtype=x.dtype)
+    h = (x[:, :, None] * w[None, None, :, None, None]).reshape((n, c * len(exponents)) + tuple(x.shape[2:]))
+    return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=1)
 
 
 class SlicedDropout(nnx.Dropout):
@@ -288,8 +299,8 @@ class UNet(nnx.Module):
                  attention_resolutions: Sequence[int] = (16,), dropout: float = 0.0, num_heads: int = 1,
                  num_head_channels: int | None = None, learn_sigma: bool = False, use_scale_shift_norm: bool = False,
                  num_groups: int = 32, zero_init: bool = True, min_group_channels: int = 2,
-                 timestep_shift: float = 0.0, timestep_scale: float = 1.0, rngs: nnx.Rngs | None = None,
-                 dtype=None) -> None:
+                 timestep_shift: float = 0.0, timestep_scale: float = 1.0, fourier_features: Sequence[int] = (),
+                 rngs: nnx.Rngs | None = None, dtype=None) -> None:
         # The PyTorch constructor checks the arguments, so both nets raise the same errors.
         _torch_unet_skeleton(dict(
             in_channels=in_channels, model_channels=model_channels, image_size=image_size,
@@ -297,7 +308,7 @@ class UNet(nnx.Module):
             attention_resolutions=attention_resolutions, dropout=dropout, num_heads=num_heads,
             num_head_channels=num_head_channels, learn_sigma=learn_sigma, use_scale_shift_norm=use_scale_shift_norm,
             num_groups=num_groups, zero_init=False, min_group_channels=min_group_channels,
-            timestep_shift=timestep_shift, timestep_scale=timestep_scale))
+            timestep_shift=timestep_shift, timestep_scale=timestep_scale, fourier_features=fourier_features))
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         out_channels = in_channels if out_channels is None else out_channels
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
@@ -309,6 +320,7 @@ class UNet(nnx.Module):
         self.learn_sigma, self.dtype = learn_sigma, dtype
         self.channel_mult, self.attention_resolutions = channel_mult, attention_resolutions
         self.timestep_shift, self.timestep_scale = float(timestep_shift), float(timestep_scale)
+        self.fourier_features = check_fourier_exponents(fourier_features, "UNet(fourier_features)")
 
         def res(ch_in: int, ch_out: int) -> ResBlock:
             return ResBlock(ch_in, emb_dim, ch_out, dropout=dropout, num_groups=num_groups, zero_init=zero_init,
@@ -324,7 +336,7 @@ class UNet(nnx.Module):
         self.time_in = _linear(model_channels, emb_dim, rngs, dtype)
         self.time_out = _linear(emb_dim, emb_dim, rngs, dtype)
 
-        blocks = [[_conv3(in_channels, model_channels, rngs, dtype=dtype)]]
+        blocks = [[_conv3(in_channels * (1 + 2 * len(self.fourier_features)), model_channels, rngs, dtype=dtype)]]
         skip_channels, ch = [model_channels], model_channels
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -369,7 +381,9 @@ class UNet(nnx.Module):
             raise ValueError(f"UNet expects t of shape [N] = ({shape[0]},), one step per image, got {got}")
         emb = self.time_out(jax.nn.silu(self.time_in(timestep_embedding(
             t, self.model_channels, dtype=x_t.dtype, shift=self.timestep_shift, scale=self.timestep_scale))))
-        h = jnp.transpose(x_t, (0, 2, 3, 1))  # NCHW → NHWC, once
+        h = x_t if not self.fourier_features else jnp.concatenate(
+            [x_t, fourier_features(x_t, self.fourier_features)], axis=1)
+        h = jnp.transpose(h, (0, 2, 3, 1))  # NCHW → NHWC, once
         run = nnx.remat(_run) if self.use_checkpoint else _run  # a block's activations recomputed in the backward
         skips = []
         for block in self.input_blocks:

@@ -346,7 +346,7 @@ class ODEResult:
 
 def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: int = 1, probe: str = "rademacher",
                    probe_values=None, rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
-                   eps: float | None = None, time_map="grid", adjoint: bool = False, seed: int | None = None,
+                   eps: float | None = None, time_map=None, adjoint: bool = False, seed: int | None = None,
                    indices=None, key=None, max_steps: int = MAX_STEPS, exact_mode: str = "jvp") -> ODEResult:
     """log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
     :func:`ppl_diffusion.ode.log_likelihood`, whose keywords these are; ``solver`` names a diffrax solver).
@@ -366,6 +366,14 @@ def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: i
     return ODEResult(log_prob=prior_lp + delta, prior_log_prob=prior_lp, delta=delta, x1=x1, nfe=int(nfe), eps=eps)
 
 
+def _time(diffusion, time_map):
+    """The NoiseSchedule's continuous-time map (``None``: ``"grid"``); a γ-schedule model is refused in one line."""
+    if getattr(diffusion, "gamma_schedule", False):
+        raise ValueError("the NumPyro ODE runs NoiseSchedule models; a γ-schedule model's ODE (its own time, the map "
+                         "'gamma') runs on --backend pyro")
+    return ContinuousTime.make(diffusion.schedule, "grid" if time_map is None else time_map)
+
+
 def _prepare(diffusion, x, *, params, trace, probes, probe, probe_values, rtol, atol, solver, eps, time_map, adjoint,
              seed, indices, key, max_steps, exact_mode, apply=None):
     """Checks, probes and the compiled (or, for ``apply``, the plain) solve: (fn, params, x, probes, ε)."""
@@ -375,7 +383,7 @@ def _prepare(diffusion, x, *, params, trace, probes, probe, probe_values, rtol, 
         raise ValueError(f"unknown exact_mode {exact_mode!r}; choose one of {EXACT_MODES}")
     check_model(diffusion)
     x = _check_x(diffusion, x)
-    ct = ContinuousTime.make(diffusion.schedule, time_map)
+    ct = _time(diffusion, time_map)
     eps = ct.check_eps(eps)
     b = x.shape[0]
     if trace == "hutchinson":
@@ -438,7 +446,7 @@ def prior_draws_normal(diffusion, seed: int, index: np.ndarray, dtype=jnp.float3
 
 
 def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: float = 1e-5, atol: float = 1e-5,
-               solver: str = "dopri5", eps: float | None = None, time_map="grid", seed: int | None = None, indices=None,
+               solver: str = "dopri5", eps: float | None = None, time_map=None, seed: int | None = None, indices=None,
                key=None, dtype=jnp.float32, max_steps: int = MAX_STEPS):
     """Deterministic samples: x(ε) ``[n x *event]`` of the ODE solved from s = 1 to ε, and the NFE.
 
@@ -447,7 +455,7 @@ def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: 
     check_options(rtol=rtol, atol=atol)
     check_solver(solver)
     check_model(diffusion)
-    ct = ContinuousTime.make(diffusion.schedule, time_map)
+    ct = _time(diffusion, time_map)
     eps = ct.check_eps(eps)
     if x_T is None:
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -496,13 +504,13 @@ class ProbabilityFlow(dist.Distribution):
 
     def __init__(self, diffusion, *, net=None, params=None, trace: str = "exact", probes: int = 1,
                  probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
-                 eps: float | None = None, time_map="grid", adjoint: bool = False, seed: int | None = None,
+                 eps: float | None = None, time_map=None, adjoint: bool = False, seed: int | None = None,
                  key=None, max_steps: int = MAX_STEPS, validate_args=None) -> None:
         check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
         check_solver(solver)
         check_model(diffusion)
         self.diffusion, self.net, self.params = diffusion, net, params
-        self.time = ContinuousTime.make(diffusion.schedule, time_map)
+        self.time = _time(diffusion, time_map)
         self.options = dict(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol, solver=solver,
                             eps=self.time.check_eps(eps), time_map=self.time, adjoint=adjoint, seed=seed, key=key,
                             max_steps=max_steps)

@@ -44,10 +44,11 @@ from ..precision import jax_dtype
 from . import convert
 from . import distributed as dp
 from .diffusion import GaussianDiffusion
-from .infer import STEP_LOSSES, ChainELBO, StochasticTimestepELBO
+from .infer import STEP_LOSSES, ChainELBO, ContinuousTimeELBO, StochasticTimestepELBO
 from .timesteps import make_timestep_sampler
 
 PARAMS = "denoiser$params"  # where numpyro.contrib.module.nnx_module keeps the denoiser's weights
+SCHEDULE = "schedule$params"  # where a learned γ schedule's parameters are (ppl_diffusion.numpyro.gamma.param_module)
 SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 
 
@@ -62,9 +63,15 @@ def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiff
                          "(--fit-variance) runs on --backend pyro")
     dtype = jax_dtype(getattr(torch_diffusion, "precision", "fp32") if precision is None else precision)
     net = convert.flax_twin(torch_diffusion.denoiser.cpu(), kwargs=None if dtype is None else {"dtype": dtype})
-    return GaussianDiffusion(schedule=torch_diffusion.schedule, denoiser=net, event_shape=torch_diffusion.event_shape,
+    schedule, process = torch_diffusion.schedule, {}
+    if torch_diffusion.gamma_schedule:  # the γ schedule's Flax twin with its weights, and the same time input
+        schedule = convert.gamma_twin(schedule.cpu())
+        process = dict(T=torch_diffusion.T, time_input=torch_diffusion.time_input,
+                       gamma_range=torch_diffusion.gamma_range)
+    return GaussianDiffusion(schedule=schedule, denoiser=net, event_shape=torch_diffusion.event_shape,
                              decoder=torch_diffusion.decoder, variance=variance,
-                             checkpoint_activations=getattr(torch_diffusion, "checkpoint_activations", "none"))
+                             checkpoint_activations=getattr(torch_diffusion, "checkpoint_activations", "none"),
+                             **process)
 
 
 def params_of(diffusion) -> dict:
@@ -95,14 +102,17 @@ def clip_by_global_norm(max_norm: float | None) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def estimator_loss(name: str):
-    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of :data:`ppl_diffusion.infer.ESTIMATORS`."""
+def estimator_loss(name: str, schedule_objective: str = "elbo"):
+    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of :data:`ppl_diffusion.infer.ESTIMATORS`
+    (the continuous-time ones with ``schedule_objective``)."""
     if name in ("trace", "meanfield"):
         return ChainELBO(analytic=name == "meanfield", reduction="mean"), None
     for suffix, sampler in SAMPLERS.items():
         for term in ("kl", "mc"):
             if name == f"stochastic-{term}{suffix}":
                 return StochasticTimestepELBO(step_term=term, reduction="mean"), sampler
+        if name == f"continuous{suffix}":  # times drawn by the trainer's sampler and passed in
+            return ContinuousTimeELBO(schedule_objective=schedule_objective, reduction="mean"), sampler
     raise ValueError(f"unknown estimator {name!r} for the NumPyro backend")
 
 
@@ -122,6 +132,9 @@ class NumPyroTrainer:
         pyro.set_rng_seed(config.seed)  # the PyTorch backend's initial weights for this seed
         torch_diffusion = build_torch(config, dataset)
         self.torch_net = torch_diffusion.denoiser  # the template of the checkpoint's state_dict
+        # A learned γ schedule's parameters train too (under SCHEDULE); their checkpoint names are the PyTorch ones.
+        learned = torch_diffusion.gamma_schedule and torch_diffusion.schedule.learnable
+        self.schedule_names = [n for n, _ in torch_diffusion.schedule.named_parameters()] if learned else []
         self.diffusion = from_torch(torch_diffusion)
         self.diffusion.denoiser.train()
         self.config = config
@@ -131,21 +144,28 @@ class NumPyroTrainer:
         size = check_microbatch(config.microbatch, config.batch_size // processes, processes)
         self.chunks = (None if size == config.batch_size // processes else
                        dp.micro_batch_rows(config.batch_size, size, processes))  # [chunks x rows], global rows
-        loss, sampler_name = estimator_loss(config.estimator)
+        # What trains a learned schedule's interior in continuous time (the config's, its default resolved by the
+        # config itself: this module imports nothing of ppl_diffusion.train, which imports it).
+        loss, sampler_name = estimator_loss(config.estimator, config.resolved().schedule_objective or "elbo")
+        self.continuous = config.T == 0 and isinstance(loss, ContinuousTimeELBO)
         self.sampler = None if sampler_name is None else make_timestep_sampler(sampler_name, config.T)
         warmup, lr = config.warmup_steps, config.lr
         schedule = (lambda count: lr * jnp.minimum(1.0, (count + 1) / warmup)) if warmup > 0 else lr
         tx = optax.chain(clip_by_global_norm(config.grad_clip), optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8))
-        self.svi = SVI(self.diffusion.step_model, self.diffusion.step_guide, optax_to_numpyro(tx), loss=loss)
+        d = self.diffusion
+        model, guide = (d.continuous_model, d.continuous_guide) if self.continuous else (d.step_model, d.step_guide)
+        self.svi = SVI(model, guide, optax_to_numpyro(tx), loss=loss)
         key = jax.random.PRNGKey(config.seed)
         self.key, k_init = jax.random.split(key)
         b = self.batch_size
         x_init = self.train_x[:1].repeat(b, 0)
-        state = self.svi.init(k_init, jnp.asarray(x_init), jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32))
+        t_init = jnp.full((b,), 0.5, jnp.float32) if self.continuous else jnp.ones((b,), jnp.int32)
+        state = self.svi.init(k_init, jnp.asarray(x_init), t_init, jnp.ones((b,), jnp.float32))
         mutable = dict(state.mutable_state or {})
         mutable[STEP_LOSSES] = jnp.zeros((b,), jnp.float32)
         self.svi_state = state._replace(mutable_state=mutable)
-        self.ema = jax.tree.map(jnp.array, self.svi.get_params(self.svi_state)[PARAMS])
+        self.trained = [PARAMS] + ([SCHEDULE] if self.schedule_names else [])  # the param sites trained, EMA'd
+        self.ema = {k: jax.tree.map(jnp.array, self.svi.get_params(self.svi_state)[k]) for k in self.trained}
         self.sampler_state = None if self.sampler is None else self.sampler.init()
         self._replicate()
         rep = dp.replicated()  # the batch x_0 sharded, everything else (and every output) replicated
@@ -179,8 +199,8 @@ class NumPyroTrainer:
             svi_state, loss = update(svi_state, x0, t, w)
             if sampler is not None:
                 sampler_state = sampler.update(sampler_state, t, svi_state.mutable_state[STEP_LOSSES])
-            params = svi.get_params(svi_state)[PARAMS]
-            ema = jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
+            params = svi.get_params(svi_state)
+            ema = {k: jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema[k], params[k]) for k in ema}
             norm = svi_state.optim_state[1][1][0].norm  # chain(clip, adam): the ClipState
             return svi_state, ema, sampler_state, loss, norm
 
@@ -241,41 +261,73 @@ class NumPyroTrainer:
     def params(self) -> dict:
         return self.svi.get_params(self.svi_state)[PARAMS]
 
+    @property
+    def num_parameters(self) -> int:
+        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.PyroTrainer>`."""
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params()))
+
     def _to_torch(self, params) -> dict:
         return convert.torch_state_from_params(self.diffusion.denoiser, params)
+
+    def _schedule_to_torch(self, params) -> dict:
+        """A learned γ schedule's parameters (or moments) as its PyTorch state dict, in the PyTorch module's order."""
+        flat = convert.torch_state_from_gamma_params(self.diffusion.schedule, params)
+        return {k: flat[k] for k in self.schedule_names}
+
+    def _as_torch(self, tree: dict) -> list[dict]:
+        """The trained param sites of ``tree`` (weights, EMA or moments) as PyTorch state dicts: the denoiser's, then
+        a learned schedule's (the PyTorch trainer's optimizer order)."""
+        out = [self._to_torch(tree[PARAMS])]
+        return out + ([self._schedule_to_torch(tree[SCHEDULE])] if SCHEDULE in self.trained else [])
 
     def state(self) -> dict:
         """Model, EMA, optimizer and sampler in the PyTorch backend's checkpoint format."""
         adam = self._adam_state(self.svi_state.optim_state[1][1])
         count = int(adam.count)
-        mu, nu = self._to_torch(adam.mu[PARAMS]), self._to_torch(adam.nu[PARAMS])
-        names = list(mu)
-        template = torch.optim.Adam([torch.zeros(1) for _ in names], lr=self.config.lr).state_dict()
+        mu = [v for part in self._as_torch(adam.mu) for v in part.values()]
+        nu = [v for part in self._as_torch(adam.nu) for v in part.values()]
+        template = torch.optim.Adam([torch.zeros(1) for _ in mu], lr=self.config.lr).state_dict()
         template["state"] = {} if count == 0 else {
-            i: {"step": torch.tensor(float(count)), "exp_avg": mu[k], "exp_avg_sq": nu[k]} for i, k in enumerate(names)}
-        return {"model": self._to_torch(self.params()), "ema": self._to_torch(self.ema), "optimizer": template,
-                "sampler": None if self.sampler is None else self.sampler.to_torch_state(self.sampler_state)}
+            i: {"step": torch.tensor(float(count)), "exp_avg": m, "exp_avg_sq": v} for i, (m, v) in enumerate(zip(mu, nu))}
+        params = self.svi.get_params(self.svi_state)
+        state = {"model": self._to_torch(params[PARAMS]), "ema": self._to_torch(self.ema[PARAMS]), "optimizer": template,
+                 "sampler": None if self.sampler is None else self.sampler.to_torch_state(self.sampler_state)}
+        if SCHEDULE in self.trained:
+            state.update(schedule=self._schedule_to_torch(params[SCHEDULE]),
+                         schedule_ema=self._schedule_to_torch(self.ema[SCHEDULE]))
+        return state
+
+    def _from_torch(self, parts: list[dict]) -> dict:
+        """PyTorch state dicts (the denoiser's, then a learned schedule's) as the trained param sites' trees."""
+        tree = {PARAMS: convert.params_from_torch_state(self.diffusion.denoiser, parts[0])}
+        if SCHEDULE in self.trained:
+            tree[SCHEDULE] = convert.gamma_params_from_torch_state(self.diffusion.schedule, parts[1])
+        return tree
 
     def load(self, state: dict) -> None:
         """Restore from a checkpoint of either backend (raises KeyError / ValueError if it does not fit)."""
-        net = self.diffusion.denoiser
-        params = convert.params_from_torch_state(net, state["model"])
-        ema = convert.params_from_torch_state(net, state["ema"])
-        names = list(state["model"])
+        keys = [("model", "ema")] + ([("schedule", "schedule_ema")] if SCHEDULE in self.trained else [])
+        params = self._from_torch([state[k] for k, _ in keys])
+        ema = self._from_torch([state[e] for _, e in keys])
+        layout = [list(state[k]) for k, _ in keys]  # the optimizer's parameters, in order, as these state dicts
         saved = state["optimizer"]["state"]
         as_f32 = lambda tree: jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), tree)  # noqa: E731
         opt_state = self.svi_state.optim_state[1][1]
         if saved:
-            mu = convert.params_from_torch_state(net, {k: saved[i]["exp_avg"] for i, k in enumerate(names)})
-            nu = convert.params_from_torch_state(net, {k: saved[i]["exp_avg_sq"] for i, k in enumerate(names)})
+            def moments(name):
+                i, parts = iter(range(sum(map(len, layout)))), []
+                for names in layout:
+                    parts.append({k: saved[next(i)][name] for k in names})
+                return as_f32(self._from_torch(parts))
+
             count = jnp.asarray(int(round(float(saved[0]["step"]))), jnp.int32)
             clip, (adam, schedule) = opt_state
-            adam = adam._replace(count=count, mu={PARAMS: as_f32(mu)}, nu={PARAMS: as_f32(nu)})
+            adam = adam._replace(count=count, mu=moments("exp_avg"), nu=moments("exp_avg_sq"))
             if isinstance(schedule, optax.ScaleByScheduleState):  # a warm-up; a constant rate keeps no count
                 schedule = schedule._replace(count=count)
             opt_state = (clip, (adam, schedule))
         i, _ = self.svi_state.optim_state
-        self.svi_state = self.svi_state._replace(optim_state=(i, ({PARAMS: as_f32(params)}, opt_state)))
+        self.svi_state = self.svi_state._replace(optim_state=(i, (as_f32(params), opt_state)))
         self.ema = as_f32(ema)
         if self.sampler is not None:
             if state.get("sampler") is None:
@@ -313,12 +365,15 @@ class NumPyroTrainer:
         """The diffusion with the current (or EMA) weights loaded into its Flax denoiser, in eval mode."""
         from flax import nnx
 
-        state = nnx.state(self.diffusion.denoiser, nnx.Param)
-        nnx.replace_by_pure_dict(state, self.ema if ema else self.params())
-        nnx.update(self.diffusion.denoiser, state)
+        weights = self.ema if ema else self.svi.get_params(self.svi_state)
+        for key, module in ((PARAMS, self.diffusion.denoiser), (SCHEDULE, self.diffusion.schedule)):
+            if key in self.trained:
+                state = nnx.state(module, nnx.Param)
+                nnx.replace_by_pure_dict(state, weights[key])
+                nnx.update(module, state)
         self.diffusion.denoiser.eval()
         return self.diffusion
 
     def result(self):
         """(the trained diffusion with the raw weights, the EMA as the PyTorch denoiser's state_dict)."""
-        return self.trained_diffusion(ema=False), self._to_torch(self.ema)
+        return self.trained_diffusion(ema=False), self._to_torch(self.ema[PARAMS])

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from pyro.infer import ELBO, RenyiELBO
 
-from ..infer import ESTIMATORS, make_estimator
+from ..infer import STEP_ESTIMATORS, make_estimator
 
 FULL_CHAIN = ("trace", "meanfield")
 STUDY_ESTIMATORS = ("trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld",
@@ -52,8 +52,9 @@ DESCRIPTIONS = {
 
 
 def check_estimators(names, *, trainable: bool = False) -> tuple[str, ...]:
-    """The names, checked against the study's list (or the trainable ones); a one-line error otherwise."""
-    known = tuple(ESTIMATORS) if trainable else STUDY_ESTIMATORS
+    """The names, checked against the study's list (or the trainable ones: the estimators of a chain of steps, the
+    study's models being NoiseSchedule chains); a one-line error otherwise."""
+    known = STEP_ESTIMATORS if trainable else STUDY_ESTIMATORS
     names = tuple(names)
     bad = [n for n in names if n not in known]
     if bad or not names:

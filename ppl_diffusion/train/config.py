@@ -13,6 +13,7 @@ import torch
 from ..data import DATASETS
 from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
 from ..distributed import check_microbatch
+from ..distributions import IMAGE_DECODERS
 from ..infer import ESTIMATORS
 from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, register_net,  # noqa: F401 (re-exported)
                     resolve_builder)
@@ -20,10 +21,10 @@ from ..nets.build import BUILTIN_NETS
 from ..nets.remat import check_checkpointing
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
-from ..schedule import NoiseSchedule
+from . import schedules
+from .schedules import SCHEDULES, build_schedule  # noqa: F401 (re-exported)
 
 FORMAT = "ppl_diffusion.train/1"
-SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 DEVICES = ("auto", "cpu", "cuda")
 METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
@@ -45,8 +46,18 @@ class TrainConfig:
     data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
     data_root: str | None = None  # folder of the file data sets (mnist, cifar10, image_folder); stored absolute
     estimator: str = "stochastic-kl-is"  # a name in ppl_diffusion.infer.ESTIMATORS
-    schedule: str = "linear"  # "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM)
-    T: int = 1000  # diffusion steps
+    # the forward process: a NoiseSchedule, "linear" (DDPM, scaled by 1000/T) or "cosine" (improved DDPM), or a γ
+    # schedule (ppl_diffusion.train.schedules): "fixed-linear", "learned-scalar", "learned-net", "interpolated-linear",
+    # "interpolated-cosine"
+    schedule: str = "linear"
+    T: int = 1000  # diffusion steps; 0 with a γ schedule: continuous time (T = ∞)
+    # γ schedules only (None otherwise; train() writes their defaults): γ_0 and γ_1 (fixed, or where learned ones
+    # start; VDM's -13.3 and 5.0), the net's time input ("gamma": γ rescaled over [gamma_min, gamma_max]; "step") and,
+    # at T = 0, what trains the interior ("variance" of the estimate, the default for learned-net; "elbo")
+    gamma_min: float | None = None
+    gamma_max: float | None = None
+    time_input: str | None = None
+    schedule_objective: str | None = None
     # reverse variance σ_t²: "beta", "posterior", "learned" (improved DDPM), or for imported models "fixed-large" and
     # "learned-range" (improved DDPM's own FIXED_LARGE and LEARNED_RANGE)
     variance: str = "beta"
@@ -58,13 +69,18 @@ class TrainConfig:
     # attention_resolutions, dropout, ...: nets.UNET_SETTINGS), the MLP's (width, depth, emb_dim, dropout), or a
     # builder's keyword arguments; None for the defaults. JSON values (tuples are kept as lists).
     net_config: dict | None = None
+    # p(x_0|x_1) of 8-bit data: None (the data's own: "discretized", DDPM's exact discretized Gaussian), "discretized"
+    # or "vdm-categorical" (VDM's categorical over the 256 values, no denoiser call); continuous data: None only
+    decoder: str | None = None
     betas: list | None = None  # β_1..β_T of schedule "custom" (an imported model's own schedule), else None
     source: dict | None = None  # where an imported model's weights came from (ppl-diffusion import); None if trained
     batch_size: int = 128  # examples per optimizer step
     lr: float = 2e-4  # Adam learning rate after warm-up (DDPM's)
     warmup_steps: int = 1000  # linear warm-up of the learning rate from lr / warmup_steps; 0 for none
     grad_clip: float | None = 1.0  # max global gradient norm (DDPM); None for no clipping
-    ema_decay: float = 0.999  # EMA of the weights; DDPM uses 0.9999 for 800k steps, 0.999 suits short runs
+    # EMA of the weights, from the initial ones (it keeps ema_decay ** steps of them): DDPM uses 0.9999 for 800k steps;
+    # 0.999 suits runs of 3,000 steps and more, a shorter run at most 1 - 3/steps (budget_warnings)
+    ema_decay: float = 0.999
     steps: int | None = None  # budget in optimizer steps (total, counting resumed ones) ...
     minutes: float | None = None  # ... and/or in wall-clock minutes (total); training stops at the first
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
@@ -111,6 +127,7 @@ class TrainConfig:
                              "schedule 'custom' takes its β_t from betas, the named schedules from T; pass both or neither")
         choice("variance", [*VARIANCES, *LEARNED_VARIANCES])
         choice("prior", PRIORS)
+        schedules.check(self)  # T, the γ settings and the estimator against the forward process
         if self.estimator == "hybrid" and self.variance not in LEARNED_VARIANCES:
             raise ValueError("estimator 'hybrid' trains a learned variance; pass --variance learned (or another "
                              "--estimator)")
@@ -126,10 +143,12 @@ class TrainConfig:
         check_checkpointing(self.checkpoint_activations)
         if self.batch_size % max(self.world_size, 1) == 0:  # else train() names the batch that splits
             check_microbatch(self.microbatch, self.batch_size // self.world_size, self.world_size)
+        if self.decoder is not None:
+            choice("decoder", IMAGE_DECODERS)
         choice("metrics_format", METRICS_FORMATS)
         choice("backend", BACKENDS)
         check_precision(self.precision)
-        for name in ("T", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
+        for name in ("batch_size", "checkpoint_every", "keep_checkpoints", "log_every", "world_size"):
             positive_int(name)
         positive_int("steps", allow_none=True)
         if isinstance(self.val_examples, bool) or not isinstance(self.val_examples, int) or self.val_examples < 0:
@@ -156,6 +175,10 @@ class TrainConfig:
             if self.prior != "normal" or self.estimator == "hybrid":
                 what = f"prior {self.prior!r}" if self.prior != "normal" else "estimator 'hybrid'"
                 raise ValueError(f"{what} trains on --backend pyro only (so far); drop --backend numpyro")
+            if schedules.is_gamma(self.schedule) and self.estimator in ("trace", "meanfield"):
+                raise ValueError(f"estimator {self.estimator!r} with a γ schedule trains on --backend pyro only (the "
+                                 "compiled chain of the NumPyro backend reads NoiseSchedules); drop --backend numpyro "
+                                 "or pass a stochastic or continuous estimator")
             if self.device not in ("auto", "cpu"):
                 raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device (a GPU "
                                  "when jax has CUDA support); pass --device auto or cpu")
@@ -165,6 +188,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def resolved(self) -> "TrainConfig":
+        """The config with a γ schedule's unset settings at their defaults (:func:`.schedules.resolve`), as
+        config.json records it."""
+        return schedules.resolve(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -219,21 +247,82 @@ def _as_json(value):
     return value
 
 
-def build_schedule(config: TrainConfig) -> NoiseSchedule:
-    """The schedule of ``config``: a named one of T steps, or ``"custom"``'s ``betas``."""
-    if config.schedule == "custom":
-        return NoiseSchedule(config.betas)
-    return SCHEDULES[config.schedule](config.T)
+def decoder_of(config: TrainConfig, dataset) -> str:
+    """The decoder's name for ``config`` on ``dataset``: ``config.decoder``, or the data's own (``dataset.decoder``:
+    discretized for 8-bit data, gaussian for continuous data). An 8-bit decoder on continuous data is refused in one
+    line."""
+    if config.decoder is None:
+        return dataset.decoder
+    if dataset.decoder not in IMAGE_DECODERS:
+        raise ValueError(f"decoder {config.decoder!r} scores 8-bit data on their 256 values; the data {config.data!r} "
+                         "are continuous (scored by the Gaussian density): drop --decoder")
+    return config.decoder
+
+
+def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
+    """``config`` with the settings that depend on the data resolved (before it is recorded): the net setting
+    ``fourier_features = "auto"`` becomes the exponents of the data's grey-level spacing
+    (:func:`~ppl_diffusion.nets.embedding.fourier_exponents` of ``dataset.level_spacing``). Fourier features on
+    continuous data, which have no grey levels for them to resolve, and an 8-bit decoder on them are refused in
+    one line."""
+    decoder_of(config, dataset)
+    features = (config.net_config or {}).get("fourier_features")
+    if not features:
+        return config
+    if dataset.bins is None:
+        raise ValueError(f"fourier_features = {features!r} on the continuous data {config.data!r}: the features read "
+                         "x_t against the spacing of 8-bit data's grey levels, which continuous data do not have; drop "
+                         "--fourier-features")
+    if features != "auto":
+        return config
+    from ..nets.embedding import fourier_exponents
+
+    return dataclasses.replace(config, net_config={**config.net_config,
+                                                   "fourier_features": list(fourier_exponents(dataset.level_spacing))})
 
 
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape`` and ``dataset.decoder``."""
+    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
+    the data's own decoder (``dataset.decoder``; :func:`decoder_of`)."""
     event_shape = tuple(dataset.event_shape)
+    decoder = decoder_of(config, dataset)
     net = build_net(config.net, event_shape, config.net_config, learn_sigma=config.variance in LEARNED_VARIANCES)
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
-                             decoder=dataset.decoder, variance=config.variance, prior=prior,
-                             precision=config.precision, checkpoint_activations=config.checkpoint_activations)
+                             decoder=decoder, variance=config.variance, prior=prior,
+                             precision=config.precision, checkpoint_activations=config.checkpoint_activations,
+                             **schedules.process_kwargs(config))
+
+
+class BudgetWarning(UserWarning):
+    """Settings that do not suit the run's number of steps (a warm-up or an EMA longer than the run); the CLI prints
+    it as one line."""
+
+
+# The share of the untrained initial weights the EMA may still hold at the end of a run before it is warned.
+EMA_INITIAL_SHARE = 0.05
+
+
+def budget_warnings(config: TrainConfig) -> list[str]:
+    """What ``config``'s warm-up and EMA leave undone in a run of ``config.steps`` steps (none for a budget in minutes
+    only): a warm-up over half the run, and an EMA that still holds more than :data:`EMA_INITIAL_SHARE` of the
+    initial weights at the end. The EMA starts at the initial weights and keeps ``ema_decay ** steps`` of them, so
+    the suggested decay is at most 1 − 3/steps (e^−3 ≈ 0.05 of them kept): it averages about the last third of the
+    run."""
+    steps, out = config.steps, []
+    if steps is None:
+        return out
+    if config.warmup_steps > max(1, steps // 2):
+        out.append(f"--warmup-steps {config.warmup_steps} is over half of the run's {steps} steps: the learning rate "
+                   f"reaches --lr {config.lr:g} only at step {config.warmup_steps}; pass --warmup-steps "
+                   f"{max(1, steps // 20)} (5% of the steps) or train longer")
+    kept = config.ema_decay ** steps
+    if kept > EMA_INITIAL_SHARE:
+        decay = math.floor(max(0.0, 1.0 - 3.0 / steps) * 1000) / 1000
+        out.append(f"--ema-decay {config.ema_decay:g} over {steps} steps leaves {kept:.0%} of the untrained initial "
+                   f"weights in the EMA weights that evaluate and sample use; pass --ema-decay {decay:g}"
+                   + (" or lower (at most 1 - 3/steps)" if decay > 0 else " (no averaging)") + " or train longer")
+    return out
 
 
 def lr_at(config: TrainConfig, step: int) -> float:

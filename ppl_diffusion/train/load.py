@@ -44,10 +44,17 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
     with warnings.catch_warnings():  # a trained net's warnings were given when it was trained
         warnings.simplefilter("ignore", NetWarning)
         diffusion = build_diffusion(config, meta)
-    diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
-    if state.get("prior") is not None:
-        diffusion.prior.load_state_dict(state["prior_ema"] if ema else state["prior"])
+    load_weights(diffusion, state, ema=ema)
     return to_backend(diffusion, backend, device)
+
+
+def load_weights(diffusion, state: dict, *, ema: bool = True) -> None:
+    """Put a checkpoint's (or a trainer state's) weights into ``diffusion``: the denoiser's, a learned prior's and a
+    learned γ schedule's (``schedule.*`` of its state dict), their EMA (default) or raw ones."""
+    diffusion.denoiser.load_state_dict(state["ema"] if ema else state["model"])
+    for key in ("prior", "schedule"):
+        if state.get(key) is not None:
+            getattr(diffusion, key).load_state_dict(state[f"{key}_ema"] if ema else state[key])
 
 
 def to_backend(diffusion, backend: str = "pyro", device="cpu"):
@@ -59,6 +66,10 @@ def to_backend(diffusion, backend: str = "pyro", device="cpu"):
         if not isinstance(diffusion.denoiser, (MLPDenoiser, UNet)):
             raise ValueError(f"backend numpyro runs the built-in nets (the MLP and the U-Net: Flax twins); this "
                              f"model's denoiser is a {type(diffusion.denoiser).__name__}: use --backend pyro")
+        if getattr(diffusion, "gamma_schedule", False):
+            raise ValueError(f"this model's forward process is a γ schedule ({type(diffusion.schedule).__name__}): it "
+                             "evaluates and samples on --backend pyro (the NumPyro backend trains it, but its "
+                             "compiled bound, sampler and ODE read NoiseSchedules); drop --backend numpyro")
         _require_jax()
         from ..numpyro.train import from_torch
 

@@ -42,6 +42,8 @@ import dataclasses
 import json
 import math
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +54,9 @@ from ..checkpoint import (BEST_NAME, checkpoint_path, list_checkpoints, prune_ch
 from .. import distributed
 from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
+from ..nets.build import describe_net
 from .batches import BatchStream
-from .config import FORMAT, TrainConfig, lr_at, resolve_device
+from .config import FORMAT, BudgetWarning, TrainConfig, budget_warnings, lr_at, resolve_device, with_data_settings
 from .pyro_trainer import _NonFiniteOutput, make_trainer
 from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last,
                       _restore, _write_json, absolute_data_root, check_run_dir)
@@ -77,8 +80,9 @@ class TrainResult:
     running_bpd: float | None  # smoothed bits/dim
     stopped_by: str  # "steps" or "minutes"
     checkpoint: Path  # the final checkpoint
-    diffusion: GaussianDiffusion  # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro)
-    ema: dict  # EMA of the denoiser's state_dict
+    # the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro); not in the repr
+    diffusion: GaussianDiffusion = dataclasses.field(repr=False)
+    ema: dict = dataclasses.field(repr=False)  # EMA of the denoiser's state_dict
     elapsed: float = 0.0  # seconds spent training, resumed time included (startup and checkpoint loading excluded)
     # with config.val_examples: the best checkpoint's step and validation bits/dim, and RUN/best.pt (else None)
     best_step: int | None = None
@@ -87,7 +91,7 @@ class TrainResult:
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = False, progress: bool = True,
-          allow_inexact_resume: bool = False) -> TrainResult:
+          allow_inexact_resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train the diffusion model of ``config``, writing config, metrics and checkpoints to ``run_dir``.
 
     Under ``torchrun`` (after :func:`ppl_diffusion.distributed.init`) the run is data-parallel:
@@ -106,6 +110,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
         otherwise refused unless ``allow_inexact_resume`` (see :func:`~.run_dir.world_size_change_is_exact`).
     :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
     :param bool allow_inexact_resume: resume on another world size even where it cannot be exact (a warning).
+    :param log: called (rank 0) with one line before the first step: the net and its settings as built
+        (:func:`~ppl_diffusion.nets.build.describe_net`), its parameters, and the examples it trains on; the CLI
+        passes ``print``.
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
 
     A call that fails before ``run_dir`` holds a checkpoint leaves it as it found it (see the module).
@@ -113,7 +120,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
     # The process that prepares the folder (rank 0) notes what it is like now, to put it back on failure.
     fresh = FreshStart(check_run_dir(run_dir)) if distributed.world().is_main else None
     try:
-        return _train(config, run_dir, resume=resume, progress=progress, allow_inexact_resume=allow_inexact_resume)
+        return _train(config, run_dir, resume=resume, progress=progress, allow_inexact_resume=allow_inexact_resume,
+                      log=log)
     except BaseException:
         if fresh is not None:
             fresh.undo()
@@ -121,9 +129,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
 
 
 def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, progress: bool,
-           allow_inexact_resume: bool) -> TrainResult:
+           allow_inexact_resume: bool, log: Callable[[str], None] | None) -> TrainResult:
     world = distributed.world()
-    config = dataclasses.replace(config, world_size=world.world_size, data_root=absolute_data_root(config.data_root))
+    config = dataclasses.replace(config, world_size=world.world_size,
+                                 data_root=absolute_data_root(config.data_root)).resolved()  # config.json's values
     config.validate()
     if world.distributed and config.backend == "numpyro":
         raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
@@ -131,6 +140,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
     world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
     run_dir = check_run_dir(run_dir)
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
+    config = with_data_settings(config, dataset)  # fourier_features "auto" → the data's exponents, recorded
     device = resolve_device(distributed.local_device(config.device))
     if resume == "auto":  # decided on rank 0, whose file system holds the run folder
         resume = world.on_main(lambda: bool(list_checkpoints(run_dir)))
@@ -228,6 +238,14 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             })
             prune_checkpoints(run_dir, config.keep_checkpoints)
         return path
+
+    if writer:
+        if log is not None:
+            held = f" ({config.val_examples} more held out for validation)" if validation is not None else ""
+            log(f"{describe_net(config.net, dataset.event_shape, config.net_config, parameters=trainer.num_parameters)}"
+                f"; {len(dataset.train):,} {config.data} training examples of shape {list(dataset.event_shape)}{held}")
+        for message in budget_warnings(config):
+            warnings.warn(message, BudgetWarning, stacklevel=3)
 
     from tqdm.auto import tqdm
 

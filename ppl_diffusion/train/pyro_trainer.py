@@ -23,6 +23,7 @@ from ..distributed import World
 from ..infer import make_estimator
 from ..infer.draws import BatchDraws, apply_records, slice_dropout
 from .config import TrainConfig, build_diffusion, lr_at
+from .schedules import estimator_kwargs
 
 _NON_FINITE = re.compile(r"\b(nan|inf)\b")
 
@@ -47,16 +48,19 @@ class PyroTrainer:
         slice_dropout(self.net)  # dropout masks drawn for the global batch too
         # The step's random draws (t, noise, dropout): one generator, in the same state on every rank.
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.estimator = make_estimator(config.estimator)
+        self.estimator = make_estimator(config.estimator, **estimator_kwargs(config))
         self.guide = self.estimator.guide(self.diffusion)
         loss = self.estimator.loss
         self.sampler = loss.get_sampler(config.T) if hasattr(loss, "get_sampler") else None
-        prior = self.diffusion.prior
-        self.prior = prior if isinstance(prior, torch.nn.Module) and next(prior.parameters(), None) is not None else None
-        self.params = list(self.net.parameters()) + ([] if self.prior is None else list(self.prior.parameters()))
+        self.prior = _trained(self.diffusion.prior)
+        self.schedule = _trained(self.diffusion.schedule)  # a learned γ schedule (the guide's parameters)
+        # The trained modules under their checkpoint keys (weights, EMA), in the optimizer's parameter order.
+        self.parts = [("model", "ema", self.net)] + [(key, f"{key}_ema", m) for key, m in
+                                                     (("prior", self.prior), ("schedule", self.schedule)) if m is not None]
+        self.params = [p for _, _, module in self.parts for p in module.parameters()]
         self.optimizer = torch.optim.Adam(self.params, lr=lr_at(config, 1))
-        self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-        self.prior_ema = None if self.prior is None else {k: v.detach().clone() for k, v in self.prior.state_dict().items()}
+        self.emas = {ema: {k: v.detach().clone() for k, v in module.state_dict().items()} for _, ema, module in self.parts}
+        self.ema = self.emas["ema"]
         self.config = config
         self.net.train()
 
@@ -109,9 +113,8 @@ class PyroTrainer:
             return mean_loss, grad_norm.item()
         self.optimizer.step()
         with torch.no_grad():
-            for module, ema in ((self.net, self.ema), (self.prior, self.prior_ema)):
-                if module is None:
-                    continue
+            for _, key, module in self.parts:
+                ema = self.emas[key]
                 for k, v in module.state_dict().items():
                     if v.is_floating_point():
                         ema[k].lerp_(v, 1.0 - self.config.ema_decay)
@@ -119,22 +122,24 @@ class PyroTrainer:
                         ema[k].copy_(v)
         return mean_loss, grad_norm.item()
 
+    @property
+    def num_parameters(self) -> int:
+        """The denoiser's parameters (a learned prior's not counted)."""
+        return sum(p.numel() for p in self.net.parameters())
+
     def state(self) -> dict:
-        state = {"model": self.net.state_dict(), "ema": self.ema, "optimizer": self.optimizer.state_dict(),
+        state = {"optimizer": self.optimizer.state_dict(),
                  "sampler": None if self.sampler is None else self.sampler.state_dict(),
                  "draws": {"device": self.generator.device.type, "state": self.generator.get_state()}}
-        if self.prior is not None:
-            state.update(prior=self.prior.state_dict(), prior_ema=self.prior_ema)
+        for key, ema, module in self.parts:  # model / ema, prior / prior_ema, schedule / schedule_ema
+            state.update({key: module.state_dict(), ema: self.emas[ema]})
         return state
 
     def load(self, state: dict) -> None:
-        self.net.load_state_dict(state["model"])
-        for k, v in state["ema"].items():
-            self.ema[k].copy_(v)
-        if self.prior is not None:
-            self.prior.load_state_dict(state["prior"])
-            for k, v in state["prior_ema"].items():
-                self.prior_ema[k].copy_(v)
+        for key, ema, module in self.parts:
+            module.load_state_dict(state[key])
+            for k, v in state[ema].items():
+                self.emas[ema][k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
@@ -155,6 +160,11 @@ class PyroTrainer:
 
     def result(self) -> tuple[GaussianDiffusion, dict]:
         return self.diffusion, self.ema
+
+
+def _trained(module):
+    """``module`` if it is a ``torch.nn.Module`` with parameters (a learned prior or γ schedule), else ``None``."""
+    return module if isinstance(module, torch.nn.Module) and next(module.parameters(), None) is not None else None
 
 
 def average_gradients(params, world: World) -> None:

@@ -40,12 +40,15 @@ def absolute_data_root(data_root: str | Path | None) -> str | None:
     return None if data_root is None else os.path.abspath(os.path.expanduser(os.fspath(data_root)))
 
 
-def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, run: str | Path | None = None
-                  ) -> Dataset:
+def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, run: str | Path | None = None,
+                  event_shape=None) -> Dataset:
     """The data set of a run's ``config``, read from ``data_root`` when given (where the data is now: the run or
     its data moved) or else from the folder the run stored.
 
-    :raises ValueError: ``data_root`` given for a data set that reads no files (digits, the toys).
+    :param event_shape: the shape of the examples the run's net takes; data of another shape (another folder passed
+        as ``--data-root``) is refused in one line.
+    :raises ValueError: ``data_root`` given for a data set that reads no files (digits, the toys), or data whose
+        examples are not of ``event_shape``.
     :raises FileNotFoundError: the folder is gone: one line naming it and the ``--data-root`` fix.
     """
     name, of_run = config.data, "" if run is None else f" of run {run}"
@@ -56,18 +59,23 @@ def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, r
         root = absolute_data_root(data_root)
         if not Path(root).is_dir():
             raise FileNotFoundError(f"--data-root {data_root}: no such folder; pass {FILE_DATASETS[name]}")
-        return load_dataset(name, root)
-    if name not in FILE_DATASETS:
+    elif name not in FILE_DATASETS:
         return load_dataset(name)
-    root = config.data_root
-    if root is None:
-        raise ValueError(f"the data{of_run}, {name!r}, is read from files but no data folder is recorded; pass "
-                         f"--data-root <{FILE_DATASETS[name]}>")
-    if not Path(root).is_dir():
-        where = "" if os.path.isabs(root) else f" (a relative path, read from the current folder {os.getcwd()})"
-        raise FileNotFoundError(f"the data folder{of_run} ({name!r}), {root}{where}, does not exist; if the data "
-                                f"moved, pass --data-root <where it is now>")
-    return load_dataset(name, root)
+    else:
+        root = config.data_root
+        if root is None:
+            raise ValueError(f"the data{of_run}, {name!r}, is read from files but no data folder is recorded; pass "
+                             f"--data-root <{FILE_DATASETS[name]}>")
+        if not Path(root).is_dir():
+            where = "" if os.path.isabs(root) else f" (a relative path, read from the current folder {os.getcwd()})"
+            raise FileNotFoundError(f"the data folder{of_run} ({name!r}), {root}{where}, does not exist; if the data "
+                                    f"moved, pass --data-root <where it is now>")
+    data = load_dataset(name, root)
+    if event_shape is not None and tuple(data.event_shape) != tuple(event_shape):
+        raise ValueError(f"the {name} data under {root} has examples of shape {list(data.event_shape)} but the "
+                         f"run{'' if run is None else ' ' + str(run)} was trained on {list(event_shape)}; pass "
+                         f"--data-root the folder it trained on")
+    return data
 
 
 class FreshStart:

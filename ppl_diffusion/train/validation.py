@@ -30,12 +30,17 @@ import numpy as np
 import torch
 
 from .. import noise as counter_noise
+from ..infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
 from ..infer.estimate import estimate_bound, plan_uniform
 from .config import TrainConfig, build_diffusion
+from .load import load_weights
 
 # The plan of the validation estimate (plan_uniform's counts): fixed, so that every checkpoint draws the same t.
 VALIDATION_PLAN = dict(full_steps=20, strata=20, draws=2)
-WEIGHT_KEYS = ("model", "ema", "prior", "prior_ema")  # the trainer's state entries that are weights
+# In continuous time (T = 0): the diffusion term from 2 uniform draws of t in each of 20 equal strata of [0, 1]
+# (infer/continuous_bound.py), the reconstruction and prior terms as evaluate computes them.
+VALIDATION_CONTINUOUS_PLAN = dict(strata=20, draws=2)
+WEIGHT_KEYS = ("model", "ema", "prior", "prior_ema", "schedule", "schedule_ema")  # the trainer's state's weights
 
 
 def holdout_split(num_train: int, val_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,16 +75,18 @@ class Validation:
         self.seed = config.seed
         with torch.random.fork_rng(devices=[]):  # building a net draws initial weights: leave training's generator
             self.diffusion = build_diffusion(config, dataset).to(device).eval()
-        self.plan = plan_uniform(self.diffusion.T, **VALIDATION_PLAN)
+        self.plan = (plan_continuous_uniform(**VALIDATION_CONTINUOUS_PLAN) if self.diffusion.continuous
+                     else plan_uniform(self.diffusion.T, **VALIDATION_PLAN))
         self.history: list[dict] = []  # [{"step", "val_bpd"}], one per validation
         self.best: dict | None = None  # {"step", "val_bpd", and the WEIGHT_KEYS of the trainer's state at it}
 
     def estimate(self, state: dict) -> float:
         """The validation bits/dim of the EMA weights in ``state`` (a trainer's :meth:`state`)."""
-        self.diffusion.denoiser.load_state_dict(state["ema"])
-        if state.get("prior_ema") is not None:
-            self.diffusion.prior.load_state_dict(state["prior_ema"])
-        est = estimate_bound(self.diffusion, self.x, self.plan, seed=self.seed, indices=self.indices)
+        load_weights(self.diffusion, state, ema=True)
+        if self.diffusion.continuous:
+            est = estimate_continuous_bound(self.diffusion, self.x, self.plan, seed=self.seed, indices=self.indices)
+        else:
+            est = estimate_bound(self.diffusion, self.x, self.plan, seed=self.seed, indices=self.indices)
         return est.bits_per_dim().mean().item()
 
     def record(self, step: int, val_bpd: float, state: dict) -> bool:
