@@ -102,3 +102,63 @@ def test_a_microbatch_that_does_not_divide_the_batch_is_one_line(tmp_path, capsy
     assert not run_dir.exists()
     with pytest.raises(ValueError, match=r"microbatch = 0; pass a positive number"):
         TrainConfig(**{**BASE, "microbatch": 0}).validate()
+
+
+# ---------------------------------------------------------------------------------------- NumPyro
+def numpyro_step(**kw):
+    """(loss, Adam's first moment after one step = 0.1 · the clipped gradient, the sampler's state) of the
+    NumPyro trainer: the gradient of the jitted step, through the state it keeps."""
+    pytest.importorskip("jax")
+    pytest.importorskip("numpyro")
+    import jax
+
+    from ppl_diffusion.numpyro.train import NumPyroTrainer
+    from ppl_diffusion.train.config import build_diffusion
+
+    trainer = NumPyroTrainer(TrainConfig(**{**BASE, "backend": "numpyro", "grad_clip": None, **kw}),
+                             load_dataset("digits"), build_diffusion)
+    loss, _ = trainer.step(torch.arange(BASE["batch_size"]), 1e-3)
+    mu = jax.tree.leaves(trainer._adam_state(trainer.svi_state.optim_state[1][1]).mu)
+    return loss, mu, trainer.sampler_state
+
+
+@pytest.mark.slow  # two trainers compiled: ~30 s of CPU each case
+@pytest.mark.parametrize("estimator", ["stochastic-kl-is", "trace"])
+def test_numpyro_microbatched_step_equals_the_whole_step(estimator):
+    """The jitted step in chunks of 2 (lax.scan, every draw made for the global batch and sliced: the guide's
+    latents, the compiled chain's noise, dropout masks) gives the whole step's loss and gradient to float32
+    rounding, and the importance sampler the same history."""
+    import jax
+    import numpy as np
+
+    loss, mu, sampler = numpyro_step(estimator=estimator)
+    loss_m, mu_m, sampler_m = numpyro_step(estimator=estimator, microbatch=2)
+    assert abs(loss - loss_m) <= 1e-6 * abs(loss)
+    assert max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)) for a, b in zip(mu, mu_m)) < 1e-5
+    for a, b in zip(jax.tree.leaves(sampler), jax.tree.leaves(sampler_m)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow  # a torchrun launch and a 1-process run: 20-60 s
+def test_two_processes_in_microbatches_train_as_one_process_whole(tmp_path):
+    """torchrun (gloo, 2 processes), each rank's 8 rows in micro-batches of 4, the gradients all-reduced once per
+    step, against one process with the whole batch of 16: the weights after 10 steps to test_distributed's bar
+    (1e-5: float32 reduction order), the importance sampler's history the same."""
+    from .test_distributed import MLP, TOLERANCE, max_diff, torchrun_train, weights
+
+    cfg = {**MLP, "steps": 10, "checkpoint_every": 10}
+    done = torchrun_train(tmp_path / "two", cfg, "--microbatch", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(TrainConfig(**cfg), tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["microbatch"] == 4
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) < TOLERANCE
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / r)) for r in ("one", "two"))
+    assert torch.equal(a["sampler"]["loss_counts"], b["sampler"]["loss_counts"])
+    assert torch.allclose(a["sampler"]["loss_history"], b["sampler"]["loss_history"], rtol=1e-5)
+    assert torch.equal(a["draws"]["state"], b["draws"]["state"])
