@@ -29,15 +29,16 @@ BASE = dict(data="digits", net="mlp", net_config={"dropout": 0.2}, T=20, batch_s
             ema_decay=0.5, steps=3, checkpoint_every=3, log_every=1, seed=5, device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread (tiny nets; conftest restores the count after each test)."""
+    torch.set_num_threads(1)
+
+
 def one_step(**kw):
     """(loss, gradients, the draws generator's state, the sampler's state) after one Pyro training step."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = PyroTrainer(TrainConfig(**{**BASE, **kw}), load_dataset("digits"), torch.device("cpu"))
-        loss, _ = trainer.step(torch.arange(BASE["batch_size"]), 1e-3)
-    finally:
-        torch.set_num_threads(threads)
+    trainer = PyroTrainer(TrainConfig(**{**BASE, **kw}), load_dataset("digits"), torch.device("cpu"))
+    loss, _ = trainer.step(torch.arange(BASE["batch_size"]), 1e-3)
     sampler = None if trainer.sampler is None else trainer.sampler.state_dict()
     return loss, [p.grad.clone() for p in trainer.params], trainer.generator.get_state(), sampler
 
@@ -66,12 +67,7 @@ def test_microbatched_gradient_equals_the_whole_batch(estimator, extra):
 
 
 def run(tmp_path, name: str, **kw) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(**{**BASE, **kw}), tmp_path / name, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train(TrainConfig(**{**BASE, **kw}), tmp_path / name, progress=False)
     return load_checkpoint(latest_checkpoint(tmp_path / name))
 
 
@@ -150,12 +146,7 @@ def test_two_processes_in_microbatches_train_as_one_process_whole(tmp_path):
     cfg = {**MLP, "steps": 10, "checkpoint_every": 10}
     done = torchrun_train(tmp_path / "two", cfg, "--microbatch", "4")
     assert done.returncode == 0, done.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(TrainConfig(**cfg), tmp_path / "one", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train(TrainConfig(**cfg), tmp_path / "one", progress=False)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["microbatch"] == 4
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) < TOLERANCE
     a, b = (load_checkpoint(latest_checkpoint(tmp_path / r)) for r in ("one", "two"))

@@ -23,11 +23,8 @@ T = 4
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread: these tiny nets run ~100x slower with two threads on a shared machine."""
-    threads = torch.get_num_threads()
+    """One torch thread (tiny nets ran ~20x slower on two threads of a shared machine); conftest restores it."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 LEVELS = ("steps", "blocks")
 
