@@ -296,6 +296,31 @@ def _print_trained(result) -> None:
               "weights on the held-out examples)")
 
 
+def given_flags(argv: list[str], command: str) -> set[str]:
+    """The destinations of the flags of ``command`` that ``argv`` sets (not left at their defaults)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
+
+
+def resume_with_saved_settings(args: argparse.Namespace, given: set[str]) -> None:
+    """``--resume`` (or ``--auto-resume``) of a run folder with a config.json: every train flag not given takes the
+    run's saved value, so ``train --run-dir RUN --resume`` continues the run as it was started. A flag given is
+    used as given (and refused by :func:`~ppl_diffusion.train.train` where the run cannot change it)."""
+    path = Path(args.run_dir) / "config.json"
+    if not (args.resume or args.auto_resume) or not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    for field in DEFAULTS.to_dict():
+        if field != "net_config" and hasattr(args, field) and field not in given and field in saved:
+            setattr(args, field, saved[field])
+    if "net_config" not in given and saved.get("net_config"):
+        flagged = {NET_FLAGS[flag] for flag in given & set(NET_FLAGS)}
+        args.net_config = {k: v for k, v in saved["net_config"].items() if k not in flagged} or None
+
+
 def cmd_train(args) -> None:
     if args.resume and args.auto_resume:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
@@ -481,9 +506,16 @@ def cmd_sample(args) -> None:
         raise ValueError(f"{', '.join(given)} given without --ode; these flags set the ODE's solver: add --ode or "
                          "drop them")
     o = _ode_options(args, names)
-    result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
-                        device=args.device, out=args.out, backend=args.backend, precision=args.precision,
-                        ode=args.ode, last=args.last, **o)
+    try:
+        result = sample_run(args.run, n=args.n, steps=args.steps, seed=args.seed, ema=not args.raw,
+                            device=args.device, out=args.out, backend=args.backend, precision=args.precision,
+                            ode=args.ode, last=args.last, **o)
+    except ValueError as error:  # the API names its argument K; here it is the flag
+        prefix = f"K = {args.steps!r} steps is "
+        if args.steps is None or not str(error).startswith(prefix):
+            raise
+        raise ValueError(f"--steps {args.steps} is " + str(error)[len(prefix):] + "; pass --steps in that range or "
+                         "drop it (all of the run's steps)") from None
     if distributed.world().is_main:
         how = f", ODE: {result.nfe} function evaluations" if args.ode else ""
         best = " (best.pt)" if result.run.weights_from == "best" else ""
@@ -736,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             several = distributed.world().world_size > 1 and distributed.joined()
         if getattr(args, "backend", "pyro") == "numpyro":
             _join_jax_job()
+        if args.command == "train":
+            resume_with_saved_settings(args, given_flags(list(sys.argv[1:] if argv is None else argv), "train"))
         args.func(args)
         # Every rank finishes before any leaves the group: a rank tearing gloo down while another still talks to it
         # can abort.

@@ -7,6 +7,7 @@ returns its path.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,13 @@ def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None
         r, k = divmod(i, cols)
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img.transpose(1, 2, 0)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(min(12, 0.5 + 0.03 * grid.shape[1] * max(1, 16 // w)),) * 2)
+    size = min(12, max(3.0, 0.5 + 0.03 * grid.shape[1] * max(1, 16 // w)))
+    fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=255,
               interpolation="nearest")
     ax.set_axis_off()
-    if title:
-        ax.set_title(title)
+    if title:  # wrapped to the figure's width (about 0.55 em a character at 10 points)
+        ax.set_title(textwrap.fill(title, width=max(20, int(size * 72 / (10 * 0.55)))), fontsize=10)
     return _save(fig, path)
 
 

@@ -93,6 +93,17 @@ def test_sample_images_npz_png_and_seed(digits_run, tmp_path):
     sample("raw", "--raw")
 
 
+def test_sample_steps_outside_the_run_names_the_flag(digits_run, tmp_path, capsys):
+    T = json.loads((digits_run / "config.json").read_text())["T"]
+    for bad in (0, T + 1):
+        assert run(["sample", digits_run, "-n", "2", "--steps", bad, "--out", tmp_path / "s.png"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ppl-diffusion: error: --steps {bad} is outside 1..T = 1..{T}; a respaced sampler keeps "
+                       "between 1 and T of the original steps; pass --steps in that range or drop it (all of the "
+                       "run's steps)"]
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_fourier_features_auto_and_the_vdm_decoder_are_recorded_resumed_and_loaded(tmp_path, capsys):
     """--fourier-features auto becomes the digits' exponents [2, 3] in net_config (it shapes the net), --decoder
     vdm-categorical the config's decoder; a resume with the same flags continues, and a loaded run has both."""
@@ -444,3 +455,22 @@ def test_diverged_training_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1
     assert err[0].startswith("ppl-diffusion: error: ") and "at step 4" in err[0] and "ckpt-00000002.pt" in err[0]
+
+
+def test_resume_takes_the_saved_settings_of_every_flag_not_given(tmp_path, capsys):
+    """`train --run-dir RUN --resume --steps 4` after a start with non-default flags continues that run: the same
+    weights as the same flags trained straight to 4 steps; a flag given that the run cannot change is refused."""
+    import torch
+
+    flags = ["--data", "digits", *TINY, "--lr", "3e-3", "--ema-decay", "0.5", "--seed", "7"]
+    assert run(["train", *flags, "--steps", "4", "--run-dir", tmp_path / "straight"]) == 0
+    assert run(["train", *flags, "--steps", "2", "--run-dir", tmp_path / "resumed"]) == 0
+    assert run(["train", "--run-dir", tmp_path / "resumed", "--resume", "--steps", "4"]) == 0
+    a = torch.load(tmp_path / "straight" / "ckpt-00000004.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "ckpt-00000004.pt", weights_only=False)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    capsys.readouterr()
+    assert run(["train", "--run-dir", tmp_path / "resumed", "--resume", "--steps", "6", "--lr", "1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "lr: saved 0.003, now 0.001" in err and "drop the flags that change it" in err

@@ -206,6 +206,36 @@ def test_fourier_features_benchmark_quick(tmp_path):
     assert "| n = 2,3 | raw |" in (tmp_path / "out" / "fourier_features_quick.md").read_text()
 
 
+@pytest.mark.slow  # ~40 s on 2 shared cores: two tiny trainings and evaluations, then a rerun that skips both
+def test_vdm_digits_benchmark_quick(tmp_path):
+    """benchmarks/vdm_digits.py: each row's settings reach its run (config.json), both kinds of bound are
+    gathered, a rerun resumes (nothing trained or evaluated again) and the report lists the rows not run."""
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(ROOT / "benchmarks" / "vdm_digits.py")]
+    run = [*script, "run", "inf-learned-ff-cat", "t1000-learned", "--runs", str(tmp_path / "runs"), "--quick"]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("not trained or evaluated again") == 2, again.stdout[-2000:]
+    assert "trained 3 steps" not in again.stdout + again.stderr
+    out = subprocess.run([*script, "report", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "out" / "vdm_digits.json").read_text())
+    rows = {r["row"]: r for r in record["rows"]}
+    assert set(rows) == {"inf-learned-ff-cat", "t1000-learned"} and "inf-fixed" in record["missing_rows"]
+    cat, t1000 = rows["inf-learned-ff-cat"], rows["t1000-learned"]
+    assert (cat["T"], cat["schedule"], cat["fourier_features"], cat["decoder"]) == (
+        "inf", "learned-net", [2, 3], "vdm-categorical")
+    assert (t1000["T"], t1000["fourier_features"], t1000["decoder"]) == (1000, [], "discretized")
+    for r in rows.values():
+        assert math.isfinite(r["bpd_ema"]) and r["bpd_ema_stderr"] > 0 and r["bpd_ema_t_stderr"] > 0
+    bad = subprocess.run([*script, "run", "nope", "--runs", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown rows ['nope']" in bad.stderr
+
+
 @pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
 def test_digits_budget_benchmark_quick(tmp_path):
     import subprocess

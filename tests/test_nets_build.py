@@ -407,3 +407,17 @@ def test_describe_net_names_the_settings_the_net_is_built_with():
     assert describe_net("mynets:tiny", (2,), {"width": 8}) == "net mynets:tiny: (width=8)"
     assert describe_net("mynets:tiny", (2,), None, parameters=12) == "net mynets:tiny, 12 parameters"
     assert describe_net("unet", (1, 8, 8), {"model_channels": 8}) == "net unet: U-Net (model_channels=8)"
+
+
+def test_unet_class_defaults_that_do_not_fit_name_the_flags_and_auto():
+    """--net unet on 8x8 digits keeps the class's attention at 16 pixels: the error says which defaults were taken."""
+    with pytest.raises(ValueError, match=r"\[16\] is not the size of any level.*defaults for the settings not given "
+                                         r"\(--channel-mult, --attention not given\).*--net auto"):
+        build_net("unet", (1, 8, 8), dict(model_channels=8))
+    assert build_net("unet", (1, 8, 8), dict(model_channels=8, attention_resolutions=(4,))) is not None
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1, "0.1"])
+def test_dropout_outside_0_1_names_the_flag(dropout):
+    with pytest.raises(ValueError, match=r"^dropout \(--dropout\) = .*must lie in \[0, 1\); pass e.g. 0.1"):
+        build_net("auto", (1, 8, 8), dict(dropout=dropout))

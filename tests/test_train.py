@@ -552,6 +552,10 @@ def test_a_warm_up_or_an_ema_longer_than_the_run_is_warned_with_the_fix(tmp_path
     assert budget_warnings(toy(steps=None, minutes=1.0, warmup_steps=1000, ema_decay=0.9999)) == []
     with pytest.warns(BudgetWarning, match="--ema-decay 0.999 over 4 steps"):
         train(toy(steps=4, ema_decay=0.999), tmp_path, progress=False)
+    big = budget_warnings(toy(steps=2000, warmup_steps=100, ema_decay=0.998, batch_size=300), 128)
+    assert big == ["--batch-size 300 is larger than the 128 training examples: every step sees each of them up to 3 "
+                   "times; pass --batch-size 128 or less"]
+    assert budget_warnings(toy(steps=2000, warmup_steps=100, ema_decay=0.998, batch_size=128), 128) == []
 
 
 def test_train_says_which_net_it_built(tmp_path, capsys):

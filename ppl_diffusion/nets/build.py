@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import re
 from collections.abc import Callable
 
@@ -56,7 +57,13 @@ def _unet_class(event_shape, **settings) -> nn.Module:
     if "model_channels" not in settings:
         raise ValueError("net 'unet' is the UNet class with net_config as its keyword arguments and its defaults for "
                          "the rest: pass model_channels (--channels), or use --net auto for a U-Net sized by the data")
-    return UNet(**settings)
+    try:
+        return UNet(**settings)
+    except ValueError as error:  # a class default that does not fit these images, e.g. attention at 16 pixels
+        unset = [SETTING_FLAGS[k] for k in ("channel_mult", "attention_resolutions") if k not in settings]
+        given = f" ({', '.join(unset)} not given)" if unset else ""
+        raise ValueError(f"{error}; net 'unet' is the UNet class with its defaults for the settings not given{given}:"
+                         " pass them, or use --net auto for a U-Net sized by the data") from None
 
 
 def _preset(name: str) -> Callable:
@@ -200,6 +207,10 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
     if unknown and not open_ended:
         raise ValueError(f"{what} has no setting {_flagged(unknown[0])}{where}; its settings are "
                          f"{', '.join(map(_flagged, known)) or 'none'}")
+    dropout = net_config.get("dropout")
+    if name in BUILTIN_NETS and dropout is not None and not (isinstance(dropout, numbers.Real) and 0 <= dropout < 1):
+        raise ValueError(f"{_flagged('dropout')} = {dropout!r}: a dropout probability must lie in [0, 1); pass e.g. "
+                         "0.1 (the U-Net's default) or 0 (none)")
 
 
 def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict:

@@ -303,13 +303,18 @@ class BudgetWarning(UserWarning):
 EMA_INITIAL_SHARE = 0.05
 
 
-def budget_warnings(config: TrainConfig) -> list[str]:
+def budget_warnings(config: TrainConfig, num_train: int | None = None) -> list[str]:
     """What ``config``'s warm-up and EMA leave undone in a run of ``config.steps`` steps (none for a budget in minutes
     only): a warm-up over half the run, and an EMA that still holds more than :data:`EMA_INITIAL_SHARE` of the
     initial weights at the end. The EMA starts at the initial weights and keeps ``ema_decay ** steps`` of them, so
     the suggested decay is at most 1 − 3/steps (e^−3 ≈ 0.05 of them kept): it averages about the last third of the
-    run."""
+    run. With ``num_train`` (the training examples), also a batch larger than the training set, whose steps would
+    see some examples more than once."""
     steps, out = config.steps, []
+    if num_train is not None and config.batch_size > num_train:
+        out.append(f"--batch-size {config.batch_size} is larger than the {num_train:,} training examples: every step "
+                   f"sees each of them up to {math.ceil(config.batch_size / num_train)} times; pass --batch-size {num_train} "
+                   "or less")
     if steps is None:
         return out
     if config.warmup_steps > max(1, steps // 2):

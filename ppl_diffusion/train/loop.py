@@ -152,7 +152,9 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
                 diff = _config_diff(json.loads(cfg_path.read_text()), config)
                 if diff:
                     raise ValueError(f"--resume with a configuration that differs from {cfg_path} "
-                                     f"({'; '.join(diff)}); pass the saved settings or start a new run folder")
+                                     f"({'; '.join(diff)}); drop the flags that change it (ppl-diffusion train "
+                                     "--resume takes the saved settings of every flag not given) or start a new run "
+                                     "folder")
             elif not list_checkpoints(run_dir):
                 raise ValueError(f"nothing to resume in {run_dir}: no config.json and no checkpoint; start without "
                                  "--resume")
@@ -244,7 +246,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             held = f" ({config.val_examples} more held out for validation)" if validation is not None else ""
             log(f"{describe_net(config.net, dataset.event_shape, config.net_config, parameters=trainer.num_parameters)}"
                 f"; {len(dataset.train):,} {config.data} training examples of shape {list(dataset.event_shape)}{held}")
-        for message in budget_warnings(config):
+        for message in budget_warnings(config, len(dataset.train)):
             warnings.warn(message, BudgetWarning, stacklevel=3)
 
     from tqdm.auto import tqdm
