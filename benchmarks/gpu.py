@@ -13,9 +13,11 @@ such, with what it had measured, and the others still run):
                    :mod:`ppl_diffusion.study`'s ``StudyEstimator`` (Pyro's own ``loss`` / ``loss_and_grads``)
                    and ``RunningMoments`` (not ``run_study``: it needs arviz, and its gradient replicates
                    equal its estimates). θ: freshly initialised (seed 0, output layers zero as for training:
-                   the θ of ``ppl-diffusion compare --net digits`` without a run). Batch: the first 32 test
-                   digits (a full-chain gradient keeps T U-Net activations, about 0.24 GB per step at batch
-                   128: too many for one GPU at T = 1000). At least 16 ELBO estimates each (mean, sd, seconds
+                   the θ of ``ppl-diffusion compare --net digits`` without a run). Batch: the first 128 test
+                   digits, the batch of the other rows, with activation checkpointing (``checkpoint_activations=
+                   "steps"``: each step's net call recomputed in the backward pass; stored, a full-chain gradient
+                   would keep T U-Net activations, about 0.27 GB per step at batch 128, ~270 GB at T = 1000;
+                   benchmarks/memory.py measures both). At least 16 ELBO estimates each (mean, sd, seconds
                    per estimate); gradients as many as the share allows (at least 2; 16 and more where they
                    fit): seconds per gradient, tr Cov, SNR.
 ``backends_unet``  the backends table's rows (iv) (:func:`benchmarks.backends.unet_cases`): the digits U-Net's
@@ -86,7 +88,8 @@ class Plan:
     train_reps: tuple = (5, 50)  # (min, max) timed steps per precision
     est_net: str = "digits"
     est_T: int = 1000
-    est_batch: int = 32
+    est_batch: int = 128
+    est_checkpoint: str = "steps"  # the full chains' activations recomputed in the backward pass (memory, not numbers)
     est_reps: tuple = (16, 200)  # (min, max) replicates per estimator
     unet_net: str = "digits"
     unet_max_reps: int = 32  # timed reps per case and backend: backends.py's count at least, 4× at most, capped
@@ -263,13 +266,14 @@ def section_estimators(ctx: dict, out: dict, share: float) -> None:
     from ppl_diffusion.train import TrainConfig, build_diffusion
 
     plan, device = ctx["plan"], ctx["device"]
-    tc = TrainConfig(data="digits", net=plan.est_net, T=plan.est_T, steps=1, seed=0).validate()
+    tc = TrainConfig(data="digits", net=plan.est_net, T=plan.est_T, steps=1, seed=0,
+                     checkpoint_activations=plan.est_checkpoint).validate()
     dataset = load_dataset("digits")
     pyro.set_rng_seed(0)
     diffusion = build_diffusion(tc, dataset).to(device).eval()
     x0 = dataset.test[:plan.est_batch].to(device)
     batch = len(x0)
-    out.update(net=plan.est_net, T=plan.est_T, batch=batch,
+    out.update(net=plan.est_net, T=plan.est_T, batch=batch, checkpoint_activations=diffusion.checkpoint_activations,
                theta=f"freshly initialised {plan.est_net} denoiser (seed 0), eval mode",
                batch_from="the first test digits")
     start = time.monotonic()

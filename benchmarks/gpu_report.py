@@ -104,7 +104,8 @@ def markdown(result: dict) -> str:
         lines.append("")
     sec = head("estimators", "Estimators at a fixed θ")
     if sec:
-        lines += [f"{sec.get('theta')}, T = {sec.get('T')}, batch {sec.get('batch')} ({sec.get('batch_from')}); ELBO "
+        lines += [f"{sec.get('theta')}, T = {sec.get('T')}, batch {sec.get('batch')} ({sec.get('batch_from')}), "
+                  f"checkpoint_activations {sec.get('checkpoint_activations', 'none')!r}; ELBO "
                   "in nats per example.", "",
                   "| estimator | ELBO mean | sd | se | estimates | s/estimate | gradients | s/gradient | grad tr Cov | "
                   "SNR | peak GiB | notes |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]

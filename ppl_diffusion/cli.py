@@ -25,6 +25,7 @@ from . import distributed
 from .checkpoint import CheckpointError
 from .distributed import DIST_BACKENDS
 from .nets import NetWarning
+from .nets.remat import CHECKPOINTING
 from .precision import PrecisionWarning
 from .train import METRICS_FORMATS, BudgetWarning, TrainConfig, TrainingDiverged, train
 
@@ -80,6 +81,18 @@ def _add_precision_flag(p: argparse.ArgumentParser, default: str, note: str) -> 
     p.add_argument("--precision", default=default,
                    help=f"the denoiser's arithmetic: fp32, or bf16 (bfloat16 autocast of the network call only; fast "
                         f"on GPUs and on CPUs with AVX-512-BF16 / AMX); {note} (default {default})")
+
+
+def _add_memory_flags(p: argparse.ArgumentParser, microbatch: bool = True) -> None:
+    p.add_argument("--checkpoint-activations", nargs="?", const="steps", default="none", choices=CHECKPOINTING,
+                   metavar="{none,steps,blocks}",
+                   help="recompute activations in the backward pass instead of storing them (memory for time; the "
+                        "numbers do not change): steps (also the bare flag) each full-chain step's net call "
+                        "(trace, meanfield, iwae), blocks also each block of a U-Net (default none)")
+    if microbatch:
+        p.add_argument("--microbatch", type=int, default=None, metavar="M",
+                       help="score each process's batch M examples at a time, their gradients summed before one "
+                            "optimizer step (the same step to float rounding; M must divide the per-process batch)")
 
 
 def _none_or_float(text: str) -> float | None:
@@ -199,6 +212,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     _add_threads_flag(p)
     _add_backend_flag(p, "the run's checkpoints load on either backend")
     _add_precision_flag(p, DEFAULTS.precision, "weights, Adam and the EMA stay float32")
+    _add_memory_flags(p)
     _add_dist_flag(p)
     p.add_argument("--run-dir", required=True, help="run folder for config.json, metrics and checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
@@ -590,6 +604,7 @@ def _add_compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help=f"auto, cpu, cuda or cuda:N (default {d.device})")
     _add_backend_flag(p, "measures that backend's estimators and trains the race on it; a run of either backend "
                          "is a valid θ")
+    _add_memory_flags(p, microbatch=False)
     _add_dist_flag(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("--restart", action="store_true",

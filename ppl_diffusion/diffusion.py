@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from . import closed_forms as cf
 from .distributions import ForwardStepNormal, make_decoder, uses_denoiser
 from .gamma import GAMMA_LABEL_SCALE, TIME_INPUTS, GammaChain, GammaSchedule, check_forward_process  # noqa: F401
+from .nets.remat import check_checkpointing, checkpoint_call
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
@@ -126,6 +127,13 @@ class GaussianDiffusion(nn.Module):
     :param str precision: ``"fp32"`` (default) or ``"bf16"``: the denoiser's call runs under bfloat16 autocast
         and its output is cast back to the data's dtype; everything else stays in float32 / float64
         (:mod:`ppl_diffusion.precision`).
+    :param str checkpoint_activations: ``"none"`` (default), ``"steps"`` or ``"blocks"``
+        (:mod:`ppl_diffusion.nets.remat`): with ``"steps"`` the full-chain :meth:`model` recomputes each step's
+        denoiser call in the backward pass instead of keeping its activations (``torch.utils.checkpoint``), so a
+        full-chain gradient (``Trace_ELBO``, ``TraceMeanField_ELBO``, IWAE) keeps T calls' inputs and outputs, not
+        T calls' activations; ``"blocks"`` also recomputes each block inside a U-Net in every program (the net's
+        ``use_checkpoint``; refused for a net without one). Memory and time change, the numbers do not (the
+        gradients equal the stored path's bit for bit on a CPU, dropout masks included). A settable attribute.
 
     Example::
 
@@ -148,6 +156,7 @@ class GaussianDiffusion(nn.Module):
         T: int | None = None,
         time_input: str | None = None,
         gamma_range: tuple[float, float] | None = None,
+        checkpoint_activations: str = "none",
     ) -> None:
         super().__init__()
         if not isinstance(schedule, (NoiseSchedule, GammaSchedule)):
@@ -182,6 +191,7 @@ class GaussianDiffusion(nn.Module):
         self.decoder = make_decoder(decoder)
         self.variance = variance
         self.precision = precision  # the denoiser call's arithmetic (ppl_diffusion.precision)
+        self.checkpoint_activations = checkpoint_activations  # memory against time (ppl_diffusion.nets.remat)
         if isinstance(variance, FittedVariance):
             self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
         elif variance in LEARNED_VARIANCES or self.gamma_schedule:
@@ -204,7 +214,7 @@ class GaussianDiffusion(nn.Module):
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
                                  prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision,
-                                 **self._process_kwargs())
+                                 checkpoint_activations=self.checkpoint_activations, **self._process_kwargs())
 
     def with_steps(self, T: int) -> "GaussianDiffusion":
         """The same model (γ schedule, denoiser and prior shared; decoder, variance, time input) as a chain of ``T``
@@ -215,11 +225,29 @@ class GaussianDiffusion(nn.Module):
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
                                  prior=self.prior, decoder=self.decoder, variance=self.variance,
                                  precision=self.precision, T=T, time_input=self.time_input,
-                                 gamma_range=self.gamma_range)
+                                 gamma_range=self.gamma_range, checkpoint_activations=self.checkpoint_activations)
 
     def _process_kwargs(self) -> dict:
         return ({"T": self._T, "time_input": self.time_input, "gamma_range": self.gamma_range}
                 if self.gamma_schedule else {})
+
+    @property
+    def checkpoint_activations(self) -> str:
+        """``"none"``, ``"steps"`` or ``"blocks"``: what the backward pass recomputes instead of storing (see the
+        class docstring and :mod:`ppl_diffusion.nets.remat`)."""
+        return self._checkpoint_activations
+
+    @checkpoint_activations.setter
+    def checkpoint_activations(self, level: str) -> None:
+        check_checkpointing(level)
+        blocks = level == "blocks"
+        if blocks and not isinstance(getattr(self.denoiser, "use_checkpoint", None), bool):
+            raise ValueError(f"checkpoint_activations='blocks' recomputes the blocks of a U-Net (its use_checkpoint); "
+                             f"this denoiser, {type(self.denoiser).__name__}, has none: use 'steps' (each step's whole "
+                             "call, any net)")
+        if isinstance(getattr(self.denoiser, "use_checkpoint", None), bool):
+            self.denoiser.use_checkpoint = blocks
+        self._checkpoint_activations = level
 
     @property
     def gamma_schedule(self) -> bool:
@@ -375,23 +403,25 @@ class GaussianDiffusion(nn.Module):
     def learned_variance(self) -> bool:
         return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
-    def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None
-                        ) -> tuple[Tensor, Tensor | None]:
+    def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None,
+                        checkpoint: bool = False) -> tuple[Tensor, Tensor | None]:
         """(ε̂_θ(x_t, t), v): the denoiser's output split, v the variance output (``None`` unless the variance
         is learned); each checked to have the shape of ``x_t``. The one call of the denoiser: with
         ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype.
         The net is given :meth:`time_label` of ``t`` (``coef``: the chain's coefficients, when the caller has
-        them), or ``label`` itself when given (continuous time)."""
+        them), or ``label`` itself when given (continuous time). ``checkpoint``: the call's activations are
+        recomputed in the backward pass (:func:`~ppl_diffusion.nets.remat.checkpoint_call`), not kept."""
         t = self.time_label(t, coef) if label is None else label
         if t.is_floating_point() and t.dtype != x_t.dtype:
             t = t.to(x_t.dtype)
         batch_shape = self._batch_shape(x_t)
         self._check_dtype(x_t.dtype, "denoiser")
+        call = checkpoint_call if checkpoint else (lambda net, x, s: net(x, s))
         with autocast(self.precision, x_t.device.type):
             if len(batch_shape) > 1:  # vectorized particles [K x B x ...]: the denoiser sees one flat batch
-                out = self.denoiser(x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
+                out = call(self.denoiser, x_t.reshape(-1, *self.event_shape), t.expand(batch_shape).reshape(-1))
             else:
-                out = self.denoiser(x_t, t)
+                out = call(self.denoiser, x_t, t)
         if torch.is_tensor(out) and out.dtype != x_t.dtype and self.precision != "fp32":
             out = out.to(x_t.dtype)  # bf16 → float32: what follows (μ_θ, KLs, decoder) is float32 arithmetic
         # A learned-variance net (learn_sigma) under a fixed or fitted variance: its ε̂ half is used, its v ignored.
@@ -439,13 +469,14 @@ class GaussianDiffusion(nn.Module):
         log_post = cf.extract(coef.posterior_log_variance_clipped, t, v)
         return frac * log_beta + (1.0 - frac) * log_post
 
-    def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False, coef=None
-                        ) -> tuple[Tensor, Tensor]:
+    def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False, coef=None,
+                        checkpoint: bool = False) -> tuple[Tensor, Tensor]:
         """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
         ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound).
-        ``coef``: the chain's coefficients (:meth:`coefficients`), when the caller has them."""
+        ``coef``: the chain's coefficients (:meth:`coefficients`), when the caller has them. ``checkpoint``: the
+        denoiser's activations recomputed in the backward pass (:meth:`denoiser_output`)."""
         coef = self.coefficients() if coef is None else coef
-        eps, v = self.denoiser_output(x_t, t, coef=coef)
+        eps, v = self.denoiser_output(x_t, t, coef=coef, checkpoint=checkpoint)
         mean = cf.p_mean_from_eps(coef, x_t, t, eps.detach() if detach_mean else eps)
         if v is not None:
             return mean, self.learned_log_variance(v, t, coef)
@@ -453,17 +484,18 @@ class GaussianDiffusion(nn.Module):
         return mean, log_var
 
     def decoder_at(self, x_t: Tensor, t: Tensor, mean: Tensor | None = None, log_var: Tensor | None = None, *,
-                   coef=None):
+                   coef=None, checkpoint: bool = False):
         """p(x_0|x_t) of the decoder at the latent ``x_t`` of step ``t`` (the decoder's step is t = 1; at other
         steps the value is masked out by the callers): ``decoder(mean, log_var)`` with the reverse step's mean and
         log-variance (:meth:`p_mean_variance`, computed here when not given: one denoiser call), or, for a decoder
         that does not use the denoiser (``"vdm-categorical"``), ``decoder(x_t/α_t, log(σ_t²/α_t²))`` and no call
-        (:func:`~ppl_diffusion.closed_forms.scaled_latent`)."""
+        (:func:`~ppl_diffusion.closed_forms.scaled_latent`). ``checkpoint``: the call's activations recomputed in
+        the backward pass (:meth:`denoiser_output`)."""
         coef = self.coefficients() if coef is None else coef
         if not uses_denoiser(self.decoder):
             return self.decoder(*cf.scaled_latent(coef, x_t, t))
         if mean is None:
-            mean, log_var = self.p_mean_variance(x_t, t, coef=coef)
+            mean, log_var = self.p_mean_variance(x_t, t, coef=coef, checkpoint=checkpoint)
         return self.decoder(mean, log_var)
 
     # ------------------------------------------------------------------ Pyro programs
@@ -480,13 +512,15 @@ class GaussianDiffusion(nn.Module):
                 raise ValueError(f"model(None, n=...) generates n examples; got n = {n!r}, pass an int >= 1")
             batch, (device, dtype) = n, self._device_dtype()
         d, T = self._event_dims(), self.T
+        remat = self.checkpoint_activations != "none"  # each step's call recomputed in the backward pass
         with pyro.plate("data", batch):
             x = pyro.sample(f"x_{T}", self.get_prior(device, dtype))
             for t in range(T, 1, -1):
-                mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device), coef=coef)
+                mean, log_var = self.p_mean_variance(x, self._full_t(t, self._batch_shape(x), device), coef=coef,
+                                                     checkpoint=remat)
                 x = pyro.sample(f"x_{t - 1}", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(d))
-            return pyro.sample("x_0", self.decoder_at(x, self._full_t(1, self._batch_shape(x), device), coef=coef
-                                                      ).to_event(d), obs=x0)
+            return pyro.sample("x_0", self.decoder_at(x, self._full_t(1, self._batch_shape(x), device), coef=coef,
+                                                      checkpoint=remat).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
         """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
@@ -683,4 +717,5 @@ class GaussianDiffusion(nn.Module):
         process = f", time_input={self.time_input!r}, gamma_range={self.gamma_range}" if self.gamma_schedule else ""
         return (f"T={self.T}{process}, event_shape={tuple(self.event_shape)}, variance={self.variance!r}, "
                 f"decoder={self.decoder!r}, precision={self.precision!r}, "
+                f"checkpoint_activations={self.checkpoint_activations!r}, "
                 f"prior={'N(0, I)' if self.prior is None else self.prior!r}")

@@ -23,6 +23,24 @@ DIST_BACKENDS = ("auto", "gloo", "nccl")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
+
+def check_microbatch(microbatch: int | None, per_process: int, processes: int = 1) -> int:
+    """The micro-batch size (``--microbatch``) of a per-process batch of ``per_process`` examples (the global batch
+    over ``processes``): ``microbatch``, or the whole per-process batch for ``None``; a one-line error naming the
+    nearest valid sizes unless it divides the per-process batch."""
+    if microbatch is None:
+        return per_process
+    if isinstance(microbatch, bool) or not isinstance(microbatch, int) or microbatch < 1:
+        raise ValueError(f"microbatch = {microbatch!r}; pass a positive number of examples (--microbatch), or "
+                         "none for the whole batch")
+    if per_process % microbatch:
+        sizes = [d for d in range(1, per_process + 1) if per_process % d == 0]
+        near = [max(d for d in sizes if d < microbatch), *[d for d in sizes if d > microbatch][:1]]
+        raise ValueError(f"microbatch {microbatch} does not divide the per-process batch {per_process} (batch size "
+                         f"{per_process * processes} over {processes} process{'es' if processes > 1 else ''}); pass "
+                         f"--microbatch {' or '.join(map(str, near))}")
+    return microbatch
+
 @dataclass(frozen=True)
 class World:
     """The processes of this job: ``rank`` of ``world_size`` (``local_rank`` on this node)."""

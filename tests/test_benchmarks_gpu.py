@@ -51,6 +51,7 @@ def test_gpu_benchmark_quick_writes_every_section_with_numbers(tmp_path):
     assert bf16["status"] in ("not available in this build", "refused by TrainConfig") or (
         bf16["status"] == "ok" and _number(bf16["images_per_s"])), bf16
 
+    assert sections["estimators"]["checkpoint_activations"] == "steps"  # the GPU path's full chains recompute
     rows = {r["estimator"]: r for r in sections["estimators"]["rows"]}
     assert set(rows) == {"trace", "meanfield", "stochastic-kl-is"}
     for r in rows.values():

@@ -230,6 +230,25 @@ def test_fourier_features_benchmark_quick(tmp_path):
     assert "| n = 2,3 | raw |" in (tmp_path / "out" / "fourier_features_quick.md").read_text()
 
 
+@pytest.mark.slow  # ~60 s on 2 shared cores: 7 fresh processes, each one digits U-Net gradient at T = 2 or 3
+def test_memory_benchmark_quick(tmp_path):
+    """benchmarks/memory.py --quick: every level at both T, the checkpointed levels keeping a small fraction of the
+    stored path's bytes, the interleaved timing and the T = 1000 table written."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "memory_quick.json").read_text())
+    rows = {(r["T"], r["level"]): r for r in record["rows"]}
+    assert set(rows) == {(T, level) for T in (2, 3) for level in ("none", "steps", "blocks")}
+    for T in (2, 3):
+        assert rows[(T, "steps")]["saved_bytes"] < rows[(T, "none")]["saved_bytes"] / 20
+    assert record["interleaved_timing"][0]["ratio_to_none"]["none"] == 1.0
+    assert "## At T = 1000" in (tmp_path / "memory_quick.md").read_text()
+
+
 @pytest.mark.slow  # ~40 s on 2 shared cores: two tiny trainings and evaluations, then a rerun that skips both
 def test_vdm_digits_benchmark_quick(tmp_path):
     """benchmarks/vdm_digits.py: each row's settings reach its run (config.json), both kinds of bound are

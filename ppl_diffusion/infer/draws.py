@@ -13,7 +13,15 @@ examples, timesteps, noise and dropout masks at every step, each rank holding a 
   and gather per-example losses (importance sampling's history) from every rank in rank order
   (:meth:`BatchDraws.gather`), so every rank keeps the same sampler state;
 - :class:`SlicedDropout` (which :func:`slice_dropout` puts in place of a net's ``nn.Dropout`` modules) draws its
-  mask the same way.
+  mask the same way, and a network call checkpointed in the backward pass (:mod:`ppl_diffusion.nets.remat`)
+  draws it again from a copy of the generator in the state the forward pass found (the same mask, the
+  generator itself not moved).
+
+**Micro-batches.** With ``rows=(start, stop, local)`` the call scores only rows ``start..stop`` of this rank's
+``local`` rows (``--microbatch``): every draw is still made for the whole global batch and sliced to those rows,
+so a step split into micro-batches, each drawing from the generator in the state the step started from, makes
+exactly the draws of the unsplit step; the losses for importance sampling go to ``records`` and
+:func:`apply_records` gathers and records them once per step, in the global batch's order.
 
 Every rank draws the same global numbers from the same generator state and keeps its own rows, so the
 generator stays identical on every rank and a checkpoint needs one copy of it. The cost is drawing N× the
@@ -24,6 +32,9 @@ and ``nn.Dropout`` behave as usual (``pyro.infer.SVI`` users see no difference).
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import torch
 from pyro.distributions import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
@@ -32,6 +43,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent as TorchIndependent, Normal
 
 from ..distributed import World
+from ..nets.remat import register_recompute_context
 
 PLATE = "data"
 _ACTIVE: list["BatchDraws"] = []
@@ -92,12 +104,21 @@ class BatchDraws(FeedNoiseMessenger):
     :param torch.Generator generator: the step's generator, in the same state on every rank; on the device
         the tensors live on (a CPU generator for CPU training, a CUDA one for CUDA).
     :param World world: the processes (rank, world size, gather); one process by default.
+    :param tuple rows: ``(start, stop, local)``: this call scores rows ``start..stop`` of this rank's ``local`` rows
+        (a micro-batch); default: all of them.
+    :param list records: where :meth:`record` puts the losses for importance sampling, for :func:`apply_records`
+        to record once per step; default: recorded at once.
     """
 
-    def __init__(self, generator: torch.Generator, world: World | None = None) -> None:
+    def __init__(self, generator: torch.Generator, world: World | None = None, *,
+                 rows: tuple[int, int, int] | None = None, records: list | None = None) -> None:
         super().__init__()
         self.generator = generator
         self.world = world or World()
+        if rows is not None and not 0 <= rows[0] < rows[1] <= rows[2]:
+            raise ValueError(f"rows = {rows!r}: pass (start, stop, local) with 0 <= start < stop <= local")
+        self.rows = rows
+        self.records = records
 
     def __enter__(self):
         _ACTIVE.append(self)
@@ -108,13 +129,23 @@ class BatchDraws(FeedNoiseMessenger):
         return super().__exit__(*args)
 
     # ------------------------------------------------------------------------------ slicing
-    def _rows(self, local: int) -> slice:
-        return slice(self.world.rank * local, (self.world.rank + 1) * local)
+    def _span(self, n: int) -> tuple[int, slice]:
+        """(rows of the global draw, this call's slice of them) for a draw of ``n`` rows here: the rank's block,
+        and in it the micro-batch's rows (``n`` a multiple of the micro-batch: k draws per example, grouped)."""
+        local, offset = n, 0
+        if self.rows is not None:
+            start, stop, total = self.rows
+            k, rest = divmod(n, stop - start)
+            if rest or not k:
+                raise ValueError(f"a draw of {n} rows in a micro-batch of {stop - start} examples: draws along the "
+                                 "batch must hold whole examples")
+            local, offset = total * k, start * k
+        begin = self.world.rank * local + offset
+        return local * self.world.world_size, slice(begin, begin + n)
 
     def _global(self, shape, dim: int) -> tuple[list[int], slice]:
         shape = list(shape)
-        rows = self._rows(shape[dim])
-        shape[dim] *= self.world.world_size
+        shape[dim], rows = self._span(shape[dim])
         return shape, rows
 
     def randn(self, shape, *, dtype=torch.float32, device=None, dim: int = 0) -> Tensor:
@@ -130,14 +161,36 @@ class BatchDraws(FeedNoiseMessenger):
         return mask[rows].to(device)
 
     def timesteps(self, sampler, n: int, device=None) -> tuple[Tensor, Tensor]:
-        """``sampler.sample`` for the global batch (``n`` per rank), sliced: (t, 1/P(t)) of this rank's rows."""
-        t, weight = sampler.sample(n * self.world.world_size, generator=self.generator)
-        rows = self._rows(n)
+        """``sampler.sample`` for the global batch (``n`` here), sliced: (t, 1/P(t)) of this call's rows."""
+        total, rows = self._span(n)
+        t, weight = sampler.sample(total, generator=self.generator)
         return t[rows].to(device), weight[rows].to(device)
 
     def gather(self, x: Tensor) -> Tensor:
         """``x`` of every rank concatenated in rank order: the global batch's values."""
         return self.world.gather(x)
+
+    def record(self, sampler, t: Tensor, losses: Tensor) -> None:
+        """``sampler.update`` with the global batch's (t, losses), gathered in rank order: now, or, with
+        ``records``, kept for :func:`apply_records` (once per step, after the last micro-batch)."""
+        if self.records is not None:
+            self.records.append((sampler, t.detach(), losses.detach()))
+        else:
+            sampler.update(self.gather(t), self.gather(losses))
+
+    @contextlib.contextmanager
+    def replaying(self, state):
+        """Active inside: a copy of these draws whose generator starts at ``state`` (a checkpointed call's
+        recomputation draws its dropout masks again, the same ones, without moving this generator)."""
+        replay = copy.copy(self)
+        replay.generator = torch.Generator(device=self.generator.device)
+        replay.generator.set_state(state)
+        _ACTIVE.append(replay)
+        try:
+            yield replay
+        finally:
+            if _ACTIVE and _ACTIVE[-1] is replay:
+                _ACTIVE.pop()
 
     # ------------------------------------------------------------------------------ Pyro
     refusal = ("data-parallel training draws the guide's latents for the global batch and handles Normal sites "
@@ -153,6 +206,31 @@ class BatchDraws(FeedNoiseMessenger):
         if dim is None:  # no data plate: one value shared by the whole batch, the same on every rank
             return torch.randn(shape, dtype=dtype, device=self.generator.device, generator=self.generator)
         return self.randn(shape, dtype=dtype, dim=dim)
+
+
+def apply_records(records: list, world: World | None = None) -> None:
+    """Record the losses a step's micro-batches kept (:meth:`BatchDraws.record`): per sampler, this rank's rows in
+    micro-batch order, gathered in rank order, one ``sampler.update`` (the unsplit step's)."""
+    world = world or World()
+    by_sampler: dict[int, tuple] = {}
+    for sampler, t, losses in records:
+        by_sampler.setdefault(id(sampler), (sampler, [], []))
+        by_sampler[id(sampler)][1].append(t)
+        by_sampler[id(sampler)][2].append(losses)
+    for sampler, ts, losses in by_sampler.values():
+        sampler.update(world.gather(torch.cat(ts)), world.gather(torch.cat(losses)))
+
+
+def _recompute_draws():
+    """(forward, recompute) contexts of a checkpointed call: the recomputation draws from the state the active
+    :class:`BatchDraws`' generator had when the forward call started."""
+    draws = active()
+    if draws is None:
+        return contextlib.nullcontext(), contextlib.nullcontext()
+    return contextlib.nullcontext(), draws.replaying(draws.generator.get_state())
+
+
+register_recompute_context(_recompute_draws)
 
 
 class SlicedDropout(nn.Dropout):

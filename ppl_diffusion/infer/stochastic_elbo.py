@@ -28,12 +28,13 @@ def diffusion_of(model):
 
 def record_losses(sampler, t: Tensor, losses: Tensor) -> None:
     """``sampler.update(t, losses)``; under :class:`~ppl_diffusion.infer.draws.BatchDraws` every rank records the
-    global batch's losses in the same order, so that every rank keeps the same sampler state."""
+    global batch's losses in the same order, so that every rank keeps the same sampler state (after a step's last
+    micro-batch, when it keeps them in ``records``)."""
     draws = active()
     if draws is None:
         sampler.update(t, losses)
     else:
-        sampler.update(draws.gather(t), draws.gather(losses))
+        draws.record(sampler, t, losses)
 
 
 def draw_timesteps(sampler, n: int, device) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .embedding import check_fourier_exponents, timestep_embedding
 from .embedding import fourier_features as input_features
+from .remat import checkpoint_call
 
 
 def group_norm(channels: int, num_groups: int, min_group_channels: int = 2) -> nn.GroupNorm:
@@ -177,7 +178,17 @@ class UNet(nn.Module):
         x_t before the first conv, which then reads C·(1 + 2F) channels. Default ``()``: none, and the net is the
         one without the option, parameter for parameter. :func:`~ppl_diffusion.nets.embedding.fourier_exponents`
         picks them from the data's grey-level spacing ((6, 7) for 8-bit data, (2, 3) for the 17-level digits).
+
+    .. attribute:: use_checkpoint
+
+        ``False`` (default); ``True`` recomputes each block (a level's residual block with its attention, the
+        middle block, an up-sampling block) in the backward pass instead of keeping its activations
+        (improved-diffusion's ``use_checkpoint``; :mod:`ppl_diffusion.nets.remat`). A runtime setting, not a
+        constructor argument: it changes memory and time, not the net (same parameters, state dict and
+        numbers). ``GaussianDiffusion(checkpoint_activations="blocks")`` sets it.
     """
+
+    use_checkpoint: bool = False
 
     def __init__(
         self,
@@ -301,14 +312,15 @@ class UNet(nn.Module):
             raise ValueError(f"UNet expects t of shape [N] = ({x_t.shape[0]},), one step per image, got {got}")
         emb = self.time_embed(timestep_embedding(t, self.model_channels, dtype=x_t.dtype, shift=self.timestep_shift,
                                                  scale=self.timestep_scale))  # (N, 4·mc)
+        run = checkpoint_call if self.use_checkpoint else (lambda block, h, e: block(h, e))
         skips = []
         h = x_t if not self.fourier_features else torch.cat([x_t, input_features(x_t, self.fourier_features)], dim=1)
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = run(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            h = run(block, torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)  # (N, C_out, H, W)
 
     @property

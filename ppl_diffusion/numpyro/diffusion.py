@@ -36,10 +36,49 @@ from ..diffusion import LEARNED_VARIANCES as _TORCH_LEARNED
 from ..diffusion import VARIANCES
 from ..priors import check_event_shape
 from ..gamma import GAMMA_LABEL_SCALE, check_forward_process
+from ..nets.remat import check_checkpointing
 from ..schedule import NoiseSchedule
 from . import closed_forms as cf
 from .distributions import make_decoder, uses_denoiser
 from .gamma import GammaChain, GammaSchedule, param_module
+
+
+def checkpointed_nnx_module(name: str, module):
+    """``numpyro.contrib.module.nnx_module(name, module)`` (the same ``numpyro.param("<name>$params")`` and mutable
+    ``"<name>$state"`` sites, the same values) whose every call runs under ``jax.checkpoint``: the backward pass
+    recomputes the call's activations instead of keeping them. The call is a pure function of (parameters, mutable
+    state, inputs), its new mutable state (dropout's key counts) returned and carried as ``nnx_module`` does, so the
+    recomputation draws the same masks."""
+    from flax import nnx
+    from numpyro.primitives import mutable as numpyro_mutable
+
+    graph_def, params_state, other_state = nnx.split(module, nnx.Param, nnx.Not(nnx.Param))
+    params = numpyro.param(name + "$params") if params_state else None
+    if params is None:
+        params = numpyro.param(name + "$params", nnx.to_pure_dict(params_state))
+    other = nnx.to_pure_dict(other_state)
+    holder = numpyro_mutable(name + "$state", {"state": other}) if other else None
+
+    @jax.checkpoint
+    def pure(params, state, *args):
+        p = jax.tree.map(lambda v: v, params_state)
+        if params:
+            nnx.replace_by_pure_dict(p, params)
+        o = jax.tree.map(lambda v: v, other_state)
+        if state is not None:
+            nnx.replace_by_pure_dict(o, state)
+        net = nnx.merge(graph_def, p, o, copy=True)
+        out = net(*args)
+        new = nnx.to_pure_dict(nnx.split(net, nnx.Param, nnx.Not(nnx.Param))[2]) if state is not None else None
+        return out, new
+
+    def call(*args):
+        out, new = pure(params, holder["state"] if holder else None, *args)
+        if holder:
+            holder["state"] = jax.lax.stop_gradient(new)
+        return out
+
+    return call
 
 
 # The learned variances of the PyTorch backend (ppl_diffusion.diffusion.LEARNED_VARIANCES), on JAX arrays.
@@ -65,13 +104,18 @@ class GaussianDiffusion:
     :param int T: with a γ schedule, T >= 2 steps or 0 (continuous time).
     :param str time_input: ``"step"`` or ``"gamma"`` (default for a γ schedule), as the PyTorch backend's.
     :param tuple gamma_range: (γ_lo, γ_hi) of the ``"gamma"`` label (default: the schedule's endpoints now).
+    :param str checkpoint_activations: ``"none"``, ``"steps"`` or ``"blocks"``, as the PyTorch backend's: with
+        ``"steps"`` the named-site :meth:`model` calls the net under ``jax.checkpoint`` at every step (its dropout
+        state carried through); ``"blocks"`` also sets a U-Net's ``use_checkpoint`` (``nnx.remat`` per block). The
+        compiled chain (:func:`~ppl_diffusion.numpyro.chain.full_chain_elbo`) recomputes its steps in any case:
+        ``jax.checkpoint`` over each block of steps, chosen for speed.
     """
 
     backend = "numpyro"
 
     def __init__(self, *, schedule, denoiser, event_shape, prior=None, decoder="gaussian",
                  variance: str = "beta", T: int | None = None, time_input: str | None = None,
-                 gamma_range=None) -> None:
+                 gamma_range=None, checkpoint_activations: str = "none") -> None:
         if not isinstance(schedule, (NoiseSchedule, GammaSchedule)):
             raise TypeError(f"schedule must be a NoiseSchedule or a γ schedule (ppl_diffusion.numpyro.gamma), got "
                             f"{type(schedule).__name__}")
@@ -92,6 +136,23 @@ class GaussianDiffusion:
         self.variance = variance
         self.p_log_variance = (None if variance in LEARNED_VARIANCES or self.gamma_schedule
                                else VARIANCES[variance](schedule))
+        self.checkpoint_activations = checkpoint_activations
+
+    @property
+    def checkpoint_activations(self) -> str:
+        """``"none"``, ``"steps"`` or ``"blocks"`` (see the class docstring and :mod:`ppl_diffusion.nets.remat`)."""
+        return self._checkpoint_activations
+
+    @checkpoint_activations.setter
+    def checkpoint_activations(self, level: str) -> None:
+        check_checkpointing(level)
+        if level == "blocks" and not isinstance(getattr(self.denoiser, "use_checkpoint", None), bool):
+            raise ValueError(f"checkpoint_activations='blocks' recomputes the blocks of a U-Net (its use_checkpoint); "
+                             f"this denoiser, {type(self.denoiser).__name__}, has none: use 'steps' (each step's whole "
+                             "call, any net)")
+        if isinstance(getattr(self.denoiser, "use_checkpoint", None), bool):
+            self.denoiser.use_checkpoint = level == "blocks"
+        self._checkpoint_activations = level
 
     def eval(self) -> "GaussianDiffusion":
         """The denoiser in evaluation mode (no dropout), as ``torch.nn.Module.eval``; returns self."""
@@ -122,7 +183,8 @@ class GaussianDiffusion:
             raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps")
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=self.event_shape,
                                  prior=self.prior, decoder=self.decoder, variance=self.variance, T=T,
-                                 time_input=self.time_input, gamma_range=self.gamma_range)
+                                 time_input=self.time_input, gamma_range=self.gamma_range,
+                                 checkpoint_activations=self.checkpoint_activations)
 
     def _sched(self):
         """The γ schedule with its parameters registered (``numpyro.param("schedule$params")``), or the
@@ -175,8 +237,10 @@ class GaussianDiffusion:
             return self.prior
         return dist.Normal(jnp.zeros(self.event_shape, dtype), 1.0).to_event(self._d())
 
-    def _net(self):
-        return nnx_module("denoiser", self.denoiser)
+    def _net(self, checkpoint: bool = False):
+        """The denoiser registered (``nnx_module("denoiser", ...)``); with ``checkpoint``, each call under
+        ``jax.checkpoint`` (:func:`checkpointed_nnx_module`)."""
+        return (checkpointed_nnx_module if checkpoint else nnx_module)("denoiser", self.denoiser)
 
     def _call(self, net, x_t, t, coef=None, label=None):
         """The net at (x_t, its label): :meth:`time_label` of the steps ``t`` (``coef`` the chain's coefficients, when
@@ -248,7 +312,7 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ full chain
     def model(self, x0=None, n: int | None = None):
         self._need_chain()
-        net = self._net()
+        net = self._net(checkpoint=self.checkpoint_activations != "none")
         coef = self.coefficients()
         batch = x0.shape[0] if x0 is not None else n
         dtype = x0.dtype if x0 is not None else jnp.float32

@@ -19,6 +19,11 @@ order of the floating-point sums across devices (the batch mean, the gradient), 
 float32 rounding, not bit for bit: ~1e-7 on the weights after 12 steps (tested to 1e-5); the bound and the
 samples, which sum nothing across devices, matched exactly.
 
+**Micro-batches** (``--microbatch M``): the training step scores its global batch in chunks under
+:func:`micro_batch`, each of M rows of every process's part (:func:`micro_batch_rows`); while one is traced, every
+random draw along the batch (the guide's latents, the compiled chain's noise, dropout masks) is made for the whole
+global batch and the chunk's rows kept (:func:`take_rows`), so the chunks together make the unsplit step's draws.
+
 **Several hosts**, one process per host (the launcher starts the same command on each): set
 ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``, or
 launch under SLURM (``srun``) or Open MPI (``mpirun``), which JAX detects itself. Every process reads the
@@ -30,6 +35,7 @@ Tested with 2 processes on one machine (``-m slow``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -179,5 +185,62 @@ def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["AXIS", "batch_sharding", "check_global_batch", "describe", "global_batch", "initialize", "is_main", "log",
-           "mesh", "num_devices", "replicate", "replicated", "sharding_for"]
+_MICRO_BATCH: list = []
+
+
+@contextlib.contextmanager
+def micro_batch(rows, size: int):
+    """Inside (while a function is traced): the computation scores rows ``rows`` (an int array ``[m]``, traced or
+    not) of a global batch of ``size`` examples; draws along the batch are made for ``size`` rows and sliced
+    (:func:`take_rows`)."""
+    _MICRO_BATCH.append((rows, int(size)))
+    try:
+        yield
+    finally:
+        _MICRO_BATCH.pop()
+
+
+def current_micro_batch():
+    """(rows, size) of the innermost :func:`micro_batch`, or None."""
+    return _MICRO_BATCH[-1] if _MICRO_BATCH else None
+
+
+def global_rows(shape, axis: int = 0):
+    """``shape`` with its batch axis the global batch's size under :func:`micro_batch` (``shape`` itself outside):
+    the shape to draw before :func:`take_rows`. The batch axis must hold whole examples (k rows each)."""
+    active = current_micro_batch()
+    if active is None:
+        return tuple(shape)
+    rows, size = active
+    k, rest = divmod(shape[axis], rows.shape[0])
+    if rest or not k:
+        raise ValueError(f"a draw of {shape[axis]} rows in a micro-batch of {rows.shape[0]} examples")
+    return tuple(shape[:axis]) + (size * k,) + tuple(shape[axis + 1:])
+
+
+def take_rows(x, axis: int = 0):
+    """The micro-batch's rows of ``x`` (drawn with the shape of :func:`global_rows`) along ``axis``; ``x`` outside a
+    micro-batch. k rows per example are taken as k consecutive rows (grouped by example)."""
+    active = current_micro_batch()
+    if active is None:
+        return x
+    import jax.numpy as jnp
+
+    rows, size = active
+    k = x.shape[axis] // size
+    index = rows if k == 1 else (rows[:, None] * k + jnp.arange(k)[None]).reshape(-1)
+    return jnp.take(x, index, axis=axis)
+
+
+def micro_batch_rows(batch_size: int, microbatch: int, processes: int = 1) -> np.ndarray:
+    """``[chunks x processes·microbatch]`` int32: chunk c holds rows c·M .. (c + 1)·M − 1 of every process's
+    contiguous part of the global batch (the per-process batch split in chunks of M, as on the Pyro backend)."""
+    local = batch_size // processes
+    starts = np.arange(processes)[:, None] * local + np.arange(0, local, microbatch)[None, :]  # [P x chunks]
+    rows = starts.T[:, :, None] + np.arange(microbatch)[None, None, :]  # [chunks x P x M]
+    return rows.reshape(rows.shape[0], -1).astype(np.int32)
+
+
+__all__ = ["AXIS", "batch_sharding", "check_global_batch", "current_micro_batch", "describe", "global_batch",
+           "global_rows", "initialize", "is_main", "log", "mesh", "micro_batch", "micro_batch_rows", "num_devices",
+           "replicate", "replicated", "sharding_for", "take_rows"]

@@ -10,15 +10,50 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions.kl import kl_divergence
 from numpyro.infer.elbo import ELBO
+from numpyro.primitives import Messenger
+
+from . import distributed as dp
+
+PLATE = "data"
+
+
+class SliceDraws(Messenger):
+    """Inside a :func:`~ppl_diffusion.numpyro.distributed.micro_batch`, draw each latent Normal site along the
+    ``"data"`` plate for the whole global batch from its key and keep the micro-batch's rows: loc + scale · ε with
+    ε = ``random.normal(key, global shape)[rows]``, the value the unsplit batch's site has in these rows (NumPyro's
+    Normal draws loc + ε · scale from the same key). Outside a micro-batch it does nothing. The twin of the rows of
+    :class:`ppl_diffusion.infer.draws.BatchDraws`."""
+
+    def process_message(self, msg):
+        if (msg["type"] != "sample" or msg.get("is_observed") or msg.get("value") is not None
+                or dp.current_micro_batch() is None):
+            return
+        frame = next((f for f in msg["cond_indep_stack"] if f.name == PLATE), None)
+        if frame is None:
+            return  # one value for the whole batch: the same draw in every micro-batch
+        base = msg["fn"]
+        while hasattr(base, "base_dist"):
+            base = base.base_dist
+        if not isinstance(base, dist.Normal):
+            raise ValueError(f"site {msg['name']!r} is a {type(base).__name__}: a micro-batch draws Normal latents for "
+                             "the global batch only; train without --microbatch")
+        fn = msg["fn"]
+        sample_shape = tuple(msg["kwargs"].get("sample_shape", ()))
+        shape = sample_shape + tuple(fn.batch_shape) + tuple(fn.event_shape)
+        axis = len(sample_shape) + len(fn.batch_shape) + frame.dim
+        eps = dp.take_rows(jax.random.normal(msg["kwargs"]["rng_key"], dp.global_rows(shape, axis)), axis)
+        msg["value"] = base.loc + jnp.reshape(eps, jnp.shape(base.loc)) * base.scale
 
 
 def trace_pair(model, guide, rng_key, *args, **kwargs):
-    """Run ``guide`` seeded with ``rng_key``, then ``model`` replayed on its samples; (model_trace, guide_trace)."""
+    """Run ``guide`` seeded with ``rng_key``, then ``model`` replayed on its samples; (model_trace, guide_trace).
+    Inside a micro-batch the guide's latents are the global batch's draws, sliced (:class:`SliceDraws`)."""
     k_guide, k_model = jax.random.split(rng_key)
-    guide_trace = handlers.trace(handlers.seed(guide, k_guide)).get_trace(*args, **kwargs)
+    guide_trace = handlers.trace(SliceDraws(handlers.seed(guide, k_guide))).get_trace(*args, **kwargs)
     model_trace = handlers.trace(handlers.replay(handlers.seed(model, k_model), guide_trace)).get_trace(
         *args, **kwargs)
     return model_trace, guide_trace
@@ -155,7 +190,8 @@ class ChainELBO(ELBO):
 
         diffusion = _diffusion_of(model)
         k_noise, k_drop = jax.random.split(rng_key)
-        noise = jax.random.normal(k_noise, (diffusion.T,) + x0.shape, x0.dtype)
+        # inside a micro-batch: the global batch's noise, its rows (and the masks of the net's SlicedDropout alike)
+        noise = dp.take_rows(jax.random.normal(k_noise, (diffusion.T,) + dp.global_rows(x0.shape), x0.dtype), axis=1)
         elbo = full_chain_elbo(diffusion, param_map["denoiser$params"], x0, noise, analytic=self.analytic,
                                dropout_key=k_drop)
         mutable = {k: v for k, v in param_map.items() if k != "denoiser$params" and k != STEP_LOSSES}

@@ -4,7 +4,10 @@
 
 Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
 float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
-output is cast back to the input's dtype. ``dtype=None`` (default) computes in the parameters' float32."""
+output is cast back to the input's dtype. ``dtype=None`` (default) computes in the parameters' float32.
+
+Dropout is :class:`SlicedDropout`: Flax's, whose mask inside a training step's micro-batch
+(:func:`ppl_diffusion.numpyro.distributed.micro_batch`) is drawn for the global batch and sliced to its rows."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ..nets.embedding import check_fourier_exponents
+from . import distributed as dp
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32, *, shift: float = 0.0,
@@ -47,13 +51,38 @@ def fourier_features(x, exponents: Sequence[int]):
     return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=1)
 
 
+class SlicedDropout(nnx.Dropout):
+    """``nnx.Dropout`` (same state, same masks), whose mask inside a :func:`~ppl_diffusion.numpyro.distributed.micro_batch`
+    is drawn for the whole global batch from the same key and sliced to the micro-batch's rows: the unsplit
+    step's mask, row for row (the twin of :class:`ppl_diffusion.infer.draws.SlicedDropout`)."""
+
+    def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
+        off = self.deterministic if deterministic is None else deterministic
+        if dp.current_micro_batch() is None or off or self.rate in (0.0, 1.0):
+            return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+        rngs = self.rngs if rngs is None else rngs
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs[self.rng_collection]()
+        elif isinstance(rngs, nnx.RngStream):
+            key = rngs()
+        else:
+            key = rngs
+        keep = 1.0 - self.rate
+        shape = list(dp.global_rows(jnp.shape(inputs)))
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        mask = jax.random.bernoulli(key, p=keep, shape=tuple(shape))
+        mask = jnp.broadcast_to(dp.take_rows(mask) if shape[0] != 1 else mask, jnp.shape(inputs))
+        return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+
 class ResidualMLPBlock(nnx.Module):
     def __init__(self, width: int, emb_dim: int, dropout: float, *, rngs: nnx.Rngs, dtype=None) -> None:
         self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)  # torch's default epsilon
         self.emb = nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
         self.fc1 = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
         self.fc2 = nnx.Linear(width, width, dtype=dtype, rngs=rngs)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = SlicedDropout(dropout, rngs=rngs)
 
     def __call__(self, h, emb):
         z = self.fc1(jax.nn.silu(self.norm(h))) + self.emb(emb)
@@ -180,7 +209,7 @@ class ResBlock(nnx.Module):
         self.in_conv = _conv3(channels, out_channels, rngs, dtype=dtype)
         self.emb = _linear(emb_channels, (2 if scale_shift else 1) * out_channels, rngs, dtype)
         self.out_norm = _group_norm(out_channels, num_groups, rngs, dtype, min_group_channels)
-        self.drop = nnx.Dropout(dropout, rngs=rngs)
+        self.drop = SlicedDropout(dropout, rngs=rngs)
         self.out_conv = _conv3(out_channels, out_channels, rngs, dtype=dtype)
         if zero_init:
             _zero(self.out_conv)
@@ -258,8 +287,12 @@ class UNet(nnx.Module):
     Parameters are initialised as PyTorch does (weights and biases U(±1/√fan_in), GroupNorm 1 and 0; the
     draws differ), and with ``zero_init`` the same layers are zeroed, so ε̂ = 0 at initialisation.
     ``.eval()`` / ``.train()`` switch dropout off / on (on after construction, as torch). ``dtype``: the
-    compute dtype (``jnp.bfloat16`` for mixed precision; see the module docstring).
+    compute dtype (``jnp.bfloat16`` for mixed precision; see the module docstring). ``use_checkpoint`` (a runtime
+    attribute, default False, as on the PyTorch net): each block under ``nnx.remat``, its activations recomputed in
+    the backward pass.
     """
+
+    use_checkpoint: bool = False
 
     def __init__(self, *, in_channels: int, model_channels: int, image_size: int, out_channels: int | None = None,
                  channel_mult: Sequence[int] = (1, 2, 2, 2), num_res_blocks: int = 2,
@@ -351,13 +384,14 @@ class UNet(nnx.Module):
         h = x_t if not self.fourier_features else jnp.concatenate(
             [x_t, fourier_features(x_t, self.fourier_features)], axis=1)
         h = jnp.transpose(h, (0, 2, 3, 1))  # NCHW → NHWC, once
+        run = nnx.remat(_run) if self.use_checkpoint else _run  # a block's activations recomputed in the backward
         skips = []
         for block in self.input_blocks:
-            h = _run(block, h, emb)
+            h = run(block, h, emb)
             skips.append(h)
-        h = _run(self.middle_block, h, emb)
+        h = run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = _run(block, jnp.concatenate([h, skips.pop()], axis=-1), emb)
+            h = run(block, jnp.concatenate([h, skips.pop()], axis=-1), emb)
         h = self.out(jax.nn.silu(self.out_norm(h))).astype(x_t.dtype)
         return jnp.transpose(h, (0, 3, 1, 2))  # NHWC → NCHW, once
 

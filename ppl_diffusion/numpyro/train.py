@@ -13,6 +13,11 @@ moments as ``torch.optim.Adam``'s ``state_dict`` (optax's ``adam`` is the same u
 moment), the importance sampler's history in the PyTorch sampler's format, and the JAX keys beside
 the other generators. The initial weights are the PyTorch backend's for the same seed, converted.
 
+``--microbatch M`` scores the global batch in chunks of M rows of each process's part inside the jitted step
+(``lax.scan``), summing their gradients (weighted by size) before the one optimizer update: every draw along the
+batch is made for the global batch and sliced (:func:`ppl_diffusion.numpyro.distributed.micro_batch`), the
+importance sampler's history and the EMA are updated once, so the step is the unsplit one to float rounding.
+
 The step runs data-parallel over every JAX device (:mod:`.distributed`): the global batch
 (``batch_size``, which must divide evenly) is sharded along the mesh axis ``"data"``, everything else is
 replicated; the constructor says on stderr how many devices the batch is sharded over. 1 and N devices give
@@ -31,8 +36,10 @@ import optax
 import pyro
 import torch
 from numpyro.infer import SVI
+from numpyro.infer.svi import SVIState
 from numpyro.optim import optax_to_numpyro
 
+from ..distributed import check_microbatch
 from ..precision import jax_dtype
 from . import convert
 from . import distributed as dp
@@ -62,7 +69,9 @@ def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiff
         process = dict(T=torch_diffusion.T, time_input=torch_diffusion.time_input,
                        gamma_range=torch_diffusion.gamma_range)
     return GaussianDiffusion(schedule=schedule, denoiser=net, event_shape=torch_diffusion.event_shape,
-                             decoder=torch_diffusion.decoder, variance=variance, **process)
+                             decoder=torch_diffusion.decoder, variance=variance,
+                             checkpoint_activations=getattr(torch_diffusion, "checkpoint_activations", "none"),
+                             **process)
 
 
 def params_of(diffusion) -> dict:
@@ -131,6 +140,10 @@ class NumPyroTrainer:
         self.config = config
         self.train_x = dataset.train.numpy().astype(np.float32)
         self.batch_size = config.batch_size
+        processes = jax.process_count()
+        size = check_microbatch(config.microbatch, config.batch_size // processes, processes)
+        self.chunks = (None if size == config.batch_size // processes else
+                       dp.micro_batch_rows(config.batch_size, size, processes))  # [chunks x rows], global rows
         # What trains a learned schedule's interior in continuous time (the config's, its default resolved by the
         # config itself: this module imports nothing of ppl_diffusion.train, which imports it).
         loss, sampler_name = estimator_loss(config.estimator, config.resolved().schedule_objective or "elbo")
@@ -176,13 +189,14 @@ class NumPyroTrainer:
 
     def _make_step(self):
         svi, sampler, b, decay = self.svi, self.sampler, self.batch_size, self.config.ema_decay
+        update = svi.update if self.chunks is None else self._micro_update
 
         def step(svi_state, ema, sampler_state, key, x0):
             if sampler is None:
                 t, w = jnp.ones((b,), jnp.int32), jnp.ones((b,), jnp.float32)
             else:
                 t, w = sampler.sample(key, sampler_state, b)
-            svi_state, loss = svi.update(svi_state, x0, t, w)
+            svi_state, loss = update(svi_state, x0, t, w)
             if sampler is not None:
                 sampler_state = sampler.update(sampler_state, t, svi_state.mutable_state[STEP_LOSSES])
             params = svi.get_params(svi_state)
@@ -191,6 +205,40 @@ class NumPyroTrainer:
             return svi_state, ema, sampler_state, loss, norm
 
         return step
+
+    def _micro_update(self, svi_state, x0, t, w):
+        """``svi.update(svi_state, x0, t, w)`` with the batch scored in the chunks of :attr:`chunks` (``lax.scan``):
+        each chunk's loss and gradient under :func:`~.distributed.micro_batch` (the global batch's draws, its rows),
+        summed with weights size/B (the loss is the batch mean), then one optimizer update. The key, the mutable
+        state (dropout's counts: the same after every chunk) and the step losses (placed at their rows) are the
+        unsplit update's."""
+        svi, b = self.svi, self.batch_size
+        chunks = jnp.asarray(self.chunks)
+        rng_key, rng_key_step = jax.random.split(svi_state.rng_key)
+        params = svi.optim.get_params(svi_state.optim_state)
+        frozen = jax.lax.stop_gradient(svi_state.mutable_state)
+
+        def chunk_loss(p, rows):  # SVI's loss function (numpyro.infer.svi._make_loss_fn) on the chunk's rows
+            p = {**svi.constrain_fn(p), **frozen}
+            with dp.micro_batch(rows, b):
+                out = svi.loss.loss_with_mutable_state(rng_key_step, p, svi.model, svi.guide, x0[rows], t[rows],
+                                                       w[rows])
+            return out["loss"], out["mutable_state"]
+
+        def body(carry, rows):
+            total, grads = carry
+            (loss, mutable), g = jax.value_and_grad(chunk_loss, has_aux=True)(params, rows)
+            frac = rows.shape[0] / b
+            return (total + frac * loss, jax.tree.map(lambda a, gi: a + frac * gi, grads, g)), mutable
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (loss, grads), mutables = jax.lax.scan(body, zero, chunks)
+        mutable = {k: jax.tree.map(lambda v: v[-1], v) for k, v in mutables.items() if k != STEP_LOSSES}
+        if STEP_LOSSES in mutables:
+            mutable[STEP_LOSSES] = jnp.zeros((b,), mutables[STEP_LOSSES].dtype).at[chunks.reshape(-1)].set(
+                mutables[STEP_LOSSES].reshape(-1))
+        optim_state = svi.optim.update(grads, svi_state.optim_state, value=loss)
+        return SVIState(optim_state, mutable, rng_key), loss
 
     @staticmethod
     def _adam_state(opt_state):

@@ -43,6 +43,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from ..nets.remat import check_checkpointing
 from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check_estimators, default_estimators,
                          make_study_estimator)
 from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
@@ -86,6 +87,9 @@ class StudyConfig:
     backend: str = "pyro"  # "pyro" or "numpyro": the backend whose estimators (and race training) are measured
     schedule_steps: int = 0  # learned-schedule row: Adam steps training the interior for variance (0: no row)
     schedule_lr: float = 1e-2  # their learning rate
+    # "none", "steps" or "blocks": activations recomputed in the backward pass (ppl_diffusion.nets.remat), for the
+    # full-chain gradients of a large net; the numbers do not change
+    checkpoint_activations: str = "none"
     command: str = field(default="", repr=False)
 
     def validate(self) -> "StudyConfig":
@@ -94,6 +98,7 @@ class StudyConfig:
         if self.backend == "numpyro" and self.device not in ("auto", "cpu"):
             raise ValueError(f"device = {self.device!r} with backend numpyro: JAX picks its own device; pass "
                              "--device auto or cpu")
+        check_checkpointing(self.checkpoint_activations)
         if self.estimators is not None:
             check_estimators(self.estimators)
         if isinstance(self.schedule_steps, bool) or not isinstance(self.schedule_steps, int) or self.schedule_steps < 0:
@@ -241,6 +246,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
         from .schedule import check_interior
 
         check_interior(twin)
+    diffusion.checkpoint_activations = config.checkpoint_activations  # a net without blocks: refused here
     device = next(twin.parameters()).device
     x0 = dataset.test[:config.batch_size].to(device)
     pyro.clear_param_store()
@@ -320,7 +326,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     if config.race_seconds:
         race_tc = dataclasses.replace(tc, lr=config.race_lr, warmup_steps=0, grad_clip=config.race_grad_clip,
                                       batch_size=config.batch_size, device=config.device, log_every=10,
-                                      metrics_format="jsonl", backend=config.backend)
+                                      metrics_format="jsonl", backend=config.backend,
+                                      checkpoint_activations=config.checkpoint_activations)
         race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)

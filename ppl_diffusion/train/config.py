@@ -12,11 +12,13 @@ import torch
 
 from ..data import DATASETS
 from ..diffusion import LEARNED_VARIANCES, VARIANCES, GaussianDiffusion
+from ..distributed import check_microbatch
 from ..distributions import IMAGE_DECODERS
 from ..infer import ESTIMATORS
 from ..nets import (NET_BUILDERS, build_net, check_net_config, check_net_name, register_net,  # noqa: F401 (re-exported)
                     resolve_builder)
 from ..nets.build import BUILTIN_NETS
+from ..nets.remat import check_checkpointing
 from ..precision import check_precision
 from ..priors import PRIORS, make_prior
 from . import schedules
@@ -29,8 +31,11 @@ METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # optimisation (changing ``device`` or ``precision`` is allowed, but exactness is promised only on the same
 # device and precision: the weights, Adam and the EMA are float32 at either precision, so a checkpoint does not
 # depend on it). ``data_root`` is where the data is, not what it is: a run whose data moved resumes with the new one.
+# ``checkpoint_activations`` and ``microbatch`` trade memory for time (a job requeued on a smaller GPU resumes with
+# them): recomputing activations changes no number; another micro-batch size changes float rounding only.
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
-                  "metrics_format", "backend", "precision", "world_size", "data_root")
+                  "metrics_format", "backend", "precision", "world_size", "data_root", "checkpoint_activations",
+                  "microbatch")
 BACKENDS = ("pyro", "numpyro")
 
 
@@ -89,6 +94,10 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     backend: str = "pyro"  # "pyro" (PyTorch) or "numpyro" (JAX, jit-compiled); checkpoints are shared
     precision: str = "fp32"  # the denoiser's arithmetic: "fp32" or "bf16" (autocast; weights, Adam, EMA stay float32)
+    # memory against time (ppl_diffusion.nets.remat): "none"; "steps" recomputes each full-chain step's net call in the
+    # backward pass (trace, meanfield); "blocks" also each block of a U-Net (any estimator). Changes no number.
+    checkpoint_activations: str = "none"
+    microbatch: int | None = None  # examples per micro-batch: each process's batch in chunks, one optimizer step
     # Processes the global batch_size is split over: set by train() from the torchrun job (recorded, not a flag).
     world_size: int = 1
 
@@ -131,6 +140,9 @@ class TrainConfig:
             raise ValueError(f"net_config = {self.net_config!r}; config.json records it: pass numbers, strings, "
                              "booleans, lists and dicts only") from None
         check_net_config(self.net, self.net_config)
+        check_checkpointing(self.checkpoint_activations)
+        if self.batch_size % max(self.world_size, 1) == 0:  # else train() names the batch that splits
+            check_microbatch(self.microbatch, self.batch_size // self.world_size, self.world_size)
         if self.decoder is not None:
             choice("decoder", IMAGE_DECODERS)
         choice("metrics_format", METRICS_FORMATS)
@@ -278,7 +290,8 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
     prior = None if config.prior == "normal" else make_prior(config.prior, event_shape)
     return GaussianDiffusion(schedule=build_schedule(config), denoiser=net, event_shape=event_shape,
                              decoder=decoder, variance=config.variance, prior=prior,
-                             precision=config.precision, **schedules.process_kwargs(config))
+                             precision=config.precision, checkpoint_activations=config.checkpoint_activations,
+                             **schedules.process_kwargs(config))
 
 
 class BudgetWarning(UserWarning):

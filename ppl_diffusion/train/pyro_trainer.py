@@ -6,7 +6,8 @@ per-rank mean losses are averaged with one ``all_reduce`` of the flattened gradi
 ``torch.distributed`` collective; it fits a loop over ``differentiable_loss`` however many times the step calls
 the network, which ``DistributedDataParallel``'s one-forward-one-backward hooks do not), and every rank then
 takes the same clipped Adam step and EMA update, so weights, optimizer, EMA and sampler are the same on every
-rank. With one process the same code runs with the identity for every collective.
+rank. With one process the same code runs with the identity for every collective. ``--microbatch M`` splits each
+rank's rows into micro-batches of M whose gradients accumulate before that one all-reduce (:meth:`PyroTrainer.step`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from ..diffusion import GaussianDiffusion
 from ..distributed import World
 from ..infer import make_estimator
-from ..infer.draws import BatchDraws, slice_dropout
+from ..infer.draws import BatchDraws, apply_records, slice_dropout
 from .config import TrainConfig, build_diffusion, lr_at
 from .schedules import estimator_kwargs
 
@@ -65,29 +66,45 @@ class PyroTrainer:
 
     def step(self, index: torch.Tensor, lr: float) -> tuple[float, float]:
         """One optimizer step on the examples ``index``: (loss in nats per example, gradient norm); no update
-        when either is not finite."""
+        when either is not finite.
+
+        With ``config.microbatch`` = M, this rank's rows are scored M at a time, each micro-batch's gradient
+        accumulated before the one all-reduce and Adam step: every micro-batch draws from the generator in the
+        state the step started from and keeps its rows of the global draws (:class:`BatchDraws` ``rows``), the
+        losses are divided by the rank's whole batch, and the importance sampler records the step's losses once,
+        so the step is the unsplit one up to float rounding."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         rows = index[self.world.shard(len(index))] if self.world.distributed else index
         x0 = self.train_x[rows.to(self.device)]
-        refused = None
-        try:
-            with BatchDraws(self.generator, self.world):
-                loss = self.estimator.loss.differentiable_loss(self.diffusion.model, self.guide, x0) / x0.shape[0]
-        except ValueError as e:  # Pyro's validation refuses a distribution with NaN / inf parameters
-            if "invalid values" not in str(e) or not _NON_FINITE.search(str(e)):
-                raise
-            refused, loss = e, torch.tensor(float("nan"))
+        local = x0.shape[0]
+        size = self.config.microbatch or local
+        self.optimizer.zero_grad(set_to_none=True)
+        start_state = self.generator.get_state() if size < local else None
+        refused, loss, records = None, torch.zeros((), dtype=torch.float64), []
+        for start in range(0, local, size):
+            if start:
+                self.generator.set_state(start_state)  # every micro-batch: the step's own global draws
+            try:
+                with BatchDraws(self.generator, self.world, rows=(start, start + size, local), records=records):
+                    part = self.estimator.loss.differentiable_loss(self.diffusion.model, self.guide,
+                                                                   x0[start:start + size]) / local
+            except ValueError as e:  # Pyro's validation refuses a distribution with NaN / inf parameters
+                if "invalid values" not in str(e) or not _NON_FINITE.search(str(e)):
+                    raise
+                refused, loss = e, torch.tensor(float("nan"))
+                break
+            if part.requires_grad:
+                part.backward()  # this micro-batch's activations are freed here
+            loss = loss + part.detach().double().cpu()
         # Every rank learns whether any rank failed (so that all stop together) and the global mean loss.
-        status = self.world.all_sum(torch.stack([torch.tensor(float(refused is not None)),
-                                                 loss.detach().double().cpu()]))
+        status = self.world.all_sum(torch.stack([torch.tensor(float(refused is not None)), loss.double()]))
         if status[0] > 0:
             raise _NonFiniteOutput() from refused
+        apply_records(records, self.world)  # the importance sampler's history, once per step, in batch order
         mean_loss = (status[1] / self.world.world_size).item()
         if not torch.isfinite(status[1]):
             return mean_loss, float("nan")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         if self.world.distributed:
             average_gradients(self.params, self.world)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else float("inf")
