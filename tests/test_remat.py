@@ -154,6 +154,11 @@ def test_cli_refuses_blocks_for_an_mlp_and_leaves_no_run_folder(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "checkpoint_activations='blocks'" in err[0] and "MLPDenoiser" in err[0]
     assert not run.exists()
+    code = main(["compare", "--data", "gaussian", "--net", "mlp", "--T", "10", "--out", str(tmp_path / "study"),
+                 "--no-progress", "--checkpoint-activations", "blocks"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "MLPDenoiser" in err[0]
+    assert not (tmp_path / "study").exists()
 
 
 def test_recorded_in_config_and_changeable_on_resume(tmp_path):

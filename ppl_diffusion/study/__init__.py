@@ -231,8 +231,6 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                          "torchrun")
     progress = progress and w.is_main
     out = Path(out_dir)
-    if w.is_main:
-        (out / "draws").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     diffusion, twin, tc, dataset, theta = _model(config)
     continuous = tc.T == 0
@@ -247,6 +245,8 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
 
         check_interior(twin)
     diffusion.checkpoint_activations = config.checkpoint_activations  # a net without blocks: refused here
+    if w.is_main:  # after every check of the model: a refused study leaves no folder behind
+        (out / "draws").mkdir(parents=True, exist_ok=True)
     device = next(twin.parameters()).device
     x0 = dataset.test[:config.batch_size].to(device)
     pyro.clear_param_store()
