@@ -223,6 +223,10 @@ def test_a_run_and_its_data_moved_elsewhere_evaluate_with_data_root(tmp_path, mo
                    "[1, 12, 12] but the run elsewhere/runs/a was trained on [1, 8, 8]; pass --data-root the folder "
                    "it trained on"), err
     assert json.loads(Path("elsewhere/runs/a/eval.json").read_text()) == again  # not overwritten
+    assert run(["compare", "elsewhere/runs/a", "--out", "study-other", "--data-root", "other", "--no-progress"]) == 2
+    assert "has examples of shape [1, 12, 12] but the run elsewhere/runs/a was trained on [1, 8, 8]" in \
+        capsys.readouterr().err
+    assert not Path("study-other").exists()
     for extra, name in ((["--bound", "estimate", "--full-steps", "2", "--strata", "2", "--pilot-examples", "2"],
                          "eval-estimate.json"),
                         (["--fit-variance", "4"], "eval-fitted.json"),

@@ -155,7 +155,7 @@ def _model(config: StudyConfig):
         tc = loaded.config
         theta = f"{'raw' if config.raw else 'EMA'} weights of {checkpoint} (step {loaded.step})"
         diffusion = loaded.diffusion
-        dataset = load_run_data(tc, config.data_root, run=config.run)
+        dataset = load_run_data(tc, config.data_root, run=config.run, event_shape=diffusion.event_shape)
         if config.data_root is not None:  # the data moved: the race trains on it where it is now
             tc = dataclasses.replace(tc, data_root=absolute_data_root(config.data_root))
     else:
