@@ -143,8 +143,10 @@ def report(runs: Path, peer: Path | None, out: Path) -> dict:
                                               "train_seconds", "gamma_0_ema", "gamma_1_ema", "eval")}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "vdm_digits.json").write_text(json.dumps(result, indent=1, default=str))
+    m = result["machine"]
     lines = ["# Variational diffusion on the digits at the peer's budget", "",
-             f"`{result['command']}` on {result['machine']}, {result['date']}.", "",
+             f"`{result['command']}`, {result['date']}; trained and scored on {m['cpu_model']} ({m['cpu_count']} cores, "
+             f"torch {m['torch']}, one thread a run, the machine shared: the minutes are noisy, the bits are not).", "",
              "Recipe of every row (`ppl-diffusion train`): `" + result["recipe"] + "` plus the row's settings; "
              "bits/dim of the bound with every term on the 360 test digits (EMA weights; raw beside), "
              "± the SE over digits (it includes the draws of t); [t-SE] is the t-integral's own Monte-Carlo SE.",
