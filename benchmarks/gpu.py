@@ -266,7 +266,7 @@ def section_estimators(ctx: dict, out: dict, share: float) -> None:
     from ppl_diffusion.train import TrainConfig, build_diffusion
 
     plan, device = ctx["plan"], ctx["device"]
-    tc = TrainConfig(data="digits", net=plan.est_net, T=plan.est_T, steps=1, seed=0,
+    tc = TrainConfig(data="digits", net=plan.est_net, T=plan.est_T, steps=1, seed=0, estimator="trace",
                      checkpoint_activations=plan.est_checkpoint).validate()
     dataset = load_dataset("digits")
     pyro.set_rng_seed(0)

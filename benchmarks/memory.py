@@ -69,7 +69,8 @@ def one_config(batch: int, T: int, level: str, device: str, net: str) -> dict:
     dataset = load_dataset("digits")
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
-    tc = TrainConfig(data="digits", net=net, T=T, steps=1, seed=0, checkpoint_activations=level).validate()
+    tc = TrainConfig(data="digits", net=net, T=T, steps=1, seed=0, estimator="trace",
+                     checkpoint_activations=level).validate()
     diffusion = build_diffusion(tc, dataset).to(device).train()
     x0 = dataset.test[:batch].to(device)
     cuda = device.startswith("cuda")

@@ -530,6 +530,8 @@ def cmd_sample(args) -> None:
                          "drop it (all of the run's steps)") from None
     if distributed.world().is_main:
         how = f", ODE: {result.nfe} function evaluations" if args.ode else ""
+        if result.resumed_calls:
+            how += f"; continued an interrupted run: {result.resumed_calls} saved calls read back"
         best = " (best.pt)" if result.run.weights_from == "best" else ""
         print(f"{args.n} samples ({'raw' if args.raw else 'EMA'} weights, step {result.run.step}{best}{how}) -> "
               f"{result.png} and {result.npz}")
@@ -809,9 +811,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt as e:
-        print(f"{PROG}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; a train run continues from "
-              "its last checkpoint with --resume (one stopped before its first left its folder as it found it)",
-              file=sys.stderr)
+        how = {"train": "a train run continues from its last checkpoint with --resume (one stopped before its first "
+                        "left its folder as it found it)",
+               "demo": "the demo continues from its last checkpoint with --resume"}.get(
+            args.command, "the same command continues from the work it saved")
+        print(f"{PROG}: {'terminated' if isinstance(e, Terminated) else 'interrupted'}; {how}", file=sys.stderr)
         status = 143 if isinstance(e, Terminated) else 130
     finally:
         if on_term:

@@ -309,6 +309,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         "evaluate": bound, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
         "data": config.data, "test_examples": len(x), "test_sha256": array_sha256(x),
         "train_sha256": array_sha256(data.train[:used_train]) if used_train else None, "seed": seed,
+        "threads": torch.get_num_threads(),
         "backend": backend, "precision": precision, "device": resolve_device(local_device(device)).type,
         "options": options, "fit_variance": fit_variance, "batch_size": batch_size,
         "timesteps_per_batch": timesteps_per_batch, "fd_samples": fd_samples if config.data == "digits" else 0,
@@ -477,7 +478,7 @@ def summary(result: dict) -> str:
     lines = [f"{result['data']} test split, {result['num_examples']} examples, step {result['step']}{best}, "
              f"T = {result['T'] or '∞ (continuous time)'}, variance {result.get('variance', '?')}"
              + ("" if result.get("precision", "fp32") == "fp32" else f", precision {result['precision']}") + ":",
-             (f"  bits/dim  {pm('bpd')}   (one set of weights, as imported: raw = EMA, scored once)"
+             (f"  bits/dim  {pm('bpd')}   (one set of weights: raw = EMA, scored once)"
               if result.get("scored_once") else f"  bits/dim  raw {pm('bpd')}   EMA {pm('bpd_ema')}"),
              *([f"  estimate of the full bound ({sum(result['calls'].values()):,} denoiser inputs against "
                 f"{sum(1 for v in result['calls'].values() if v) * result['num_examples'] * result['T']:,}): "
@@ -485,6 +486,10 @@ def summary(result: dict) -> str:
                 + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"
                                 for k in ("bpd_t_stderr", "bpd_ema_t_stderr"))]
                if result.get("bound") == "estimate" else []),
+             *(["  at this T the estimate costs at least the full bound's denoiser inputs: pass --bound full (exact, no "
+                "dearer), or lower --full-steps / --strata / --draws"]
+               if result.get("bound") == "estimate" and sum(result["calls"].values())
+               >= sum(1 for v in result["calls"].values() if v) * result["num_examples"] * result["T"] else []),
              *([f"  continuous-time bound (T = ∞), {result['t_draws']} draws of t per example "
                 f"({sum(result['calls'].values()):,} denoiser inputs); the t-integral's Monte-Carlo SE raw "
                 + ", EMA ".join("n/a (--draws 1)" if result.get(k) is None else f"{result[k]:.4f}"

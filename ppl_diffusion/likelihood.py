@@ -243,6 +243,7 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     fingerprint = lambda: {  # noqa: E731 - what the numbers depend on, computed on rank 0 alone
         "evaluate": "ode", "checkpoint_sha256": file_sha256(checkpoint), "ema": ema, "data": config.data,
         "test_examples": len(x), "test_sha256": array_sha256(x), "seed": seed, "backend": backend,
+        "threads": torch.get_num_threads(),
         "device": str(next(diffusion.denoiser.parameters()).device.type) if backend == "pyro" else "jax",
         "batch_size": batch_size, "trace": trace, "probes": probes, "probe": probe, "rtol": rtol, "atol": atol,
         "eps": eps, "time_map": time_map, "dequantization": kind, "draws": draws,

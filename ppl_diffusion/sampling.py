@@ -185,6 +185,7 @@ class SampleResult:
     npz: Path  # "images": uint8 [n x C x H x W] for image data, "samples": float32 [n x D] otherwise
     run: Run
     nfe: int | None = None  # ODE sampling: evaluations of the vector field (the largest over processes)
+    resumed_calls: int = 0  # calls of samples read back from an interrupted run's progress (all processes)
 
 
 def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: float = 1e-5, atol: float = 1e-5,
@@ -273,6 +274,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     npz = png.with_suffix(".npz")
     fingerprint = lambda: {  # noqa: E731 - what the samples depend on, computed on rank 0 alone
         "sample": n, "checkpoint_sha256": file_sha256(loaded.checkpoint), "ema": ema, "steps": steps, "seed": seed,
+        "threads": torch.get_num_threads(),
         "backend": backend, "precision": precision, "device": resolve_device(local_device(device)).type,
         "batch_size": batch_size, "ode": dict(rtol=rtol, atol=atol, eps=eps, time_map=time_map) if ode else None}
     saved = Progress(png.with_suffix(".progress"), w.on_main(fingerprint))  # rank 0's, on every rank
@@ -298,9 +300,10 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     if ode:
         nfe = max(c for counts in w.gather_objects([int(p["nfe"]) for p in parts]) for c in counts)
     samples = w.gather(samples.contiguous())
+    resumed = sum(c for counts in w.gather_objects([saved.reused]) for c in counts)
     if not w.is_main:
         w.barrier()  # rank 0 writes the files
-        return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
+        return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe, resumed_calls=resumed)
     png.parent.mkdir(parents=True, exist_ok=True)
     best = " (best)" if loaded.weights_from == "best" else ""
     what = f"{n} samples, {'EMA' if ema else 'raw'} weights, step {loaded.step}{best}, " + (
@@ -317,4 +320,4 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         plots.scatter(samples.numpy(), png, title=what)
     saved.finish()  # the files are written: the progress is no longer needed
     w.barrier()
-    return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe)
+    return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe, resumed_calls=resumed)

@@ -478,3 +478,10 @@ def test_resume_takes_the_saved_settings_of_every_flag_not_given(tmp_path, capsy
     assert run(["train", "--run-dir", tmp_path / "resumed", "--resume", "--steps", "6", "--lr", "1e-3"]) == 2
     err = capsys.readouterr().err
     assert "lr: saved 0.003, now 0.001" in err and "drop the flags that change it" in err
+
+
+def test_an_estimate_no_cheaper_than_the_full_bound_says_so(digits_run, capsys):
+    """At T = 10 the default estimate (20 steps exactly) is the full bound: the summary says to pass --bound full."""
+    assert run(["evaluate", digits_run, "--bound", "estimate", "--max-examples", "2", "--fd-samples", "0",
+                "--no-progress"]) == 0
+    assert "the estimate costs at least the full bound's denoiser inputs: pass --bound full" in capsys.readouterr().out

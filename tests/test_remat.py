@@ -178,3 +178,16 @@ def test_recorded_in_config_and_changeable_on_resume(tmp_path):
     assert json.loads((tmp_path / "b" / "config.json").read_text())["checkpoint_activations"] == "none"
     a, b = (load_checkpoint(latest_checkpoint(tmp_path / r)) for r in "ab")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_steps_with_an_estimator_that_does_not_walk_the_chain_is_refused():
+    """Every option is honoured or refused: the stochastic-t estimators call the net once per example, so
+    recomputing the chain's calls would do nothing."""
+    from ppl_diffusion.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"^--checkpoint-activations steps recomputes .* the estimator "
+                                         r"stochastic-kl-is does not walk .*--checkpoint-activations blocks"):
+        TrainConfig(data="gaussian", net="mlp", T=10, steps=1, checkpoint_activations="steps").validate()
+    for estimator in ("trace", "meanfield"):
+        TrainConfig(data="gaussian", net="mlp", T=10, steps=1, estimator=estimator,
+                    checkpoint_activations="steps").validate()

@@ -202,6 +202,13 @@ def test_progress_of_another_configuration_is_refused_and_kept(runs, tmp_path, m
                                              r"pass --restart to discard it"):
             evaluate_run(run, **{**EVAL, **change})
         assert sorted(p.name for p in folder.iterdir()) == before  # nothing lost
+    threads = torch.get_num_threads()
+    try:  # float rounding may depend on the thread count: another one is refused too, never mixed in
+        torch.set_num_threads(threads + 1)
+        with pytest.raises(ValueError, match=rf"threads: saved {threads}, now {threads + 1}"):
+            evaluate_run(run, **EVAL)
+    finally:
+        torch.set_num_threads(threads)
     # Other weights under the same name: the checkpoint's hash differs.
     ckpt = latest_checkpoint(run)
     state = load_checkpoint(ckpt)
@@ -290,8 +297,10 @@ def test_interrupted_sampling_continues_to_the_same_samples(runs, tmp_path, monk
     reference = sample_run(run, out=tmp_path / "reference.png", **kw).samples
     stopped_after(2, monkeypatch, sample_run, run, out=tmp_path / "resumed.png", **kw)
     assert len(list((tmp_path / "resumed.progress").glob("*.npz"))) == 2
-    resumed = sample_run(run, out=tmp_path / "resumed.png", **kw).samples
+    result = sample_run(run, out=tmp_path / "resumed.png", **kw)
+    resumed = result.samples
     assert torch.equal(resumed, reference) and not (tmp_path / "resumed.progress").exists()
+    assert result.resumed_calls == 2
     assert np.array_equal(np.load(tmp_path / "resumed.npz")["samples"], reference.numpy())
     if not ode:  # one call of all n samples, as before: equal to float rounding only to the batches' samples
         whole = sample_run(run, out=tmp_path / "whole.png", **{**kw, "batch_size": None}).samples

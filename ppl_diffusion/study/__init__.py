@@ -265,7 +265,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     fingerprint = lambda: {  # noqa: E731 - what the replicates depend on, computed on rank 0 alone
         **{k: v for k, v in dataclasses.asdict(config).items() if k != "command"},
         "checkpoint_sha256": None if config.run is None else file_sha256(find_checkpoint(config.run)),
-        "device": str(device.type)}
+        "device": str(device.type), "threads": torch.get_num_threads()}
     saved = Progress(out / "fixed-theta.progress", w.on_main(fingerprint))  # rank 0's, on every rank
     w.on_main(lambda: saved.open(restart=restart))
 

@@ -141,6 +141,10 @@ class TrainConfig:
                              "booleans, lists and dicts only") from None
         check_net_config(self.net, self.net_config)
         check_checkpointing(self.checkpoint_activations)
+        if self.checkpoint_activations == "steps" and self.estimator not in ("trace", "meanfield"):
+            raise ValueError(f"--checkpoint-activations steps recomputes the network calls along the full chain, which "
+                             f"the estimator {self.estimator} does not walk (it calls the net once per example): "
+                             "drop it, or pass --checkpoint-activations blocks to recompute the U-Net's blocks")
         if self.batch_size % max(self.world_size, 1) == 0:  # else train() names the batch that splits
             check_microbatch(self.microbatch, self.batch_size // self.world_size, self.world_size)
         if self.decoder is not None:
