@@ -9,7 +9,8 @@ Markdown pages that GitHub renders are also the site's pages, **myst-nb** to ren
 stored outputs (no execution at build time and no pandoc, which nbsphinx needs; CI runs the notebooks separately
 in smoke mode with nbval), autodoc + autosummary for one API page per module, each showing the module's
 ``__all__``. Intersphinx reads inventories kept in ``docs/_inventories`` (written by ``make_inventories.py``
-there), so the build needs no network.
+there), so the build needs no network, and MathJax is copied into the site (``sphinx-mathjax-offline``), so
+the math renders where the site is read without one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "sphinx_copybutton",
+    "sphinx-mathjax-offline",  # MathJax 3 copied into _static: the math renders without a network
     "myst_nb",
     "cli_help",
 ]
