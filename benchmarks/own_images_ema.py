@@ -1,4 +1,4 @@
-"""Which ``--ema-decay`` suits a short run: the README's own-images recipe, replayed with several EMAs at once.
+"""Which ``--ema-decay`` suits a short run: the own-images recipe of docs/cli.md, replayed with several EMAs at once.
 
 A run's training is a function of its configuration and seed, and the EMA does not feed back into it. So this
 script replays a finished ``ppl-diffusion train`` run from its ``config.json`` step for step (the same held-out

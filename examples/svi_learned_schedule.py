@@ -5,7 +5,7 @@
 
 It printed here (MLP of 191k parameters; 0.1 s a step on 2 cores lightly shared, ten minutes in all when heavily shared):
 learned γ_0 = −10.22, γ_1 = 1.04 (from −13.3, 5.0); test bound 6.63 ± 0.02 bits/dim on the 360 test digits, the
-t-integral's SE 0.009. A short run of a small net: the digits U-Net preset reaches 3.6 (README).
+t-integral's SE 0.009. A short run of a small net: the digits U-Net preset reaches 3.6 (docs/results.md).
 
 The guide's forward process is VDM's monotone γ(t) (``MonotoneNetGamma``), T = ∞: ``ContinuousTimeELBO`` with
 ``schedule_objective="variance"`` gives the denoiser and the endpoints γ_0, γ_1 the ELBO's gradient and the

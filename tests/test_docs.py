@@ -1,4 +1,5 @@
-"""The README's Python snippet and the examples run as written (with tiny arguments)."""
+"""The README's and the guides' Python snippets, their command sessions and the examples run as written (with tiny
+arguments)."""
 
 import json
 import math
@@ -17,6 +18,16 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_cli_page_python_snippet_runs(tmp_path, monkeypatch):
+    """docs/cli.md's "From Python": the CLI session's train, evaluate (with fitted variances) and sample as calls."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "docs/cli.md has no python snippet"
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, "docs/cli.md", "exec"), {"__name__": "__cli_page__"})
 
 
 def markdown_pages() -> list[Path]:
@@ -296,13 +307,13 @@ def test_digits_budget_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow  # 20-60 s; out of the default run to keep it under 12 minutes
-def test_readme_cli_example_runs(tmp_path):
-    """The README's CLI session, line by line, with ``ppl-diffusion`` the installed command's module."""
+def test_cli_page_session_runs(tmp_path):
+    """docs/cli.md's CLI session, line by line, with ``ppl-diffusion`` the installed command's module."""
     import shlex
     import subprocess
     import sys
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cli.md").read_text()
     block = re.search(r"<!-- cli-example -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1)
     for line in block.splitlines():
         args = shlex.split(line)
@@ -316,7 +327,7 @@ def test_readme_cli_example_runs(tmp_path):
     assert (tmp_path / "runs" / "toy" / "ckpt-00000800.pt").exists()
 
 
-# Appended to each command of the README's own-images recipe: the same commands, seconds instead of minutes (argparse
+# Appended to each command of docs/cli.md's own-images recipe: the same commands, seconds instead of minutes (argparse
 # takes a flag's last value).
 OWN_IMAGES_TINY = {"train": ["--steps", "2", "--T", "5", "--channels", "4", "--res-blocks", "1", "--batch-size", "8",
                              "--warmup-steps", "1", "--ema-decay", "0.5", "--checkpoint-every", "1", "--val-examples",
@@ -324,14 +335,14 @@ OWN_IMAGES_TINY = {"train": ["--steps", "2", "--T", "5", "--channels", "4", "--r
                    "evaluate": ["--max-examples", "4", "--no-progress"], "sample": ["-n", "4"]}
 
 
-def test_readme_own_images_recipe_runs_as_written(tmp_path):
-    """The README's own-images commands in order, with OWN_IMAGES_TINY appended: examples/make_png_folder.py writes
+def test_own_images_recipe_runs_as_written(tmp_path):
+    """docs/cli.md's own-images commands in order, with OWN_IMAGES_TINY appended: examples/make_png_folder.py writes
     the folder (1,797 PNGs of 16x16), train reads it with the U-Net of the size rule, evaluate and sample the run."""
     import shlex
     import subprocess
     import sys
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "cli.md").read_text()
     block = re.search(r"<!-- own-images -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1)
     commands = [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines()]
     assert [c[1] for c in commands] == [
@@ -353,13 +364,14 @@ def test_readme_own_images_recipe_runs_as_written(tmp_path):
 
 
 @pytest.mark.slow  # 35-55 s; moved out of the default run to keep it under 12 minutes
-def test_readme_backend_example_runs_as_written(tmp_path):
+def test_backends_page_example_runs_as_written(tmp_path):
+    """docs/backends.md's session: trained on NumPyro, scored on Pyro, sampled on NumPyro."""
     pytest.importorskip("jax")
     import shlex
     import subprocess
     import sys
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "backends.md").read_text()
     block = re.search(r"<!-- backend-example -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1)
     for line in block.splitlines():
         args = shlex.split(line.split("#")[0])

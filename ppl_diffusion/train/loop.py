@@ -136,7 +136,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
     config.validate()
     if world.distributed and config.backend == "numpyro":
         raise ValueError("backend numpyro runs data-parallel over JAX devices in one process per host, not under "
-                         "torchrun; start it without torchrun (see README, Scaling out)")
+                         "torchrun; start it without torchrun (see docs/backends.md, Scaling out)")
     world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
     run_dir = check_run_dir(run_dir)
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
