@@ -46,7 +46,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "_templates", "**/race_runs", "**/.ipynb_checkpoints", "tutorials/conftest.py",
+exclude_patterns = ["_build", "_templates", "_tools", "**/race_runs", "**/.ipynb_checkpoints", "tutorials/conftest.py",
                     "**/draws"]
 templates_path = ["_templates"]
 
