@@ -175,7 +175,7 @@ class StudentT(Prior):
     :param bool learn_df: learn ν from ``df``.
 
     >>> prior = StudentT((2,), df=5.0, learn_df=True)
-    >>> round(float(prior.df), 4), prior().event_shape
+    >>> round(prior.df.item(), 4), prior().event_shape
     (5.0, torch.Size([2]))
     """
 
