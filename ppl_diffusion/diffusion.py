@@ -55,6 +55,8 @@ from .nets.remat import check_checkpointing, checkpoint_call
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
+__all__ = ["LEARNED_VARIANCES", "VARIANCES", "DiffusionInputError", "GaussianDiffusion"]
+
 
 def _concat(a, b):
     """``a`` and ``b`` end to end, for NumPy arrays, tensors and JAX arrays alike."""
@@ -67,15 +69,17 @@ def _concat(a, b):
     return jnp.concatenate([a, b])
 
 
-# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T (a tensor for a GammaChain).
+#: Fixed reverse variances σ_t² by name (``variance=...``): each maps a schedule to log σ_t², a float64 array of
+#: length T (a tensor for a γ chain): ``"beta"`` β_t, ``"posterior"`` β̃_t (β̃_2 at t = 1), ``"fixed-large"`` β_t
+#: with β̃_2 at t = 1.
 VARIANCES = {
     "beta": lambda s: s.log_betas,
     "posterior": lambda s: s.posterior_log_variance_clipped,
     # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
     "fixed-large": lambda s: _concat(s.posterior_log_variance_clipped[:1], s.log_betas[1:]),
 }
-# Learned reverse variances by name: the fraction f(v) of the denoiser's variance output v in
-# log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
+#: Learned reverse variances by name (``variance=...``): the fraction f(v) of the denoiser's variance output v in
+#: log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
 LEARNED_VARIANCES = {
     "learned": lambda v: torch.sigmoid(2.0 * v),  # ours: = (v + 1)/2 to first order, kept inside [β̃_t, β_t]
     "learned-range": lambda v: (v + 1.0) / 2.0,  # improved DDPM's LEARNED_RANGE exactly (unbounded for |v| > 1)
@@ -85,14 +89,33 @@ LEARNED_VARIANCES = {
 class DiffusionInputError(ValueError):
     """Bad input to a :class:`GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
     ``ValueError`` whose message stays one line when raised inside a Pyro program. (Pyro's trace re-raises a
-    ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)"""
+    ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)
+
+    :param str message: the message; only its first line is kept.
+
+    >>> str(DiffusionInputError("x0 has shape (3,)\\nTrace Shapes: ..."))
+    'x0 has shape (3,)'
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(str(message).split("\n", 1)[0])
 
 
 class GaussianDiffusion(nn.Module):
-    """DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
+    r"""DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
+
+    The model is the reverse chain and the guides the forward one (a VAE whose latent is x_1..x_T):
+
+    .. math::
+
+        p_\theta(x_{0:T}) = p(x_T) \prod_{t=2}^{T} \mathcal{N}\big(x_{t-1}; \mu_\theta(x_t, t), \sigma_t^2 I\big)
+            \; p_\theta(x_0 \mid x_1), \qquad
+        q(x_{1:T} \mid x_0) = \prod_{t=1}^{T} \mathcal{N}\big(x_t; \sqrt{1 - \beta_t}\, x_{t-1}, \beta_t I\big),
+
+    with :math:`\mu_\theta(x_t, t) = (x_t - \beta_t/\sqrt{1 - \bar\alpha_t}\, \hat\varepsilon_\theta(x_t, t))/\sqrt{\alpha_t}`,
+    so that ``pyro.infer.SVI`` maximises the ELBO :math:`\mathbb{E}_q[\log p_\theta(x_{0:T}) - \log q(x_{1:T} \mid x_0)]
+    \le \log p_\theta(x_0)`. Data are batches ``[B x *event_shape]``; the sites are listed in
+    :mod:`ppl_diffusion.diffusion`.
 
     :param schedule: the forward process: a :class:`NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
         (:class:`~ppl_diffusion.gamma.GammaSchedule`, fixed or learned; a submodule, registered in the programs as
@@ -135,12 +158,22 @@ class GaussianDiffusion(nn.Module):
         ``use_checkpoint``; refused for a net without one). Memory and time change, the numbers do not (the
         gradients equal the stored path's bit for bit on a CPU, dropout masks included). A settable attribute.
 
-    Example::
+    Example: the analytic-KL ELBO of a batch and its gradient (``pyro.infer.SVI(diffusion.model,
+    diffusion.posterior_guide, optim, pyro.infer.TraceMeanField_ELBO())`` trains with it), then ancestral samples.
 
-        diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(100),
-                                      denoiser=MLPDenoiser(dim=2), event_shape=(2,))
-        svi = pyro.infer.SVI(diffusion.model, diffusion.posterior_guide,
-                             pyro.optim.Adam({"lr": 1e-3}), pyro.infer.TraceMeanField_ELBO())
+    >>> import pyro, torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> torch.manual_seed(0)
+    <torch._C.Generator object at ...>
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+    ...                               event_shape=(2,))
+    >>> x0 = torch.randn(4, 2)
+    >>> loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(diffusion.model, diffusion.posterior_guide, x0)
+    >>> loss.backward()  # loss: −ELBO in nats, summed over the batch
+    >>> diffusion.denoiser.out[-1].weight.grad.shape
+    torch.Size([2, 16])
+    >>> diffusion.T, diffusion.num_dims, diffusion.sample(3).shape
+    (10, 2, torch.Size([3, 2]))
     """
 
     def __init__(
@@ -211,14 +244,49 @@ class GaussianDiffusion(nn.Module):
         return check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
 
     def with_variance(self, variance) -> "GaussianDiffusion":
-        """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
+        """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``.
+
+        :param variance: a name in :data:`VARIANCES` or :data:`LEARNED_VARIANCES`, or a
+            :class:`~ppl_diffusion.variance.FittedVariance`.
+        :rtype: GaussianDiffusion
+
+        Example: σ_t² = β̃_t instead of β_t, the same denoiser.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> posterior = diffusion.with_variance("posterior")
+        >>> x_t, t = torch.randn(1, 2), torch.tensor([5])
+        >>> _, log_var = posterior.p_mean_variance(x_t, t)
+        >>> posterior.denoiser is diffusion.denoiser, round(float(log_var[0, 0].exp()), 6) == round(
+        ...     float(diffusion.schedule.posterior_variance[4]), 6)
+        (True, True)
+        """
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
                                  prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision,
                                  checkpoint_activations=self.checkpoint_activations, **self._process_kwargs())
 
     def with_steps(self, T: int) -> "GaussianDiffusion":
         """The same model (γ schedule, denoiser and prior shared; decoder, variance, time input) as a chain of ``T``
-        steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T."""
+        steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T.
+
+        :param int T: the chain's steps (>= 2), or 0 for continuous time.
+        :rtype: GaussianDiffusion
+        :raises ValueError: for a NoiseSchedule (respace it with :func:`~ppl_diffusion.respace.respace`).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> continuous = GaussianDiffusion(schedule=LinearGamma(), T=0, denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                                event_shape=(2,))
+        >>> continuous.continuous, continuous.with_steps(10).T, continuous.with_steps(10).sample(3).shape
+        (True, 10, torch.Size([3, 2]))
+        """
         if not self.gamma_schedule:
             raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps "
                              "(ppl_diffusion.respace.respace(diffusion, K) respaces it)")
@@ -251,7 +319,8 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def gamma_schedule(self) -> bool:
-        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.gamma`) rather than a NoiseSchedule."""
+        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.gamma`) rather than a
+        :class:`~ppl_diffusion.schedule.NoiseSchedule`."""
         return isinstance(self.schedule, GammaSchedule)
 
     @property
@@ -262,7 +331,19 @@ class GaussianDiffusion(nn.Module):
     def coefficients(self) -> NoiseSchedule | GammaChain:
         """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`GammaChain` of the γ
         schedule at the T steps (float64 tensors, differentiable in its parameters). The programs compute it once
-        per run and pass it to every closed form."""
+        per run and pass it to every closed form.
+
+        :rtype: NoiseSchedule or GammaChain
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> d = GaussianDiffusion(schedule=LinearGamma(), T=10, denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                       event_shape=(2,))
+        >>> chain = d.coefficients()
+        >>> type(chain).__name__, tuple(chain.alphas_cumprod.shape)
+        ('GammaChain', (10,))
+        """
         if not self.gamma_schedule:
             return self.schedule
         self._need_chain()
@@ -276,7 +357,19 @@ class GaussianDiffusion(nn.Module):
                              "a chain with diffusion.with_steps(T)")
 
     def log_variance_table(self, coef=None):
-        """log σ_t² of a fixed variance for t = 1..T (float64 array, or tensor for a γ chain); ``None`` if learned."""
+        """log σ_t² of a fixed variance for t = 1..T (float64 array, or tensor for a γ chain); ``None`` if learned.
+
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> bool((diffusion.log_variance_table() == diffusion.schedule.log_betas).all())  # variance="beta"
+        True
+        """
         if self.p_log_variance is not None or self.learned_variance:
             return self.p_log_variance
         return VARIANCES[self.variance](self.coefficients() if coef is None else coef)
@@ -305,7 +398,26 @@ class GaussianDiffusion(nn.Module):
         ``bounded=False`` skips the discretized decoder's range [−1, 1] (the probability-flow ODE's density lives
         on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255)). Data of another floating dtype than the
         denoiser's parameters are refused where the denoiser (or a learned prior) meets them (:meth:`_check_dtype`):
-        the guides, which have no parameters, take any."""
+        the guides, which have no parameters, take any.
+
+        :param torch.Tensor x0: the data ``[B x *event_shape]``.
+        :param bool bounded: check the discretized decoder's range [−1, 1].
+        :returns: ``x0`` itself.
+        :raises DiffusionInputError: for a wrong shape or non-finite values (``TypeError`` for a non-float tensor).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> diffusion.check_data(torch.zeros(3, 2)).shape
+        torch.Size([3, 2])
+        >>> diffusion.check_data(torch.zeros(3, 4))
+        Traceback (most recent call last):
+        ...
+        ppl_diffusion.diffusion.DiffusionInputError: x0 has shape (3, 4); expected [B, 2] ...
+        """
         if not torch.is_tensor(x0):
             raise TypeError(f"x0 must be a tensor of shape [B, {', '.join(map(str, self.event_shape))}], "
                             f"got {type(x0).__name__}")
@@ -346,6 +458,12 @@ class GaussianDiffusion(nn.Module):
                             f"data: {to}{model}")
 
     def check_timesteps(self, t: Tensor, batch: int) -> Tensor:
+        """``t`` checked to be a ``LongTensor[batch]`` of steps in 1..T; a one-line ``ValueError`` if not.
+
+        :param torch.Tensor t: the steps.
+        :param int batch: B, the batch size.
+        :returns: ``t`` itself.
+        """
         self._need_chain()
         if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (batch,):
             raise ValueError(f"t must be a LongTensor of shape ({batch},), got {t!r}")
@@ -365,7 +483,22 @@ class GaussianDiffusion(nn.Module):
 
     def get_prior(self, device=None, dtype=None) -> dist.Distribution:
         """p(x_T): the given prior (a learnable :class:`~ppl_diffusion.priors.Prior`'s current distribution),
-        or N(0, I) over ``event_shape`` on ``device``."""
+        or N(0, I) over ``event_shape`` on ``device``.
+
+        :param device: the device of the default N(0, I).
+        :param dtype: the dtype of the default N(0, I) (a learnable prior's parameters must have it).
+        :rtype: pyro.distributions.Distribution
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> prior = diffusion.get_prior()
+        >>> prior.batch_shape, prior.event_shape
+        (torch.Size([]), torch.Size([2]))
+        """
         if isinstance(self.prior, nn.Module):
             if dtype is not None:
                 self._check_dtype(dtype, "prior")
@@ -377,12 +510,46 @@ class GaussianDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ closed forms
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
-        """A draw of x_t ~ q(x_t|x_0) (Statement 1)."""
+        r"""A draw of :math:`x_t \sim q(x_t \mid x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)`
+        (Statement 1): :func:`~ppl_diffusion.closed_forms.q_sample` with this model's coefficients.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor eps: the noise ε (default: a fresh standard normal draw).
+        :returns: x_t, of the shape of ``x0``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x0, eps = torch.ones(2, 2), torch.zeros(2, 2)
+        >>> x_t = diffusion.q_sample(x0, torch.tensor([1, 10]), eps)  # ε = 0: the mean √ᾱ_t x_0
+        >>> round(float(x_t[0, 0]) ** 2, 4) == round(float(diffusion.schedule.alphas_cumprod[0]), 4)
+        True
+        """
         eps = torch.randn_like(x0) if eps is None else eps
         return cf.q_sample(self.coefficients(), x0, t, eps)
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor):
-        """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
+        """Mean, variance and clipped log-variance of the forward posterior q(x_{t−1}|x_t, x_0) = N(μ̃_t, β̃_t I):
+        :func:`~ppl_diffusion.closed_forms.q_posterior_mean_variance` with this model's coefficients.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor x_t: latents of the shape of ``x0``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> mean, var, log_var = diffusion.q_posterior_mean_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1]))
+        >>> mean.tolist(), var.tolist()  # at t = 1, x_0 itself
+        ([[0.0, 0.0]], [[0.0, 0.0]])
+        """
         return cf.q_posterior_mean_variance(self.coefficients(), x0, x_t, t)
 
     def time_label(self, t: Tensor, coef=None) -> Tensor:
