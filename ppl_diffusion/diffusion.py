@@ -377,12 +377,12 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ conventions and checks
     @property
     def T(self) -> int:
-        """The number of steps (0: continuous time)."""
+        """The number of steps T (0: continuous time)."""
         return self._T
 
     @property
     def num_dims(self) -> int:
-        """D, the number of data dimensions of one example (for bits/dim)."""
+        """D, the number of data dimensions of one example, the product of ``event_shape`` (for bits/dim)."""
         return int(math.prod(self.event_shape))
 
     def _event_dims(self) -> int:
@@ -554,7 +554,11 @@ class GaussianDiffusion(nn.Module):
 
     def time_label(self, t: Tensor, coef=None) -> Tensor:
         """The denoiser's second argument at steps ``t``: t itself (``time_input="step"``), or γ_t rescaled
-        (``"gamma"``, :meth:`gamma_label`)."""
+        (``"gamma"``, :meth:`gamma_label`).
+
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+        """
         if self.time_input == "step":
             return t
         coef = self.coefficients() if coef is None else coef
@@ -562,12 +566,26 @@ class GaussianDiffusion(nn.Module):
 
     def gamma_label(self, gamma: Tensor) -> Tensor:
         """1000 (γ − γ_lo)/(γ_hi − γ_lo) with (γ_lo, γ_hi) = ``gamma_range``: the net's label for noise level γ
-        (VDM's rescaled γ; its gradient reaches a learned schedule)."""
+        (VDM's rescaled γ; its gradient reaches a learned schedule).
+
+        :param torch.Tensor gamma: γ per example ``[B]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> diffusion.gamma_range, diffusion.gamma_label(torch.tensor([-10.0, 5.0])).tolist()
+        ((-10.0, 5.0), [0.0, 1000.0])
+        """
         lo, hi = self.gamma_range
         return (gamma - lo) * (GAMMA_LABEL_SCALE / (hi - lo))
 
     @property
     def learned_variance(self) -> bool:
+        """Whether σ_t² is read from the denoiser's variance output (a name in :data:`LEARNED_VARIANCES`)."""
         return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
     def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None,
@@ -577,7 +595,13 @@ class GaussianDiffusion(nn.Module):
         ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype.
         The net is given :meth:`time_label` of ``t`` (``coef``: the chain's coefficients, when the caller has
         them), or ``label`` itself when given (continuous time). ``checkpoint``: the call's activations are
-        recomputed in the backward pass (:func:`~ppl_diffusion.nets.remat.checkpoint_call`), not kept."""
+        recomputed in the backward pass (``ppl_diffusion.nets.remat.checkpoint_call``), not kept.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]`` (or ``[K x B x *event_shape]``, vectorized particles).
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T (ignored when ``label`` is given).
+        :returns: (ε̂, v), ε̂ of the shape of ``x_t``, v of that shape or ``None``.
+        :raises DiffusionInputError: when the denoiser's output has the wrong shape.
+        """
         t = self.time_label(t, coef) if label is None else label
         if t.is_floating_point() and t.dtype != x_t.dtype:
             t = t.to(x_t.dtype)
@@ -618,18 +642,66 @@ class GaussianDiffusion(nn.Module):
         return out, None
 
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
+        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> diffusion.predict_eps(torch.randn(3, 2), torch.tensor([1, 5, 10]))  # MLPDenoiser starts at ε̂ = 0
+        tensor([[0., 0.],
+                [0., 0.],
+                [0., 0.]], grad_fn=<ViewBackward0>)
+        """
         return self.denoiser_output(x_t, t)[0]
 
     def predict_x0(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """x̂_0(x_t, t) = (x_t − √(1 − ᾱ_t) ε̂_θ) / √ᾱ_t, the denoiser's estimate of x_0."""
+        r"""The denoiser's estimate of x_0, Statement 1 solved for x_0:
+
+        .. math::
+
+            \hat x_0(x_t, t) = \frac{x_t - \sqrt{1 - \bar\alpha_t}\, \hat\varepsilon_\theta(x_t, t)}{\sqrt{\bar\alpha_t}}.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x_t = torch.ones(1, 2)
+        >>> x0_hat = diffusion.predict_x0(x_t, torch.tensor([3]))  # ε̂ = 0 at initialisation: x_t / √ᾱ_3
+        >>> round(float(x0_hat[0, 0]), 4) == round(float(diffusion.schedule.alphas_cumprod[2] ** -0.5), 4)
+        True
+        """
         coef = self.coefficients()
         return cf.predict_x0_from_eps(coef, x_t, t, self.denoiser_output(x_t, t, coef=coef)[0])
 
     def learned_log_variance(self, v: Tensor, t: Tensor, coef=None) -> Tensor:
         """log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1) with ``"learned"``'s f = sigmoid(2 v) (= (v + 1)/2
         to first order, improved DDPM's interpolation, bounded: always between log β̃_t and log β_t), or with
-        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`)."""
+        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`).
+
+        :param torch.Tensor v: the denoiser's variance output, ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> d = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), event_shape=(2,), variance="learned",
+        ...                       denoiser=MLPDenoiser(2, width=16, depth=1, learn_sigma=True))
+        >>> log_var = d.learned_log_variance(torch.tensor([[-50.0, 50.0]]), torch.tensor([4]))  # f = 0 and f = 1
+        >>> torch.allclose(log_var.double(), torch.tensor([d.schedule.posterior_log_variance_clipped[3],
+        ...                                                d.schedule.log_betas[3]]))
+        True
+        """
         coef = self.coefficients() if coef is None else coef
         frac = LEARNED_VARIANCES[self.variance](v)
         log_beta = cf.extract(coef.log_betas, t, v)
@@ -638,10 +710,33 @@ class GaussianDiffusion(nn.Module):
 
     def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False, coef=None,
                         checkpoint: bool = False) -> tuple[Tensor, Tensor]:
-        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
+        r"""Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
         ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound).
         ``coef``: the chain's coefficients (:meth:`coefficients`), when the caller has them. ``checkpoint``: the
-        denoiser's activations recomputed in the backward pass (:meth:`denoiser_output`)."""
+        denoiser's activations recomputed in the backward pass (:meth:`denoiser_output`).
+
+        .. math::
+
+            p_\theta(x_{t-1} \mid x_t) = \mathcal{N}\Big(\frac{1}{\sqrt{\alpha_t}} \Big(x_t - \frac{\beta_t}{\sqrt{1 -
+            \bar\alpha_t}} \hat\varepsilon_\theta(x_t, t)\Big), \sigma_t^2 I\Big).
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :returns: (mean, log-variance), each of the shape of ``x_t``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x_t, t = torch.ones(1, 2), torch.tensor([4])
+        >>> mean, log_var = diffusion.p_mean_variance(x_t, t)  # ε̂ = 0 at initialisation: μ = x_t / √α_4, σ² = β_4
+        >>> s = diffusion.schedule
+        >>> round(mean[0, 0].item(), 5) == round(float(s.alphas[3] ** -0.5), 5), round(log_var[0, 0].item(), 4) == round(
+        ...     float(s.log_betas[3]), 4)
+        (True, True)
+        """
         coef = self.coefficients() if coef is None else coef
         eps, v = self.denoiser_output(x_t, t, coef=coef, checkpoint=checkpoint)
         mean = cf.p_mean_from_eps(coef, x_t, t, eps.detach() if detach_mean else eps)
@@ -657,7 +752,22 @@ class GaussianDiffusion(nn.Module):
         log-variance (:meth:`p_mean_variance`, computed here when not given: one denoiser call), or, for a decoder
         that does not use the denoiser (``"vdm-categorical"``), ``decoder(x_t/α_t, log(σ_t²/α_t²))`` and no call
         (:func:`~ppl_diffusion.closed_forms.scaled_latent`). ``checkpoint``: the call's activations recomputed in
-        the backward pass (:meth:`denoiser_output`)."""
+        the backward pass (:meth:`denoiser_output`).
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` (the decoder's is 1).
+        :returns: the decoder's distribution, batch shape ``[B x *event_shape]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> p = diffusion.decoder_at(torch.zeros(3, 2), torch.ones(3, dtype=torch.long))
+        >>> type(p).__name__, p.batch_shape
+        ('Normal', torch.Size([3, 2]))
+        """
         coef = self.coefficients() if coef is None else coef
         if not uses_denoiser(self.decoder):
             return self.decoder(*cf.scaled_latent(coef, x_t, t))
@@ -667,7 +777,32 @@ class GaussianDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x0: Tensor | None = None, n: int | None = None):
-        """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
+        r"""The reverse chain, a Pyro model. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given:
+
+        .. math::
+
+            x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I) \; (t = T..2),
+            \quad x_0 \sim p_\theta(x_0 \mid x_1),
+
+        every site in the plate ``"data"`` with the data dimensions as its event.
+
+        :param torch.Tensor x0: observed data ``[B x *event_shape]``, or ``None`` to generate.
+        :param int n: with ``x0=None``, the number of examples to generate.
+        :returns: x_0 ``[B x *event_shape]`` (the observed data, or the generated examples).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> trace = pyro.poutine.trace(diffusion.model).get_trace(torch.zeros(4, 2))
+        >>> [name for name in trace.nodes if name.startswith("x_")]
+        ['x_10', 'x_9', 'x_8', 'x_7', 'x_6', 'x_5', 'x_4', 'x_3', 'x_2', 'x_1', 'x_0']
+        >>> trace.nodes["x_0"]["is_observed"], trace.nodes["x_5"]["fn"].event_shape
+        (True, torch.Size([2]))
+        """
         self._need_chain()
         self._register()
         coef = self.coefficients()
@@ -690,7 +825,34 @@ class GaussianDiffusion(nn.Module):
                                                       checkpoint=remat).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
-        """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
+        r"""The forward chain, a Pyro guide: sites ``x_1`` … ``x_T`` in the forward order, for ``Trace_ELBO``:
+
+        .. math::
+
+            x_t \sim q(x_t \mid x_{t-1}) = \mathcal{N}\big(\sqrt{1 - \beta_t}\, x_{t-1}, \beta_t I\big), \quad t = 1..T.
+
+        It has no parameters (unless the γ schedule is learned).
+
+        .. warning:: Its sites are visited in the opposite order to the model's, so an analytic-KL ELBO
+            (``TraceMeanField_ELBO``) would pair the wrong distributions: it is refused with a one-line error. Use
+            :meth:`posterior_guide` there.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param n: unused (the model's signature).
+        :returns: x_T ``[B x *event_shape]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0 = torch.zeros(4, 2)
+        >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(diffusion.model, diffusion.guide, x0)
+        >>> loss.shape, bool(torch.isfinite(loss))  # a one-sample estimate of −ELBO, summed over the batch
+        (torch.Size([]), True)
+        """
         x0 = self.check_data(x0)
         self._need_chain()
         coef = self._register_schedule()
@@ -703,10 +865,33 @@ class GaussianDiffusion(nn.Module):
         return x
 
     def posterior_guide(self, x0: Tensor, n: int | None = None):
-        """The forward joint in posterior order: q(x_T|x_0), then q(x_{t−1}|x_t, x_0) for t = T..2.
+        r"""The forward joint in posterior order: q(x_T|x_0), then q(x_{t−1}|x_t, x_0) for t = T..2.
 
         It visits the sites in the model's order with the model's dependencies, so
-        ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL.
+        ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL:
+
+        .. math::
+
+            x_T \sim \mathcal{N}\big(\sqrt{\bar\alpha_T}\, x_0, (1 - \bar\alpha_T) I\big), \quad
+            x_{t-1} \sim \mathcal{N}\big(\tilde\mu_t(x_t, x_0), \tilde\beta_t I\big) \; (t = T..2).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param n: unused (the model's signature).
+        :returns: x_1 ``[B x *event_shape]``.
+
+        Example: its first site is Statement 1's q(x_T|x_0).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0 = torch.ones(3, 2)
+        >>> site = pyro.poutine.trace(diffusion.posterior_guide).get_trace(x0).nodes["x_10"]
+        >>> torch.allclose(site["fn"].base_dist.loc, x0 * diffusion.schedule.alphas_cumprod[-1] ** 0.5)
+        True
         """
         x0 = self.check_data(x0)
         self._need_chain()
@@ -756,13 +941,38 @@ class GaussianDiffusion(nn.Module):
         ``x_0 ~ p(x_0|x_1, θ)`` observed. ``weight[B]`` scales the step sites (``poutine.scale``):
         with weight = 1/P(t), ``Trace_ELBO`` on the pair is an unbiased Monte-Carlo estimate of the
         ELBO and ``TraceMeanField_ELBO`` the analytic-KL one.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor weight: per-example weights ``[B]`` of the step sites, or ``None``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0, t = torch.zeros(4, 2), torch.tensor([1, 2, 5, 10])
+        >>> trace = pyro.poutine.trace(diffusion.step_model).get_trace(x0, t)
+        >>> [name for name in trace.nodes if name.startswith("x_")]
+        ['x_T', 'x_t', 'x_prev', 'x_0']
+        >>> loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(diffusion.step_model, diffusion.step_guide,
+        ...                                                             x0, t, torch.full((4,), 10.0))  # 1/P(t)
+        >>> loss.shape
+        torch.Size([])
         """
         self._register()
         self._step_sites(x0, t, weight, is_model=True)
 
     def step_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
         """The pair of :meth:`step_model`: ``x_T ~ q(x_T|x_0)``, ``x_t ~ q(x_t|x_0)``,
-        ``x_prev ~ q(x_{t−1}|x_t, x_0)``."""
+        ``x_prev ~ q(x_{t−1}|x_t, x_0)`` (masked at t = 1).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor weight: per-example weights ``[B]``, as :meth:`step_model`'s.
+        """
         self._step_sites(x0, t, weight, is_model=False)
 
     # ------------------------------------------------------------------ continuous time (T = 0, or any γ model)
@@ -773,7 +983,12 @@ class GaussianDiffusion(nn.Module):
                              f"this model has {type(self.schedule).__name__} and time_input={self.time_input!r}")
 
     def check_times(self, t: Tensor, batch: int) -> Tensor:
-        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not."""
+        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not.
+
+        :param torch.Tensor t: times.
+        :param int batch: B, the batch size.
+        :returns: ``t`` itself.
+        """
         self.check_continuous()
         if not torch.is_tensor(t) or not t.is_floating_point() or t.shape != (batch,):
             raise ValueError(f"t must be a float tensor of shape ({batch},) of times in [0, 1], got {t!r}")
@@ -831,10 +1046,34 @@ class GaussianDiffusion(nn.Module):
         return 0.5 * dg_t.to(x0.dtype) * (eps - eps_hat).pow(2).sum(tuple(range(1, x0.dim())))
 
     def diffusion_integrand(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
+        r"""L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
         :meth:`continuous_model`'s factor ``diffusion`` scores for the same ``x0`` ``[B x ...]``, times ``t``
         ``[B]`` in [0, 1] and noise ``eps`` (the site ``x_t`` fed ``eps``), without its other terms' network call.
-        E over t ~ U[0, 1) and ε is the continuous-time diffusion term."""
+        E over t ~ U[0, 1) and ε is the continuous-time diffusion term.
+
+        .. math::
+
+            \mathcal{L}_\infty = \tfrac12 \mathbb{E}_{t \sim U[0, 1],\, \varepsilon \sim \mathcal{N}(0, I)}
+            \big[\gamma'(t)\, \lVert \varepsilon - \hat\varepsilon_\theta(x_t, \gamma(t)) \rVert^2\big].
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor eps: noise of the shape of ``x0``.
+        :returns: L(t) per example ``[B]``, in nats.
+
+        Example: with ε̂ = 0 (an untrained MLPDenoiser) and a linear γ, L(t) = ½ (γ_1 − γ_0) ‖ε‖².
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> eps = torch.ones(2, 2)
+        >>> diffusion.diffusion_integrand(torch.zeros(2, 2), torch.tensor([0.25, 0.75]), eps).tolist()  # ½ · 15 · 2
+        [15.0, 15.0]
+        """
         x0 = self.check_data(x0)
         t = self.check_times(t, x0.shape[0])
         g_t, dg_t = self.schedule.gamma_and_derivative(t.to(torch.float64))
@@ -850,12 +1089,34 @@ class GaussianDiffusion(nn.Module):
         at γ(t) and the factor ``diffusion`` = −½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖², ε = (x_t − α_t x_0)/σ_t, the diffusion
         term's integrand (VDM eq. 17). ``x_1`` and ``x_t`` have the same distribution in both programs, so they
         cancel. ``weight[B]`` (1/p(t)) scales ``x_t`` and ``diffusion``; with t ~ p, ``Trace_ELBO`` /
-        ``TraceMeanField_ELBO`` on the pair is an unbiased estimate of the continuous-time ELBO."""
+        ``TraceMeanField_ELBO`` on the pair is an unbiased estimate of the continuous-time ELBO.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor weight: per-example weights ``[B]``, or ``None``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> import pyro
+        >>> trace = pyro.poutine.trace(diffusion.continuous_model).get_trace(torch.zeros(3, 2), torch.rand(3))
+        >>> [name for name in trace.nodes if name.startswith("x_") or name == "diffusion"]
+        ['x_T', 'x_1', 'x_0', 'x_t', 'diffusion']
+        """
         self._register()
         self._continuous_sites(x0, t, weight, is_model=True)
 
     def continuous_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
-        """The pair of :meth:`continuous_model`: ``x_T ~ q(x_T|x_0)`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t)."""
+        """The pair of :meth:`continuous_model`: ``x_T ~ q(x_T|x_0)`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor weight: per-example weights ``[B]``, or ``None``.
+        """
         self._register_schedule(chain=False)
         self._continuous_sites(x0, t, weight, is_model=False)
 
@@ -874,7 +1135,28 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x ...]``."""
+        """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x *event_shape]``.
+
+        x_T ~ p(x_T), then x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..1, drawn from torch's global generator, without
+        gradients.
+
+        :param int n: the number of examples, >= 1.
+        :raises ValueError: for a continuous-time model (sample ``with_steps(T)``).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> torch.manual_seed(1)
+        <torch._C.Generator object at ...>
+        >>> x = diffusion.sample(4)
+        >>> torch.manual_seed(1)
+        <torch._C.Generator object at ...>
+        >>> x.shape, bool((diffusion.sample(4) == x).all())
+        (torch.Size([4, 2]), True)
+        """
         if self.continuous:
             raise ValueError("this model is in continuous time (T = 0) and samples through a chain: "
                              "diffusion.with_steps(T).sample(n)")
