@@ -678,7 +678,7 @@ class GaussianDiffusion(nn.Module):
         ...                               event_shape=(2,))
         >>> x_t = torch.ones(1, 2)
         >>> x0_hat = diffusion.predict_x0(x_t, torch.tensor([3]))  # ε̂ = 0 at initialisation: x_t / √ᾱ_3
-        >>> round(float(x0_hat[0, 0]), 4) == round(float(diffusion.schedule.alphas_cumprod[2] ** -0.5), 4)
+        >>> round(x0_hat[0, 0].item(), 4) == round(float(diffusion.schedule.alphas_cumprod[2] ** -0.5), 4)
         True
         """
         coef = self.coefficients()
