@@ -9,8 +9,7 @@ Example: a diffusion over 2-D points, its negative ELBO (nats, summed over the b
 
 >>> import pyro, torch
 >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
->>> torch.manual_seed(0)
-<torch._C.Generator object at ...>
+>>> _ = torch.manual_seed(0)
 >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
 ...                               event_shape=(2,))
 >>> x0 = torch.randn(4, 2)

@@ -81,8 +81,7 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor, eps: Tensor) -> Ten
     >>> import torch
     >>> from ppl_diffusion import NoiseSchedule
     >>> s = NoiseSchedule.linear(T=10)
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> x0, eps, t = torch.randn(4, 2), torch.randn(4, 2), torch.tensor([1, 3, 5, 10])
     >>> mean, var = q_mean_variance(s, x0, t)
     >>> bool(torch.allclose(q_sample(s, x0, t, eps), mean + var.sqrt() * eps))
@@ -181,8 +180,7 @@ def predict_x0_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, eps: Te
     >>> import torch
     >>> from ppl_diffusion import NoiseSchedule
     >>> s = NoiseSchedule.linear(T=10)
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> x0, eps, t = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), torch.tensor([2, 5, 9])
     >>> bool(torch.allclose(predict_x0_from_eps(s, q_sample(s, x0, t, eps), t, eps), x0))
     True
@@ -212,8 +210,7 @@ def p_mean_from_eps(schedule: NoiseSchedule, x_t: Tensor, t: Tensor, eps: Tensor
     >>> import torch
     >>> from ppl_diffusion import NoiseSchedule
     >>> s = NoiseSchedule.cosine(T=10)
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> x_t, eps, t = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64), torch.tensor([1, 4, 10])
     >>> x0_hat = predict_x0_from_eps(s, x_t, t, eps)
     >>> bool(torch.allclose(p_mean_from_eps(s, x_t, t, eps), q_posterior_mean_variance(s, x0_hat, x_t, t)[0]))

@@ -163,8 +163,7 @@ class GaussianDiffusion(nn.Module):
 
     >>> import pyro, torch
     >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
     ...                               event_shape=(2,))
     >>> x0 = torch.randn(4, 2)
@@ -254,8 +253,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> posterior = diffusion.with_variance("posterior")
@@ -280,8 +278,7 @@ class GaussianDiffusion(nn.Module):
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
         >>> from ppl_diffusion.gamma import LinearGamma
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> continuous = GaussianDiffusion(schedule=LinearGamma(), T=0, denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                                event_shape=(2,))
         >>> continuous.continuous, continuous.with_steps(10).T, continuous.with_steps(10).sample(3).shape
@@ -363,8 +360,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> bool((diffusion.log_variance_table() == diffusion.schedule.log_betas).all())  # variance="beta"
@@ -407,8 +403,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> diffusion.check_data(torch.zeros(3, 2)).shape
@@ -491,8 +486,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> prior = diffusion.get_prior()
@@ -520,8 +514,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> x0, eps = torch.ones(2, 2), torch.zeros(2, 2)
@@ -542,8 +535,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> mean, var, log_var = diffusion.q_posterior_mean_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1]))
@@ -573,8 +565,7 @@ class GaussianDiffusion(nn.Module):
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
         >>> from ppl_diffusion.gamma import LinearGamma
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
         ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
         >>> diffusion.gamma_range, diffusion.gamma_label(torch.tensor([-10.0, 5.0])).tolist()
@@ -649,8 +640,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> diffusion.predict_eps(torch.randn(3, 2), torch.tensor([1, 5, 10]))  # MLPDenoiser starts at ε̂ = 0
@@ -672,8 +662,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> x_t = torch.ones(1, 2)
@@ -726,8 +715,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> x_t, t = torch.ones(1, 2), torch.tensor([4])
@@ -760,8 +748,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> p = diffusion.decoder_at(torch.zeros(3, 2), torch.ones(3, dtype=torch.long))
@@ -792,8 +779,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> import pyro
@@ -843,8 +829,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> import pyro
@@ -883,8 +868,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> import pyro
@@ -948,8 +932,7 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
         >>> import pyro
@@ -1066,8 +1049,7 @@ class GaussianDiffusion(nn.Module):
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
         >>> from ppl_diffusion.gamma import LinearGamma
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
         ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
         >>> eps = torch.ones(2, 2)
@@ -1098,8 +1080,7 @@ class GaussianDiffusion(nn.Module):
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
         >>> from ppl_diffusion.gamma import LinearGamma
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
         ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
         >>> import pyro
@@ -1145,15 +1126,12 @@ class GaussianDiffusion(nn.Module):
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-        >>> torch.manual_seed(0)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(0)
         >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
         ...                               event_shape=(2,))
-        >>> torch.manual_seed(1)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(1)
         >>> x = diffusion.sample(4)
-        >>> torch.manual_seed(1)
-        <torch._C.Generator object at ...>
+        >>> _ = torch.manual_seed(1)
         >>> x.shape, bool((diffusion.sample(4) == x).all())
         (torch.Size([4, 2]), True)
         """

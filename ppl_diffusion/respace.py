@@ -221,8 +221,7 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
 
     >>> import torch
     >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=20), denoiser=MLPDenoiser(2, width=16, depth=1),
     ...                               event_shape=(2,))
     >>> fast = respace(diffusion, 5)

@@ -179,8 +179,7 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
 
     >>> import torch
     >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
     ...                               event_shape=(2,))
     >>> fitted = fit_variance(diffusion, torch.randn(16, 2), seed=0)
