@@ -16,7 +16,7 @@ and the probability-flow ODE (Song et al. 2021, eq. 13) shares every marginal wi
 
     dx/ds = f(x, s) = −½ β(s) [x + s_θ(x, s)] = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)].
 
-Two maps (:class:`ContinuousTime`):
+Two maps (:class:`~ppl_diffusion.continuous.ContinuousTime`):
 
 ``"grid"`` (default, any schedule)
     t(s) = T·s on s ∈ [1/T, 1], and the VE noise level σ̃(s) = √((1 − ᾱ(s)) / ᾱ(s)) interpolated in t through the
@@ -43,7 +43,7 @@ The cosine schedule's own ᾱ(s) = f(s)/f(0) is not offered as a map: it reaches
 ODE is singular; ``"grid"`` equals it at every step but the last (where the chain clips β_T at 0.999) and
 interpolates between steps.
 
-``"gamma"`` (a γ-schedule model, :class:`GammaTime`; the only map there)
+``"gamma"`` (a γ-schedule model, :class:`~ppl_diffusion.continuous.GammaTime`; the only map there)
     s is γ's own time t ∈ [0, 1]: ᾱ(s) = sigmoid(−γ(s)), σ²(s) = sigmoid(γ(s)), and β(s) = −d log ᾱ/ds =
     d/ds log(1 + e^{γ(s)}) = σ²(s) γ'(s) (γ' by autodiff); the net is called as it was trained, on γ(s) rescaled
     (``time_input="gamma"``) or at the step label 1 + (T − 1) s (``"step"``, x_t at (t − 1)/(T − 1)). Exact at every
@@ -86,7 +86,7 @@ class ContinuousTime:
     ``((c0 w + c1) w + c2) w + c3`` with ``spline[k − 1] = (c0, c1, c2, c3)`` and w = t − k) or from
     ``beta_min``, ``beta_max`` (``"vp-linear"``).
 
-    :param NoiseSchedule schedule: the discrete chain.
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the discrete chain.
     :param str kind: ``"grid"``, ``"grid-linear"`` or ``"vp-linear"``.
 
     Example: the grid map equals the chain at every step, and β(s) = −d log ᾱ/ds.
@@ -133,10 +133,10 @@ class ContinuousTime:
 
     @classmethod
     def make(cls, schedule: NoiseSchedule, kind: "str | ContinuousTime" = "grid") -> "ContinuousTime":
-        """``kind`` itself if it is a :class:`ContinuousTime` (checked to be of ``schedule``), else the named map.
+        """``kind`` itself if it is a :class:`~ppl_diffusion.continuous.ContinuousTime` (checked to be of ``schedule``), else the named map.
 
-        :param NoiseSchedule schedule: the discrete chain.
-        :param kind: a name in :data:`MAPS` or a :class:`ContinuousTime`.
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the discrete chain.
+        :param kind: a name in :data:`MAPS` or a :class:`~ppl_diffusion.continuous.ContinuousTime`.
 
         >>> from ppl_diffusion import NoiseSchedule
         >>> ContinuousTime.make(NoiseSchedule.linear(T=20), "vp-linear")
@@ -221,7 +221,7 @@ class ContinuousTime:
 class GammaTime:
     r"""The continuous time of a γ-schedule model (the map ``"gamma"`` of the module): s is γ's own t, ᾱ(s) =
     sigmoid(−γ(s)), β(s) = σ²(s) γ'(s), the net's label as the model conditions it. The same interface as
-    :class:`ContinuousTime` (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`, :meth:`check_eps`), float64 NumPy from
+    :class:`~ppl_diffusion.continuous.ContinuousTime` (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`, :meth:`check_eps`), float64 NumPy from
     the schedule's float64 evaluation.
 
     .. math::
@@ -304,13 +304,13 @@ class GammaTime:
 
 
 def time_of(diffusion, time_map=None):
-    """The continuous time of ``diffusion`` for the ODE: a :class:`ContinuousTime` of its NoiseSchedule by
-    ``time_map`` (``None``: ``"grid"``; or an instance), or for a γ schedule its :class:`GammaTime` (``time_map``
+    """The continuous time of ``diffusion`` for the ODE: a :class:`~ppl_diffusion.continuous.ContinuousTime` of its NoiseSchedule by
+    ``time_map`` (``None``: ``"grid"``; or an instance), or for a γ schedule its :class:`~ppl_diffusion.continuous.GammaTime` (``time_map``
     ``None`` or ``"gamma"``). One-line errors for a map that does not fit the model.
 
     :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
     :param time_map: a name in :data:`MAPS`, ``"gamma"``, an instance, or ``None``.
-    :rtype: ContinuousTime or GammaTime
+    :rtype: ~ppl_diffusion.continuous.ContinuousTime or ~ppl_diffusion.continuous.GammaTime
 
     >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
     >>> d = GaussianDiffusion(schedule=NoiseSchedule.linear(T=20), denoiser=MLPDenoiser(2, width=16, depth=1),

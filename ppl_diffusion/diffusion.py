@@ -6,7 +6,7 @@ the model samples ``x_1000``, ``x_999``, …, ``x_1`` and observes ``x_0``. Ever
 
 =====================  ============================================================================
 ``model(x0)``          p(x_T) ∏_{t=2..T} p(x_{t−1}|x_t, θ) · p(x_0|x_1, θ), ``x_0`` observed.
-                       ``model(None, n=…)`` generates n examples; :meth:`sample` returns them.
+                       ``model(None, n=…)`` generates n examples; :meth:`GaussianDiffusion.sample` returns them.
 ``guide(x0)``          the forward chain ∏_{t=1..T} q(x_t|x_{t−1}); no parameters.
 ``posterior_guide``    the same joint in posterior order: q(x_T|x_0) ∏_{t=T..2} q(x_{t−1}|x_t, x_0).
 ``step_model``,        a one-step pair for a per-example step t (sites ``x_T``, ``x_t``, ``x_prev``,
@@ -87,7 +87,7 @@ LEARNED_VARIANCES = {
 
 
 class DiffusionInputError(ValueError):
-    """Bad input to a :class:`GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
+    """Bad input to a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
     ``ValueError`` whose message stays one line when raised inside a Pyro program. (Pyro's trace re-raises a
     ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)
 
@@ -117,7 +117,7 @@ class GaussianDiffusion(nn.Module):
     \le \log p_\theta(x_0)`. Data are batches ``[B x *event_shape]``; the sites are listed in
     :mod:`ppl_diffusion.diffusion`.
 
-    :param schedule: the forward process: a :class:`NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
+    :param schedule: the forward process: a :class:`~ppl_diffusion.schedule.NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
         (:class:`~ppl_diffusion.gamma.GammaSchedule`, fixed or learned; a submodule, registered in the programs as
         ``pyro.module("schedule", ...)``), which needs ``T``.
     :param int T: with a γ schedule, the chain's number of steps T >= 2 (x_t at γ((t − 1)/(T − 1))), or 0 for
@@ -245,9 +245,9 @@ class GaussianDiffusion(nn.Module):
     def with_variance(self, variance) -> "GaussianDiffusion":
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``.
 
-        :param variance: a name in :data:`VARIANCES` or :data:`LEARNED_VARIANCES`, or a
+        :param variance: a name in :data:`~ppl_diffusion.diffusion.VARIANCES` or :data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`, or a
             :class:`~ppl_diffusion.variance.FittedVariance`.
-        :rtype: GaussianDiffusion
+        :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
 
         Example: σ_t² = β̃_t instead of β_t, the same denoiser.
 
@@ -272,7 +272,7 @@ class GaussianDiffusion(nn.Module):
         steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T.
 
         :param int T: the chain's steps (>= 2), or 0 for continuous time.
-        :rtype: GaussianDiffusion
+        :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
         :raises ValueError: for a NoiseSchedule (respace it with :func:`~ppl_diffusion.respace.respace`).
 
         >>> import torch
@@ -326,11 +326,11 @@ class GaussianDiffusion(nn.Module):
         return self._T == 0
 
     def coefficients(self) -> NoiseSchedule | GammaChain:
-        """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`GammaChain` of the γ
+        """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`~ppl_diffusion.gamma.GammaChain` of the γ
         schedule at the T steps (float64 tensors, differentiable in its parameters). The programs compute it once
         per run and pass it to every closed form.
 
-        :rtype: NoiseSchedule or GammaChain
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule or ~ppl_diffusion.gamma.GammaChain
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
@@ -393,7 +393,7 @@ class GaussianDiffusion(nn.Module):
 
         ``bounded=False`` skips the discretized decoder's range [−1, 1] (the probability-flow ODE's density lives
         on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255)). Data of another floating dtype than the
-        denoiser's parameters are refused where the denoiser (or a learned prior) meets them (:meth:`_check_dtype`):
+        denoiser's parameters are refused where the denoiser (or a learned prior) meets them (``_check_dtype``):
         the guides, which have no parameters, take any.
 
         :param torch.Tensor x0: the data ``[B x *event_shape]``.
@@ -576,7 +576,7 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def learned_variance(self) -> bool:
-        """Whether σ_t² is read from the denoiser's variance output (a name in :data:`LEARNED_VARIANCES`)."""
+        """Whether σ_t² is read from the denoiser's variance output (a name in :data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`)."""
         return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
     def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None,
@@ -676,7 +676,7 @@ class GaussianDiffusion(nn.Module):
     def learned_log_variance(self, v: Tensor, t: Tensor, coef=None) -> Tensor:
         """log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1) with ``"learned"``'s f = sigmoid(2 v) (= (v + 1)/2
         to first order, improved DDPM's interpolation, bounded: always between log β̃_t and log β_t), or with
-        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`).
+        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`).
 
         :param torch.Tensor v: the denoiser's variance output, ``[B x *event_shape]``.
         :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.

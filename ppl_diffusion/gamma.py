@@ -17,14 +17,14 @@ schedule through its endpoints alone, and the interior only through the variance
 
 The schedules, chosen by name in :func:`make_gamma_schedule` (:data:`GAMMA_SCHEDULES`):
 
-======================  ====================================================================================
-``"fixed-linear"``      :class:`LinearGamma`: γ linear from γ_0 to γ_1, no parameters (VDM's ``fixed``).
-``"fixed-interpolated"`` :class:`InterpolatedGamma`: through given knots (t_k, γ_k), a natural cubic spline;
-                        :meth:`InterpolatedGamma.from_noise_schedule` reads any NoiseSchedule exactly at its steps.
-``"learned-scalar"``    :class:`ScalarGamma`: linear, learned endpoints γ_0 < γ_1 (VDM's ``learnable_scalar``).
-``"learned-net"``       :class:`MonotoneNetGamma`: VDM's monotone network (positive-weight dense layers) as the
-                        interior, endpoints fixed or learned.
-======================  ====================================================================================
+========================  ====================================================================================
+``"fixed-linear"``        :class:`LinearGamma`: γ linear from γ_0 to γ_1, no parameters (VDM's ``fixed``).
+``"fixed-interpolated"``  :class:`InterpolatedGamma`: through given knots (t_k, γ_k), a natural cubic spline;
+                          :meth:`InterpolatedGamma.from_noise_schedule` reads any NoiseSchedule exactly at its steps.
+``"learned-scalar"``      :class:`ScalarGamma`: linear, learned endpoints γ_0 < γ_1 (VDM's ``learnable_scalar``).
+``"learned-net"``         :class:`MonotoneNetGamma`: VDM's monotone network (positive-weight dense layers) as the
+                          interior, endpoints fixed or learned.
+========================  ====================================================================================
 
 Every schedule computes in the dtype of ``t`` (parameters are cast to it): the chain's coefficients are formed
 in float64 from γ at the steps, as the NoiseSchedule's are, and cast per step to the data's dtype.
@@ -32,7 +32,7 @@ in float64 from γ at the steps, as the NoiseSchedule's are, and cast per step t
 Where a chain of T steps sits in [0, 1] (:func:`step_times`): latent x_t at t_τ = (t − 1)/(T − 1), t = 1..T, so
 the decoder's latent x_1 is at γ_0 and the prior's x_T at γ_1 for every T. Then our T-step chain is VDM's discrete
 model with T − 1 transitions, the endpoint terms (decoder L_0 and prior L_T) do not depend on T, and the T → ∞
-limit of the steps L_1..L_{T−1} is the continuous-time diffusion term with the same endpoints. :class:`GammaChain`
+limit of the steps L_1..L_{T−1} is the continuous-time diffusion term with the same endpoints. :class:`~ppl_diffusion.gamma.GammaChain`
 holds the chain's coefficients from γ at those times under the NoiseSchedule's names, so the closed forms read
 either.
 """
@@ -344,7 +344,7 @@ class InterpolatedGamma(GammaSchedule):
         (:func:`step_times`), so that ``GaussianDiffusion(schedule=this, T=schedule.T, time_input="step")`` is the
         chain of ``schedule`` term by term.
 
-        :param NoiseSchedule schedule: a chain of T >= 2 steps.
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: a chain of T >= 2 steps.
         :param str interpolation: one of :data:`INTERPOLATIONS`.
 
         >>> import numpy as np
@@ -384,7 +384,7 @@ class InterpolatedGamma(GammaSchedule):
 
 
 class DenseMonotone(nn.Module):
-    """y = x |W|ᵀ + b: a dense layer with non-negative weights, increasing in every input (VDM's ``DenseMonotone``).
+    """``y = x |W|ᵀ + b``: a dense layer with non-negative weights, increasing in every input (VDM's ``DenseMonotone``).
 
     ``weight`` ``[out x in]`` as ``torch.nn.Linear``'s; its absolute value is used.
 
@@ -405,7 +405,7 @@ class DenseMonotone(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        """x |W|ᵀ + b for ``x`` ``[... x in]``."""
+        """``x |W|ᵀ + b`` for ``x`` ``[... x in]``."""
         y = x @ self.weight.to(x.dtype).abs().T
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -415,7 +415,7 @@ class MonotoneNetGamma(GammaSchedule):
 
     The network is VDM's: g̃(t) = w t + l3(φ(l2(2t − 1))) / F with φ(h) = 2 (sigmoid(h) − ½), ``l2`` ``[F x 1]`` and
     ``l3`` ``[1 x F]`` :class:`DenseMonotone` layers (F = ``features``, weights N(0, 0.01²), VDM's init) and w > 0
-    (``linear``, its |·| used); so g̃ increases, starting almost linear. It is normalised to shape(t) =
+    (``linear``, its absolute value used); so g̃ increases, starting almost linear. It is normalised to shape(t) =
     (g̃(t) − g̃(0)) / (g̃(1) − g̃(0)), so that γ(0) = γ_0 and γ(1) = γ_1 exactly (VDM's code lets them drift: its
     issue 11). The endpoints are those of :class:`ScalarGamma` (``learn_endpoints=True``) or fixed.
 
@@ -621,7 +621,7 @@ class GammaChain:
     def of(cls, schedule: GammaSchedule, T: int, *, device=None) -> "GammaChain":
         """The chain of ``schedule`` with ``T`` steps, γ evaluated in float64 at :func:`step_times`.
 
-        :param GammaSchedule schedule: the γ schedule.
+        :param ~ppl_diffusion.gamma.GammaSchedule schedule: the γ schedule.
         :param int T: the chain's steps, >= 2.
         :param device: where the coefficients live.
         """

@@ -344,33 +344,42 @@ class TorchPrior(dist.TorchDistribution):
 
     @property
     def has_rsample(self) -> bool:
+        """Whether the wrapped distribution has reparameterised draws."""
         return self.base.has_rsample
 
     @property
     def support(self):
+        """The wrapped distribution's support."""
         return self.base.support
 
     @property
     def mean(self):
+        """The wrapped distribution's mean."""
         return self.base.mean
 
     @property
     def variance(self):
+        """The wrapped distribution's variance."""
         return self.base.variance
 
     def sample(self, sample_shape=torch.Size()):
+        """A draw of the wrapped distribution, ``[*sample_shape x *batch_shape x *event_shape]``."""
         return self.base.sample(sample_shape)
 
     def rsample(self, sample_shape=torch.Size()):
+        """A reparameterised draw of the wrapped distribution."""
         return self.base.rsample(sample_shape)
 
     def log_prob(self, value):
+        """The wrapped distribution's log-density at ``value``."""
         return self.base.log_prob(value)
 
     def entropy(self):
+        """The wrapped distribution's entropy."""
         return self.base.entropy()
 
     def expand(self, batch_shape, _instance=None):
+        """The wrapped distribution expanded to ``batch_shape`` (Pyro's expansion where torch's has none)."""
         try:  # torch's own distributions expand; then the KL registered for them still applies
             return TorchPrior(self.base.expand(batch_shape))
         except NotImplementedError:

@@ -180,9 +180,9 @@ def respaced_schedule(schedule: NoiseSchedule, timesteps) -> NoiseSchedule:
     Where s_k = s_{k−1} + 1 the ratio is 1 − α_{s_k} = β_{s_k}, and β_{s_k} is taken as stored, so keeping
     every step reproduces the original schedule bit for bit.
 
-    :param NoiseSchedule schedule: the original schedule.
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the original schedule.
     :param timesteps: the kept steps s_1 < … < s_K in 1..T.
-    :rtype: NoiseSchedule
+    :rtype: ~ppl_diffusion.schedule.NoiseSchedule
 
     Example: the marginals q(x_k|x_0) are the original ones at the kept steps.
 
@@ -211,11 +211,11 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     original's. ``respace(d, K).sample(n)`` is improved DDPM's respaced ancestral sampling of ``d``'s
     model (sites ``x_K`` … ``x_1``, ``x_0``; new step k stands for original step s_k).
 
-    :param GaussianDiffusion diffusion: the trained diffusion with T steps.
+    :param ~ppl_diffusion.diffusion.GaussianDiffusion diffusion: the trained diffusion with T steps.
     :param steps: an int K or a string (see :func:`space_timesteps`), or an iterable of distinct
         original steps in 1..T (sorted here).
     :raises ValueError: naming the value when K or a step is invalid.
-    :rtype: GaussianDiffusion
+    :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
 
     Example:
 

@@ -109,7 +109,7 @@ class NoiseSchedule:
         :param int T: the number of steps, >= 1.
         :param float beta_start: β_1 (default 1e-4 · 1000/T).
         :param float beta_end: β_T (default min(0.02 · 1000/T, 0.999)).
-        :rtype: NoiseSchedule
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule
 
         Example:
 
@@ -142,7 +142,7 @@ class NoiseSchedule:
         :param int T: the number of steps, >= 1.
         :param float s: the small offset that keeps β_1 away from 0 (improved DDPM's 0.008).
         :param float max_beta: the cap on every β_t.
-        :rtype: NoiseSchedule
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule
 
         Example:
 

@@ -82,7 +82,7 @@ class FittedVariance:
     def log_variance(self, schedule) -> np.ndarray:
         """log σ_t², t = 1..T, float64 ``[T]``, for ``schedule`` (the one fitted, or the respaced one of :meth:`respaced`).
 
-        :param NoiseSchedule schedule: a schedule of the fit's T steps.
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: a schedule of the fit's T steps.
         :raises ValueError: when the schedule has another T.
         """
         if len(self.x0_mse) != schedule.T:
@@ -100,7 +100,7 @@ class FittedVariance:
         fitted variance when s_1 = 1; otherwise its x̂_0 is the denoiser's at s_1, with variance e_{s_1}.
 
         :param timesteps: the kept steps s_1 < … < s_K in 1..T.
-        :rtype: FittedVariance
+        :rtype: ~ppl_diffusion.variance.FittedVariance
 
         >>> fitted = FittedVariance(x0_mse=np.array([0.1, 0.2, 0.3]), decoder_log_variance=-5.0, num_examples=8,
         ...                         seconds=0.0)
@@ -168,7 +168,7 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
     :param timesteps: fit e_t at these steps only (they must include 1, the decoder's); e_t is NaN at the
         others, so the model is only usable at the fitted steps (for estimates from a subset of terms).
     :param int seed: seeds the draws x_t ~ q(x_t|x_0) (a private generator; global RNGs untouched).
-    :returns: :class:`FittedVariance`; raises ``ValueError`` if the decoder's optimum lies outside
+    :returns: :class:`~ppl_diffusion.variance.FittedVariance`; raises ``ValueError`` if the decoder's optimum lies outside
         σ² ∈ [10⁻¹², 1] (its likelihood then grows without bound, e.g. data a denoiser reproduces exactly).
 
     :param diffusion: the trained :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (a NoiseSchedule's).
