@@ -228,7 +228,7 @@ class GammaSchedule(nn.Module):
         {'gamma_0': -13.3, 'gamma_1': 5.0}
         """
         g0, g1 = self.endpoints()
-        return {"gamma_0": float(g0), "gamma_1": float(g1)}
+        return {"gamma_0": float(g0.detach()), "gamma_1": float(g1.detach())}
 
 
 class LinearGamma(GammaSchedule):
