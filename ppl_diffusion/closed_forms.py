@@ -2,7 +2,7 @@
 
 Shapes: ``x0`` and ``x_t`` are ``[B x ...]`` (a batch of B examples of any event shape); ``t`` is
 a ``LongTensor[B]`` of steps in 1..T. Schedule coefficients are gathered in float64 and cast to the
-dtype of the data, as improved DDPM does. ``schedule`` is a :class:`~ppl_diffusion.NoiseSchedule` (float64
+dtype of the data, as improved DDPM does. ``schedule`` is a :class:`~ppl_diffusion.schedule.NoiseSchedule` (float64
 numpy) or a :class:`~ppl_diffusion.gamma.GammaChain` (the same names as float64 tensors, differentiable in a
 learned γ schedule's parameters).
 
@@ -43,6 +43,7 @@ def q_mean_variance(schedule: NoiseSchedule, x0: Tensor, t: Tensor) -> tuple[Ten
     :param torch.Tensor x0: data ``[B x ...]``.
     :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
     :returns: (mean, variance), each of the shape of ``x0``.
+    :rtype: tuple[torch.Tensor, torch.Tensor]
 
     Example:
 
@@ -104,6 +105,7 @@ def q_step_mean_variance(schedule: NoiseSchedule, x_prev: Tensor, t: Tensor) -> 
     :param torch.Tensor x_prev: x_{t−1}, ``[B x ...]``.
     :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
     :returns: (mean, variance), each of the shape of ``x_prev``.
+    :rtype: tuple[torch.Tensor, torch.Tensor]
 
     Example: two steps compose to the marginal q(x_2|x_0) of :func:`q_mean_variance`.
 
@@ -141,6 +143,7 @@ def q_posterior_mean_variance(
     :param torch.Tensor x_t: latents of the shape of ``x0``.
     :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
     :returns: (mean, variance, log-variance), each of the shape of ``x_t``.
+    :rtype: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
     Example: at t = 1 the posterior is the point x_0; at t = 2 its variance is β̃_2.
 
@@ -234,6 +237,7 @@ def scaled_latent(schedule: NoiseSchedule, x_t: Tensor, t: Tensor) -> tuple[Tens
     :param torch.Tensor x_t: latents ``[B x ...]``.
     :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
     :returns: (scaled latent, log variance), each of the shape of ``x_t``.
+    :rtype: tuple[torch.Tensor, torch.Tensor]
 
     Example:
 

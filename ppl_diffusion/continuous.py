@@ -150,7 +150,7 @@ class ContinuousTime:
 
     @property
     def default_eps(self) -> float:
-        """The default small-time end: the first step 1/T (grid), score_sde's 1e-5 (vp-linear)."""
+        """The default small-time end, the first step 1/T (grid maps) or score_sde's 1e-5 (vp-linear)."""
         return self.s_min if self.kind != "vp-linear" else 1e-5
 
     def check_eps(self, eps) -> float:

@@ -31,7 +31,7 @@ program above keeps its sites, and the schedule is a submodule registered with `
 the model *and* the guides, so ``pyro.infer.SVI(diffusion.model, diffusion.guide, ...)`` trains the forward process
 with the reverse one. With ``T = 0`` the model is in continuous time: its programs are ``continuous_model`` /
 ``continuous_guide`` (sites ``x_T``, ``x_1``, ``x_0``, ``x_t`` and the factor ``diffusion``) for
-:class:`~ppl_diffusion.infer.ContinuousTimeELBO`. The net is conditioned on the step label t (``time_input="step"``,
+:class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`. The net is conditioned on the step label t (``time_input="step"``,
 as today) or on γ rescaled (``"gamma"``: 1000 (γ − γ_lo)/(γ_hi − γ_lo), VDM's), the default for γ schedules: the
 continuous-time ELBO is then unchanged by the schedule's interior.
 """
@@ -69,17 +69,17 @@ def _concat(a, b):
     return jnp.concatenate([a, b])
 
 
-#: Fixed reverse variances σ_t² by name (``variance=...``): each maps a schedule to log σ_t², a float64 array of
-#: length T (a tensor for a γ chain): ``"beta"`` β_t, ``"posterior"`` β̃_t (β̃_2 at t = 1), ``"fixed-large"`` β_t
-#: with β̃_2 at t = 1.
+#: Fixed reverse variances σ_t² by name (``variance=...``), each a map from a schedule to log σ_t², a float64 array
+#: of length T (a tensor for a γ chain). ``"beta"`` β_t, ``"posterior"`` β̃_t (β̃_2 at t = 1), ``"fixed-large"``
+#: β_t with β̃_2 at t = 1.
 VARIANCES = {
     "beta": lambda s: s.log_betas,
     "posterior": lambda s: s.posterior_log_variance_clipped,
     # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
     "fixed-large": lambda s: _concat(s.posterior_log_variance_clipped[:1], s.log_betas[1:]),
 }
-#: Learned reverse variances by name (``variance=...``): the fraction f(v) of the denoiser's variance output v in
-#: log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
+#: Learned reverse variances by name (``variance=...``), each the fraction f(v) of the denoiser's variance output v
+#: in log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
 LEARNED_VARIANCES = {
     "learned": lambda v: torch.sigmoid(2.0 * v),  # ours: = (v + 1)/2 to first order, kept inside [β̃_t, β_t]
     "learned-range": lambda v: (v + 1.0) / 2.0,  # improved DDPM's LEARNED_RANGE exactly (unbounded for |v| > 1)
@@ -298,7 +298,7 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def checkpoint_activations(self) -> str:
-        """``"none"``, ``"steps"`` or ``"blocks"``: what the backward pass recomputes instead of storing (see the
+        """What the backward pass recomputes instead of storing, ``"none"``, ``"steps"`` or ``"blocks"`` (see the
         class docstring and :mod:`ppl_diffusion.nets.remat`)."""
         return self._checkpoint_activations
 
@@ -373,7 +373,7 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ conventions and checks
     @property
     def T(self) -> int:
-        """The number of steps T (0: continuous time)."""
+        """The number of steps T, or 0 for a model in continuous time."""
         return self._T
 
     @property
@@ -586,11 +586,12 @@ class GaussianDiffusion(nn.Module):
         ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype.
         The net is given :meth:`time_label` of ``t`` (``coef``: the chain's coefficients, when the caller has
         them), or ``label`` itself when given (continuous time). ``checkpoint``: the call's activations are
-        recomputed in the backward pass (``ppl_diffusion.nets.remat.checkpoint_call``), not kept.
+        recomputed in the backward pass (:func:`~ppl_diffusion.nets.remat.checkpoint_call`), not kept.
 
         :param torch.Tensor x_t: latents ``[B x *event_shape]`` (or ``[K x B x *event_shape]``, vectorized particles).
         :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T (ignored when ``label`` is given).
         :returns: (ε̂, v), ε̂ of the shape of ``x_t``, v of that shape or ``None``.
+        :rtype: tuple[torch.Tensor, torch.Tensor or None]
         :raises DiffusionInputError: when the denoiser's output has the wrong shape.
         """
         t = self.time_label(t, coef) if label is None else label
@@ -712,6 +713,7 @@ class GaussianDiffusion(nn.Module):
         :param torch.Tensor x_t: latents ``[B x *event_shape]``.
         :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
         :returns: (mean, log-variance), each of the shape of ``x_t``.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
 
         >>> import torch
         >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule

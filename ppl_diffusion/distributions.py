@@ -172,8 +172,8 @@ class VDMCategorical(_OnBins):
 
     @property
     def centres(self) -> Tensor:
-        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: :func:`bin_centres`, the numbers the
-        data's pixels are (``data.to_model_space``) and the NumPyro twin's, bit for bit."""
+        """The centres c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc`` (:func:`bin_centres`, the
+        numbers the data's pixels are, ``data.to_model_space``, and the NumPyro twin's, bit for bit)."""
         return torch.as_tensor(bin_centres(self.bins), dtype=self.loc.dtype, device=self.loc.device)
 
     @property

@@ -5,7 +5,7 @@ A variance-preserving forward process is one increasing function, the log noise-
     α_t² = sigmoid(−γ(t)),   σ_t² = sigmoid(γ(t)),   q(x_t|x_0) = N(α_t x_0, σ_t² I),
 
 so that α_t² + σ_t² = 1 and γ increases from γ_0 = γ(0) (almost no noise) to γ_1 = γ(1) (almost pure noise). It
-is the ``(1 − ᾱ)/ᾱ`` of a :class:`~ppl_diffusion.NoiseSchedule` in the log: γ_t = log((1 − ᾱ_t)/ᾱ_t) = 2 log σ̃_t,
+is the ``(1 − ᾱ)/ᾱ`` of a :class:`~ppl_diffusion.schedule.NoiseSchedule` in the log: γ_t = log((1 − ᾱ_t)/ᾱ_t) = 2 log σ̃_t,
 the VE noise level of :mod:`ppl_diffusion.continuous`. Every schedule here is written
 
     γ(t) = γ_0 + (γ_1 − γ_0) · shape(t),     shape(0) = 0, shape(1) = 1, shape increasing,
@@ -13,7 +13,7 @@ the VE noise level of :mod:`ppl_diffusion.continuous`. Every schedule here is wr
 with the endpoints and the interior (``shape``) parametrised apart: the continuous-time ELBO depends on the
 schedule through its endpoints alone, and the interior only through the variance of its estimate
 (docs/variational.md), so the two are trained by different objectives
-(:class:`~ppl_diffusion.infer.ContinuousTimeELBO`, ``schedule_objective="variance"``).
+(:class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`, ``schedule_objective="variance"``).
 
 The schedules, chosen by name in :func:`make_gamma_schedule` (:data:`GAMMA_SCHEDULES`):
 
@@ -50,8 +50,8 @@ from torch import Tensor, nn
 from .closed_forms import log1mexp
 from .schedule import NoiseSchedule
 
-GAMMA_MIN = -13.3  #: VDM's default γ_0 for 8-bit images: σ_0² ≈ 1.7e-6
-GAMMA_MAX = 5.0  #: VDM's default γ_1 for 8-bit images: α_1² ≈ 6.7e-3
+GAMMA_MIN = -13.3  #: VDM's default γ_0 for 8-bit images (σ_0² ≈ 1.7e-6)
+GAMMA_MAX = 5.0  #: VDM's default γ_1 for 8-bit images (α_1² ≈ 6.7e-3)
 #: The chain of steps that samples a model in continuous time unless told (sample --steps K), and whose x_T noise
 #: (SAMPLE stream at t = K) the probability-flow ODE starts from.
 CONTINUOUS_SAMPLE_STEPS = 1000
@@ -132,7 +132,10 @@ class GammaSchedule(nn.Module):
 
     # -------------------------------------------------------------- what subclasses define
     def endpoints(self, dtype=torch.float64) -> tuple[Tensor, Tensor]:
-        """(γ_0, γ_1) as 0-d tensors of ``dtype`` (differentiable where learned)."""
+        """(γ_0, γ_1) as 0-d tensors of ``dtype`` (differentiable where learned).
+
+        :rtype: tuple[torch.Tensor, torch.Tensor]
+        """
         raise NotImplementedError
 
     def shape(self, t: Tensor) -> Tensor:
@@ -164,6 +167,7 @@ class GammaSchedule(nn.Module):
         the context's factors (hooks on shape(t) and shape'(t) of a ``[B]``-shaped ``t``).
 
         :param t: times in [0, 1], a floating tensor or a number.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
 
         Example: autodiff's γ' agrees with a finite difference.
 
@@ -213,6 +217,7 @@ class GammaSchedule(nn.Module):
         """(α_t, σ_t) = (√sigmoid(−γ(t)), √sigmoid(γ(t))): α_t² + σ_t² = 1.
 
         :param t: times in [0, 1], a floating tensor or a number.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
 
         >>> alpha, sigma = LinearGamma(-10.0, 5.0).alpha_sigma(0.5)
         >>> round(float(alpha ** 2 + sigma ** 2), 6), round(float(sigma ** 2), 4)  # sigmoid(−2.5)
@@ -504,8 +509,8 @@ def make_gamma_schedule(name: str, **kwargs) -> GammaSchedule:
 
 
 # ------------------------------------------------------------------------------------------ a model's forward process
-TIME_INPUTS = ("step", "gamma")  #: what the net is conditioned on: the step label t, or γ(t) rescaled (VDM)
-GAMMA_LABEL_SCALE = 1000.0  #: ``time_input="gamma"``: the label runs over [0, 1000] for γ in ``gamma_range``
+TIME_INPUTS = ("step", "gamma")  #: What the net is conditioned on, the step label t or γ(t) rescaled (VDM)
+GAMMA_LABEL_SCALE = 1000.0  #: With ``time_input="gamma"`` the label runs over [0, 1000] for γ in ``gamma_range``
 
 
 def check_forward_process(schedule, T, time_input, gamma_range, variance, *, endpoints=None):
@@ -543,7 +548,18 @@ def check_forward_process(schedule, T, time_input, gamma_range, variance, *, end
 
 # ------------------------------------------------------------------------------------------ the discrete chain
 def check_chain_T(T) -> int:
-    """T of a chain on a γ schedule: 0 (continuous time) or an integer >= 2; a one-line error otherwise."""
+    """T of a chain on a γ schedule: 0 (continuous time) or an integer >= 2; a one-line error otherwise.
+
+    :param T: the number of steps.
+    :rtype: int
+
+    >>> check_chain_T(0), check_chain_T(10)
+    (0, 10)
+    >>> check_chain_T(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: T = 1; with a γ schedule pass T >= 2 steps ...
+    """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0 or T == 1:
         raise ValueError(f"T = {T!r}; with a γ schedule pass T >= 2 steps (latents x_1 at γ_0 … x_T at γ_1) or "
                          "T = 0 for continuous time")
@@ -563,7 +579,7 @@ def step_times(T: int, *, dtype=torch.float64, device=None) -> Tensor:
 
 class GammaChain:
     """The coefficients of the T-step chain of γ at :func:`step_times`, tensors ``[T]`` under the names of
-    :class:`~ppl_diffusion.NoiseSchedule` (so :mod:`ppl_diffusion.closed_forms` reads either), differentiable in
+    :class:`~ppl_diffusion.schedule.NoiseSchedule` (so :mod:`ppl_diffusion.closed_forms` reads either), differentiable in
     the schedule's parameters. With s = t − 1 (γ_s = −∞ at t = 1, where x_0 is the data):
 
     - ᾱ_t = α_t² = sigmoid(−γ_t), 1 − ᾱ_t = σ_t² = sigmoid(γ_t);
@@ -633,4 +649,4 @@ class GammaChain:
 
 __all__ = ["CONTINUOUS_SAMPLE_STEPS", "GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "INTERPOLATIONS",
            "TIME_INPUTS", "DenseMonotone", "GammaChain", "GammaSchedule", "InteriorGradientScale", "InterpolatedGamma",
-           "LinearGamma", "MonotoneNetGamma", "ScalarGamma", "make_gamma_schedule", "step_times"]
+           "LinearGamma", "MonotoneNetGamma", "ScalarGamma", "check_chain_T", "make_gamma_schedule", "step_times"]

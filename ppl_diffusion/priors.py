@@ -5,12 +5,12 @@ or torch's, which is wrapped in :class:`TorchPrior` (Pyro's programs call a dist
 :class:`Prior`: a ``torch.nn.Module`` with learnable parameters whose ``forward()``
 returns that distribution. ``GaussianDiffusion`` registers a :class:`Prior` as its submodule ``prior``
 and with ``pyro.module("prior", ...)`` in its programs, so ``pyro.infer.SVI`` and
-:func:`ppl_diffusion.train.train` optimise its parameters together with the denoiser's.
+:func:`ppl_diffusion.train.loop.train` optimise its parameters together with the denoiser's.
 
 The prior's term of the bound, L_T = KL(q(x_T|x_0) || p(x_T)), is scored in closed form when a KL is
 registered for the pair (``torch.distributions.kl.register_kl``; here: the Gaussian priors), and by one
 Monte-Carlo draw log q(x_T|x_0) − log p(x_T) otherwise, in every estimator, the evaluator and the study
-(:func:`ppl_diffusion.infer.per_example_elbo` decides per site). Either way the ELBO stays exact in
+(:func:`ppl_diffusion.infer.trace_terms.per_example_elbo` decides per site). Either way the ELBO stays exact in
 expectation. :func:`prior_kl` gives the term with more draws, for checks.
 
 ===========================  ===================================================================

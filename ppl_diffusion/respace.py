@@ -7,7 +7,7 @@ whose forward chain jumps between the kept steps. Its schedule keeps the origina
 
 so q'(x_k|x_0) is exactly the original q(x_{s_k}|x_0) and the trained ε̂_θ(x_{s_k}, s_k) is the right
 noise prediction at new step k. Every other coefficient (α'_k, β̃'_k, posterior coefficients, the fixed
-variances σ'_k² = β'_k or β̃'_k) is derived from β' by :class:`~ppl_diffusion.NoiseSchedule` as usual,
+variances σ'_k² = β'_k or β̃'_k) is derived from β' by :class:`~ppl_diffusion.schedule.NoiseSchedule` as usual,
 which is what improved DDPM's ``SpacedDiffusion`` does. The denoiser is shared through
 :class:`RespacedDenoiser`, which maps the new step k to the original step s_k before calling it.
 
@@ -204,7 +204,7 @@ def respaced_schedule(schedule: NoiseSchedule, timesteps) -> NoiseSchedule:
 
 
 def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
-    """A :class:`~ppl_diffusion.GaussianDiffusion` over the kept steps s_1 < … < s_K of ``diffusion``.
+    """A :class:`~ppl_diffusion.diffusion.GaussianDiffusion` over the kept steps s_1 < … < s_K of ``diffusion``.
 
     Its schedule is :func:`respaced_schedule`; its denoiser is a :class:`RespacedDenoiser` around
     ``diffusion.denoiser`` (shared, no copy); prior, decoder, variance name and event shape are the
