@@ -16,7 +16,7 @@ and the probability-flow ODE (Song et al. 2021, eq. 13) shares every marginal wi
 
     dx/ds = f(x, s) = −½ β(s) [x + s_θ(x, s)] = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)].
 
-Two maps (:class:`ContinuousTime`):
+Two maps (:class:`~ppl_diffusion.continuous.ContinuousTime`):
 
 ``"grid"`` (default, any schedule)
     t(s) = T·s on s ∈ [1/T, 1], and the VE noise level σ̃(s) = √((1 − ᾱ(s)) / ᾱ(s)) interpolated in t through the
@@ -43,7 +43,7 @@ The cosine schedule's own ᾱ(s) = f(s)/f(0) is not offered as a map: it reaches
 ODE is singular; ``"grid"`` equals it at every step but the last (where the chain clips β_T at 0.999) and
 interpolates between steps.
 
-``"gamma"`` (a γ-schedule model, :class:`GammaTime`; the only map there)
+``"gamma"`` (a γ-schedule model, :class:`~ppl_diffusion.continuous.GammaTime`; the only map there)
     s is γ's own time t ∈ [0, 1]: ᾱ(s) = sigmoid(−γ(s)), σ²(s) = sigmoid(γ(s)), and β(s) = −d log ᾱ/ds =
     d/ds log(1 + e^{γ(s)}) = σ²(s) γ'(s) (γ' by autodiff); the net is called as it was trained, on γ(s) rescaled
     (``time_input="gamma"``) or at the step label 1 + (T − 1) s (``"step"``, x_t at (t − 1)/(T − 1)). Exact at every
@@ -64,25 +64,41 @@ import numpy as np
 
 from .schedule import NoiseSchedule
 
-MAPS = ("grid", "grid-linear", "vp-linear")  # of a NoiseSchedule; a γ-schedule model's map is "gamma"
+__all__ = ["MAPS", "ContinuousTime", "GammaTime", "time_of"]
+
+#: The continuous-time maps of a NoiseSchedule by name (``--time-map``); a γ-schedule model's map is ``"gamma"``.
+MAPS = ("grid", "grid-linear", "vp-linear")
 
 
 class ContinuousTime:
-    """ᾱ(s), β(s) and the step label t(s) of a continuous-time map of a :class:`NoiseSchedule` (see the module).
+    r"""ᾱ(s), β(s) and the step label t(s) of a continuous-time map of a
+    :class:`~ppl_diffusion.schedule.NoiseSchedule` (see the module): the VP-SDE
+
+    .. math::
+
+        dx = -\tfrac12 \beta(s)\, x\, ds + \sqrt{\beta(s)}\, dW, \qquad
+        \bar\alpha(s) = \exp\Big(-\int_0^s \beta(u)\, du\Big),
+
+    whose marginals q_s(x_s|x_0) = N(√ᾱ(s) x_0, (1 − ᾱ(s)) I) stand for the chain's.
 
     All definitions are float64 NumPy here (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`); the backends evaluate
-    the same formulas on tensors from :attr:`spline` (the grid maps: log σ̃ on step segment [k, k + 1] is
+    the same formulas on tensors from the attribute ``spline`` (the grid maps: log σ̃ on step segment [k, k + 1] is
     ``((c0 w + c1) w + c2) w + c3`` with ``spline[k − 1] = (c0, c1, c2, c3)`` and w = t − k) or from
-    :attr:`beta_min`, :attr:`beta_max` (``"vp-linear"``).
+    ``beta_min``, ``beta_max`` (``"vp-linear"``).
 
-    :param NoiseSchedule schedule: the discrete chain.
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the discrete chain.
     :param str kind: ``"grid"``, ``"grid-linear"`` or ``"vp-linear"``.
 
-    Example::
+    Example: the grid map equals the chain at every step, and β(s) = −d log ᾱ/ds.
 
-        >>> ct = ContinuousTime(NoiseSchedule.linear(1000))
-        >>> bool(np.isclose(ct.alpha_bar(0.5), ct.schedule.alphas_cumprod[499]))
-        True
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> ct = ContinuousTime(NoiseSchedule.linear(T=20))
+    >>> bool(np.isclose(ct.alpha_bar(0.5), ct.schedule.alphas_cumprod[9])), float(ct.step(0.5))
+    (True, 10.0)
+    >>> s, h = 0.43, 1e-6
+    >>> fd = -(np.log(ct.alpha_bar(s + h)) - np.log(ct.alpha_bar(s - h))) / (2 * h)
+    >>> bool(np.isclose(ct.beta(s), fd, rtol=1e-6))
+    True
     """
 
     def __init__(self, schedule: NoiseSchedule, kind: str = "grid") -> None:
@@ -117,7 +133,15 @@ class ContinuousTime:
 
     @classmethod
     def make(cls, schedule: NoiseSchedule, kind: "str | ContinuousTime" = "grid") -> "ContinuousTime":
-        """``kind`` itself if it is a :class:`ContinuousTime` (checked to be of ``schedule``), else the named map."""
+        """``kind`` itself if it is a :class:`~ppl_diffusion.continuous.ContinuousTime` (checked to be of ``schedule``), else the named map.
+
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the discrete chain.
+        :param kind: a name in :data:`MAPS` or a :class:`~ppl_diffusion.continuous.ContinuousTime`.
+
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> ContinuousTime.make(NoiseSchedule.linear(T=20), "vp-linear")
+        ContinuousTime(NoiseSchedule(T=20, beta_1=0.005, beta_T=0.999), kind='vp-linear')
+        """
         if isinstance(kind, ContinuousTime):
             if kind.schedule is not schedule and not np.array_equal(kind.schedule.betas, schedule.betas):
                 raise ValueError("the ContinuousTime given is of another schedule than the diffusion's")
@@ -126,11 +150,23 @@ class ContinuousTime:
 
     @property
     def default_eps(self) -> float:
-        """The default small-time end: the first step 1/T (grid), score_sde's 1e-5 (vp-linear)."""
+        """The default small-time end, the first step 1/T (grid maps) or score_sde's 1e-5 (vp-linear)."""
         return self.s_min if self.kind != "vp-linear" else 1e-5
 
     def check_eps(self, eps) -> float:
-        """``eps`` (``None``: :attr:`default_eps`) checked to lie in [:attr:`s_min`, 1); one-line error if not."""
+        """``eps`` (``None``: :attr:`default_eps`) checked to lie in [``s_min``, 1); one-line error if not.
+
+        :param eps: the small-time end of the ODE, or ``None``.
+
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> ct = ContinuousTime(NoiseSchedule.linear(T=20))
+        >>> ct.check_eps(None), ct.check_eps(0.1)
+        (0.05, 0.1)
+        >>> ct.check_eps(0.01)
+        Traceback (most recent call last):
+        ...
+        ValueError: eps = 0.01 is outside [1/T = 0.05 (the first step the net was trained at), 1) ...
+        """
         if eps is None:
             return self.default_eps
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps):
@@ -143,7 +179,10 @@ class ContinuousTime:
 
     # ---------------------------------------------------------------- float64 reference formulas
     def step(self, s):
-        """t(s): the (non-integer) step label the denoiser is called at."""
+        """t(s): the (non-integer) step label the denoiser is called at: T s (grid maps), 1 + (T − 1) s (vp-linear).
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         s = np.asarray(s, np.float64)
         return self.T * s if self.kind != "vp-linear" else 1.0 + (self.T - 1) * s
 
@@ -155,7 +194,10 @@ class ContinuousTime:
         return ((c0 * w + c1) * w + c2) * w + c3, (3.0 * c0 * w + 2.0 * c1) * w + c2  # log σ̃(s), d log σ̃ / dt
 
     def alpha_bar(self, s):
-        """ᾱ(s), float64."""
+        """ᾱ(s), float64, of the shape of ``s``.
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         if self.kind != "vp-linear":
             log_sigma, _ = self._grid_log_sigma(s)
             return 1.0 / (1.0 + np.exp(2.0 * log_sigma))
@@ -163,7 +205,10 @@ class ContinuousTime:
         return np.exp(-self.beta_min * s - 0.5 * (self.beta_max - self.beta_min) * s ** 2)
 
     def beta(self, s):
-        """β(s) = −d log ᾱ(s) / ds, float64 (grid: the right derivative at a step)."""
+        """β(s) = −d log ᾱ(s) / ds, float64 (grid: the right derivative at a step).
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         if self.kind != "vp-linear":
             log_sigma, slope = self._grid_log_sigma(s)
             return 2.0 * self.T * slope / (1.0 + np.exp(-2.0 * log_sigma))
@@ -174,12 +219,31 @@ class ContinuousTime:
 
 
 class GammaTime:
-    """The continuous time of a γ-schedule model (the map ``"gamma"`` of the module): s is γ's own t, ᾱ(s) =
+    r"""The continuous time of a γ-schedule model (the map ``"gamma"`` of the module): s is γ's own t, ᾱ(s) =
     sigmoid(−γ(s)), β(s) = σ²(s) γ'(s), the net's label as the model conditions it. The same interface as
-    :class:`ContinuousTime` (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`, :meth:`check_eps`), float64 NumPy from
+    :class:`~ppl_diffusion.continuous.ContinuousTime` (:meth:`alpha_bar`, :meth:`beta`, :meth:`step`, :meth:`check_eps`), float64 NumPy from
     the schedule's float64 evaluation.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a γ schedule (T >= 2 or T = 0)."""
+    .. math::
+
+        \bar\alpha(s) = \operatorname{sigmoid}(-\gamma(s)), \qquad
+        \beta(s) = -\frac{d \log \bar\alpha(s)}{ds} = \operatorname{sigmoid}(\gamma(s))\, \gamma'(s).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a γ schedule (T >= 2 or T = 0).
+
+    Example: a linear γ from −10 to 5; the net's label runs from 0 to 1000.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> d = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+    ...                       denoiser=MLPDenoiser(2, width=16, depth=1))
+    >>> gt = GammaTime(d)
+    >>> round(float(gt.alpha_bar(1.0)), 6) == round(1 / (1 + math.exp(5.0)), 6), gt.step(np.array([0.0, 1.0])).tolist()
+    (True, [0.0, 1000.0])
+    >>> round(float(gt.beta(0.5)), 4) == round(15 / (1 + math.exp(2.5)), 4)  # sigmoid(γ) γ' at γ(½) = −2.5
+    True
+    """
 
     kind = "gamma"
     s_min = 0.0
@@ -191,7 +255,10 @@ class GammaTime:
         self.diffusion, self.schedule, self.T = diffusion, diffusion.schedule, diffusion.T
 
     def check_eps(self, eps) -> float:
-        """``eps`` (``None``: 0, γ_0) checked to lie in [0, 1); one-line error if not."""
+        """``eps`` (``None``: 0, γ_0) checked to lie in [0, 1); one-line error if not.
+
+        :param eps: the small-time end of the ODE, or ``None``.
+        """
         if eps is None:
             return self.default_eps
         if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not 0 <= eps < 1:
@@ -207,16 +274,25 @@ class GammaTime:
         return g.double().cpu().numpy(), dg.double().cpu().numpy()
 
     def alpha_bar(self, s):
-        """ᾱ(s) = sigmoid(−γ(s)), float64."""
+        """ᾱ(s) = sigmoid(−γ(s)), float64.
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         return 1.0 / (1.0 + np.exp(self._gamma(s)[0]))
 
     def beta(self, s):
-        """β(s) = sigmoid(γ(s)) γ'(s), float64."""
+        """β(s) = sigmoid(γ(s)) γ'(s), float64.
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         g, dg = self._gamma(s)
         return dg / (1.0 + np.exp(-g))
 
     def step(self, s):
-        """The net's label at s: γ(s) rescaled (``time_input="gamma"``) or the step 1 + (T − 1) s (``"step"``)."""
+        """The net's label at s: γ(s) rescaled (``time_input="gamma"``) or the step 1 + (T − 1) s (``"step"``).
+
+        :param s: times in [0, 1] (a number or an array).
+        """
         d = self.diffusion
         if d.time_input == "step":
             return 1.0 + (self.T - 1) * np.asarray(s, np.float64)
@@ -228,9 +304,20 @@ class GammaTime:
 
 
 def time_of(diffusion, time_map=None):
-    """The continuous time of ``diffusion`` for the ODE: a :class:`ContinuousTime` of its NoiseSchedule by
-    ``time_map`` (``None``: ``"grid"``; or an instance), or for a γ schedule its :class:`GammaTime` (``time_map``
-    ``None`` or ``"gamma"``). One-line errors for a map that does not fit the model."""
+    """The continuous time of ``diffusion`` for the ODE: a :class:`~ppl_diffusion.continuous.ContinuousTime` of its NoiseSchedule by
+    ``time_map`` (``None``: ``"grid"``; or an instance), or for a γ schedule its :class:`~ppl_diffusion.continuous.GammaTime` (``time_map``
+    ``None`` or ``"gamma"``). One-line errors for a map that does not fit the model.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
+    :param time_map: a name in :data:`MAPS`, ``"gamma"``, an instance, or ``None``.
+    :rtype: ~ppl_diffusion.continuous.ContinuousTime or ~ppl_diffusion.continuous.GammaTime
+
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> d = GaussianDiffusion(schedule=NoiseSchedule.linear(T=20), denoiser=MLPDenoiser(2, width=16, depth=1),
+    ...                       event_shape=(2,))
+    >>> time_of(d).kind, time_of(d, "grid-linear").kind
+    ('grid', 'grid-linear')
+    """
     if isinstance(time_map, (ContinuousTime, GammaTime)):
         if isinstance(time_map, GammaTime) != bool(getattr(diffusion, "gamma_schedule", False)):
             raise ValueError(f"the time map {time_map!r} is not of this model's forward process")

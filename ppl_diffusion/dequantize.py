@@ -42,18 +42,38 @@ import numpy as np
 
 from . import noise
 
+#: The dequantizations by name (``--dequantization``; ``"auto"`` is resolved by :func:`resolve`).
 KINDS = ("uniform", "score-sde", "none")
 PIXEL_BINS = 256  # 8-bit pixels
 
 
 def cell_width(kind: str, bins: int = PIXEL_BINS) -> float | None:
-    """h: the width of a cell in model space (``None`` for ``"none"``)."""
+    """h: the width of a cell in model space (``None`` for ``"none"``): 2/(bins − 1) for ``"uniform"``, 2/bins for
+    ``"score-sde"``.
+
+    :param str kind: one of :data:`KINDS`.
+    :param int bins: the number of pixel values (256).
+
+    >>> round(cell_width("uniform"), 6), cell_width("score-sde"), cell_width("none")
+    (0.007843, 0.0078125, None)
+    """
     _check_kind(kind)
     return {"uniform": 2.0 / (bins - 1), "score-sde": 2.0 / bins, "none": None}[kind]
 
 
 def offset_bits(kind: str, bins: int = PIXEL_BINS) -> float:
-    """−log2 h, the bits per dimension added to −log2 p(y)/D (0 for ``"none"``); see (1) of the module."""
+    r"""−log2 h, the bits per dimension added to −log2 p(y)/D (0 for ``"none"``); see (1) of the module.
+
+    .. math::
+
+        -\frac{\log_2 P(k)}{D} \le \frac{\mathbb{E}_u[-\log_2 p(y)]}{D} - \log_2 h.
+
+    :param str kind: one of :data:`KINDS`.
+    :param int bins: the number of pixel values (256).
+
+    >>> round(offset_bits("uniform"), 4), offset_bits("score-sde"), offset_bits("none")  # log2(127.5), 7, 0
+    (6.9944, 7.0, 0.0)
+    """
     h = cell_width(kind, bins)
     return 0.0 if h is None else -math.log2(h)
 
@@ -66,8 +86,17 @@ def _check_kind(kind: str) -> None:
 def resolve(kind: str, images: bool) -> str:
     """``kind`` checked against the data (``"auto"``: ``"uniform"`` for 8-bit images, ``"none"`` otherwise).
 
+    :param str kind: ``"auto"`` or one of :data:`KINDS`.
     :param bool images: whether the data are 8-bit images (a discretized decoder,
         :func:`ppl_diffusion.sampling.is_images`).
+    :raises ValueError: for ``"none"`` on images, a dequantization on continuous data, or an unknown name.
+
+    >>> resolve("auto", images=True), resolve("auto", images=False)
+    ('uniform', 'none')
+    >>> resolve("none", images=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: dequantization 'none' on 8-bit images: ...
     """
     if kind == "auto":
         return "uniform" if images else "none"
@@ -83,7 +112,14 @@ def resolve(kind: str, images: bool) -> str:
 
 def pixels_of(x: np.ndarray, bins: int = PIXEL_BINS) -> np.ndarray:
     """k = round((x + 1)(bins − 1)/2), int64, for model-space values ``x`` on the 8-bit grid (one-line error if a
-    value is off the grid by more than float32 rounding)."""
+    value is off the grid by more than float32 rounding).
+
+    :param numpy.ndarray x: values 2k/(bins − 1) − 1 in model space.
+    :param int bins: the number of pixel values (256).
+
+    >>> pixels_of([-1.0, 1 / 255, 1.0]).tolist()
+    [0, 128, 255]
+    """
     x = np.asarray(x, dtype=np.float64)
     scaled = (x + 1.0) * (bins - 1) / 2.0
     k = np.rint(scaled)
@@ -99,6 +135,25 @@ def dequantize(x, kind: str, *, seed: int, indices, draw: int = 0, bins: int = P
     NumPy or tensor), example n being test example ``indices[n]``: u = ``noise.uniform(seed, indices[n], draw,
     event, stream=DEQUANT)``, y in float64 from the exact pixel k, cast to float32 (``x`` itself for ``"none"``).
     ``draw`` is an int or one per example ``[N]``.
+
+    ``"uniform"``: y = x + (2/255)(u − ½); ``"score-sde"``: y = 2(k + u)/256 − 1 (see the module).
+
+    :param x: examples on the pixel grid, ``[N x *event]``.
+    :param str kind: one of :data:`KINDS`.
+    :param int seed: the run's seed.
+    :param indices: the test examples' indices ``[N]``, integers >= 0.
+    :param draw: which draw of u (an int, or one per example).
+    :param int bins: the number of pixel values (256).
+
+    Example: each value stays inside its own cell of width 2/255, and the draw depends on (seed, index, draw) alone.
+
+    >>> import numpy as np
+    >>> x = np.array([[-1.0, 1 / 255, 1.0]], dtype=np.float32)
+    >>> y = dequantize(x, "uniform", seed=0, indices=[5])
+    >>> y.shape, y.dtype.name, bool((np.abs(y - x) <= 1 / 255).all())
+    ((1, 3), 'float32', True)
+    >>> bool((dequantize(x, "uniform", seed=0, indices=[5]) == y).all())
+    True
     """
     _check_kind(kind)
     x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
@@ -117,7 +172,21 @@ def dequantize(x, kind: str, *, seed: int, indices, draw: int = 0, bins: int = P
 
 
 def bits_per_dim(log_prob, num_dims: int, kind: str, bins: int = PIXEL_BINS) -> np.ndarray:
-    """−log p(y) / (D ln 2) + :func:`offset_bits`: the right-hand side of (1) for one draw (``log_prob`` in nats)."""
+    """−log p(y) / (D ln 2) + :func:`offset_bits`: the right-hand side of (1) for one draw (``log_prob`` in nats).
+
+    :param log_prob: log p(y) per example, in nats, ``[N]``.
+    :param int num_dims: D, the dimensions of one example.
+    :param str kind: one of :data:`KINDS`.
+    :param int bins: the number of pixel values (256).
+    :rtype: numpy.ndarray
+
+    Example: a density of 1 per unit volume (log p = 0) on 8-bit data costs log2(127.5) bits per dimension.
+
+    >>> bits_per_dim([0.0], num_dims=3, kind="uniform").round(4).tolist()
+    [6.9944]
+    >>> bits_per_dim([-3 * np.log(2)], num_dims=3, kind="none").tolist()  # 1 bit per dimension
+    [1.0]
+    """
     return -np.asarray(log_prob, dtype=np.float64) / (num_dims * math.log(2.0)) + offset_bits(kind, bins)
 
 

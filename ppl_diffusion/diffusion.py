@@ -6,7 +6,7 @@ the model samples ``x_1000``, ``x_999``, …, ``x_1`` and observes ``x_0``. Ever
 
 =====================  ============================================================================
 ``model(x0)``          p(x_T) ∏_{t=2..T} p(x_{t−1}|x_t, θ) · p(x_0|x_1, θ), ``x_0`` observed.
-                       ``model(None, n=…)`` generates n examples; :meth:`sample` returns them.
+                       ``model(None, n=…)`` generates n examples; :meth:`GaussianDiffusion.sample` returns them.
 ``guide(x0)``          the forward chain ∏_{t=1..T} q(x_t|x_{t−1}); no parameters.
 ``posterior_guide``    the same joint in posterior order: q(x_T|x_0) ∏_{t=T..2} q(x_{t−1}|x_t, x_0).
 ``step_model``,        a one-step pair for a per-example step t (sites ``x_T``, ``x_t``, ``x_prev``,
@@ -31,7 +31,7 @@ program above keeps its sites, and the schedule is a submodule registered with `
 the model *and* the guides, so ``pyro.infer.SVI(diffusion.model, diffusion.guide, ...)`` trains the forward process
 with the reverse one. With ``T = 0`` the model is in continuous time: its programs are ``continuous_model`` /
 ``continuous_guide`` (sites ``x_T``, ``x_1``, ``x_0``, ``x_t`` and the factor ``diffusion``) for
-:class:`~ppl_diffusion.infer.ContinuousTimeELBO`. The net is conditioned on the step label t (``time_input="step"``,
+:class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`. The net is conditioned on the step label t (``time_input="step"``,
 as today) or on γ rescaled (``"gamma"``: 1000 (γ − γ_lo)/(γ_hi − γ_lo), VDM's), the default for γ schedules: the
 continuous-time ELBO is then unchanged by the schedule's interior.
 """
@@ -55,6 +55,8 @@ from .nets.remat import check_checkpointing, checkpoint_call
 from .precision import autocast, check_precision
 from .schedule import NoiseSchedule
 
+__all__ = ["LEARNED_VARIANCES", "VARIANCES", "DiffusionInputError", "GaussianDiffusion"]
+
 
 def _concat(a, b):
     """``a`` and ``b`` end to end, for NumPy arrays, tensors and JAX arrays alike."""
@@ -67,15 +69,17 @@ def _concat(a, b):
     return jnp.concatenate([a, b])
 
 
-# Fixed reverse variances σ_t² by name: log σ_t² as a float64 array of length T (a tensor for a GammaChain).
+#: Fixed reverse variances σ_t² by name (``variance=...``), each a map from a schedule to log σ_t², a float64 array
+#: of length T (a tensor for a γ chain). ``"beta"`` β_t, ``"posterior"`` β̃_t (β̃_2 at t = 1), ``"fixed-large"``
+#: β_t with β̃_2 at t = 1.
 VARIANCES = {
     "beta": lambda s: s.log_betas,
     "posterior": lambda s: s.posterior_log_variance_clipped,
     # improved DDPM's (and DDPM's code's) FIXED_LARGE: β_t for t >= 2, but β̃_2 at the decoder (t = 1), as "posterior"
     "fixed-large": lambda s: _concat(s.posterior_log_variance_clipped[:1], s.log_betas[1:]),
 }
-# Learned reverse variances by name: the fraction f(v) of the denoiser's variance output v in
-# log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
+#: Learned reverse variances by name (``variance=...``), each the fraction f(v) of the denoiser's variance output v
+#: in log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1); read in ``p_mean_variance``.
 LEARNED_VARIANCES = {
     "learned": lambda v: torch.sigmoid(2.0 * v),  # ours: = (v + 1)/2 to first order, kept inside [β̃_t, β_t]
     "learned-range": lambda v: (v + 1.0) / 2.0,  # improved DDPM's LEARNED_RANGE exactly (unbounded for |v| > 1)
@@ -83,18 +87,37 @@ LEARNED_VARIANCES = {
 
 
 class DiffusionInputError(ValueError):
-    """Bad input to a :class:`GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
+    """Bad input to a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` program (the data's shape or values, the denoiser's output): a
     ``ValueError`` whose message stays one line when raised inside a Pyro program. (Pyro's trace re-raises a
-    ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)"""
+    ``ValueError`` with its table of the sites' shapes appended; these messages name the shapes themselves.)
+
+    :param str message: the message; only its first line is kept.
+
+    >>> str(DiffusionInputError("x0 has shape (3,)\\nTrace Shapes: ..."))
+    'x0 has shape (3,)'
+    """
 
     def __init__(self, message: str) -> None:
         super().__init__(str(message).split("\n", 1)[0])
 
 
 class GaussianDiffusion(nn.Module):
-    """DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
+    r"""DDPM as a latent-variable model with Pyro callables ``model``, ``guide``, ``posterior_guide``.
 
-    :param schedule: the forward process: a :class:`NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
+    The model is the reverse chain and the guides the forward one (a VAE whose latent is x_1..x_T):
+
+    .. math::
+
+        p_\theta(x_{0:T}) = p(x_T) \prod_{t=2}^{T} \mathcal{N}\big(x_{t-1}; \mu_\theta(x_t, t), \sigma_t^2 I\big)
+            \; p_\theta(x_0 \mid x_1), \qquad
+        q(x_{1:T} \mid x_0) = \prod_{t=1}^{T} \mathcal{N}\big(x_t; \sqrt{1 - \beta_t}\, x_{t-1}, \beta_t I\big),
+
+    with :math:`\mu_\theta(x_t, t) = (x_t - \beta_t/\sqrt{1 - \bar\alpha_t}\, \hat\varepsilon_\theta(x_t, t))/\sqrt{\alpha_t}`,
+    so that ``pyro.infer.SVI`` maximises the ELBO :math:`\mathbb{E}_q[\log p_\theta(x_{0:T}) - \log q(x_{1:T} \mid x_0)]
+    \le \log p_\theta(x_0)`. Data are batches ``[B x *event_shape]``; the sites are listed in
+    :mod:`ppl_diffusion.diffusion`.
+
+    :param schedule: the forward process: a :class:`~ppl_diffusion.schedule.NoiseSchedule` (the chain's β_1..β_T), or a γ schedule
         (:class:`~ppl_diffusion.gamma.GammaSchedule`, fixed or learned; a submodule, registered in the programs as
         ``pyro.module("schedule", ...)``), which needs ``T``.
     :param int T: with a γ schedule, the chain's number of steps T >= 2 (x_t at γ((t − 1)/(T − 1))), or 0 for
@@ -135,12 +158,21 @@ class GaussianDiffusion(nn.Module):
         ``use_checkpoint``; refused for a net without one). Memory and time change, the numbers do not (the
         gradients equal the stored path's bit for bit on a CPU, dropout masks included). A settable attribute.
 
-    Example::
+    Example: the analytic-KL ELBO of a batch and its gradient (``pyro.infer.SVI(diffusion.model,
+    diffusion.posterior_guide, optim, pyro.infer.TraceMeanField_ELBO())`` trains with it), then ancestral samples.
 
-        diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(100),
-                                      denoiser=MLPDenoiser(dim=2), event_shape=(2,))
-        svi = pyro.infer.SVI(diffusion.model, diffusion.posterior_guide,
-                             pyro.optim.Adam({"lr": 1e-3}), pyro.infer.TraceMeanField_ELBO())
+    >>> import pyro, torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+    ...                               event_shape=(2,))
+    >>> x0 = torch.randn(4, 2)
+    >>> loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(diffusion.model, diffusion.posterior_guide, x0)
+    >>> loss.backward()  # loss: −ELBO in nats, summed over the batch
+    >>> diffusion.denoiser.out[-1].weight.grad.shape
+    torch.Size([2, 16])
+    >>> diffusion.T, diffusion.num_dims, diffusion.sample(3).shape
+    (10, 2, torch.Size([3, 2]))
     """
 
     def __init__(
@@ -211,14 +243,47 @@ class GaussianDiffusion(nn.Module):
         return check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
 
     def with_variance(self, variance) -> "GaussianDiffusion":
-        """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``."""
+        """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``.
+
+        :param variance: a name in :data:`~ppl_diffusion.diffusion.VARIANCES` or :data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`, or a
+            :class:`~ppl_diffusion.variance.FittedVariance`.
+        :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
+
+        Example: σ_t² = β̃_t instead of β_t, the same denoiser.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> posterior = diffusion.with_variance("posterior")
+        >>> x_t, t = torch.randn(1, 2), torch.tensor([5])
+        >>> _, log_var = posterior.p_mean_variance(x_t, t)
+        >>> posterior.denoiser is diffusion.denoiser, round(float(log_var[0, 0].exp()), 6) == round(
+        ...     float(diffusion.schedule.posterior_variance[4]), 6)
+        (True, True)
+        """
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=tuple(self.event_shape),
                                  prior=self.prior, decoder=self.decoder, variance=variance, precision=self.precision,
                                  checkpoint_activations=self.checkpoint_activations, **self._process_kwargs())
 
     def with_steps(self, T: int) -> "GaussianDiffusion":
         """The same model (γ schedule, denoiser and prior shared; decoder, variance, time input) as a chain of ``T``
-        steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T."""
+        steps, or in continuous time for T = 0: e.g. a continuous-time model's bound or samples at finite T.
+
+        :param int T: the chain's steps (>= 2), or 0 for continuous time.
+        :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
+        :raises ValueError: for a NoiseSchedule (respace it with :func:`~ppl_diffusion.respace.respace`).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> _ = torch.manual_seed(0)
+        >>> continuous = GaussianDiffusion(schedule=LinearGamma(), T=0, denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                                event_shape=(2,))
+        >>> continuous.continuous, continuous.with_steps(10).T, continuous.with_steps(10).sample(3).shape
+        (True, 10, torch.Size([3, 2]))
+        """
         if not self.gamma_schedule:
             raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps "
                              "(ppl_diffusion.respace.respace(diffusion, K) respaces it)")
@@ -233,7 +298,7 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def checkpoint_activations(self) -> str:
-        """``"none"``, ``"steps"`` or ``"blocks"``: what the backward pass recomputes instead of storing (see the
+        """What the backward pass recomputes instead of storing, ``"none"``, ``"steps"`` or ``"blocks"`` (see the
         class docstring and :mod:`ppl_diffusion.nets.remat`)."""
         return self._checkpoint_activations
 
@@ -251,7 +316,8 @@ class GaussianDiffusion(nn.Module):
 
     @property
     def gamma_schedule(self) -> bool:
-        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.gamma`) rather than a NoiseSchedule."""
+        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.gamma`) rather than a
+        :class:`~ppl_diffusion.schedule.NoiseSchedule`."""
         return isinstance(self.schedule, GammaSchedule)
 
     @property
@@ -260,9 +326,21 @@ class GaussianDiffusion(nn.Module):
         return self._T == 0
 
     def coefficients(self) -> NoiseSchedule | GammaChain:
-        """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`GammaChain` of the γ
+        """The chain's coefficients: the NoiseSchedule itself (float64 numpy), or the :class:`~ppl_diffusion.gamma.GammaChain` of the γ
         schedule at the T steps (float64 tensors, differentiable in its parameters). The programs compute it once
-        per run and pass it to every closed form."""
+        per run and pass it to every closed form.
+
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule or ~ppl_diffusion.gamma.GammaChain
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> d = GaussianDiffusion(schedule=LinearGamma(), T=10, denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                       event_shape=(2,))
+        >>> chain = d.coefficients()
+        >>> type(chain).__name__, tuple(chain.alphas_cumprod.shape)
+        ('GammaChain', (10,))
+        """
         if not self.gamma_schedule:
             return self.schedule
         self._need_chain()
@@ -276,7 +354,18 @@ class GaussianDiffusion(nn.Module):
                              "a chain with diffusion.with_steps(T)")
 
     def log_variance_table(self, coef=None):
-        """log σ_t² of a fixed variance for t = 1..T (float64 array, or tensor for a γ chain); ``None`` if learned."""
+        """log σ_t² of a fixed variance for t = 1..T (float64 array, or tensor for a γ chain); ``None`` if learned.
+
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> bool((diffusion.log_variance_table() == diffusion.schedule.log_betas).all())  # variance="beta"
+        True
+        """
         if self.p_log_variance is not None or self.learned_variance:
             return self.p_log_variance
         return VARIANCES[self.variance](self.coefficients() if coef is None else coef)
@@ -284,12 +373,12 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ conventions and checks
     @property
     def T(self) -> int:
-        """The number of steps (0: continuous time)."""
+        """The number of steps T, or 0 for a model in continuous time."""
         return self._T
 
     @property
     def num_dims(self) -> int:
-        """D, the number of data dimensions of one example (for bits/dim)."""
+        """D, the number of data dimensions of one example, the product of ``event_shape`` (for bits/dim)."""
         return int(math.prod(self.event_shape))
 
     def _event_dims(self) -> int:
@@ -304,8 +393,26 @@ class GaussianDiffusion(nn.Module):
 
         ``bounded=False`` skips the discretized decoder's range [−1, 1] (the probability-flow ODE's density lives
         on all of R^D, and uniformly dequantized pixels reach ±(1 + 1/255)). Data of another floating dtype than the
-        denoiser's parameters are refused where the denoiser (or a learned prior) meets them (:meth:`_check_dtype`):
-        the guides, which have no parameters, take any."""
+        denoiser's parameters are refused where the denoiser (or a learned prior) meets them (``_check_dtype``):
+        the guides, which have no parameters, take any.
+
+        :param torch.Tensor x0: the data ``[B x *event_shape]``.
+        :param bool bounded: check the discretized decoder's range [−1, 1].
+        :returns: ``x0`` itself.
+        :raises DiffusionInputError: for a wrong shape or non-finite values (``TypeError`` for a non-float tensor).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> diffusion.check_data(torch.zeros(3, 2)).shape
+        torch.Size([3, 2])
+        >>> diffusion.check_data(torch.zeros(3, 4))
+        Traceback (most recent call last):
+        ...
+        ppl_diffusion.diffusion.DiffusionInputError: x0 has shape (3, 4); expected [B, 2] ...
+        """
         if not torch.is_tensor(x0):
             raise TypeError(f"x0 must be a tensor of shape [B, {', '.join(map(str, self.event_shape))}], "
                             f"got {type(x0).__name__}")
@@ -346,6 +453,12 @@ class GaussianDiffusion(nn.Module):
                             f"data: {to}{model}")
 
     def check_timesteps(self, t: Tensor, batch: int) -> Tensor:
+        """``t`` checked to be a ``LongTensor[batch]`` of steps in 1..T; a one-line ``ValueError`` if not.
+
+        :param torch.Tensor t: the steps.
+        :param int batch: B, the batch size.
+        :returns: ``t`` itself.
+        """
         self._need_chain()
         if not torch.is_tensor(t) or t.dtype not in (torch.int64, torch.int32) or t.shape != (batch,):
             raise ValueError(f"t must be a LongTensor of shape ({batch},), got {t!r}")
@@ -365,7 +478,21 @@ class GaussianDiffusion(nn.Module):
 
     def get_prior(self, device=None, dtype=None) -> dist.Distribution:
         """p(x_T): the given prior (a learnable :class:`~ppl_diffusion.priors.Prior`'s current distribution),
-        or N(0, I) over ``event_shape`` on ``device``."""
+        or N(0, I) over ``event_shape`` on ``device``.
+
+        :param device: the device of the default N(0, I).
+        :param dtype: the dtype of the default N(0, I) (a learnable prior's parameters must have it).
+        :rtype: pyro.distributions.Distribution
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> prior = diffusion.get_prior()
+        >>> prior.batch_shape, prior.event_shape
+        (torch.Size([]), torch.Size([2]))
+        """
         if isinstance(self.prior, nn.Module):
             if dtype is not None:
                 self._check_dtype(dtype, "prior")
@@ -377,17 +504,53 @@ class GaussianDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ closed forms
     def q_sample(self, x0: Tensor, t: Tensor, eps: Tensor | None = None) -> Tensor:
-        """A draw of x_t ~ q(x_t|x_0) (Statement 1)."""
+        r"""A draw of :math:`x_t \sim q(x_t \mid x_0) = \mathcal{N}(\sqrt{\bar\alpha_t}\, x_0, (1 - \bar\alpha_t) I)`
+        (Statement 1): :func:`~ppl_diffusion.closed_forms.q_sample` with this model's coefficients.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor eps: the noise ε (default: a fresh standard normal draw).
+        :returns: x_t, of the shape of ``x0``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x0, eps = torch.ones(2, 2), torch.zeros(2, 2)
+        >>> x_t = diffusion.q_sample(x0, torch.tensor([1, 10]), eps)  # ε = 0: the mean √ᾱ_t x_0
+        >>> round(float(x_t[0, 0]) ** 2, 4) == round(float(diffusion.schedule.alphas_cumprod[0]), 4)
+        True
+        """
         eps = torch.randn_like(x0) if eps is None else eps
         return cf.q_sample(self.coefficients(), x0, t, eps)
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor):
-        """Mean, variance and clipped log-variance of q(x_{t−1}|x_t, x_0)."""
+        """Mean, variance and clipped log-variance of the forward posterior q(x_{t−1}|x_t, x_0) = N(μ̃_t, β̃_t I):
+        :func:`~ppl_diffusion.closed_forms.q_posterior_mean_variance` with this model's coefficients.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor x_t: latents of the shape of ``x0``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> mean, var, log_var = diffusion.q_posterior_mean_variance(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1]))
+        >>> mean.tolist(), var.tolist()  # at t = 1, x_0 itself
+        ([[0.0, 0.0]], [[0.0, 0.0]])
+        """
         return cf.q_posterior_mean_variance(self.coefficients(), x0, x_t, t)
 
     def time_label(self, t: Tensor, coef=None) -> Tensor:
         """The denoiser's second argument at steps ``t``: t itself (``time_input="step"``), or γ_t rescaled
-        (``"gamma"``, :meth:`gamma_label`)."""
+        (``"gamma"``, :meth:`gamma_label`).
+
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+        """
         if self.time_input == "step":
             return t
         coef = self.coefficients() if coef is None else coef
@@ -395,12 +558,25 @@ class GaussianDiffusion(nn.Module):
 
     def gamma_label(self, gamma: Tensor) -> Tensor:
         """1000 (γ − γ_lo)/(γ_hi − γ_lo) with (γ_lo, γ_hi) = ``gamma_range``: the net's label for noise level γ
-        (VDM's rescaled γ; its gradient reaches a learned schedule)."""
+        (VDM's rescaled γ; its gradient reaches a learned schedule).
+
+        :param torch.Tensor gamma: γ per example ``[B]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> diffusion.gamma_range, diffusion.gamma_label(torch.tensor([-10.0, 5.0])).tolist()
+        ((-10.0, 5.0), [0.0, 1000.0])
+        """
         lo, hi = self.gamma_range
         return (gamma - lo) * (GAMMA_LABEL_SCALE / (hi - lo))
 
     @property
     def learned_variance(self) -> bool:
+        """Whether σ_t² is read from the denoiser's variance output (a name in :data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`)."""
         return isinstance(self.variance, str) and self.variance in LEARNED_VARIANCES
 
     def denoiser_output(self, x_t: Tensor, t: Tensor, *, coef=None, label: Tensor | None = None,
@@ -410,7 +586,14 @@ class GaussianDiffusion(nn.Module):
         ``precision="bf16"`` it runs under bfloat16 autocast and its output is cast back to ``x_t``'s dtype.
         The net is given :meth:`time_label` of ``t`` (``coef``: the chain's coefficients, when the caller has
         them), or ``label`` itself when given (continuous time). ``checkpoint``: the call's activations are
-        recomputed in the backward pass (:func:`~ppl_diffusion.nets.remat.checkpoint_call`), not kept."""
+        recomputed in the backward pass (:func:`~ppl_diffusion.nets.remat.checkpoint_call`), not kept.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]`` (or ``[K x B x *event_shape]``, vectorized particles).
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T (ignored when ``label`` is given).
+        :returns: (ε̂, v), ε̂ of the shape of ``x_t``, v of that shape or ``None``.
+        :rtype: tuple[torch.Tensor, torch.Tensor or None]
+        :raises DiffusionInputError: when the denoiser's output has the wrong shape.
+        """
         t = self.time_label(t, coef) if label is None else label
         if t.is_floating_point() and t.dtype != x_t.dtype:
             t = t.to(x_t.dtype)
@@ -451,18 +634,64 @@ class GaussianDiffusion(nn.Module):
         return out, None
 
     def predict_eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``."""
+        """The denoiser's ε̂_θ(x_t, t), checked to have the shape of ``x_t``.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> diffusion.predict_eps(torch.randn(3, 2), torch.tensor([1, 5, 10]))  # MLPDenoiser starts at ε̂ = 0
+        tensor([[0., 0.],
+                [0., 0.],
+                [0., 0.]], grad_fn=<ViewBackward0>)
+        """
         return self.denoiser_output(x_t, t)[0]
 
     def predict_x0(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """x̂_0(x_t, t) = (x_t − √(1 − ᾱ_t) ε̂_θ) / √ᾱ_t, the denoiser's estimate of x_0."""
+        r"""The denoiser's estimate of x_0, Statement 1 solved for x_0:
+
+        .. math::
+
+            \hat x_0(x_t, t) = \frac{x_t - \sqrt{1 - \bar\alpha_t}\, \hat\varepsilon_\theta(x_t, t)}{\sqrt{\bar\alpha_t}}.
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x_t = torch.ones(1, 2)
+        >>> x0_hat = diffusion.predict_x0(x_t, torch.tensor([3]))  # ε̂ = 0 at initialisation: x_t / √ᾱ_3
+        >>> round(x0_hat[0, 0].item(), 4) == round(float(diffusion.schedule.alphas_cumprod[2] ** -0.5), 4)
+        True
+        """
         coef = self.coefficients()
         return cf.predict_x0_from_eps(coef, x_t, t, self.denoiser_output(x_t, t, coef=coef)[0])
 
     def learned_log_variance(self, v: Tensor, t: Tensor, coef=None) -> Tensor:
         """log σ_t² = f log β_t + (1 − f) log β̃_t (β̃ clipped at t = 1) with ``"learned"``'s f = sigmoid(2 v) (= (v + 1)/2
         to first order, improved DDPM's interpolation, bounded: always between log β̃_t and log β_t), or with
-        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`LEARNED_VARIANCES`)."""
+        ``"learned-range"``'s f = (v + 1)/2, improved DDPM's own (:data:`~ppl_diffusion.diffusion.LEARNED_VARIANCES`).
+
+        :param torch.Tensor v: the denoiser's variance output, ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param coef: the chain's coefficients (:meth:`coefficients`), when the caller has them.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> d = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), event_shape=(2,), variance="learned",
+        ...                       denoiser=MLPDenoiser(2, width=16, depth=1, learn_sigma=True))
+        >>> log_var = d.learned_log_variance(torch.tensor([[-50.0, 50.0]]), torch.tensor([4]))  # f = 0 and f = 1
+        >>> torch.allclose(log_var.double(), torch.tensor([d.schedule.posterior_log_variance_clipped[3],
+        ...                                                d.schedule.log_betas[3]]))
+        True
+        """
         coef = self.coefficients() if coef is None else coef
         frac = LEARNED_VARIANCES[self.variance](v)
         log_beta = cf.extract(coef.log_betas, t, v)
@@ -471,10 +700,33 @@ class GaussianDiffusion(nn.Module):
 
     def p_mean_variance(self, x_t: Tensor, t: Tensor, *, detach_mean: bool = False, coef=None,
                         checkpoint: bool = False) -> tuple[Tensor, Tensor]:
-        """Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
+        r"""Mean μ_θ(x_t, t) and log-variance log σ_t² of p(x_{t−1}|x_t, θ); at t = 1, the decoder's.
         ``detach_mean``: the mean without gradient (improved DDPM's hybrid loss trains only σ_t² by the bound).
         ``coef``: the chain's coefficients (:meth:`coefficients`), when the caller has them. ``checkpoint``: the
-        denoiser's activations recomputed in the backward pass (:meth:`denoiser_output`)."""
+        denoiser's activations recomputed in the backward pass (:meth:`denoiser_output`).
+
+        .. math::
+
+            p_\theta(x_{t-1} \mid x_t) = \mathcal{N}\Big(\frac{1}{\sqrt{\alpha_t}} \Big(x_t - \frac{\beta_t}{\sqrt{1 -
+            \bar\alpha_t}} \hat\varepsilon_\theta(x_t, t)\Big), \sigma_t^2 I\Big).
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :returns: (mean, log-variance), each of the shape of ``x_t``.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> x_t, t = torch.ones(1, 2), torch.tensor([4])
+        >>> mean, log_var = diffusion.p_mean_variance(x_t, t)  # ε̂ = 0 at initialisation: μ = x_t / √α_4, σ² = β_4
+        >>> s = diffusion.schedule
+        >>> round(mean[0, 0].item(), 5) == round(float(s.alphas[3] ** -0.5), 5), round(log_var[0, 0].item(), 4) == round(
+        ...     float(s.log_betas[3]), 4)
+        (True, True)
+        """
         coef = self.coefficients() if coef is None else coef
         eps, v = self.denoiser_output(x_t, t, coef=coef, checkpoint=checkpoint)
         mean = cf.p_mean_from_eps(coef, x_t, t, eps.detach() if detach_mean else eps)
@@ -490,7 +742,21 @@ class GaussianDiffusion(nn.Module):
         log-variance (:meth:`p_mean_variance`, computed here when not given: one denoiser call), or, for a decoder
         that does not use the denoiser (``"vdm-categorical"``), ``decoder(x_t/α_t, log(σ_t²/α_t²))`` and no call
         (:func:`~ppl_diffusion.closed_forms.scaled_latent`). ``checkpoint``: the call's activations recomputed in
-        the backward pass (:meth:`denoiser_output`)."""
+        the backward pass (:meth:`denoiser_output`).
+
+        :param torch.Tensor x_t: latents ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` (the decoder's is 1).
+        :returns: the decoder's distribution, batch shape ``[B x *event_shape]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> p = diffusion.decoder_at(torch.zeros(3, 2), torch.ones(3, dtype=torch.long))
+        >>> type(p).__name__, p.batch_shape
+        ('Normal', torch.Size([3, 2]))
+        """
         coef = self.coefficients() if coef is None else coef
         if not uses_denoiser(self.decoder):
             return self.decoder(*cf.scaled_latent(coef, x_t, t))
@@ -500,7 +766,31 @@ class GaussianDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x0: Tensor | None = None, n: int | None = None):
-        """The reverse chain. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given."""
+        r"""The reverse chain, a Pyro model. Sites ``x_T`` … ``x_1`` (named ``f"x_{t}"``), ``x_0`` observed when given:
+
+        .. math::
+
+            x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I) \; (t = T..2),
+            \quad x_0 \sim p_\theta(x_0 \mid x_1),
+
+        every site in the plate ``"data"`` with the data dimensions as its event.
+
+        :param torch.Tensor x0: observed data ``[B x *event_shape]``, or ``None`` to generate.
+        :param int n: with ``x0=None``, the number of examples to generate.
+        :returns: x_0 ``[B x *event_shape]`` (the observed data, or the generated examples).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> trace = pyro.poutine.trace(diffusion.model).get_trace(torch.zeros(4, 2))
+        >>> [name for name in trace.nodes if name.startswith("x_")]
+        ['x_10', 'x_9', 'x_8', 'x_7', 'x_6', 'x_5', 'x_4', 'x_3', 'x_2', 'x_1', 'x_0']
+        >>> trace.nodes["x_0"]["is_observed"], trace.nodes["x_5"]["fn"].event_shape
+        (True, torch.Size([2]))
+        """
         self._need_chain()
         self._register()
         coef = self.coefficients()
@@ -523,7 +813,33 @@ class GaussianDiffusion(nn.Module):
                                                       checkpoint=remat).to_event(d), obs=x0)
 
     def guide(self, x0: Tensor, n: int | None = None):
-        """The forward chain q(x_t|x_{t−1}), t = 1..T, as sites ``x_1`` … ``x_T``. For ``Trace_ELBO``."""
+        r"""The forward chain, a Pyro guide: sites ``x_1`` … ``x_T`` in the forward order, for ``Trace_ELBO``:
+
+        .. math::
+
+            x_t \sim q(x_t \mid x_{t-1}) = \mathcal{N}\big(\sqrt{1 - \beta_t}\, x_{t-1}, \beta_t I\big), \quad t = 1..T.
+
+        It has no parameters (unless the γ schedule is learned).
+
+        .. warning:: Its sites are visited in the opposite order to the model's, so an analytic-KL ELBO
+            (``TraceMeanField_ELBO``) would pair the wrong distributions: it is refused with a one-line error. Use
+            :meth:`posterior_guide` there.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param n: unused (the model's signature).
+        :returns: x_T ``[B x *event_shape]``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0 = torch.zeros(4, 2)
+        >>> loss = pyro.infer.Trace_ELBO().differentiable_loss(diffusion.model, diffusion.guide, x0)
+        >>> loss.shape, bool(torch.isfinite(loss))  # a one-sample estimate of −ELBO, summed over the batch
+        (torch.Size([]), True)
+        """
         x0 = self.check_data(x0)
         self._need_chain()
         coef = self._register_schedule()
@@ -536,10 +852,32 @@ class GaussianDiffusion(nn.Module):
         return x
 
     def posterior_guide(self, x0: Tensor, n: int | None = None):
-        """The forward joint in posterior order: q(x_T|x_0), then q(x_{t−1}|x_t, x_0) for t = T..2.
+        r"""The forward joint in posterior order: q(x_T|x_0), then q(x_{t−1}|x_t, x_0) for t = T..2.
 
         It visits the sites in the model's order with the model's dependencies, so
-        ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL.
+        ``TraceMeanField_ELBO`` scores every latent site by its closed-form KL:
+
+        .. math::
+
+            x_T \sim \mathcal{N}\big(\sqrt{\bar\alpha_T}\, x_0, (1 - \bar\alpha_T) I\big), \quad
+            x_{t-1} \sim \mathcal{N}\big(\tilde\mu_t(x_t, x_0), \tilde\beta_t I\big) \; (t = T..2).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param n: unused (the model's signature).
+        :returns: x_1 ``[B x *event_shape]``.
+
+        Example: its first site is Statement 1's q(x_T|x_0).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0 = torch.ones(3, 2)
+        >>> site = pyro.poutine.trace(diffusion.posterior_guide).get_trace(x0).nodes["x_10"]
+        >>> torch.allclose(site["fn"].base_dist.loc, x0 * diffusion.schedule.alphas_cumprod[-1] ** 0.5)
+        True
         """
         x0 = self.check_data(x0)
         self._need_chain()
@@ -589,13 +927,37 @@ class GaussianDiffusion(nn.Module):
         ``x_0 ~ p(x_0|x_1, θ)`` observed. ``weight[B]`` scales the step sites (``poutine.scale``):
         with weight = 1/P(t), ``Trace_ELBO`` on the pair is an unbiased Monte-Carlo estimate of the
         ELBO and ``TraceMeanField_ELBO`` the analytic-KL one.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor weight: per-example weights ``[B]`` of the step sites, or ``None``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> import pyro
+        >>> x0, t = torch.zeros(4, 2), torch.tensor([1, 2, 5, 10])
+        >>> trace = pyro.poutine.trace(diffusion.step_model).get_trace(x0, t)
+        >>> [name for name in trace.nodes if name.startswith("x_")]
+        ['x_T', 'x_t', 'x_prev', 'x_0']
+        >>> loss = pyro.infer.TraceMeanField_ELBO().differentiable_loss(diffusion.step_model, diffusion.step_guide,
+        ...                                                             x0, t, torch.full((4,), 10.0))  # 1/P(t)
+        >>> loss.shape
+        torch.Size([])
         """
         self._register()
         self._step_sites(x0, t, weight, is_model=True)
 
     def step_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
         """The pair of :meth:`step_model`: ``x_T ~ q(x_T|x_0)``, ``x_t ~ q(x_t|x_0)``,
-        ``x_prev ~ q(x_{t−1}|x_t, x_0)``."""
+        ``x_prev ~ q(x_{t−1}|x_t, x_0)`` (masked at t = 1).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: steps ``LongTensor[B]`` in 1..T.
+        :param torch.Tensor weight: per-example weights ``[B]``, as :meth:`step_model`'s.
+        """
         self._step_sites(x0, t, weight, is_model=False)
 
     # ------------------------------------------------------------------ continuous time (T = 0, or any γ model)
@@ -606,7 +968,12 @@ class GaussianDiffusion(nn.Module):
                              f"this model has {type(self.schedule).__name__} and time_input={self.time_input!r}")
 
     def check_times(self, t: Tensor, batch: int) -> Tensor:
-        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not."""
+        """``t`` checked to be a float tensor ``[batch]`` in [0, 1] (continuous time); one-line error if not.
+
+        :param torch.Tensor t: times.
+        :param int batch: B, the batch size.
+        :returns: ``t`` itself.
+        """
         self.check_continuous()
         if not torch.is_tensor(t) or not t.is_floating_point() or t.shape != (batch,):
             raise ValueError(f"t must be a float tensor of shape ({batch},) of times in [0, 1], got {t!r}")
@@ -664,10 +1031,33 @@ class GaussianDiffusion(nn.Module):
         return 0.5 * dg_t.to(x0.dtype) * (eps - eps_hat).pow(2).sum(tuple(range(1, x0.dim())))
 
     def diffusion_integrand(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
+        r"""L(t) = ½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖² per example ``[B]`` (nats) at x_t = α_t x_0 + σ_t ε: the number that
         :meth:`continuous_model`'s factor ``diffusion`` scores for the same ``x0`` ``[B x ...]``, times ``t``
         ``[B]`` in [0, 1] and noise ``eps`` (the site ``x_t`` fed ``eps``), without its other terms' network call.
-        E over t ~ U[0, 1) and ε is the continuous-time diffusion term."""
+        E over t ~ U[0, 1) and ε is the continuous-time diffusion term.
+
+        .. math::
+
+            \mathcal{L}_\infty = \tfrac12 \mathbb{E}_{t \sim U[0, 1],\, \varepsilon \sim \mathcal{N}(0, I)}
+            \big[\gamma'(t)\, \lVert \varepsilon - \hat\varepsilon_\theta(x_t, \gamma(t)) \rVert^2\big].
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor eps: noise of the shape of ``x0``.
+        :returns: L(t) per example ``[B]``, in nats.
+
+        Example: with ε̂ = 0 (an untrained MLPDenoiser) and a linear γ, L(t) = ½ (γ_1 − γ_0) ‖ε‖².
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> eps = torch.ones(2, 2)
+        >>> diffusion.diffusion_integrand(torch.zeros(2, 2), torch.tensor([0.25, 0.75]), eps).tolist()  # ½ · 15 · 2
+        [15.0, 15.0]
+        """
         x0 = self.check_data(x0)
         t = self.check_times(t, x0.shape[0])
         g_t, dg_t = self.schedule.gamma_and_derivative(t.to(torch.float64))
@@ -683,12 +1073,33 @@ class GaussianDiffusion(nn.Module):
         at γ(t) and the factor ``diffusion`` = −½ γ'(t) ‖ε − ε̂(x_t, γ(t))‖², ε = (x_t − α_t x_0)/σ_t, the diffusion
         term's integrand (VDM eq. 17). ``x_1`` and ``x_t`` have the same distribution in both programs, so they
         cancel. ``weight[B]`` (1/p(t)) scales ``x_t`` and ``diffusion``; with t ~ p, ``Trace_ELBO`` /
-        ``TraceMeanField_ELBO`` on the pair is an unbiased estimate of the continuous-time ELBO."""
+        ``TraceMeanField_ELBO`` on the pair is an unbiased estimate of the continuous-time ELBO.
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor weight: per-example weights ``[B]``, or ``None``.
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+        >>> from ppl_diffusion.gamma import LinearGamma
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(-10.0, 5.0), T=0, event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1))
+        >>> import pyro
+        >>> trace = pyro.poutine.trace(diffusion.continuous_model).get_trace(torch.zeros(3, 2), torch.rand(3))
+        >>> [name for name in trace.nodes if name.startswith("x_") or name == "diffusion"]
+        ['x_T', 'x_1', 'x_0', 'x_t', 'diffusion']
+        """
         self._register()
         self._continuous_sites(x0, t, weight, is_model=True)
 
     def continuous_guide(self, x0: Tensor, t: Tensor, weight: Tensor | None = None):
-        """The pair of :meth:`continuous_model`: ``x_T ~ q(x_T|x_0)`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t)."""
+        """The pair of :meth:`continuous_model`: ``x_T ~ q(x_T|x_0)`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t).
+
+        :param torch.Tensor x0: data ``[B x *event_shape]``.
+        :param torch.Tensor t: times ``[B]`` in [0, 1].
+        :param torch.Tensor weight: per-example weights ``[B]``, or ``None``.
+        """
         self._register_schedule(chain=False)
         self._continuous_sites(x0, t, weight, is_model=False)
 
@@ -707,7 +1118,25 @@ class GaussianDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
-        """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x ...]``."""
+        """Ancestral sampling: run :meth:`model` without data and return ``x_0`` of shape ``[n x *event_shape]``.
+
+        x_T ~ p(x_T), then x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..1, drawn from torch's global generator, without
+        gradients.
+
+        :param int n: the number of examples, >= 1.
+        :raises ValueError: for a continuous-time model (sample ``with_steps(T)``).
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+        ...                               event_shape=(2,))
+        >>> _ = torch.manual_seed(1)
+        >>> x = diffusion.sample(4)
+        >>> _ = torch.manual_seed(1)
+        >>> x.shape, bool((diffusion.sample(4) == x).all())
+        (torch.Size([4, 2]), True)
+        """
         if self.continuous:
             raise ValueError("this model is in continuous time (T = 0) and samples through a chain: "
                              "diffusion.with_steps(T).sample(n)")

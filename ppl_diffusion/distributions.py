@@ -27,6 +27,9 @@ from torch import Tensor
 
 from .closed_forms import discretized_gaussian_log_likelihood
 
+__all__ = ["DECODERS", "IMAGE_DECODERS", "DiscretizedGaussian", "DiscretizedGaussianDecoder", "GaussianDecoder",
+           "VDMCategorical", "VDMCategoricalDecoder", "bin_centres", "make_decoder"]
+
 
 class _OnBins(TorchDistribution):
     """A distribution over the ``bins`` centres of [−1, 1], elementwise, from a location and a scale (the decoders'
@@ -54,11 +57,33 @@ def check_bins(bins) -> int:
 
 
 class DiscretizedGaussian(_OnBins):
-    """N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
+    r"""N(loc, scale²) discretized over ``bins`` equal bins on [−1, 1], edge bins extended to ±∞.
 
-    Values are the bin centres −1 + 2k/(bins − 1). ``log_prob`` is exact in the tails
+    Values are the bin centres c_k = −1 + 2k/(bins − 1), with probabilities
+
+    .. math::
+
+        P(c_k) = \Phi\Big(\frac{c_k + \delta - \mu}{\sigma}\Big) - \Phi\Big(\frac{c_k - \delta - \mu}{\sigma}\Big),
+        \qquad \delta = \frac{1}{\mathrm{bins} - 1},
+
+    the first bin's lower edge at −∞ and the last bin's upper edge at +∞. ``log_prob`` is exact in the tails
     (:func:`~ppl_diffusion.closed_forms.discretized_gaussian_log_likelihood`); ``sample`` draws from
-    the Normal and rounds to the nearest centre, which is a draw from this distribution.
+    the Normal and rounds to the nearest centre, which is a draw from this distribution. Elementwise: batch shape
+    the broadcast shape of ``loc`` and ``scale``, event shape ().
+
+    :param torch.Tensor loc: μ.
+    :param torch.Tensor scale: σ > 0, broadcast against ``loc``.
+    :param int bins: the number of values (256 for 8-bit data).
+
+    Example:
+
+    >>> import torch
+    >>> d = DiscretizedGaussian(torch.zeros(3), torch.full((3,), 0.5), bins=4)
+    >>> d.batch_shape, d.sample().shape
+    (torch.Size([3]), torch.Size([3]))
+    >>> centres = torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0])[:, None]  # the 4 values, against each of the 3 elements
+    >>> [round(float(v), 4) for v in d.log_prob(centres).exp().sum(0)]  # the probabilities sum to 1
+    [1.0, 1.0, 1.0]
     """
 
     def _grid(self, x: Tensor) -> Tensor:
@@ -66,12 +91,14 @@ class DiscretizedGaussian(_OnBins):
         return k * (2.0 / (self.bins - 1)) - 1.0
 
     def sample(self, sample_shape=torch.Size()):
+        """A draw ``[*sample_shape x *batch_shape]``: loc + scale · ε rounded to the nearest bin centre."""
         with torch.no_grad():
             shape = self._extended_shape(sample_shape)
             x = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
             return self._grid(x)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """log P(value), ``value`` on the bin centres (checked when validation is on), in nats."""
         if self._validate_args:
             off = (value - self._grid(value)).abs() > 1e-4 / self.bins
             if off.any():
@@ -83,11 +110,18 @@ class DiscretizedGaussian(_OnBins):
         return discretized_gaussian_log_likelihood(value, self.loc, torch.log(self.scale), self.bins)
 
     def from_normal(self, eps: Tensor) -> Tensor:
-        """The draw whose standard normal noise is ``eps``: loc + scale · eps rounded to the nearest centre."""
+        """The draw whose standard normal noise is ``eps``: loc + scale · eps rounded to the nearest centre.
+
+        >>> import torch
+        >>> d = DiscretizedGaussian(torch.tensor([0.3]), torch.tensor([0.1]), bins=4)
+        >>> round(float(d.from_normal(torch.zeros(1))[0]), 4)  # 1/3 is the centre nearest to 0.3
+        0.3333
+        """
         return self._grid(self.loc + self.scale * eps)
 
     @property
     def mean(self):
+        """``loc`` (the mean of the underlying Normal)."""
         return self.loc
 
 
@@ -95,13 +129,20 @@ def bin_centres(bins: int) -> np.ndarray:
     """The ``bins`` centres c_k = (2k − (bins − 1))/(bins − 1) of [−1, 1], float64 NumPy (each the float64 nearest to
     the centre; cast to float32 it is the float32 the data's pixels are, as ``data.to_model_space`` rounds once from
     float64). Computed on the host so that both backends' decoders hold the same bits: a compiled division by a
-    constant may become a multiplication by its reciprocal, one ulp off."""
+    constant may become a multiplication by its reciprocal, one ulp off.
+
+    :param int bins: the number of centres, >= 2.
+    :rtype: numpy.ndarray
+
+    >>> bin_centres(5).tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
     k = np.arange(bins, dtype=np.float64)
     return (2.0 * k - (bins - 1)) / (bins - 1)
 
 
 class VDMCategorical(_OnBins):
-    """VDM's categorical over the ``bins`` centres c_k = −1 + 2k/(bins − 1) of [−1, 1], elementwise:
+    r"""VDM's categorical over the ``bins`` centres c_k = −1 + 2k/(bins − 1) of [−1, 1], elementwise:
 
         P(c_k) = exp(−(c_k − loc)²/(2 scale²)) / Σ_j exp(−(c_j − loc)²/(2 scale²)),
 
@@ -110,12 +151,29 @@ class VDMCategorical(_OnBins):
     σ_1²/α_1² = e^{γ_0}: the posterior over x_0 of q(x_1|x_0) under a uniform prior on the centres for each
     pixel alone, exact when the pixels are independent given x_1, and no network call. ``log_prob`` is a
     ``log_softmax`` over the ``bins`` logits (``[... x bins]`` in memory); ``sample`` and :meth:`from_normal` are
-    exact draws (inverse CDF)."""
+    exact draws (inverse CDF).
+
+    :param torch.Tensor loc: the location (x_1/α_1 as the decoder).
+    :param torch.Tensor scale: the scale > 0 (σ_1/α_1), broadcast against ``loc``.
+    :param int bins: the number of values (256 for 8-bit data).
+
+    Example: the probabilities are the normal density at the centres, normalised.
+
+    >>> import torch
+    >>> d = VDMCategorical(torch.tensor([0.0, 0.9]), torch.tensor([0.5, 0.5]), bins=4)
+    >>> d.logits.shape, [round(float(p), 4) for p in d.probs.sum(-1)]
+    (torch.Size([2, 4]), [1.0, 1.0])
+    >>> w = torch.exp(-0.5 * ((d.centres - 0.9) / 0.5) ** 2)
+    >>> bool(torch.allclose(d.probs[1], w / w.sum()))
+    True
+    >>> float(d.sample().abs().max()) <= 1.0
+    True
+    """
 
     @property
     def centres(self) -> Tensor:
-        """c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc``: :func:`bin_centres`, the numbers the
-        data's pixels are (``data.to_model_space``) and the NumPyro twin's, bit for bit."""
+        """The centres c_k = −1 + 2k/(bins − 1), k = 0..bins − 1, in the dtype of ``loc`` (:func:`bin_centres`, the
+        numbers the data's pixels are, ``data.to_model_space``, and the NumPyro twin's, bit for bit)."""
         return torch.as_tensor(bin_centres(self.bins), dtype=self.loc.dtype, device=self.loc.device)
 
     @property
@@ -126,12 +184,14 @@ class VDMCategorical(_OnBins):
 
     @property
     def probs(self) -> Tensor:
+        """P(c_k), ``[*batch_shape x bins]``."""
         return self.logits.exp()
 
     def _index(self, x: Tensor) -> Tensor:
         return torch.round((x.clamp(-1.0, 1.0) + 1.0) * (self.bins - 1) / 2.0).long()
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """log P(value), ``value`` on the centres (checked when validation is on), in nats."""
         if self._validate_args:
             off = (value - self.centres[self._index(value)]).abs() > 1e-4 / self.bins
             if off.any():
@@ -150,17 +210,36 @@ class VDMCategorical(_OnBins):
         return self.centres[k]
 
     def sample(self, sample_shape=torch.Size()):
+        """An exact draw ``[*sample_shape x *batch_shape]`` of the centres (:meth:`from_normal` of a normal draw)."""
         with torch.no_grad():
             shape = self._extended_shape(sample_shape)
             return self.from_normal(torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device))
 
     @property
     def mean(self):
+        """Σ_k c_k P(c_k)."""
         return (self.probs * self.centres).sum(-1)
 
 
 class GaussianDecoder:
-    """p(x_0 | x_1) = N(μ_θ(x_1, 1), σ_1² I): a density, for continuous data."""
+    r"""p(x_0 | x_1) = N(μ_θ(x_1, 1), σ_1² I): a density, for continuous data (``decoder="gaussian"``).
+
+    Called with the reverse step's mean and log-variance at t = 1, it returns the elementwise Pyro
+    :class:`~pyro.distributions.Normal`:
+
+    .. math::
+
+        p(x_0 \mid x_1) = \mathcal{N}\big(x_0; \mu_\theta(x_1, 1), \sigma_1^2 I\big).
+
+    Example:
+
+    >>> import torch
+    >>> d = GaussianDecoder()(torch.zeros(2, 3), torch.zeros(2, 3))  # mean 0, log σ² = 0
+    >>> type(d).__name__, d.batch_shape
+    ('Normal', torch.Size([2, 3]))
+    >>> round(float(d.log_prob(torch.zeros(2, 3))[0, 0]), 4)  # −½ log 2π
+    -0.9189
+    """
 
     name = "gaussian"
     uses_denoiser = True
@@ -175,7 +254,19 @@ class GaussianDecoder:
 class DiscretizedGaussianDecoder:
     """p(x_0 | x_1) = N(μ_θ(x_1, 1), σ_1² I) discretized over ``bins`` bins on [−1, 1] (DDPM §3.3).
 
-    The probability of each pixel value, so −log p(x_0) gives bits/dim of 8-bit data directly.
+    The probability of each pixel value, so −log p(x_0) gives bits/dim of 8-bit data directly. Called with the
+    reverse step's mean and log-variance, it returns a :class:`DiscretizedGaussian` (``decoder="discretized"``).
+
+    :param int bins: the number of values on [−1, 1] (256 for 8-bit data), >= 2.
+
+    Example:
+
+    >>> import torch
+    >>> decoder = DiscretizedGaussianDecoder(bins=256)
+    >>> x0 = torch.full((1, 2), 1 / 255)  # a bin centre: pixel 128 of 0..255
+    >>> d = decoder(x0, torch.full((1, 2), -20.0))  # σ far below a bin's width: all mass on the centre
+    >>> round(float(d.log_prob(x0).exp()[0, 0]), 4)
+    1.0
     """
 
     name = "discretized"
@@ -199,7 +290,17 @@ class VDMCategoricalDecoder:
 
     Where the discretized decoder spends one denoiser call per example to predict x_0, this one trusts x_1: its
     −log p(x_0|x_1) falls to 0 as γ_0 → −∞ (σ_1/α_1 much below the spacing 2/(bins − 1)), so a learned γ_0 is pushed
-    low and the denoiser's first steps carry the work."""
+    low and the denoiser's first steps carry the work.
+
+    :param int bins: the number of values on [−1, 1] (256 for 8-bit data), >= 2.
+
+    Example:
+
+    >>> import torch
+    >>> d = VDMCategoricalDecoder(bins=256)(torch.zeros(1, 3), torch.full((1, 3), -13.3))
+    >>> type(d).__name__, d.batch_shape
+    ('VDMCategorical', torch.Size([1, 3]))
+    """
 
     name = "vdm-categorical"
     uses_denoiser = False
@@ -214,9 +315,10 @@ class VDMCategoricalDecoder:
         return f"VDMCategoricalDecoder(bins={self.bins})"
 
 
+#: The decoders p(x_0|x_1) by name (``GaussianDiffusion(decoder=...)``, ``--decoder``).
 DECODERS = {"gaussian": GaussianDecoder, "discretized": DiscretizedGaussianDecoder,
             "vdm-categorical": VDMCategoricalDecoder}
-# The decoders of 8-bit data (a ``bins`` attribute, data on the bin centres), for the data's own choice.
+#: The decoders of 8-bit data (a ``bins`` attribute, data on the bin centres), for the data's own choice.
 IMAGE_DECODERS = ("discretized", "vdm-categorical")
 
 
@@ -227,8 +329,18 @@ def uses_denoiser(decoder) -> bool:
 
 
 def make_decoder(decoder) -> GaussianDecoder | DiscretizedGaussianDecoder | VDMCategoricalDecoder:
-    """A decoder from its name (``"gaussian"``, ``"discretized"``, ``"vdm-categorical"``) or a decoder object
-    itself."""
+    """A decoder from its name (``"gaussian"``, ``"discretized"``, ``"vdm-categorical"``; the keys of
+    :data:`DECODERS`) or a decoder object itself (any callable ``decoder(mean, log_variance)`` returning a
+    distribution).
+
+    :param decoder: a name or a decoder object.
+    :raises ValueError: for an unknown name, listing the known ones.
+
+    >>> make_decoder("discretized")
+    DiscretizedGaussianDecoder(bins=256)
+    >>> make_decoder("gaussian")
+    GaussianDecoder()
+    """
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(DECODERS)}")

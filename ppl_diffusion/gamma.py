@@ -5,7 +5,7 @@ A variance-preserving forward process is one increasing function, the log noise-
     α_t² = sigmoid(−γ(t)),   σ_t² = sigmoid(γ(t)),   q(x_t|x_0) = N(α_t x_0, σ_t² I),
 
 so that α_t² + σ_t² = 1 and γ increases from γ_0 = γ(0) (almost no noise) to γ_1 = γ(1) (almost pure noise). It
-is the ``(1 − ᾱ)/ᾱ`` of a :class:`~ppl_diffusion.NoiseSchedule` in the log: γ_t = log((1 − ᾱ_t)/ᾱ_t) = 2 log σ̃_t,
+is the ``(1 − ᾱ)/ᾱ`` of a :class:`~ppl_diffusion.schedule.NoiseSchedule` in the log: γ_t = log((1 − ᾱ_t)/ᾱ_t) = 2 log σ̃_t,
 the VE noise level of :mod:`ppl_diffusion.continuous`. Every schedule here is written
 
     γ(t) = γ_0 + (γ_1 − γ_0) · shape(t),     shape(0) = 0, shape(1) = 1, shape increasing,
@@ -13,18 +13,18 @@ the VE noise level of :mod:`ppl_diffusion.continuous`. Every schedule here is wr
 with the endpoints and the interior (``shape``) parametrised apart: the continuous-time ELBO depends on the
 schedule through its endpoints alone, and the interior only through the variance of its estimate
 (docs/variational.md), so the two are trained by different objectives
-(:class:`~ppl_diffusion.infer.ContinuousTimeELBO`, ``schedule_objective="variance"``).
+(:class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`, ``schedule_objective="variance"``).
 
 The schedules, chosen by name in :func:`make_gamma_schedule` (:data:`GAMMA_SCHEDULES`):
 
-======================  ====================================================================================
-``"fixed-linear"``      :class:`LinearGamma`: γ linear from γ_0 to γ_1, no parameters (VDM's ``fixed``).
-``"fixed-interpolated"`` :class:`InterpolatedGamma`: through given knots (t_k, γ_k), a natural cubic spline;
-                        :meth:`InterpolatedGamma.from_noise_schedule` reads any NoiseSchedule exactly at its steps.
-``"learned-scalar"``    :class:`ScalarGamma`: linear, learned endpoints γ_0 < γ_1 (VDM's ``learnable_scalar``).
-``"learned-net"``       :class:`MonotoneNetGamma`: VDM's monotone network (positive-weight dense layers) as the
-                        interior, endpoints fixed or learned.
-======================  ====================================================================================
+========================  ====================================================================================
+``"fixed-linear"``        :class:`LinearGamma`: γ linear from γ_0 to γ_1, no parameters (VDM's ``fixed``).
+``"fixed-interpolated"``  :class:`InterpolatedGamma`: through given knots (t_k, γ_k), a natural cubic spline;
+                          :meth:`InterpolatedGamma.from_noise_schedule` reads any NoiseSchedule exactly at its steps.
+``"learned-scalar"``      :class:`ScalarGamma`: linear, learned endpoints γ_0 < γ_1 (VDM's ``learnable_scalar``).
+``"learned-net"``         :class:`MonotoneNetGamma`: VDM's monotone network (positive-weight dense layers) as the
+                          interior, endpoints fixed or learned.
+========================  ====================================================================================
 
 Every schedule computes in the dtype of ``t`` (parameters are cast to it): the chain's coefficients are formed
 in float64 from γ at the steps, as the NoiseSchedule's are, and cast per step to the data's dtype.
@@ -32,7 +32,7 @@ in float64 from γ at the steps, as the NoiseSchedule's are, and cast per step t
 Where a chain of T steps sits in [0, 1] (:func:`step_times`): latent x_t at t_τ = (t − 1)/(T − 1), t = 1..T, so
 the decoder's latent x_1 is at γ_0 and the prior's x_T at γ_1 for every T. Then our T-step chain is VDM's discrete
 model with T − 1 transitions, the endpoint terms (decoder L_0 and prior L_T) do not depend on T, and the T → ∞
-limit of the steps L_1..L_{T−1} is the continuous-time diffusion term with the same endpoints. :class:`GammaChain`
+limit of the steps L_1..L_{T−1} is the continuous-time diffusion term with the same endpoints. :class:`~ppl_diffusion.gamma.GammaChain`
 holds the chain's coefficients from γ at those times under the NoiseSchedule's names, so the closed forms read
 either.
 """
@@ -50,10 +50,12 @@ from torch import Tensor, nn
 from .closed_forms import log1mexp
 from .schedule import NoiseSchedule
 
-GAMMA_MIN, GAMMA_MAX = -13.3, 5.0  # VDM's defaults for 8-bit images: σ_0² ≈ 1.7e-6, α_1² ≈ 6.7e-3
-# The chain of steps that samples a model in continuous time unless told (sample --steps K), and whose x_T noise
-# (SAMPLE stream at t = K) the probability-flow ODE starts from.
+GAMMA_MIN = -13.3  #: VDM's default γ_0 for 8-bit images (σ_0² ≈ 1.7e-6)
+GAMMA_MAX = 5.0  #: VDM's default γ_1 for 8-bit images (α_1² ≈ 6.7e-3)
+#: The chain of steps that samples a model in continuous time unless told (sample --steps K), and whose x_T noise
+#: (SAMPLE stream at t = K) the probability-flow ODE starts from.
 CONTINUOUS_SAMPLE_STEPS = 1000
+#: The interpolations of :class:`InterpolatedGamma`.
 INTERPOLATIONS = ("cubic", "linear")
 
 
@@ -90,6 +92,7 @@ class InteriorGradientScale:
         self.scale: Tensor | None = None
 
     def hook(self, grad: Tensor) -> Tensor:
+        """``grad * scale``: the tensor hook registered on the interior's outputs (an error if no scale is set)."""
         if self.scale is None:
             raise RuntimeError("the schedule's interior gradient is scaled per example, but no scale was set before "
                                "backward(); set InteriorGradientScale.scale (ContinuousTimeELBO does)")
@@ -99,11 +102,29 @@ class InteriorGradientScale:
 
 
 class GammaSchedule(nn.Module):
-    """γ(t) = γ_0 + (γ_1 − γ_0)·shape(t), t ∈ [0, 1] (see the module). Subclasses give :meth:`endpoints` and
+    r"""γ(t) = γ_0 + (γ_1 − γ_0)·shape(t), t ∈ [0, 1] (see the module). Subclasses give :meth:`endpoints` and
     :meth:`shape` (default: t, linear); γ'(t) comes by autodiff (:meth:`gamma_and_derivative`).
 
     ``t`` is a floating tensor of any shape (a Python number is a float64 0-d tensor); the result has its shape and
-    dtype."""
+    dtype.
+
+    .. math::
+
+        \gamma(t) = \gamma_0 + (\gamma_1 - \gamma_0)\, \mathrm{shape}(t), \qquad
+        \alpha_t^2 = \operatorname{sigmoid}(-\gamma(t)), \quad \sigma_t^2 = \operatorname{sigmoid}(\gamma(t)).
+
+    Example: a schedule of your own, quadratic in t.
+
+    >>> import torch
+    >>> class Quadratic(GammaSchedule):
+    ...     def endpoints(self, dtype=torch.float64):
+    ...         return torch.tensor(-10.0, dtype=dtype), torch.tensor(6.0, dtype=dtype)
+    ...     def shape(self, t):
+    ...         return t ** 2
+    >>> g, dg = Quadratic().gamma_and_derivative(torch.tensor([0.5], dtype=torch.float64))
+    >>> g.tolist(), dg.tolist()  # −10 + 16 · ¼ and 16 · 2 · ½
+    ([-6.0], [16.0])
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +132,10 @@ class GammaSchedule(nn.Module):
 
     # -------------------------------------------------------------- what subclasses define
     def endpoints(self, dtype=torch.float64) -> tuple[Tensor, Tensor]:
-        """(γ_0, γ_1) as 0-d tensors of ``dtype`` (differentiable where learned)."""
+        """(γ_0, γ_1) as 0-d tensors of ``dtype`` (differentiable where learned).
+
+        :rtype: tuple[torch.Tensor, torch.Tensor]
+        """
         raise NotImplementedError
 
     def shape(self, t: Tensor) -> Tensor:
@@ -128,7 +152,10 @@ class GammaSchedule(nn.Module):
 
     # -------------------------------------------------------------- derived
     def forward(self, t) -> Tensor:
-        """γ(t)."""
+        """γ(t), of the shape and dtype of ``t``.
+
+        :param t: times in [0, 1], a floating tensor or a number.
+        """
         t = _as_time(t)
         g0, g1 = self.endpoints(t.dtype)
         return g0 + (g1 - g0) * self.shape(t)
@@ -137,7 +164,22 @@ class GammaSchedule(nn.Module):
         """(γ(t), γ'(t)), the derivative by autodiff (differentiable in the parameters).
 
         Inside :meth:`scale_interior` the gradient reaching the interior through both is multiplied per example by
-        the context's factors (hooks on shape(t) and shape'(t) of a ``[B]``-shaped ``t``)."""
+        the context's factors (hooks on shape(t) and shape'(t) of a ``[B]``-shaped ``t``).
+
+        :param t: times in [0, 1], a floating tensor or a number.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
+
+        Example: autodiff's γ' agrees with a finite difference.
+
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> schedule = MonotoneNetGamma(features=16).double()
+        >>> t, h = torch.tensor([0.3], dtype=torch.float64), 1e-6
+        >>> g, dg = schedule.gamma_and_derivative(t)
+        >>> fd = (schedule(t + h) - schedule(t - h)) / (2 * h)
+        >>> bool(torch.allclose(dg, fd, rtol=1e-6))
+        True
+        """
         t = _as_time(t)
         with torch.enable_grad():
             tt = t.detach().requires_grad_(True)
@@ -156,7 +198,10 @@ class GammaSchedule(nn.Module):
         """Within the context, the gradients reaching :meth:`interior_parameters` through
         :meth:`gamma_and_derivative` at ``[B]`` times are multiplied by ``scale.scale[i]`` per example (set before
         ``backward``): with scale = 2·L_i this turns the gradient of Σ L_i into that of Σ L_i² for the interior alone,
-        in the same backward pass (VDM, Appendix I.2)."""
+        in the same backward pass (VDM, Appendix I.2).
+
+        :param InteriorGradientScale scale: holds the per-example factors.
+        """
         previous, self._interior_scale = self._interior_scale, scale
         try:
             yield scale
@@ -165,15 +210,28 @@ class GammaSchedule(nn.Module):
 
     @property
     def learnable(self) -> bool:
+        """Whether any parameter requires a gradient (the model then registers the schedule with Pyro)."""
         return any(p.requires_grad for p in self.parameters())
 
     def alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
-        """(α_t, σ_t) = (√sigmoid(−γ(t)), √sigmoid(γ(t)))."""
+        """(α_t, σ_t) = (√sigmoid(−γ(t)), √sigmoid(γ(t))): α_t² + σ_t² = 1.
+
+        :param t: times in [0, 1], a floating tensor or a number.
+        :rtype: tuple[torch.Tensor, torch.Tensor]
+
+        >>> alpha, sigma = LinearGamma(-10.0, 5.0).alpha_sigma(0.5)
+        >>> round(float(alpha ** 2 + sigma ** 2), 6), round(float(sigma ** 2), 4)  # sigmoid(−2.5)
+        (1.0, 0.0759)
+        """
         g = self(t)
         return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
 
     def describe(self) -> dict:
-        """The current endpoints (floats), for logs."""
+        """The current endpoints (floats), for logs.
+
+        >>> LinearGamma().describe()
+        {'gamma_0': -13.3, 'gamma_1': 5.0}
+        """
         g0, g1 = self.endpoints()
         return {"gamma_0": float(g0.detach()), "gamma_1": float(g1.detach())}
 
@@ -183,6 +241,9 @@ class LinearGamma(GammaSchedule):
 
     :param float gamma_0: γ at t = 0 (the decoder's noise level σ_0² = sigmoid(γ_0)).
     :param float gamma_1: γ at t = 1 (the prior's end: α_1² = sigmoid(−γ_1)); γ_0 < γ_1.
+
+    >>> LinearGamma(-10.0, 6.0)(torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)).tolist()
+    [-10.0, -6.0, 6.0]
     """
 
     def __init__(self, gamma_0: float = GAMMA_MIN, gamma_1: float = GAMMA_MAX) -> None:
@@ -200,6 +261,13 @@ class ScalarGamma(GammaSchedule):
     """γ(t) = γ_0 + (γ_1 − γ_0) t with learned endpoints (VDM's ``NoiseSchedule_Scalar``).
 
     Parametrised so that the order holds: γ_0 is a parameter, γ_1 = γ_0 + exp(``log_range``).
+
+    :param float gamma_0: the initial γ_0.
+    :param float gamma_1: the initial γ_1 > γ_0.
+
+    >>> schedule = ScalarGamma(-10.0, 6.0)
+    >>> [round(g.item(), 4) for g in schedule.endpoints()], schedule.learnable, len(schedule.endpoint_parameters())
+    ([-10.0, 6.0], True, 2)
     """
 
     def __init__(self, gamma_0: float = GAMMA_MIN, gamma_1: float = GAMMA_MAX) -> None:
@@ -222,7 +290,16 @@ class InterpolatedGamma(GammaSchedule):
     ``interpolation="cubic"`` (default): the natural cubic spline (twice continuously differentiable, as
     :mod:`ppl_diffusion.continuous`'s grid map), refused where it is not increasing between two knots;
     ``"linear"``: piecewise linear in γ (always increasing; γ' jumps at the knots). The coefficients are float64
-    and fixed (not a buffer: ``.float()`` does not round them)."""
+    and fixed (not a buffer: ``.float()`` does not round them).
+
+    :param times: the knots' times, increasing from 0 to 1.
+    :param gammas: γ at the knots, increasing.
+    :param str interpolation: one of :data:`INTERPOLATIONS`.
+
+    >>> g = InterpolatedGamma([0.0, 0.5, 1.0], [-8.0, -1.0, 4.0], interpolation="linear")
+    >>> g(torch.tensor([0.5, 0.75], dtype=torch.float64)).tolist()
+    [-1.0, 1.5]
+    """
 
     def __init__(self, times, gammas, interpolation: str = "cubic") -> None:
         super().__init__()
@@ -270,7 +347,18 @@ class InterpolatedGamma(GammaSchedule):
     def from_noise_schedule(cls, schedule: NoiseSchedule, interpolation: str = "cubic") -> "InterpolatedGamma":
         """The γ of a discrete chain, exact at its steps: γ((t − 1)/(T − 1)) = log((1 − ᾱ_t)/ᾱ_t), t = 1..T
         (:func:`step_times`), so that ``GaussianDiffusion(schedule=this, T=schedule.T, time_input="step")`` is the
-        chain of ``schedule`` term by term."""
+        chain of ``schedule`` term by term.
+
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: a chain of T >= 2 steps.
+        :param str interpolation: one of :data:`INTERPOLATIONS`.
+
+        >>> import numpy as np
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> s = NoiseSchedule.linear(T=20)
+        >>> chain = GammaChain.of(InterpolatedGamma.from_noise_schedule(s), 20)
+        >>> bool(np.allclose(chain.alphas_cumprod.numpy(), s.alphas_cumprod))
+        True
+        """
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         if schedule.T < 2:
@@ -301,9 +389,20 @@ class InterpolatedGamma(GammaSchedule):
 
 
 class DenseMonotone(nn.Module):
-    """y = x |W|ᵀ + b: a dense layer with non-negative weights, increasing in every input (VDM's ``DenseMonotone``).
+    """``y = x |W|ᵀ + b``: a dense layer with non-negative weights, increasing in every input (VDM's ``DenseMonotone``).
 
-    ``weight`` ``[out x in]`` as ``torch.nn.Linear``'s; its absolute value is used."""
+    ``weight`` ``[out x in]`` as ``torch.nn.Linear``'s; its absolute value is used.
+
+    :param int in_features: inputs.
+    :param int out_features: outputs.
+    :param bool bias: add a learned bias.
+    :param float weight_std: the initial weights' standard deviation.
+
+    >>> _ = torch.manual_seed(0)
+    >>> layer = DenseMonotone(1, 3)
+    >>> bool((layer(torch.ones(1, 1)) >= layer(torch.zeros(1, 1))).all())  # increasing in its input
+    True
+    """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True, weight_std: float = 0.01) -> None:
         super().__init__()
@@ -311,6 +410,7 @@ class DenseMonotone(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """``x |W|ᵀ + b`` for ``x`` ``[... x in]``."""
         y = x @ self.weight.to(x.dtype).abs().T
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -320,9 +420,22 @@ class MonotoneNetGamma(GammaSchedule):
 
     The network is VDM's: g̃(t) = w t + l3(φ(l2(2t − 1))) / F with φ(h) = 2 (sigmoid(h) − ½), ``l2`` ``[F x 1]`` and
     ``l3`` ``[1 x F]`` :class:`DenseMonotone` layers (F = ``features``, weights N(0, 0.01²), VDM's init) and w > 0
-    (``linear``, its |·| used); so g̃ increases, starting almost linear. It is normalised to shape(t) =
+    (``linear``, its absolute value used); so g̃ increases, starting almost linear. It is normalised to shape(t) =
     (g̃(t) − g̃(0)) / (g̃(1) − g̃(0)), so that γ(0) = γ_0 and γ(1) = γ_1 exactly (VDM's code lets them drift: its
     issue 11). The endpoints are those of :class:`ScalarGamma` (``learn_endpoints=True``) or fixed.
+
+    :param float gamma_0: the (initial) γ_0.
+    :param float gamma_1: the (initial) γ_1.
+    :param bool learn_endpoints: learn γ_0 and γ_1 (else fixed).
+    :param int features: F, the width of the monotone network.
+
+    Example: exact endpoints, increasing in between.
+
+    >>> _ = torch.manual_seed(0)
+    >>> schedule = MonotoneNetGamma(-10.0, 5.0, features=16)
+    >>> g = schedule(torch.linspace(0, 1, 5, dtype=torch.float64)).detach()
+    >>> [round(float(g[0]), 4), round(float(g[-1]), 4)], bool((g.diff() > 0).all())
+    ([-10.0, 5.0], True)
     """
 
     def __init__(self, gamma_0: float = GAMMA_MIN, gamma_1: float = GAMMA_MAX, *, learn_endpoints: bool = True,
@@ -338,6 +451,7 @@ class MonotoneNetGamma(GammaSchedule):
 
     @property
     def learn_endpoints(self) -> bool:
+        """Whether γ_0 and γ_1 are learned."""
         return isinstance(self.ends, ScalarGamma)
 
     def endpoints(self, dtype=torch.float64):
@@ -365,6 +479,7 @@ class MonotoneNetGamma(GammaSchedule):
         return f"features={self.features}, learn_endpoints={self.learn_endpoints}"
 
 
+#: The γ schedules by name (``--gamma-schedule``), for :func:`make_gamma_schedule`.
 GAMMA_SCHEDULES = {
     "fixed-linear": LinearGamma,
     "fixed-interpolated": InterpolatedGamma,
@@ -375,7 +490,17 @@ GAMMA_SCHEDULES = {
 
 def make_gamma_schedule(name: str, **kwargs) -> GammaSchedule:
     """A γ schedule by name (:data:`GAMMA_SCHEDULES`); ``"fixed-interpolated"`` with ``schedule=NoiseSchedule``
-    reads that schedule at its steps (:meth:`InterpolatedGamma.from_noise_schedule`)."""
+    reads that schedule at its steps (:meth:`InterpolatedGamma.from_noise_schedule`).
+
+    :param str name: a key of :data:`GAMMA_SCHEDULES`.
+    :param kwargs: the schedule's constructor arguments.
+    :raises ValueError: for an unknown name, listing the known ones.
+
+    >>> make_gamma_schedule("fixed-linear", gamma_0=-10.0, gamma_1=6.0)
+    LinearGamma(gamma_0=-10.0, gamma_1=6.0)
+    >>> make_gamma_schedule("learned-scalar").learnable
+    True
+    """
     if name not in GAMMA_SCHEDULES:
         raise ValueError(f"unknown γ schedule {name!r}; choose one of {sorted(GAMMA_SCHEDULES)}")
     if name == "fixed-interpolated" and "schedule" in kwargs:
@@ -384,8 +509,8 @@ def make_gamma_schedule(name: str, **kwargs) -> GammaSchedule:
 
 
 # ------------------------------------------------------------------------------------------ a model's forward process
-TIME_INPUTS = ("step", "gamma")  # what the net is conditioned on: the step label t, or γ(t) rescaled (VDM)
-GAMMA_LABEL_SCALE = 1000.0  # time_input="gamma": the label runs over [0, 1000] for γ in gamma_range, as DDPM's steps
+TIME_INPUTS = ("step", "gamma")  #: What the net is conditioned on, the step label t or γ(t) rescaled (VDM)
+GAMMA_LABEL_SCALE = 1000.0  #: With ``time_input="gamma"`` the label runs over [0, 1000] for γ in ``gamma_range``
 
 
 def check_forward_process(schedule, T, time_input, gamma_range, variance, *, endpoints=None):
@@ -423,7 +548,18 @@ def check_forward_process(schedule, T, time_input, gamma_range, variance, *, end
 
 # ------------------------------------------------------------------------------------------ the discrete chain
 def check_chain_T(T) -> int:
-    """T of a chain on a γ schedule: 0 (continuous time) or an integer >= 2; a one-line error otherwise."""
+    """T of a chain on a γ schedule: 0 (continuous time) or an integer >= 2; a one-line error otherwise.
+
+    :param T: the number of steps.
+    :rtype: int
+
+    >>> check_chain_T(0), check_chain_T(10)
+    (0, 10)
+    >>> check_chain_T(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: T = 1; with a γ schedule pass T >= 2 steps ...
+    """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0 or T == 1:
         raise ValueError(f"T = {T!r}; with a γ schedule pass T >= 2 steps (latents x_1 at γ_0 … x_T at γ_1) or "
                          "T = 0 for continuous time")
@@ -431,13 +567,19 @@ def check_chain_T(T) -> int:
 
 
 def step_times(T: int, *, dtype=torch.float64, device=None) -> Tensor:
-    """Where the chain's latents sit: t_τ = (t − 1)/(T − 1) for x_t, t = 1..T, ``[T]``."""
+    """Where the chain's latents sit: t_τ = (t − 1)/(T − 1) for x_t, t = 1..T, ``[T]``.
+
+    :param int T: the chain's steps, >= 2.
+
+    >>> step_times(5).tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
     return torch.arange(T, dtype=dtype, device=device) / (T - 1)
 
 
 class GammaChain:
     """The coefficients of the T-step chain of γ at :func:`step_times`, tensors ``[T]`` under the names of
-    :class:`~ppl_diffusion.NoiseSchedule` (so :mod:`ppl_diffusion.closed_forms` reads either), differentiable in
+    :class:`~ppl_diffusion.schedule.NoiseSchedule` (so :mod:`ppl_diffusion.closed_forms` reads either), differentiable in
     the schedule's parameters. With s = t − 1 (γ_s = −∞ at t = 1, where x_0 is the data):
 
     - ᾱ_t = α_t² = sigmoid(−γ_t), 1 − ᾱ_t = σ_t² = sigmoid(γ_t);
@@ -448,7 +590,18 @@ class GammaChain:
     each in a form that keeps its precision when neighbouring γ are close (log1mexp for the logs). ``gamma`` holds
     γ_t itself.
 
-    :param Tensor gamma: γ at the T steps, increasing, ``[T]`` (T >= 2); float64 recommended.
+    :param torch.Tensor gamma: γ at the T steps, increasing, ``[T]`` (T >= 2); float64 recommended.
+
+    Example: the chain's coefficients are a NoiseSchedule's, built from its own β.
+
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> chain = GammaChain.of(LinearGamma(-10.0, 5.0), 10)
+    >>> s = NoiseSchedule(chain.betas.numpy())
+    >>> chain.T, bool(np.allclose(s.alphas_cumprod, chain.alphas_cumprod.numpy()))
+    (10, True)
+    >>> bool(np.allclose(s.posterior_variance, chain.posterior_variance.numpy()))
+    True
     """
 
     def __init__(self, gamma: Tensor) -> None:
@@ -482,14 +635,18 @@ class GammaChain:
 
     @classmethod
     def of(cls, schedule: GammaSchedule, T: int, *, device=None) -> "GammaChain":
-        """The chain of ``schedule`` with ``T`` steps, γ evaluated in float64 at :func:`step_times`."""
+        """The chain of ``schedule`` with ``T`` steps, γ evaluated in float64 at :func:`step_times`.
+
+        :param ~ppl_diffusion.gamma.GammaSchedule schedule: the γ schedule.
+        :param int T: the chain's steps, >= 2.
+        :param device: where the coefficients live.
+        """
         return cls(schedule(step_times(T, device=device)))
 
     def __repr__(self) -> str:
         return f"GammaChain(T={self.T}, gamma_1st={float(self.gamma[0]):.4g}, gamma_T={float(self.gamma[-1]):.4g})"
 
 
-__all__ = ["CONTINUOUS_SAMPLE_STEPS", "GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "TIME_INPUTS",
-           "DenseMonotone", "GammaChain", "GammaSchedule", "InteriorGradientScale", "InterpolatedGamma", "LinearGamma",
-           "MonotoneNetGamma", "ScalarGamma", "check_chain_T", "check_endpoints", "check_forward_process",
-           "make_gamma_schedule", "step_times"]
+__all__ = ["CONTINUOUS_SAMPLE_STEPS", "GAMMA_LABEL_SCALE", "GAMMA_MAX", "GAMMA_MIN", "GAMMA_SCHEDULES", "INTERPOLATIONS",
+           "TIME_INPUTS", "DenseMonotone", "GammaChain", "GammaSchedule", "InteriorGradientScale", "InterpolatedGamma",
+           "LinearGamma", "MonotoneNetGamma", "ScalarGamma", "check_chain_T", "make_gamma_schedule", "step_times"]

@@ -40,7 +40,18 @@ import numbers
 
 import numpy as np
 
-XT, PREV, PRIOR, SAMPLE, REPLICATE, PROBE, DEQUANT, TIMESTEP, HOLDOUT, DIFFUSION = range(10)  # streams
+# The streams (see the table above), one integer each.
+XT = 0  #: stream of ε_t of x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t, the bound's draw at step t
+PREV = 1  #: stream of x_{t−1} ~ q(x_{t−1}|x_t, x_0), the Monte-Carlo step term
+PRIOR = 2  #: stream of x_T ~ q(x_T|x_0), the prior term of a prior without closed-form KL
+SAMPLE = 3  #: stream of ancestral sampling's draw of the site x_s at t = s
+REPLICATE = 4  #: stream of the generator seed of a replicate (:func:`seed_of`)
+PROBE = 5  #: stream of the probability-flow ODE's Hutchinson probes
+DEQUANT = 6  #: stream of the uniform dequantization draws (:func:`uniform`)
+TIMESTEP = 7  #: stream of the bound's draws of the step t (:func:`uniform`)
+HOLDOUT = 8  #: stream of the validation hold-out ranks (:func:`uniform`)
+DIFFUSION = 9  #: stream of ε of the continuous-time diffusion term
+#: The streams by name.
 STREAMS = {"XT": XT, "PREV": PREV, "PRIOR": PRIOR, "SAMPLE": SAMPLE, "REPLICATE": REPLICATE, "PROBE": PROBE,
            "DEQUANT": DEQUANT, "TIMESTEP": TIMESTEP, "HOLDOUT": HOLDOUT, "DIFFUSION": DIFFUSION}
 
@@ -69,7 +80,25 @@ def _coordinate(name: str, value) -> np.ndarray:
 
 
 def key(seed: int, index, t, stream: int = XT) -> np.ndarray:
-    """The splitmix64 state of each (seed, index, t, stream), uint64 of the broadcast shape of ``index`` and ``t``."""
+    """The splitmix64 state of each (seed, index, t, stream), uint64 of the broadcast shape of ``index`` and ``t``.
+
+    h = mix(mix(mix(mix(seed + γ) ⊕ mix(index + c_1)) ⊕ mix(t + c_2)) ⊕ mix(stream + c_3)), with splitmix64's
+    finaliser ``mix`` and increment γ: every draw of :func:`normal` and :func:`uniform` is a function of it.
+
+    :param int seed: in 0..2⁶⁴ − 1.
+    :param index: example indices, integers >= 0.
+    :param t: steps, integers >= 0, broadcast against ``index``.
+    :param int stream: one of :data:`STREAMS`.
+    :rtype: numpy.ndarray
+
+    Example: keys depend on the coordinates alone, not on the other entries of the batch.
+
+    >>> k = key(0, [0, 1, 2], 5)
+    >>> k.shape, k.dtype.name
+    ((3,), 'uint64')
+    >>> bool(key(0, 2, 5) == k[2]), bool(key(0, 5, 2) == k[2])
+    (True, False)
+    """
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed = {seed!r}; pass an integer in 0..2**64 - 1 (--seed)")
     if stream not in STREAMS.values():
@@ -84,7 +113,22 @@ def key(seed: int, index, t, stream: int = XT) -> np.ndarray:
 
 def seed_of(seed: int, index: int, t: int = 0, stream: int = REPLICATE) -> int:
     """A 31-bit generator seed (for ``pyro.set_rng_seed`` or ``jax.random.PRNGKey``) that depends on (seed,
-    index, t, stream) alone: a replicate's randomness when it is drawn by a library's generator."""
+    index, t, stream) alone: a replicate's randomness when it is drawn by a library's generator.
+
+    It is the top 31 bits of :func:`key`.
+
+    :param int seed: in 0..2⁶⁴ − 1.
+    :param int index: the replicate (or example) index, >= 0.
+    :param int t: a second coordinate, >= 0.
+    :param int stream: one of :data:`STREAMS` (default :data:`REPLICATE`).
+    :rtype: int
+
+    Example:
+
+    >>> s = seed_of(0, 3)
+    >>> 0 <= s < 2 ** 31, s == seed_of(0, 3), s == seed_of(0, 4)
+    (True, True, False)
+    """
     return int(key(seed, index, t, stream)) >> 33
 
 
@@ -101,13 +145,30 @@ def _bits(seed: int, index, t, shape, stream: int, count) -> tuple[np.ndarray, t
 def uniform(seed: int, index, t, shape=(), *, stream: int = DEQUANT, dtype=np.float64) -> np.ndarray:
     """Uniform draws on [0, 1) ``[*batch x *shape]``, a multiple of 2⁻⁵³, for the coordinates as :func:`normal`
     (element e is splitmix64's output e + 1 of the key). Cast to ``dtype`` at the end (float64 by default: a
-    float32 cast could round a draw up to 1)."""
+    float32 cast could round a draw up to 1).
+
+    :param int seed: in 0..2⁶⁴ − 1.
+    :param index: example indices, integers >= 0.
+    :param t: a second coordinate (e.g. the draw r), integers >= 0, broadcast against ``index``.
+    :param shape: the shape of one example's draw.
+    :param int stream: one of :data:`STREAMS` (default :data:`DEQUANT`).
+    :param dtype: the NumPy dtype of the result.
+    :rtype: numpy.ndarray
+
+    Example: row i is the same whatever the other rows are.
+
+    >>> u = uniform(0, [0, 1, 2, 3], 0, (2, 3))
+    >>> u.shape, bool(((u >= 0) & (u < 1)).all())
+    ((4, 2, 3), True)
+    >>> bool((uniform(0, [2], 0, (2, 3))[0] == u[2]).all())
+    True
+    """
     bits, shape = _bits(seed, index, t, shape, stream, lambda m: m)
     return (bits * 2.0 ** -53).astype(dtype).reshape(bits.shape[:-1] + shape)
 
 
 def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32) -> np.ndarray:
-    """Standard normal draws ``[*batch x *shape]`` for the coordinates (``batch`` the broadcast shape of
+    r"""Standard normal draws ``[*batch x *shape]`` for the coordinates (``batch`` the broadcast shape of
     ``index`` and ``t``, e.g. ``[len(index)]``): row ``i`` holds ``prod(shape)`` draws of (seed, index[i],
     t[i], stream), whatever the other rows are. Computed in float64 and cast to ``dtype``.
 
@@ -115,7 +176,27 @@ def normal(seed: int, index, t, shape=(), *, stream: int = XT, dtype=np.float32)
     :param index: example (or sample, replicate) indices, integers >= 0.
     :param t: steps, integers >= 0, broadcast against ``index``.
     :param tuple shape: the shape of one example's draw.
-    :param int stream: :data:`XT`, :data:`PREV`, :data:`PRIOR` or :data:`SAMPLE`.
+    :param int stream: one of :data:`STREAMS` (:data:`XT`, :data:`PREV`, :data:`PRIOR`, :data:`SAMPLE`, ...).
+    :param dtype: the NumPy dtype of the result (float32 by default).
+    :rtype: numpy.ndarray
+
+    Each pair of elements (2p, 2p + 1) is one Box–Muller transform of two uniforms u_1 ∈ (0, 1], u_2 ∈ [0, 1):
+
+    .. math::
+
+        \varepsilon_{2p} = \sqrt{-2 \log u_1} \cos(2\pi u_2), \qquad
+        \varepsilon_{2p+1} = \sqrt{-2 \log u_1} \sin(2\pi u_2).
+
+    Example: a batch, a subset or a single example see the same numbers; the moments are standard normal's.
+
+    >>> eps = normal(0, [0, 1, 2, 3], 7, (1, 2, 2))
+    >>> eps.shape, eps.dtype.name
+    ((4, 1, 2, 2), 'float32')
+    >>> bool((normal(0, 3, 7, (1, 2, 2)) == eps[3]).all())
+    True
+    >>> z = normal(1, range(2000), 0, 10, dtype=float)
+    >>> bool(abs(z.mean()) < 0.03), bool(abs(z.std() - 1) < 0.03)  # 20,000 draws: 4 standard errors
+    (True, True)
     """
     # splitmix64 from state h: output n is mix(h + n·γ), n = 1, 2, …; pair p uses outputs 2p + 1 and 2p + 2.
     bits, shape = _bits(seed, index, t, shape, stream, lambda m: 2 * ((m + 1) // 2))  # [*batch x 2 pairs]

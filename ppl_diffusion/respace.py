@@ -7,7 +7,7 @@ whose forward chain jumps between the kept steps. Its schedule keeps the origina
 
 so q'(x_k|x_0) is exactly the original q(x_{s_k}|x_0) and the trained ε̂_θ(x_{s_k}, s_k) is the right
 noise prediction at new step k. Every other coefficient (α'_k, β̃'_k, posterior coefficients, the fixed
-variances σ'_k² = β'_k or β̃'_k) is derived from β' by :class:`~ppl_diffusion.NoiseSchedule` as usual,
+variances σ'_k² = β'_k or β̃'_k) is derived from β' by :class:`~ppl_diffusion.schedule.NoiseSchedule` as usual,
 which is what improved DDPM's ``SpacedDiffusion`` does. The denoiser is shared through
 :class:`RespacedDenoiser`, which maps the new step k to the original step s_k before calling it.
 
@@ -30,6 +30,8 @@ from .diffusion import GaussianDiffusion
 from .schedule import NoiseSchedule
 from .variance import FittedVariance
 
+__all__ = ["RespacedDenoiser", "respace", "respaced_schedule", "space_timesteps"]
+
 
 def space_timesteps(T: int, K: int | str) -> list[int]:
     """The kept steps s_1 < … < s_K of 1..T, as a sorted list of ints.
@@ -50,12 +52,18 @@ def space_timesteps(T: int, K: int | str) -> list[int]:
     :raises ValueError: naming the value when K is not an integer in 1..T, a section asks for more
         steps than it has, or the string cannot be parsed.
 
-    Example::
+    :param int T: the original number of steps.
+    :param K: the number of kept steps, or a string as above.
+    :rtype: list[int]
 
-        >>> space_timesteps(10, 4)
-        [1, 4, 7, 10]
-        >>> space_timesteps(1000, "2,3")
-        [1, 500, 501, 751, 1000]
+    Example:
+
+    >>> space_timesteps(10, 4)
+    [1, 4, 7, 10]
+    >>> space_timesteps(1000, "2,3")
+    [1, 500, 501, 751, 1000]
+    >>> space_timesteps(20, "ddim5")
+    [1, 5, 9, 13, 17]
     """
     if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
         raise ValueError(f"T = {T!r} is not a number of steps; pass an integer T >= 1")
@@ -126,6 +134,19 @@ class RespacedDenoiser(nn.Module):
 
     :param torch.nn.Module denoiser: the original ``denoiser(x_t, t)``, t in 1..T.
     :param timesteps: the kept steps s_1 < … < s_K, stored as the buffer ``timesteps`` (``LongTensor[K]``).
+
+    Example: new step k calls the original net at s_k.
+
+    >>> import torch
+    >>> calls = []
+    >>> class Net(torch.nn.Module):
+    ...     def forward(self, x_t, t):
+    ...         calls.append(t.tolist())
+    ...         return torch.zeros_like(x_t)
+    >>> net = RespacedDenoiser(Net(), [1, 10, 20])
+    >>> _ = net(torch.zeros(3, 2), torch.tensor([1, 2, 3]))
+    >>> calls
+    [[1, 10, 20]]
     """
 
     def __init__(self, denoiser: nn.Module, timesteps) -> None:
@@ -134,6 +155,7 @@ class RespacedDenoiser(nn.Module):
         self.register_buffer("timesteps", torch.as_tensor(list(timesteps), dtype=torch.long), persistent=False)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """``denoiser(x_t, s_t)``: ``x_t`` ``[B x ...]``, ``t`` a ``LongTensor[B]`` of new steps in 1..K."""
         # t: LongTensor[B] of new steps k in 1..K  ->  s_k, LongTensor[B] in 1..T
         return self.denoiser(x_t, self.timesteps.to(t.device)[t - 1])
 
@@ -148,10 +170,29 @@ def _short(steps: list[int]) -> str:
 
 
 def respaced_schedule(schedule: NoiseSchedule, timesteps) -> NoiseSchedule:
-    """The schedule over the kept steps: β'_k = 1 − ᾱ_{s_k}/ᾱ_{s_{k−1}} (ᾱ_{s_0} = 1), float64.
+    r"""The schedule over the kept steps, float64:
+
+    .. math::
+
+        \beta'_k = 1 - \frac{\bar\alpha_{s_k}}{\bar\alpha_{s_{k-1}}} \quad (\bar\alpha_{s_0} = 1),
+        \qquad \text{so that} \quad \bar\alpha'_k = \bar\alpha_{s_k}.
 
     Where s_k = s_{k−1} + 1 the ratio is 1 − α_{s_k} = β_{s_k}, and β_{s_k} is taken as stored, so keeping
     every step reproduces the original schedule bit for bit.
+
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the original schedule.
+    :param timesteps: the kept steps s_1 < … < s_K in 1..T.
+    :rtype: ~ppl_diffusion.schedule.NoiseSchedule
+
+    Example: the marginals q(x_k|x_0) are the original ones at the kept steps.
+
+    >>> import numpy as np
+    >>> s = NoiseSchedule.linear(T=20)
+    >>> r = respaced_schedule(s, [1, 5, 10, 20])
+    >>> r.T, bool(np.allclose(r.alphas_cumprod, s.alphas_cumprod[[0, 4, 9, 19]]))
+    (4, True)
+    >>> bool((respaced_schedule(s, range(1, 21)).betas == s.betas).all())
+    True
     """
     steps = np.asarray(timesteps, dtype=np.int64)
     abar = schedule.alphas_cumprod[steps - 1]
@@ -163,17 +204,31 @@ def respaced_schedule(schedule: NoiseSchedule, timesteps) -> NoiseSchedule:
 
 
 def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
-    """A :class:`~ppl_diffusion.GaussianDiffusion` over the kept steps s_1 < … < s_K of ``diffusion``.
+    """A :class:`~ppl_diffusion.diffusion.GaussianDiffusion` over the kept steps s_1 < … < s_K of ``diffusion``.
 
     Its schedule is :func:`respaced_schedule`; its denoiser is a :class:`RespacedDenoiser` around
     ``diffusion.denoiser`` (shared, no copy); prior, decoder, variance name and event shape are the
     original's. ``respace(d, K).sample(n)`` is improved DDPM's respaced ancestral sampling of ``d``'s
     model (sites ``x_K`` … ``x_1``, ``x_0``; new step k stands for original step s_k).
 
-    :param GaussianDiffusion diffusion: the trained diffusion with T steps.
+    :param ~ppl_diffusion.diffusion.GaussianDiffusion diffusion: the trained diffusion with T steps.
     :param steps: an int K or a string (see :func:`space_timesteps`), or an iterable of distinct
         original steps in 1..T (sorted here).
     :raises ValueError: naming the value when K or a step is invalid.
+    :rtype: ~ppl_diffusion.diffusion.GaussianDiffusion
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=20), denoiser=MLPDenoiser(2, width=16, depth=1),
+    ...                               event_shape=(2,))
+    >>> fast = respace(diffusion, 5)
+    >>> fast.T, fast.denoiser.timesteps.tolist(), fast.sample(3).shape
+    (5, [1, 6, 11, 15, 20], torch.Size([3, 2]))
+    >>> fast.denoiser.denoiser is diffusion.denoiser  # shared, not copied
+    True
     """
     if not isinstance(diffusion, GaussianDiffusion):
         raise TypeError(f"respace needs a GaussianDiffusion, got {type(diffusion).__name__}")

@@ -19,18 +19,38 @@ import math
 
 import numpy as np
 
+__all__ = ["NoiseSchedule"]
+
 
 class NoiseSchedule:
-    """The variances β_1..β_T of the forward chain q(x_t|x_{t−1}) = N(√(1−β_t) x_{t−1}, β_t I).
+    r"""The variances β_1..β_T of the forward chain and every coefficient derived from them, in float64.
+
+    The forward chain is
+
+    .. math::
+
+        q(x_t \mid x_{t-1}) = \mathcal{N}\big(\sqrt{1-\beta_t}\, x_{t-1}, \beta_t I\big), \qquad
+        q(x_t \mid x_0) = \mathcal{N}\big(\sqrt{\bar\alpha_t}\, x_0, (1-\bar\alpha_t) I\big),
+        \quad \bar\alpha_t = \prod_{s \le t} (1 - \beta_s).
+
+    The derived arrays (``alphas``, ``alphas_cumprod``, ``alphas_cumprod_prev``, ``posterior_variance``,
+    ``posterior_log_variance_clipped``, ``posterior_mean_coef1``, ``posterior_mean_coef2``, ...) are attributes of
+    shape ``[T]``, listed in :mod:`ppl_diffusion.schedule`; step t is index ``t - 1``. Build one with
+    :meth:`linear` or :meth:`cosine`, or from your own β.
 
     :param betas: array-like of length T >= 1, every β_t finite and in (0, 1).
     :raises ValueError: naming the first bad index and value.
 
-    Example::
+    Example:
 
-        >>> s = NoiseSchedule.linear(T=1000)
-        >>> s.T, float(s.alphas_cumprod[-1]) < 1e-4
-        (1000, True)
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> s = NoiseSchedule([0.1, 0.2, 0.5])
+    >>> s.T, s.alphas_cumprod.shape
+    (3, (3,))
+    >>> [round(float(a), 4) for a in s.alphas_cumprod]  # 0.9, 0.9 * 0.8, 0.9 * 0.8 * 0.5
+    [0.9, 0.72, 0.36]
+    >>> round(float(s.posterior_variance[1]), 4)  # β̃_2 = β_2 (1 − ᾱ_1) / (1 − ᾱ_2)
+    0.0714
     """
 
     def __init__(self, betas) -> None:
@@ -66,16 +86,40 @@ class NoiseSchedule:
 
     @property
     def T(self) -> int:
-        """Number of diffusion steps."""
+        """Number of diffusion steps T (the length of every array).
+
+        >>> NoiseSchedule.linear(T=20).T
+        20
+        """
         return int(self.betas.shape[0])
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float | None = None, beta_end: float | None = None):
-        """DDPM's linear schedule from ``beta_start`` to ``beta_end``.
+        r"""DDPM's linear schedule: β_t evenly spaced from ``beta_start`` to ``beta_end``.
+
+        .. math::
+
+            \beta_t = \beta_{\mathrm{start}} + \frac{t - 1}{T - 1} (\beta_{\mathrm{end}} - \beta_{\mathrm{start}}),
+            \qquad t = 1..T.
 
         Defaults are DDPM's β_1 = 1e-4 and β_T = 0.02 at T = 1000, scaled by 1000 / T for other T
         (improved DDPM), so that ᾱ_T stays near zero whatever T; the scaled β_T is capped at 0.999
         (it reaches 1 for T <= 20). Explicit values are used as given.
+
+        :param int T: the number of steps, >= 1.
+        :param float beta_start: β_1 (default 1e-4 · 1000/T).
+        :param float beta_end: β_T (default min(0.02 · 1000/T, 0.999)).
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule
+
+        Example:
+
+        >>> s = NoiseSchedule.linear(T=20)
+        >>> round(float(s.betas[0]), 4), round(float(s.betas[-1]), 4)  # 1e-4 · 50 and 0.02 · 50 capped
+        (0.005, 0.999)
+        >>> float(s.alphas_cumprod[-1]) < 1e-4
+        True
+        >>> NoiseSchedule.linear(T=10, beta_start=0.1, beta_end=0.1).betas.tolist() == [0.1] * 10
+        True
         """
         T = _check_T(T)
         scale = 1000.0 / T
@@ -85,9 +129,30 @@ class NoiseSchedule:
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999):
-        """Improved DDPM's cosine schedule: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
+        r"""Improved DDPM's cosine schedule, defined through ᾱ:
 
-        β_t = 1 − ᾱ(t)/ᾱ(t−1), clipped at ``max_beta`` (0.999) to avoid the singularity at t = T.
+        .. math::
+
+            \bar\alpha(t) = \frac{f(t)}{f(0)}, \quad f(t) = \cos^2\Big(\frac{t/T + s}{1 + s} \cdot \frac{\pi}{2}\Big),
+            \qquad \beta_t = \min\Big(1 - \frac{\bar\alpha(t)}{\bar\alpha(t-1)}, \beta_{\max}\Big).
+
+        β_t is clipped at ``max_beta`` (0.999) to avoid the singularity at t = T; elsewhere ``alphas_cumprod``
+        equals ᾱ(t) exactly.
+
+        :param int T: the number of steps, >= 1.
+        :param float s: the small offset that keeps β_1 away from 0 (improved DDPM's 0.008).
+        :param float max_beta: the cap on every β_t.
+        :rtype: ~ppl_diffusion.schedule.NoiseSchedule
+
+        Example:
+
+        >>> import math
+        >>> s = NoiseSchedule.cosine(T=10)
+        >>> f = lambda t: math.cos((t / 10 + 0.008) / 1.008 * math.pi / 2) ** 2
+        >>> round(float(s.alphas_cumprod[4]), 6) == round(f(5) / f(0), 6)  # ᾱ_5 is the closed form
+        True
+        >>> round(float(s.betas[-1]), 4)  # the last β, clipped
+        0.999
         """
         T = _check_T(T)
 

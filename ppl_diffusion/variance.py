@@ -36,6 +36,8 @@ from torch import Tensor
 from . import closed_forms as cf
 from .distributions import uses_denoiser
 
+__all__ = ["FittedVariance", "fit_variance"]
+
 
 def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
     """Steps per denoiser call so that a call sees about ``target`` inputs: large enough to keep a CPU busy,
@@ -46,21 +48,43 @@ def auto_timesteps_per_batch(batch: int, target: int = 512) -> int:
 
 @dataclass
 class FittedVariance:
-    """The result of :func:`fit_variance`: what σ_t² is made of, for this schedule or a respaced one.
+    r"""The result of :func:`fit_variance`: what σ_t² is made of, for this schedule or a respaced one.
 
     With e_t = E (x_0 − x̂_0(x_t, t))² / D the denoiser's mean-squared error in x_0 (per dimension), the
     reverse mean's error is m_t = c_t² e_t with c_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) the posterior mean's
     coefficient of x_0, so σ_t² = β̃_t + c_t² e_t for t ≥ 2. Holding e_t rather than σ_t² lets a
     respaced chain (:func:`~ppl_diffusion.respace.respace`) get its own optimal variances (Analytic-DPM §4).
+
+    .. math::
+
+        \sigma_t^2 = \tilde\beta_t + c_t^2 e_t, \quad c_t = \frac{\sqrt{\bar\alpha_{t-1}}\, \beta_t}{1 - \bar\alpha_t},
+        \quad e_t = \frac{1}{D} \mathbb{E} \lVert x_0 - \hat x_0(x_t, t) \rVert^2 \qquad (t \ge 2).
+
+    Pass it as ``GaussianDiffusion(variance=...)`` or to :meth:`~ppl_diffusion.diffusion.GaussianDiffusion.with_variance`.
+
+    Example: σ_t² lies above β̃_t by the mean's error; the fit survives a round trip through JSON.
+
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> s = NoiseSchedule.linear(T=4)
+    >>> fitted = FittedVariance(x0_mse=np.full(4, 0.1), decoder_log_variance=-5.0, num_examples=8, seconds=0.0)
+    >>> log_var = fitted.log_variance(s)
+    >>> float(log_var[0]), bool((log_var[1:] > np.log(s.posterior_variance[1:])).all())
+    (-5.0, True)
+    >>> FittedVariance.from_dict(fitted.to_dict()).log_variance(s).tolist() == log_var.tolist()
+    True
     """
 
-    x0_mse: np.ndarray  # float64 [T]: e_t, t = 1..T
-    decoder_log_variance: float  # log σ_1², the decoder's, fitted by grid search
-    num_examples: int  # training examples used
-    seconds: float  # wall time of the fit
+    x0_mse: np.ndarray  #: e_t, t = 1..T, float64 ``[T]``
+    decoder_log_variance: float  #: log σ_1², the decoder's, fitted by grid search
+    num_examples: int  #: training examples used
+    seconds: float  #: wall time of the fit
 
     def log_variance(self, schedule) -> np.ndarray:
-        """log σ_t², t = 1..T, float64, for ``schedule`` (the one fitted, or the respaced one of :meth:`respaced`)."""
+        """log σ_t², t = 1..T, float64 ``[T]``, for ``schedule`` (the one fitted, or the respaced one of :meth:`respaced`).
+
+        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: a schedule of the fit's T steps.
+        :raises ValueError: when the schedule has another T.
+        """
         if len(self.x0_mse) != schedule.T:
             raise ValueError(f"fitted variance covers {len(self.x0_mse)} steps but the schedule has T = {schedule.T}; "
                              "fit it for this schedule (fit_variance) or respace it with respace()")
@@ -74,6 +98,14 @@ class FittedVariance:
 
         e_t is a property of the denoiser at step t, so the kept steps keep theirs. The decoder keeps its
         fitted variance when s_1 = 1; otherwise its x̂_0 is the denoiser's at s_1, with variance e_{s_1}.
+
+        :param timesteps: the kept steps s_1 < … < s_K in 1..T.
+        :rtype: ~ppl_diffusion.variance.FittedVariance
+
+        >>> fitted = FittedVariance(x0_mse=np.array([0.1, 0.2, 0.3]), decoder_log_variance=-5.0, num_examples=8,
+        ...                         seconds=0.0)
+        >>> fitted.respaced([1, 3]).x0_mse.tolist(), fitted.respaced([2, 3]).decoder_log_variance == math.log(0.2)
+        ([0.1, 0.3], True)
         """
         steps = np.asarray(timesteps, dtype=np.int64)
         decoder = self.decoder_log_variance if steps[0] == 1 else math.log(self.x0_mse[steps[0] - 1])
@@ -81,11 +113,16 @@ class FittedVariance:
                               num_examples=self.num_examples, seconds=self.seconds)
 
     def to_dict(self) -> dict:
+        """The fit as JSON-ready numbers (what checkpoints store); :meth:`from_dict` reads it back."""
         return {"x0_mse": self.x0_mse.tolist(), "decoder_log_variance": self.decoder_log_variance,
                 "num_examples": self.num_examples, "seconds": self.seconds}
 
     @classmethod
     def from_dict(cls, d: dict) -> "FittedVariance":
+        """The fit stored by :meth:`to_dict`.
+
+        :param dict d: the stored fit.
+        """
         return cls(x0_mse=np.asarray(d["x0_mse"], dtype=np.float64),
                    decoder_log_variance=float(d["decoder_log_variance"]),
                    num_examples=int(d["num_examples"]), seconds=float(d["seconds"]))
@@ -131,8 +168,26 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
     :param timesteps: fit e_t at these steps only (they must include 1, the decoder's); e_t is NaN at the
         others, so the model is only usable at the fitted steps (for estimates from a subset of terms).
     :param int seed: seeds the draws x_t ~ q(x_t|x_0) (a private generator; global RNGs untouched).
-    :returns: :class:`FittedVariance`; raises ``ValueError`` if the decoder's optimum lies outside
+    :returns: :class:`~ppl_diffusion.variance.FittedVariance`; raises ``ValueError`` if the decoder's optimum lies outside
         σ² ∈ [10⁻¹², 1] (its likelihood then grows without bound, e.g. data a denoiser reproduces exactly).
+
+    :param diffusion: the trained :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (a NoiseSchedule's).
+    :param torch.Tensor x0: training examples ``[N x *event_shape]``.
+    :param bool progress: show a progress bar.
+
+    Example: fit the variances of a (here untrained) model and use them.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10), denoiser=MLPDenoiser(2, width=16, depth=1),
+    ...                               event_shape=(2,))
+    >>> fitted = fit_variance(diffusion, torch.randn(16, 2), seed=0)
+    >>> fitted.x0_mse.shape, fitted.num_examples
+    ((10,), 16)
+    >>> _, log_var = diffusion.with_variance(fitted).p_mean_variance(torch.zeros(1, 2), torch.tensor([5]))
+    >>> round(log_var[0, 0].item(), 4) == round(float(fitted.log_variance(diffusion.schedule)[4]), 4)
+    True
     """
     started = time.monotonic()
     x0 = diffusion.check_data(x0)
