@@ -56,8 +56,6 @@ autosummary_ignore_module_all = False  # a module's public names are its __all__
 autosummary_imported_members = False
 autodoc_default_options = {"members": True, "show-inheritance": True, "member-order": "bysource"}
 autodoc_typehints = "description"
-# annotations written as strings (``from __future__ import annotations``) name these by their short names
-autodoc_type_aliases = {"Tensor": "torch.Tensor", "Array": "jax.Array"}
 autodoc_typehints_description_target = "documented_params"
 autodoc_class_signature = "separated"
 autodoc_preserve_defaults = True
@@ -122,3 +120,32 @@ def _reexports() -> dict[str, dict[str, str]]:
 
 
 autosummary_context = {"reexports": _reexports()}
+
+
+# -- autodoc hooks -------------------------------------------------------------------------------------------
+# annotations written as strings (``from __future__ import annotations``) name these by their short names
+SHORT_NAMES = {"Tensor": "torch.Tensor", "Array": "jax.Array", "Module": "torch.nn.Module"}
+
+
+def _short_names(app, env, node, contnode):
+    """Resolve the short names of :data:`SHORT_NAMES` left in rendered type hints through intersphinx."""
+    target = node.get("reftarget")
+    if node.get("refdomain") != "py" or target not in SHORT_NAMES:
+        return None
+    from sphinx.ext import intersphinx
+
+    node["reftarget"] = SHORT_NAMES[target]
+    return intersphinx.missing_reference(app, env, node, contnode)
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Show a class's public bases: a private base (``_OnBins``) is replaced by its own bases."""
+    def public(base):
+        return [base] if not base.__name__.startswith("_") else [c for b in base.__bases__ for c in public(b)]
+
+    bases[:] = [c for b in list(bases) for c in public(b)]
+
+
+def setup(app):
+    app.connect("missing-reference", _short_names)
+    app.connect("autodoc-process-bases", _public_bases)
