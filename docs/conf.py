@@ -120,6 +120,9 @@ def _reexports() -> dict[str, dict[str, str]]:
 
 
 autosummary_context = {"reexports": _reexports()}
+# every public alias (a name of a package's or module's __all__ defined elsewhere) -> where it is documented
+_CANONICAL = {f"{module}.{name}": target for module, names in autosummary_context["reexports"].items()
+              for name, target in names.items()}
 
 
 # -- autodoc hooks -------------------------------------------------------------------------------------------
@@ -127,15 +130,32 @@ autosummary_context = {"reexports": _reexports()}
 SHORT_NAMES = {"Tensor": "torch.Tensor", "Array": "jax.Array", "Module": "torch.nn.Module"}
 
 
-def _short_names(app, env, node, contnode):
-    """Resolve the short names of :data:`SHORT_NAMES` left in rendered type hints through intersphinx."""
-    target = node.get("reftarget")
-    if node.get("refdomain") != "py" or target not in SHORT_NAMES:
-        return None
-    from sphinx.ext import intersphinx
+def _resolve(app, env, node, contnode):
+    """References Sphinx leaves unresolved, resolved as a reader means them:
 
-    node["reftarget"] = SHORT_NAMES[target]
-    return intersphinx.missing_reference(app, env, node, contnode)
+    - a short type name of a string annotation (``Tensor``) through intersphinx;
+    - a public name where users import it (``ppl_diffusion.GaussianDiffusion``, ``ppl_diffusion.nets.UNet``)
+      to the page of the module that defines it;
+    - an unqualified name (``GaussianDiffusion``) to the one object of that name in the same backend.
+    """
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if target in SHORT_NAMES:
+        from sphinx.ext import intersphinx
+
+        node["reftarget"] = SHORT_NAMES[target]
+        return intersphinx.missing_reference(app, env, node, contnode)
+    py = env.get_domain("py")
+    found = _CANONICAL.get(target)
+    if found is None and target and not target.startswith("ppl_diffusion"):
+        matches = [name for name in py.objects if name.endswith("." + target) and name.startswith("ppl_diffusion.")]
+        numpyro = (node.get("py:module") or "").startswith("ppl_diffusion.numpyro")
+        matches = [m for m in matches if m.startswith("ppl_diffusion.numpyro") == numpyro] or matches
+        found = matches[0] if len(matches) == 1 else None
+    if found is None:
+        return None
+    return py.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], found, node, contnode)
 
 
 def _public_bases(app, name, obj, options, bases):
@@ -147,5 +167,5 @@ def _public_bases(app, name, obj, options, bases):
 
 
 def setup(app):
-    app.connect("missing-reference", _short_names)
+    app.connect("missing-reference", _resolve)
     app.connect("autodoc-process-bases", _public_bases)
