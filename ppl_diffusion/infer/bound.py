@@ -227,3 +227,6 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
             columns[ti - 1] = step[i]
     terms = torch.stack(columns + [prior], dim=-1)
     return VariationalBound(terms=terms, num_dims=diffusion.num_dims)
+
+
+__all__ = ["VariationalBound", "step_terms", "variational_bound"]
