@@ -1,4 +1,4 @@
-r"""Improved DDPM's hybrid objective for a learned reverse variance, as a Pyro ELBO (``--estimator hybrid``).
+"""Improved DDPM's hybrid objective for a learned reverse variance, as a Pyro ELBO (``--estimator hybrid``).
 
 Nichol & Dhariwal (2021, §3.1) train the mean with DDPM's simple loss and the variance with the
 variational bound:
