@@ -151,7 +151,8 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
         """Draw the times and score them: (per-example ELBO estimate ``[B]``, t ``[B·k]``, weights ``[B·k]``, the
         per-row terms of :func:`continuous_time_terms` ``[B·k]``; rows grouped by example).
 
-        :param model: ``diffusion.model`` of a model in continuous time. :param x0: the data ``[B] + event_shape``.
+        :param model: ``diffusion.model`` of a model in continuous time.
+        :param x0: the data ``[B] + event_shape``.
         """
         diffusion = diffusion_of(model)
         diffusion.check_continuous()

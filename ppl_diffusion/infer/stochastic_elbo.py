@@ -153,7 +153,8 @@ class StochasticTimestepELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
         """−ELBO summed over the batch, differentiable in θ; records the step losses for importance t.
 
-        :param model: ``diffusion.model``. :param guide: not run (x_t is drawn in closed form).
+        :param model: ``diffusion.model``.
+        :param guide: not run (x_t is drawn in closed form).
         :param x0: the data ``[B] + event_shape``.
         :returns: a scalar tensor, nats.
         """
@@ -166,7 +167,9 @@ class StochasticTimestepELBO(ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """−ELBO summed over the batch, as a float; no gradient and no update of the sampler's history.
 
-        :param model: ``diffusion.model``. :param guide: not run. :param x0: the data ``[B] + event_shape``.
+        :param model: ``diffusion.model``.
+        :param guide: not run.
+        :param x0: the data ``[B] + event_shape``.
         """
         with torch.no_grad():
             elbo, *_ = self.terms(model, *args, **kwargs)
