@@ -2,7 +2,7 @@
 
 :func:`evaluate_run` loads the newest checkpoint of a run folder twice (raw and EMA weights) and computes,
 for the test split (or its first ``max_examples`` examples), every term of the bound with
-:func:`~ppl_diffusion.infer.variational_bound`: L_0 (the exact decoder, discretized for images), the
+:func:`~ppl_diffusion.infer.bound.variational_bound`: L_0 (the exact decoder, discretized for images), the
 T − 1 closed-form KLs and the prior term L_T. The noise is counter-based (:mod:`ppl_diffusion.noise`): test
 example i's draw at step t is a function of (``seed``, i, t) alone, so both weight sets see the same noise
 (their difference is not blurred by Monte-Carlo noise), and the result does not depend on the batch size, on
@@ -72,7 +72,7 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
                       timesteps=None, seed: int = 0, indices=None, progress: bool = False,
                       chunk: Chunk = compute_now) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
-    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
+    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.bound.variational_bound`).
     A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`).
 
     The noise is counter-based (:mod:`ppl_diffusion.noise`): example i's draws are a function of (``seed``,
@@ -80,10 +80,10 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
     any batch size, subset, process count or backend gives each example the same numbers. ``chunk``
     (:mod:`ppl_diffusion.resume`) saves or reads back each batch's terms (key ``terms-<batch>``).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin) with a chain of T steps.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin) with a chain of T steps.
     :param torch.Tensor x: the examples ``[N] + event_shape``.
     :param int timesteps_per_batch: steps per denoiser call (default: about 512 inputs a call).
-    :param int batch_size: examples per call of :func:`~ppl_diffusion.infer.variational_bound`.
+    :param int batch_size: examples per call of :func:`~ppl_diffusion.infer.bound.variational_bound`.
     :param timesteps: only these steps' terms (in 1..T).
     :param int seed: the noise's seed.
     :param indices: the examples' indices ``[N]`` (default 0..N − 1).
@@ -254,7 +254,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
     :param int timesteps_per_batch: steps t evaluated per denoiser call (default: about 512 inputs per call).
-    :param int batch_size: test examples per call of :func:`~ppl_diffusion.infer.variational_bound`.
+    :param int batch_size: test examples per call of :func:`~ppl_diffusion.infer.bound.variational_bound`.
     :param int fd_samples: samples of the EMA weights scored by ``digits_fd`` (digits only; 0 disables).
     :param int fit_variance: if > 0, fit σ_t² in closed form on the first ``fit_variance`` training examples
         (:func:`~ppl_diffusion.variance.fit_variance`, separately for raw and EMA weights) and evaluate that

@@ -82,11 +82,11 @@ def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "unifor
                     **options) -> tuple[np.ndarray, list[int], float]:
     """Bits/dim of every example and draw, ``float64[N x R]``: −log2 p_ε(y_r)/D + offset with y_r draw r of the
     dequantized example (``x`` itself for ``"none"``), in batches of ``batch_size``; also the NFE of every batch
-    solve and ε. ``options``: :func:`ode_log_prob`'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
+    solve and ε. ``options``: ``ode_log_prob``'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
     ``time_map``). ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each batch solve (key
     ``solve-<j>``); all of them are required.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
     :param x: the examples ``[N] + event_shape`` in model space (8-bit images as 2k/255 − 1).
     :param indices: the examples' indices ``[N]`` (their dequantization draws and probes).
     :param str dequantization: ``"uniform"``, ``"score-sde"``, ``"none"`` (:mod:`ppl_diffusion.dequantize`) or
@@ -213,7 +213,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         D copies of each).
     :param str trace: ``"exact"`` (D ≤ a few hundred) or ``"hutchinson"`` (``probes`` probes of kind ``probe``,
         ``"rademacher"`` or ``"gaussian"``).
-    :param float rtol, atol: the adaptive solver's tolerances.
+    :param float rtol: the adaptive solver's relative tolerance.
+    :param float atol: its absolute tolerance.
     :param float eps: the small-time end (default: the map's, 1/T for the grid maps).
     :param str time_map: ``"grid"`` (the default), ``"grid-linear"`` or ``"vp-linear"`` (:mod:`ppl_diffusion.continuous`);
         a γ-schedule model's ODE runs on its own time, ``"gamma"`` (the default there, the only map).

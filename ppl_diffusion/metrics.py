@@ -303,7 +303,7 @@ def digits_fd(samples: Tensor, reference: str | Tensor = "test", seed: int = 0) 
     """Fréchet distance between ``samples`` and the digits ``reference`` in :class:`DigitsClassifier`
     features (computed as the module docstring says). Lower is better; 0 for identical sets.
 
-    :param Tensor samples: ``[N x 1 x 8 x 8]`` in [−1, 1] (clipped), N >= 2; use at least 1000 and
+    :param torch.Tensor samples: ``[N x 1 x 8 x 8]`` in [−1, 1] (clipped), N >= 2; use at least 1000 and
         always the same N when comparing.
     :param reference: ``"test"`` (360 held-out digits, default), ``"train"`` (1437), or images
         ``[M x 1 x 8 x 8]``.

@@ -169,7 +169,7 @@ def make_probes(diffusion, n: int, *, probes: int, probe: str, seed: int | None,
 
 class AugmentedDynamics(nn.Module):
     """The vector field of the state ``[B x (D + 1)]`` = [x flattened, ∫ tr]: ``(f(x, s), tr ∂f/∂x)``, with the
-    exact trace or Hutchinson's on ``probe_values`` ``[B x K x *event]``. Counts its calls in :attr:`nfe`.
+    exact trace or Hutchinson's on ``probe_values`` ``[B x K x *event]``. Counts its calls in ``nfe``.
 
     The divergence's graph is kept (``create_graph``) when gradients are being recorded at the call (direct
     backpropagation, and the adjoint's backward pass), so log p is differentiable in θ and x."""
@@ -241,11 +241,12 @@ def log_likelihood(diffusion, x: Tensor, *, trace: str = "exact", probes: int = 
                    indices=None) -> ODEResult:
     r"""log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (its ε̂ and its prior p(x_T) are used).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (its ε̂ and its prior p(x_T) are used).
     :param str trace: ``"exact"`` or ``"hutchinson"``.
     :param int probes: K, Hutchinson probes per example; ``probe`` ``"rademacher"`` or ``"gaussian"``.
     :param probe_values: explicit probes ``[B x K x *event]`` (overrides ``probes``, ``probe`` and ``seed``).
-    :param float rtol, atol: the adaptive solver's tolerances; ``method`` a torchdiffeq method.
+    :param float rtol: the adaptive solver's relative tolerance.
+    :param float atol: its absolute tolerance.
     :param float eps: the small-time end (default: the map's, 1/T for ``"grid"``, 0 (γ_0) for ``"gamma"``).
     :param time_map: ``"grid"`` (the default for a NoiseSchedule), ``"grid-linear"``, ``"vp-linear"`` or a
         :class:`~ppl_diffusion.continuous.ContinuousTime`; a γ-schedule model's is ``"gamma"`` (its own time, the
@@ -329,7 +330,7 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
     torch's generator. The result is x(ε) itself (no final denoising step); images are rounded to 8 bits by
     the caller.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion`.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
     :param int n: the number of samples (unless ``x_T`` is given).
     :param torch.Tensor x_T: the starting points x(1), ``[n] + event_shape``.
     :param float rtol: the adaptive solver's relative tolerance.
@@ -417,9 +418,9 @@ class ProbabilityFlow(TorchDistribution):
         svi = pyro.infer.SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
 
     The keywords are those of :func:`log_likelihood` (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``,
-    ``method``, ``eps``, ``time_map``, ``adjoint``, ``seed``). The last solve's NFE is :attr:`nfe`.
+    ``method``, ``eps``, ``time_map``, ``adjoint``, ``seed``). The last solve's NFE is ``nfe``.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (not respaced).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (not respaced).
 
     Example:
 

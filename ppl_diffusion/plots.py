@@ -94,7 +94,7 @@ def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str |
     """L_t against t = 0..T (nats per example, log scale) for each named set of weights.
 
     :param dict terms: ``{name: [L_0, ..., L_T]}``, e.g. the mean of
-        :attr:`~ppl_diffusion.infer.VariationalBound.terms` over examples.
+        :attr:`~ppl_diffusion.infer.bound.VariationalBound.terms` over examples.
     :param path: the PNG to write.
     :param str title: the figure's title.
     :returns: ``path``, a :class:`pathlib.Path`.

@@ -12,7 +12,7 @@ A model's ``precision`` is one of :data:`PRECISIONS`:
            float32 parameters (``dtype`` / ``param_dtype``) and return float32.
 =========  ==================================================================================================
 
-:class:`ppl_diffusion.GaussianDiffusion` holds the precision (``GaussianDiffusion(precision="bf16")``) and
+:class:`ppl_diffusion.diffusion.GaussianDiffusion` holds the precision (``GaussianDiffusion(precision="bf16")``) and
 applies it in its one call of the denoiser (``denoiser_output``), so every program, estimator, the evaluator
 and sampling use it unchanged. On a CPU, bfloat16 is fast only with AVX-512-BF16 or AMX instructions
 (:func:`cpu_has_bf16`), on a GPU from Ampere on; elsewhere it is emulated and slower than float32, and so is
@@ -114,7 +114,7 @@ def autocast(precision: str, device_type: str):
     """The context in which a denoiser runs at ``precision`` on a device of type ``device_type`` (``"cpu"``,
     ``"cuda"``, ...): ``torch.autocast(device_type, dtype=torch.bfloat16)`` for ``"bf16"``, nothing for ``"fp32"``.
     The caller casts the network's output back to float32 (see
-    :meth:`~ppl_diffusion.GaussianDiffusion.denoiser_output`). Warns once (:class:`PrecisionWarning`) where
+    :meth:`~ppl_diffusion.diffusion.GaussianDiffusion.denoiser_output`). Warns once (:class:`PrecisionWarning`) where
     bfloat16 is emulated.
 
     :param str precision: one of :data:`PRECISIONS`.

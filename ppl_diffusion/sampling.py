@@ -37,7 +37,7 @@ from .train import TrainConfig, load_trained, resolve_device
 class Run:
     """A trained model loaded from a run folder (its newest checkpoint), what :func:`load_run` returns.
 
-    :param diffusion: the model, a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin), in eval mode.
+    :param diffusion: the model, a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin), in eval mode.
     :param config: the run's ``TrainConfig``.
     :param pathlib.Path checkpoint: the file the weights come from.
     :param int step: optimizer steps the checkpoint was taken at.
@@ -54,7 +54,7 @@ class Run:
 
     @property
     def weights_from(self) -> str:
-        """``"best"`` (best.pt, the best by validation) or ``"checkpoint"`` (a ckpt-*.pt file)."""
+        """``"best"`` (best.pt, the best by validation) or ``"checkpoint"`` (a ``ckpt-*.pt`` file)."""
         return "best" if self.checkpoint.name == BEST_NAME else "checkpoint"
 
 
@@ -156,10 +156,10 @@ SAMPLE_STEPS = CONTINUOUS_SAMPLE_STEPS  # the chain that samples a model in cont
 def sampling_chain(diffusion: GaussianDiffusion, steps=None) -> GaussianDiffusion:
     """The chain that ancestral sampling runs: the model itself, or with ``steps = K`` its K respaced steps
     (a NoiseSchedule's, :func:`~ppl_diffusion.respace`) or the K-step chain of its γ schedule
-    (:meth:`~ppl_diffusion.GaussianDiffusion.with_steps`, for a net conditioned on γ; any K >= 2). A model in
+    (:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.with_steps`, for a net conditioned on γ; any K >= 2). A model in
     continuous time needs ``steps``. One-line errors.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion`.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
     :param int steps: K, or ``None`` for the model's own chain.
 
     Example:
@@ -200,7 +200,7 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     at s = 0), ``indices`` default 0..n − 1. So sample i is the same in any batch and on any number of
     processes (and, up to float32 rounding, on both backends).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
     :param int n: the number of samples.
     :param int steps: K respaced steps (default: the model's chain).
     :param int seed: the noise's seed.
@@ -294,7 +294,7 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
     x_T of sample i is counter-based, the x_T of :func:`draw_samples` for the same seed and index, so sample i is
     the same in any share of the samples up to the solver's tolerance (the samples of one call share the steps).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
     :param int n: the number of samples.
     :param int seed: x_T's seed.
     :param indices: the samples' indices ``[n]``.
@@ -354,7 +354,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         ``"bf16"`` (:mod:`ppl_diffusion.precision`).
     :param bool ode: deterministic samples by the probability-flow ODE (:func:`draw_ode_samples`, with ``rtol``,
         ``atol``, ``eps``, ``time_map``; x_T that of ancestral sampling with the same seed) instead of the chain;
-        images are rounded to 8 bits as ancestral samples are. :attr:`SampleResult.nfe` is then the NFE.
+        images are rounded to 8 bits as ancestral samples are. The result's ``nfe`` is then the NFE.
     :param steps: K: sample with K respaced steps of a NoiseSchedule, or the K-step chain of a γ schedule
         (:func:`sampling_chain`); a run in continuous time (T = 0) samples with :data:`SAMPLE_STEPS` steps unless told.
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}|-ode].png``. The ``.npz`` has the

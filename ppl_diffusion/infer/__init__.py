@@ -7,22 +7,22 @@ name                  estimator
                       log p(x_0, x_{1:T}) − log q(x_{1:T}|x_0). Monte Carlo over the whole chain.
 ``meanfield``         (b) ``pyro.infer.TraceMeanField_ELBO`` on (model, posterior_guide): one
                       trajectory, each step scored by KL(q(x_{t−1}|x_t, x_0) || p(x_{t−1}|x_t)).
-``stochastic-kl``     (c) :class:`StochasticTimestepELBO`, analytic step term, t uniform.
+``stochastic-kl``     (c) :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`, analytic step term, t uniform.
 ``stochastic-mc``     (c) Monte-Carlo step term, t uniform.
 ``stochastic-kl-is``  (c) analytic step term, t importance-sampled (improved DDPM).
 ``stochastic-mc-is``  (c) Monte-Carlo step term, t importance-sampled.
 ``stochastic-kl-ld``  (c) analytic step term, low-discrepancy uniform t across the batch (VDM).
 ``stochastic-mc-ld``  (c) Monte-Carlo step term, low-discrepancy t.
-``hybrid``            improved DDPM's L_simple + λ L_vlb for ``variance="learned"`` (:class:`HybridELBO`):
+``hybrid``            improved DDPM's L_simple + λ L_vlb for ``variance="learned"`` (:class:`~ppl_diffusion.infer.hybrid.HybridELBO`):
                       its value is the stochastic-kl estimate of −ELBO, its gradient the hybrid one.
-``continuous``        (T = 0) :class:`ContinuousTimeELBO`: reconstruction at γ_0, prior at γ_1 and the
+``continuous``        (T = 0) :class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`: reconstruction at γ_0, prior at γ_1 and the
                       diffusion term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example (Monte Carlo in t and ε).
 ``continuous-ld``     (T = 0) ... low-discrepancy t across the batch (VDM's).
 ``continuous-is``     (T = 0) ... t importance-sampled (a history of the integrand on bins of [0, 1]).
 ====================  ==========================================================================
 
-All estimate the same ELBO (nats, summed over the batch); (d) :func:`variational_bound` returns
-its terms separately. Each entry of :data:`ESTIMATORS` says which models it scores (:attr:`EstimatorSpec.time`):
+All estimate the same ELBO (nats, summed over the batch); (d) :func:`~ppl_diffusion.infer.bound.variational_bound` returns
+its terms separately. Each entry of :data:`ESTIMATORS` says which models it scores (:class:`EstimatorSpec`'s ``time``):
 ``"steps"``, a chain of T steps (a NoiseSchedule, or a γ schedule (:mod:`ppl_diffusion.gamma`) with T >= 2: every
 one of them works on either), or ``"continuous"``, a γ schedule in continuous time (T = 0, net conditioned on γ);
 :func:`check_estimator` refuses a mismatch in one line. The continuous ones take ``schedule_objective="variance"``
@@ -70,7 +70,7 @@ class Estimator:
     guide_name: str  # "guide" or "posterior_guide"
 
     def guide(self, diffusion):
-        """The guide program of ``diffusion`` (a :class:`~ppl_diffusion.GaussianDiffusion`) this estimator pairs
+        """The guide program of ``diffusion`` (a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`) this estimator pairs
         with, a bound method such as ``diffusion.posterior_guide``."""
         return getattr(diffusion, self.guide_name)
 
@@ -113,7 +113,7 @@ def _continuous(timesteps):
     return EstimatorSpec(lambda **kw: ContinuousTimeELBO(timesteps=timesteps, **kw), "guide", "continuous")
 
 
-#: The estimators by name (the table above): ``name -> EstimatorSpec``.
+#: The estimators by name (the table above), ``name -> EstimatorSpec``.
 ESTIMATORS = {
     "trace": EstimatorSpec(lambda **kw: Trace_ELBO(**kw), "guide"),
     "meanfield": EstimatorSpec(lambda **kw: TraceMeanField_ELBO(**kw), "posterior_guide"),

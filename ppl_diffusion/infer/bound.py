@@ -109,7 +109,7 @@ def step_terms(diffusion, x0: Tensor, t: Tensor, *, analytic: bool = True, seed:
     :func:`variational_bound`). Returns ``(L_{t−1} [R], L_T [R])`` in nats, the prior term of each row's example
     (no network call of its own, it is read off the same trace).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a chain of T steps.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
     :param torch.Tensor x0: ``[R] + event_shape``, the example of each row.
     :param torch.Tensor t: ``LongTensor[R]``, the step of each row, in 1..T.
     :param bool analytic: score L_{t−1} by its closed-form KL (default), else by one draw of x_{t−1}.
@@ -170,7 +170,7 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
     the step's draw of x_{t−1} (``analytic=False``) ``(indices[i], t, PREV)``. Each example's terms are then a
     function of (seed, its index, its x_0) alone: the same on any batch, subset, process or backend.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a chain of T steps.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
     :param torch.Tensor x0: the data ``[B] + event_shape`` (e.g. ``[N x C x H x W]``).
     :param bool analytic: closed-form KL for the steps' terms (default), else one Monte-Carlo draw each.
     :param int timesteps_per_batch: steps evaluated per denoiser call.

@@ -1,7 +1,7 @@
 """The continuous-time bound (T = ∞) of a γ-schedule model per example: an unbiased estimate, with its standard error
 and the Monte-Carlo error of its t-integral.
 
-The bound of example x_0 (docs/variational.md; :class:`~ppl_diffusion.infer.ContinuousTimeELBO` trains by it) is
+The bound of example x_0 (docs/variational.md; :class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO` trains by it) is
 
     L(x_0) = L_rec + L_prior + ∫_0^1 E_ε L(t) dt,     L(t) = ½ γ'(t) ‖ε − ε̂(α_t x_0 + σ_t ε, γ(t))‖²,
 
@@ -173,7 +173,7 @@ def _eps(seed: int, index: np.ndarray, draw, like: Tensor, stream: int) -> Tenso
 def first_draw_terms(diffusion, x0: Tensor, t: Tensor, eps: Tensor, *, seed: int, indices) -> dict[str, Tensor]:
     """The continuous programs' terms ``[B]`` (nats) at times ``t`` with the diffusion term's noise ``eps``, the
     endpoints' noise the module's (x_1: ``(seed, i, 1, XT)``; x_T: ``(seed, i, 0, PRIOR)``): ``"reconstruction"``,
-    ``"prior"`` and ``"diffusion"`` = L(t) (:func:`~ppl_diffusion.infer.continuous_time_terms`, two network calls)."""
+    ``"prior"`` and ``"diffusion"`` = L(t) (:func:`~ppl_diffusion.infer.continuous_elbo.continuous_time_terms`, two network calls)."""
     index = check_indices(indices, x0.shape[0])
     noise = {"x_1": _eps(seed, index, 1, x0, counter_noise.XT), "x_T": _eps(seed, index, 0, x0, counter_noise.PRIOR),
              "x_t": eps}
@@ -185,7 +185,7 @@ def continuous_pilot_profile(diffusion, x: Tensor, *, seed: int, bins: int = 50,
     """√E[L(t)²] over the examples ``x`` (``[n x ...]``, training data) at the midpoints of ``bins`` equal bins of
     [0, 1]: ``([bins], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s, not the evaluation's.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` in continuous time.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in continuous time.
     :param torch.Tensor x: training examples ``[n] + event_shape``.
     :param int seed: the evaluation's seed (the pilot derives its own).
     :param int bins: G.

@@ -11,8 +11,8 @@ VDM (Kingma et al. 2021, eq. 17): with α_t² = sigmoid(−γ(t)), σ_t² = sigm
 diffusion term is the limit of the chain's Σ_{t=2..T} L_{t−1} as T → ∞ (docs/variational.md), γ'(t) is taken by
 autodiff, and t is drawn uniformly, low-discrepancy across the batch (VDM) or by importance (a history of the
 integrand on bins of [0, 1]), weight 1/p(t). :class:`ContinuousTimeELBO` scores the Pyro programs
-:meth:`~ppl_diffusion.GaussianDiffusion.continuous_model` / ``continuous_guide`` at the drawn t, like
-:class:`~ppl_diffusion.infer.StochasticTimestepELBO` scores the one-step programs.
+:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.continuous_model` / ``continuous_guide`` at the drawn t, like
+:class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO` scores the one-step programs.
 
 **The schedule's interior is trained for variance.** With the net conditioned on γ (``time_input="gamma"``) the
 diffusion term is ½ ∫_{γ_0}^{γ_1} E‖ε − ε̂(x_γ, γ)‖² dγ: the ELBO depends on the schedule through its endpoints
@@ -53,13 +53,13 @@ def continuous_time_terms(diffusion, x0: Tensor, t: Tensor, *, noise: dict | Non
     ``noise`` (optional) maps sites (``"x_T"``, ``"x_1"``, ``"x_t"``) to the standard normals they are drawn from
     (:class:`~ppl_diffusion.infer.draws.FeedNoiseMessenger`), e.g. counter-based noise for an evaluation.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` in continuous time (a γ schedule, ``T = 0``).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in continuous time (a γ schedule, ``T = 0``).
     :param torch.Tensor x0: the data ``[B] + event_shape``.
     :param torch.Tensor t: ``[B]`` times in [0, 1] (float64 keeps γ(t) in float64).
     :param bool analytic: the prior's KL in closed form where registered (default), else one draw of x_T.
 
     Example: with the same noise, the diffusion term is the model's integrand
-    (:meth:`~ppl_diffusion.GaussianDiffusion.diffusion_integrand`).
+    (:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.diffusion_integrand`).
 
     >>> import torch
     >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser

@@ -6,7 +6,7 @@ examples, timesteps, noise and dropout masks at every step, each rank holding a 
 ``differentiable_loss`` call):
 
 - every unobserved ``pyro.sample`` site whose distribution is a Normal (possibly ``to_event``, masked or
-  expanded: every latent of the guides of :class:`~ppl_diffusion.GaussianDiffusion`) gets its value as
+  expanded: every latent of the guides of :class:`~ppl_diffusion.diffusion.GaussianDiffusion`) gets its value as
   ``loc + scale · ε``, with ε drawn from the step's own generator **for the global batch** along the ``"data"``
   plate and sliced to this rank's rows (the same reparameterised value Pyro would draw, from other numbers);
 - the estimators draw t through :meth:`BatchDraws.timesteps` and their own noise through :meth:`BatchDraws.randn`,

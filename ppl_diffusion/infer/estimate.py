@@ -6,7 +6,7 @@ gives L_{t−1}). The terms concentrate at small t, so :func:`estimate_bound` co
     L̂ = Σ_{t=1}^{t_0} L_{t−1}  +  Σ_k (1/m) Σ_{r=1}^m L_{t_kr − 1} / P_k(t_kr)  +  L_T,     t_kr ~ P_k,
 
 every step t ≤ t_0 (``full_steps``) exactly, and the steps t_0 + 1..T split into K contiguous strata S_k, each
-sampled m times (``draws``) from a proposal P_k on S_k: uniform (``plan_uniform``, P_k = 1/|S_k|) or the pilot's
+sampled m times (``draws``) from a proposal P_k on S_k: uniform (``plan_uniform``, P_k = 1 / ``|S_k|``) or the pilot's
 importance proposal (``plan_from_profile``). E[L̂] = L for any P_k > 0 on S_k, and
 t_0 + K·m calls replace T. The draws are per example and counter-based: draw r of stratum k of example i is
 ``noise.uniform(seed, i, k·m + r, stream=TIMESTEP)`` pushed through P_k's inverse CDF, and the term of step t is
@@ -25,7 +25,7 @@ m ≥ 2 draws of each stratum, v̂_i = Σ_k s_k² / m with s_k² the sample vari
 examples for P_k(t) ∝ √E[L_t²] (improved DDPM's importance sampling of t uses the same root mean square).
 :func:`pilot_profile` measures √E[L_t²] on a few *training* examples at a grid of steps (its own seed: the
 plan is independent of the evaluated draws, so the estimate stays unbiased), :func:`plan_from_profile`
-mixes it with a uniform floor (defensive importance sampling: weights bounded by |tail| / floor) and cuts the
+mixes it with a uniform floor (defensive importance sampling: weights bounded by ``|tail|`` / floor) and cuts the
 tail at equal quantiles of that proposal, so that each stratum carries an equal share of it and m draws each is
 the variance-optimal allocation when the profile is right.
 """
@@ -81,7 +81,7 @@ class EstimatePlan:
 
     @property
     def calls_per_example(self) -> int:
-        """Denoiser inputs per example (at most: repeated draws of one step are computed once)."""
+        """Denoiser inputs per example, at most (repeated draws of one step are computed once)."""
         return self.full_steps + len(self.strata) * self.draws
 
     def draw(self, seed: int, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +148,7 @@ def plan_from_profile(profile, *, full_steps: int = 20, strata: int = 20, draws:
                       floor: float = 0.1, pilot: dict | None = None) -> EstimatePlan:
     """Stratified importance sampling of the steps above ``full_steps`` from a profile g(t) >= 0, ``[T]``.
 
-    The proposal on the tail is q(t) = (1 − floor) g(t)/Σg + floor/|tail| (``floor`` in (0, 1]: bounded
+    The proposal on the tail is q(t) = (1 − floor) g(t)/Σg + floor / ``|tail|`` (``floor`` in (0, 1]: bounded
     weights); the strata are contiguous runs of steps cut at the k/K quantiles of q (each at least one step), and
     P_k = q restricted to stratum k, renormalised. With g = √E[L_t²] (:func:`pilot_profile`) this is the
     variance-optimal proposal and allocation (module docstring).
@@ -247,7 +247,7 @@ def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps
     ``full_steps + 1..T``, linear in between: ``([T], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s,
     not the evaluation's.
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a chain of T steps.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
     :param torch.Tensor x: training examples ``[n] + event_shape``.
     :param int seed: the evaluation's seed (the pilot derives its own from it).
     :param int grid: steps measured.

@@ -42,7 +42,7 @@ class HybridELBO(StochasticTimestepELBO):
     docstring).
 
     :param float lam: λ, the weight of the bound term (improved DDPM: 0.001).
-    :param kwargs: to :class:`~ppl_diffusion.infer.StochasticTimestepELBO` (e.g. ``timesteps_per_example``).
+    :param kwargs: to :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO` (e.g. ``timesteps_per_example``).
 
     Example:
 
@@ -72,7 +72,7 @@ class HybridELBO(StochasticTimestepELBO):
         """Per-example pieces: ``elbo`` (the unbiased estimate), ``simple`` (L_simple), ``vlb`` (the bound term
         with the mean detached, bits/dim, T·L_{t−1}), ``t``; ``[B]`` each.
 
-        :param model: ``diffusion.model`` of a :class:`~ppl_diffusion.GaussianDiffusion` with a learned variance.
+        :param model: ``diffusion.model`` of a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a learned variance.
         :param torch.Tensor x0: the data ``[B] + event_shape``.
         """
         diffusion = diffusion_of(model)

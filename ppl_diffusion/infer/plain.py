@@ -23,7 +23,7 @@ def plain_stochastic_elbo(diffusion, x0: Tensor) -> Tensor:
     L_{t−1} is the closed-form KL for t > 1 and −log p(x_0|x_1) for t = 1; L_T = KL(q(x_T|x_0) || N(0, I)).
     Requires the default prior N(0, I).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a chain of T steps and the prior N(0, I).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps and the prior N(0, I).
     :param torch.Tensor x0: the data ``[B] + event_shape``.
     :returns: ``[B]``, nats.
 

@@ -15,7 +15,7 @@ STEP_TERMS = ("kl", "mc")
 
 
 def diffusion_of(model):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` whose method ``model`` is."""
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` whose method ``model`` is."""
     from ..diffusion import GaussianDiffusion
 
     owner = getattr(model, "__self__", None)
@@ -55,10 +55,10 @@ class StochasticTimestepELBO(ELBO):
               \quad t_j \sim P,\ x_{t_j} \sim q(x_{t_j}|x_0) \text{ (Statement 1)}.
 
     ``step_term="kl"`` scores L_{t−1} by its closed-form KL (``TraceMeanField_ELBO`` on the one-step
-    programs :meth:`~ppl_diffusion.GaussianDiffusion.step_model` / ``step_guide``); ``"mc"`` by one
+    programs :meth:`~ppl_diffusion.diffusion.GaussianDiffusion.step_model` / ``step_guide``); ``"mc"`` by one
     draw x_{t−1} ~ q(x_{t−1}|x_t, x_0) of log q − log p (``Trace_ELBO`` on the same pair). L_T is
     analytic when a KL is registered for the prior, else one Monte-Carlo draw. P is uniform or
-    improved DDPM's importance sampling (:class:`~ppl_diffusion.infer.ImportanceTimesteps`).
+    improved DDPM's importance sampling (:class:`~ppl_diffusion.infer.timesteps.ImportanceTimesteps`).
 
     Use it as any Pyro ELBO: ``SVI(diffusion.model, diffusion.guide, optim, loss=StochasticTimestepELBO())``
     (the guide argument is not run: the estimator draws x_t in closed form), or
@@ -122,7 +122,7 @@ class StochasticTimestepELBO(ELBO):
 
         Shapes: ELBO ``[B]``; t, weights and step terms ``[B·k]`` (k steps per example, grouped by example).
 
-        :param model: ``diffusion.model`` (its :class:`~ppl_diffusion.GaussianDiffusion` is what is scored).
+        :param model: ``diffusion.model`` (its :class:`~ppl_diffusion.diffusion.GaussianDiffusion` is what is scored).
         :param torch.Tensor x0: the data ``[B] + event_shape``.
 
         Example:

@@ -11,7 +11,7 @@ initialised net, and writes into one folder:
 2. **Per t** (:mod:`.per_t`): the variance of the analytic and the Monte-Carlo step term at each t,
    and from those moments the predicted variance of each stochastic-t estimator, set beside the
    measured one.
-3. **Training race** (:mod:`.race`): the same initial net trained with each estimator for the same
+3. **Training race** (``ppl_diffusion.study.race``): the same initial net trained with each estimator for the same
    wall time; test bits/dim (full bound) against time; times to reach the Monte-Carlo estimators'
    final bits/dim and the speed-up ratios.
 4. **Learned schedule** (:mod:`.schedule`, a model in continuous time with VDM's learned-net schedule,
@@ -48,7 +48,8 @@ from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check
                          make_study_estimator)
 from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
 from .per_t import PerTResult, per_t_moments
-from .race import budgets, race, speedups, summarise, time_to_reach
+from . import race as race_module  # the module stays ppl_diffusion.study.race (its function is race_module.race)
+from .race import budgets, speedups, summarise, time_to_reach
 
 RACE_ESTIMATORS = ("trace", "meanfield", "stochastic-mc", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld")
 
@@ -328,7 +329,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                                       batch_size=config.batch_size, device=config.device, log_every=10,
                                       metrics_format="jsonl", backend=config.backend,
                                       checkpoint_activations=config.checkpoint_activations)
-        race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
+        race_rows = race_module.race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)
         names = list(config.race_estimators)
@@ -366,4 +367,4 @@ def command_line() -> str:
 
 
 __all__ = ["DEFAULT_ESTIMATORS", "RACE_ESTIMATORS", "STUDY_ESTIMATORS", "StudyConfig", "make_study_estimator",
-           "measure", "per_t_moments", "race", "run_study", "speedups", "time_to_reach"]
+           "measure", "per_t_moments", "run_study", "speedups", "time_to_reach"]

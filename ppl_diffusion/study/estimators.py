@@ -1,25 +1,25 @@
 """The estimators the study compares, and one way to call each: an ELBO estimate, or a gradient.
 
-===================  ==================  =====================================================================
-name                 family              estimator
-===================  ==================  =====================================================================
-``trace``            full chain          ``Trace_ELBO`` on (model, guide): one forward trajectory, Monte Carlo
-``meanfield``        full chain          ``TraceMeanField_ELBO`` on (model, posterior_guide): closed-form KLs
-``stochastic-kl``    stochastic t        one uniform t per example, step term analytic (closed-form KL)
-``stochastic-kl-is`` stochastic t        ... t importance-sampled (improved DDPM)
-``stochastic-kl-ld`` stochastic t        ... low-discrepancy t across the batch (VDM)
-``stochastic-mc``    stochastic t        one uniform t per example, step term Monte Carlo (one x_{t−1} draw)
-``stochastic-mc-is`` stochastic t        ... t importance-sampled
-``stochastic-mc-ld`` stochastic t        ... low-discrepancy t
-``iwae``             IWAE (K)            ``RenyiELBO(alpha=0, num_particles=K)`` on (model, guide): the
-                                         importance-weighted bound, per example, with K trajectories
-``continuous``       continuous time     T = ∞ (a γ schedule, T = 0): ``ContinuousTimeELBO``, the diffusion
-                                         term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example, prior KL analytic
-``continuous-ld``    continuous time     ... t low-discrepancy across the batch (VDM)
-``continuous-is``    continuous time     ... t importance-sampled (a history on bins of [0, 1])
-``continuous-mc``    continuous time     ... t uniform, the prior term Monte Carlo (one draw of x_T: Pyro's
-                                         ``Trace_ELBO`` on the continuous programs)
-===================  ==================  =====================================================================
+=====================  ==================  =====================================================================
+name                   family              estimator
+=====================  ==================  =====================================================================
+``trace``              full chain          ``Trace_ELBO`` on (model, guide): one forward trajectory, Monte Carlo
+``meanfield``          full chain          ``TraceMeanField_ELBO`` on (model, posterior_guide): closed-form KLs
+``stochastic-kl``      stochastic t        one uniform t per example, step term analytic (closed-form KL)
+``stochastic-kl-is``   stochastic t        ... t importance-sampled (improved DDPM)
+``stochastic-kl-ld``   stochastic t        ... low-discrepancy t across the batch (VDM)
+``stochastic-mc``      stochastic t        one uniform t per example, step term Monte Carlo (one x_{t−1} draw)
+``stochastic-mc-is``   stochastic t        ... t importance-sampled
+``stochastic-mc-ld``   stochastic t        ... low-discrepancy t
+``iwae``               IWAE (K)            ``RenyiELBO(alpha=0, num_particles=K)`` on (model, guide): the
+                                           importance-weighted bound, per example, with K trajectories
+``continuous``         continuous time     T = ∞ (a γ schedule, T = 0): ``ContinuousTimeELBO``, the diffusion
+                                           term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example, prior KL analytic
+``continuous-ld``      continuous time     ... t low-discrepancy across the batch (VDM)
+``continuous-is``      continuous time     ... t importance-sampled (a history on bins of [0, 1])
+``continuous-mc``      continuous time     ... t uniform, the prior term Monte Carlo (one draw of x_T: Pyro's
+                                           ``Trace_ELBO`` on the continuous programs)
+=====================  ==================  =====================================================================
 
 The continuous-time estimators score a model in continuous time, the others a chain of T steps (a NoiseSchedule or a
 γ schedule with T >= 2); :func:`check_estimators` refuses a mismatch with the model's T in one line. In continuous
@@ -218,7 +218,7 @@ def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> St
     twin, ``ppl_diffusion.numpyro.study.NumPyroStudyEstimator``).
 
     :param str name: one of :data:`STUDY_ESTIMATORS`, matching the model's T.
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
     :param int iwae_particles: K of ``"iwae"`` (>= 2).
     :rtype: StudyEstimator
 

@@ -142,7 +142,7 @@ class RunningMoments:
         return self.mean.pow(2).sum().item() - self.total_variance() / self.count
 
 
-# ESS / R outside this range flags replicates that do not look independent (rates for independent draws above).
+#: ESS / R outside this range flags replicates that do not look independent (:func:`ess_flag`).
 ESS_RANGE = (0.25, 2.0)
 
 
@@ -183,8 +183,8 @@ def ess_flag(ess: float, replicates: int) -> str | None:
 
 
 def independent_ess(replicates: int, simulations: int = 10_000, seed: int = 0) -> np.ndarray:
-    """arviz's bulk ESS / R of ``replicates`` independent N(0, 1) draws in the study's layout (:func:`_chains`),
-    ``simulations`` times: the simulation ``ESS_RANGE`` was set from (the module docstring has its figures).
+    """arviz's bulk ESS / R of ``replicates`` independent N(0, 1) draws in the study's layout (``_chains``),
+    ``simulations`` times: the simulation :data:`ESS_RANGE` was set from (the module docstring has its figures).
 
     :param int replicates: R.
     :param int simulations: how many sets of R draws.
@@ -249,7 +249,7 @@ def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_sec
 
 def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int = 0, directions=None,
             progress: bool = False, chunk: Chunk = compute_now, per_chunk: int = REPLICATES_PER_CHUNK):
-    """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``).
+    """R replicates of ``est`` at the current θ; returns (:class:`~ppl_diffusion.study.fixed.FixedThetaRow`, ``InferenceData``).
 
     Replicate r (of the ELBO estimate, and separately of the gradient) runs with the estimator reseeded by
     :func:`ppl_diffusion.noise.seed_of` ``(seed, r)``, so its draws depend on (seed, r) alone. Under
@@ -421,5 +421,6 @@ def pooled_agreement(rows: list[FixedThetaRow]) -> dict:
             "z": {r.estimator: float(zi) for r, zi in zip(rows, z)}}
 
 
-__all__ = ["FixedThetaRow", "RunningMoments", "ess_flag", "independent_ess", "inference_data", "mcse", "measure",
+__all__ = ["ESS_RANGE", "FixedThetaRow", "RunningMoments", "ess_flag", "independent_ess", "inference_data", "mcse",
+           "measure",
            "pooled_agreement", "variance_se"]

@@ -116,7 +116,7 @@ def per_t_moments(diffusion, x0: torch.Tensor, *, steps: int | None = None, repe
                   max_inputs: int = 2048, progress: bool = False) -> PerTResult:
     """The moments of the analytic and Monte-Carlo step terms at each t of the grid (see the module).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a chain of T steps.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
     :param torch.Tensor x0: the batch ``[B] + event_shape``.
     :param int steps: grid size (:func:`grid`); ``None``: every t.
     :param int repeats: M >= 2 draws per example and step.

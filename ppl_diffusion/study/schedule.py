@@ -100,7 +100,7 @@ def learned_schedule_rows(diffusion, x0: torch.Tensor, train_x: torch.Tensor, *,
                           replicates: int, steps: int, lr: float, batch_size: int, seed: int = 0,
                           progress: bool = False, on_draws=None) -> dict:
     """The learned-schedule row of the study (module docstring): returns ``{"rows": [...], "comparison": [...],
-    "losses": [...], ...}``, each row a :class:`FixedThetaRow` as a dict with ``"stage"`` ``"initial"`` or
+    "losses": [...], ...}``, each row a :class:`~ppl_diffusion.study.fixed.FixedThetaRow` as a dict with ``"stage"`` ``"initial"`` or
     ``"trained"``. The interior is left trained. ``on_draws(stage, name, idata)`` receives each stage's draws."""
     names = [n for n in estimators if n in CONTINUOUS]
     if not names:
