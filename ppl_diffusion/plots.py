@@ -93,8 +93,8 @@ def scatter(points: np.ndarray, path: str | Path, *, title: str | None = None) -
 def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str | None = None) -> Path:
     """L_t against t = 0..T (nats per example, log scale) for each named set of weights.
 
-    :param dict terms: ``{name: [L_0, ..., L_T]}``, e.g. the mean of
-        :attr:`~ppl_diffusion.infer.bound.VariationalBound.terms` over examples.
+    :param dict terms: ``{name: [L_0, ..., L_T]}``, e.g. the mean over examples of a
+        :class:`~ppl_diffusion.infer.bound.VariationalBound`'s ``terms``.
     :param path: the PNG to write.
     :param str title: the figure's title.
     :returns: ``path``, a :class:`pathlib.Path`.

@@ -1,6 +1,6 @@
 """The stochastic-timestep ELBO written directly in PyTorch, without Pyro: a cross-check and a baseline.
 
-:func:`plain_stochastic_elbo` computes what :class:`StochasticTimestepELBO` (analytic step term,
+:func:`plain_stochastic_elbo` computes what :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO` (analytic step term,
 uniform t, one step per example, N(0, I) prior) computes, from the closed forms alone, drawing its
 random numbers in the same order. With the same seed the two agree to float rounding (tested), and
 ``benchmarks/pyro_overhead.py`` times one against the other.

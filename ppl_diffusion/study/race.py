@@ -1,7 +1,7 @@
 """The training race: the same net from the same initialisation, trained with each estimator for the
 same wall time, scored by the full bound on held-out data along the way.
 
-Each estimator trains in its own run folder with :func:`ppl_diffusion.train.train` (the loop of
+Each estimator trains in its own run folder with :func:`~ppl_diffusion.train.loop.train` (the loop of
 ``ppl-diffusion train``, same seed, so the same initial weights and batch order), in budgets that
 double: ``seconds / 2^(points−1)``, …, ``seconds / 2``, ``seconds``. After each budget the run stops,
 its raw weights are scored with every term of the bound (:func:`~ppl_diffusion.evaluate.per_example_terms`,
