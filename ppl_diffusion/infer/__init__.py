@@ -1,4 +1,4 @@
-"""Estimators of the diffusion ELBO, chosen by name in :func:`make_estimator`.
+"""Estimators of the diffusion ELBO, chosen by name in :func:`~ppl_diffusion.infer.make_estimator`.
 
 ====================  ==========================================================================
 name                  estimator
