@@ -251,6 +251,9 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
     ...                           progress=False)
     >>> result["num_examples"], result["dequantization"], result["json"].endswith("eval-ode.json")
     (2, 'none', True)
+    >>> from ppl_diffusion.likelihood import describe, summary
+    >>> sorted(describe(result))[:3], summary(result).splitlines()[1].split()[:2]
+    (['bpd', 'bpd_stderr', 'dequantization_sd'], ['bits/dim', 'ODE'])
     >>> folder.cleanup()
     """
     from .ode import check_options
@@ -352,7 +355,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
 
 
 def describe(result: dict) -> dict:
-    """What each number of :func:`evaluate_ode_run`'s dict is, in words (its ``"what"`` entry).
+    """What each number of :func:`evaluate_ode_run`'s dict is, in words (its ``"what"`` entry; that function's
+    example calls it).
 
     :param dict result: :func:`evaluate_ode_run`'s dict.
     :returns: ``{key: sentence}`` for ``bpd``, ``bpd_stderr``, ``dequantization_sd``, ``elbo_bpd``, ``models``, ``nfe``
@@ -397,7 +401,8 @@ def describe(result: dict) -> dict:
 
 
 def summary(result: dict) -> str:
-    """A few lines for the terminal from the dict of :func:`evaluate_ode_run`: the two numbers side by side.
+    """A few lines for the terminal from the dict of :func:`evaluate_ode_run`: the two numbers side by side (that
+    function's example calls it).
 
     :param dict result: :func:`evaluate_ode_run`'s dict (or a saved ``eval-ode.json``).
     """
