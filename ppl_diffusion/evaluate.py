@@ -2,7 +2,7 @@
 
 :func:`evaluate_run` loads the newest checkpoint of a run folder twice (raw and EMA weights) and computes,
 for the test split (or its first ``max_examples`` examples), every term of the bound with
-:func:`~ppl_diffusion.infer.variational_bound`: L_0 (the exact decoder, discretized for images), the
+:func:`~ppl_diffusion.infer.bound.variational_bound`: L_0 (the exact decoder, discretized for images), the
 T − 1 closed-form KLs and the prior term L_T. The noise is counter-based (:mod:`ppl_diffusion.noise`): test
 example i's draw at step t is a function of (``seed``, i, t) alone, so both weight sets see the same noise
 (their difference is not blurred by Monte-Carlo noise), and the result does not depend on the batch size, on
@@ -72,13 +72,37 @@ def per_example_terms(diffusion, x: torch.Tensor, *, timesteps_per_batch: int | 
                       timesteps=None, seed: int = 0, indices=None, progress: bool = False,
                       chunk: Chunk = compute_now) -> torch.Tensor:
     """L_0 … L_T for every example of ``x`` ``[N x ...]``, ``[N x (T + 1)]`` nats, in batches of ``batch_size``
-    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.variational_bound`).
+    (only the steps ``timesteps``, NaN elsewhere, if given; see :func:`~ppl_diffusion.infer.bound.variational_bound`).
     A NumPyro ``diffusion`` is scored by the compiled bound (:func:`ppl_diffusion.numpyro.chain.variational_bound`).
 
     The noise is counter-based (:mod:`ppl_diffusion.noise`): example i's draws are a function of (``seed``,
     ``indices[i]``, t) alone, ``indices`` default 0..N − 1 (pass the test-set indices of a subset or shard), so
     any batch size, subset, process count or backend gives each example the same numbers. ``chunk``
-    (:mod:`ppl_diffusion.resume`) saves or reads back each batch's terms (key ``terms-<batch>``)."""
+    (:mod:`ppl_diffusion.resume`) saves or reads back each batch's terms (key ``terms-<batch>``).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin) with a chain of T steps.
+    :param torch.Tensor x: the examples ``[N] + event_shape``.
+    :param int timesteps_per_batch: steps per denoiser call (default: about 512 inputs a call).
+    :param int batch_size: examples per call of :func:`~ppl_diffusion.infer.bound.variational_bound`.
+    :param timesteps: only these steps' terms (in 1..T).
+    :param int seed: the noise's seed.
+    :param indices: the examples' indices ``[N]`` (default 0..N − 1).
+    :param bool progress: show a progress bar.
+    :returns: float64 ``[N x (T + 1)]``, nats.
+
+    Example: the batch size does not change an example's terms.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.evaluate import per_example_terms
+    >>> terms = per_example_terms(diffusion, x0, batch_size=4, seed=0)
+    >>> terms.shape, terms.dtype, torch.allclose(per_example_terms(diffusion, x0, batch_size=3, seed=0), terms)
+    (torch.Size([4, 11]), torch.float64, True)
+    """
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, len(x)))
     indices = check_indices(indices, len(x))
@@ -230,7 +254,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
 
     :param int max_examples: evaluate only the first ``max_examples`` test examples (default: all).
     :param int timesteps_per_batch: steps t evaluated per denoiser call (default: about 512 inputs per call).
-    :param int batch_size: test examples per call of :func:`~ppl_diffusion.infer.variational_bound`.
+    :param int batch_size: test examples per call of :func:`~ppl_diffusion.infer.bound.variational_bound`.
     :param int fd_samples: samples of the EMA weights scored by ``digits_fd`` (digits only; 0 disables).
     :param int fit_variance: if > 0, fit σ_t² in closed form on the first ``fit_variance`` training examples
         (:func:`~ppl_diffusion.variance.fit_variance`, separately for raw and EMA weights) and evaluate that
@@ -255,7 +279,32 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
         mnist, cifar10 and image_folder.
     :param bool restart: discard the progress of an earlier, unfinished evaluation of another configuration
         (``--restart``; by default such a folder is refused, and one of the same configuration is continued).
+    :param str device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    :param int seed: the noise's seed (example i's noise depends on (seed, i) alone).
+    :param bool progress: show progress bars.
+    :param int pilot_examples: with ``proposal="pilot"``: training examples the pilot measures (default 16).
+    :param bool last: the newest checkpoint even where a ``best.pt`` exists.
     :returns: the dict written to ``RUN/eval.json`` (see the module docstring).
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from ppl_diffusion.evaluate import evaluate_run, summary
+    >>> result = evaluate_run(run, max_examples=4, fd_samples=0, device="cpu", progress=False)
+    >>> result["num_examples"], result["T"], len(result["terms"]["ema"]), result["bound"]
+    (4, 10, 11, 'full')
+    >>> print(summary(result))
+    eight_gaussians test split, 4 examples, step 1, T = 10, variance beta:
+      bits/dim  ... ± ...
+      L_0 (decoder) ..., L_T (prior) ... bits/dim (EMA)
+      wrote ... (... s)
+    >>> folder.cleanup()
     """
     _positive("max_examples", max_examples, "--max-examples", allow_none=True)
     _positive("timesteps_per_batch", timesteps_per_batch, "--timesteps-per-batch", allow_none=True)
@@ -468,7 +517,10 @@ def describe_continuous(result: dict) -> dict:
 
 
 def summary(result: dict) -> str:
-    """A few lines for the terminal from the dict of :func:`evaluate_run`."""
+    """A few lines for the terminal from the dict of :func:`evaluate_run` (its example shows them).
+
+    :param dict result: :func:`evaluate_run`'s dict (or a saved ``eval.json``).
+    """
     def pm(key):
         se = result.get(f"{key}_stderr")
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
@@ -505,3 +557,6 @@ def summary(result: dict) -> str:
         lines.append(f"  continued an interrupted evaluation: {result['resumed_chunks']} saved chunks read back")
     lines.append(f"  wrote {result['json']} and {result['figure']} ({result['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+__all__ = ["evaluate_run", "per_example_terms", "summary"]

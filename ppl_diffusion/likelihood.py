@@ -82,9 +82,36 @@ def per_example_ode(diffusion, x, *, indices=None, dequantization: str = "unifor
                     **options) -> tuple[np.ndarray, list[int], float]:
     """Bits/dim of every example and draw, ``float64[N x R]``: −log2 p_ε(y_r)/D + offset with y_r draw r of the
     dequantized example (``x`` itself for ``"none"``), in batches of ``batch_size``; also the NFE of every batch
-    solve and ε. ``options``: :func:`ode_log_prob`'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
+    solve and ε. ``options``: ``ode_log_prob``'s (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``, ``eps``,
     ``time_map``). ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each batch solve (key
-    ``solve-<j>``)."""
+    ``solve-<j>``); all of them are required.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param x: the examples ``[N] + event_shape`` in model space (8-bit images as 2k/255 − 1).
+    :param indices: the examples' indices ``[N]`` (their dequantization draws and probes).
+    :param str dequantization: ``"uniform"``, ``"score-sde"``, ``"none"`` (:mod:`ppl_diffusion.dequantize`) or
+        ``"decoder"`` (x_1 ~ q(x_1|x_0) scored by the ODE and the trained decoder).
+    :param int draws: R, dequantization draws per example.
+    :param int seed: the draws' and probes' seed.
+    :param int batch_size: examples per ODE solve.
+    :param bool progress: show a progress bar.
+    :returns: ``(bits/dim float64[N x R], NFE of every batch solve, ε)``.
+
+    Example: continuous data, no dequantization: −log2 p_ε(x)/D.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.likelihood import per_example_ode
+    >>> bpd, nfes, eps = per_example_ode(diffusion, x0, dequantization="none", batch_size=2, trace="exact",
+    ...                                  probes=1, probe="rademacher", rtol=1e-2, atol=1e-2, eps=None,
+    ...                                  time_map="vp-linear")
+    >>> bpd.shape, len(nfes), eps
+    ((4, 1), 2, 0.1)
+    """
     x = np.asarray(x.detach().cpu() if torch.is_tensor(x) else x)
     indices = check_indices(indices, len(x))
     num_dims = int(np.prod(x.shape[1:]))
@@ -186,7 +213,8 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         D copies of each).
     :param str trace: ``"exact"`` (D ≤ a few hundred) or ``"hutchinson"`` (``probes`` probes of kind ``probe``,
         ``"rademacher"`` or ``"gaussian"``).
-    :param float rtol, atol: the adaptive solver's tolerances.
+    :param float rtol: the adaptive solver's relative tolerance.
+    :param float atol: its absolute tolerance.
     :param float eps: the small-time end (default: the map's, 1/T for the grid maps).
     :param str time_map: ``"grid"`` (the default), ``"grid-linear"`` or ``"vp-linear"`` (:mod:`ppl_diffusion.continuous`);
         a γ-schedule model's ODE runs on its own time, ``"gamma"`` (the default there, the only map).
@@ -203,6 +231,30 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
         (``RUN/eval-ode.progress``; ``--restart``) instead of refusing it.
     :returns: the dict written to ``RUN/eval-ode.json``; the solves and the ELBO's batches are saved as they finish
         (:mod:`ppl_diffusion.resume`), so the same call after a kill continues to the same numbers.
+    :param int probes: Hutchinson probes per example (``trace="hutchinson"``).
+    :param str probe: ``"rademacher"`` or ``"gaussian"``.
+    :param int seed: the dequantization draws' and probes' seed.
+    :param str device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    :param bool progress: show progress bars.
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from ppl_diffusion.likelihood import evaluate_ode_run
+    >>> result = evaluate_ode_run(run, max_examples=2, rtol=1e-2, atol=1e-2, time_map="vp-linear", device="cpu",
+    ...                           progress=False)
+    >>> result["num_examples"], result["dequantization"], result["json"].endswith("eval-ode.json")
+    (2, 'none', True)
+    >>> from ppl_diffusion.likelihood import describe, summary
+    >>> sorted(describe(result))[:3], summary(result).splitlines()[1].split()[:2]
+    (['bpd', 'bpd_stderr', 'dequantization_sd'], ['bits/dim', 'ODE'])
+    >>> folder.cleanup()
     """
     from .ode import check_options
 
@@ -303,7 +355,13 @@ def evaluate_ode_run(run: str | Path, *, max_examples: int | None = None, batch_
 
 
 def describe(result: dict) -> dict:
-    """What each number of :func:`evaluate_ode_run`'s dict is, in words (its ``"what"`` entry)."""
+    """What each number of :func:`evaluate_ode_run`'s dict is, in words (its ``"what"`` entry; that function's
+    example calls it).
+
+    :param dict result: :func:`evaluate_ode_run`'s dict.
+    :returns: ``{key: sentence}`` for ``bpd``, ``bpd_stderr``, ``dequantization_sd``, ``elbo_bpd``, ``models``, ``nfe``
+        and ``offset_bits``.
+    """
     kind, n, r = result["dequantization"], result["num_examples"], result["draws"]
     trace = ("the exact trace" if result["trace"] == "exact" else
              f"Hutchinson's trace ({result['probes']} {result['probe']} probe(s) per example, unbiased)")
@@ -343,7 +401,11 @@ def describe(result: dict) -> dict:
 
 
 def summary(result: dict) -> str:
-    """A few lines for the terminal from the dict of :func:`evaluate_ode_run`: the two numbers side by side."""
+    """A few lines for the terminal from the dict of :func:`evaluate_ode_run`: the two numbers side by side (that
+    function's example calls it).
+
+    :param dict result: :func:`evaluate_ode_run`'s dict (or a saved ``eval-ode.json``).
+    """
     def pm(key):
         se = result.get(f"{key}_stderr")
         return f"{result[key]:.4f}" + ("" if se is None else f" ± {se:.4f}")
@@ -366,3 +428,6 @@ def summary(result: dict) -> str:
     lines.append(f"  wrote {result['json']} ({result['seconds']:.1f} s: ODE {result['ode_seconds']:.1f} s, "
                  f"ELBO {result['elbo_seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+__all__ = ["describe", "evaluate_ode_run", "per_example_ode", "summary"]

@@ -169,7 +169,7 @@ def make_probes(diffusion, n: int, *, probes: int, probe: str, seed: int | None,
 
 class AugmentedDynamics(nn.Module):
     """The vector field of the state ``[B x (D + 1)]`` = [x flattened, ∫ tr]: ``(f(x, s), tr ∂f/∂x)``, with the
-    exact trace or Hutchinson's on ``probe_values`` ``[B x K x *event]``. Counts its calls in :attr:`nfe`.
+    exact trace or Hutchinson's on ``probe_values`` ``[B x K x *event]``. Counts its calls in ``nfe``.
 
     The divergence's graph is kept (``create_graph``) when gradients are being recorded at the call (direct
     backpropagation, and the adjoint's backward pass), so log p is differentiable in θ and x."""
@@ -217,7 +217,15 @@ def _per_example_norm(err: Tensor) -> Tensor:
 
 @dataclass
 class ODEResult:
-    """What :func:`log_likelihood` returns (tensors on the data's device)."""
+    """What :func:`log_likelihood` returns (tensors on the data's device).
+
+    :param torch.Tensor log_prob: ``[B]`` log p_ε(x) in nats, ``prior_log_prob + delta``.
+    :param torch.Tensor prior_log_prob: ``[B]`` log p_1(x(1)).
+    :param torch.Tensor delta: ``[B]`` ∫_ε^1 tr(∂f/∂x) ds.
+    :param torch.Tensor x1: ``[B] + event_shape``, the latent x(1).
+    :param int nfe: evaluations of the vector field (forward solve).
+    :param float eps: the small-time end ε.
+    """
 
     log_prob: Tensor  # [B] log p_ε(x) in nats
     prior_log_prob: Tensor  # [B] log p_1(x(1))
@@ -231,19 +239,41 @@ def log_likelihood(diffusion, x: Tensor, *, trace: str = "exact", probes: int = 
                    probe_values: Tensor | None = None, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
                    eps: float | None = None, time_map=None, adjoint: bool = False, seed: int | None = None,
                    indices=None) -> ODEResult:
-    """log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module).
+    r"""log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` (its ε̂ and its prior p(x_T) are used).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (its ε̂ and its prior p(x_T) are used).
     :param str trace: ``"exact"`` or ``"hutchinson"``.
     :param int probes: K, Hutchinson probes per example; ``probe`` ``"rademacher"`` or ``"gaussian"``.
     :param probe_values: explicit probes ``[B x K x *event]`` (overrides ``probes``, ``probe`` and ``seed``).
-    :param float rtol, atol: the adaptive solver's tolerances; ``method`` a torchdiffeq method.
+    :param float rtol: the adaptive solver's relative tolerance.
+    :param float atol: its absolute tolerance.
     :param float eps: the small-time end (default: the map's, 1/T for ``"grid"``, 0 (γ_0) for ``"gamma"``).
     :param time_map: ``"grid"`` (the default for a NoiseSchedule), ``"grid-linear"``, ``"vp-linear"`` or a
         :class:`~ppl_diffusion.continuous.ContinuousTime`; a γ-schedule model's is ``"gamma"`` (its own time, the
         default, :class:`~ppl_diffusion.continuous.GammaTime`).
     :param bool adjoint: gradients by the adjoint method instead of backpropagation through the solver.
     :param int seed: counter-based probes for (seed, ``indices[i]``, k) (default ``None``: torch's generator).
+    :param indices: the examples' indices ``[B]`` for the counter-based probes (default 0..B − 1).
+    :param str method: a torchdiffeq method (default ``"dopri5"``).
+    :rtype: ODEResult
+
+    .. math:: \log p_\varepsilon(x) = \log p_1(x(1)) + \int_\varepsilon^1 \operatorname{tr}
+              \frac{\partial f}{\partial x}(x(s), s)\, ds
+
+    Example: an untrained net (ε̂ = 0) makes the flow linear, f = −½ β(s) x, so x(1) = x · exp(δ / D).
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.ode import log_likelihood
+    >>> res = log_likelihood(diffusion, x0, time_map="vp-linear", rtol=1e-3, atol=1e-3)
+    >>> res.log_prob.shape, res.x1.shape
+    (torch.Size([4]), torch.Size([4, 2]))
+    >>> torch.allclose(res.x1, x0 * (res.delta / 2).exp()[:, None], atol=1e-3)
+    True
     """
     check_options(trace=trace, probes=probes, probe=probe, rtol=rtol, atol=atol)
     check_model(diffusion)
@@ -298,7 +328,36 @@ def sample_ode(diffusion, n: int | None = None, *, x_T: Tensor | None = None, rt
     x(1) = ``x_T`` if given, else drawn from p(x_T): counter-based for ``seed`` (the ``SAMPLE`` stream at t = T,
     the x_T of ancestral sampling with the same seed, :func:`ppl_diffusion.sampling.draw_samples`), else from
     torch's generator. The result is x(ε) itself (no final denoising step); images are rounded to 8 bits by
-    the caller."""
+    the caller.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
+    :param int n: the number of samples (unless ``x_T`` is given).
+    :param torch.Tensor x_T: the starting points x(1), ``[n] + event_shape``.
+    :param float rtol: the adaptive solver's relative tolerance.
+    :param float atol: its absolute tolerance.
+    :param str method: a torchdiffeq method.
+    :param float eps: the small-time end (default: the time map's).
+    :param time_map: as in :func:`log_likelihood`.
+    :param int seed: counter-based x_T (default ``None``: torch's generator).
+    :param indices: the samples' indices for the counter-based x_T (default 0..n − 1).
+    :returns: ``(x(ε) [n] + event_shape, NFE)``.
+
+    Example: from p(x_T), and from given starting points (x = 0 is a fixed point of an untrained net's flow,
+    f = −½ β(s) x).
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.ode import sample_ode
+    >>> x, nfe = sample_ode(diffusion, 4, seed=0, rtol=1e-2, atol=1e-2)
+    >>> x.shape, nfe > 0
+    (torch.Size([4, 2]), True)
+    >>> sample_ode(diffusion, x_T=torch.zeros(2, 2), rtol=1e-2, atol=1e-2)[0].tolist()
+    [[0.0, 0.0], [0.0, 0.0]]
+    """
     check_options(rtol=rtol, atol=atol)
     check_model(diffusion)
     ct = time_of(diffusion, time_map)
@@ -359,7 +418,22 @@ class ProbabilityFlow(TorchDistribution):
         svi = pyro.infer.SVI(model, lambda x: None, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
 
     The keywords are those of :func:`log_likelihood` (``trace``, ``probes``, ``probe``, ``rtol``, ``atol``,
-    ``method``, ``eps``, ``time_map``, ``adjoint``, ``seed``). The last solve's NFE is :attr:`nfe`.
+    ``method``, ``eps``, ``time_map``, ``adjoint``, ``seed``). The last solve's NFE is ``nfe``.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (not respaced).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.ode import ProbabilityFlow
+    >>> flow = ProbabilityFlow(diffusion, time_map="vp-linear", rtol=1e-2, atol=1e-2)
+    >>> flow.event_shape, flow.log_prob(x0[:2]).shape, flow.nfe > 0
+    (torch.Size([2]), torch.Size([2]), True)
     """
 
     arg_constraints: dict = {}
@@ -379,9 +453,11 @@ class ProbabilityFlow(TorchDistribution):
 
     @property
     def support(self):
+        """Real vectors of the event shape."""
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape, _instance=None):
+        """The flow broadcast to ``batch_shape`` (a Pyro ``ExpandedDistribution``), e.g. under a plate."""
         from pyro.distributions.torch_distribution import ExpandedDistribution
 
         return ExpandedDistribution(self, batch_shape)
@@ -400,6 +476,8 @@ class ProbabilityFlow(TorchDistribution):
         return res.log_prob.reshape(batch)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        """Samples ``sample_shape + event_shape``: x_T ~ p(x_T) carried to s = ε by the ODE, differentiable in θ
+        (backpropagation through the solver)."""
         shape = torch.Size(sample_shape)
         n = max(1, math.prod(shape))
         device, dtype = self.diffusion._device_dtype()
@@ -411,5 +489,9 @@ class ProbabilityFlow(TorchDistribution):
         return out.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
+        """:meth:`rsample` without gradient."""
         with torch.no_grad():
             return self.rsample(sample_shape)
+
+
+__all__ = ["ODEResult", "ProbabilityFlow", "log_likelihood", "sample_ode"]

@@ -23,7 +23,25 @@ def _pyplot():
 
 
 def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None) -> Path:
-    """8-bit images ``[N x C x H x W]`` (C = 1 or 3) as a near-square grid with 1-pixel gaps."""
+    """8-bit images ``[N x C x H x W]`` (C = 1 or 3) as a near-square grid with 1-pixel gaps.
+
+    :param numpy.ndarray images: ``[N x C x H x W]``, values 0..255.
+    :param path: the PNG to write (its folder is made).
+    :param str title: the figure's title (wrapped to its width).
+    :returns: ``path``, a :class:`pathlib.Path`.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from ppl_diffusion.plots import image_grid
+    >>> images = np.random.default_rng(0).integers(0, 256, size=(4, 1, 8, 8))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = image_grid(images, Path(folder) / "samples.png", title="4 samples")
+    ...     path.name, path.stat().st_size > 0
+    ('samples.png', True)
+    """
     images = np.asarray(images, dtype=np.uint8)
     n, c, h, w = images.shape
     cols = math.ceil(math.sqrt(n))
@@ -44,7 +62,23 @@ def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None
 
 
 def scatter(points: np.ndarray, path: str | Path, *, title: str | None = None) -> Path:
-    """Points ``[N x D]`` as a scatter plot of their first two coordinates."""
+    """Points ``[N x D]`` as a scatter plot of their first two coordinates.
+
+    :param numpy.ndarray points: ``[N x D]`` (D = 1: on the x axis).
+    :param path: the PNG to write.
+    :param str title: the figure's title.
+    :returns: ``path``, a :class:`pathlib.Path`.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from ppl_diffusion.plots import scatter
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     scatter(np.random.default_rng(0).normal(size=(4, 2)), Path(folder) / "x.png").exists()
+    True
+    """
     points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -57,7 +91,23 @@ def scatter(points: np.ndarray, path: str | Path, *, title: str | None = None) -
 
 
 def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str | None = None) -> Path:
-    """L_t against t = 0..T (nats per example, log scale) for each named set of weights."""
+    """L_t against t = 0..T (nats per example, log scale) for each named set of weights.
+
+    :param dict terms: ``{name: [L_0, ..., L_T]}``, e.g. the mean over examples of a
+        :class:`~ppl_diffusion.infer.bound.VariationalBound`'s ``terms``.
+    :param path: the PNG to write.
+    :param str title: the figure's title.
+    :returns: ``path``, a :class:`pathlib.Path`.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.plots import bound_terms
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     bound_terms({"ema": [3.0, 1.0, 0.5, 0.1]}, Path(folder) / "terms.png").exists()
+    True
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, values in terms.items():
@@ -74,7 +124,25 @@ def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str |
 def integrand(draws: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *, title: str | None = None) -> Path:
     """The continuous-time diffusion term's integrand L(t) = ½ γ'(t)‖ε − ε̂‖² at the drawn times: the mean of the
     draws in each of 50 bins of t against t (nats per example, log scale), for each named set of weights
-    ``{name: (t, L)}``; its area is the diffusion term."""
+    ``{name: (t, L)}``; its area is the diffusion term.
+
+    :param dict draws: ``{name: (t [R], L(t) [R])}``, e.g. a
+        :class:`~ppl_diffusion.infer.continuous_bound.ContinuousBoundEstimate`'s ``t`` and ``integrand``.
+    :param path: the PNG to write.
+    :param str title: the figure's title.
+    :returns: ``path``, a :class:`pathlib.Path`.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np
+    >>> from ppl_diffusion.plots import integrand
+    >>> t = np.linspace(0.01, 0.99, 20)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     integrand({"ema": (t, 1.0 / t)}, Path(folder) / "integrand.png").exists()
+    True
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     edges = np.linspace(0.0, 1.0, 51)
@@ -102,3 +170,6 @@ def _save(fig, path: str | Path) -> Path:
     fig.clf()
     _pyplot().close(fig)
     return path
+
+
+__all__ = ["bound_terms", "image_grid", "integrand", "scatter"]

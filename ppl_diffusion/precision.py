@@ -12,7 +12,7 @@ A model's ``precision`` is one of :data:`PRECISIONS`:
            float32 parameters (``dtype`` / ``param_dtype``) and return float32.
 =========  ==================================================================================================
 
-:class:`ppl_diffusion.GaussianDiffusion` holds the precision (``GaussianDiffusion(precision="bf16")``) and
+:class:`ppl_diffusion.diffusion.GaussianDiffusion` holds the precision (``GaussianDiffusion(precision="bf16")``) and
 applies it in its one call of the denoiser (``denoiser_output``), so every program, estimator, the evaluator
 and sampling use it unchanged. On a CPU, bfloat16 is fast only with AVX-512-BF16 or AMX instructions
 (:func:`cpu_has_bf16`), on a GPU from Ampere on; elsewhere it is emulated and slower than float32, and so is
@@ -29,18 +29,43 @@ import warnings
 
 import torch
 
+#: The precisions a model computes its denoiser call in (the table above).
 PRECISIONS = ("fp32", "bf16")
 
 
 class PrecisionWarning(RuntimeWarning):
     """bf16 asked for where it is emulated (slow); given once per process and kind of device. The CLI prints
-    it as one line."""
+    it as one line.
+
+    Example: silence it where emulation is expected.
+
+    >>> import warnings
+    >>> from ppl_diffusion.precision import PrecisionWarning, autocast
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", PrecisionWarning)
+    ...     context = autocast("bf16", "cpu")
+    >>> issubclass(PrecisionWarning, RuntimeWarning)
+    True
+    """
 
 _warned: set[str] = set()  # the warnings already given, one each per process
 
 
 def check_precision(precision) -> str:
-    """``precision`` if it is known; else a one-line ``ValueError`` naming it and the choices."""
+    """``precision`` if it is known; else a one-line ``ValueError`` naming it and the choices.
+
+    :param str precision: one of :data:`PRECISIONS`.
+
+    Example:
+
+    >>> from ppl_diffusion.precision import check_precision
+    >>> check_precision("bf16")
+    'bf16'
+    >>> check_precision("fp16")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown precision 'fp16'; choose one of ['fp32', 'bf16'] (--precision)
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)} (--precision)")
     return precision
@@ -49,7 +74,14 @@ def check_precision(precision) -> str:
 @functools.lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool | None:
     """Whether this CPU computes bfloat16 natively: the Linux ``/proc/cpuinfo`` flags ``avx512_bf16`` or
-    ``amx_bf16`` (x86), ``bf16`` (aarch64). ``None`` when the flags cannot be read (not Linux)."""
+    ``amx_bf16`` (x86), ``bf16`` (aarch64). ``None`` when the flags cannot be read (not Linux).
+
+    Example:
+
+    >>> from ppl_diffusion.precision import cpu_has_bf16
+    >>> cpu_has_bf16() in (True, False, None)
+    True
+    """
     try:
         with open("/proc/cpuinfo") as f:
             flags = set()
@@ -81,7 +113,27 @@ def _warn_if_emulated(device_type: str) -> None:
 def autocast(precision: str, device_type: str):
     """The context in which a denoiser runs at ``precision`` on a device of type ``device_type`` (``"cpu"``,
     ``"cuda"``, ...): ``torch.autocast(device_type, dtype=torch.bfloat16)`` for ``"bf16"``, nothing for ``"fp32"``.
-    The caller casts the network's output back to float32 (see :meth:`GaussianDiffusion.denoiser_output`)."""
+    The caller casts the network's output back to float32 (see
+    :meth:`~ppl_diffusion.diffusion.GaussianDiffusion.denoiser_output`). Warns once (:class:`PrecisionWarning`) where
+    bfloat16 is emulated.
+
+    :param str precision: one of :data:`PRECISIONS`.
+    :param str device_type: the device type of the tensors, ``"cpu"`` or ``"cuda"``.
+
+    Example: a matrix product under ``"bf16"`` is computed in bfloat16.
+
+    >>> import torch, warnings
+    >>> from ppl_diffusion.precision import autocast
+    >>> a = torch.ones(2, 2)
+    >>> with autocast("fp32", "cpu"):
+    ...     (a @ a).dtype
+    torch.float32
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")  # a PrecisionWarning on a CPU without bfloat16 instructions
+    ...     with autocast("bf16", "cpu"):
+    ...         (a @ a).dtype
+    torch.bfloat16
+    """
     if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
     if not torch.amp.is_autocast_available(device_type):
@@ -94,7 +146,16 @@ def autocast(precision: str, device_type: str):
 def jax_dtype(precision: str):
     """The Flax nets' compute dtype for ``precision``: ``None`` (that of the parameters, float32) or
     ``jnp.bfloat16``; warns once when JAX runs on a CPU, where XLA emulates bfloat16 (measured 0.91× the
-    float32 speed for the digits U-Net, ``benchmarks/results/precision.md``)."""
+    float32 speed for the digits U-Net, ``benchmarks/results/precision.md``).
+
+    :param str precision: one of :data:`PRECISIONS`.
+
+    Example:
+
+    >>> from ppl_diffusion.precision import jax_dtype
+    >>> jax_dtype("fp32") is None
+    True
+    """
     if check_precision(precision) == "fp32":
         return None
     import jax
@@ -106,3 +167,6 @@ def jax_dtype(precision: str):
                       "still runs (pass --precision fp32, or use --backend pyro for bf16 on a CPU)", PrecisionWarning,
                       stacklevel=2)
     return jnp.bfloat16
+
+
+__all__ = ["PRECISIONS", "PrecisionWarning", "autocast", "check_precision", "cpu_has_bf16", "jax_dtype"]

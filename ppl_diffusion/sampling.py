@@ -35,7 +35,15 @@ from .train import TrainConfig, load_trained, resolve_device
 
 @dataclass
 class Run:
-    """A trained model loaded from a run folder (its newest checkpoint)."""
+    """A trained model loaded from a run folder (its newest checkpoint), what :func:`load_run` returns.
+
+    :param diffusion: the model, a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin), in eval mode.
+    :param config: the run's ``TrainConfig``.
+    :param pathlib.Path checkpoint: the file the weights come from.
+    :param int step: optimizer steps the checkpoint was taken at.
+    :param bool ema: EMA weights (True) or raw ones.
+    :param float val_bpd: best.pt: the validation bits/dim it was chosen by (else ``None``).
+    """
 
     diffusion: GaussianDiffusion
     config: TrainConfig
@@ -46,13 +54,30 @@ class Run:
 
     @property
     def weights_from(self) -> str:
-        """``"best"`` (best.pt, the best by validation) or ``"checkpoint"`` (a ckpt-*.pt file)."""
+        """``"best"`` (best.pt, the best by validation) or ``"checkpoint"`` (a ``ckpt-*.pt`` file)."""
         return "best" if self.checkpoint.name == BEST_NAME else "checkpoint"
 
 
 def find_checkpoint(run: str | Path, *, last: bool = False) -> Path:
     """The checkpoint of the run folder ``run``: its ``best.pt`` (the best weights by validation, for a run
-    trained with ``val_examples``) unless ``last``, else its newest ``ckpt-*.pt``; ``run`` itself if it is a file."""
+    trained with ``val_examples``) unless ``last``, else its newest ``ckpt-*.pt``; ``run`` itself if it is a file.
+
+    :param run: a run folder or a checkpoint file.
+    :param bool last: the newest ``ckpt-*.pt`` even where a ``best.pt`` exists.
+    :rtype: pathlib.Path
+    :raises FileNotFoundError: if ``run`` does not exist.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.sampling import find_checkpoint
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     for name in ("ckpt-00000010.pt", "ckpt-00000020.pt", "best.pt"):
+    ...         (Path(run) / name).touch()
+    ...     find_checkpoint(run).name, find_checkpoint(run, last=True).name
+    ('best.pt', 'ckpt-00000020.pt')
+    """
     run = Path(run)
     if run.is_file():
         if not CHECKPOINT_RE.match(run.name) and not zipfile.is_zipfile(run):  # torch.save writes a zip archive
@@ -78,6 +103,29 @@ def load_run(run: str | Path, *, ema: bool = True, device: str = "auto", backend
 
     :raises FileNotFoundError: if ``run`` does not exist.
     :raises CheckpointError: no checkpoint, a corrupt one, or weights that do not fit its configuration.
+
+    :param run: a run folder (of ``ppl-diffusion train``) or a checkpoint file.
+    :param bool ema: the EMA weights (default) or the raw ones.
+    :param str device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    :param str backend: ``"pyro"`` or ``"numpyro"``.
+    :param str precision: ``"fp32"``, ``"bf16"`` or ``None`` (the run's own).
+    :param bool last: the newest checkpoint even where a ``best.pt`` exists.
+    :rtype: Run
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from ppl_diffusion.sampling import load_run
+    >>> loaded = load_run(run, device="cpu")
+    >>> loaded.step, loaded.checkpoint.name, loaded.diffusion.T, tuple(loaded.diffusion.event_shape)
+    (1, 'ckpt-00000001.pt', 10, (2,))
+    >>> folder.cleanup()
     """
     dev = resolve_device(device)
     if precision is not None:
@@ -101,14 +149,31 @@ def site_step(name: str) -> int | None:
     return int(tail) if head == "x" and tail.isdigit() else None
 
 
+#: The number of steps of the chain that samples a model in continuous time unless told (``--steps K``).
 SAMPLE_STEPS = CONTINUOUS_SAMPLE_STEPS  # the chain that samples a model in continuous time unless told (--steps K)
 
 
 def sampling_chain(diffusion: GaussianDiffusion, steps=None) -> GaussianDiffusion:
     """The chain that ancestral sampling runs: the model itself, or with ``steps = K`` its K respaced steps
     (a NoiseSchedule's, :func:`~ppl_diffusion.respace`) or the K-step chain of its γ schedule
-    (:meth:`~ppl_diffusion.GaussianDiffusion.with_steps`, for a net conditioned on γ; any K >= 2). A model in
-    continuous time needs ``steps``. One-line errors."""
+    (:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.with_steps`, for a net conditioned on γ; any K >= 2). A model in
+    continuous time needs ``steps``. One-line errors.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
+    :param int steps: K, or ``None`` for the model's own chain.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.sampling import sampling_chain
+    >>> sampling_chain(diffusion) is diffusion, sampling_chain(diffusion, steps=5).T
+    (True, 5)
+    """
     if not diffusion.gamma_schedule:
         return diffusion if steps is None else respace(diffusion, steps)
     if steps is None:
@@ -133,7 +198,29 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     The noise is counter-based (:mod:`ppl_diffusion.noise`, stream ``SAMPLE``): sample i's draw of the site
     x_s is ``normal(seed, indices[i], s)`` (x_T from a Gaussian prior, x_{t−1} given x_t, the decoder's x_0
     at s = 0), ``indices`` default 0..n − 1. So sample i is the same in any batch and on any number of
-    processes (and, up to float32 rounding, on both backends)."""
+    processes (and, up to float32 rounding, on both backends).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param int n: the number of samples.
+    :param int steps: K respaced steps (default: the model's chain).
+    :param int seed: the noise's seed.
+    :param indices: the samples' indices ``[n]`` (default 0..n − 1).
+
+    Example: a sample depends on its index, not on the batch it is drawn in.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.sampling import draw_samples
+    >>> x = draw_samples(diffusion, 4, seed=0)
+    >>> x.shape, torch.equal(draw_samples(diffusion, 2, seed=0, indices=[2, 3]), x[2:])
+    (torch.Size([4, 2]), True)
+    >>> draw_samples(diffusion, 4, steps=5, seed=0).shape  # 5 respaced steps
+    torch.Size([4, 2])
+    """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"n = {n!r} samples; pass a positive integer (-n)")
     from .infer.bound import check_indices, feed_noise
@@ -180,6 +267,17 @@ def is_images(diffusion: GaussianDiffusion) -> bool:
 
 @dataclass
 class SampleResult:
+    """What :func:`sample_run` returns.
+
+    :param torch.Tensor samples: ``[n] + event_shape`` in model space (float).
+    :param pathlib.Path png: the image grid (images) or scatter plot (vectors).
+    :param pathlib.Path npz: ``"images"``: uint8 ``[n x C x H x W]`` for image data, ``"samples"``: float32
+        ``[n x D]`` otherwise.
+    :param Run run: the loaded run.
+    :param int nfe: ODE sampling: evaluations of the vector field (the largest over processes).
+    :param int resumed_calls: calls of samples read back from an interrupted run's progress.
+    """
+
     samples: Tensor  # [n x *event_shape] in model space (float)
     png: Path  # image grid (images) or scatter plot (vectors)
     npz: Path  # "images": uint8 [n x C x H x W] for image data, "samples": float32 [n x D] otherwise
@@ -194,7 +292,30 @@ def draw_ode_samples(diffusion, n: int, *, seed: int = 0, indices=None, rtol: fl
     (:func:`ppl_diffusion.ode.sample_ode`, or ``ppl_diffusion.numpyro.ode.sample_ode`` for a NumPyro model).
 
     x_T of sample i is counter-based, the x_T of :func:`draw_samples` for the same seed and index, so sample i is
-    the same in any share of the samples up to the solver's tolerance (the samples of one call share the steps)."""
+    the same in any share of the samples up to the solver's tolerance (the samples of one call share the steps).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param int n: the number of samples.
+    :param int seed: x_T's seed.
+    :param indices: the samples' indices ``[n]``.
+    :param float rtol: the solver's relative tolerance.
+    :param float atol: its absolute tolerance.
+    :param float eps: the small-time end (default: the time map's).
+    :param str time_map: as in :func:`ppl_diffusion.ode.log_likelihood`.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.sampling import draw_ode_samples
+    >>> x, nfe = draw_ode_samples(diffusion, 2, seed=0, rtol=1e-2, atol=1e-2)
+    >>> x.shape, nfe > 0
+    (torch.Size([2, 2]), True)
+    """
     from .infer.bound import check_indices
 
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
@@ -233,7 +354,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
         ``"bf16"`` (:mod:`ppl_diffusion.precision`).
     :param bool ode: deterministic samples by the probability-flow ODE (:func:`draw_ode_samples`, with ``rtol``,
         ``atol``, ``eps``, ``time_map``; x_T that of ancestral sampling with the same seed) instead of the chain;
-        images are rounded to 8 bits as ancestral samples are. :attr:`SampleResult.nfe` is then the NFE.
+        images are rounded to 8 bits as ancestral samples are. The result's ``nfe`` is then the NFE.
     :param steps: K: sample with K respaced steps of a NoiseSchedule, or the K-step chain of a γ schedule
         (:func:`sampling_chain`); a run in continuous time (T = 0) samples with :data:`SAMPLE_STEPS` steps unless told.
     :param out: the PNG path; default ``RUN/samples-{ema|raw}[-K{steps}|-ode].png``. The ``.npz`` has the
@@ -248,6 +369,33 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     Under ``torchrun`` each process draws a contiguous share of the n samples (their noise depends on the
     sample's index, so the result is that of one process), the shares are gathered, and rank 0 writes the
     files; every rank returns the same result.
+
+    :param run: a run folder or checkpoint.
+    :param int n: the number of samples.
+    :param int seed: the noise's seed (sample i's noise depends on (seed, i) alone).
+    :param bool ema: the EMA weights (default) or the raw ones.
+    :param str device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    :param bool last: the newest checkpoint even where a ``best.pt`` exists.
+    :param float rtol: with ``ode``, the solver's relative tolerance.
+    :param float atol: with ``ode``, its absolute tolerance.
+    :param float eps: with ``ode``, the small-time end.
+    :param str time_map: with ``ode``, the time map.
+    :rtype: SampleResult
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from ppl_diffusion.sampling import sample_run
+    >>> result = sample_run(run, n=4, seed=0, device="cpu")
+    >>> result.samples.shape, result.png.name, result.npz.exists()
+    (torch.Size([4, 2]), 'samples-ema.png', True)
+    >>> folder.cleanup()
     """
     from .distributed import local_device, world
 
@@ -321,3 +469,7 @@ def sample_run(run: str | Path, *, n: int = 64, steps: int | None = None, seed: 
     saved.finish()  # the files are written: the progress is no longer needed
     w.barrier()
     return SampleResult(samples=samples, png=png, npz=npz, run=loaded, nfe=nfe, resumed_calls=resumed)
+
+
+__all__ = ["SAMPLE_STEPS", "Run", "SampleResult", "draw_ode_samples", "draw_samples", "find_checkpoint", "load_run",
+           "sample_run", "sampling_chain"]

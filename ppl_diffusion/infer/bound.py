@@ -1,4 +1,10 @@
-"""The full variational bound, every term separately: L_0, L_1 … L_{T−1}, L_T, in nats per example."""
+r"""The full variational bound, every term separately: L_0, L_1 … L_{T−1}, L_T, in nats per example.
+
+.. math:: -\log p(x_0) \le L_0 + \sum_{t=2}^{T} L_{t-1} + L_T, \qquad
+          L_0 = -\log p(x_0 \mid x_1),\quad
+          L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t)),\quad
+          L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,19 @@ class VariationalBound:
     ``terms[:, j]`` is L_j in nats: L_0 = −log p(x_0|x_1) (decoder), L_j = E KL(q(x_j|x_{j+1}, x_0) ||
     p(x_j|x_{j+1}, θ)) for j = 1..T−1, L_T = KL(q(x_T|x_0) || p(x_T)) (prior). Each L_j for j < T is a
     one-draw estimate over x_{j+1} ~ q(x_{j+1}|x_0), so their sum is an unbiased estimate of −ELBO.
+
+    :param torch.Tensor terms: ``[B x (T + 1)]``, column j is L_j in nats (NaN for a term not evaluated).
+    :param int num_dims: D, the data dimensions of one example (for bits per dimension).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.infer import VariationalBound
+    >>> bound = VariationalBound(terms=torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 1.0]]), num_dims=2)
+    >>> bound.nll.tolist(), bound.kl_terms.shape
+    ([6.0, 2.0], torch.Size([2, 1]))
+    >>> round(bound.bits_per_dim()[0].item(), 4)  # 6 / (2 ln 2)
+    4.328
     """
 
     terms: Tensor  # [B x (T + 1)], nats
@@ -34,14 +53,17 @@ class VariationalBound:
 
     @property
     def elbo(self) -> Tensor:
+        """The ELBO per example ``[B]`` (= −:attr:`nll`), nats."""
         return -self.nll
 
     @property
     def decoder_term(self) -> Tensor:
+        """L_0 = −log p(x_0|x_1) per example ``[B]``, nats."""
         return self.terms[:, 0]
 
     @property
     def prior_term(self) -> Tensor:
+        """L_T = KL(q(x_T|x_0) || p(x_T)) per example ``[B]``, nats."""
         return self.terms[:, -1]
 
     @property
@@ -86,6 +108,32 @@ def step_terms(diffusion, x0: Tensor, t: Tensor, *, analytic: bool = True, seed:
     term equals the full bound's ``terms[i, t − 1]`` for the same example, seed and step; see
     :func:`variational_bound`). Returns ``(L_{t−1} [R], L_T [R])`` in nats, the prior term of each row's example
     (no network call of its own, it is read off the same trace).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
+    :param torch.Tensor x0: ``[R] + event_shape``, the example of each row.
+    :param torch.Tensor t: ``LongTensor[R]``, the step of each row, in 1..T.
+    :param bool analytic: score L_{t−1} by its closed-form KL (default), else by one draw of x_{t−1}.
+    :param int seed: counter-based noise (see above); ``None``: torch's generator.
+    :param indices: ``[R]`` the rows' example indices (with ``seed``; default 0..R − 1).
+    :rtype: tuple(torch.Tensor, torch.Tensor)
+
+    Example: a row's term is the full bound's term of its example and step, for the same seed.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.infer import variational_bound
+    >>> from ppl_diffusion.infer.bound import step_terms
+    >>> with torch.no_grad():
+    ...     term, prior = step_terms(diffusion, x0[[1, 3]], torch.tensor([3, 7]), seed=0, indices=[1, 3])
+    ...     full = variational_bound(diffusion, x0, seed=0)
+    >>> term.shape, torch.allclose(term, full.terms[[1, 3], [2, 6]])
+    (torch.Size([2]), True)
+    >>> torch.allclose(prior, full.prior_term[[1, 3]])
+    True
     """
     if seed is None and indices is not None:
         raise ValueError("indices select counter-based noise; pass seed=... with them")
@@ -121,6 +169,34 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
     indices), the prior's Monte-Carlo draw (a prior without closed-form KL) ``(indices[i], 0, PRIOR)`` and
     the step's draw of x_{t−1} (``analytic=False``) ``(indices[i], t, PREV)``. Each example's terms are then a
     function of (seed, its index, its x_0) alone: the same on any batch, subset, process or backend.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
+    :param torch.Tensor x0: the data ``[B] + event_shape`` (e.g. ``[N x C x H x W]``).
+    :param bool analytic: closed-form KL for the steps' terms (default), else one Monte-Carlo draw each.
+    :param int timesteps_per_batch: steps evaluated per denoiser call.
+    :param timesteps: evaluate only the terms of these steps (in 1..T); default all.
+    :param bool progress: show a progress bar (tqdm).
+    :param int seed: counter-based noise (above); ``None``: torch's generator.
+    :param indices: ``[B]`` the examples' indices (with ``seed``).
+    :returns: the terms ``[B x (T + 1)]``.
+    :rtype: VariationalBound
+
+    Example: with a seed, an example's terms do not depend on the batch it is evaluated in.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion import variational_bound
+    >>> with torch.no_grad():
+    ...     bound = variational_bound(diffusion, x0, seed=0, timesteps_per_batch=5)
+    ...     part = variational_bound(diffusion, x0[2:], seed=0, indices=[2, 3])
+    >>> bound.terms.shape, bound.bits_per_dim().shape
+    (torch.Size([4, 11]), torch.Size([4]))
+    >>> torch.allclose(part.terms, bound.terms[2:])
+    True
     """
     x0 = diffusion.check_data(x0)
     if seed is None and indices is not None:
@@ -151,3 +227,6 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
             columns[ti - 1] = step[i]
     terms = torch.stack(columns + [prior], dim=-1)
     return VariationalBound(terms=terms, num_dims=diffusion.num_dims)
+
+
+__all__ = ["VariationalBound", "step_terms", "variational_bound"]

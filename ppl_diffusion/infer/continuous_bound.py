@@ -1,7 +1,7 @@
 """The continuous-time bound (T = ∞) of a γ-schedule model per example: an unbiased estimate, with its standard error
 and the Monte-Carlo error of its t-integral.
 
-The bound of example x_0 (docs/variational.md; :class:`~ppl_diffusion.infer.ContinuousTimeELBO` trains by it) is
+The bound of example x_0 (docs/variational.md; :class:`~ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO` trains by it) is
 
     L(x_0) = L_rec + L_prior + ∫_0^1 E_ε L(t) dt,     L(t) = ½ γ'(t) ‖ε − ε̂(α_t x_0 + σ_t ε, γ(t))‖²,
 
@@ -54,7 +54,19 @@ PROPOSALS = ("uniform", "pilot")
 class ContinuousPlan:
     """Where the draws of t fall: ``strata[k]`` = (first bin, last bin + 1) of stratum k over the bins of [0, 1]
     with ``edges`` ``[G + 1]``, a proposal density ``density`` ``[G]`` constant on each bin (∫_0^1 = 1, > 0), and
-    ``draws`` = m draws per stratum and example."""
+    ``draws`` = m draws per stratum and example. Made by :func:`plan_continuous_uniform` or
+    :func:`plan_continuous_from_profile`.
+
+    Example:
+
+    >>> from ppl_diffusion.infer.continuous_bound import plan_continuous_uniform
+    >>> plan = plan_continuous_uniform(strata=4, draws=2)
+    >>> plan.t_draws, plan.to_dict()["strata_bounds"][1]
+    (8, [0.25, 0.5])
+    >>> t, w = plan.draw(seed=0, indices=[0, 1, 2])  # [N x K x m]
+    >>> t.shape, bool(((t[:, 1] >= 0.25) & (t[:, 1] < 0.5)).all()), w[0, 0].tolist()  # w = 1/(m p_k(t))
+    ((3, 4, 2), True, [0.125, 0.125])
+    """
 
     edges: np.ndarray
     density: np.ndarray
@@ -69,7 +81,11 @@ class ContinuousPlan:
         return len(self.strata) * self.draws
 
     def draw(self, seed: int, indices) -> tuple[np.ndarray, np.ndarray]:
-        """Times ``[N x K x m]`` and weights 1/(m·p_k(t)) ``[N x K x m]`` of the examples ``indices``."""
+        """Times ``[N x K x m]`` and weights 1/(m·p_k(t)) ``[N x K x m]`` of the examples ``indices``.
+
+        :param int seed: the draws' seed (counter-based, per example).
+        :param indices: the examples' indices ``[N]``.
+        """
         index = check_indices(indices, len(np.asarray(indices)))
         K, m = len(self.strata), self.draws
         u = counter_noise.uniform(seed, index[:, None], np.arange(K * m)[None, :],
@@ -88,13 +104,19 @@ class ContinuousPlan:
         return t, w
 
     def to_dict(self) -> dict:
+        """The plan's settings, JSON-ready."""
         return {"strata": len(self.strata), "draws": self.draws, "t_draws": self.t_draws, "proposal": self.proposal,
                 "strata_bounds": [[float(self.edges[a]), float(self.edges[b])] for a, b in self.strata],
                 **({"pilot": self.pilot} if self.pilot else {})}
 
 
 def plan_continuous_uniform(*, strata: int = 20, draws: int = 2) -> ContinuousPlan:
-    """K = ``strata`` equal strata of [0, 1], t uniform in each, m = ``draws`` draws per stratum."""
+    """K = ``strata`` equal strata of [0, 1], t uniform in each, m = ``draws`` draws per stratum.
+
+    :param int strata: K.
+    :param int draws: m.
+    :rtype: ContinuousPlan
+    """
     K, m = _count("strata", strata, "--strata", 1), _count("draws", draws, "--draws", 1)
     return ContinuousPlan(edges=np.linspace(0.0, 1.0, K + 1), density=np.ones(K),
                           strata=tuple((k, k + 1) for k in range(K)), draws=m)
@@ -105,7 +127,22 @@ def plan_continuous_from_profile(profile, *, strata: int = 20, draws: int = 2, f
     """Stratified importance sampling of t from a profile g ``[G]`` >= 0 on G equal bins of [0, 1]: the proposal
     q = (1 − floor)·g/∫g + floor (a uniform floor: weights stay below 1/floor), the strata contiguous runs of bins
     cut at the k/K quantiles of q (K <= G). With g = √E[L(t)²] this is the variance-optimal proposal and allocation
-    (as :func:`~ppl_diffusion.infer.estimate.plan_from_profile` for the chain)."""
+    (as :func:`~ppl_diffusion.infer.estimate.plan_from_profile` for the chain).
+
+    :param profile: g ``[G]``, e.g. :func:`continuous_pilot_profile`'s.
+    :param int strata: K <= G.
+    :param int draws: m.
+    :param float floor: the uniform proposal's weight, in (0, 1].
+    :param dict pilot: the pilot's settings, kept in :meth:`ContinuousPlan.to_dict`.
+    :rtype: ContinuousPlan
+
+    Example: a profile twice as high on the first half of [0, 1] puts the first cut before t = 1/2.
+
+    >>> from ppl_diffusion.infer.continuous_bound import plan_continuous_from_profile
+    >>> plan = plan_continuous_from_profile([2.0, 2.0, 1.0, 1.0], strata=2, floor=0.25)
+    >>> plan.to_dict()["strata_bounds"], plan.density.tolist()  # q = 0.75 g / mean(g) + 0.25
+    ([[0.0, 0.5], [0.5, 1.0]], [1.25, 1.25, 0.75, 0.75])
+    """
     g = np.asarray(profile, dtype=np.float64)
     if g.ndim != 1 or not len(g) or not np.all(np.isfinite(g)) or g.min() < 0:
         raise ValueError(f"profile must be G finite values >= 0 (one per bin of [0, 1]), got shape {g.shape}")
@@ -136,7 +173,7 @@ def _eps(seed: int, index: np.ndarray, draw, like: Tensor, stream: int) -> Tenso
 def first_draw_terms(diffusion, x0: Tensor, t: Tensor, eps: Tensor, *, seed: int, indices) -> dict[str, Tensor]:
     """The continuous programs' terms ``[B]`` (nats) at times ``t`` with the diffusion term's noise ``eps``, the
     endpoints' noise the module's (x_1: ``(seed, i, 1, XT)``; x_T: ``(seed, i, 0, PRIOR)``): ``"reconstruction"``,
-    ``"prior"`` and ``"diffusion"`` = L(t) (:func:`~ppl_diffusion.infer.continuous_time_terms`, two network calls)."""
+    ``"prior"`` and ``"diffusion"`` = L(t) (:func:`~ppl_diffusion.infer.continuous_elbo.continuous_time_terms`, two network calls)."""
     index = check_indices(indices, x0.shape[0])
     noise = {"x_1": _eps(seed, index, 1, x0, counter_noise.XT), "x_T": _eps(seed, index, 0, x0, counter_noise.PRIOR),
              "x_t": eps}
@@ -146,7 +183,29 @@ def first_draw_terms(diffusion, x0: Tensor, t: Tensor, eps: Tensor, *, seed: int
 def continuous_pilot_profile(diffusion, x: Tensor, *, seed: int, bins: int = 50, inputs_per_call: int = 512
                              ) -> tuple[np.ndarray, int]:
     """√E[L(t)²] over the examples ``x`` (``[n x ...]``, training data) at the midpoints of ``bins`` equal bins of
-    [0, 1]: ``([bins], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s, not the evaluation's."""
+    [0, 1]: ``([bins], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s, not the evaluation's.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in continuous time.
+    :param torch.Tensor x: training examples ``[n] + event_shape``.
+    :param int seed: the evaluation's seed (the pilot derives its own).
+    :param int bins: G.
+    :param int inputs_per_call: rows per denoiser call.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=MLPDenoiser(dim=2, width=16, depth=1),
+    ...                               event_shape=(2,), T=0)  # continuous time, the net conditioned on γ(t)
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.infer.continuous_bound import continuous_pilot_profile
+    >>> with torch.no_grad():
+    ...     profile, calls = continuous_pilot_profile(diffusion, x0, seed=0, bins=5)
+    >>> profile.shape, calls
+    ((5,), 20)
+    """
     _count("bins", bins, "the pilot's bins", 1)
     x = diffusion.check_data(x)
     pilot_seed = counter_noise.seed_of(seed, 0, 0, counter_noise.TIMESTEP)
@@ -166,7 +225,17 @@ def continuous_pilot_profile(diffusion, x: Tensor, *, seed: int, bins: int = 50,
 
 @dataclass
 class ContinuousBoundEstimate(PerExampleEstimate):
-    """Per-example estimates of the continuous-time bound (nats) and the t-integral's estimated variance."""
+    """Per-example estimates of the continuous-time bound (nats) and the t-integral's estimated variance.
+
+    :param torch.Tensor nll: ``[N]``, L̂ per example (nats), unbiased for the continuous-time bound.
+    :param torch.Tensor t_variance: ``[N]``, v̂_i, unbiased for the variance of the diffusion term's estimate; NaN
+        when draws = 1.
+    :param dict terms: ``{"reconstruction", "diffusion", "prior"}``: ``[N]`` each, summing to ``nll``.
+    :param numpy.ndarray t: ``[N x R]`` the drawn times.
+    :param numpy.ndarray integrand: ``[N x R]`` L(t) at them (unweighted).
+    :param int calls: denoiser inputs evaluated.
+    :param int num_dims: D.
+    """
 
     nll: Tensor  # [N], L̂ per example (nats), unbiased for the continuous-time bound
     t_variance: Tensor  # [N], v̂_i, unbiased for the variance of the diffusion term's estimate; NaN when draws = 1
@@ -190,6 +259,25 @@ def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, see
     :param int inputs_per_call: (example, time) rows per denoiser call.
     :param chunk: saves or reads back each group of ``calls_per_chunk`` denoiser calls (:mod:`ppl_diffusion.resume`;
         default: none saved); the estimate is the same bits either way.
+    :param bool progress: show a progress bar (tqdm).
+    :rtype: ContinuousBoundEstimate
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=MLPDenoiser(dim=2, width=16, depth=1),
+    ...                               event_shape=(2,), T=0)  # continuous time, the net conditioned on γ(t)
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
+    >>> with torch.no_grad():
+    ...     est = estimate_continuous_bound(diffusion, x0, plan_continuous_uniform(strata=2, draws=2), seed=0)
+    >>> est.nll.shape, est.t.shape, est.calls  # 4 examples, R = 4 draws of t, R + 1 calls each
+    (torch.Size([4]), (4, 4), 20)
+    >>> torch.allclose(est.nll, sum(est.terms.values()))
+    True
     """
     if not getattr(diffusion, "continuous", False):
         raise ValueError("estimate_continuous_bound scores a model in continuous time (a γ schedule with T = 0); "
@@ -245,3 +333,7 @@ def estimate_continuous_bound(diffusion, x: Tensor, plan: ContinuousPlan, *, see
     nll = terms["reconstruction"] + terms["diffusion"] + terms["prior"]
     return ContinuousBoundEstimate(nll=nll, t_variance=torch.from_numpy(np.asarray(t_var, float)), terms=terms,
                                    t=flat_t, integrand=values, calls=n * (R + 1), num_dims=diffusion.num_dims)
+
+
+__all__ = ["ContinuousBoundEstimate", "ContinuousPlan", "continuous_pilot_profile", "estimate_continuous_bound",
+           "plan_continuous_from_profile", "plan_continuous_uniform"]

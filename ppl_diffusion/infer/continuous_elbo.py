@@ -11,8 +11,8 @@ VDM (Kingma et al. 2021, eq. 17): with α_t² = sigmoid(−γ(t)), σ_t² = sigm
 diffusion term is the limit of the chain's Σ_{t=2..T} L_{t−1} as T → ∞ (docs/variational.md), γ'(t) is taken by
 autodiff, and t is drawn uniformly, low-discrepancy across the batch (VDM) or by importance (a history of the
 integrand on bins of [0, 1]), weight 1/p(t). :class:`ContinuousTimeELBO` scores the Pyro programs
-:meth:`~ppl_diffusion.GaussianDiffusion.continuous_model` / ``continuous_guide`` at the drawn t, like
-:class:`~ppl_diffusion.infer.StochasticTimestepELBO` scores the one-step programs.
+:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.continuous_model` / ``continuous_guide`` at the drawn t, like
+:class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO` scores the one-step programs.
 
 **The schedule's interior is trained for variance.** With the net conditioned on γ (``time_input="gamma"``) the
 diffusion term is ½ ∫_{γ_0}^{γ_1} E‖ε − ε̂(x_γ, γ)‖² dγ: the ELBO depends on the schedule through its endpoints
@@ -51,7 +51,31 @@ def continuous_time_terms(diffusion, x0: Tensor, t: Tensor, *, noise: dict | Non
       E over t ~ U[0, 1) and ε is the diffusion term.
 
     ``noise`` (optional) maps sites (``"x_T"``, ``"x_1"``, ``"x_t"``) to the standard normals they are drawn from
-    (:class:`~ppl_diffusion.infer.draws.FeedNoiseMessenger`), e.g. counter-based noise for an evaluation."""
+    (:class:`~ppl_diffusion.infer.draws.FeedNoiseMessenger`), e.g. counter-based noise for an evaluation.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in continuous time (a γ schedule, ``T = 0``).
+    :param torch.Tensor x0: the data ``[B] + event_shape``.
+    :param torch.Tensor t: ``[B]`` times in [0, 1] (float64 keeps γ(t) in float64).
+    :param bool analytic: the prior's KL in closed form where registered (default), else one draw of x_T.
+
+    Example: with the same noise, the diffusion term is the model's integrand
+    (:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.diffusion_integrand`).
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=MLPDenoiser(dim=2, width=16, depth=1),
+    ...                               event_shape=(2,), T=0)  # continuous time, the net conditioned on γ(t)
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.infer import continuous_time_terms
+    >>> t, eps = torch.rand(4, dtype=torch.float64), torch.randn(4, 2)
+    >>> terms = continuous_time_terms(diffusion, x0, t, noise={"x_t": eps})
+    >>> sorted(terms), terms["diffusion"].shape
+    (['diffusion', 'prior', 'reconstruction'], torch.Size([4]))
+    >>> torch.allclose(terms["diffusion"], diffusion.diffusion_integrand(x0, t, eps))
+    True
+    """
     diffusion.check_continuous()
     guide = diffusion.continuous_guide if noise is None else FeedNoiseMessenger(noise)(diffusion.continuous_guide)
     model_trace, guide_trace = trace_pair(diffusion.continuous_model, guide, x0, t)
@@ -84,6 +108,24 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
         the continuous programs). The diffusion term is Monte Carlo in (t, ε) and the reconstruction term one draw
         of x_1 either way (T = ∞ has no step whose KL could be taken in closed form instead).
     :param dict sampler_kwargs: passed to the named sampler (e.g. ``bins``, ``history``, ``uniform_prob``).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=MLPDenoiser(dim=2, width=16, depth=1),
+    ...                               event_shape=(2,), T=0)  # continuous time, the net conditioned on γ(t)
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.infer import ContinuousTimeELBO
+    >>> elbo = ContinuousTimeELBO(timesteps="low-discrepancy", timesteps_per_example=2)
+    >>> estimate, t, weight, parts = elbo.terms(diffusion.model, x0)
+    >>> estimate.shape, t.shape, t.dtype, weight.tolist() == [1.0] * 8
+    (torch.Size([4]), torch.Size([8]), torch.float64, True)
+    >>> loss = elbo.differentiable_loss(diffusion.model, diffusion.guide, x0)
+    >>> loss.shape, loss.requires_grad
+    (torch.Size([]), True)
     """
 
     def __init__(self, *, timesteps="uniform", timesteps_per_example: int = 1, schedule_objective: str = "elbo",
@@ -102,12 +144,16 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
                              "(pass make_timestep_sampler(name, 0) or a name)")
 
     def get_sampler(self, T: int = 0) -> UniformTimes:
-        """The sampler of times (T = 0), made on first use."""
+        """The sampler of times (T = 0), made on first use; ``T`` is ignored."""
         return super().get_sampler(0)
 
     def terms(self, model, x0: Tensor) -> tuple[Tensor, Tensor, Tensor, dict]:
         """Draw the times and score them: (per-example ELBO estimate ``[B]``, t ``[B·k]``, weights ``[B·k]``, the
-        per-row terms of :func:`continuous_time_terms` ``[B·k]``; rows grouped by example)."""
+        per-row terms of :func:`continuous_time_terms` ``[B·k]``; rows grouped by example).
+
+        :param model: ``diffusion.model`` of a model in continuous time.
+        :param x0: the data ``[B] + event_shape``.
+        """
         diffusion = diffusion_of(model)
         diffusion.check_continuous()
         x0 = diffusion.check_data(x0)
@@ -144,3 +190,6 @@ class ContinuousTimeELBO(StochasticTimestepELBO):
         loss = -elbo.sum()
         warn_if_nan(loss, "loss")
         return loss
+
+
+__all__ = ["ContinuousTimeELBO", "continuous_time_terms"]

@@ -6,7 +6,7 @@ examples, timesteps, noise and dropout masks at every step, each rank holding a 
 ``differentiable_loss`` call):
 
 - every unobserved ``pyro.sample`` site whose distribution is a Normal (possibly ``to_event``, masked or
-  expanded: every latent of the guides of :class:`~ppl_diffusion.GaussianDiffusion`) gets its value as
+  expanded: every latent of the guides of :class:`~ppl_diffusion.diffusion.GaussianDiffusion`) gets its value as
   ``loc + scale · ε``, with ε drawn from the step's own generator **for the global batch** along the ``"data"``
   plate and sliced to this rank's rows (the same reparameterised value Pyro would draw, from other numbers);
 - the estimators draw t through :meth:`BatchDraws.timesteps` and their own noise through :meth:`BatchDraws.randn`,
@@ -55,7 +55,7 @@ def active() -> "BatchDraws | None":
 
 
 class FeedNoiseMessenger(Messenger):
-    """Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
+    r"""Draw the named sample sites from given standard normals: ``value = loc + scale · noise[name]``.
 
     For sites whose distribution is a Normal, a :class:`~ppl_diffusion.distributions.DiscretizedGaussian`
     (then rounded to its bins, a draw from it) or a :class:`~ppl_diffusion.distributions.VDMCategorical` (its
@@ -65,6 +65,24 @@ class FeedNoiseMessenger(Messenger):
     made one site at a time. This is how the bound and the sampler take counter-based noise
     (:mod:`ppl_diffusion.noise`) instead of torch's generator, and, through :class:`BatchDraws`, how training
     draws its noise for the global batch. The value is Pyro's reparameterised draw from other numbers.
+
+    :param noise: ``{site name: Tensor}``, or a function ``name -> Tensor | None``.
+
+    Example: x_t of the one-step guide drawn from a given ε is :math:`\sqrt{\bar\alpha_t} x_0 + \sqrt{1 -
+    \bar\alpha_t}\, \varepsilon`.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from pyro import poutine
+    >>> from ppl_diffusion.infer.draws import FeedNoiseMessenger
+    >>> t, eps = torch.tensor([3, 3, 3, 3]), torch.randn(4, 2)
+    >>> trace = poutine.trace(FeedNoiseMessenger({"x_t": eps})(diffusion.step_guide)).get_trace(x0, t)
+    >>> torch.allclose(trace.nodes["x_t"]["value"], diffusion.q_sample(x0, t, eps))
+    True
     """
 
     refusal = ("only Normal sites take counter-based noise (a non-Gaussian prior is drawn per example by "
@@ -108,6 +126,16 @@ class BatchDraws(FeedNoiseMessenger):
         (a micro-batch); default: all of them.
     :param list records: where :meth:`record` puts the losses for importance sampling, for :func:`apply_records`
         to record once per step; default: recorded at once.
+
+    Example: rank 1 of 2 keeps the second half of the global batch's draw.
+
+    >>> import torch
+    >>> from ppl_diffusion.distributed import World
+    >>> from ppl_diffusion.infer.draws import BatchDraws
+    >>> draws = BatchDraws(torch.Generator().manual_seed(0), World(rank=1, world_size=2))
+    >>> eps = draws.randn((2, 3))  # this rank's 2 rows of a global batch of 4
+    >>> torch.equal(eps, torch.randn((4, 3), generator=torch.Generator().manual_seed(0))[2:])
+    True
     """
 
     def __init__(self, generator: torch.Generator, world: World | None = None, *,
@@ -210,7 +238,23 @@ class BatchDraws(FeedNoiseMessenger):
 
 def apply_records(records: list, world: World | None = None) -> None:
     """Record the losses a step's micro-batches kept (:meth:`BatchDraws.record`): per sampler, this rank's rows in
-    micro-batch order, gathered in rank order, one ``sampler.update`` (the unsplit step's)."""
+    micro-batch order, gathered in rank order, one ``sampler.update`` (the unsplit step's).
+
+    :param list records: ``(sampler, t, losses)`` triples, as :meth:`BatchDraws.record` keeps them.
+    :param World world: the processes; one by default.
+
+    Example: two micro-batches' losses recorded as one step's.
+
+    >>> import torch
+    >>> from ppl_diffusion.infer import ImportanceTimesteps
+    >>> from ppl_diffusion.infer.draws import apply_records
+    >>> sampler = ImportanceTimesteps(2, history=2)
+    >>> records = [(sampler, torch.tensor([1, 2]), torch.tensor([1.0, 2.0])),
+    ...            (sampler, torch.tensor([1, 2]), torch.tensor([3.0, 4.0]))]
+    >>> apply_records(records)
+    >>> sampler.warmed_up, sampler.loss_history.tolist()
+    (True, [[1.0, 3.0], [2.0, 4.0]])
+    """
     world = world or World()
     by_sampler: dict[int, tuple] = {}
     for sampler, t, losses in records:
@@ -235,7 +279,10 @@ register_recompute_context(_recompute_draws)
 
 class SlicedDropout(nn.Dropout):
     """``nn.Dropout`` whose mask comes from the active :class:`BatchDraws` (global batch, sliced); plain
-    dropout when none is active. Same parameters and state dict as ``nn.Dropout`` (none)."""
+    dropout when none is active. Same parameters and state dict as ``nn.Dropout`` (none).
+
+    :param float p: the probability of zeroing an element.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         draws = active()
@@ -248,7 +295,18 @@ class SlicedDropout(nn.Dropout):
 
 
 def slice_dropout(net: nn.Module) -> int:
-    """Replace every ``nn.Dropout`` in ``net`` by :class:`SlicedDropout` (in place); the number replaced."""
+    """Replace every ``nn.Dropout`` in ``net`` by :class:`SlicedDropout` (in place); the number replaced.
+
+    :param torch.nn.Module net: the network.
+
+    Example:
+
+    >>> from torch import nn
+    >>> from ppl_diffusion.infer.draws import slice_dropout
+    >>> net = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.1), nn.Linear(4, 2), nn.Dropout(0.1))
+    >>> slice_dropout(net), type(net[1]).__name__, net[1].p
+    (2, 'SlicedDropout', 0.1)
+    """
     count = 0
     for parent in net.modules():
         for name, child in list(parent.named_children()):
@@ -256,3 +314,6 @@ def slice_dropout(net: nn.Module) -> int:
                 setattr(parent, name, SlicedDropout(child.p, inplace=False))
                 count += 1
     return count
+
+
+__all__ = ["BatchDraws", "FeedNoiseMessenger", "SlicedDropout", "apply_records", "slice_dropout"]

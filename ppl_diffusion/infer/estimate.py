@@ -6,7 +6,7 @@ gives L_{t−1}). The terms concentrate at small t, so :func:`estimate_bound` co
     L̂ = Σ_{t=1}^{t_0} L_{t−1}  +  Σ_k (1/m) Σ_{r=1}^m L_{t_kr − 1} / P_k(t_kr)  +  L_T,     t_kr ~ P_k,
 
 every step t ≤ t_0 (``full_steps``) exactly, and the steps t_0 + 1..T split into K contiguous strata S_k, each
-sampled m times (``draws``) from a proposal P_k on S_k: uniform (``plan_uniform``, P_k = 1/|S_k|) or the pilot's
+sampled m times (``draws``) from a proposal P_k on S_k: uniform (``plan_uniform``, P_k = 1 / ``|S_k|``) or the pilot's
 importance proposal (``plan_from_profile``). E[L̂] = L for any P_k > 0 on S_k, and
 t_0 + K·m calls replace T. The draws are per example and counter-based: draw r of stratum k of example i is
 ``noise.uniform(seed, i, k·m + r, stream=TIMESTEP)`` pushed through P_k's inverse CDF, and the term of step t is
@@ -25,7 +25,7 @@ m ≥ 2 draws of each stratum, v̂_i = Σ_k s_k² / m with s_k² the sample vari
 examples for P_k(t) ∝ √E[L_t²] (improved DDPM's importance sampling of t uses the same root mean square).
 :func:`pilot_profile` measures √E[L_t²] on a few *training* examples at a grid of steps (its own seed: the
 plan is independent of the evaluated draws, so the estimate stays unbiased), :func:`plan_from_profile`
-mixes it with a uniform floor (defensive importance sampling: weights bounded by |tail| / floor) and cuts the
+mixes it with a uniform floor (defensive importance sampling: weights bounded by ``|tail|`` / floor) and cuts the
 tail at equal quantiles of that proposal, so that each stratum carries an equal share of it and m draws each is
 the variance-optimal allocation when the profile is right.
 """
@@ -58,7 +58,17 @@ class EstimatePlan:
     """Which steps an estimate computes: every t in 1..``full_steps``, and ``draws`` steps from each stratum.
 
     ``strata[k]`` holds the steps of stratum k (contiguous, together t_0 + 1..T) and ``probs[k]`` P_k(t) on them
-    (positive, summing to 1).
+    (positive, summing to 1). Made by :func:`plan_uniform` or :func:`plan_from_profile`.
+
+    Example:
+
+    >>> from ppl_diffusion.infer.estimate import plan_uniform
+    >>> plan = plan_uniform(10, full_steps=4, strata=3, draws=2)
+    >>> [s.tolist() for s in plan.strata], plan.calls_per_example
+    ([[5, 6], [7, 8], [9, 10]], 10)
+    >>> steps, weights = plan.draw(seed=0, indices=[0, 1])  # [N x K x m]: 2 examples, 3 strata, 2 draws
+    >>> steps.shape, weights[0, 0].tolist()  # 1 / (m P_k(t)) = 1 / (2 · 1/2)
+    ((2, 3, 2), [1.0, 1.0])
     """
 
     T: int
@@ -71,11 +81,16 @@ class EstimatePlan:
 
     @property
     def calls_per_example(self) -> int:
-        """Denoiser inputs per example (at most: repeated draws of one step are computed once)."""
+        """Denoiser inputs per example, at most (repeated draws of one step are computed once)."""
         return self.full_steps + len(self.strata) * self.draws
 
     def draw(self, seed: int, indices) -> tuple[np.ndarray, np.ndarray]:
-        """Steps ``[N x K x m]`` and weights 1 / (m·P_k(t)) ``[N x K x m]`` of the examples ``indices``."""
+        """Steps ``[N x K x m]`` and weights 1 / (m·P_k(t)) ``[N x K x m]`` of the examples ``indices``.
+
+        :param int seed: the draws' seed (counter-based: draw r of stratum k of example i is
+            ``noise.uniform(seed, i, k·m + r, stream=TIMESTEP)``).
+        :param indices: the examples' indices ``[N]``.
+        """
         index = check_indices(indices, len(np.asarray(indices)))
         K, m = len(self.strata), self.draws
         steps = np.zeros((len(index), K, m), dtype=np.int64)
@@ -91,6 +106,7 @@ class EstimatePlan:
         return steps, weights
 
     def to_dict(self) -> dict:
+        """The plan's settings, JSON-ready (for a result file)."""
         return {"full_steps": self.full_steps, "strata": len(self.strata), "draws": self.draws,
                 "proposal": self.proposal, "calls_per_example": self.calls_per_example,
                 "strata_bounds": [[int(s[0]), int(s[-1])] for s in self.strata], **({"pilot": self.pilot}
@@ -107,7 +123,21 @@ def _tail(T: int, full_steps: int, strata: int, draws: int) -> tuple[int, np.nda
 
 def plan_uniform(T: int, *, full_steps: int = 20, strata: int = 20, draws: int = 2) -> EstimatePlan:
     """t = 1..``full_steps`` exactly; the rest in ``strata`` strata of (nearly) equal width, each sampled uniformly
-    ``draws`` times. ``full_steps`` >= T gives the full bound; ``strata`` is capped at the number of steps left."""
+    ``draws`` times. ``full_steps`` >= T gives the full bound; ``strata`` is capped at the number of steps left.
+
+    :param int T: the model's number of steps.
+    :param int full_steps: t_0, the steps computed exactly.
+    :param int strata: K.
+    :param int draws: m, draws per stratum and example.
+    :rtype: EstimatePlan
+
+    Example:
+
+    >>> from ppl_diffusion.infer.estimate import plan_uniform
+    >>> plan = plan_uniform(1000)  # the defaults: 20 steps exactly, 20 strata of 49 steps, 2 draws each
+    >>> plan.calls_per_example, len(plan.strata), len(plan.strata[0])
+    (60, 20, 49)
+    """
     t0, tail, m = _tail(T, full_steps, strata, draws)
     parts = [s for s in np.array_split(tail, min(strata, len(tail))) if len(s)] if len(tail) else []
     return EstimatePlan(T=T, full_steps=t0, strata=tuple(parts), probs=tuple(np.full(len(s), 1 / len(s))
@@ -118,10 +148,29 @@ def plan_from_profile(profile, *, full_steps: int = 20, strata: int = 20, draws:
                       floor: float = 0.1, pilot: dict | None = None) -> EstimatePlan:
     """Stratified importance sampling of the steps above ``full_steps`` from a profile g(t) >= 0, ``[T]``.
 
-    The proposal on the tail is q(t) = (1 − floor) g(t)/Σg + floor/|tail| (``floor`` in (0, 1]: bounded
+    The proposal on the tail is q(t) = (1 − floor) g(t)/Σg + floor / ``|tail|`` (``floor`` in (0, 1]: bounded
     weights); the strata are contiguous runs of steps cut at the k/K quantiles of q (each at least one step), and
     P_k = q restricted to stratum k, renormalised. With g = √E[L_t²] (:func:`pilot_profile`) this is the
-    variance-optimal proposal and allocation (module docstring)."""
+    variance-optimal proposal and allocation (module docstring).
+
+    :param profile: g ``[T]``, e.g. :func:`pilot_profile`'s.
+    :param int full_steps: t_0.
+    :param int strata: K.
+    :param int draws: m.
+    :param float floor: the uniform proposal's weight in the mixture, in (0, 1].
+    :param dict pilot: the pilot's settings, kept in :meth:`EstimatePlan.to_dict`.
+    :rtype: EstimatePlan
+
+    Example: a profile concentrated at small t gives narrow strata there.
+
+    >>> import numpy as np
+    >>> from ppl_diffusion.infer.estimate import plan_from_profile
+    >>> plan = plan_from_profile(1.0 / np.arange(1, 21), full_steps=2, strata=3, draws=2)
+    >>> [(int(s[0]), int(s[-1])) for s in plan.strata]
+    [(3, 5), (6, 11), (12, 20)]
+    >>> [round(float(p.sum()), 6) for p in plan.probs]
+    [1.0, 1.0, 1.0]
+    """
     g = np.asarray(profile, dtype=np.float64)
     if g.ndim != 1 or not np.all(np.isfinite(g)) or (g.size and g.min() < 0):
         raise ValueError(f"profile must be T finite values >= 0 (one per step), got shape {g.shape}")
@@ -196,7 +245,31 @@ def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps
                   inputs_per_call: int = 512) -> tuple[np.ndarray, int]:
     """√E[L_{t−1}²] over the examples ``x`` (``[n x ...]``, training data) at ``grid`` steps spread evenly over
     ``full_steps + 1..T``, linear in between: ``([T], calls)``. Its noise is ``noise.seed_of(seed, 0, 0, TIMESTEP)``'s,
-    not the evaluation's."""
+    not the evaluation's.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
+    :param torch.Tensor x: training examples ``[n] + event_shape``.
+    :param int seed: the evaluation's seed (the pilot derives its own from it).
+    :param int grid: steps measured.
+    :param int full_steps: t_0 (the grid starts above it).
+    :param int inputs_per_call: (example, step) pairs per denoiser call.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.infer.estimate import pilot_profile, plan_from_profile
+    >>> with torch.no_grad():
+    ...     profile, calls = pilot_profile(diffusion, x0, seed=0, grid=5)
+    >>> profile.shape, calls, bool((profile > 0).all())
+    ((10,), 20, True)
+    >>> plan_from_profile(profile, full_steps=2, strata=2).proposal
+    'pilot'
+    """
     T = diffusion.T
     _count("grid", grid, "the pilot's grid", 2)
     lo = min(full_steps + 1, T)
@@ -216,10 +289,12 @@ class PerExampleEstimate:
     bound's :class:`~ppl_diffusion.infer.continuous_bound.ContinuousBoundEstimate`)."""
 
     def bits_per_dim(self) -> Tensor:
+        """The estimate per example in bits per dimension, nll / (D ln 2), ``[N]``."""
         return self.nll / (self.num_dims * math.log(2.0))
 
     def summary(self) -> dict:
-        """Mean bits/dim, its SE over examples (includes the t-sampling) and the t-sampling's SE alone."""
+        """Mean bits/dim, its SE over examples (includes the t-sampling) and the t-sampling's SE alone:
+        ``{"bpd", "bpd_stderr", "bpd_t_stderr", "calls"}`` (an SE is ``None`` where it cannot be estimated)."""
         bpd, n = self.bits_per_dim(), len(self.nll)
         to_bpd = 1.0 / (self.num_dims * math.log(2.0))
         t_se = (self.t_variance.sum().clamp(min=0).sqrt().item() / n * to_bpd
@@ -230,7 +305,15 @@ class PerExampleEstimate:
 
 @dataclass
 class BoundEstimate(PerExampleEstimate):
-    """Per-example estimates of the full bound (nats) and the estimated variance of their t-sampling."""
+    """Per-example estimates of the full bound (nats) and the estimated variance of their t-sampling.
+
+    :param torch.Tensor nll: ``[N]``, L̂ per example (nats), unbiased for the full bound of
+        ``variational_bound(seed=...)``.
+    :param torch.Tensor t_variance: ``[N]``, v̂_i, unbiased for Var(L̂_i | the bound's noise); NaN when draws = 1.
+    :param torch.Tensor terms: ``[N x (T + 1)]``, unbiased per-term estimates; ``terms.sum(-1) == nll``.
+    :param int calls: denoiser inputs evaluated (distinct (example, step) pairs).
+    :param int num_dims: D, data dimensions per example.
+    """
 
     nll: Tensor  # [N], L̂ per example (nats), unbiased for the full bound of variational_bound(seed=...)
     t_variance: Tensor  # [N], v̂_i, unbiased for Var(L̂_i | the bound's noise); NaN when draws = 1
@@ -252,6 +335,27 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
     :param int inputs_per_call: (example, step) pairs per denoiser call.
     :param chunk: saves or reads back each group of ``calls_per_chunk`` denoiser calls (:mod:`ppl_diffusion.resume`;
         default: none saved); the estimate is the same bits either way.
+    :param bool progress: show a progress bar (tqdm).
+    :rtype: BoundEstimate
+
+    Example: a plan that computes every step is the full bound, term for term.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.infer import variational_bound
+    >>> from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
+    >>> with torch.no_grad():
+    ...     full = variational_bound(diffusion, x0, seed=0)
+    ...     exact = estimate_bound(diffusion, x0, plan_uniform(10, full_steps=10), seed=0)
+    ...     est = estimate_bound(diffusion, x0, plan_uniform(10, full_steps=3, strata=2, draws=2), seed=0)
+    >>> torch.allclose(exact.nll, full.nll.double()), exact.calls
+    (True, 40)
+    >>> est.nll.shape, est.calls <= 4 * 7, sorted(est.summary())
+    (torch.Size([4]), True, ['bpd', 'bpd_stderr', 'bpd_t_stderr', 'calls'])
     """
     if plan.T != diffusion.T:
         raise ValueError(f"the plan is for T = {plan.T} but the model has T = {diffusion.T}; make the plan from "
@@ -280,3 +384,7 @@ def estimate_bound(diffusion, x: Tensor, plan: EstimatePlan, *, seed: int, indic
         t_var = np.zeros(n)
     return BoundEstimate(nll=torch.from_numpy(terms.sum(-1)), t_variance=torch.from_numpy(np.asarray(t_var, float)),
                          terms=torch.from_numpy(terms), calls=len(pairs), num_dims=diffusion.num_dims)
+
+
+__all__ = ["BoundEstimate", "EstimatePlan", "PerExampleEstimate", "estimate_bound", "pilot_profile", "plan_from_profile",
+           "plan_uniform"]

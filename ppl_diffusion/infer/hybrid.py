@@ -38,7 +38,28 @@ from .stochastic_elbo import StochasticTimestepELBO, diffusion_of, draw_timestep
 class HybridELBO(StochasticTimestepELBO):
     """``SVI(diffusion.model, diffusion.guide, optim, loss=HybridELBO())`` for ``variance="learned"``.
 
+    The loss's value is the stochastic-t estimate of −ELBO, its gradient that of L_simple + λ L_vlb (the module
+    docstring).
+
     :param float lam: λ, the weight of the bound term (improved DDPM: 0.001).
+    :param kwargs: to :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO` (e.g. ``timesteps_per_example``).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> from ppl_diffusion.infer import HybridELBO
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.cosine(T=10), variance="learned",
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1, learn_sigma=True),
+    ...                               event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> parts = HybridELBO().parts(diffusion.model, x0)
+    >>> sorted(parts), parts["simple"].shape
+    (['elbo', 'simple', 't', 'vlb'], torch.Size([4]))
+    >>> loss = HybridELBO().differentiable_loss(diffusion.model, diffusion.guide, x0)
+    >>> loss.shape, loss.requires_grad
+    (torch.Size([]), True)
     """
 
     def __init__(self, lam: float = 1e-3, **kwargs) -> None:
@@ -49,7 +70,11 @@ class HybridELBO(StochasticTimestepELBO):
 
     def parts(self, model, x0: Tensor) -> dict:
         """Per-example pieces: ``elbo`` (the unbiased estimate), ``simple`` (L_simple), ``vlb`` (the bound term
-        with the mean detached, bits/dim, T·L_{t−1}), ``t``."""
+        with the mean detached, bits/dim, T·L_{t−1}), ``t``; ``[B]`` each.
+
+        :param model: ``diffusion.model`` of a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a learned variance.
+        :param torch.Tensor x0: the data ``[B] + event_shape``.
+        """
         diffusion = diffusion_of(model)
         if not diffusion.learned_variance:
             raise ValueError("the hybrid loss trains a learned variance; build the model with variance='learned' "
@@ -83,6 +108,7 @@ class HybridELBO(StochasticTimestepELBO):
                 "vlb": (prior_term + weight * step_loss(eps_hat.detach())) * to_bpd, "t": t}
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """A scalar whose value is −ELBO (nats, summed over the batch) and whose gradient is the hybrid loss's."""
         p = self.parts(model, *args, **kwargs)
         value = -p["elbo"].sum()
         hybrid = (p["simple"] + self.lam * p["vlb"]).sum()
@@ -91,5 +117,9 @@ class HybridELBO(StochasticTimestepELBO):
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
+        """−ELBO summed over the batch (the stochastic-t estimate), as a float, without gradient."""
         with torch.no_grad():
             return -self.parts(model, *args, **kwargs)["elbo"].sum().item()
+
+
+__all__ = ["HybridELBO"]

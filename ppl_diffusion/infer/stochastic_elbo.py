@@ -15,7 +15,7 @@ STEP_TERMS = ("kl", "mc")
 
 
 def diffusion_of(model):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` whose method ``model`` is."""
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` whose method ``model`` is."""
     from ..diffusion import GaussianDiffusion
 
     owner = getattr(model, "__self__", None)
@@ -55,10 +55,10 @@ class StochasticTimestepELBO(ELBO):
               \quad t_j \sim P,\ x_{t_j} \sim q(x_{t_j}|x_0) \text{ (Statement 1)}.
 
     ``step_term="kl"`` scores L_{t−1} by its closed-form KL (``TraceMeanField_ELBO`` on the one-step
-    programs :meth:`~ppl_diffusion.GaussianDiffusion.step_model` / ``step_guide``); ``"mc"`` by one
+    programs :meth:`~ppl_diffusion.diffusion.GaussianDiffusion.step_model` / ``step_guide``); ``"mc"`` by one
     draw x_{t−1} ~ q(x_{t−1}|x_t, x_0) of log q − log p (``Trace_ELBO`` on the same pair). L_T is
     analytic when a KL is registered for the prior, else one Monte-Carlo draw. P is uniform or
-    improved DDPM's importance sampling (:class:`~ppl_diffusion.infer.ImportanceTimesteps`).
+    improved DDPM's importance sampling (:class:`~ppl_diffusion.infer.timesteps.ImportanceTimesteps`).
 
     Use it as any Pyro ELBO: ``SVI(diffusion.model, diffusion.guide, optim, loss=StochasticTimestepELBO())``
     (the guide argument is not run: the estimator draws x_t in closed form), or
@@ -69,6 +69,23 @@ class StochasticTimestepELBO(ELBO):
     :param str step_term: ``"kl"`` (analytic) or ``"mc"`` (Monte Carlo).
     :param timesteps: ``"uniform"``, ``"importance"`` or a sampler object with ``sample``/``update``.
     :param dict sampler_kwargs: passed to the named sampler (e.g. ``history``, ``uniform_prob``).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion import StochasticTimestepELBO
+    >>> elbo = StochasticTimestepELBO(timesteps_per_example=2, timesteps="importance")
+    >>> loss = elbo.differentiable_loss(diffusion.model, diffusion.guide, x0)  # −ELBO of the batch, nats
+    >>> loss.backward()  # what SVI.step does before its optimizer's step
+    >>> diffusion.denoiser.out[-1].weight.grad.shape
+    torch.Size([2, 16])
+    >>> elbo.sampler.loss_counts.sum().item()  # 4 examples × 2 steps recorded for importance sampling
+    8
     """
 
     def __init__(self, *, timesteps_per_example: int = 1, step_term: str = "kl", timesteps="uniform",
@@ -90,7 +107,10 @@ class StochasticTimestepELBO(ELBO):
         raise NotImplementedError("StochasticTimestepELBO traces diffusion.step_model/step_guide in terms()")
 
     def get_sampler(self, T: int) -> UniformTimesteps:
-        """The timestep sampler, made on first use for the model's T."""
+        """The timestep sampler, made on first use for the model's T (a ``ValueError`` if it was made for another T).
+
+        :param int T: the model's number of steps.
+        """
         if self.sampler is None:
             self.sampler = make_timestep_sampler(self._timesteps, T, **self._sampler_kwargs)
         if self.sampler.T != T:
@@ -101,6 +121,22 @@ class StochasticTimestepELBO(ELBO):
         """Draw the steps and score them: (per-example ELBO estimate, t, weights, step terms −L_{t−1}).
 
         Shapes: ELBO ``[B]``; t, weights and step terms ``[B·k]`` (k steps per example, grouped by example).
+
+        :param model: ``diffusion.model`` (its :class:`~ppl_diffusion.diffusion.GaussianDiffusion` is what is scored).
+        :param torch.Tensor x0: the data ``[B] + event_shape``.
+
+        Example:
+
+        >>> import torch
+        >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+        >>> _ = torch.manual_seed(0)
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+        ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+        >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+        >>> from ppl_diffusion import StochasticTimestepELBO
+        >>> elbo, t, weight, step = StochasticTimestepELBO(timesteps_per_example=3).terms(diffusion.model, x0)
+        >>> elbo.shape, t.shape, weight.unique().tolist()  # uniform t: weight 1/P(t) = T
+        (torch.Size([4]), torch.Size([12]), [10.0])
         """
         diffusion = diffusion_of(model)
         x0 = diffusion.check_data(x0)
@@ -115,7 +151,13 @@ class StochasticTimestepELBO(ELBO):
         return elbo, t, weight, step
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        """−ELBO summed over the batch, differentiable in θ; records the step losses for importance t."""
+        """−ELBO summed over the batch, differentiable in θ; records the step losses for importance t.
+
+        :param model: ``diffusion.model``.
+        :param guide: not run (x_t is drawn in closed form).
+        :param x0: the data ``[B] + event_shape``.
+        :returns: a scalar tensor, nats.
+        """
         elbo, t, _, step = self.terms(model, *args, **kwargs)
         record_losses(self.sampler, t, -step.detach())
         loss = -elbo.sum()
@@ -123,7 +165,12 @@ class StochasticTimestepELBO(ELBO):
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
-        """−ELBO summed over the batch, as a float; no gradient and no update of the sampler's history."""
+        """−ELBO summed over the batch, as a float; no gradient and no update of the sampler's history.
+
+        :param model: ``diffusion.model``.
+        :param guide: not run.
+        :param x0: the data ``[B] + event_shape``.
+        """
         with torch.no_grad():
             elbo, *_ = self.terms(model, *args, **kwargs)
         loss = -elbo.sum().item()
@@ -136,3 +183,6 @@ class StochasticTimestepELBO(ELBO):
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
         return loss.item()
+
+
+__all__ = ["StochasticTimestepELBO"]

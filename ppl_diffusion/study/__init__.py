@@ -11,7 +11,7 @@ initialised net, and writes into one folder:
 2. **Per t** (:mod:`.per_t`): the variance of the analytic and the Monte-Carlo step term at each t,
    and from those moments the predicted variance of each stochastic-t estimator, set beside the
    measured one.
-3. **Training race** (:mod:`.race`): the same initial net trained with each estimator for the same
+3. **Training race** (``ppl_diffusion.study.race``): the same initial net trained with each estimator for the same
    wall time; test bits/dim (full bound) against time; times to reach the Monte-Carlo estimators'
    final bits/dim and the speed-up ratios.
 4. **Learned schedule** (:mod:`.schedule`, a model in continuous time with VDM's learned-net schedule,
@@ -48,14 +48,24 @@ from .estimators import (DEFAULT_ESTIMATORS, FULL_CHAIN, STUDY_ESTIMATORS, check
                          make_study_estimator)
 from .fixed import FixedThetaRow, ess_flag, measure, pooled_agreement
 from .per_t import PerTResult, per_t_moments
-from .race import budgets, race, speedups, summarise, time_to_reach
+from . import race as race_module  # the module stays ppl_diffusion.study.race (its function is race_module.race)
+from .race import budgets, speedups, summarise, time_to_reach
 
+#: The estimators the training race compares by default (``--race-estimators``).
 RACE_ESTIMATORS = ("trace", "meanfield", "stochastic-mc", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld")
 
 
 @dataclass
 class StudyConfig:
-    """Everything that defines a study (the ``compare`` flags, one per field)."""
+    """Everything that defines a study (the ``compare`` flags, one per field; each field is commented in the source).
+
+    Example:
+
+    >>> from ppl_diffusion.study import StudyConfig
+    >>> config = StudyConfig(data="eight_gaussians", T=10, batch_size=4, replicates=4).validate()
+    >>> config.race_seconds, config.estimators  # no race; the model's default estimators
+    (0.0, None)
+    """
 
     run: str | None = None  # run folder or checkpoint: its weights are θ, its config the model; None: fresh init
     raw: bool = False  # with a run: its raw weights instead of the EMA
@@ -93,6 +103,8 @@ class StudyConfig:
     command: str = field(default="", repr=False)
 
     def validate(self) -> "StudyConfig":
+        """The config itself, if every field is valid; a one-line ``ValueError`` naming the field and the flag
+        otherwise."""
         if self.backend not in ("pyro", "numpyro"):
             raise ValueError(f"unknown backend {self.backend!r}; choose pyro or numpyro (--backend)")
         if self.backend == "numpyro" and self.device not in ("auto", "cpu"):
@@ -211,7 +223,25 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
     (:func:`~ppl_diffusion.study.fixed.measure`); rank 0 then computes the per-t moments, writes every file and
     returns the dict, the other ranks return ``{}`` as soon as their replicates are in. The training race
     stays one process (its runs are timed on one machine's clock): under ``torchrun`` it is refused with one
-    line unless ``race_seconds = 0``."""
+    line unless ``race_seconds = 0``.
+
+    :param StudyConfig config: the study's settings.
+    :param out_dir: the folder written (``report.md``, ``study.json``, CSV tables, figures, ``draws/``).
+    :param bool progress: show progress bars.
+    :param log: called with each line of progress.
+    :param bool restart: discard the saved progress of another configuration instead of refusing it.
+
+    Example (a fresh net on eight Gaussians; seconds, mostly arviz's import):
+
+    >>> import tempfile
+    >>> from ppl_diffusion.study import StudyConfig, run_study
+    >>> config = StudyConfig(data="eight_gaussians", T=10, batch_size=4, replicates=4, full_chain_replicates=4,
+    ...                      estimators=("stochastic-kl", "stochastic-mc"), per_t_repeats=2)
+    >>> with tempfile.TemporaryDirectory() as out:  # doctest: +SKIP
+    ...     study = run_study(config, out, progress=False, log=lambda line: None)
+    ...     sorted(study)
+    ['fixed_theta', 'meta', 'per_t']
+    """
     try:
         import arviz as az
         import h5netcdf  # noqa: F401  (arviz writes netCDF through it)
@@ -328,7 +358,7 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
                                       batch_size=config.batch_size, device=config.device, log_every=10,
                                       metrics_format="jsonl", backend=config.backend,
                                       checkpoint_activations=config.checkpoint_activations)
-        race_rows = race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
+        race_rows = race_module.race(race_tc, config.race_estimators, config.race_seconds, out / "race_runs",
                          points=config.race_points, eval_examples=config.eval_examples, eval_seed=config.seed,
                          progress=progress, log=log)
         names = list(config.race_estimators)
@@ -362,8 +392,9 @@ def run_study(config: StudyConfig, out_dir: str | Path, *, progress: bool = True
 
 
 def command_line() -> str:
+    """The command line of this process as ``ppl-diffusion ...``, quoted for a shell (for the report)."""
     return "ppl-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 __all__ = ["DEFAULT_ESTIMATORS", "RACE_ESTIMATORS", "STUDY_ESTIMATORS", "StudyConfig", "make_study_estimator",
-           "measure", "per_t_moments", "race", "run_study", "speedups", "time_to_reach"]
+           "measure", "per_t_moments", "run_study", "speedups", "time_to_reach"]

@@ -1,25 +1,25 @@
 """The estimators the study compares, and one way to call each: an ELBO estimate, or a gradient.
 
-===================  ==================  =====================================================================
-name                 family              estimator
-===================  ==================  =====================================================================
-``trace``            full chain          ``Trace_ELBO`` on (model, guide): one forward trajectory, Monte Carlo
-``meanfield``        full chain          ``TraceMeanField_ELBO`` on (model, posterior_guide): closed-form KLs
-``stochastic-kl``    stochastic t        one uniform t per example, step term analytic (closed-form KL)
-``stochastic-kl-is`` stochastic t        ... t importance-sampled (improved DDPM)
-``stochastic-kl-ld`` stochastic t        ... low-discrepancy t across the batch (VDM)
-``stochastic-mc``    stochastic t        one uniform t per example, step term Monte Carlo (one x_{t−1} draw)
-``stochastic-mc-is`` stochastic t        ... t importance-sampled
-``stochastic-mc-ld`` stochastic t        ... low-discrepancy t
-``iwae``             IWAE (K)            ``RenyiELBO(alpha=0, num_particles=K)`` on (model, guide): the
-                                         importance-weighted bound, per example, with K trajectories
-``continuous``       continuous time     T = ∞ (a γ schedule, T = 0): ``ContinuousTimeELBO``, the diffusion
-                                         term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example, prior KL analytic
-``continuous-ld``    continuous time     ... t low-discrepancy across the batch (VDM)
-``continuous-is``    continuous time     ... t importance-sampled (a history on bins of [0, 1])
-``continuous-mc``    continuous time     ... t uniform, the prior term Monte Carlo (one draw of x_T: Pyro's
-                                         ``Trace_ELBO`` on the continuous programs)
-===================  ==================  =====================================================================
+=====================  ==================  =====================================================================
+name                   family              estimator
+=====================  ==================  =====================================================================
+``trace``              full chain          ``Trace_ELBO`` on (model, guide): one forward trajectory, Monte Carlo
+``meanfield``          full chain          ``TraceMeanField_ELBO`` on (model, posterior_guide): closed-form KLs
+``stochastic-kl``      stochastic t        one uniform t per example, step term analytic (closed-form KL)
+``stochastic-kl-is``   stochastic t        ... t importance-sampled (improved DDPM)
+``stochastic-kl-ld``   stochastic t        ... low-discrepancy t across the batch (VDM)
+``stochastic-mc``      stochastic t        one uniform t per example, step term Monte Carlo (one x_{t−1} draw)
+``stochastic-mc-is``   stochastic t        ... t importance-sampled
+``stochastic-mc-ld``   stochastic t        ... low-discrepancy t
+``iwae``               IWAE (K)            ``RenyiELBO(alpha=0, num_particles=K)`` on (model, guide): the
+                                           importance-weighted bound, per example, with K trajectories
+``continuous``         continuous time     T = ∞ (a γ schedule, T = 0): ``ContinuousTimeELBO``, the diffusion
+                                           term ½ γ'(t)‖ε − ε̂‖² at one uniform t per example, prior KL analytic
+``continuous-ld``      continuous time     ... t low-discrepancy across the batch (VDM)
+``continuous-is``      continuous time     ... t importance-sampled (a history on bins of [0, 1])
+``continuous-mc``      continuous time     ... t uniform, the prior term Monte Carlo (one draw of x_T: Pyro's
+                                           ``Trace_ELBO`` on the continuous programs)
+=====================  ==================  =====================================================================
 
 The continuous-time estimators score a model in continuous time, the others a chain of T steps (a NoiseSchedule or a
 γ schedule with T >= 2); :func:`check_estimators` refuses a mismatch with the model's T in one line. In continuous
@@ -49,10 +49,13 @@ FULL_CHAIN = ("trace", "meanfield")
 CONTINUOUS = ("continuous", "continuous-ld", "continuous-is", "continuous-mc")  # T = 0 (a γ schedule) only
 CONTINUOUS_TIMES = {"continuous": "uniform", "continuous-ld": "low-discrepancy", "continuous-is": "importance",
                     "continuous-mc": "uniform"}
+#: Every estimator the study measures (the table above).
 STUDY_ESTIMATORS = ("trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld",
                     "stochastic-mc", "stochastic-mc-is", "stochastic-mc-ld", "iwae", *CONTINUOUS)
+#: The study's default estimators for a chain of T steps.
 DEFAULT_ESTIMATORS = ("trace", "meanfield", "stochastic-kl", "stochastic-kl-is", "stochastic-kl-ld",
                       "stochastic-mc", "iwae")
+#: The study's default estimators for a model in continuous time (T = 0).
 DEFAULT_CONTINUOUS_ESTIMATORS = CONTINUOUS  # the default of a model in continuous time
 DESCRIPTIONS = {
     "trace": "full chain, Trace_ELBO (Monte Carlo)",
@@ -72,14 +75,36 @@ DESCRIPTIONS = {
 
 
 def default_estimators(T: int) -> tuple[str, ...]:
-    """The study's default estimators for a model of ``T`` steps (0: continuous time)."""
+    """The study's default estimators for a model of ``T`` steps (0: continuous time).
+
+    Example:
+
+    >>> from ppl_diffusion.study.estimators import default_estimators
+    >>> default_estimators(0)
+    ('continuous', 'continuous-ld', 'continuous-is', 'continuous-mc')
+    """
     return DEFAULT_CONTINUOUS_ESTIMATORS if T == 0 else DEFAULT_ESTIMATORS
 
 
 def check_estimators(names, *, trainable: bool = False, T: int | None = None) -> tuple[str, ...]:
     """The names, checked against the study's list (or the trainable ones: the estimators of a chain of steps, the
     race's); with ``T``, also against the model (continuous-time estimators for T = 0 only, the others for a chain);
-    a one-line error otherwise."""
+    a one-line error otherwise.
+
+    :param names: estimator names.
+    :param bool trainable: check against the race's (trainable) estimators instead.
+    :param int T: the model's number of steps (0: continuous time), or ``None`` not to check.
+
+    Example:
+
+    >>> from ppl_diffusion.study.estimators import check_estimators
+    >>> check_estimators(["iwae", "stochastic-kl"], T=10)
+    ('iwae', 'stochastic-kl')
+    >>> check_estimators(["continuous"], T=10)
+    Traceback (most recent call last):
+    ...
+    ValueError: estimator 'continuous' scores continuous time (T = 0), and this model has T = 10 steps: ...
+    """
     known = STEP_ESTIMATORS if trainable else STUDY_ESTIMATORS
     names = tuple(names)
     bad = [n for n in names if n not in known]
@@ -100,7 +125,18 @@ def check_estimators(names, *, trainable: bool = False, T: int | None = None) ->
 @dataclass
 class StudyEstimator:
     """One estimator bound to a model: ``estimate(x0)`` → −loss (nats, summed over the batch, no
-    gradient); ``gradient(x0)`` → (−loss, the gradient of loss w.r.t. θ, flattened, float64)."""
+    gradient); ``gradient(x0)`` → (−loss, the gradient of loss w.r.t. θ, flattened, float64).
+
+    Made by :func:`make_study_estimator`.
+
+    :param str name: the estimator's name (:data:`STUDY_ESTIMATORS`).
+    :param loss: the Pyro ELBO (:class:`pyro.infer.ELBO`).
+    :param model: the model program.
+    :param guide: its guide.
+    :param list params: the parameters θ the gradient is taken for.
+    :param str bound: the quantity estimated, ``"ELBO"`` or ``"IWAE-K"``.
+    :param dict sampler_state: the frozen importance-sampling history (set by :meth:`warm_up`).
+    """
 
     name: str
     loss: ELBO
@@ -112,19 +148,23 @@ class StudyEstimator:
 
     @property
     def family(self) -> str:
+        """``"full chain"``, ``"stochastic t"``, ``"IWAE"`` or ``"continuous time"``."""
         if self.name in CONTINUOUS:
             return "continuous time"
         return "full chain" if self.name in FULL_CHAIN else ("IWAE" if self.name == "iwae" else "stochastic t")
 
     @property
     def description(self) -> str:
+        """A few words on the estimator, for the report."""
         return DESCRIPTIONS[self.name] + (f", K = {self.loss.num_particles}" if self.name == "iwae" else "")
 
     @property
     def num_params(self) -> int:
+        """The number of scalars in θ."""
         return sum(p.numel() for p in self.params)
 
     def reseed(self, seed: int) -> None:
+        """Seed the draws of the next calls (``pyro.set_rng_seed``)."""
         import pyro
 
         pyro.set_rng_seed(seed)
@@ -137,10 +177,13 @@ class StudyEstimator:
         return self.loss.sampler.probabilities().numpy()
 
     def estimate(self, x0: torch.Tensor) -> float:
+        """−loss: the estimate of the ELBO (or IWAE bound) summed over the batch ``x0``, nats, without gradient."""
         with torch.no_grad():
             return -self.loss.loss(self.model, self.guide, x0)
 
     def gradient(self, x0: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """(−loss, ∇θ loss flattened to float64 ``[num_params]``) by ``loss_and_grads``; θ's ``.grad`` is left
+        cleared and a frozen importance sampler's history restored."""
         for p in self.params:
             p.grad = None
         value = -self.loss.loss_and_grads(self.model, self.guide, x0)
@@ -172,7 +215,30 @@ class StudyEstimator:
 
 def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> StudyEstimator:
     """The estimator ``name`` (see the module table) for ``diffusion`` (a NumPyro diffusion gets the compiled
-    twin, :class:`ppl_diffusion.numpyro.study.NumPyroStudyEstimator`)."""
+    twin, ``ppl_diffusion.numpyro.study.NumPyroStudyEstimator``).
+
+    :param str name: one of :data:`STUDY_ESTIMATORS`, matching the model's T.
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (or its NumPyro twin).
+    :param int iwae_particles: K of ``"iwae"`` (>= 2).
+    :rtype: StudyEstimator
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.study.estimators import make_study_estimator
+    >>> est = make_study_estimator("iwae", diffusion, iwae_particles=2)
+    >>> est.bound, est.family
+    ('IWAE-2', 'IWAE')
+    >>> est = make_study_estimator("stochastic-kl", diffusion)
+    >>> value, grad = est.gradient(x0)
+    >>> isinstance(value, float), grad.shape == (est.num_params,), grad.dtype
+    (True, True, torch.float64)
+    """
     check_estimators([name], T=getattr(diffusion, "T", None))
     if getattr(diffusion, "backend", "pyro") == "numpyro":
         if name in CONTINUOUS:
@@ -194,3 +260,7 @@ def make_study_estimator(name: str, diffusion, *, iwae_particles: int = 8) -> St
         return StudyEstimator(name, loss, diffusion.model, diffusion.guide, params)
     est = make_estimator(name)
     return StudyEstimator(name, est.loss, diffusion.model, est.guide(diffusion), params)
+
+
+__all__ = ["DEFAULT_CONTINUOUS_ESTIMATORS", "DEFAULT_ESTIMATORS", "STUDY_ESTIMATORS", "StudyEstimator", "check_estimators",
+           "default_estimators", "make_study_estimator"]

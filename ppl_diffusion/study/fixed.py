@@ -41,7 +41,11 @@ REPLICATES_PER_CHUNK = 8  # replicates per saved chunk of a measurement (ppl_dif
 
 @dataclass
 class FixedThetaRow:
-    """The measurements of one estimator at the fixed θ; ELBO and gradient per example (batch mean)."""
+    """The measurements of one estimator at the fixed θ; ELBO and gradient per example (batch mean).
+
+    One row of ``fixed_theta.csv`` (made by :func:`measure`); each field is commented in the source. The
+    efficiencies are set from the others: 1 / (sd² × seconds per call) and 1 / (tr Cov(ĝ) × seconds per gradient).
+    """
 
     estimator: str
     family: str
@@ -73,7 +77,20 @@ class FixedThetaRow:
 
 class RunningMoments:
     """Mean and variance of vectors fed one at a time (Welford's update, float64): for gradients of
-    millions of parameters, whose R draws are not kept."""
+    millions of parameters, whose R draws are not kept.
+
+    :param int n: the vectors' length.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.study.fixed import RunningMoments
+    >>> moments = RunningMoments(2)
+    >>> for x in ([1.0, 0.0], [3.0, 0.0], [5.0, 3.0]):
+    ...     moments.add(torch.tensor(x))
+    >>> moments.mean.tolist(), moments.variance.tolist(), moments.total_variance()
+    ([3.0, 1.0], [4.0, 3.0], 7.0)
+    """
 
     def __init__(self, n: int) -> None:
         self.count = 0
@@ -81,6 +98,7 @@ class RunningMoments:
         self._m2 = torch.zeros(n, dtype=torch.float64)
 
     def add(self, x: torch.Tensor) -> None:
+        """Feed one vector (any shape, flattened to ``[n]``)."""
         x = x.detach().double().cpu().reshape(-1)
         self.count += 1
         delta = x - self.mean
@@ -124,12 +142,19 @@ class RunningMoments:
         return self.mean.pow(2).sum().item() - self.total_variance() / self.count
 
 
-# ESS / R outside this range flags replicates that do not look independent (rates for independent draws above).
+#: ESS / R outside this range flags replicates that do not look independent (:func:`ess_flag`).
 ESS_RANGE = (0.25, 2.0)
 
 
 def mcse(draws) -> float:
-    """Monte-Carlo standard error of the mean of R independent draws: sd / √R, sd with ddof = 1."""
+    """Monte-Carlo standard error of the mean of R independent draws: sd / √R, sd with ddof = 1.
+
+    Example:
+
+    >>> from ppl_diffusion.study.fixed import mcse
+    >>> mcse([1.0, 2.0, 3.0, 4.0])  # sd = √(5/3), / √4
+    0.6455
+    """
     x = np.asarray(draws, dtype=np.float64).reshape(-1)
     return float(x.std(ddof=1) / math.sqrt(len(x)))
 
@@ -137,7 +162,17 @@ def mcse(draws) -> float:
 def ess_flag(ess: float, replicates: int) -> str | None:
     """``None`` when arviz's ESS of ``replicates`` independent draws is within :data:`ESS_RANGE` of R, else a
     few words for the report saying which way it departs (below: the draws look positively correlated, and
-    sd / √R would understate the MCSE)."""
+    sd / √R would understate the MCSE).
+
+    :param float ess: arviz's bulk ESS of the draws.
+    :param int replicates: R.
+
+    Example:
+
+    >>> from ppl_diffusion.study.fixed import ess_flag
+    >>> ess_flag(38.0, 40) is None, ess_flag(5.0, 40)[:9]
+    (True, 'ESS 5 < R')
+    """
     low, high = ESS_RANGE
     if ess < low * replicates:
         return (f"ESS {ess:.0f} < R/4 = {low * replicates:.0f}: the replicates look correlated, so sd/√R "
@@ -148,8 +183,20 @@ def ess_flag(ess: float, replicates: int) -> str | None:
 
 
 def independent_ess(replicates: int, simulations: int = 10_000, seed: int = 0) -> np.ndarray:
-    """arviz's bulk ESS / R of ``replicates`` independent N(0, 1) draws in the study's layout (:func:`_chains`),
-    ``simulations`` times: the simulation :data:`ESS_RANGE` was set from (the module docstring has its figures)."""
+    """arviz's bulk ESS / R of ``replicates`` independent N(0, 1) draws in the study's layout (``_chains``),
+    ``simulations`` times: the simulation :data:`ESS_RANGE` was set from (the module docstring has its figures).
+
+    :param int replicates: R.
+    :param int simulations: how many sets of R draws.
+    :param int seed: the draws' seed.
+
+    Example:
+
+    >>> from ppl_diffusion.study.fixed import independent_ess
+    >>> ratios = independent_ess(40, simulations=3)
+    >>> ratios.shape, bool(((ratios > 0.25) & (ratios <= 2.0)).all())
+    ((3,), True)
+    """
     import warnings
 
     import arviz as az
@@ -163,7 +210,14 @@ def independent_ess(replicates: int, simulations: int = 10_000, seed: int = 0) -
 
 def variance_se(draws) -> float:
     """Standard error of the sample variance of i.i.d. draws: sqrt((m4 − s⁴) / R), m4 the fourth central
-    moment (no normality assumed: heavy tails make it large, as they should)."""
+    moment (no normality assumed: heavy tails make it large, as they should).
+
+    Example: ±1 draws have m4 = s⁴ (up to the ddof), so their variance is known almost exactly.
+
+    >>> from ppl_diffusion.study.fixed import variance_se
+    >>> round(variance_se([-1.0, 1.0] * 50), 4)
+    0.0
+    """
     x = np.asarray(draws, dtype=np.float64).reshape(-1)
     c = x - x.mean()
     return float(np.sqrt(max((c ** 4).mean() - c.var(ddof=1) ** 2, 0.0) / len(x)))
@@ -176,7 +230,12 @@ def _chains(x: np.ndarray) -> np.ndarray:
 
 
 def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_seconds, attrs: dict):
-    """The draws of one estimator as ``arviz.InferenceData``."""
+    """The draws of one estimator as ``arviz.InferenceData``: group ``posterior`` (``elbo``, ``grad_norm``,
+    ``grad_proj`` ``[R x directions]``) and ``sample_stats`` (the seconds per call), in 2 chains of R/2 when R is
+    even and >= 8.
+
+    :param str name: the estimator.
+    :param dict attrs: kept as string attributes."""
     import arviz as az
 
     idata = az.from_dict(
@@ -190,7 +249,7 @@ def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_sec
 
 def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int = 0, directions=None,
             progress: bool = False, chunk: Chunk = compute_now, per_chunk: int = REPLICATES_PER_CHUNK):
-    """R replicates of ``est`` at the current θ; returns (:class:`FixedThetaRow`, ``InferenceData``).
+    """R replicates of ``est`` at the current θ; returns (:class:`~ppl_diffusion.study.fixed.FixedThetaRow`, ``InferenceData``).
 
     Replicate r (of the ELBO estimate, and separately of the gradient) runs with the estimator reseeded by
     :func:`ppl_diffusion.noise.seed_of` ``(seed, r)``, so its draws depend on (seed, r) alone. Under
@@ -201,7 +260,29 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
     ``chunk`` (:mod:`ppl_diffusion.resume`) saves or reads back each group of ``per_chunk`` replicates (their draws,
     timings and the gradient moments after them, keys ``elbo-…`` and ``grad-…``), so a measurement killed and
     called again continues to the same draws and moments, bit for bit (the timings read back are those of the
-    process that measured them)."""
+    process that measured them).
+
+    :param est: the estimator (:func:`~ppl_diffusion.study.estimators.make_study_estimator`).
+    :param torch.Tensor x0: the fixed batch ``[B] + event_shape``.
+    :param int replicates: R >= 4.
+    :param int seed: replicate r's seed is ``seed_of(seed, r)``.
+    :param directions: unit directions ``[K x num_params]`` the gradients are projected on (default: 8 random).
+    :param bool progress: show a progress bar.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.study.estimators import make_study_estimator
+    >>> from ppl_diffusion.study.fixed import measure
+    >>> row, idata = measure(make_study_estimator("stochastic-kl", diffusion), x0, replicates=4)
+    >>> row.replicates, row.elbo_sd > 0, row.grad_total_variance > 0, idata.posterior["elbo"].shape
+    (4, True, True, (1, 4))
+    """
     import arviz as az
 
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 4:
@@ -304,8 +385,27 @@ def measure(est: StudyEstimator, x0: torch.Tensor, replicates: int, *, seed: int
 
 
 def pooled_agreement(rows: list[FixedThetaRow]) -> dict:
-    """Do the unbiased estimators (bound "ELBO") agree on the mean? χ² of the means against their
-    inverse-variance pooled mean, with each mean's MCSE sd / √R; returns the test's numbers."""
+    r"""Do the unbiased estimators (bound "ELBO") agree on the mean? χ² of the means against their
+    inverse-variance pooled mean, with each mean's MCSE sd / √R; returns the test's numbers.
+
+    .. math:: \chi^2 = \sum_j w_j (m_j - \bar m)^2, \quad w_j = 1/\mathrm{MCSE}_j^2, \quad
+              \bar m = \sum_j w_j m_j / \sum_j w_j, \qquad \text{dof} = J - 1
+
+    :param list rows: :class:`FixedThetaRow` objects; those of bound ``"ELBO"`` with an MCSE > 0 are pooled.
+    :returns: ``{"estimators", "pooled_elbo", "pooled_se", "chi2", "dof", "p_value", "z"}``.
+
+    Example: two means 2 MCSEs apart.
+
+    >>> from ppl_diffusion.study.fixed import FixedThetaRow, pooled_agreement
+    >>> def row(name, mean):
+    ...     return FixedThetaRow(estimator=name, family="stochastic t", bound="ELBO", description="", replicates=4,
+    ...                          elbo_mean=mean, elbo_sd=2.0, elbo_mcse=1.0, elbo_ess=4.0, loss_seconds=0.1,
+    ...                          grad_seconds=0.1, grad_total_variance=1.0, grad_mean_norm_sq=1.0, grad_snr=1.0,
+    ...                          grad_proj_ess_min=4.0)
+    >>> out = pooled_agreement([row("a", -10.0), row("b", -12.0)])
+    >>> out["pooled_elbo"], out["chi2"], out["dof"], round(out["p_value"], 4)
+    (-11.0, 2.0, 1, 0.1573)
+    """
     rows = [r for r in rows if r.bound == "ELBO" and r.elbo_mcse > 0]
     if len(rows) < 2:
         return {"estimators": [r.estimator for r in rows], "chi2": None, "dof": 0, "p_value": None}
@@ -319,3 +419,8 @@ def pooled_agreement(rows: list[FixedThetaRow]) -> dict:
     return {"estimators": [r.estimator for r in rows], "pooled_elbo": pooled, "pooled_se": float(w.sum() ** -0.5),
             "chi2": chi2, "dof": len(rows) - 1, "p_value": float(chi2_dist.sf(chi2, len(rows) - 1)),
             "z": {r.estimator: float(zi) for r, zi in zip(rows, z)}}
+
+
+__all__ = ["ESS_RANGE", "FixedThetaRow", "RunningMoments", "ess_flag", "independent_ess", "inference_data", "mcse",
+           "measure",
+           "pooled_agreement", "variance_se"]

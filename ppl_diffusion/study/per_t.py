@@ -30,7 +30,12 @@ from ..infer.trace_terms import per_example_elbo, trace_pair
 
 @dataclass
 class PerTResult:
-    """Moments of −(step term) ... stored as the loss L_{t−1} (nats), per step of ``t``."""
+    """Moments of −(step term) ... stored as the loss L_{t−1} (nats), per step of ``t``.
+
+    For example i and step t, over M draws of x_t (and of x_{t−1} for the Monte-Carlo term): m_{t,i} the mean,
+    v_{t,i} the variance (ddof 1) and S_{t,i} the mean square, of the analytic term (``*_kl``) and the Monte-Carlo
+    term (``*_mc``), each ``[G x B]``. Made by :func:`per_t_moments`.
+    """
 
     t: np.ndarray  # [G] steps of the grid
     repeats: int  # M draws per example and step
@@ -44,11 +49,20 @@ class PerTResult:
 
     @property
     def full_grid(self) -> bool:
+        """Whether the grid holds every t = 1..T (needed by :meth:`predicted_variance`)."""
         return len(self.t) == self.T
 
     def predicted_variance(self, kind: str, probabilities=None) -> dict:
         """Predicted variance of the batch-mean ELBO of the stochastic estimator with step term ``kind``
-        ("kl" or "mc"), t ~ ``probabilities`` (default uniform); only on the full grid."""
+        ("kl" or "mc"), t ~ ``probabilities`` (default uniform); only on the full grid.
+
+        Per example, Var = Σ_t S_t / P(t) − (Σ_t m_t)², with (Σ_t m_t)² estimated without bias; the batch mean's
+        is their sum over B². Uniform t also splits it into ``within_t`` (T Σ_t v_t) and ``between_t``.
+
+        :param str kind: ``"kl"`` or ``"mc"``.
+        :param probabilities: P(t) ``[T]``; default uniform.
+        :returns: ``{"total", "within_t", "between_t"}`` (the last two for uniform t only).
+        """
         if not self.full_grid:
             raise ValueError("predicted variances need every t = 1..T in the grid (per_t_steps = T)")
         m, v, s = (getattr(self, f"{q}_{kind}") for q in ("mean", "var", "sq"))
@@ -64,12 +78,15 @@ class PerTResult:
         return out
 
     def importance_probabilities(self, kind: str = "kl") -> np.ndarray:
-        """P(t) ∝ sqrt(E[L_t²]) over the batch: the ideal of improved DDPM's sampler."""
+        """P(t) ∝ sqrt(E[L_t²]) over the batch: the ideal of improved DDPM's sampler, ``[G]``.
+
+        :param str kind: ``"kl"`` or ``"mc"``.
+        """
         w = np.sqrt(getattr(self, f"sq_{kind}").mean(1))
         return w / w.sum()
 
     def rows(self) -> list[dict]:
-        """One row per t: means over the batch of m, v and S for both terms."""
+        """One row per t: means over the batch of m, v and S for both terms (dicts, for the CSV)."""
         out = []
         for j, t in enumerate(self.t):
             out.append({"t": int(t), "mean_kl": float(self.mean_kl[j].mean()), "var_kl": float(self.var_kl[j].mean()),
@@ -79,7 +96,14 @@ class PerTResult:
 
 
 def grid(T: int, steps: int | None) -> np.ndarray:
-    """Every t when ``steps`` is None or ≥ T, else about ``steps`` log-spaced steps in 1..T."""
+    """Every t when ``steps`` is None or ≥ T, else about ``steps`` log-spaced steps in 1..T.
+
+    Example:
+
+    >>> from ppl_diffusion.study.per_t import grid
+    >>> grid(1000, 5).tolist(), len(grid(10, None))
+    ([1, 6, 32, 178, 1000], 10)
+    """
     if steps is None or steps >= T:
         return np.arange(1, T + 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
@@ -90,7 +114,33 @@ def grid(T: int, steps: int | None) -> np.ndarray:
 @torch.no_grad()
 def per_t_moments(diffusion, x0: torch.Tensor, *, steps: int | None = None, repeats: int = 4, seed: int = 0,
                   max_inputs: int = 2048, progress: bool = False) -> PerTResult:
-    """The moments of the analytic and Monte-Carlo step terms at each t of the grid (see the module)."""
+    """The moments of the analytic and Monte-Carlo step terms at each t of the grid (see the module).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a chain of T steps.
+    :param torch.Tensor x0: the batch ``[B] + event_shape``.
+    :param int steps: grid size (:func:`grid`); ``None``: every t.
+    :param int repeats: M >= 2 draws per example and step.
+    :param int seed: ``pyro.set_rng_seed`` before the draws.
+    :param int max_inputs: inputs per traced call.
+    :param bool progress: show a progress bar.
+    :rtype: PerTResult
+
+    Example: at t = 1 the step term is the decoder's −log p(x_0|x_1), the same for both kinds.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> import numpy as np
+    >>> from ppl_diffusion.study.per_t import per_t_moments
+    >>> res = per_t_moments(diffusion, x0, repeats=2)
+    >>> res.mean_kl.shape, np.allclose(res.mean_kl[0], res.mean_mc[0])
+    ((10, 4), True)
+    >>> sorted(res.predicted_variance("kl"))
+    ['between_t', 'total', 'within_t']
+    """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
         raise ValueError(f"repeats = {repeats!r}; a variance needs at least 2 draws per step (--per-t-repeats)")
     x0 = diffusion.check_data(x0)
@@ -117,3 +167,6 @@ def per_t_moments(diffusion, x0: torch.Tensor, *, steps: int | None = None, repe
     return PerTResult(t=ts, repeats=repeats, T=T,
                       mean_kl=kl.mean(1), var_kl=kl.var(1, ddof=1), sq_kl=(kl ** 2).mean(1),
                       mean_mc=mc.mean(1), var_mc=mc.var(1, ddof=1), sq_mc=(mc ** 2).mean(1))
+
+
+__all__ = ["PerTResult", "grid", "per_t_moments"]

@@ -1,7 +1,7 @@
 """The training race: the same net from the same initialisation, trained with each estimator for the
 same wall time, scored by the full bound on held-out data along the way.
 
-Each estimator trains in its own run folder with :func:`ppl_diffusion.train.train` (the loop of
+Each estimator trains in its own run folder with :func:`~ppl_diffusion.train.loop.train` (the loop of
 ``ppl-diffusion train``, same seed, so the same initial weights and batch order), in budgets that
 double: ``seconds / 2^(points−1)``, …, ``seconds / 2``, ``seconds``. After each budget the run stops,
 its raw weights are scored with every term of the bound (:func:`~ppl_diffusion.evaluate.per_example_terms`,
@@ -27,7 +27,14 @@ from ..train import TrainConfig, build_diffusion, train
 
 
 def budgets(seconds: float, points: int) -> list[float]:
-    """Training budgets in seconds: ``points`` of them, doubling up to ``seconds``."""
+    """Training budgets in seconds: ``points`` of them, doubling up to ``seconds``.
+
+    Example:
+
+    >>> from ppl_diffusion.study.race import budgets
+    >>> budgets(60, 4)
+    [7.5, 15.0, 30.0, 60.0]
+    """
     if not (isinstance(seconds, (int, float)) and seconds > 0):
         raise ValueError(f"race seconds = {seconds!r}; pass a positive wall-time budget per estimator "
                          "(--race-seconds), or 0 to skip the race")
@@ -50,6 +57,29 @@ def race(config: TrainConfig, estimators, seconds: float, out_dir: str | Path, *
     Each row: ``estimator``, ``point`` (0 = the initial weights), ``budget_seconds``, ``train_seconds``,
     ``step``, ``bpd``, ``bpd_se`` (standard error over the evaluated examples). Runs go to
     ``out_dir/<estimator>/``.
+
+    :param config: the model and training settings (a ``TrainConfig``; its estimator, steps and checkpointing are
+        replaced per run).
+    :param estimators: the estimators' names (trainable ones).
+    :param float seconds: the largest budget, per estimator.
+    :param out_dir: where the runs go (``out_dir/<estimator>`` must not exist).
+    :param int points: budgets per estimator (:func:`budgets`).
+    :param int eval_examples: test examples scored at each point.
+    :param int eval_seed: the bound's noise seed at every point.
+    :param bool progress: show progress bars.
+    :param log: called with one line per point.
+
+    Example: one budget of a fifth of a second.
+
+    >>> import tempfile
+    >>> from ppl_diffusion.study.race import race
+    >>> from ppl_diffusion.train import TrainConfig
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, warmup_steps=0, ema_decay=0.0)
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     rows = race(config, ["stochastic-kl"], 0.2, out, points=1, eval_examples=4, log=lambda line: None)
+    >>> [(row["estimator"], row["point"]) for row in rows]
+    [('stochastic-kl', 0), ('stochastic-kl', 1)]
     """
     plan = budgets(seconds, points)
     out_dir = Path(out_dir)
@@ -88,6 +118,21 @@ def time_to_reach(rows: list[dict], estimator: str, target: float) -> dict:
     the crossing (``None`` if never reached), and ``bound``: ``"exact"``, ``"at most"`` (already reached
     at the first evaluated point after the start: that point's time, an upper bound), ``"at start"`` or
     ``"not reached"``.
+
+    :param list rows: the curve points of :func:`race`.
+    :param str estimator: whose curve.
+    :param float target: bits/dim.
+
+    Example: 3.5 is halfway from 4.0 (at 10 s) to 3.0 (at 20 s).
+
+    >>> rows = [{"estimator": e, "point": k, "train_seconds": 10.0 * k, "step": 100 * k, "bpd": b}
+    ...         for e, bpds in {"stochastic-mc": [5.0, 4.0, 3.0], "stochastic-kl": [5.0, 3.5, 2.5]}.items()
+    ...         for k, b in enumerate(bpds)]
+    >>> from ppl_diffusion.study.race import time_to_reach
+    >>> time_to_reach(rows, "stochastic-mc", 3.5)
+    {'seconds': 15.0, 'step': 150.0, 'bound': 'exact'}
+    >>> time_to_reach(rows, "stochastic-mc", 1.0)["bound"]
+    'not reached'
     """
     pts = sorted((r for r in rows if r["estimator"] == estimator), key=lambda r: r["point"])
     prev = None
@@ -106,12 +151,34 @@ def time_to_reach(rows: list[dict], estimator: str, target: float) -> dict:
 
 
 def final_bpd(rows: list[dict], estimator: str) -> float:
+    """The bits/dim of ``estimator``'s last point.
+
+    Example:
+
+    >>> rows = [{"estimator": e, "point": k, "train_seconds": 10.0 * k, "step": 100 * k, "bpd": b}
+    ...         for e, bpds in {"stochastic-mc": [5.0, 4.0, 3.0], "stochastic-kl": [5.0, 3.5, 2.5]}.items()
+    ...         for k, b in enumerate(bpds)]
+    >>> from ppl_diffusion.study.race import final_bpd
+    >>> final_bpd(rows, "stochastic-kl")
+    2.5
+    """
     pts = [r for r in rows if r["estimator"] == estimator]
     return max(pts, key=lambda r: r["point"])["bpd"]
 
 
 def speedups(rows: list[dict], fast: str, slow: str) -> dict:
-    """How much sooner ``fast`` reaches ``slow``'s final bits/dim than ``slow`` did (ratio of times)."""
+    """How much sooner ``fast`` reaches ``slow``'s final bits/dim than ``slow`` did (ratio of times).
+
+    Example: stochastic-kl reaches 3.0 at 15 s, stochastic-mc at 20 s.
+
+    >>> rows = [{"estimator": e, "point": k, "train_seconds": 10.0 * k, "step": 100 * k, "bpd": b}
+    ...         for e, bpds in {"stochastic-mc": [5.0, 4.0, 3.0], "stochastic-kl": [5.0, 3.5, 2.5]}.items()
+    ...         for k, b in enumerate(bpds)]
+    >>> from ppl_diffusion.study.race import speedups
+    >>> out = speedups(rows, "stochastic-kl", "stochastic-mc")
+    >>> out["fast_seconds"], out["slow_seconds"], round(out["ratio"], 4), out["ratio_kind"]
+    (15.0, 20.0, 1.3333, 'measured')
+    """
     target = final_bpd(rows, slow)
     t_slow = time_to_reach(rows, slow, target)
     t_fast = time_to_reach(rows, fast, target)
@@ -125,7 +192,18 @@ def speedups(rows: list[dict], fast: str, slow: str) -> dict:
 
 def summarise(rows: list[dict], names, target: float | None = None) -> dict:
     """Targets (the Monte-Carlo estimators' final bits/dim, and ``target`` if given) with every estimator's
-    time to reach them, and the speed-ups of the analytic stochastic estimators over the Monte-Carlo ones."""
+    time to reach them, and the speed-ups of the analytic stochastic estimators over the Monte-Carlo ones.
+
+    Example:
+
+    >>> rows = [{"estimator": e, "point": k, "train_seconds": 10.0 * k, "step": 100 * k, "bpd": b}
+    ...         for e, bpds in {"stochastic-mc": [5.0, 4.0, 3.0], "stochastic-kl": [5.0, 3.5, 2.5]}.items()
+    ...         for k, b in enumerate(bpds)]
+    >>> from ppl_diffusion.study.race import summarise
+    >>> out = summarise(rows, ["stochastic-mc", "stochastic-kl"])
+    >>> [t["label"] for t in out["targets"]], round(out["speedups"][0]["ratio"], 4)
+    (['final of stochastic-mc'], 1.3333)
+    """
     names = list(names)
     targets = []
     for slow in ("trace", "stochastic-mc"):

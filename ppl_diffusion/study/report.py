@@ -23,6 +23,18 @@ def _T(meta: dict) -> str:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
+    """``rows`` (dicts with the keys of the first) as a CSV table at ``path``; list values joined by ``;``.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.study.report import write_csv
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     path = write_csv(Path(out) / "rows.csv", [{"t": 1, "notes": ["a", "b"]}, {"t": 2, "notes": []}])
+    ...     path.read_text().splitlines()
+    ['t,notes', '1,a;b', '2,']
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(rows[0]) if rows else []
     with open(path, "w", newline="") as f:
@@ -141,7 +153,20 @@ def learned_schedule_lines(sched: dict) -> list[str]:
 
 
 def markdown(study: dict) -> str:
-    """The report, from the dict written to ``study.json``."""
+    """The report, from the dict written to ``study.json``: a section for each of ``fixed_theta``, ``per_t``,
+    ``race`` and ``learned_schedule`` the dict holds, after the ``meta`` header.
+
+    :param dict study: the study's dict (:func:`~ppl_diffusion.study.run_study`'s).
+
+    Example:
+
+    >>> meta = dict(data="eight_gaussians", net="mlp", T=10, command="ppl-diffusion compare ...", machine="cpu",
+    ...             torch="2", pyro="1", arviz="0", threads=1, date="2026-12-06", theta="fresh init", batch=4,
+    ...             batch_from="test examples", num_parameters=1234)
+    >>> from ppl_diffusion.study.report import markdown
+    >>> markdown({"meta": meta}).splitlines()[0]
+    '# Estimator study: eight_gaussians, mlp denoiser, T = 10'
+    """
     meta, lines = study["meta"], []
     lines += [f"# Estimator study: {meta['data']}, {meta['net']} denoiser, T = {_T(meta)}", "",
               f"- Command: `{meta['command']}`",
@@ -260,7 +285,23 @@ def markdown(study: dict) -> str:
 
 
 def render(study: dict, out: str | Path) -> Path:
-    """Write the CSV tables, the figures and ``report.md`` of ``study`` (the dict of ``study.json``) to ``out``."""
+    """Write the CSV tables, the figures and ``report.md`` of ``study`` (the dict of ``study.json``) to ``out``.
+
+    :param dict study: the study's dict.
+    :param out: the study's folder.
+    :returns: the path of ``report.md``.
+
+    Example:
+
+    >>> meta = dict(data="eight_gaussians", net="mlp", T=10, command="ppl-diffusion compare ...", machine="cpu",
+    ...             torch="2", pyro="1", arviz="0", threads=1, date="2026-12-06", theta="fresh init", batch=4,
+    ...             batch_from="test examples", num_parameters=1234)
+    >>> import tempfile
+    >>> from ppl_diffusion.study.report import render
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     render({"meta": meta}, out).name
+    'report.md'
+    """
     out = Path(out)
     meta = study["meta"]
     title = f"{meta['data']}, {meta['net']}, T = {_T(meta)}"
@@ -285,7 +326,20 @@ def render(study: dict, out: str | Path) -> Path:
 def refresh(study: dict, out: str | Path) -> dict:
     """Recompute what derives from stored data, after a change to how it is derived: the race's targets
     and speed-ups from its rows; each fixed-θ row's MCSE (sd / √R) and ``elbo_var_se`` from its draws
-    (``draws/*.nc``), and the agreement test from the rows; the predicted-vs-measured table's measured SEs."""
+    (``draws/*.nc``), and the agreement test from the rows; the predicted-vs-measured table's measured SEs.
+
+    :param dict study: the study's dict, updated in place and returned.
+    :param out: the study's folder (its ``draws/``).
+
+    Example: a study with no section has nothing to re-derive.
+
+    >>> meta = dict(data="eight_gaussians", net="mlp", T=10, command="ppl-diffusion compare ...", machine="cpu",
+    ...             torch="2", pyro="1", arviz="0", threads=1, date="2026-12-06", theta="fresh init", batch=4,
+    ...             batch_from="test examples", num_parameters=1234)
+    >>> from ppl_diffusion.study.report import refresh
+    >>> refresh({"meta": meta}, ".") == {"meta": meta}
+    True
+    """
     import dataclasses
 
     from .fixed import FixedThetaRow, mcse, pooled_agreement, variance_se
@@ -314,6 +368,9 @@ def refresh(study: dict, out: str | Path) -> dict:
     return study
 
 
+__all__ = ["markdown", "refresh", "render", "write_csv"]
+
+
 if __name__ == "__main__":  # python -m ppl_diffusion.study.report DIR ...: re-derive and re-render finished studies
     import json
     import sys
@@ -323,3 +380,4 @@ if __name__ == "__main__":  # python -m ppl_diffusion.study.report DIR ...: re-d
         study = refresh(json.loads(path.read_text()), folder)
         path.write_text(json.dumps(study, indent=2, default=float) + "\n")
         print(render(study, folder))
+

@@ -33,7 +33,23 @@ from .fixed import FixedThetaRow, measure
 
 def check_interior(diffusion) -> list:
     """The interior parameters of ``diffusion``'s γ schedule; a one-line error for a model without one, or not in
-    continuous time."""
+    continuous time.
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import MonotoneNetGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=MonotoneNetGamma(features=8), event_shape=(2,), T=0,
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1))  # VDM's learned schedule
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.study.schedule import check_interior
+    >>> len(check_interior(diffusion)) > 0
+    True
+    """
     schedule = diffusion.schedule
     interior = list(schedule.interior_parameters()) if hasattr(schedule, "interior_parameters") else []
     if not getattr(diffusion, "continuous", False) or not interior:
@@ -47,7 +63,29 @@ def check_interior(diffusion) -> list:
 
 def reset_interior(diffusion, seed: int) -> None:
     """The schedule's interior parameters at a fresh initialisation of the same class and width (drawn from
-    ``seed``); the endpoints and everything else are kept."""
+    ``seed``); the endpoints and everything else are kept.
+
+    :param diffusion: a model in continuous time with a learned γ schedule (:func:`check_interior`).
+    :param int seed: the initialisation's seed.
+
+    Example: the same seed gives the same interior.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import MonotoneNetGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=MonotoneNetGamma(features=8), event_shape=(2,), T=0,
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1))  # VDM's learned schedule
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.study.schedule import check_interior, reset_interior
+    >>> reset_interior(diffusion, seed=1)
+    >>> before = [p.detach().clone() for p in check_interior(diffusion)]
+    >>> with torch.no_grad():
+    ...     _ = [p.add_(1.0) for p in check_interior(diffusion)]
+    >>> reset_interior(diffusion, seed=1)
+    >>> all(torch.equal(p, q) for p, q in zip(check_interior(diffusion), before))
+    True
+    """
     schedule = diffusion.schedule
     interior = check_interior(diffusion)
     with torch.random.fork_rng(devices=[]):
@@ -60,7 +98,31 @@ def reset_interior(diffusion, seed: int) -> None:
 
 def train_interior(diffusion, train_x: torch.Tensor, *, steps: int, lr: float, batch_size: int, seed: int) -> list:
     """``steps`` Adam steps of the interior alone on batches of ``train_x`` with the variance objective (uniform t);
-    the denoiser, the endpoints and a learned prior are frozen. Returns the per-step losses (−ELBO per example)."""
+    the denoiser, the endpoints and a learned prior are frozen. Returns the per-step losses (−ELBO per example).
+
+    :param diffusion: a model in continuous time with a learned γ schedule.
+    :param torch.Tensor train_x: training examples ``[n] + event_shape``.
+    :param int steps: Adam steps.
+    :param float lr: Adam's learning rate.
+    :param int batch_size: examples per step.
+    :param int seed: the batches' and the draws' seed.
+
+    Example: the denoiser is untouched.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import MonotoneNetGamma
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=MonotoneNetGamma(features=8), event_shape=(2,), T=0,
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1))  # VDM's learned schedule
+    >>> x0 = torch.rand(4, 2) * 2 - 1
+    >>> from ppl_diffusion.study.schedule import train_interior
+    >>> net = [p.detach().clone() for p in diffusion.denoiser.parameters()]
+    >>> _ = diffusion.eval()  # as the study does (frozen modules in train mode make Pyro warn)
+    >>> losses = train_interior(diffusion, x0, steps=2, lr=1e-3, batch_size=4, seed=0)
+    >>> len(losses), all(torch.equal(p, q) for p, q in zip(diffusion.denoiser.parameters(), net))
+    (2, True)
+    """
     interior = check_interior(diffusion)
     frozen = [p for p in diffusion.parameters() if p.requires_grad and all(p is not q for q in interior)]
     elbo = ContinuousTimeELBO(timesteps="uniform", schedule_objective="variance")
@@ -100,8 +162,28 @@ def learned_schedule_rows(diffusion, x0: torch.Tensor, train_x: torch.Tensor, *,
                           replicates: int, steps: int, lr: float, batch_size: int, seed: int = 0,
                           progress: bool = False, on_draws=None) -> dict:
     """The learned-schedule row of the study (module docstring): returns ``{"rows": [...], "comparison": [...],
-    "losses": [...], ...}``, each row a :class:`FixedThetaRow` as a dict with ``"stage"`` ``"initial"`` or
-    ``"trained"``. The interior is left trained. ``on_draws(stage, name, idata)`` receives each stage's draws."""
+    "losses": [...], ...}``, each row a :class:`~ppl_diffusion.study.fixed.FixedThetaRow` as a dict with ``"stage"`` ``"initial"`` or
+    ``"trained"``. The interior is left trained. ``on_draws(stage, name, idata)`` receives each stage's draws.
+
+    :param diffusion: a model in continuous time with a learned γ schedule.
+    :param torch.Tensor x0: the fixed batch the estimators are measured on.
+    :param torch.Tensor train_x: the interior's training examples.
+    :param estimators: the continuous-time estimators to measure.
+    :param int replicates: R per measurement (:func:`~ppl_diffusion.study.fixed.measure`).
+    :param int steps: the interior's Adam steps.
+    :param float lr: its learning rate.
+    :param int batch_size: its batch size.
+    :param int seed: the interior's initialisation, batches and replicate seeds.
+    :param bool progress: show progress bars.
+
+    Example (on a model such as :func:`train_interior`'s; seconds: two measurements through arviz):
+
+    >>> from ppl_diffusion.study.schedule import learned_schedule_rows
+    >>> out = learned_schedule_rows(diffusion, x0, x0, estimators=["continuous"], replicates=4, steps=1, lr=1e-3,
+    ...                             batch_size=4)  # doctest: +SKIP
+    >>> [row["stage"] for row in out["rows"]]  # doctest: +SKIP
+    ['initial', 'trained']
+    """
     names = [n for n in estimators if n in CONTINUOUS]
     if not names:
         raise ValueError(f"the learned-schedule row measures the continuous-time estimators; none is among {estimators}: "
@@ -123,3 +205,6 @@ def learned_schedule_rows(diffusion, x0: torch.Tensor, train_x: torch.Tensor, *,
             "interior": f"{type(diffusion.schedule).__name__}(features={diffusion.schedule.features})",
             "rows": rows, "losses": losses,
             "comparison": [_compare(measured["initial", n], measured["trained", n]) for n in names]}
+
+
+__all__ = ["check_interior", "learned_schedule_rows", "reset_interior", "train_interior"]
