@@ -30,6 +30,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+__all__ = ["CHECKPOINTING", "checkpoint_call", "register_recompute_context"]
+
+#: The levels of activation checkpointing, by name (see the module docstring).
 CHECKPOINTING = ("none", "steps", "blocks")
 
 # Each: a function called when a checkpointed forward starts, returning (forward context, recompute context).
@@ -47,7 +50,30 @@ def check_checkpointing(level) -> str:
 def register_recompute_context(make: Callable[[], tuple]) -> None:
     """Register ``make()`` → ``(forward_context, recompute_context)``, called as each checkpointed call starts; the
     recomputation in the backward pass runs inside ``recompute_context`` (e.g. a random source put back in the
-    state it had in the forward pass)."""
+    state it had in the forward pass).
+
+    :param make: a callable of no argument returning two context managers.
+
+    Example:
+
+    >>> import contextlib
+    >>> import torch
+    >>> from ppl_diffusion.nets import remat
+    >>> from ppl_diffusion.nets.remat import checkpoint_call, register_recompute_context
+    >>> entered = []
+    >>> @contextlib.contextmanager
+    ... def recomputing():
+    ...     entered.append("recompute")
+    ...     yield
+    >>> def make():
+    ...     return contextlib.nullcontext(), recomputing()
+    >>> register_recompute_context(make)
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> checkpoint_call(torch.sin, x).sum().backward()
+    >>> entered  # the backward pass ran the forward again inside it
+    ['recompute']
+    >>> remat._RECOMPUTE_CONTEXTS.remove(make)  # (this example only: unregister it again)
+    """
     if make not in _RECOMPUTE_CONTEXTS:
         _RECOMPUTE_CONTEXTS.append(make)
 
@@ -68,7 +94,26 @@ def _contexts():
 
 def checkpoint_call(fn, *args):
     """``fn(*args)`` with its activations recomputed in the backward pass (``use_reentrant=False``); a plain call
-    where no gradient is being recorded."""
+    where no gradient is being recorded.
+
+    :param fn: the function (e.g. a block of a network).
+    :param args: its arguments (tensors).
+    :returns: ``fn(*args)``.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets.remat import checkpoint_call
+    >>> _ = torch.manual_seed(0)
+    >>> layer = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    >>> x = torch.randn(3, 4)
+    >>> layer(x).sum().backward()
+    >>> stored = [p.grad.clone() for p in layer.parameters()]
+    >>> layer.zero_grad()
+    >>> checkpoint_call(layer, x).sum().backward()  # the same gradients, activations recomputed
+    >>> all(torch.equal(a, p.grad) for a, p in zip(stored, layer.parameters()))
+    True
+    """
     if not torch.is_grad_enabled():
         return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False, context_fn=_contexts)
