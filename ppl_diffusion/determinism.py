@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import torch
 
-# The functions PyTorch hands to MKL VML (those libtorch_cpu exports vms*/vmd* entry points for), by torch name.
+__all__ = ["VML_FUNCTIONS", "warm_up"]
+
+#: The functions PyTorch hands to MKL VML (those libtorch_cpu exports vms*/vmd* entry points for), by torch name.
 VML_FUNCTIONS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin",
                  "sqrt", "tan", "tanh", "trunc")
 
@@ -40,7 +42,20 @@ _warm = False
 
 def warm_up() -> None:
     """Call every function of :data:`VML_FUNCTIONS` once on a one-element float32 and float64 CPU tensor (in
-    the calling thread), so that MKL chooses each kernel before any multi-threaded call; idempotent."""
+    the calling thread), so that MKL chooses each kernel before any multi-threaded call; idempotent.
+
+    Importing ``ppl_diffusion`` calls it; call it yourself only before importing ``ppl_diffusion`` in a program
+    that computes these functions on large tensors first.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.determinism import warm_up
+    >>> warm_up()  # already done on import: returns at once
+    >>> x = torch.linspace(0, 100, 12_000)  # large enough to be split over threads
+    >>> torch.equal(torch.cos(x), torch.cat([torch.cos(x[:6000]), torch.cos(x[6000:])]))
+    True
+    """
     global _warm
     if _warm:
         return
