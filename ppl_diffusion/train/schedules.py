@@ -35,6 +35,8 @@ from ..infer import check_estimator
 from ..infer.continuous_elbo import SCHEDULE_OBJECTIVES
 from ..schedule import NoiseSchedule
 
+__all__ = ["SCHEDULES", "build_schedule", "is_gamma"]
+
 NOISE_SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 # γ schedules by name: builder(gamma_min, gamma_max, T) and whether the schedule has an interior to train
 GAMMA_SCHEDULES = {
@@ -46,12 +48,20 @@ GAMMA_SCHEDULES = {
 }
 WITH_INTERIOR = ("learned-net",)  # the schedules whose interior the variance objective trains
 INTERPOLATED = ("interpolated-linear", "interpolated-cosine")  # endpoints from the NoiseSchedule, finite T only
-SCHEDULES = (*NOISE_SCHEDULES, *GAMMA_SCHEDULES)  # the names --schedule takes ("custom" is an import's)
+#: The names ``--schedule`` (``TrainConfig.schedule``) takes; ``"custom"`` is an imported model's own ``betas``.
+SCHEDULES = (*NOISE_SCHEDULES, *GAMMA_SCHEDULES)
 GAMMA_KEYS = ("gamma_min", "gamma_max", "time_input", "schedule_objective")  # None for a NoiseSchedule
 
 
 def is_gamma(name: str) -> bool:
-    """Whether the schedule ``name`` is a γ schedule (the forward process as a module) rather than a NoiseSchedule."""
+    """Whether the schedule ``name`` is a γ schedule (the forward process as a module) rather than a NoiseSchedule.
+
+    Example:
+
+    >>> from ppl_diffusion.train.schedules import is_gamma
+    >>> is_gamma("learned-net"), is_gamma("linear")
+    (True, False)
+    """
     return name in GAMMA_SCHEDULES
 
 
@@ -142,7 +152,20 @@ def check(config) -> None:
 
 def build_schedule(config):
     """The forward process of ``config``: a :class:`~ppl_diffusion.NoiseSchedule` (a named one of T steps, or
-    ``"custom"``'s ``betas``) or a γ schedule module (unset settings at their defaults)."""
+    ``"custom"``'s ``betas``) or a γ schedule module (unset settings at their defaults).
+
+    :param config: a :class:`~ppl_diffusion.train.TrainConfig` (its ``schedule``, ``T``, ``betas``,
+        ``gamma_min`` and ``gamma_max``).
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig, build_schedule
+    >>> schedule = build_schedule(TrainConfig(schedule="cosine", T=10))
+    >>> type(schedule).__name__, tuple(schedule.betas.shape)
+    ('NoiseSchedule', (10,))
+    >>> type(build_schedule(TrainConfig(schedule="fixed-linear", T=0))).__name__  # continuous time
+    'LinearGamma'
+    """
     if config.schedule == "custom":
         return NoiseSchedule(config.betas)
     if not is_gamma(config.schedule):
