@@ -62,17 +62,52 @@ from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_di
                       _restore, _write_json, absolute_data_root, check_run_dir)
 from .validation import Validation
 
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
+
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN or infinite."""
+    """The loss or gradient became NaN or infinite.
+
+    Raised by :func:`train` before the optimizer step; no checkpoint is written, and a run folder without one is
+    left as it was found.
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, TrainingDiverged, train
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10, batch_size=4,
+    ...                      steps=3, warmup_steps=0, ema_decay=0.0, lr=1e30, grad_clip=None)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     try:
+    ...         train(config, f"{folder}/run", progress=False)
+    ...     except TrainingDiverged as error:
+    ...         print(str(error).split(";")[0])
+    loss is inf at step 2 (lr 1e+30)
+    """
 
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`train` returns.
+
+    :ivar pathlib.Path run_dir: the run folder.
+    :ivar int step: optimizer steps taken in all (resumed ones included).
+    :ivar loss: the last step's loss, nats per example (``None`` if no step ran in this call).
+    :ivar running_bpd: the smoothed bits/dim.
+    :ivar str stopped_by: ``"steps"`` or ``"minutes"``.
+    :ivar pathlib.Path checkpoint: the final checkpoint.
+    :ivar diffusion: the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro).
+    :ivar dict ema: the EMA of the denoiser's ``state_dict``.
+    :ivar float elapsed: seconds spent training, resumed time included.
+    :ivar best_step: with ``val_examples``, the best checkpoint's step (else ``None``).
+    :ivar best_val_bpd: with ``val_examples``, its validation bits/dim.
+    :ivar best: with ``val_examples``, ``RUN/best.pt``.
+
+    Example: see :func:`train`.
+    """
 
     run_dir: Path
     step: int  # optimizer steps taken in all (resumed ones included)
@@ -116,6 +151,21 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
 
     A call that fails before ``run_dir`` holds a checkpoint leaves it as it found it (see the module).
+
+    Example (one optimizer step of an MLP on a 2-D Gaussian):
+
+    >>> import os
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     result = train(config, run, progress=False)
+    ...     files = sorted(os.listdir(run))
+    >>> result.step, result.stopped_by, result.checkpoint.name
+    (1, 'steps', 'ckpt-00000001.pt')
+    >>> files
+    ['ckpt-00000001.pt', 'config.json', 'metrics.jsonl']
     """
     # The process that prepares the folder (rank 0) notes what it is like now, to put it back on failure.
     fresh = FreshStart(check_run_dir(run_dir)) if distributed.world().is_main else None

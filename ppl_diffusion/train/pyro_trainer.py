@@ -25,6 +25,8 @@ from ..infer.draws import BatchDraws, apply_records, slice_dropout
 from .config import TrainConfig, build_diffusion, lr_at
 from .schedules import estimator_kwargs
 
+__all__ = ["PyroTrainer", "make_trainer"]
+
 _NON_FINITE = re.compile(r"\b(nan|inf)\b")
 
 
@@ -34,8 +36,28 @@ class _NonFiniteOutput(Exception):
 
 class PyroTrainer:
     """One training step at a time on the Pyro backend: ``estimator.differentiable_loss / B``, backward,
-    gradient-norm clipping, Adam and the EMA update. :class:`ppl_diffusion.numpyro.train.NumPyroTrainer`
-    is its twin on JAX; :func:`train` drives either."""
+    gradient-norm clipping, Adam and the EMA update. ``ppl_diffusion.numpyro.train.NumPyroTrainer``
+    is its twin on JAX; :func:`~ppl_diffusion.train.train` drives either.
+
+    :param config: the run's :class:`~ppl_diffusion.train.TrainConfig`.
+    :param dataset: the :class:`~ppl_diffusion.data.Dataset` whose training split it trains on.
+    :param torch.device device: where the model and the data go.
+    :param world: the :class:`~ppl_diffusion.distributed.World` of a data-parallel job (one process by default).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import gaussian
+    >>> from ppl_diffusion.train import BatchStream, PyroTrainer, TrainConfig
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)
+    >>> trainer = PyroTrainer(config, gaussian(n_train=16, n_test=4), torch.device("cpu"))
+    >>> trainer.num_parameters
+    2274
+    >>> loss, grad_norm = trainer.step(BatchStream(16, seed=0).next(4), lr=1e-3)
+    >>> sorted(trainer.state())
+    ['draws', 'ema', 'model', 'optimizer', 'sampler']
+    """
 
     def __init__(self, config: TrainConfig, dataset, device: torch.device, world: World | None = None) -> None:
         self.train_x = dataset.train.to(device)
@@ -128,6 +150,8 @@ class PyroTrainer:
         return sum(p.numel() for p in self.net.parameters())
 
     def state(self) -> dict:
+        """The trainer's part of a checkpoint: weights and EMA (of the denoiser, a learned prior and a learned γ
+        schedule), the optimizer, the importance sampler and the step's generator."""
         state = {"optimizer": self.optimizer.state_dict(),
                  "sampler": None if self.sampler is None else self.sampler.state_dict(),
                  "draws": {"device": self.generator.device.type, "state": self.generator.get_state()}}
@@ -136,6 +160,7 @@ class PyroTrainer:
         return state
 
     def load(self, state: dict) -> None:
+        """Continue from :meth:`state` (read back from a checkpoint)."""
         for key, ema, module in self.parts:
             module.load_state_dict(state[key])
             for k, v in state[ema].items():
@@ -159,6 +184,7 @@ class PyroTrainer:
         pass
 
     def result(self) -> tuple[GaussianDiffusion, dict]:
+        """``(the model with the trained weights, the EMA of the denoiser's state dict)``."""
         return self.diffusion, self.ema
 
 
@@ -180,6 +206,19 @@ def average_gradients(params, world: World) -> None:
 
 
 def make_trainer(config: TrainConfig, dataset, device: torch.device, world: World | None = None):
+    """The trainer of ``config.backend``: a :class:`PyroTrainer`, or the NumPyro backend's ``NumPyroTrainer``
+    (``world`` is for the Pyro backend; JAX splits its own devices).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import gaussian
+    >>> from ppl_diffusion.train import TrainConfig, make_trainer
+    >>> trainer = make_trainer(TrainConfig(data="gaussian", net="mlp", T=10, steps=1), gaussian(n_train=8, n_test=2),
+    ...                        torch.device("cpu"))
+    >>> type(trainer).__name__
+    'PyroTrainer'
+    """
     if config.backend == "numpyro":
         from ..numpyro.train import NumPyroTrainer
 

@@ -35,7 +35,9 @@ from ..infer.estimate import estimate_bound, plan_uniform
 from .config import TrainConfig, build_diffusion
 from .load import load_weights
 
-# The plan of the validation estimate (plan_uniform's counts): fixed, so that every checkpoint draws the same t.
+__all__ = ["VALIDATION_PLAN", "holdout_split"]
+
+#: The plan of the validation estimate (``plan_uniform``'s counts): fixed, so that every checkpoint draws the same t.
 VALIDATION_PLAN = dict(full_steps=20, strata=20, draws=2)
 # In continuous time (T = 0): the diffusion term from 2 uniform draws of t in each of 20 equal strata of [0, 1]
 # (infer/continuous_bound.py), the reconstruction and prior terms as evaluate computes them.
@@ -46,7 +48,19 @@ WEIGHT_KEYS = ("model", "ema", "prior", "prior_ema", "schedule", "schedule_ema")
 def holdout_split(num_train: int, val_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(kept, held_out)``: sorted int64 indices into the training split, ``val_examples`` held out, chosen by
     the counter-based uniform of (seed, i) on stream ``HOLDOUT`` (the smallest ranks); a one-line
-    ``ValueError`` unless 0 <= val_examples < num_train."""
+    ``ValueError`` unless 0 <= val_examples < num_train.
+
+    :param int num_train: the size of the training split.
+    :param int val_examples: the number held out.
+    :param int seed: the run's seed.
+
+    Example:
+
+    >>> from ppl_diffusion.train.validation import holdout_split
+    >>> kept, held = holdout_split(10, 3, seed=0)
+    >>> held, len(kept), sorted([*kept, *held]) == list(range(10))
+    (array([2, 6, 7]), 7, True)
+    """
     if isinstance(val_examples, bool) or not isinstance(val_examples, int) or not 0 <= val_examples < num_train:
         raise ValueError(f"val_examples = {val_examples!r}, but the training split has {num_train} examples; hold "
                          f"out between 1 and {num_train - 1} of them, or 0 for no validation (--val-examples)")
