@@ -44,7 +44,41 @@ def _sha256(path) -> str | None:
 def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cifar10", data_root=None,
                               origin: str = "improved-diffusion") -> Path:
     """Write a run folder for an improved-diffusion (or, with ``origin``, guided-diffusion) checkpoint with ``flags``
-    (their command-line string or a dict), to be evaluated on ``data``; returns the checkpoint written."""
+    (their command-line string or a dict), to be evaluated on ``data``; returns the checkpoint written.
+
+    :param checkpoint: the ``.pt`` state dict their scripts saved, or the dict itself.
+    :param run_dir: the new run folder.
+    :param flags: their flags (:data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`), a string or a dict.
+    :param str data: the data set it is evaluated on; its images must have the model's shape.
+    :param data_root: the data's folder, for the data sets read from files.
+    :param str origin: ``"improved-diffusion"`` or ``"guided-diffusion"``, whose flag defaults apply.
+    :rtype: pathlib.Path
+
+    Example (a checkpoint of theirs, written here by :func:`to_improved_diffusion`, imported as a run):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import import_improved_diffusion, to_improved_diffusion, write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
+    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
+    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
+    >>> checkpoint = import_improved_diffusion(f"{tmp.name}/theirs/model.pt", f"{tmp.name}/imported",
+    ...                                        flags=doc["flags"], data="digits")
+    >>> from ppl_diffusion.train import load_trained
+    >>> imported = load_trained(checkpoint)
+    >>> imported.T, torch.allclose(imported.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    (10, True)
+    >>> tmp.cleanup()
+    """
     from . import improved_diffusion as idiff
     from .run_folder import dataset_meta
 
@@ -69,12 +103,62 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
 
 
 def import_guided_diffusion(checkpoint, run_dir, **kwargs) -> Path:
-    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults."""
+    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults.
+
+    Example (the flags given in full, so that the defaults do not matter):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import import_guided_diffusion, to_improved_diffusion, write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
+    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
+    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
+    >>> checkpoint = import_guided_diffusion(f"{tmp.name}/theirs/model.pt", f"{tmp.name}/imported",
+    ...                                      flags=doc["flags"], data="digits")
+    >>> checkpoint.name
+    'ckpt-00000000.pt'
+    >>> tmp.cleanup()
+    """
     return import_improved_diffusion(checkpoint, run_dir, origin="guided-diffusion", **kwargs)
 
 
 def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) -> Path:
-    """Write a run folder for a folder of :func:`to_safetensors` (its own data set unless ``data`` is given)."""
+    """Write a run folder for a folder of :func:`to_safetensors` (its own data set unless ``data`` is given).
+
+    :param folder: a folder written by :func:`to_safetensors`.
+    :param run_dir: the new run folder.
+    :param flags: must be empty (the folder carries its own config).
+    :param str data: another data set to evaluate it on, or ``None``.
+    :param data_root: that data's folder.
+    :rtype: pathlib.Path
+
+    Example:
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16}, T=10)
+    >>> meta = {"event_shape": [2], "decoder": "gaussian"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> from ppl_diffusion.interop import import_safetensors, to_safetensors, write_run
+    >>> from ppl_diffusion.train import load_trained
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     run = write_run(f"{folder}/run", config, net.state_dict(), meta=meta).parent
+    ...     checkpoint = import_safetensors(to_safetensors(run, f"{folder}/export"), f"{folder}/again")
+    ...     again = load_trained(checkpoint)
+    >>> all(torch.equal(w, again.denoiser.state_dict()[k]) for k, w in net.state_dict().items())
+    True
+    """
     import dataclasses
 
     from .export import read_safetensors
@@ -89,25 +173,28 @@ def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) 
 
 
 def import_diffusers(folder, run_dir, **kwargs) -> Path:
-    """:func:`ppl_diffusion.interop.diffusers.import_diffusers` (diffusers is imported only here)."""
+    """:func:`ppl_diffusion.interop.diffusers.import_diffusers` (diffusers is imported only here; example there)."""
     from .diffusers import import_diffusers as run
 
     return run(folder, run_dir, **kwargs)
 
 
 def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
-    """:func:`ppl_diffusion.interop.diffusers.export_diffusers`."""
+    """:func:`ppl_diffusion.interop.diffusers.export_diffusers` (diffusers is imported only here; example there)."""
     from .diffusers import export_diffusers as go
 
     return go(run, out_dir, ema=ema)
 
 
+#: The importers by kind (``ppl-diffusion import KIND``): ``IMPORTERS[kind](source, run_dir, *, flags, data,
+#: data_root)`` writes a run folder and returns its checkpoint.
 IMPORTERS = {
     "diffusers": import_diffusers,
     "improved-diffusion": import_improved_diffusion,
     "guided-diffusion": import_guided_diffusion,
     "safetensors": import_safetensors,
 }
+#: The exporters by kind (``ppl-diffusion export --to KIND``): ``EXPORTERS[kind](run, out_dir, *, ema)``.
 EXPORTERS = {
     "diffusers": export_diffusers,
     "safetensors": to_safetensors,

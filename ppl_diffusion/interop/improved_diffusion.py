@@ -81,9 +81,13 @@ import torch
 
 from ..schedule import NoiseSchedule
 
+__all__ = ["FLAGS", "ORIGINS", "from_improved_diffusion", "import_config", "parse_flags", "resolve_flags"]
+
+#: The code bases whose checkpoints import: their flag defaults differ (``rescale_timesteps``, ``channel_mult``).
 ORIGINS = ("improved-diffusion", "guided-diffusion")
 
-# Their flags: name → (type, improved-diffusion's default, guided-diffusion's default). ``None``: no default here.
+#: Their flags: name → (type, improved-diffusion's default, guided-diffusion's default); ``None``: no default
+#: (the flag is required). The module docstring says what each one becomes.
 FLAGS: dict[str, tuple[type, object, object]] = {
     "image_size": (int, None, None),
     "num_channels": (int, None, None),
@@ -126,7 +130,17 @@ REFUSED = {
 
 # ------------------------------------------------------------------------------------------------ flags
 def parse_flags(text: str) -> dict[str, str]:
-    """Their command-line flags, ``"--image_size 32 --learn_sigma True"``, as ``{name: value string}``."""
+    """Their command-line flags, ``"--image_size 32 --learn_sigma True"``, as ``{name: value string}``.
+
+    :param str text: ``--name value`` or ``--name=value`` words, quoted as a shell quotes them.
+    :raises ValueError: for a word that is not a ``--name`` or a flag without a value.
+
+    Example:
+
+    >>> from ppl_diffusion.interop import parse_flags
+    >>> parse_flags("--image_size 32 --learn_sigma True --noise_schedule=cosine")
+    {'image_size': '32', 'learn_sigma': 'True', 'noise_schedule': 'cosine'}
+    """
     words = shlex.split(text or "")
     flags: dict[str, str] = {}
     i = 0
@@ -167,7 +181,24 @@ def _convert(name: str, value, kind: type):
 
 def resolve_flags(flags: dict, origin: str = "improved-diffusion") -> dict:
     """Every flag of :data:`FLAGS`, typed, ``flags`` over the defaults of ``origin``; refuses unknown names, missing
-    required flags and values we cannot represent, each with one line."""
+    required flags and values we cannot represent, each with one line.
+
+    :param dict flags: their flags by name, values typed or as strings.
+    :param str origin: a name of :data:`ORIGINS`, whose defaults fill the flags not given.
+    :rtype: dict
+
+    Example:
+
+    >>> from ppl_diffusion.interop.improved_diffusion import resolve_flags
+    >>> flags = resolve_flags({"image_size": "32", "num_channels": 128, "num_res_blocks": 3,
+    ...                        "diffusion_steps": 4000, "noise_schedule": "cosine", "learn_sigma": "True"})
+    >>> flags["learn_sigma"], flags["rescale_timesteps"], flags["attention_resolutions"]
+    (True, True, '16,8')
+    >>> resolve_flags({"image_size": 32}, origin="guided-diffusion")
+    Traceback (most recent call last):
+    ...
+    ValueError: missing flag --num_channels: pass the model's own (from the flags it was trained with, e.g. ...)
+    """
     if origin not in ORIGINS:
         raise ValueError(f"unknown origin {origin!r}; choose one of {list(ORIGINS)}")
     unknown = sorted(set(flags) - set(FLAGS))
@@ -277,7 +308,24 @@ def import_config(flags: dict, *, origin: str = "improved-diffusion", data: str 
                   data_root: str | None = None, source: dict | None = None):
     """The :class:`~ppl_diffusion.train.TrainConfig` of a model of theirs with ``flags`` (their names, values typed or
     as strings), evaluated on ``data``: net ``"unet"`` with :func:`unet_kwargs`, their schedule and variance, and
-    ``source`` recording the flags. Returns (config, resolved flags)."""
+    ``source`` recording the flags. Returns (config, resolved flags).
+
+    :param dict flags: their flags by name (:data:`FLAGS`).
+    :param str origin: a name of :data:`ORIGINS`.
+    :param str data: the data set the model is evaluated on.
+    :param str data_root: its folder, for the data sets read from files.
+    :param dict source: more to record in ``config.source`` (e.g. the checkpoint's path and hash).
+
+    Example (improved DDPM's CIFAR-10 model with learned variances, as a config of ours):
+
+    >>> from ppl_diffusion.interop import import_config
+    >>> config, flags = import_config({"image_size": 32, "num_channels": 128, "num_res_blocks": 3,
+    ...                                "diffusion_steps": 4000, "noise_schedule": "cosine", "learn_sigma": True})
+    >>> config.net, config.schedule, config.T, config.variance
+    ('unet', 'cosine', 4000, 'learned-range')
+    >>> config.net_config["channel_mult"], config.net_config["timestep_shift"], config.net_config["timestep_scale"]
+    ([1, 2, 2, 2], -1.0, 0.25)
+    """
     from ..train import TrainConfig
 
     resolved = resolve_flags(flags, origin)
@@ -384,6 +432,31 @@ def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", d
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the JAX twin holding the same weights).
     :param flags: their flags by their names (see the module docstring), values typed or as strings.
     :returns: the model in eval mode; the denoiser sees their step index t − 1 for our t (and their rescaling).
+
+    Example (a U-Net of ours written as their checkpoint by
+    :func:`~ppl_diffusion.interop.to_improved_diffusion`, then imported):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import from_improved_diffusion, to_improved_diffusion, write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
+    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
+    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
+    >>> diffusion = from_improved_diffusion(f"{tmp.name}/theirs/model.pt", **doc["flags"])
+    >>> type(diffusion).__name__, diffusion.T, diffusion.variance, diffusion.denoiser.timestep_shift
+    ('GaussianDiffusion', 10, 'posterior', -1.0)
+    >>> torch.allclose(diffusion.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    True
+    >>> tmp.cleanup()
     """
     from types import SimpleNamespace
 
