@@ -168,7 +168,7 @@ class Progress:
         return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
 
     def chunk(self, key: str, compute: Callable[[], dict]) -> dict:
-        """The arrays of chunk ``key``: read back if saved (and readable), else ``compute()``d and saved.
+        """The arrays of chunk ``key``: read back if saved (and readable), else computed by ``compute()`` and saved.
 
         :param str key: the chunk's name (a file name stem).
         :param compute: a callable of no argument returning a dict of arrays.

@@ -103,30 +103,20 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
 
 
 def import_guided_diffusion(checkpoint, run_dir, **kwargs) -> Path:
-    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults.
+    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults (``rescale_timesteps=False``, their
+    ``channel_mult`` per image size; :data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`).
 
-    Example (the flags given in full, so that the defaults do not matter):
+    Example (the flags that fix the architecture and schedule are required; nothing is written without them):
 
+    >>> import os
     >>> import tempfile
-    >>> import torch
-    >>> from types import SimpleNamespace
-    >>> from ppl_diffusion.interop import import_guided_diffusion, to_improved_diffusion, write_run
-    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
-    >>> _ = torch.manual_seed(0)
-    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
-    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
-    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
-    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
-    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
-    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
-    >>> tmp = tempfile.TemporaryDirectory()
-    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
-    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
-    >>> checkpoint = import_guided_diffusion(f"{tmp.name}/theirs/model.pt", f"{tmp.name}/imported",
-    ...                                      flags=doc["flags"], data="digits")
-    >>> checkpoint.name
-    'ckpt-00000000.pt'
-    >>> tmp.cleanup()
+    >>> from ppl_diffusion.interop import import_guided_diffusion
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     try:
+    ...         import_guided_diffusion({}, f"{folder}/run", flags="--image_size 64", data="digits")
+    ...     except ValueError as error:
+    ...         print(str(error).split(":")[0], os.listdir(folder))
+    missing flag --num_channels []
     """
     return import_improved_diffusion(checkpoint, run_dir, origin="guided-diffusion", **kwargs)
 

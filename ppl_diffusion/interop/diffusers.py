@@ -39,7 +39,7 @@ models), ``rescale_betas_zero_snr`` (β_T = 1), other schedulers and schedules.
 Why learned variances are refused: diffusers' ``learned_range`` is log σ_t² = f log β_t + (1 − f) log β̃_t
 with f = (v + 1)/2, unbounded, and β̃_1 clamped to 1e-20 at t = 1; ours
 (:meth:`GaussianDiffusion.learned_log_variance`) is f = sigmoid(2 v) ∈ (0, 1) with β̃_2 in place of β̃_1.
-For |v| < 1 and t > 1 the two agree under v ↦ atanh(v), but no v of ours reaches f ∉ (0, 1), and at t = 1
+For ``|v| < 1`` and t > 1 the two agree under v ↦ atanh(v), but no v of ours reaches f ∉ (0, 1), and at t = 1
 they differ for every v, so the model is not ours. ``learned`` feeds the raw output as σ_t².
 
 Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for

@@ -6,40 +6,42 @@ constructor's arguments, schedule and variance. Nothing of their code is needed 
 
 **Flags** (their names and, where absent, their defaults; ``origin`` picks improved- or guided-diffusion's):
 
-==========================  ===================================================================================
-``image_size``,             required (with ``diffusion_steps`` and ``noise_schedule``: the schedule cannot be
-``num_channels``,           read off the weights, and a default that happens to fit the shapes would give a
-``num_res_blocks``          silently wrong model).
-``channel_mult``            guided-diffusion's comma string; absent: their default per image size (improved:
-                            32 → 1,2,2,2, 64 → 1,2,3,4, 256 → 1,1,2,2,4,4; guided: 64, 128, 256).
-``attention_resolutions``   their string of resolutions, e.g. "16,8": as they do, each becomes a downsample
-                            rate ds = image_size // res, and a level has attention if its rate 2^level is one of
-                            them (a rate that is no level's adds nothing, in their net and ours).
-``num_heads``,              heads per attention layer, or (guided) channels per head when
-``num_head_channels``       ``num_head_channels`` != −1. ``num_heads_upsample`` must be −1 or ``num_heads``.
-``use_new_attention_order``  guided's order of the qkv channels; the legacy order (improved-diffusion's only one)
-                            is permuted into ours on load (below).
-``learn_sigma``,            the variance: ``learn_sigma`` → ``"learned-range"`` (their LEARNED_RANGE, log σ² =
-``sigma_small``             f log β_t + (1 − f) log β̃_t with f = (v + 1)/2 exactly); ``sigma_small`` →
-                            ``"posterior"`` (FIXED_SMALL, β̃_t, β̃_2 at t = 1); neither → ``"fixed-large"``
-                            (FIXED_LARGE: β_t, but β̃_2 at t = 1).
-``diffusion_steps``,        T and their β_t: linear = DDPM's 1e-4..0.02 scaled by 1000/T (equal to our
-``noise_schedule``          ``NoiseSchedule.linear(T)`` for T > 20; T <= 20 gives their β_T >= 1 and is refused),
-                            cosine = improved DDPM's (equal to ours to float64 rounding). A schedule ours does not
-                            reproduce to 1e-12 is kept as its β_t (``schedule="custom"``).
-``rescale_timesteps``       their net saw t' = (t − 1) · 1000/T (improved-diffusion's default True), else the
-                            0-based index t − 1 (guided's default False): our U-Net embeds (t + shift) · scale
-                            with shift −1 and that scale (``timestep_shift``, ``timestep_scale``), so our step
-                            t = 1..T reaches their net as their index t − 1.
-``timestep_respacing``      recorded only: the import is the original T-step model (their respacing is a sampler
-                            setting; ``sample --steps K`` / :func:`~ppl_diffusion.respace` is ours).
-``dropout``,                as theirs. ``use_fp16``: weights are cast to float32 and the net computes in float32
-``use_scale_shift_norm``    (``precision="bf16"`` is ours).
-``in_channels``             ours (their scripts fix 3): the image channels, for 1-channel models.
-``class_cond``              True is refused (our denoiser is unconditional), as are ``predict_xstart``,
-                            ``resblock_updown`` and a ``num_heads_upsample`` other than −1 or ``num_heads``.
-``use_kl``, ``use_checkpoint``, ``rescale_learned_sigmas``: training settings, accepted and ignored.
-==========================  ===================================================================================
+============================  ===================================================================================
+``image_size``,               required (with ``diffusion_steps`` and ``noise_schedule``: the schedule cannot be
+``num_channels``,             read off the weights, and a default that happens to fit the shapes would give a
+``num_res_blocks``            silently wrong model).
+``channel_mult``              guided-diffusion's comma string; absent: their default per image size (improved:
+                              32 → 1,2,2,2, 64 → 1,2,3,4, 256 → 1,1,2,2,4,4; guided: 64, 128, 256).
+``attention_resolutions``     their string of resolutions, e.g. "16,8": as they do, each becomes a downsample
+                              rate ds = image_size // res, and a level has attention if its rate 2^level is one of
+                              them (a rate that is no level's adds nothing, in their net and ours).
+``num_heads``,                heads per attention layer, or (guided) channels per head when
+``num_head_channels``         ``num_head_channels`` != −1. ``num_heads_upsample`` must be −1 or ``num_heads``.
+``use_new_attention_order``   guided's order of the qkv channels; the legacy order (improved-diffusion's only one)
+                              is permuted into ours on load (below).
+``learn_sigma``,              the variance: ``learn_sigma`` → ``"learned-range"`` (their LEARNED_RANGE, log σ² =
+``sigma_small``               f log β_t + (1 − f) log β̃_t with f = (v + 1)/2 exactly); ``sigma_small`` →
+                              ``"posterior"`` (FIXED_SMALL, β̃_t, β̃_2 at t = 1); neither → ``"fixed-large"``
+                              (FIXED_LARGE: β_t, but β̃_2 at t = 1).
+``diffusion_steps``,          T and their β_t: linear = DDPM's 1e-4..0.02 scaled by 1000/T (equal to our
+``noise_schedule``            ``NoiseSchedule.linear(T)`` for T > 20; T <= 20 gives their β_T >= 1 and is refused),
+                              cosine = improved DDPM's (equal to ours to float64 rounding). A schedule ours does not
+                              reproduce to 1e-12 is kept as its β_t (``schedule="custom"``).
+``rescale_timesteps``         their net saw t' = (t − 1) · 1000/T (improved-diffusion's default True), else the
+                              0-based index t − 1 (guided's default False): our U-Net embeds (t + shift) · scale
+                              with shift −1 and that scale (``timestep_shift``, ``timestep_scale``), so our step
+                              t = 1..T reaches their net as their index t − 1.
+``timestep_respacing``        recorded only: the import is the original T-step model (their respacing is a sampler
+                              setting; ``sample --steps K`` / :func:`~ppl_diffusion.respace` is ours).
+``dropout``,                  as theirs. ``use_fp16``: weights are cast to float32 and the net computes in float32
+``use_scale_shift_norm``      (``precision="bf16"`` is ours).
+``in_channels``               ours (their scripts fix 3): the image channels, for 1-channel models.
+``class_cond``                True is refused (our denoiser is unconditional), as are ``predict_xstart``,
+                              ``resblock_updown`` and a ``num_heads_upsample`` other than −1 or ``num_heads``.
+``use_kl``,                   training settings, accepted and ignored.
+``use_checkpoint``,
+``rescale_learned_sigmas``
+============================  ===================================================================================
 
 GroupNorm: theirs has 32 groups in every layer; ours is built with ``num_groups=32, min_group_channels=1``,
 which gives 32 groups for every width they allow (a multiple of 32).
@@ -47,24 +49,24 @@ which gives 32 groups for every width they allow (a multiple of 32).
 **Keys.** Their state dict's keys map onto ours as follows (``i``, ``j``: block and layer indices, the same on
 both sides):
 
-====================================================  ===========================================================
-improved- / guided-diffusion                          ours
-====================================================  ===========================================================
-``time_embed.0.*``, ``time_embed.2.*``                the same (the time MLP)
-``input_blocks.0.0.*``                                the same (the input conv)
-``{input,output}_blocks.i.j.in_layers.{0,2}.*``,      the same (a residual block's norms, convs and embedding
-``….emb_layers.1.*``, ``….out_layers.{0,3}.*``        projection)
-``….skip_connection.*``                               ``….skip.*`` (a residual block's 1×1 conv where the width
-                                                      changes)
-``….norm.*``, ``….proj_out.*``                        the same (an attention block)
-``….qkv.*`` ``[3C x C x 1]``, ``[3C]``                the same, rows reordered from their legacy
-                                                      [head][q, k, v][channel] to our [q, k, v][head][channel]
-                                                      (the identity for one head or guided's new order)
+=======================================================  ===========================================================
+improved- / guided-diffusion                             ours
+=======================================================  ===========================================================
+``time_embed.0.*``, ``time_embed.2.*``                   the same (the time MLP)
+``input_blocks.0.0.*``                                   the same (the input conv)
+``{input,output}_blocks.i.j.in_layers.{0,2}.*``,         the same (a residual block's norms, convs and embedding
+``….emb_layers.1.*``, ``….out_layers.{0,3}.*``           projection)
+``….skip_connection.*``                                  ``….skip.*`` (a residual block's 1×1 conv where the width
+                                                         changes)
+``….norm.*``, ``….proj_out.*``                           the same (an attention block)
+``….qkv.*`` ``[3C x C x 1]``, ``[3C]``                   the same, rows reordered from their legacy
+                                                         [head][q, k, v][channel] to our [q, k, v][head][channel]
+                                                         (the identity for one head or guided's new order)
 ``input_blocks.i.0.op.*``, ``output_blocks.i.j.conv.*``  the same (Downsample, Upsample convs)
-``middle_block.{0,1,2}.*``                            the same
-``out.0.*``, ``out.2.*``                              the same (the output norm and conv)
-``label_emb.weight``                                  refused (``class_cond``)
-====================================================  ===========================================================
+``middle_block.{0,1,2}.*``                               the same
+``out.0.*``, ``out.2.*``                                 the same (the output norm and conv)
+``label_emb.weight``                                     refused (``class_cond``)
+=======================================================  ===========================================================
 
 A key of theirs that maps to none of ours, a key of ours that none of theirs fills, or a shape that differs is a
 one-line ``ValueError`` naming their key.

@@ -11,15 +11,15 @@ from the step's own generator (:class:`ppl_diffusion.infer.draws.BatchDraws`), a
 Levels (:data:`CHECKPOINTING`, the ``checkpoint_activations`` option of
 :class:`~ppl_diffusion.GaussianDiffusion` and ``--checkpoint-activations``):
 
-=========  ===================================================================================================
-``none``   every activation kept (the default; the fastest).
-``steps``  each step's denoiser call in the full-chain programs (the model of ``Trace_ELBO``,
-           ``TraceMeanField_ELBO`` and IWAE over all T steps): the backward pass keeps T calls' inputs and outputs
-           instead of T calls' activations, and recomputes one call at a time (about 1.3× the time).
+==========  ===================================================================================================
+``none``    every activation kept (the default; the fastest).
+``steps``   each step's denoiser call in the full-chain programs (the model of ``Trace_ELBO``,
+            ``TraceMeanField_ELBO`` and IWAE over all T steps): the backward pass keeps T calls' inputs and outputs
+            instead of T calls' activations, and recomputes one call at a time (about 1.3× the time).
 ``blocks`` ``steps``, and inside the U-Net each residual / attention block (improved-diffusion's ``use_checkpoint``,
-           :attr:`ppl_diffusion.nets.UNet.use_checkpoint`), in every program: for a large net at a large batch,
-           where even one call's activations are too many. U-Nets only.
-=========  ===================================================================================================
+            :attr:`ppl_diffusion.nets.unet.UNet.use_checkpoint`), in every program: for a large net at a large batch,
+            where even one call's activations are too many. U-Nets only.
+==========  ===================================================================================================
 """
 
 from __future__ import annotations
