@@ -6,10 +6,10 @@ tensors, numbers, strings, ``None``, lists, tuples and dicts only, so that it lo
 flushed and ``fsync``-ed, renamed over the final name with ``os.replace`` (atomic on POSIX) and the
 folder is ``fsync``-ed, so a process killed at any moment leaves either the old file set or the new
 one, never a torn checkpoint. Leftover temporary files of a killed writer are removed by
-:func:`remove_stale_temporaries`.
+:func:`~ppl_diffusion.checkpoint.remove_stale_temporaries`.
 
-The random-number generators are saved in the same tensor form (:func:`rng_state`,
-:func:`set_rng_state`): torch's CPU (and CUDA) generator, which Pyro draws from, NumPy's global
+The random-number generators are saved in the same tensor form (:func:`~ppl_diffusion.checkpoint.rng_state`,
+:func:`~ppl_diffusion.checkpoint.set_rng_state`): torch's CPU (and CUDA) generator, which Pyro draws from, NumPy's global
 generator and Python's ``random``.
 """
 
@@ -173,7 +173,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Save ``state`` (tensors, numbers, strings, lists, dicts) to ``path`` atomically; return ``path``.
 
-    :param path: the file, usually :func:`checkpoint_path`; its folder is created.
+    :param path: the file, usually :func:`~ppl_diffusion.checkpoint.checkpoint_path`; its folder is created.
     :param dict state: the training state; only types that ``torch.load(..., weights_only=True)`` reads back.
     :rtype: pathlib.Path
 
@@ -197,7 +197,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; :class:`CheckpointError` naming the file if unusable.
+    """Load a checkpoint with ``weights_only=True``; :class:`~ppl_diffusion.checkpoint.CheckpointError` naming the file if unusable.
 
     :param path: a ``ckpt-*.pt`` (or ``best.pt``) file.
     :param map_location: where tensors go, as for :func:`torch.load` (default the CPU).
@@ -275,7 +275,7 @@ def rng_state() -> dict:
     """Every global generator's state as tensors and plain numbers (``weights_only``-loadable).
 
     The generators are torch's CPU generator (and the CUDA ones once CUDA is initialised), NumPy's global
-    generator and Python's ``random``; :func:`set_rng_state` restores them.
+    generator and Python's ``random``; :func:`~ppl_diffusion.checkpoint.set_rng_state` restores them.
 
     Example:
 
@@ -304,9 +304,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore the generators saved by :func:`rng_state` (example there).
+    """Restore the generators saved by :func:`~ppl_diffusion.checkpoint.rng_state` (example there).
 
-    :param dict state: a :func:`rng_state`, possibly read back from a checkpoint.
+    :param dict state: a :func:`~ppl_diffusion.checkpoint.rng_state`, possibly read back from a checkpoint.
     """
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") is not None and torch.cuda.is_available():

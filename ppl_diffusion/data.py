@@ -16,7 +16,7 @@ Images are 8-bit pixels v ∈ {0..255} mapped to x = v / 127.5 − 1 ∈ [−1, 
 =====================  ============================================================================
 
 Nothing is downloaded: a missing file is an error that says which file and where to put it.
-Choose by name with :func:`load_dataset`.
+Choose by name with :func:`~ppl_diffusion.data.load_dataset`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ __all__ = ["DATASETS", "Dataset", "PIXEL_BINS", "TOYS_2D", "eight_gaussians", "g
            "load_dataset", "load_digits", "load_image_folder", "load_mnist", "read_cifar10_batch", "read_idx",
            "to_model_space", "to_uint8", "toy_2d"]
 
-#: 8-bit pixels: the discretized decoder's number of bins.
+#: The discretized decoder's number of bins for 8-bit pixels.
 PIXEL_BINS = 256
 
 
@@ -44,7 +44,7 @@ PIXEL_BINS = 256
 class Dataset:
     """A train and a test split in model space, and how the decoder p(x_0|x_1) should score them.
 
-    :param str name: the registry name (see :data:`DATASETS`).
+    :param str name: the registry name (see :data:`~ppl_diffusion.data.DATASETS`).
     :param Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
     :param Tensor test: float32 ``[N_test x *event_shape]``.
     :param tuple event_shape: shape of one example, ``(C, H, W)`` or ``(D,)``.
@@ -117,7 +117,7 @@ class Dataset:
         return float((levels.max() - levels.min()) / (len(levels) - 1)) if len(levels) > 1 else None
 
     def make_decoder(self):
-        """The decoder object for :class:`~ppl_diffusion.GaussianDiffusion` (``decoder=...``): the discretized
+        """The decoder object for :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (``decoder=...``): the discretized
         Gaussian decoder of ``bins`` bins for images, the Gaussian decoder for continuous data.
 
         Example:
@@ -166,7 +166,7 @@ def to_model_space(pixels) -> Tensor:
 
 def to_uint8(x: Tensor) -> Tensor:
     """Model-space values to 8-bit pixels: round((x + 1) · 127.5) clipped to 0..255 (inverse of
-    :func:`to_model_space`); use it on samples before saving them as images.
+    :func:`~ppl_diffusion.data.to_model_space`); use it on samples before saving them as images.
 
     :param torch.Tensor x: finite model-space values, any shape.
     :returns: uint8 of the same shape.
@@ -188,7 +188,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def _images(name: str, train, test, train_labels=None, test_labels=None) -> Dataset:
-    """A :class:`Dataset` from uint8 ``[N x C x H x W]`` arrays (and optional labels)."""
+    """A :class:`~ppl_diffusion.data.Dataset` from uint8 ``[N x C x H x W]`` arrays (and optional labels)."""
     train, test = to_model_space(train), to_model_space(test)
     labels = [None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64))
               for y in (train_labels, test_labels)]
@@ -196,7 +196,7 @@ def _images(name: str, train, test, train_labels=None, test_labels=None) -> Data
 
 
 def _vectors(name: str, x, n_train: int) -> Dataset:
-    """A :class:`Dataset` of continuous vectors: the first ``n_train`` rows of ``x`` train, the rest test."""
+    """A :class:`~ppl_diffusion.data.Dataset` of continuous vectors: the first ``n_train`` rows of ``x`` train, the rest test."""
     x = torch.as_tensor(x, dtype=torch.float32)
     return Dataset(name, x[:n_train].clone(), x[n_train:].clone(), tuple(x.shape[1:]), None, "gaussian")
 
@@ -488,7 +488,7 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
 
 
 # ---------------------------------------------------------------------------------------- continuous
-#: The 2-D toys of :func:`toy_2d`, by name.
+#: The 2-D toys of :func:`~ppl_diffusion.data.toy_2d`, by name.
 TOYS_2D = ("eight_gaussians", "two_moons", "swiss_roll")
 
 
@@ -533,11 +533,11 @@ def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: flo
 def toy_2d(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: int = 0) -> Dataset:
     """A 2-D toy in about [−1, 1]², ``[N x 2]``, train and test drawn together from ``seed``.
 
-    ``"eight_gaussians"`` (:func:`eight_gaussians`), ``"two_moons"`` (``sklearn.datasets.make_moons``,
+    ``"eight_gaussians"`` (:func:`~ppl_diffusion.data.eight_gaussians`), ``"two_moons"`` (``sklearn.datasets.make_moons``,
     noise 0.05, shifted by (−0.5, −0.25) and divided by 1.5), ``"swiss_roll"`` (``make_swiss_roll``,
     noise 0.25, the (x, z) plane divided by 4.5π, the roll's largest radius).
 
-    :param str name: a name of :data:`TOYS_2D`.
+    :param str name: a name of :data:`~ppl_diffusion.data.TOYS_2D`.
     :param int n_train: examples in the train split.
     :param int n_test: examples in the test split.
     :param int seed: the draws' seed.
@@ -601,7 +601,7 @@ def _check_sizes(n_train: int, n_test: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- registry
-#: The data sets by name: each a loader returning a :class:`Dataset` (see the module docstring).
+#: The data sets by name, each a loader returning a :class:`~ppl_diffusion.data.Dataset` (see the module docstring).
 DATASETS = {
     "digits": load_digits,
     "mnist": load_mnist,
@@ -621,10 +621,10 @@ FILE_DATASETS = {  # datasets read from files: what root must hold
 
 
 def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> Dataset:
-    """A :class:`Dataset` by name from :data:`DATASETS`; ``root`` only for the ones read from files,
+    """A :class:`~ppl_diffusion.data.Dataset` by name from :data:`~ppl_diffusion.data.DATASETS`; ``root`` only for the ones read from files,
     ``kwargs`` go to the loader (e.g. ``n_train=`` for the toys, ``test_fraction=`` for an image folder).
 
-    :param str name: a name of :data:`DATASETS`.
+    :param str name: a name of :data:`~ppl_diffusion.data.DATASETS`.
     :param root: the folder of a data set read from files (``mnist``, ``cifar10``, ``image_folder``).
     :raises ValueError: for an unknown name, a missing ``root`` or a ``root`` given to a data set without files.
 

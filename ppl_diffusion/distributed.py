@@ -1,13 +1,13 @@
 """Several processes on ``torch.distributed``: the one place that knows about ranks.
 
 A command started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
-variables) calls :func:`init` once; everything else asks :func:`world` for the :class:`World` it runs in.
+variables) calls :func:`~ppl_diffusion.distributed.init` once; everything else asks :func:`~ppl_diffusion.distributed.world` for the :class:`~ppl_diffusion.distributed.World` it runs in.
 Without ``torchrun`` the world is one process and every method below is the identity, so the same code path
 serves 1 and N processes, which is what makes the two give the same numbers.
 
 The process group is ``gloo`` on CPU and ``nccl`` on CUDA (``backend="auto"``); each rank uses
-``cuda:LOCAL_RANK`` when it runs on GPUs. Work is split **contiguously** by rank (:meth:`World.shard`), and
-results are gathered back in rank order (:meth:`World.gather`), so a gathered array is in the order of the
+``cuda:LOCAL_RANK`` when it runs on GPUs. Work is split **contiguously** by rank (:meth:`~ppl_diffusion.distributed.World.shard`), and
+results are gathered back in rank order (:meth:`~ppl_diffusion.distributed.World.gather`), so a gathered array is in the order of the
 1-process run.
 """
 
@@ -22,7 +22,7 @@ import torch.distributed as dist
 __all__ = ["DIST_BACKENDS", "World", "check_microbatch", "init", "joined", "launched", "local_device",
            "resolve_backend", "shutdown", "world"]
 
-#: The process group backends by name (``--dist-backend``): ``auto`` is ``nccl`` on CUDA, else ``gloo``.
+#: The process group backends by name (``--dist-backend``); ``auto`` is ``nccl`` on CUDA, else ``gloo``.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -65,7 +65,7 @@ def check_microbatch(microbatch: int | None, per_process: int, processes: int = 
 class World:
     """The processes of this job: ``rank`` of ``world_size`` (``local_rank`` on this node).
 
-    Get the one this process runs in with :func:`world`; in a single process every collective method returns its
+    Get the one this process runs in with :func:`~ppl_diffusion.distributed.world`; in a single process every collective method returns its
     input (a copy where it would be a new tensor).
 
     :param int rank: this process's index, 0 ≤ rank < world_size.
@@ -92,7 +92,7 @@ class World:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the process that writes files, logs and shows the progress bar."""
+        """Whether this is rank 0, the process that writes files, logs and shows the progress bar."""
         return self.rank == 0
 
     @property
@@ -195,7 +195,7 @@ _WORLD = World()
 
 
 def world() -> World:
-    """The :class:`World` set up by :func:`init` (one process when it was not called, or without torchrun).
+    """The :class:`~ppl_diffusion.distributed.World` set up by :func:`~ppl_diffusion.distributed.init` (one process when it was not called, or without torchrun).
 
     Example:
 
@@ -223,7 +223,7 @@ def launched() -> bool:
 def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
     """The process group's backend: ``auto`` is ``nccl`` when the job runs on CUDA, else ``gloo``.
 
-    :param str backend: a name of :data:`DIST_BACKENDS`.
+    :param str backend: a name of :data:`~ppl_diffusion.distributed.DIST_BACKENDS`.
     :param str device: the job's device (``"auto"``, ``"cpu"``, ``"cuda"``).
     :raises ValueError: for an unknown name, or ``nccl`` where there is no GPU.
 
@@ -245,12 +245,12 @@ def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
 
 
 def init(backend: str = "auto", device: str = "auto") -> World:
-    """Join the process group of a ``torchrun`` job (once; later calls return the same :class:`World`).
+    """Join the process group of a ``torchrun`` job (once; later calls return the same :class:`~ppl_diffusion.distributed.World`).
 
     Without the launcher's variables this is a 1-process world and nothing is initialised. On CUDA, rank
     ``r`` uses the GPU ``LOCAL_RANK``.
 
-    :param str backend: a name of :data:`DIST_BACKENDS`.
+    :param str backend: a name of :data:`~ppl_diffusion.distributed.DIST_BACKENDS`.
     :param str device: the job's device, which decides ``auto``.
     :rtype: World
 
@@ -296,7 +296,7 @@ def local_device(device: str) -> str:
 
 
 def joined() -> bool:
-    """Whether this process is in a torch.distributed process group (torchrun's, joined by :func:`init`).
+    """Whether this process is in a torch.distributed process group (torchrun's, joined by :func:`~ppl_diffusion.distributed.init`).
 
     Example:
 
@@ -308,7 +308,7 @@ def joined() -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command); :func:`world` is one process again.
+    """Leave the process group (at the end of a command); :func:`~ppl_diffusion.distributed.world` is one process again.
 
     Example:
 

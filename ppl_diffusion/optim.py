@@ -3,7 +3,7 @@
 ``pyro.optim.Adam`` (any ``pyro.optim.PyroOptim``) creates one torch optimizer per parameter tensor
 and steps them one by one. For a U-Net with 184 parameter tensors that costs 69 ms per step on a
 2-core CPU, 9% of a digits training step (``benchmarks/results/pyro_overhead.md``).
-:class:`JointOptim` is a drop-in ``PyroOptim`` for ``pyro.infer.SVI`` that holds a single torch
+:class:`~ppl_diffusion.optim.JointOptim` is a drop-in ``PyroOptim`` for ``pyro.infer.SVI`` that holds a single torch
 optimizer over all parameters (torch's multi-tensor ``foreach`` kernels), adding parameter groups
 when new parameters appear.
 """
@@ -20,7 +20,7 @@ __all__ = ["JointAdam", "JointOptim"]
 class JointOptim(PyroOptim):
     """``JointOptim(torch.optim.Adam, {"lr": 1e-3})``: one torch optimizer for all of SVI's parameters.
 
-    Parameters are ordered as in Pyro's param store (deterministic), so ``get_state``/``set_state``
+    Parameters are ordered as in Pyro's param store (deterministic), so :meth:`get_state`/``set_state``
     round-trip across processes. Per-parameter ``optim_args`` callables and ``clip_args`` are not
     supported (clip the global norm in the training loop instead).
 

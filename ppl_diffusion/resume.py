@@ -1,6 +1,6 @@
 """Progress of a long evaluation saved chunk by chunk, so that the same command killed at any moment continues.
 
-A :class:`Progress` is a folder (``RUN/eval.progress`` beside ``RUN/eval.json``) holding ``fingerprint.json`` (what
+A :class:`~ppl_diffusion.resume.Progress` is a folder (``RUN/eval.progress`` beside ``RUN/eval.json``) holding ``fingerprint.json`` (what
 was evaluated: the checkpoint's hash, the data's hash, the seed and every option that changes a number) and one
 file per finished chunk, ``<key>.npz``, written atomically (temporary file, fsync, rename:
 :func:`~ppl_diffusion.checkpoint.atomic_write_bytes`). A chunk is a fixed group of the computation's own units
@@ -11,10 +11,10 @@ depend on them, as for training's resume).
 
 A folder whose fingerprint differs from the command's is refused in one line naming the folder, the differences
 and the fix (``--restart``, or deleting the folder); nothing is read from it and nothing is deleted. The command
-that finishes removes the folder (:meth:`Progress.finish`).
+that finishes removes the folder (:meth:`~ppl_diffusion.resume.Progress.finish`).
 
 Code that computes in chunks takes a ``chunk`` callable, ``chunk(key, compute) -> dict of arrays``:
-:func:`compute_now` (the default: no saving) or a :class:`Progress`'s :meth:`~Progress.scoped` view.
+:func:`~ppl_diffusion.resume.compute_now` (the default: no saving) or a :class:`~ppl_diffusion.resume.Progress`'s :meth:`~ppl_diffusion.resume.Progress.scoped` view.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Progress:
         command killed between the two writes) is simply taken over. Call on one process.
 
         :param bool restart: discard the folder's chunks first (``--restart``) instead of refusing a mismatch.
-        :returns: this :class:`Progress`.
+        :returns: this :class:`~ppl_diffusion.resume.Progress`.
         """
         path = self.folder / FINGERPRINT
         if restart and self.folder.exists():
@@ -204,7 +204,7 @@ def in_chunks(chunk: Chunk, key: str, units, per_chunk: int, compute_one: Callab
     """Yield ``(unit, compute_one(unit))`` for each of ``units`` in order, ``per_chunk`` units to a chunk
     ``f"{key}-{index}"`` of ``chunk``: a saved chunk's units are read back, not computed.
 
-    :param chunk: :func:`compute_now` or a :meth:`Progress.scoped` view.
+    :param chunk: :func:`~ppl_diffusion.resume.compute_now` or a :meth:`~ppl_diffusion.resume.Progress.scoped` view.
     :param str key: the chunks' name prefix.
     :param units: the units of work (e.g. batch indices).
     :param int per_chunk: units saved together.

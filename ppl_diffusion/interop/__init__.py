@@ -1,14 +1,14 @@
 """Models trained elsewhere, in and out: ``ppl-diffusion import`` / ``export`` and their Python API.
 
 =========================  ===========================================================================
-``improved_diffusion.py``  :func:`from_improved_diffusion`: an improved-diffusion / guided-diffusion state dict
-                           and their flags → :class:`~ppl_diffusion.GaussianDiffusion` (our U-Net is their
+``improved_diffusion.py``  :func:`~ppl_diffusion.interop.improved_diffusion.from_improved_diffusion`: an improved-diffusion / guided-diffusion state dict
+                           and their flags → :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (our U-Net is their
                            ``UNetModel``; the key map, step label, schedule and variance types are in its
                            docstring); both backends.
-``export.py``              a run → safetensors + JSON (:func:`to_safetensors`, read back by
-                           :func:`from_safetensors`), → an improved-diffusion checkpoint with its flags
-                           (:func:`to_improved_diffusion`).
-``run_folder.py``          :func:`write_run`: the run folder of an imported model, which every command loads.
+``export.py``              a run → safetensors + JSON (:func:`~ppl_diffusion.interop.export.to_safetensors`, read back by
+                           :func:`~ppl_diffusion.interop.export.from_safetensors`), → an improved-diffusion checkpoint with its flags
+                           (:func:`~ppl_diffusion.interop.export.to_improved_diffusion`).
+``run_folder.py``          :func:`~ppl_diffusion.interop.run_folder.write_run`: the run folder of an imported model, which every command loads.
 ``diffusers.py``           :func:`~ppl_diffusion.interop.diffusers.from_diffusers`: a diffusers DDPM/DDIM pipeline
                            folder (``UNet2DModel`` + scheduler) → a model whose denoiser is the UNet behind an
                            adapter (Pyro only); ``to_diffusers``: export (exact for our U-Net presets).
@@ -17,7 +17,7 @@
 ``IMPORTERS`` and ``EXPORTERS`` are the CLI's registries by kind: ``IMPORTERS[kind](source, run_dir, *, flags,
 data, data_root)`` writes a run folder and returns its checkpoint; ``EXPORTERS[kind](run, out_dir, *, ema)`` writes
 ``out_dir``. Another adapter (diffusers) registers its own entries, and its denoiser's builder with
-:func:`ppl_diffusion.train.register_net`.
+:func:`ppl_diffusion.nets.build.register_net`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
     :param str origin: ``"improved-diffusion"`` or ``"guided-diffusion"``, whose flag defaults apply.
     :rtype: pathlib.Path
 
-    Example (a checkpoint of theirs, written here by :func:`to_improved_diffusion`, imported as a run):
+    Example (a checkpoint of theirs, written here by :func:`~ppl_diffusion.interop.export.to_improved_diffusion`, imported as a run):
 
     >>> import tempfile
     >>> import torch
@@ -103,7 +103,7 @@ def import_improved_diffusion(checkpoint, run_dir, *, flags="", data: str = "cif
 
 
 def import_guided_diffusion(checkpoint, run_dir, **kwargs) -> Path:
-    """:func:`import_improved_diffusion` with guided-diffusion's flag defaults (``rescale_timesteps=False``, their
+    """:func:`~ppl_diffusion.interop.import_improved_diffusion` with guided-diffusion's flag defaults (``rescale_timesteps=False``, their
     ``channel_mult`` per image size; :data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`).
 
     Example (the flags that fix the architecture and schedule are required; nothing is written without them):
@@ -122,9 +122,9 @@ def import_guided_diffusion(checkpoint, run_dir, **kwargs) -> Path:
 
 
 def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) -> Path:
-    """Write a run folder for a folder of :func:`to_safetensors` (its own data set unless ``data`` is given).
+    """Write a run folder for a folder of :func:`~ppl_diffusion.interop.export.to_safetensors` (its own data set unless ``data`` is given).
 
-    :param folder: a folder written by :func:`to_safetensors`.
+    :param folder: a folder written by :func:`~ppl_diffusion.interop.export.to_safetensors`.
     :param run_dir: the new run folder.
     :param flags: must be empty (the folder carries its own config).
     :param str data: another data set to evaluate it on, or ``None``.
@@ -176,7 +176,7 @@ def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
     return go(run, out_dir, ema=ema)
 
 
-#: The importers by kind (``ppl-diffusion import KIND``): ``IMPORTERS[kind](source, run_dir, *, flags, data,
+#: The importers by kind (``ppl-diffusion import KIND``); ``IMPORTERS[kind](source, run_dir, *, flags, data,
 #: data_root)`` writes a run folder and returns its checkpoint.
 IMPORTERS = {
     "diffusers": import_diffusers,
@@ -184,7 +184,7 @@ IMPORTERS = {
     "guided-diffusion": import_guided_diffusion,
     "safetensors": import_safetensors,
 }
-#: The exporters by kind (``ppl-diffusion export --to KIND``): ``EXPORTERS[kind](run, out_dir, *, ema)``.
+#: The exporters by kind (``ppl-diffusion export --to KIND``), ``EXPORTERS[kind](run, out_dir, *, ema)``.
 EXPORTERS = {
     "diffusers": export_diffusers,
     "safetensors": to_safetensors,

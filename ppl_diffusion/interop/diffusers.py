@@ -12,7 +12,7 @@ The mapping, written down in our words:
 * **time.** diffusers' timesteps are s = 0..T−1, ours t = 1..T: the adapter calls ``unet(x_t, t − 1)``.
 * **schedule.** The scheduler's β_t, computed as it computes them (``trained_betas``; else ``beta_schedule``
   ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2`` from ``beta_start``, ``beta_end``,
-  ``num_train_timesteps``), in float32 as it holds them, become a float64 :class:`NoiseSchedule`. Our ᾱ_t is
+  ``num_train_timesteps``), in float32 as it holds them, become a float64 :class:`~ppl_diffusion.schedule.NoiseSchedule`. Our ᾱ_t is
   their product in float64; the scheduler's float32 ``alphas_cumprod`` differs from it by float32 rounding.
 * **variance.** ``fixed_small`` (and ``fixed_small_log``, the same distribution) is our ``"posterior"``
   (σ_t² = β̃_t), ``fixed_large`` (and ``fixed_large_log``) our ``"beta"`` (σ_t² = β_t). A DDIMScheduler has no
@@ -27,7 +27,7 @@ The mapping, written down in our words:
 * ``clip_sample`` / ``thresholding``: the scheduler's sampler clips (or thresholds) x̂_0 to [−1, 1] before
   forming the mean. The imported model is the unclipped one (μ_θ from ε̂, DDPM's Eq. 11), the model our
   estimators, the ODE and training share; the flags are kept in ``DiffusersDenoiser.scheduler_config`` and
-  written back by :func:`to_diffusers`. (DDPM's own ``calc_bpd_loop`` clips x̂_0 by default: its reported
+  written back by :func:`~ppl_diffusion.interop.diffusers.to_diffusers`. (DDPM's own ``calc_bpd_loop`` clips x̂_0 by default: its reported
   bounds are those of the clipped-mean model, another valid p.) Sampling settings (``timestep_spacing``, ``steps_offset``,
   ``set_alpha_to_one``) are kept the same way.
 
@@ -38,11 +38,11 @@ models), ``rescale_betas_zero_snr`` (β_T = 1), other schedulers and schedules.
 
 Why learned variances are refused: diffusers' ``learned_range`` is log σ_t² = f log β_t + (1 − f) log β̃_t
 with f = (v + 1)/2, unbounded, and β̃_1 clamped to 1e-20 at t = 1; ours
-(:meth:`GaussianDiffusion.learned_log_variance`) is f = sigmoid(2 v) ∈ (0, 1) with β̃_2 in place of β̃_1.
+(:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.learned_log_variance`) is f = sigmoid(2 v) ∈ (0, 1) with β̃_2 in place of β̃_1.
 For ``|v| < 1`` and t > 1 the two agree under v ↦ atanh(v), but no v of ours reaches f ∉ (0, 1), and at t = 1
 they differ for every v, so the model is not ours. ``learned`` feeds the raw output as σ_t².
 
-Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
+Export (:func:`~ppl_diffusion.interop.diffusers.to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
 
 * a model imported from diffusers (the round trip writes the same UNet weights and a scheduler config with
   the same β_t, prediction type and variance), and
@@ -60,7 +60,7 @@ Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
 The converse does not hold for every diffusers model: Google's ports of DDPM's checkpoints (``google/ddpm-*``)
 keep DDPM's TensorFlow conventions (sin before cos, frequencies 10000^(−i/(d/2 − 1)) (``freq_shift=1``), GroupNorm
 eps 1e-6, TF-style asymmetric padding of the stride-2 convs (``downsample_padding=0``)), which our UNet does not
-have; they run behind :class:`DiffusersDenoiser` exactly as diffusers runs them, but not as our UNet (nor on the
+have; they run behind :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser` exactly as diffusers runs them, but not as our UNet (nor on the
 NumPyro backend).
 """
 
@@ -150,7 +150,7 @@ def scheduler_betas(config: dict) -> np.ndarray:
 
 
 def scheduler_schedule(config: dict) -> NoiseSchedule:
-    """The :class:`~ppl_diffusion.NoiseSchedule` of a scheduler config (:func:`scheduler_betas`).
+    """The :class:`~ppl_diffusion.schedule.NoiseSchedule` of a scheduler config (:func:`~ppl_diffusion.interop.diffusers.scheduler_betas`).
 
     Example:
 
@@ -171,7 +171,7 @@ class DiffusersDenoiser(nn.Module):
         the last two are converted to ε̂ exactly with the schedule's ᾱ_t (gathered in float64, cast).
     :param ~ppl_diffusion.NoiseSchedule schedule: the chain's schedule (needed unless
         ``prediction_type="epsilon"``).
-    :param dict scheduler_config: the scheduler config it came with (kept for :func:`to_diffusers`).
+    :param dict scheduler_config: the scheduler config it came with (kept for :func:`~ppl_diffusion.interop.diffusers.to_diffusers`).
 
     ``x_t`` is ``[N x C x H x W]`` in [−1, 1]-space, ``t`` a ``LongTensor[N]`` in 1..T; returns ε̂ ``[N x C x H x W]``
     (a UNet with 2C output channels, a learned variance, has its last C dropped).
@@ -294,8 +294,8 @@ def _variance(config: dict, path: Path, variance: str | None, out_channels: int,
 
 def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
                    decoder="discretized") -> GaussianDiffusion:
-    """A diffusers DDPM / DDIM pipeline folder as a :class:`GaussianDiffusion` (the UNet behind
-    :class:`DiffusersDenoiser`; the mapping is the module docstring's).
+    """A diffusers DDPM / DDIM pipeline folder as a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (the UNet behind
+    :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser`; the mapping is the module docstring's).
 
     :param folder: a pipeline folder (``unet/`` and ``scheduler/``), or a UNet folder (``config.json`` and
         weights) with ``scheduler`` the folder holding ``scheduler_config.json`` (default: ``folder`` itself
@@ -304,7 +304,7 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
     :param decoder: p(x_0|x_1), ``"discretized"`` (8-bit images) by default.
     :raises ValueError: one line naming the file and the unsupported value.
 
-    Example (a pipeline folder written here by :func:`to_diffusers`, read back):
+    Example (a pipeline folder written here by :func:`~ppl_diffusion.interop.diffusers.to_diffusers`, read back):
 
     >>> import torch
     >>> from ppl_diffusion.nets import UNet
@@ -350,14 +350,14 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
 # ------------------------------------------------------------------------------------------ export
 def to_diffusers(diffusion: GaussianDiffusion, folder) -> Path:
     """Write ``diffusion`` as a diffusers ``DDPMPipeline`` folder (``model_index.json``, ``unet/``, ``scheduler/``)
-    and return its path. Exact for models imported by :func:`from_diffusers` and for our U-Net presets (module
+    and return its path. Exact for models imported by :func:`~ppl_diffusion.interop.diffusers.from_diffusers` and for our U-Net presets (module
     docstring); refused with one line otherwise.
 
     The scheduler config keeps the imported one's sampling settings (``clip_sample``, ``timestep_spacing``, …);
     β_t are written as ``beta_schedule`` when it reproduces the schedule exactly, else as ``trained_betas``
     (which diffusers holds in float32: a float64 schedule of ours is rounded to float32, ≤ 6e-8 relative).
 
-    :param diffusion: a :class:`~ppl_diffusion.GaussianDiffusion` with a U-Net (or an imported diffusers UNet).
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a U-Net (or an imported diffusers UNet).
     :param folder: the pipeline folder to write (created).
     :rtype: pathlib.Path
 
@@ -575,7 +575,7 @@ def build_denoiser(event_shape, *, unet: dict, prediction_type: str = "epsilon",
     """The net builder of an imported diffusers run (its config.json has ``net`` =
     ``"ppl_diffusion.interop.diffusers:build_denoiser"``, or ``"diffusers"`` from earlier versions, and ``net_config``
     = these settings; :mod:`ppl_diffusion.nets.build`): an untrained ``UNet2DModel`` of the config ``unet`` behind
-    :class:`DiffusersDenoiser`, the weights loaded after. The ᾱ_t that a ``v_prediction`` or ``sample`` net needs
+    :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser`, the weights loaded after. The ᾱ_t that a ``v_prediction`` or ``sample`` net needs
     are the scheduler's (``scheduler_config``), the run's own β_t.
 
     :param event_shape: the data's ``(C, H, W)``, which must be the UNet's.
@@ -607,7 +607,7 @@ def build_denoiser(event_shape, *, unet: dict, prediction_type: str = "epsilon",
 
 
 def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_root=None):
-    """Write a run folder for the diffusers pipeline ``folder`` (:func:`from_diffusers`), evaluated on ``data``;
+    """Write a run folder for the diffusers pipeline ``folder`` (:func:`~ppl_diffusion.interop.diffusers.from_diffusers`), evaluated on ``data``;
     returns the checkpoint written. Every command loads it (net ``ppl_diffusion.interop.diffusers:build_denoiser``,
     imported; schedule ``"custom"``).
 
@@ -618,7 +618,7 @@ def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_r
     :param data_root: the data's folder, for the data sets read from files.
     :rtype: pathlib.Path
 
-    Example (a run exported by :func:`export_diffusers`, imported back as a run):
+    Example (a run exported by :func:`~ppl_diffusion.interop.diffusers.export_diffusers`, imported back as a run):
 
     >>> import tempfile
     >>> import torch
@@ -661,7 +661,7 @@ def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_r
 
 
 def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
-    """A run folder → a diffusers ``DDPMPipeline`` folder (:func:`to_diffusers`; exact for our U-Net presets and for
+    """A run folder → a diffusers ``DDPMPipeline`` folder (:func:`~ppl_diffusion.interop.diffusers.to_diffusers`; exact for our U-Net presets and for
     models imported from diffusers).
 
     :param run: a run folder or a checkpoint file.

@@ -1,9 +1,9 @@
 """A run's model out of this package: safetensors weights with a JSON config, or an improved-diffusion checkpoint.
 
 ``to_safetensors(run, out)`` writes ``out/model.safetensors`` (the denoiser's state dict, and a learned prior's
-under ``prior.`` and a learned γ schedule's under ``schedule.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.TrainConfig`, the data's
-event shape and decoder, which weights and from which checkpoint); :func:`from_safetensors` builds the same
-:class:`~ppl_diffusion.GaussianDiffusion` from them, and ``ppl-diffusion import safetensors DIR`` makes a run
+under ``prior.`` and a learned γ schedule's under ``schedule.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.config.TrainConfig`, the data's
+event shape and decoder, which weights and from which checkpoint); :func:`~ppl_diffusion.interop.export.from_safetensors` builds the same
+:class:`~ppl_diffusion.diffusion.GaussianDiffusion` from them, and ``ppl-diffusion import safetensors DIR`` makes a run
 folder of them.
 
 ``to_improved_diffusion(run, out)`` writes ``out/model.pt`` (the U-Net's state dict in their key naming and legacy
@@ -57,7 +57,7 @@ def to_safetensors(run, out_dir, *, ema: bool = True) -> Path:
     :param bool ema: export the EMA weights (default) or the raw ones.
     :rtype: pathlib.Path
 
-    Example (a round trip: :func:`from_safetensors` gives back the same weights):
+    Example (a round trip: :func:`~ppl_diffusion.interop.export.from_safetensors` gives back the same weights):
 
     >>> import tempfile
     >>> import torch
@@ -120,7 +120,7 @@ def read_safetensors(folder) -> tuple:
 
 
 def from_safetensors(folder, *, backend: str = "pyro", device: str = "cpu"):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` (eval mode) of a folder written by :func:`to_safetensors`, or
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (eval mode) of a folder written by :func:`~ppl_diffusion.interop.export.to_safetensors`, or
     with ``backend="numpyro"`` its NumPyro twin.
 
     :param folder: a folder holding ``model.safetensors`` and ``ppl_diffusion.json``.
@@ -276,7 +276,7 @@ def _command_lines(flags: dict) -> dict:
 
 def to_improved_diffusion(run, out_dir, *, ema: bool = True) -> dict:
     """Write the U-Net of ``run`` as an improved-diffusion checkpoint (``model.pt``, ``flags.json``, ``flags.txt``) to
-    ``out_dir``; returns ``flags.json``'s dict. :func:`~ppl_diffusion.interop.from_improved_diffusion` of
+    ``out_dir``; returns ``flags.json``'s dict. :func:`~ppl_diffusion.interop.improved_diffusion.from_improved_diffusion` of
     ``model.pt`` with ``flags.json``'s ``"flags"`` is the same model (tested) up to the listed ``differences``.
 
     :param run: a run folder or a checkpoint file; its denoiser must be a U-Net their ``UNetModel`` expresses (32

@@ -1,6 +1,6 @@
-"""Checkpoints of openai/improved-diffusion and openai/guided-diffusion as :class:`GaussianDiffusion` models.
+"""Checkpoints of openai/improved-diffusion and openai/guided-diffusion as :class:`~ppl_diffusion.diffusion.GaussianDiffusion` models.
 
-Their ``UNetModel`` is our :class:`~ppl_diffusion.nets.UNet`: the same layers in the same order with the same
+Their ``UNetModel`` is our :class:`~ppl_diffusion.nets.unet.UNet`: the same layers in the same order with the same
 parameter shapes, so a state dict they saved loads into ours with the key map below, and their flags give our
 constructor's arguments, schedule and variance. Nothing of their code is needed or copied.
 
@@ -85,11 +85,11 @@ from ..schedule import NoiseSchedule
 
 __all__ = ["FLAGS", "ORIGINS", "from_improved_diffusion", "import_config", "parse_flags", "resolve_flags"]
 
-#: The code bases whose checkpoints import: their flag defaults differ (``rescale_timesteps``, ``channel_mult``).
+#: The code bases whose checkpoints import, whose flag defaults differ (``rescale_timesteps``, ``channel_mult``).
 ORIGINS = ("improved-diffusion", "guided-diffusion")
 
-#: Their flags: name → (type, improved-diffusion's default, guided-diffusion's default); ``None``: no default
-#: (the flag is required). The module docstring says what each one becomes.
+#: Their flags by name, each ``(type, improved-diffusion's default, guided-diffusion's default)``; a default
+#: ``None`` means the flag is required. The module docstring says what each one becomes.
 FLAGS: dict[str, tuple[type, object, object]] = {
     "image_size": (int, None, None),
     "num_channels": (int, None, None),
@@ -182,11 +182,11 @@ def _convert(name: str, value, kind: type):
 
 
 def resolve_flags(flags: dict, origin: str = "improved-diffusion") -> dict:
-    """Every flag of :data:`FLAGS`, typed, ``flags`` over the defaults of ``origin``; refuses unknown names, missing
+    """Every flag of :data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`, typed, ``flags`` over the defaults of ``origin``; refuses unknown names, missing
     required flags and values we cannot represent, each with one line.
 
     :param dict flags: their flags by name, values typed or as strings.
-    :param str origin: a name of :data:`ORIGINS`, whose defaults fill the flags not given.
+    :param str origin: a name of :data:`~ppl_diffusion.interop.improved_diffusion.ORIGINS`, whose defaults fill the flags not given.
     :rtype: dict
 
     Example:
@@ -251,7 +251,7 @@ def channel_mult_of(flags: dict, origin: str) -> tuple[int, ...]:
 
 
 def unet_kwargs(flags: dict, origin: str = "improved-diffusion") -> dict:
-    """Our :class:`~ppl_diffusion.nets.UNet`'s keyword arguments (all but ``learn_sigma``) for resolved ``flags``."""
+    """Our :class:`~ppl_diffusion.nets.unet.UNet`'s keyword arguments (all but ``learn_sigma``) for resolved ``flags``."""
     size, mult = flags["image_size"], channel_mult_of(flags, origin)
     try:
         rates = [size // int(r) for r in flags["attention_resolutions"].split(",") if r.strip()]
@@ -286,7 +286,7 @@ def their_betas(noise_schedule: str, T: int) -> np.ndarray:
 
 
 def schedule_fields(flags: dict) -> dict:
-    """``schedule``, ``T`` and ``betas`` of the :class:`~ppl_diffusion.train.TrainConfig` for their schedule: the named
+    """``schedule``, ``T`` and ``betas`` of the :class:`~ppl_diffusion.train.config.TrainConfig` for their schedule: the named
     one of ours where it equals theirs to 1e-12 (relative), else ``"custom"`` with their β_t."""
     name, T = flags["noise_schedule"], flags["diffusion_steps"]
     betas = their_betas(name, T)
@@ -308,12 +308,12 @@ def variance_of(flags: dict) -> str:
 
 def import_config(flags: dict, *, origin: str = "improved-diffusion", data: str = "cifar10",
                   data_root: str | None = None, source: dict | None = None):
-    """The :class:`~ppl_diffusion.train.TrainConfig` of a model of theirs with ``flags`` (their names, values typed or
-    as strings), evaluated on ``data``: net ``"unet"`` with :func:`unet_kwargs`, their schedule and variance, and
+    """The :class:`~ppl_diffusion.train.config.TrainConfig` of a model of theirs with ``flags`` (their names, values typed or
+    as strings), evaluated on ``data``: net ``"unet"`` with ``unet_kwargs``, their schedule and variance, and
     ``source`` recording the flags. Returns (config, resolved flags).
 
-    :param dict flags: their flags by name (:data:`FLAGS`).
-    :param str origin: a name of :data:`ORIGINS`.
+    :param dict flags: their flags by name (:data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`).
+    :param str origin: a name of :data:`~ppl_diffusion.interop.improved_diffusion.ORIGINS`.
     :param str data: the data set the model is evaluated on.
     :param str data_root: its folder, for the data sets read from files.
     :param dict source: more to record in ``config.source`` (e.g. the checkpoint's path and hash).
@@ -423,7 +423,7 @@ def load_state_dict(checkpoint) -> dict:
 # ------------------------------------------------------------------------------------------------ entry points
 def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", data: str | None = None,
                             decoder: str = "discretized", backend: str = "pyro", **flags):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` of an improved-diffusion or guided-diffusion checkpoint.
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` of an improved-diffusion or guided-diffusion checkpoint.
 
     :param checkpoint: the path of the ``.pt`` state dict their scripts saved (``model*.pt``, ``ema_*.pt``), or the
         dict itself.
@@ -436,7 +436,7 @@ def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", d
     :returns: the model in eval mode; the denoiser sees their step index t − 1 for our t (and their rescaling).
 
     Example (a U-Net of ours written as their checkpoint by
-    :func:`~ppl_diffusion.interop.to_improved_diffusion`, then imported):
+    :func:`~ppl_diffusion.interop.export.to_improved_diffusion`, then imported):
 
     >>> import tempfile
     >>> import torch

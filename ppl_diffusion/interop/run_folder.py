@@ -2,7 +2,7 @@
 
 An imported model's run folder is an ordinary one, so ``evaluate`` (``--fit-variance``, ``--likelihood ode``),
 ``sample`` and ``compare`` load it as they load a trained run: ``config.json`` (a
-:class:`~ppl_diffusion.train.TrainConfig` whose ``net`` names a builder, e.g. ``"unet"`` with the U-Net's keyword
+:class:`~ppl_diffusion.train.config.TrainConfig` whose ``net`` names a builder, e.g. ``"unet"`` with the U-Net's keyword
 arguments in ``net_config``, whose schedule is a named one or ``"custom"`` with its β_t, and whose ``source``
 records where the weights came from) and one checkpoint ``ckpt-00000000.pt`` (step 0) holding the weights as both
 the raw and the EMA weights (a checkpoint of theirs is one set of weights), with no optimizer state: it is not a
@@ -52,7 +52,7 @@ def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, met
     ``config``; returns the checkpoint's path. Refuses a folder that already holds checkpoints.
 
     :param run_dir: the new run folder.
-    :param config: the model's :class:`~ppl_diffusion.train.TrainConfig` (``steps`` may be ``None``).
+    :param config: the model's :class:`~ppl_diffusion.train.config.TrainConfig` (``steps`` may be ``None``).
     :param dict state_dict: the denoiser's weights, checked (strictly) against the net ``config`` builds.
     :param dict meta: ``{"event_shape": [...], "decoder": ...}`` of the data; default: read from ``config.data``.
     :param dict prior_state: a learned prior's weights, or ``None``.

@@ -1,4 +1,4 @@
-"""Denoisers by name: the one place a run's ``net`` and ``net_config`` become a ``torch.nn.Module``.
+"""Denoisers by name: the one place a run's ``net`` and ``net_config`` become a :class:`torch.nn.Module`.
 
 A *builder* is a callable ``builder(event_shape, **settings) -> torch.nn.Module``: ``event_shape`` is the shape
 of one example (``(C, H, W)`` for images, ``(D,)`` for vectors), ``settings`` the run's ``net_config``; when the
@@ -9,18 +9,18 @@ after) and is called as ``net(x_t, t)`` with ``x_t`` ``[N x *event_shape]`` and 
 =============================  ==================================================================================
 name                           builder
 =============================  ==================================================================================
-``auto``                       a net sized for the data: :func:`~.unet.unet_for` for images (the preset of their
-                               shape, else improved-diffusion's rule), :func:`~.mlp.mlp_for` for vectors;
+``auto``                       a net sized for the data: :func:`~ppl_diffusion.nets.unet.unet_for` for images (the preset of their
+                               shape, else improved-diffusion's rule), :func:`~ppl_diffusion.nets.mlp.mlp_for` for vectors;
                                ``net_config`` overrides any setting
-``digits``, ``mnist``,         the U-Net presets (:data:`~.unet.UNET_PRESETS`), named settings of ``unet_for``
+``digits``, ``mnist``,         the U-Net presets (:data:`~ppl_diffusion.nets.unet.UNET_PRESETS`), named settings of ``unet_for``
 ``cifar10``
-``unet``                       the :class:`~.unet.UNet` class itself: ``net_config`` its keyword arguments, the
+``unet``                       the :class:`~ppl_diffusion.nets.unet.UNet` class itself: ``net_config`` its keyword arguments, the
                                data's shape its ``in_channels`` and ``image_size``, its defaults for the rest (what
                                imported models and earlier runs name)
-``mlp``                        :func:`~.mlp.mlp_for`
+``mlp``                        :func:`~ppl_diffusion.nets.mlp.mlp_for`
 ``package.module:builder``     any importable builder: imported by every command that loads the run, so the run
                                folder needs nothing but the module on the path
-a name given to register_net   a builder of this process only (:func:`register_net`)
+a name given to register_net   a builder of this process only (:func:`~ppl_diffusion.nets.build.register_net`)
 =============================  ==================================================================================
 
 ``diffusers``, the name of earlier diffusers imports, stands for ``ppl_diffusion.interop.diffusers:build_denoiser``
@@ -78,8 +78,8 @@ def _preset(name: str) -> Callable:
 # The builders every process knows; register_net adds others (for this process only).
 BUILTIN_NETS: dict[str, Callable] = {"auto": _auto, "unet": _unet_class, "mlp": mlp_for,
                                      **{name: _preset(name) for name in UNET_PRESETS}}
-#: The builders by name that a run's ``net`` may take in this process: the built-in ones (``auto``, ``unet``,
-#: ``mlp`` and the U-Net presets) and those added with :func:`register_net`.
+#: The builders by name that a run's ``net`` may take in this process, the built-in ones (``auto``, ``unet``,
+#: ``mlp`` and the U-Net presets) and those added with :func:`~ppl_diffusion.nets.build.register_net`.
 NET_BUILDERS: dict[str, Callable] = dict(BUILTIN_NETS)
 # Names that earlier versions wrote into config.json for builders that now live behind an import path.
 NET_ALIASES: dict[str, str] = {"diffusers": "ppl_diffusion.interop.diffusers:build_denoiser"}
@@ -102,7 +102,7 @@ def register_net(name: str, builder: Callable) -> None:
     command (a fresh ``ppl-diffusion evaluate``) loads, name the builder by its import path,
     ``package.module:builder``.
 
-    .. warning:: A registration lives in :data:`NET_BUILDERS` of this process only; a run trained with it does
+    .. warning:: A registration lives in :data:`~ppl_diffusion.nets.build.NET_BUILDERS` of this process only; a run trained with it does
         not load in a fresh process that has not registered the same name.
 
     :param str name: a plain name, not a built-in one and without ``:``.
@@ -138,7 +138,7 @@ def known_nets() -> str:
 def check_net_name(name) -> None:
     """A one-line error unless ``name`` is a known net, an alias or an import path (not imported here).
 
-    :param name: a name of :data:`NET_BUILDERS`, or ``package.module:builder``.
+    :param name: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, or ``package.module:builder``.
     :raises ValueError: naming the known nets.
 
     Example:
@@ -158,10 +158,10 @@ def check_net_name(name) -> None:
 
 
 def resolve_builder(name: str) -> Callable:
-    """The builder of ``name``: a name of :data:`NET_BUILDERS`, an alias, or ``package.module:attribute`` imported.
+    """The builder of ``name``: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, an alias, or ``package.module:attribute`` imported.
 
     A plain name this process does not know is most likely a builder registered in another process (a run written
-    with :func:`register_net`): the error says so and names the fix.
+    with :func:`~ppl_diffusion.nets.build.register_net`): the error says so and names the fix.
 
     :param str name: a net name or an import path ``package.module:attribute``.
     :returns: the builder, ``builder(event_shape, **net_config) -> torch.nn.Module``.
@@ -237,7 +237,7 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
 
     For ``auto`` the net depends on the data, so ``event_shape`` is needed to check it (skipped without it).
 
-    :param str name: the net (a name of :data:`NET_BUILDERS` or an import path).
+    :param str name: the net (a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS` or an import path).
     :param net_config: a dict of its settings by name, or ``None``.
     :param event_shape: the shape of one example, ``(C, H, W)`` or ``(D,)``; needed for ``auto``.
     :raises ValueError: naming the unknown setting and the net's settings.
@@ -280,8 +280,8 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
 def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict:
     """The settings the net ``name`` is built with for examples of ``event_shape``, but the data's own
     (``in_channels``, ``image_size``, ``dim``): for the built-in U-Nets (``auto`` on images, the presets)
-    :func:`~.unet.unet_config`'s, the preset or the size rule filled in; for the MLP (``mlp``, ``auto`` on vectors)
-    :class:`~.mlp.MLPDenoiser`'s defaults under ``net_config``; for any other net ``net_config`` as given."""
+    :func:`~ppl_diffusion.nets.unet.unet_config`'s, the preset or the size rule filled in; for the MLP (``mlp``, ``auto`` on vectors)
+    :class:`~ppl_diffusion.nets.mlp.MLPDenoiser`'s defaults under ``net_config``; for any other net ``net_config`` as given."""
     settings = dict(net_config or {})
     image = len(tuple(event_shape)) == 3
     if name in UNET_PRESETS or (name == "auto" and image):
@@ -294,7 +294,7 @@ def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict
 
 def describe_net(name: str, event_shape, net_config: dict | None = None, *, parameters: int | None = None) -> str:
     """One line, ``"net auto: U-Net (model_channels=16, channel_mult=(1, 2, 2), ...), 438,801 parameters"``: the
-    settings of :func:`net_settings`."""
+    settings of ``net_settings``."""
     settings = net_settings(name, event_shape, net_config)
     kind = ("U-Net" if name in UNET_PRESETS or name == "unet" or (name == "auto" and len(tuple(event_shape)) == 3)
             else "MLP" if name in ("mlp", "auto") else "")
@@ -308,7 +308,7 @@ def build_net(name: str, event_shape, net_config: dict | None = None, *, learn_s
     ``net_config``; ``learn_sigma=True`` (a learned variance) is passed on to the builder. Unknown settings and
     builders that fail on their arguments give one-line errors.
 
-    :param str name: a name of :data:`NET_BUILDERS`, an alias or ``package.module:builder``.
+    :param str name: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, an alias or ``package.module:builder``.
     :param event_shape: the shape of one example, ``(C, H, W)`` for images or ``(D,)`` for vectors.
     :param dict net_config: the builder's settings by name (``None``: its defaults).
     :param bool learn_sigma: build a net that returns ε̂ and the variance output v stacked,

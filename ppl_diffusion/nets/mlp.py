@@ -112,13 +112,13 @@ class NetWarning(UserWarning):
     """
 
 
-#: The settings of an MLP denoiser (:class:`MLPDenoiser`'s keyword arguments but ``dim`` and ``learn_sigma``, which
+#: The settings of an MLP denoiser (:class:`~ppl_diffusion.nets.mlp.MLPDenoiser`'s keyword arguments but ``dim`` and ``learn_sigma``, which
 #: the data and the variance decide).
 MLP_SETTINGS = ("width", "depth", "emb_dim", "dropout", "zero_init")
 
 
 def check_settings(event_shape, settings: dict) -> tuple[int, ...]:
-    """The event shape as a tuple; one-line errors for a bad shape or a setting not in :data:`MLP_SETTINGS`."""
+    """The event shape as a tuple; one-line errors for a bad shape or a setting not in :data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`."""
     shape = tuple(event_shape)
     if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"the MLP takes examples of a shape of positive sizes, got {list(shape)}")
@@ -130,7 +130,7 @@ def check_settings(event_shape, settings: dict) -> tuple[int, ...]:
 
 
 def warn_if_narrow(width: int, event_shape) -> None:
-    """:class:`NetWarning` when the MLP's ``width`` is below D = prod(``event_shape``): every hidden layer is then a
+    """:class:`~ppl_diffusion.nets.mlp.NetWarning` when the MLP's ``width`` is below D = prod(``event_shape``): every hidden layer is then a
     bottleneck narrower than x_t, and the denoiser cannot pass x_t through to predict ε."""
     dim = math.prod(event_shape)
     if width < dim:
@@ -143,13 +143,13 @@ def warn_if_narrow(width: int, event_shape) -> None:
 
 
 def mlp_for(event_shape, *, learn_sigma: bool = False, **settings) -> MLPDenoiser:
-    """The :class:`MLPDenoiser` for examples of ``event_shape`` (D = their product), with ``settings`` (names of
-    :data:`MLP_SETTINGS`; an unknown one is refused in one line) and ``learn_sigma`` for a learned variance; warns
+    """The :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` for examples of ``event_shape`` (D = their product), with ``settings`` (names of
+    :data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`; an unknown one is refused in one line) and ``learn_sigma`` for a learned variance; warns
     when the width is below D (``warn_if_narrow``).
 
     :param event_shape: the shape of one example, ``(D,)`` (or any shape, flattened).
     :param bool learn_sigma: output ε̂ and the variance output v, ``[B x 2D]``.
-    :param settings: :class:`MLPDenoiser` settings by name (:data:`MLP_SETTINGS`).
+    :param settings: :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` settings by name (:data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`).
     :rtype: MLPDenoiser
 
     Example:

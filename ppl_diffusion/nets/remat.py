@@ -1,15 +1,15 @@
 """Activation checkpointing (rematerialisation): a network call whose activations are recomputed in the backward
 pass instead of being kept, and the names of the levels at which the package does it.
 
-:func:`checkpoint_call` is ``torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)``: only the call's
+:func:`~ppl_diffusion.nets.remat.checkpoint_call` is ``torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)``: only the call's
 inputs are saved, and its forward is run again when the backward pass reaches it. The recomputation is the same
 arithmetic, so the gradients equal the stored path's bit for bit on a CPU (tested). torch restores its global
 random state for the recomputation (``nn.Dropout`` draws the same mask); a random source of its own registers a
-*recompute context* here (:func:`register_recompute_context`): the data-parallel trainer's dropout masks, drawn
+*recompute context* here (:func:`~ppl_diffusion.nets.remat.register_recompute_context`): the data-parallel trainer's dropout masks, drawn
 from the step's own generator (:class:`ppl_diffusion.infer.draws.BatchDraws`), are replayed that way.
 
-Levels (:data:`CHECKPOINTING`, the ``checkpoint_activations`` option of
-:class:`~ppl_diffusion.GaussianDiffusion` and ``--checkpoint-activations``):
+Levels (:data:`~ppl_diffusion.nets.remat.CHECKPOINTING`, the ``checkpoint_activations`` option of
+:class:`~ppl_diffusion.diffusion.GaussianDiffusion` and ``--checkpoint-activations``):
 
 ==========  ===================================================================================================
 ``none``    every activation kept (the default; the fastest).
@@ -40,7 +40,7 @@ _RECOMPUTE_CONTEXTS: list[Callable[[], tuple]] = []
 
 
 def check_checkpointing(level) -> str:
-    """``level`` checked to be a name of :data:`CHECKPOINTING`; a one-line ``ValueError`` otherwise."""
+    """``level`` checked to be a name of :data:`~ppl_diffusion.nets.remat.CHECKPOINTING`; a one-line ``ValueError`` otherwise."""
     if level not in CHECKPOINTING:
         raise ValueError(f"unknown checkpoint_activations {level!r}; choose one of {', '.join(CHECKPOINTING)} "
                          "(--checkpoint-activations)")

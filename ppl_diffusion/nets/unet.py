@@ -356,8 +356,8 @@ class UNet(nn.Module):
         return sum(math.prod(p.shape) for p in self.parameters())
 
 
-#: Presets by name (``cifar10``, ``digits``, ``mnist``): keyword arguments of :class:`UNet`;
-#: :func:`unet_preset` builds one.
+#: Presets by name (``cifar10``, ``digits``, ``mnist``), each the keyword arguments of :class:`~ppl_diffusion.nets.unet.UNet`;
+#: :func:`~ppl_diffusion.nets.unet.unet_preset` builds one.
 UNET_PRESETS: dict[str, dict] = {
     # DDPM's CIFAR-10 model (Ho et al. 2020, appendix B): 35.7M parameters.
     "cifar10": dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
@@ -373,10 +373,10 @@ UNET_PRESETS: dict[str, dict] = {
 
 
 def unet_preset(name: str, **overrides) -> UNet:
-    """The U-Net preset ``name`` (a key of :data:`UNET_PRESETS`), with keyword ``overrides`` to ``UNet``.
+    """The U-Net preset ``name`` (a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`), with keyword ``overrides`` to ``UNet``.
 
     :param str name: ``"cifar10"``, ``"digits"`` or ``"mnist"``.
-    :param overrides: :class:`UNet` keyword arguments replacing the preset's.
+    :param overrides: :class:`~ppl_diffusion.nets.unet.UNet` keyword arguments replacing the preset's.
 
     Example:
 
@@ -392,10 +392,10 @@ def unet_preset(name: str, **overrides) -> UNet:
 
 # ------------------------------------------------------------------------------------------ by the data's shape
 # improved-diffusion's ``create_model`` fixes channel_mult by image size (guided-diffusion adds 128); the sizes in
-# between and below follow :func:`default_channel_mult`'s rule.
+# between and below follow :func:`~ppl_diffusion.nets.unet.default_channel_mult`'s rule.
 IMPROVED_DIFFUSION_MULT: dict[int, tuple[int, ...]] = {32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4),
                                                         256: (1, 1, 2, 2, 4, 4)}
-#: The settings of a U-Net (:class:`UNet`'s keyword arguments, but ``learn_sigma``, which the variance decides).
+#: The settings of a U-Net (:class:`~ppl_diffusion.nets.unet.UNet`'s keyword arguments, but ``learn_sigma``, which the variance decides).
 UNET_SETTINGS = ("in_channels", "model_channels", "image_size", "out_channels", "channel_mult", "num_res_blocks",
                  "attention_resolutions", "dropout", "num_heads", "num_head_channels", "use_scale_shift_norm",
                  "num_groups", "zero_init", "min_group_channels", "timestep_shift", "timestep_scale", "fourier_features")
@@ -463,19 +463,19 @@ def square_image_shape(event_shape, what: str) -> tuple[int, int]:
 
 
 def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
-    """The :class:`UNet` keyword arguments (but ``learn_sigma``) for images of ``event_shape`` ``(C, S, S)``.
+    """The :class:`~ppl_diffusion.nets.unet.UNet` keyword arguments (but ``learn_sigma``) for images of ``event_shape`` ``(C, S, S)``.
 
-    With ``preset`` (a key of :data:`UNET_PRESETS`) its settings, which must be for this shape; without, the
+    With ``preset`` (a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`) its settings, which must be for this shape; without, the
     preset of this shape if there is one (digits 1×8×8, mnist 1×28×28, cifar10 3×32×32), else the rule:
     ``model_channels`` 128 from 32 pixels up (improved-diffusion's default), 64 below; ``channel_mult`` by
-    :func:`default_channel_mult`; ``attention_resolutions`` by :func:`default_attention` for that channel_mult;
+    :func:`~ppl_diffusion.nets.unet.default_channel_mult`; ``attention_resolutions`` by :func:`~ppl_diffusion.nets.unet.default_attention` for that channel_mult;
     two residual blocks a level, dropout 0.1 (DDPM's CIFAR-10), ``use_scale_shift_norm`` (improved DDPM); the
-    rest :class:`UNet`'s defaults. ``overrides`` (names of :data:`UNET_SETTINGS`) replace any of them; an unknown
+    rest :class:`~ppl_diffusion.nets.unet.UNet`'s defaults. ``overrides`` (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) replace any of them; an unknown
     name is refused in one line listing the known ones. Non-square images are refused (crop or pad them).
 
     :param event_shape: the images' shape ``(C, S, S)``.
-    :param str preset: a key of :data:`UNET_PRESETS`, or ``None``.
-    :param overrides: settings (names of :data:`UNET_SETTINGS`) that replace the preset's or the rule's.
+    :param str preset: a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`, or ``None``.
+    :param overrides: settings (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) that replace the preset's or the rule's.
     :rtype: dict
 
     Example:
@@ -522,13 +522,13 @@ def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
 
 
 def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = False, **overrides) -> UNet:
-    """The :class:`UNet` of :func:`unet_config` for images of ``event_shape`` ``[C x S x S]``, with ``learn_sigma``
+    """The :class:`~ppl_diffusion.nets.unet.UNet` of :func:`~ppl_diffusion.nets.unet.unet_config` for images of ``event_shape`` ``[C x S x S]``, with ``learn_sigma``
     for a learned variance.
 
     :param event_shape: the images' shape ``(C, S, S)``.
-    :param str preset: a key of :data:`UNET_PRESETS`, or ``None`` (the preset of this shape, else the rule).
+    :param str preset: a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`, or ``None`` (the preset of this shape, else the rule).
     :param bool learn_sigma: output ε̂ and the variance output v, ``[N x 2C x S x S]``.
-    :param overrides: settings (names of :data:`UNET_SETTINGS`) that replace the preset's or the rule's.
+    :param overrides: settings (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) that replace the preset's or the rule's.
 
     Example:
 

@@ -1,5 +1,5 @@
-"""The run's settings: :class:`TrainConfig` (saved as ``config.json``), its validation, the device, and the
-model a configuration builds (:func:`build_diffusion`) with its learning-rate schedule (:func:`lr_at`)."""
+"""The run's settings: :class:`~ppl_diffusion.train.config.TrainConfig` (saved as ``config.json``), its validation, the device, and the
+model a configuration builds (:func:`~ppl_diffusion.train.config.build_diffusion`) with its learning-rate schedule (:func:`~ppl_diffusion.train.config.lr_at`)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
                   "metrics_format", "backend", "precision", "world_size", "data_root", "checkpoint_activations",
                   "microbatch")
-#: The training backends: ``pyro`` (PyTorch) and ``numpyro`` (JAX).
+#: The training backends, ``pyro`` (PyTorch) and ``numpyro`` (JAX).
 BACKENDS = ("pyro", "numpyro")
 
 
@@ -221,7 +221,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def resolved(self) -> "TrainConfig":
-        """The config with a γ schedule's unset settings at their defaults (:func:`.schedules.resolve`), as
+        """The config with a γ schedule's unset settings at their defaults (``schedules.resolve``), as
         config.json records it."""
         return schedules.resolve(self)
 
@@ -328,12 +328,12 @@ def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
 
 
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
     the data's own decoder (``dataset.decoder``; ``decoder_of``).
 
     :param TrainConfig config: the run's settings: schedule, net, variance, prior, precision.
     :param dataset: a :class:`~ppl_diffusion.data.Dataset`, or anything with its ``event_shape`` and ``decoder``.
-    :returns: an untrained :class:`~ppl_diffusion.GaussianDiffusion`.
+    :returns: an untrained :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
 
     Example:
 
@@ -358,7 +358,7 @@ class BudgetWarning(UserWarning):
     """Settings that do not suit the run's number of steps (a warm-up or an EMA longer than the run); the CLI prints
     it as one line.
 
-    :func:`~ppl_diffusion.train.train` warns with it, once for each message of :func:`budget_warnings`.
+    :func:`~ppl_diffusion.train.loop.train` warns with it, once for each message of :func:`~ppl_diffusion.train.config.budget_warnings`.
 
     Example:
 

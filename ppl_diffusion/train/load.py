@@ -19,7 +19,7 @@ def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: s
                  precision: str | None = None, last: bool = False):
     """The trained model from a run folder (its ``best.pt`` if it has one and not ``last``, else its newest
     checkpoint) or a checkpoint file, on either backend
-    (the checkpoint format is shared): a :class:`~ppl_diffusion.GaussianDiffusion` in eval mode, or with
+    (the checkpoint format is shared): a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in eval mode, or with
     ``backend="numpyro"`` its ``ppl_diffusion.numpyro.GaussianDiffusion`` twin holding the same weights.
 
     :param path: a run folder or a ``ckpt-*.pt`` / ``best.pt`` file.
@@ -80,7 +80,7 @@ def load_weights(diffusion, state: dict, *, ema: bool = True) -> None:
 
 
 def to_backend(diffusion, backend: str = "pyro", device="cpu"):
-    """A Pyro :class:`GaussianDiffusion` in eval mode on ``device``, or (``backend="numpyro"``) its NumPyro twin
+    """A Pyro :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in eval mode on ``device``, or (``backend="numpyro"``) its NumPyro twin
     holding the same weights; the one place a loaded or imported model is put on a backend."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")

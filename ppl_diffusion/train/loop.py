@@ -1,11 +1,11 @@
 """Training: the loop behind ``ppl-diffusion train``, with exact resume.
 
-:func:`train` minimises ``estimator.differentiable_loss(diffusion.model, guide, x0) / B`` (−ELBO in
+:func:`~ppl_diffusion.train.loop.train` minimises ``estimator.differentiable_loss(diffusion.model, guide, x0) / B`` (−ELBO in
 nats per example) with Adam, a linear learning-rate warm-up, gradient-norm clipping and an
 exponential moving average (EMA) of the weights. The run folder holds
 
 =======================  ===================================================================
-``config.json``          the full :class:`TrainConfig`
+``config.json``          the full :class:`~ppl_diffusion.train.config.TrainConfig`
 ``metrics.jsonl``        one JSON object per logged step (or ``metrics.csv``): ``step``, ``loss``
                          (nats/example), ``bpd`` (loss / (D ln 2)), ``running_bpd``, ``lr``,
                          ``grad_norm``, ``elapsed`` (seconds)
@@ -23,7 +23,7 @@ count: torch's CPU kernels round differently with another, so each checkpoint re
 metrics file is cut back to the restored step. If the newest checkpoint is unreadable, resume warns
 and falls back to the newest readable one (it is then overwritten when training passes its step).
 
-A non-finite loss or gradient norm stops training with :class:`TrainingDiverged` before the
+A non-finite loss or gradient norm stops training with :class:`~ppl_diffusion.train.loop.TrainingDiverged` before the
 optimizer step; no checkpoint is written, so the last good one stays intact.
 
 A call that fails before the folder holds a checkpoint (a bad data folder, a net that does not fit the data,
@@ -32,7 +32,7 @@ folders it made are removed, and ``config.json`` and the metrics file are put ba
 they were not there). A run without a checkpoint can be neither resumed nor evaluated, and the error says what
 went wrong. Only a SIGKILL leaves them behind; the next start overwrites them.
 
-``config.data_root`` is stored absolute (:func:`~.run_dir.absolute_data_root`), so the run evaluates from any
+``config.data_root`` is stored absolute (``run_dir.absolute_data_root``), so the run evaluates from any
 current folder; it may change on resume (the data moved).
 """
 
@@ -70,7 +70,7 @@ RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN or infinite.
 
-    Raised by :func:`train` before the optimizer step; no checkpoint is written, and a run folder without one is
+    Raised by :func:`~ppl_diffusion.train.loop.train` before the optimizer step; no checkpoint is written, and a run folder without one is
     left as it was found.
 
     Example:
@@ -91,7 +91,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns.
+    """What :func:`~ppl_diffusion.train.loop.train` returns.
 
     :ivar pathlib.Path run_dir: the run folder.
     :ivar int step: optimizer steps taken in all (resumed ones included).
@@ -106,7 +106,7 @@ class TrainResult:
     :ivar best_val_bpd: with ``val_examples``, its validation bits/dim.
     :ivar best: with ``val_examples``, ``RUN/best.pt``.
 
-    Example: see :func:`train`.
+    Example: see :func:`~ppl_diffusion.train.loop.train`.
     """
 
     run_dir: Path
@@ -137,16 +137,16 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
         ``config.world_size`` is set here from the job.
     :param run_dir: the run folder; created if missing.
     :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
-        or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
+        or if the saved configuration differs in a key other than :data:`~ppl_diffusion.train.config.RESUMABLE_KEYS`). Without it,
         a folder that already holds checkpoints is refused. The backend may change on resume (the
         checkpoint format is shared); exactness is promised on the same backend and device. ``"auto"``
         resumes when the folder holds a checkpoint and starts otherwise (for requeued jobs). The number of
         processes may change too (same global batch): exact where every draw is sliced from the global batch,
-        otherwise refused unless ``allow_inexact_resume`` (see :func:`~.run_dir.world_size_change_is_exact`).
+        otherwise refused unless ``allow_inexact_resume`` (see ``run_dir.world_size_change_is_exact``).
     :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
     :param bool allow_inexact_resume: resume on another world size even where it cannot be exact (a warning).
     :param log: called (rank 0) with one line before the first step: the net and its settings as built
-        (:func:`~ppl_diffusion.nets.build.describe_net`), its parameters, and the examples it trains on; the CLI
+        (``ppl_diffusion.nets.build.describe_net``), its parameters, and the examples it trains on; the CLI
         passes ``print``.
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
 

@@ -1,4 +1,4 @@
-"""One training step on the Pyro backend (:class:`PyroTrainer`); :func:`make_trainer` picks the backend.
+"""One training step on the Pyro backend (:class:`~ppl_diffusion.train.pyro_trainer.PyroTrainer`); :func:`~ppl_diffusion.train.pyro_trainer.make_trainer` picks the backend.
 
 Data-parallel under ``torchrun``: each rank scores its contiguous rows of the global batch with every random
 draw made for the global batch (:class:`~ppl_diffusion.infer.draws.BatchDraws`), the gradients of the
@@ -7,7 +7,7 @@ per-rank mean losses are averaged with one ``all_reduce`` of the flattened gradi
 the network, which ``DistributedDataParallel``'s one-forward-one-backward hooks do not), and every rank then
 takes the same clipped Adam step and EMA update, so weights, optimizer, EMA and sampler are the same on every
 rank. With one process the same code runs with the identity for every collective. ``--microbatch M`` splits each
-rank's rows into micro-batches of M whose gradients accumulate before that one all-reduce (:meth:`PyroTrainer.step`).
+rank's rows into micro-batches of M whose gradients accumulate before that one all-reduce (:meth:`~ppl_diffusion.train.pyro_trainer.PyroTrainer.step`).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class _NonFiniteOutput(Exception):
 class PyroTrainer:
     """One training step at a time on the Pyro backend: ``estimator.differentiable_loss / B``, backward,
     gradient-norm clipping, Adam and the EMA update. ``ppl_diffusion.numpyro.train.NumPyroTrainer``
-    is its twin on JAX; :func:`~ppl_diffusion.train.train` drives either.
+    is its twin on JAX; :func:`~ppl_diffusion.train.loop.train` drives either.
 
-    :param config: the run's :class:`~ppl_diffusion.train.TrainConfig`.
+    :param config: the run's :class:`~ppl_diffusion.train.config.TrainConfig`.
     :param dataset: the :class:`~ppl_diffusion.data.Dataset` whose training split it trains on.
     :param torch.device device: where the model and the data go.
     :param world: the :class:`~ppl_diffusion.distributed.World` of a data-parallel job (one process by default).
@@ -92,7 +92,7 @@ class PyroTrainer:
 
         With ``config.microbatch`` = M, this rank's rows are scored M at a time, each micro-batch's gradient
         accumulated before the one all-reduce and Adam step: every micro-batch draws from the generator in the
-        state the step started from and keeps its rows of the global draws (:class:`BatchDraws` ``rows``), the
+        state the step started from and keeps its rows of the global draws (:class:`~ppl_diffusion.infer.draws.BatchDraws` ``rows``), the
         losses are divided by the rank's whole batch, and the importance sampler records the step's losses once,
         so the step is the unsplit one up to float rounding."""
         for group in self.optimizer.param_groups:
@@ -206,7 +206,7 @@ def average_gradients(params, world: World) -> None:
 
 
 def make_trainer(config: TrainConfig, dataset, device: torch.device, world: World | None = None):
-    """The trainer of ``config.backend``: a :class:`PyroTrainer`, or the NumPyro backend's ``NumPyroTrainer``
+    """The trainer of ``config.backend``: a :class:`~ppl_diffusion.train.pyro_trainer.PyroTrainer`, or the NumPyro backend's ``NumPyroTrainer``
     (``world`` is for the Pyro backend; JAX splits its own devices).
 
     Example:

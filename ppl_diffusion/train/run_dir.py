@@ -1,5 +1,5 @@
-"""The run folder: ``config.json``, the metrics log, where the run's data is (:func:`absolute_data_root`,
-:func:`load_run_data`), and finding and restoring the checkpoint to resume from (checkpoint files themselves are
+"""The run folder: ``config.json``, the metrics log, where the run's data is (``absolute_data_root``,
+:func:`~ppl_diffusion.train.run_dir.load_run_data`), and finding and restoring the checkpoint to resume from (checkpoint files themselves are
 written by :mod:`ppl_diffusion.checkpoint`)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ VAL_FIELD = "val_bpd"  # with validation: the held-out bits/dim, in the rows of 
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` as a :class:`Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
+    """``run_dir`` as a :class:`~pathlib.Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
     the fix when it (or a folder above it) is an existing file, before anything is loaded or written."""
     run_dir = Path(run_dir)
     for path in (run_dir, *run_dir.parents):
@@ -54,7 +54,7 @@ def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, r
         examples are not of ``event_shape``.
     :raises FileNotFoundError: the folder is gone: one line naming it and the ``--data-root`` fix.
 
-    :param config: the run's :class:`~ppl_diffusion.train.TrainConfig`.
+    :param config: the run's :class:`~ppl_diffusion.train.config.TrainConfig`.
     :param data_root: where a data set read from files is now, or ``None`` (the folder the run stored).
     :param run: the run folder, named in errors.
 
@@ -195,7 +195,7 @@ class MetricsLog:
         return rows
 
     def write(self, row: dict) -> None:
-        """Append ``row`` (a dict of :data:`METRIC_FIELDS`) and flush it."""
+        """Append ``row`` (a dict of :data:`~ppl_diffusion.train.run_dir.METRIC_FIELDS`) and flush it."""
         if self.fmt == "csv":
             csv.DictWriter(self.file, self.fields, lineterminator="\n").writerow(row)
         else:

@@ -1,7 +1,7 @@
 """A run's forward process: the schedules ``--schedule`` names, their settings, and their checks.
 
 =========================  ==========================================================================================
-``linear``, ``cosine``     a :class:`~ppl_diffusion.NoiseSchedule` of T steps (DDPM's, scaled by 1000/T; improved
+``linear``, ``cosine``     a :class:`~ppl_diffusion.schedule.NoiseSchedule` of T steps (DDPM's, scaled by 1000/T; improved
                            DDPM's), the net conditioned on the step; ``custom``: an import's own β_t (``betas``)
 ``fixed-linear``           γ linear from ``gamma_min`` to ``gamma_max`` (VDM's ``fixed``), no parameters
 ``learned-scalar``         γ linear, its endpoints learned (VDM's ``learnable_scalar``); starts at
@@ -19,7 +19,7 @@ settings are config keys that a NoiseSchedule run leaves ``None``: ``gamma_min``
 by default), ``time_input`` (``"gamma"``, the net sees γ rescaled over [gamma_min, gamma_max], by default;
 ``"step"``, the step label, at finite T only) and ``schedule_objective`` (continuous time: ``"variance"`` trains the
 interior of ``learned-net`` for the estimate's variance and its endpoints by the ELBO, the default there;
-``"elbo"`` everything by the ELBO). :func:`resolve` writes the defaults into the config before it is saved, so
+``"elbo"`` everything by the ELBO). ``resolve`` writes the defaults into the config before it is saved, so
 config.json records every one. The net's γ label is rescaled over (gamma_min, gamma_max), fixed at the start, so
 that a learned schedule's net sees the same label for the same γ throughout training and after loading.
 """
@@ -151,10 +151,10 @@ def check(config) -> None:
 
 
 def build_schedule(config):
-    """The forward process of ``config``: a :class:`~ppl_diffusion.NoiseSchedule` (a named one of T steps, or
+    """The forward process of ``config``: a :class:`~ppl_diffusion.schedule.NoiseSchedule` (a named one of T steps, or
     ``"custom"``'s ``betas``) or a γ schedule module (unset settings at their defaults).
 
-    :param config: a :class:`~ppl_diffusion.train.TrainConfig` (its ``schedule``, ``T``, ``betas``,
+    :param config: a :class:`~ppl_diffusion.train.config.TrainConfig` (its ``schedule``, ``T``, ``betas``,
         ``gamma_min`` and ``gamma_max``).
 
     Example:
@@ -176,7 +176,7 @@ def build_schedule(config):
 
 
 def process_kwargs(config) -> dict:
-    """The keyword arguments of :class:`~ppl_diffusion.GaussianDiffusion` that a γ schedule needs (T, the time
+    """The keyword arguments of :class:`~ppl_diffusion.diffusion.GaussianDiffusion` that a γ schedule needs (T, the time
     input, the γ label's range (gamma_min, gamma_max), fixed whatever the learned endpoints are now); ``{}`` for a
     NoiseSchedule."""
     if not is_gamma(config.schedule):
