@@ -200,7 +200,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; :class:`~ppl_diffusion.checkpoint.CheckpointError` naming the file if unusable.
 
     :param path: a ``ckpt-*.pt`` (or ``best.pt``) file.
-    :param map_location: where tensors go, as for :func:`torch.load` (default the CPU).
+    :param map_location: where tensors go, as for ``torch.load`` (default the CPU).
     :rtype: dict
     :raises CheckpointError: for a missing, corrupt or truncated file, or one that does not hold a dict.
 

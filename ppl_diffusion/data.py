@@ -45,8 +45,8 @@ class Dataset:
     """A train and a test split in model space, and how the decoder p(x_0|x_1) should score them.
 
     :param str name: the registry name (see :data:`~ppl_diffusion.data.DATASETS`).
-    :param Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
-    :param Tensor test: float32 ``[N_test x *event_shape]``.
+    :param torch.Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
+    :param torch.Tensor test: float32 ``[N_test x *event_shape]``.
     :param tuple event_shape: shape of one example, ``(C, H, W)`` or ``(D,)``.
     :param bins: 256 for 8-bit images (discretized decoder), ``None`` for continuous data.
     :param str decoder: ``"discretized"`` if ``bins`` else ``"gaussian"``; a name for

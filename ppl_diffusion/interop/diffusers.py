@@ -169,7 +169,7 @@ class DiffusersDenoiser(nn.Module):
     :param unet: a ``diffusers.UNet2DModel``; called as ``unet(x_t, t − 1).sample`` (its timesteps are 0-based).
     :param str prediction_type: what the UNet predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``;
         the last two are converted to ε̂ exactly with the schedule's ᾱ_t (gathered in float64, cast).
-    :param ~ppl_diffusion.NoiseSchedule schedule: the chain's schedule (needed unless
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the chain's schedule (needed unless
         ``prediction_type="epsilon"``).
     :param dict scheduler_config: the scheduler config it came with (kept for :func:`~ppl_diffusion.interop.diffusers.to_diffusers`).
 

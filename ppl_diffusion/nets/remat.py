@@ -16,7 +16,7 @@ Levels (:data:`~ppl_diffusion.nets.remat.CHECKPOINTING`, the ``checkpoint_activa
 ``steps``   each step's denoiser call in the full-chain programs (the model of ``Trace_ELBO``,
             ``TraceMeanField_ELBO`` and IWAE over all T steps): the backward pass keeps T calls' inputs and outputs
             instead of T calls' activations, and recomputes one call at a time (about 1.3× the time).
-``blocks`` ``steps``, and inside the U-Net each residual / attention block (improved-diffusion's ``use_checkpoint``,
+``blocks``  ``steps``, and inside the U-Net each residual / attention block (improved-diffusion's ``use_checkpoint``,
             :attr:`ppl_diffusion.nets.unet.UNet.use_checkpoint`), in every program: for a large net at a large batch,
             where even one call's activations are too many. U-Nets only.
 ==========  ===================================================================================================
