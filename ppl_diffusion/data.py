@@ -16,7 +16,7 @@ Images are 8-bit pixels v ∈ {0..255} mapped to x = v / 127.5 − 1 ∈ [−1, 
 =====================  ============================================================================
 
 Nothing is downloaded: a missing file is an error that says which file and where to put it.
-Choose by name with :func:`load_dataset`.
+Choose by name with :func:`~ppl_diffusion.data.load_dataset`.
 """
 
 from __future__ import annotations
@@ -32,22 +32,35 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PIXEL_BINS = 256  # 8-bit pixels: the discretized decoder's number of bins
+__all__ = ["DATASETS", "Dataset", "PIXEL_BINS", "TOYS_2D", "eight_gaussians", "gaussian", "load_cifar10",
+           "load_dataset", "load_digits", "load_image_folder", "load_mnist", "read_cifar10_batch", "read_idx",
+           "to_model_space", "to_uint8", "toy_2d"]
+
+#: The discretized decoder's number of bins for 8-bit pixels.
+PIXEL_BINS = 256
 
 
 @dataclass(frozen=True)
 class Dataset:
     """A train and a test split in model space, and how the decoder p(x_0|x_1) should score them.
 
-    :param str name: the registry name (see :data:`DATASETS`).
-    :param Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
-    :param Tensor test: float32 ``[N_test x *event_shape]``.
+    :param str name: the registry name (see :data:`~ppl_diffusion.data.DATASETS`).
+    :param torch.Tensor train: float32 ``[N_train x *event_shape]``; images in [−1, 1] on the 256 bin centres.
+    :param torch.Tensor test: float32 ``[N_test x *event_shape]``.
     :param tuple event_shape: shape of one example, ``(C, H, W)`` or ``(D,)``.
     :param bins: 256 for 8-bit images (discretized decoder), ``None`` for continuous data.
     :param str decoder: ``"discretized"`` if ``bins`` else ``"gaussian"``; a name for
         :func:`~ppl_diffusion.distributions.make_decoder`.
     :param train_labels: int64 ``[N_train]`` class labels where the source has them, else ``None``.
     :param test_labels: int64 ``[N_test]``, likewise.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import Dataset
+    >>> data = Dataset("mine", torch.zeros(6, 3), torch.zeros(2, 3), (3,), None, "gaussian")
+    >>> data, data.num_dims
+    (Dataset('mine', train=[6, 3], test=[2, 3], bins=None, decoder='gaussian'), 3)
     """
 
     name: str
@@ -76,21 +89,43 @@ class Dataset:
 
     @property
     def num_dims(self) -> int:
-        """D, the number of dimensions of one example (for bits/dim)."""
+        """D, the number of dimensions of one example (for bits/dim).
+
+        Example:
+
+        >>> from ppl_diffusion.data import load_digits
+        >>> load_digits().num_dims  # 1 x 8 x 8
+        64
+        """
         return int(math.prod(self.event_shape))
 
     @property
     def level_spacing(self) -> float | None:
         """The spacing of the training split's grey levels in model space, (max − min)/(L − 1) over its L distinct
         values: 2/255 for 8-bit data using every value, 0.125 for the digits' 17 levels; ``None`` for continuous
-        data (and for a split of one value)."""
+        data (and for a split of one value).
+
+        Example:
+
+        >>> from ppl_diffusion.data import gaussian, load_digits
+        >>> load_digits().level_spacing, gaussian(n_train=8, n_test=2).level_spacing
+        (0.125, None)
+        """
         if self.bins is None:
             return None
         levels = torch.unique(self.train)
         return float((levels.max() - levels.min()) / (len(levels) - 1)) if len(levels) > 1 else None
 
     def make_decoder(self):
-        """The decoder object for :class:`~ppl_diffusion.GaussianDiffusion` (``decoder=...``)."""
+        """The decoder object for :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (``decoder=...``): the discretized
+        Gaussian decoder of ``bins`` bins for images, the Gaussian decoder for continuous data.
+
+        Example:
+
+        >>> from ppl_diffusion.data import load_digits
+        >>> load_digits().make_decoder()
+        DiscretizedGaussianDecoder(bins=256)
+        """
         from .distributions import DiscretizedGaussianDecoder, GaussianDecoder
 
         return DiscretizedGaussianDecoder(self.bins) if self.bins else GaussianDecoder()
@@ -105,6 +140,18 @@ def to_model_space(pixels) -> Tensor:
     """8-bit pixels v (uint8 or integer, array or tensor) to float32 x = v / 127.5 − 1 ∈ [−1, 1].
 
     Computed in float64 and rounded once, so x is the float32 nearest to the bin centre −1 + 2v/255.
+
+    :param pixels: integers in 0..255, any shape (``[N x C x H x W]`` for images).
+    :returns: float32 of the same shape.
+    :raises TypeError: for floating-point pixels.
+    :raises ValueError: for values outside 0..255.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import to_model_space
+    >>> to_model_space(torch.tensor([0, 128, 255], dtype=torch.uint8))
+    tensor([-1.0000,  0.0039,  1.0000])
     """
     if not isinstance(pixels, Tensor):
         pixels = np.asarray(pixels)
@@ -119,7 +166,21 @@ def to_model_space(pixels) -> Tensor:
 
 def to_uint8(x: Tensor) -> Tensor:
     """Model-space values to 8-bit pixels: round((x + 1) · 127.5) clipped to 0..255 (inverse of
-    :func:`to_model_space`); use it on samples before saving them as images."""
+    :func:`~ppl_diffusion.data.to_model_space`); use it on samples before saving them as images.
+
+    :param torch.Tensor x: finite model-space values, any shape.
+    :returns: uint8 of the same shape.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import to_model_space, to_uint8
+    >>> pixels = torch.arange(256, dtype=torch.uint8)
+    >>> torch.equal(to_uint8(to_model_space(pixels)), pixels)  # a round trip
+    True
+    >>> to_uint8(torch.tensor([-1.7, 0.0, 2.0]))  # clipped to 0..255
+    tensor([  0, 128, 255], dtype=torch.uint8)
+    """
     x = torch.as_tensor(x)
     if not torch.isfinite(x).all():
         raise ValueError("x has non-finite values; pixels are defined only for finite x (check the sampler)")
@@ -127,7 +188,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 
 def _images(name: str, train, test, train_labels=None, test_labels=None) -> Dataset:
-    """A :class:`Dataset` from uint8 ``[N x C x H x W]`` arrays (and optional labels)."""
+    """A :class:`~ppl_diffusion.data.Dataset` from uint8 ``[N x C x H x W]`` arrays (and optional labels)."""
     train, test = to_model_space(train), to_model_space(test)
     labels = [None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64))
               for y in (train_labels, test_labels)]
@@ -135,7 +196,7 @@ def _images(name: str, train, test, train_labels=None, test_labels=None) -> Data
 
 
 def _vectors(name: str, x, n_train: int) -> Dataset:
-    """A :class:`Dataset` of continuous vectors: the first ``n_train`` rows of ``x`` train, the rest test."""
+    """A :class:`~ppl_diffusion.data.Dataset` of continuous vectors: the first ``n_train`` rows of ``x`` train, the rest test."""
     x = torch.as_tensor(x, dtype=torch.float32)
     return Dataset(name, x[:n_train].clone(), x[n_train:].clone(), tuple(x.shape[1:]), None, "gaussian")
 
@@ -145,6 +206,15 @@ def load_digits() -> Dataset:
     """scikit-learn's 8x8 digits (values 0..16) as 8-bit images rint(v · 255/16), ``[N x 1 x 8 x 8]``.
 
     Split by ``train_test_split(images, test_size=0.2, random_state=0)``: 1437 train, 360 test.
+
+    Example:
+
+    >>> from ppl_diffusion.data import load_digits
+    >>> data = load_digits()
+    >>> data
+    Dataset('digits', train=[1437, 1, 8, 8], test=[360, 1, 8, 8], bins=256, decoder='discretized')
+    >>> data.train_labels.shape, float(data.train.min()), float(data.train.max())
+    (torch.Size([1437]), -1.0, 1.0)
     """
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
@@ -175,6 +245,23 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
     Format: big-endian int32 magic (0x00000803 for images, 0x00000801 for labels), then ``ndim``
     big-endian int32 sizes, then the bytes.
+
+    :param path: the file (``.gz``: gzipped).
+    :param int ndim: 3 for images, 1 for labels.
+    :rtype: numpy.ndarray
+
+    Example:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.data import read_idx
+    >>> labels = np.array([7, 2, 1], dtype=np.uint8)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = Path(folder) / "labels-idx1-ubyte"
+    ...     _ = path.write_bytes((0x801).to_bytes(4, "big") + (3).to_bytes(4, "big") + labels.tobytes())
+    ...     print(read_idx(path, 1))
+    [7 2 1]
     """
     path = Path(path)
     with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
@@ -193,7 +280,29 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
 
 
 def load_mnist(root: str | Path) -> Dataset:
-    """MNIST from its four idx files in ``root`` (each raw or ``.gz``): 60000 / 10000 images ``[N x 1 x 28 x 28]``."""
+    """MNIST from its four idx files in ``root`` (each raw or ``.gz``): 60000 / 10000 images ``[N x 1 x 28 x 28]``.
+
+    :param root: the folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``).
+    :raises FileNotFoundError: naming a missing file and where to put it.
+
+    Example (a folder of two tiny stand-in files per split):
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.data import load_mnist
+    >>> def idx(magic, array):
+    ...     sizes = b"".join(n.to_bytes(4, "big") for n in array.shape)
+    ...     return magic.to_bytes(4, "big") + sizes + array.astype(np.uint8).tobytes()
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     for prefix, n in (("train", 3), ("t10k", 2)):
+    ...         _ = Path(root, f"{prefix}-images-idx3-ubyte").write_bytes(idx(0x803, np.zeros((n, 28, 28))))
+    ...         _ = Path(root, f"{prefix}-labels-idx1-ubyte").write_bytes(idx(0x801, np.arange(n)))
+    ...     data = load_mnist(root)
+    >>> data, data.test_labels
+    (Dataset('mnist', train=[3, 1, 28, 28], test=[2, 1, 28, 28], bins=256, decoder='discretized'), tensor([0, 1]))
+    """
     root = Path(root)
     missing = ("MNIST file {file} not found in {root}; download it from the MNIST site and place the four "
                "idx files (optionally .gz) in that folder")
@@ -215,7 +324,24 @@ CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then R, G, B planes of 32x32, 
 
 
 def read_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """One binary CIFAR-10 batch as (uint8 images ``[N x 3 x 32 x 32]``, uint8 labels ``[N]``)."""
+    """One binary CIFAR-10 batch as (uint8 images ``[N x 3 x 32 x 32]``, uint8 labels ``[N]``).
+
+    Each record is a label byte, then the red, green and blue planes of 32 x 32 bytes, row-major.
+
+    Example:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.data import read_cifar10_batch
+    >>> images = np.arange(2 * 3 * 32 * 32).reshape(2, 3, 32, 32).astype(np.uint8)
+    >>> records = np.concatenate([np.array([[3], [8]], dtype=np.uint8), images.reshape(2, -1)], axis=1)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     records.tofile(Path(folder) / "test_batch.bin")
+    ...     back, labels = read_cifar10_batch(Path(folder) / "test_batch.bin")
+    >>> bool((back == images).all()), labels
+    (True, array([3, 8], dtype=uint8))
+    """
     path = Path(path)
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0 or data.size % CIFAR10_RECORD:
@@ -233,6 +359,24 @@ def load_cifar10(root: str | Path) -> Dataset:
 
     ``root`` is the folder that holds ``cifar-10-batches-bin/`` (as extracted from cifar-10-binary.tar.gz)
     or that folder itself.
+
+    :param root: the folder that holds ``cifar-10-batches-bin/``, or that folder.
+    :raises FileNotFoundError: naming a missing batch and where to put it.
+
+    Example (a stand-in folder of one record a batch):
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.data import load_cifar10
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     folder = Path(root, "cifar-10-batches-bin")
+    ...     folder.mkdir()
+    ...     for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+    ...         np.zeros(1 + 3 * 32 * 32, dtype=np.uint8).tofile(folder / name)
+    ...     data = load_cifar10(root)
+    >>> data
+    Dataset('cifar10', train=[5, 3, 32, 32], test=[1, 3, 32, 32], bins=256, decoder='discretized')
     """
     root = Path(root)
     folder = root / CIFAR10_DIR if (root / CIFAR10_DIR).is_dir() else root
@@ -279,6 +423,21 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
         split images keep their sorted order.
     :param grayscale: ``True`` reads every image as one channel, ``False`` as RGB (alpha dropped),
         ``None`` picks one channel only when every image is grayscale.
+    :raises FileNotFoundError: for a missing folder or one with fewer than two PNGs.
+    :raises ValueError: for an unreadable image, one of another size or not 8 bits per channel.
+
+    Example:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from ppl_diffusion.data import load_image_folder
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     for i in range(4):
+    ...         Image.fromarray(np.full((6, 6), 60 * i, dtype=np.uint8)).save(f"{root}/{i}.png")
+    ...     data = load_image_folder(root, test_fraction=0.25)
+    >>> data
+    Dataset('image_folder', train=[3, 1, 6, 6], test=[1, 1, 6, 6], bins=256, decoder='discretized')
     """
     try:
         from PIL import Image
@@ -329,6 +488,7 @@ def load_image_folder(root: str | Path, *, test_fraction: float = 0.1, seed: int
 
 
 # ---------------------------------------------------------------------------------------- continuous
+#: The 2-D toys of :func:`~ppl_diffusion.data.toy_2d`, by name.
 TOYS_2D = ("eight_gaussians", "two_moons", "swiss_roll")
 
 
@@ -343,8 +503,26 @@ def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: flo
     """``[n x 2]`` draws from 8 equal Gaussians centred at radius · (cos kπ/4, sin kπ/4), multiplied by ``scale``.
 
     The classic 2-D toy of the diffusion and flow literature; with the defaults the points lie in [−1.1, 1.1]².
-    The centres are exact constants (:data:`EIGHT_DIRECTIONS`), not computed with a transcendental function, so
+    The centres are exact constants (``EIGHT_DIRECTIONS``), not computed with a transcendental function, so
     the draws are a function of ``seed`` alone, in any process and with any number of threads.
+
+    :param int n: the number of points.
+    :param float radius: the centres' distance from the origin.
+    :param float std: each Gaussian's standard deviation.
+    :param float scale: multiplies every point.
+    :param seed: an integer, or ``None`` for torch's global generator.
+    :returns: float32 ``[n x 2]``.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import eight_gaussians
+    >>> x = eight_gaussians(1000, seed=0)
+    >>> x.shape, torch.equal(x, eight_gaussians(1000, seed=0))
+    (torch.Size([1000, 2]), True)
+    >>> radii = x.norm(dim=1)  # scale · radius = 1, give or take the noise
+    >>> bool((radii > 0.8).all() and (radii < 1.2).all())
+    True
     """
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     k = torch.randint(0, 8, (n,), generator=gen)
@@ -355,9 +533,20 @@ def eight_gaussians(n: int, *, radius: float = 2.0, std: float = 0.1, scale: flo
 def toy_2d(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: int = 0) -> Dataset:
     """A 2-D toy in about [−1, 1]², ``[N x 2]``, train and test drawn together from ``seed``.
 
-    ``"eight_gaussians"`` (:func:`eight_gaussians`), ``"two_moons"`` (``sklearn.datasets.make_moons``,
+    ``"eight_gaussians"`` (:func:`~ppl_diffusion.data.eight_gaussians`), ``"two_moons"`` (``sklearn.datasets.make_moons``,
     noise 0.05, shifted by (−0.5, −0.25) and divided by 1.5), ``"swiss_roll"`` (``make_swiss_roll``,
     noise 0.25, the (x, z) plane divided by 4.5π, the roll's largest radius).
+
+    :param str name: a name of :data:`~ppl_diffusion.data.TOYS_2D`.
+    :param int n_train: examples in the train split.
+    :param int n_test: examples in the test split.
+    :param int seed: the draws' seed.
+
+    Example:
+
+    >>> from ppl_diffusion.data import toy_2d
+    >>> toy_2d("swiss_roll", n_train=8, n_test=4)
+    Dataset('swiss_roll', train=[8, 2], test=[4, 2], bins=None, decoder='gaussian')
     """
     if name not in TOYS_2D:
         raise ValueError(f"unknown 2-D toy {name!r}; choose one of {list(TOYS_2D)}")
@@ -378,7 +567,24 @@ def toy_2d(name: str, n_train: int = 10_000, n_test: int = 2_000, seed: int = 0)
 
 def gaussian(dim: int = 2, n_train: int = 10_000, n_test: int = 2_000, mean: float = 0.0, std: float = 1.0,
              seed: int = 0) -> Dataset:
-    """N(mean, std² I) in ``dim`` dimensions, ``[N x dim]``: the data whose likelihood is known exactly."""
+    """N(mean, std² I) in ``dim`` dimensions, ``[N x dim]``: the data whose likelihood is known exactly.
+
+    The draws are made in float64 from ``seed`` and stored as float32.
+
+    :param int dim: the dimensions D.
+    :param int n_train: examples in the train split.
+    :param int n_test: examples in the test split.
+    :param float mean: every coordinate's mean.
+    :param float std: every coordinate's standard deviation (positive).
+    :param int seed: the draws' seed.
+
+    Example:
+
+    >>> from ppl_diffusion.data import gaussian
+    >>> data = gaussian(dim=3, n_train=4000, n_test=10, mean=1.0, std=0.5)
+    >>> data.train.shape, round(float(data.train.mean()), 1), round(float(data.train.std()), 1)
+    (torch.Size([4000, 3]), 1.0, 0.5)
+    """
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim = {dim!r}; pass a positive integer number of dimensions")
     if not std > 0:
@@ -395,6 +601,7 @@ def _check_sizes(n_train: int, n_test: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- registry
+#: The data sets by name, each a loader returning a :class:`~ppl_diffusion.data.Dataset` (see the module docstring).
 DATASETS = {
     "digits": load_digits,
     "mnist": load_mnist,
@@ -414,8 +621,23 @@ FILE_DATASETS = {  # datasets read from files: what root must hold
 
 
 def load_dataset(name: str, root: str | Path | None = None, **kwargs) -> Dataset:
-    """A :class:`Dataset` by name from :data:`DATASETS`; ``root`` only for the ones read from files,
-    ``kwargs`` go to the loader (e.g. ``n_train=`` for the toys, ``test_fraction=`` for an image folder)."""
+    """A :class:`~ppl_diffusion.data.Dataset` by name from :data:`~ppl_diffusion.data.DATASETS`; ``root`` only for the ones read from files,
+    ``kwargs`` go to the loader (e.g. ``n_train=`` for the toys, ``test_fraction=`` for an image folder).
+
+    :param str name: a name of :data:`~ppl_diffusion.data.DATASETS`.
+    :param root: the folder of a data set read from files (``mnist``, ``cifar10``, ``image_folder``).
+    :raises ValueError: for an unknown name, a missing ``root`` or a ``root`` given to a data set without files.
+
+    Example:
+
+    >>> from ppl_diffusion.data import load_dataset
+    >>> load_dataset("eight_gaussians", n_train=8, n_test=4)
+    Dataset('eight_gaussians', train=[8, 2], test=[4, 2], bins=None, decoder='gaussian')
+    >>> load_dataset("mnist")
+    Traceback (most recent call last):
+    ...
+    ValueError: dataset 'mnist' is read from files; pass --data-root <the folder holding the four MNIST idx files> (root= in Python)
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if name in FILE_DATASETS:

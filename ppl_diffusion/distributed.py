@@ -1,13 +1,13 @@
 """Several processes on ``torch.distributed``: the one place that knows about ranks.
 
 A command started by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
-variables) calls :func:`init` once; everything else asks :func:`world` for the :class:`World` it runs in.
+variables) calls :func:`~ppl_diffusion.distributed.init` once; everything else asks :func:`~ppl_diffusion.distributed.world` for the :class:`~ppl_diffusion.distributed.World` it runs in.
 Without ``torchrun`` the world is one process and every method below is the identity, so the same code path
 serves 1 and N processes, which is what makes the two give the same numbers.
 
 The process group is ``gloo`` on CPU and ``nccl`` on CUDA (``backend="auto"``); each rank uses
-``cuda:LOCAL_RANK`` when it runs on GPUs. Work is split **contiguously** by rank (:meth:`World.shard`), and
-results are gathered back in rank order (:meth:`World.gather`), so a gathered array is in the order of the
+``cuda:LOCAL_RANK`` when it runs on GPUs. Work is split **contiguously** by rank (:meth:`~ppl_diffusion.distributed.World.shard`), and
+results are gathered back in rank order (:meth:`~ppl_diffusion.distributed.World.gather`), so a gathered array is in the order of the
 1-process run.
 """
 
@@ -19,6 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+__all__ = ["DIST_BACKENDS", "World", "check_microbatch", "init", "joined", "launched", "local_device",
+           "resolve_backend", "shutdown", "world"]
+
+#: The process group backends by name (``--dist-backend``); ``auto`` is ``nccl`` on CUDA, else ``gloo``.
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
@@ -27,7 +31,23 @@ _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 def check_microbatch(microbatch: int | None, per_process: int, processes: int = 1) -> int:
     """The micro-batch size (``--microbatch``) of a per-process batch of ``per_process`` examples (the global batch
     over ``processes``): ``microbatch``, or the whole per-process batch for ``None``; a one-line error naming the
-    nearest valid sizes unless it divides the per-process batch."""
+    nearest valid sizes unless it divides the per-process batch.
+
+    :param microbatch: examples per forward/backward pass, or ``None``.
+    :param int per_process: the examples of one process in an optimizer step.
+    :param int processes: the number of processes (named in the error).
+    :rtype: int
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import check_microbatch
+    >>> check_microbatch(None, 8), check_microbatch(4, 8)
+    (8, 4)
+    >>> check_microbatch(3, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: microbatch 3 does not divide the per-process batch 8 (batch size 8 over 1 process); pass --microbatch 2 or 4
+    """
     if microbatch is None:
         return per_process
     if isinstance(microbatch, bool) or not isinstance(microbatch, int) or microbatch < 1:
@@ -43,7 +63,27 @@ def check_microbatch(microbatch: int | None, per_process: int, processes: int = 
 
 @dataclass(frozen=True)
 class World:
-    """The processes of this job: ``rank`` of ``world_size`` (``local_rank`` on this node)."""
+    """The processes of this job: ``rank`` of ``world_size`` (``local_rank`` on this node).
+
+    Get the one this process runs in with :func:`~ppl_diffusion.distributed.world`; in a single process every collective method returns its
+    input (a copy where it would be a new tensor).
+
+    :param int rank: this process's index, 0 ≤ rank < world_size.
+    :param int world_size: the number of processes.
+    :param int local_rank: the index on this node (the GPU it uses).
+    :param backend: the process group's backend (``"gloo"``, ``"nccl"``); ``None`` for one process.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.distributed import World
+    >>> second = World(rank=1, world_size=3)  # rank 1's part of 10 examples, in rank order
+    >>> second.shard(10), second.local_batch(12), second.is_main
+    (slice(4, 7, None), 4, False)
+    >>> one = World()
+    >>> one.all_mean(torch.tensor([1.0, 3.0])), one.gather_objects("x"), one.any(False)
+    (tensor([1., 3.]), ['x'], False)
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -52,11 +92,12 @@ class World:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0: the process that writes files, logs and shows the progress bar."""
+        """Whether this is rank 0, the process that writes files, logs and shows the progress bar."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """Whether there is more than one process."""
         return self.world_size > 1
 
     def shard(self, n: int) -> slice:
@@ -145,6 +186,7 @@ class World:
         return bool(self.all_sum(torch.tensor([float(flag)])).item() > 0)
 
     def barrier(self) -> None:
+        """Wait until every rank reaches this call (nothing for one process)."""
         if self.distributed:
             dist.barrier()
 
@@ -153,17 +195,44 @@ _WORLD = World()
 
 
 def world() -> World:
-    """The :class:`World` set up by :func:`init` (one process when it was not called, or without torchrun)."""
+    """The :class:`~ppl_diffusion.distributed.World` set up by :func:`~ppl_diffusion.distributed.init` (one process when it was not called, or without torchrun).
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import world
+    >>> w = world()  # not started by torchrun
+    >>> w.rank, w.world_size, w.is_main, w.distributed
+    (0, 1, True, False)
+    """
     return _WORLD
 
 
 def launched() -> bool:
-    """Whether ``torchrun`` (or another launcher setting ``RANK`` and ``WORLD_SIZE``) started this process."""
+    """Whether ``torchrun`` (or another launcher setting ``RANK`` and ``WORLD_SIZE``) started this process.
+
+    Example:
+
+    >>> import os
+    >>> from ppl_diffusion.distributed import launched
+    >>> launched() == ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+    True
+    """
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE"))
 
 
 def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
-    """The process group's backend: ``auto`` is ``nccl`` when the job runs on CUDA, else ``gloo``."""
+    """The process group's backend: ``auto`` is ``nccl`` when the job runs on CUDA, else ``gloo``.
+
+    :param str backend: a name of :data:`~ppl_diffusion.distributed.DIST_BACKENDS`.
+    :param str device: the job's device (``"auto"``, ``"cpu"``, ``"cuda"``).
+    :raises ValueError: for an unknown name, or ``nccl`` where there is no GPU.
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import resolve_backend
+    >>> resolve_backend("auto", device="cpu"), resolve_backend("gloo")
+    ('gloo', 'gloo')
+    """
     if backend not in DIST_BACKENDS:
         raise ValueError(f"unknown distributed backend {backend!r}; choose one of {list(DIST_BACKENDS)}")
     cuda = torch.cuda.is_available() and device != "cpu"
@@ -176,10 +245,21 @@ def resolve_backend(backend: str = "auto", device: str = "auto") -> str:
 
 
 def init(backend: str = "auto", device: str = "auto") -> World:
-    """Join the process group of a ``torchrun`` job (once; later calls return the same :class:`World`).
+    """Join the process group of a ``torchrun`` job (once; later calls return the same :class:`~ppl_diffusion.distributed.World`).
 
     Without the launcher's variables this is a 1-process world and nothing is initialised. On CUDA, rank
     ``r`` uses the GPU ``LOCAL_RANK``.
+
+    :param str backend: a name of :data:`~ppl_diffusion.distributed.DIST_BACKENDS`.
+    :param str device: the job's device, which decides ``auto``.
+    :rtype: World
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import init, launched
+    >>> w = init(device="cpu")  # without torchrun: one process, nothing initialised
+    >>> launched() or (w.world_size, w.backend) == (1, None)
+    True
     """
     global _WORLD
     if _WORLD.distributed or not launched():
@@ -201,7 +281,14 @@ def init(backend: str = "auto", device: str = "auto") -> World:
 
 
 def local_device(device: str) -> str:
-    """The device string of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-GPU job."""
+    """The device string of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` in a multi-GPU job.
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import local_device
+    >>> local_device("cpu")
+    'cpu'
+    """
     w = world()
     if w.distributed and device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{w.local_rank}"
@@ -209,12 +296,27 @@ def local_device(device: str) -> str:
 
 
 def joined() -> bool:
-    """Whether this process is in a torch.distributed process group (torchrun's, joined by :func:`init`)."""
+    """Whether this process is in a torch.distributed process group (torchrun's, joined by :func:`~ppl_diffusion.distributed.init`).
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import joined, world
+    >>> joined() == world().distributed
+    True
+    """
     return dist.is_available() and dist.is_initialized()
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command)."""
+    """Leave the process group (at the end of a command); :func:`~ppl_diffusion.distributed.world` is one process again.
+
+    Example:
+
+    >>> from ppl_diffusion.distributed import shutdown, world
+    >>> shutdown()
+    >>> world().world_size
+    1
+    """
     global _WORLD
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

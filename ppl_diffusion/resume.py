@@ -1,6 +1,6 @@
 """Progress of a long evaluation saved chunk by chunk, so that the same command killed at any moment continues.
 
-A :class:`Progress` is a folder (``RUN/eval.progress`` beside ``RUN/eval.json``) holding ``fingerprint.json`` (what
+A :class:`~ppl_diffusion.resume.Progress` is a folder (``RUN/eval.progress`` beside ``RUN/eval.json``) holding ``fingerprint.json`` (what
 was evaluated: the checkpoint's hash, the data's hash, the seed and every option that changes a number) and one
 file per finished chunk, ``<key>.npz``, written atomically (temporary file, fsync, rename:
 :func:`~ppl_diffusion.checkpoint.atomic_write_bytes`). A chunk is a fixed group of the computation's own units
@@ -11,10 +11,10 @@ depend on them, as for training's resume).
 
 A folder whose fingerprint differs from the command's is refused in one line naming the folder, the differences
 and the fix (``--restart``, or deleting the folder); nothing is read from it and nothing is deleted. The command
-that finishes removes the folder (:meth:`Progress.finish`).
+that finishes removes the folder (:meth:`~ppl_diffusion.resume.Progress.finish`).
 
 Code that computes in chunks takes a ``chunk`` callable, ``chunk(key, compute) -> dict of arrays``:
-:func:`compute_now` (the default: no saving) or a :class:`Progress`'s :meth:`~Progress.scoped` view.
+:func:`~ppl_diffusion.resume.compute_now` (the default: no saving) or a :class:`~ppl_diffusion.resume.Progress`'s :meth:`~ppl_diffusion.resume.Progress.scoped` view.
 """
 
 from __future__ import annotations
@@ -36,12 +36,33 @@ Chunk = Callable[[str, Callable[[], dict]], dict]
 
 
 def compute_now(key: str, compute: Callable[[], dict]) -> dict:
-    """The default ``chunk``: compute, save nothing."""
+    """The default ``chunk``: compute, save nothing.
+
+    :param str key: the chunk's name (unused).
+    :param compute: a callable of no argument returning a dict of arrays.
+
+    Example:
+
+    >>> from ppl_diffusion.resume import compute_now
+    >>> compute_now("batch-0", lambda: {"nll": [1.5, 2.5]})
+    {'nll': [1.5, 2.5]}
+    """
     return compute()
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 16 MiB blocks."""
+    """The SHA-256 of a file's bytes (hex), read in 16 MiB blocks.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.resume import file_sha256
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = (Path(folder) / "empty").write_bytes(b"")
+    ...     print(file_sha256(Path(folder) / "empty")[:16])
+    e3b0c44298fc1c14
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
@@ -50,7 +71,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def array_sha256(a) -> str:
-    """The SHA-256 of an array's dtype, shape and bytes (hex): a fingerprint of data."""
+    """The SHA-256 of an array's dtype, shape and bytes (hex): a fingerprint of data.
+
+    :param a: a NumPy array or a :class:`torch.Tensor` (any device).
+    :rtype: str
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion.resume import array_sha256
+    >>> array_sha256(torch.zeros(2, 3)) == array_sha256(np.zeros((2, 3), dtype=np.float32))
+    True
+    >>> array_sha256(np.zeros((2, 3), dtype=np.float32)) == array_sha256(np.zeros((3, 2), dtype=np.float32))
+    False
+    """
     a = np.ascontiguousarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
@@ -66,8 +101,28 @@ def _differences(saved: dict, now: dict) -> list[str]:
 class Progress:
     """The chunks of one evaluation in ``folder``, for the configuration ``fingerprint`` (a JSON-able dict).
 
-    :param bool restart: discard the folder's chunks first (``--restart``) instead of refusing a mismatch.
+    :param folder: the progress folder, e.g. ``RUN/eval.progress``.
+    :param dict fingerprint: what is computed (hashes, seed, options); a folder saved for another is refused.
     :param str flag: the command's flag that restarts, named in the refusal.
+
+    Example:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from ppl_diffusion.resume import Progress
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     first = Progress(f"{run}/eval.progress", {"seed": 0}).open()
+    ...     a = first.chunk("batch-0", lambda: {"nll": np.array([1.5, 2.5])})
+    ...     again = Progress(f"{run}/eval.progress", {"seed": 0}).open()  # the same command, run again
+    ...     b = again.chunk("batch-0", lambda: 1 / 0)  # read back, not computed
+    ...     print(np.array_equal(a["nll"], b["nll"]), again.reused, again.chunks())
+    ...     try:
+    ...         Progress(f"{run}/eval.progress", {"seed": 1}).open()
+    ...     except ValueError as error:
+    ...         print(str(error).replace(run, "RUN"))
+    True 1 ['batch-0']
+    RUN/eval.progress holds the progress of another configuration (seed: saved 0, now 1); pass --restart to discard
+    it and start afresh, or delete the folder
     """
 
     def __init__(self, folder: str | Path, fingerprint: dict, *, flag: str = "--restart"):
@@ -81,7 +136,11 @@ class Progress:
         """Check the folder's fingerprint; one-line ``ValueError`` for a folder of another configuration that holds
         chunks (``restart``: delete it and start afresh). The folder is written only with the first chunk, so a
         command that fails before computing anything leaves none behind, and a folder without chunks (such a
-        command killed between the two writes) is simply taken over. Call on one process."""
+        command killed between the two writes) is simply taken over. Call on one process.
+
+        :param bool restart: discard the folder's chunks first (``--restart``) instead of refusing a mismatch.
+        :returns: this :class:`~ppl_diffusion.resume.Progress`.
+        """
         path = self.folder / FINGERPRINT
         if restart and self.folder.exists():
             shutil.rmtree(self.folder)
@@ -109,7 +168,12 @@ class Progress:
         return sorted(p.stem for p in self.folder.glob("*.npz")) if self.folder.is_dir() else []
 
     def chunk(self, key: str, compute: Callable[[], dict]) -> dict:
-        """The arrays of chunk ``key``: read back if saved (and readable), else ``compute()``d and saved."""
+        """The arrays of chunk ``key``: read back if saved (and readable), else computed by ``compute()`` and saved.
+
+        :param str key: the chunk's name (a file name stem).
+        :param compute: a callable of no argument returning a dict of arrays.
+        :returns: a dict of NumPy arrays.
+        """
         path = self.folder / f"{key}.npz"
         if path.is_file():
             try:
@@ -138,7 +202,22 @@ class Progress:
 
 def in_chunks(chunk: Chunk, key: str, units, per_chunk: int, compute_one: Callable[[object], dict]):
     """Yield ``(unit, compute_one(unit))`` for each of ``units`` in order, ``per_chunk`` units to a chunk
-    ``f"{key}-{index}"`` of ``chunk``: a saved chunk's units are read back, not computed."""
+    ``f"{key}-{index}"`` of ``chunk``: a saved chunk's units are read back, not computed.
+
+    :param chunk: :func:`~ppl_diffusion.resume.compute_now` or a :meth:`~ppl_diffusion.resume.Progress.scoped` view.
+    :param str key: the chunks' name prefix.
+    :param units: the units of work (e.g. batch indices).
+    :param int per_chunk: units saved together.
+    :param compute_one: ``compute_one(unit) -> dict of arrays``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from ppl_diffusion.resume import compute_now, in_chunks
+    >>> [(u, int(out["sq"])) for u, out in in_chunks(compute_now, "squares", [1, 2, 3], 2,
+    ...                                              lambda u: {"sq": np.array(u * u)})]
+    [(1, 1), (2, 4), (3, 9)]
+    """
     units = list(units)
     per_chunk = max(1, int(per_chunk))
     for c in range(0, len(units), per_chunk):
@@ -153,7 +232,18 @@ def in_chunks(chunk: Chunk, key: str, units, per_chunk: int, compute_one: Callab
 
 
 def json_chunk(chunk: Chunk, key: str, compute: Callable[[], object]):
-    """A JSON-able result (a pilot's profile, a fitted variance) as one chunk: floats read back exactly."""
+    """A JSON-able result (a pilot's profile, a fitted variance) as one chunk: floats read back exactly.
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.resume import Progress, json_chunk
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     progress = Progress(f"{run}/p", {"seed": 0}).open()
+    ...     _ = json_chunk(progress.chunk, "pilot", lambda: {"sigma": 0.1})
+    ...     print(json_chunk(progress.chunk, "pilot", lambda: None))  # read back
+    {'sigma': 0.1}
+    """
     arrays = chunk(key, lambda: {"json": np.array(json.dumps(compute()))})
     return json.loads(str(arrays["json"]))
 

@@ -12,7 +12,7 @@ The mapping, written down in our words:
 * **time.** diffusers' timesteps are s = 0..T−1, ours t = 1..T: the adapter calls ``unet(x_t, t − 1)``.
 * **schedule.** The scheduler's β_t, computed as it computes them (``trained_betas``; else ``beta_schedule``
   ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2`` from ``beta_start``, ``beta_end``,
-  ``num_train_timesteps``), in float32 as it holds them, become a float64 :class:`NoiseSchedule`. Our ᾱ_t is
+  ``num_train_timesteps``), in float32 as it holds them, become a float64 :class:`~ppl_diffusion.schedule.NoiseSchedule`. Our ᾱ_t is
   their product in float64; the scheduler's float32 ``alphas_cumprod`` differs from it by float32 rounding.
 * **variance.** ``fixed_small`` (and ``fixed_small_log``, the same distribution) is our ``"posterior"``
   (σ_t² = β̃_t), ``fixed_large`` (and ``fixed_large_log``) our ``"beta"`` (σ_t² = β_t). A DDIMScheduler has no
@@ -27,7 +27,7 @@ The mapping, written down in our words:
 * ``clip_sample`` / ``thresholding``: the scheduler's sampler clips (or thresholds) x̂_0 to [−1, 1] before
   forming the mean. The imported model is the unclipped one (μ_θ from ε̂, DDPM's Eq. 11), the model our
   estimators, the ODE and training share; the flags are kept in ``DiffusersDenoiser.scheduler_config`` and
-  written back by :func:`to_diffusers`. (DDPM's own ``calc_bpd_loop`` clips x̂_0 by default: its reported
+  written back by :func:`~ppl_diffusion.interop.diffusers.to_diffusers`. (DDPM's own ``calc_bpd_loop`` clips x̂_0 by default: its reported
   bounds are those of the clipped-mean model, another valid p.) Sampling settings (``timestep_spacing``, ``steps_offset``,
   ``set_alpha_to_one``) are kept the same way.
 
@@ -38,11 +38,11 @@ models), ``rescale_betas_zero_snr`` (β_T = 1), other schedulers and schedules.
 
 Why learned variances are refused: diffusers' ``learned_range`` is log σ_t² = f log β_t + (1 − f) log β̃_t
 with f = (v + 1)/2, unbounded, and β̃_1 clamped to 1e-20 at t = 1; ours
-(:meth:`GaussianDiffusion.learned_log_variance`) is f = sigmoid(2 v) ∈ (0, 1) with β̃_2 in place of β̃_1.
-For |v| < 1 and t > 1 the two agree under v ↦ atanh(v), but no v of ours reaches f ∉ (0, 1), and at t = 1
+(:meth:`~ppl_diffusion.diffusion.GaussianDiffusion.learned_log_variance`) is f = sigmoid(2 v) ∈ (0, 1) with β̃_2 in place of β̃_1.
+For ``|v| < 1`` and t > 1 the two agree under v ↦ atanh(v), but no v of ours reaches f ∉ (0, 1), and at t = 1
 they differ for every v, so the model is not ours. ``learned`` feeds the raw output as σ_t².
 
-Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
+Export (:func:`~ppl_diffusion.interop.diffusers.to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
 
 * a model imported from diffusers (the round trip writes the same UNet weights and a scheduler config with
   the same β_t, prediction type and variance), and
@@ -60,7 +60,7 @@ Export (:func:`to_diffusers`) writes a ``DDPMPipeline`` folder. It is exact for
 The converse does not hold for every diffusers model: Google's ports of DDPM's checkpoints (``google/ddpm-*``)
 keep DDPM's TensorFlow conventions (sin before cos, frequencies 10000^(−i/(d/2 − 1)) (``freq_shift=1``), GroupNorm
 eps 1e-6, TF-style asymmetric padding of the stride-2 convs (``downsample_padding=0``)), which our UNet does not
-have; they run behind :class:`DiffusersDenoiser` exactly as diffusers runs them, but not as our UNet (nor on the
+have; they run behind :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser` exactly as diffusers runs them, but not as our UNet (nor on the
 NumPyro backend).
 """
 
@@ -78,6 +78,9 @@ from torch import Tensor, nn
 from ..closed_forms import extract
 from ..diffusion import GaussianDiffusion
 from ..schedule import NoiseSchedule
+
+__all__ = ["DiffusersDenoiser", "build_denoiser", "export_diffusers", "from_diffusers", "import_diffusers",
+           "scheduler_betas", "scheduler_schedule", "to_diffusers", "unet_to_diffusers"]
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -103,7 +106,18 @@ def _diffusers():
 # ------------------------------------------------------------------------------------------ schedule
 def scheduler_betas(config: dict) -> np.ndarray:
     """β_1..β_T of a DDPMScheduler / DDIMScheduler config, computed as the scheduler computes them (float32),
-    returned as float64 ``[T]``. Keys missing from ``config`` take the schedulers' defaults."""
+    returned as float64 ``[T]``. Keys missing from ``config`` take the schedulers' defaults.
+
+    :param dict config: a ``scheduler_config.json`` dict.
+    :rtype: numpy.ndarray
+
+    Example:
+
+    >>> from ppl_diffusion.interop.diffusers import scheduler_betas
+    >>> betas = scheduler_betas({"num_train_timesteps": 10, "beta_schedule": "linear"})
+    >>> betas.shape, betas.dtype, round(float(betas[0]), 6), round(float(betas[-1]), 6)
+    ((10,), dtype('float64'), 0.0001, 0.02)
+    """
     if config.get("rescale_betas_zero_snr"):
         raise ValueError("scheduler config has rescale_betas_zero_snr = true, which sets β_T = 1 (ᾱ_T = 0); "
                          "the chain needs every β_t < 1, so import a model trained without it")
@@ -136,7 +150,15 @@ def scheduler_betas(config: dict) -> np.ndarray:
 
 
 def scheduler_schedule(config: dict) -> NoiseSchedule:
-    """The :class:`NoiseSchedule` of a scheduler config (:func:`scheduler_betas`)."""
+    """The :class:`~ppl_diffusion.schedule.NoiseSchedule` of a scheduler config (:func:`~ppl_diffusion.interop.diffusers.scheduler_betas`).
+
+    Example:
+
+    >>> from ppl_diffusion.interop.diffusers import scheduler_schedule
+    >>> schedule = scheduler_schedule({"num_train_timesteps": 10, "beta_schedule": "squaredcos_cap_v2"})
+    >>> schedule.T, bool((schedule.alphas_cumprod[1:] < schedule.alphas_cumprod[:-1]).all())
+    (10, True)
+    """
     return NoiseSchedule(scheduler_betas(config))
 
 
@@ -147,11 +169,25 @@ class DiffusersDenoiser(nn.Module):
     :param unet: a ``diffusers.UNet2DModel``; called as ``unet(x_t, t − 1).sample`` (its timesteps are 0-based).
     :param str prediction_type: what the UNet predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``;
         the last two are converted to ε̂ exactly with the schedule's ᾱ_t (gathered in float64, cast).
-    :param NoiseSchedule schedule: the chain's schedule (needed unless ``prediction_type="epsilon"``).
-    :param dict scheduler_config: the scheduler config it came with (kept for :func:`to_diffusers`).
+    :param ~ppl_diffusion.schedule.NoiseSchedule schedule: the chain's schedule (needed unless
+        ``prediction_type="epsilon"``).
+    :param dict scheduler_config: the scheduler config it came with (kept for :func:`~ppl_diffusion.interop.diffusers.to_diffusers`).
 
     ``x_t`` is ``[N x C x H x W]`` in [−1, 1]-space, ``t`` a ``LongTensor[N]`` in 1..T; returns ε̂ ``[N x C x H x W]``
     (a UNet with 2C output channels, a learned variance, has its last C dropped).
+
+    Example (our U-Net as a ``UNet2DModel`` behind the adapter computes what it computed):
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,),
+    ...            num_groups=4, zero_init=False)  # 4 groups in every GroupNorm, as UNet2DModel has one count
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> from ppl_diffusion.interop.diffusers import DiffusersDenoiser, unet_to_diffusers
+    >>> denoiser = DiffusersDenoiser(unet_to_diffusers(net))
+    >>> denoiser(x_t, t).shape, torch.allclose(denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    (torch.Size([2, 1, 8, 8]), True)
     """
 
     def __init__(self, unet: nn.Module, *, prediction_type: str = "epsilon", schedule: NoiseSchedule | None = None,
@@ -167,6 +203,7 @@ class DiffusersDenoiser(nn.Module):
         self.scheduler_config = dict(scheduler_config or {})
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """ε̂ ``[N x C x H x W]`` of ``x_t`` ``[N x C x H x W]`` at the steps ``t`` ``LongTensor[N]`` in 1..T."""
         out = self.unet(x_t, t - 1).sample[:, :x_t.shape[1]]  # diffusers' step s = t − 1; ε̂ channels only
         if self.prediction_type == "epsilon":
             return out
@@ -257,8 +294,8 @@ def _variance(config: dict, path: Path, variance: str | None, out_channels: int,
 
 def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
                    decoder="discretized") -> GaussianDiffusion:
-    """A diffusers DDPM / DDIM pipeline folder as a :class:`GaussianDiffusion` (the UNet behind
-    :class:`DiffusersDenoiser`; the mapping is the module docstring's).
+    """A diffusers DDPM / DDIM pipeline folder as a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (the UNet behind
+    :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser`; the mapping is the module docstring's).
 
     :param folder: a pipeline folder (``unet/`` and ``scheduler/``), or a UNet folder (``config.json`` and
         weights) with ``scheduler`` the folder holding ``scheduler_config.json`` (default: ``folder`` itself
@@ -266,6 +303,26 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
     :param variance: ``None`` (the scheduler's ``variance_type``), ``"posterior"`` or ``"beta"``.
     :param decoder: p(x_0|x_1), ``"discretized"`` (8-bit images) by default.
     :raises ValueError: one line naming the file and the unsupported value.
+
+    Example (a pipeline folder written here by :func:`~ppl_diffusion.interop.diffusers.to_diffusers`, read back):
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,),
+    ...            num_groups=4, zero_init=False)  # 4 groups in every GroupNorm, as UNet2DModel has one count
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> import tempfile
+    >>> from ppl_diffusion import GaussianDiffusion, NoiseSchedule
+    >>> from ppl_diffusion.interop.diffusers import from_diffusers, to_diffusers
+    >>> ours = GaussianDiffusion(schedule=NoiseSchedule.linear(10), denoiser=net, event_shape=(1, 8, 8),
+    ...                          decoder="discretized", variance="posterior")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     theirs = from_diffusers(to_diffusers(ours, f"{folder}/pipeline"))
+    >>> type(theirs.denoiser).__name__, theirs.T, theirs.variance
+    ('DiffusersDenoiser', 10, 'posterior')
+    >>> torch.allclose(theirs.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    True
     """
     unet_dir, sched_dir = _locate(folder, scheduler)
     unet_config = _read_json(unet_dir / "config.json", "UNet")
@@ -293,12 +350,35 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
 # ------------------------------------------------------------------------------------------ export
 def to_diffusers(diffusion: GaussianDiffusion, folder) -> Path:
     """Write ``diffusion`` as a diffusers ``DDPMPipeline`` folder (``model_index.json``, ``unet/``, ``scheduler/``)
-    and return its path. Exact for models imported by :func:`from_diffusers` and for our U-Net presets (module
+    and return its path. Exact for models imported by :func:`~ppl_diffusion.interop.diffusers.from_diffusers` and for our U-Net presets (module
     docstring); refused with one line otherwise.
 
     The scheduler config keeps the imported one's sampling settings (``clip_sample``, ``timestep_spacing``, …);
     β_t are written as ``beta_schedule`` when it reproduces the schedule exactly, else as ``trained_betas``
     (which diffusers holds in float32: a float64 schedule of ours is rounded to float32, ≤ 6e-8 relative).
+
+    :param diffusion: a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` with a U-Net (or an imported diffusers UNet).
+    :param folder: the pipeline folder to write (created).
+    :rtype: pathlib.Path
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,),
+    ...            num_groups=4, zero_init=False)  # 4 groups in every GroupNorm, as UNet2DModel has one count
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> import os
+    >>> import tempfile
+    >>> from ppl_diffusion import GaussianDiffusion, NoiseSchedule
+    >>> from ppl_diffusion.interop.diffusers import to_diffusers
+    >>> ours = GaussianDiffusion(schedule=NoiseSchedule.linear(10), denoiser=net, event_shape=(1, 8, 8),
+    ...                          decoder="discretized", variance="posterior")
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     pipeline = to_diffusers(ours, f"{folder}/pipeline")
+    ...     print(sorted(os.listdir(pipeline)), sorted(os.listdir(pipeline / "scheduler")))
+    ['model_index.json', 'scheduler', 'unet'] ['scheduler_config.json']
     """
     d = _diffusers()
     from ..nets.unet import UNet
@@ -464,7 +544,23 @@ def _unet2d_state(net) -> dict[str, Tensor]:
 
 def unet_to_diffusers(net):
     """Our :class:`~ppl_diffusion.nets.unet.UNet` as a ``diffusers.UNet2DModel`` computing the same function with
-    diffusers' 0-based timestep: ``unet2d(x, t − 1).sample == net(x, t)`` (to float rounding)."""
+    diffusers' 0-based timestep: ``unet2d(x, t − 1).sample == net(x, t)`` (to float rounding).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,),
+    ...            num_groups=4, zero_init=False)  # 4 groups in every GroupNorm, as UNet2DModel has one count
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> from ppl_diffusion.interop.diffusers import unet_to_diffusers
+    >>> unet2d = unet_to_diffusers(net)
+    >>> type(unet2d).__name__, sum(p.numel() for p in unet2d.parameters()) == net.num_parameters
+    ('UNet2DModel', True)
+    >>> torch.allclose(unet2d(x_t, t - 1).sample, net(x_t, t), atol=1e-5)
+    True
+    """
     unet = _diffusers().UNet2DModel(**_unet2d_config(net))
     p = next(net.parameters())
     if p.dtype != torch.float32 or p.device.type != "cpu":
@@ -479,8 +575,28 @@ def build_denoiser(event_shape, *, unet: dict, prediction_type: str = "epsilon",
     """The net builder of an imported diffusers run (its config.json has ``net`` =
     ``"ppl_diffusion.interop.diffusers:build_denoiser"``, or ``"diffusers"`` from earlier versions, and ``net_config``
     = these settings; :mod:`ppl_diffusion.nets.build`): an untrained ``UNet2DModel`` of the config ``unet`` behind
-    :class:`DiffusersDenoiser`, the weights loaded after. The ᾱ_t that a ``v_prediction`` or ``sample`` net needs
-    are the scheduler's (``scheduler_config``), the run's own β_t."""
+    :class:`~ppl_diffusion.interop.diffusers.DiffusersDenoiser`, the weights loaded after. The ᾱ_t that a ``v_prediction`` or ``sample`` net needs
+    are the scheduler's (``scheduler_config``), the run's own β_t.
+
+    :param event_shape: the data's ``(C, H, W)``, which must be the UNet's.
+    :param dict unet: a ``UNet2DModel`` config.
+    :param str prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+    :param dict scheduler_config: the scheduler config it came with.
+    :rtype: DiffusersDenoiser
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,),
+    ...            num_groups=4, zero_init=False)  # 4 groups in every GroupNorm, as UNet2DModel has one count
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> from ppl_diffusion.interop.diffusers import build_denoiser, unet_to_diffusers
+    >>> untrained = build_denoiser((1, 8, 8), unet=dict(unet_to_diffusers(net).config))
+    >>> type(untrained).__name__, sum(p.numel() for p in untrained.parameters()) == net.num_parameters
+    ('DiffusersDenoiser', True)
+    """
     net = _diffusers().UNet2DModel.from_config(unet).eval()
     shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
     if tuple(event_shape) != shape:
@@ -491,8 +607,40 @@ def build_denoiser(event_shape, *, unet: dict, prediction_type: str = "epsilon",
 
 
 def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_root=None):
-    """Write a run folder for the diffusers pipeline ``folder`` (:func:`from_diffusers`), evaluated on ``data``;
-    returns the checkpoint written. Every command loads it (net :data:`NET`, imported; schedule ``"custom"``)."""
+    """Write a run folder for the diffusers pipeline ``folder`` (:func:`~ppl_diffusion.interop.diffusers.from_diffusers`), evaluated on ``data``;
+    returns the checkpoint written. Every command loads it (net ``ppl_diffusion.interop.diffusers:build_denoiser``,
+    imported; schedule ``"custom"``).
+
+    :param folder: a diffusers pipeline folder.
+    :param run_dir: the new run folder.
+    :param flags: must be empty (the folder carries its own configs).
+    :param str data: the data set it is evaluated on; its images must have the model's shape.
+    :param data_root: the data's folder, for the data sets read from files.
+    :rtype: pathlib.Path
+
+    Example (a run exported by :func:`~ppl_diffusion.interop.diffusers.export_diffusers`, imported back as a run):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion, load_trained
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=8, channel_mult=[1, 2], attention_resolutions=[4], num_groups=4, zero_init=False)
+    >>> config = TrainConfig(net="unet", net_config=unet, T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> from ppl_diffusion.interop.diffusers import export_diffusers, import_diffusers
+    >>> checkpoint = import_diffusers(export_diffusers(run, f"{tmp.name}/pipeline"), f"{tmp.name}/imported",
+    ...                               data="digits")
+    >>> imported = load_trained(checkpoint)
+    >>> type(imported.denoiser).__name__, torch.allclose(imported.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    ('DiffusersDenoiser', True)
+    >>> tmp.cleanup()
+    """
     from ..train import TrainConfig
     from .run_folder import dataset_meta, write_run
 
@@ -513,8 +661,35 @@ def import_diffusers(folder, run_dir, *, flags="", data: str = "cifar10", data_r
 
 
 def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
-    """A run folder → a diffusers ``DDPMPipeline`` folder (:func:`to_diffusers`; exact for our U-Net presets and for
-    models imported from diffusers)."""
+    """A run folder → a diffusers ``DDPMPipeline`` folder (:func:`~ppl_diffusion.interop.diffusers.to_diffusers`; exact for our U-Net presets and for
+    models imported from diffusers).
+
+    :param run: a run folder or a checkpoint file.
+    :param out_dir: the pipeline folder to write (created).
+    :param bool ema: export the EMA weights (default) or the raw ones.
+    :rtype: pathlib.Path
+
+    Example:
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion, load_trained
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=8, channel_mult=[1, 2], attention_resolutions=[4], num_groups=4, zero_init=False)
+    >>> config = TrainConfig(net="unet", net_config=unet, T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> from ppl_diffusion.interop.diffusers import export_diffusers, from_diffusers
+    >>> exported = from_diffusers(export_diffusers(run, f"{tmp.name}/pipeline"))
+    >>> exported.T, torch.allclose(exported.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    (10, True)
+    >>> tmp.cleanup()
+    """
     from ..sampling import load_run
 
     return to_diffusers(load_run(run, ema=ema, device="cpu").diffusion, out_dir)

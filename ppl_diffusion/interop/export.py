@@ -1,9 +1,9 @@
 """A run's model out of this package: safetensors weights with a JSON config, or an improved-diffusion checkpoint.
 
 ``to_safetensors(run, out)`` writes ``out/model.safetensors`` (the denoiser's state dict, and a learned prior's
-under ``prior.`` and a learned γ schedule's under ``schedule.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.TrainConfig`, the data's
-event shape and decoder, which weights and from which checkpoint); :func:`from_safetensors` builds the same
-:class:`~ppl_diffusion.GaussianDiffusion` from them, and ``ppl-diffusion import safetensors DIR`` makes a run
+under ``prior.`` and a learned γ schedule's under ``schedule.``) and ``out/ppl_diffusion.json`` (the run's :class:`~ppl_diffusion.train.config.TrainConfig`, the data's
+event shape and decoder, which weights and from which checkpoint); :func:`~ppl_diffusion.interop.export.from_safetensors` builds the same
+:class:`~ppl_diffusion.diffusion.GaussianDiffusion` from them, and ``ppl-diffusion import safetensors DIR`` makes a run
 folder of them.
 
 ``to_improved_diffusion(run, out)`` writes ``out/model.pt`` (the U-Net's state dict in their key naming and legacy
@@ -27,6 +27,8 @@ import torch
 
 from . import improved_diffusion as idiff
 
+__all__ = ["from_safetensors", "to_improved_diffusion", "to_safetensors"]
+
 SAFETENSORS_FORMAT = "ppl_diffusion.safetensors/1"
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "ppl_diffusion.json"
 
@@ -48,7 +50,33 @@ def _load(run, ema: bool):
 
 # ------------------------------------------------------------------------------------------------ safetensors
 def to_safetensors(run, out_dir, *, ema: bool = True) -> Path:
-    """Write the model of ``run`` (a run folder or checkpoint; EMA weights by default) to ``out_dir``; returns it."""
+    """Write the model of ``run`` (a run folder or checkpoint; EMA weights by default) to ``out_dir``; returns it.
+
+    :param run: a run folder or a checkpoint file.
+    :param out_dir: the folder to write ``model.safetensors`` and ``ppl_diffusion.json`` to (created).
+    :param bool ema: export the EMA weights (default) or the raw ones.
+    :rtype: pathlib.Path
+
+    Example (a round trip: :func:`~ppl_diffusion.interop.export.from_safetensors` gives back the same weights):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16}, T=10)
+    >>> meta = {"event_shape": [2], "decoder": "gaussian"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> from ppl_diffusion.interop import from_safetensors, to_safetensors, write_run
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     run = write_run(f"{folder}/run", config, net.state_dict(), meta=meta).parent
+    ...     out = to_safetensors(run, f"{folder}/export")
+    ...     files = sorted(p.name for p in out.iterdir())
+    ...     back = from_safetensors(out)
+    >>> files
+    ['model.safetensors', 'ppl_diffusion.json']
+    >>> all(torch.equal(w, back.denoiser.state_dict()[k]) for k, w in net.state_dict().items())
+    True
+    """
     st = _safetensors()
     loaded = _load(run, ema)
     d = loaded.diffusion
@@ -92,8 +120,32 @@ def read_safetensors(folder) -> tuple:
 
 
 def from_safetensors(folder, *, backend: str = "pyro", device: str = "cpu"):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` (eval mode) of a folder written by :func:`to_safetensors`, or
-    with ``backend="numpyro"`` its NumPyro twin."""
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (eval mode) of a folder written by :func:`~ppl_diffusion.interop.export.to_safetensors`, or
+    with ``backend="numpyro"`` its NumPyro twin.
+
+    :param folder: a folder holding ``model.safetensors`` and ``ppl_diffusion.json``.
+    :param str backend: ``"pyro"`` or ``"numpyro"``.
+    :param str device: where the Pyro model goes.
+
+    Example:
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16}, T=10)
+    >>> meta = {"event_shape": [2], "decoder": "gaussian"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> from ppl_diffusion.interop import from_safetensors, to_safetensors, write_run
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     run = write_run(f"{folder}/run", config, net.state_dict(), meta=meta).parent
+    ...     back = from_safetensors(to_safetensors(run, f"{folder}/export"))
+    >>> type(back).__name__, back.T, back.training
+    ('GaussianDiffusion', 10, False)
+    >>> x_t, t = torch.randn(3, 2), torch.tensor([1, 5, 10])
+    >>> torch.equal(back.denoiser(x_t, t), net.eval()(x_t, t))
+    True
+    """
     from .run_folder import check_weights
 
     config, meta, denoiser, prior, schedule = read_safetensors(folder)
@@ -224,8 +276,42 @@ def _command_lines(flags: dict) -> dict:
 
 def to_improved_diffusion(run, out_dir, *, ema: bool = True) -> dict:
     """Write the U-Net of ``run`` as an improved-diffusion checkpoint (``model.pt``, ``flags.json``, ``flags.txt``) to
-    ``out_dir``; returns ``flags.json``'s dict. :func:`~ppl_diffusion.interop.from_improved_diffusion` of
-    ``model.pt`` with ``flags.json``'s ``"flags"`` is the same model (tested) up to the listed ``differences``."""
+    ``out_dir``; returns ``flags.json``'s dict. :func:`~ppl_diffusion.interop.improved_diffusion.from_improved_diffusion` of
+    ``model.pt`` with ``flags.json``'s ``"flags"`` is the same model (tested) up to the listed ``differences``.
+
+    :param run: a run folder or a checkpoint file; its denoiser must be a U-Net their ``UNetModel`` expresses (32
+        groups in every GroupNorm, attention at some level, no Fourier features) and its schedule their linear or
+        cosine one of T steps.
+    :param out_dir: the folder to write to (created).
+    :param bool ema: export the EMA weights (default) or the raw ones.
+    :returns: ``flags.json``'s dict: ``flags``, ``command_line``, ``exact``, ``differences``, ``from``.
+    :raises ValueError: one line naming what their code cannot express.
+
+    Example (a U-Net of 32 channels on 8x8 images, exported and imported back):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import to_improved_diffusion, write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
+    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
+    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
+    >>> from ppl_diffusion.interop import from_improved_diffusion
+    >>> sorted(doc), doc["exact"], doc["flags"]["noise_schedule"], doc["flags"]["sigma_small"]
+    (['command_line', 'differences', 'exact', 'flags', 'from'], True, 'cosine', True)
+    >>> back = from_improved_diffusion(f"{tmp.name}/theirs/model.pt", **doc["flags"])
+    >>> torch.allclose(back.denoiser(x_t, t), net(x_t, t), atol=1e-5)  # their step index t - 1, folded in
+    True
+    >>> tmp.cleanup()
+    """
     loaded = _load(run, ema)
     d = loaded.diffusion
     flags, differences, delta = improved_diffusion_flags(d, loaded.config)

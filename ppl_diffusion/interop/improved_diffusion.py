@@ -1,45 +1,47 @@
-"""Checkpoints of openai/improved-diffusion and openai/guided-diffusion as :class:`GaussianDiffusion` models.
+"""Checkpoints of openai/improved-diffusion and openai/guided-diffusion as :class:`~ppl_diffusion.diffusion.GaussianDiffusion` models.
 
-Their ``UNetModel`` is our :class:`~ppl_diffusion.nets.UNet`: the same layers in the same order with the same
+Their ``UNetModel`` is our :class:`~ppl_diffusion.nets.unet.UNet`: the same layers in the same order with the same
 parameter shapes, so a state dict they saved loads into ours with the key map below, and their flags give our
 constructor's arguments, schedule and variance. Nothing of their code is needed or copied.
 
 **Flags** (their names and, where absent, their defaults; ``origin`` picks improved- or guided-diffusion's):
 
-==========================  ===================================================================================
-``image_size``,             required (with ``diffusion_steps`` and ``noise_schedule``: the schedule cannot be
-``num_channels``,           read off the weights, and a default that happens to fit the shapes would give a
-``num_res_blocks``          silently wrong model).
-``channel_mult``            guided-diffusion's comma string; absent: their default per image size (improved:
-                            32 → 1,2,2,2, 64 → 1,2,3,4, 256 → 1,1,2,2,4,4; guided: 64, 128, 256).
-``attention_resolutions``   their string of resolutions, e.g. "16,8": as they do, each becomes a downsample
-                            rate ds = image_size // res, and a level has attention if its rate 2^level is one of
-                            them (a rate that is no level's adds nothing, in their net and ours).
-``num_heads``,              heads per attention layer, or (guided) channels per head when
-``num_head_channels``       ``num_head_channels`` != −1. ``num_heads_upsample`` must be −1 or ``num_heads``.
-``use_new_attention_order``  guided's order of the qkv channels; the legacy order (improved-diffusion's only one)
-                            is permuted into ours on load (below).
-``learn_sigma``,            the variance: ``learn_sigma`` → ``"learned-range"`` (their LEARNED_RANGE, log σ² =
-``sigma_small``             f log β_t + (1 − f) log β̃_t with f = (v + 1)/2 exactly); ``sigma_small`` →
-                            ``"posterior"`` (FIXED_SMALL, β̃_t, β̃_2 at t = 1); neither → ``"fixed-large"``
-                            (FIXED_LARGE: β_t, but β̃_2 at t = 1).
-``diffusion_steps``,        T and their β_t: linear = DDPM's 1e-4..0.02 scaled by 1000/T (equal to our
-``noise_schedule``          ``NoiseSchedule.linear(T)`` for T > 20; T <= 20 gives their β_T >= 1 and is refused),
-                            cosine = improved DDPM's (equal to ours to float64 rounding). A schedule ours does not
-                            reproduce to 1e-12 is kept as its β_t (``schedule="custom"``).
-``rescale_timesteps``       their net saw t' = (t − 1) · 1000/T (improved-diffusion's default True), else the
-                            0-based index t − 1 (guided's default False): our U-Net embeds (t + shift) · scale
-                            with shift −1 and that scale (``timestep_shift``, ``timestep_scale``), so our step
-                            t = 1..T reaches their net as their index t − 1.
-``timestep_respacing``      recorded only: the import is the original T-step model (their respacing is a sampler
-                            setting; ``sample --steps K`` / :func:`~ppl_diffusion.respace` is ours).
-``dropout``,                as theirs. ``use_fp16``: weights are cast to float32 and the net computes in float32
-``use_scale_shift_norm``    (``precision="bf16"`` is ours).
-``in_channels``             ours (their scripts fix 3): the image channels, for 1-channel models.
-``class_cond``              True is refused (our denoiser is unconditional), as are ``predict_xstart``,
-                            ``resblock_updown`` and a ``num_heads_upsample`` other than −1 or ``num_heads``.
-``use_kl``, ``use_checkpoint``, ``rescale_learned_sigmas``: training settings, accepted and ignored.
-==========================  ===================================================================================
+============================  ===================================================================================
+``image_size``,               required (with ``diffusion_steps`` and ``noise_schedule``: the schedule cannot be
+``num_channels``,             read off the weights, and a default that happens to fit the shapes would give a
+``num_res_blocks``            silently wrong model).
+``channel_mult``              guided-diffusion's comma string; absent: their default per image size (improved:
+                              32 → 1,2,2,2, 64 → 1,2,3,4, 256 → 1,1,2,2,4,4; guided: 64, 128, 256).
+``attention_resolutions``     their string of resolutions, e.g. "16,8": as they do, each becomes a downsample
+                              rate ds = image_size // res, and a level has attention if its rate 2^level is one of
+                              them (a rate that is no level's adds nothing, in their net and ours).
+``num_heads``,                heads per attention layer, or (guided) channels per head when
+``num_head_channels``         ``num_head_channels`` != −1. ``num_heads_upsample`` must be −1 or ``num_heads``.
+``use_new_attention_order``   guided's order of the qkv channels; the legacy order (improved-diffusion's only one)
+                              is permuted into ours on load (below).
+``learn_sigma``,              the variance: ``learn_sigma`` → ``"learned-range"`` (their LEARNED_RANGE, log σ² =
+``sigma_small``               f log β_t + (1 − f) log β̃_t with f = (v + 1)/2 exactly); ``sigma_small`` →
+                              ``"posterior"`` (FIXED_SMALL, β̃_t, β̃_2 at t = 1); neither → ``"fixed-large"``
+                              (FIXED_LARGE: β_t, but β̃_2 at t = 1).
+``diffusion_steps``,          T and their β_t: linear = DDPM's 1e-4..0.02 scaled by 1000/T (equal to our
+``noise_schedule``            ``NoiseSchedule.linear(T)`` for T > 20; T <= 20 gives their β_T >= 1 and is refused),
+                              cosine = improved DDPM's (equal to ours to float64 rounding). A schedule ours does not
+                              reproduce to 1e-12 is kept as its β_t (``schedule="custom"``).
+``rescale_timesteps``         their net saw t' = (t − 1) · 1000/T (improved-diffusion's default True), else the
+                              0-based index t − 1 (guided's default False): our U-Net embeds (t + shift) · scale
+                              with shift −1 and that scale (``timestep_shift``, ``timestep_scale``), so our step
+                              t = 1..T reaches their net as their index t − 1.
+``timestep_respacing``        recorded only: the import is the original T-step model (their respacing is a sampler
+                              setting; ``sample --steps K`` / :func:`~ppl_diffusion.respace` is ours).
+``dropout``,                  as theirs. ``use_fp16``: weights are cast to float32 and the net computes in float32
+``use_scale_shift_norm``      (``precision="bf16"`` is ours).
+``in_channels``               ours (their scripts fix 3): the image channels, for 1-channel models.
+``class_cond``                True is refused (our denoiser is unconditional), as are ``predict_xstart``,
+                              ``resblock_updown`` and a ``num_heads_upsample`` other than −1 or ``num_heads``.
+``use_kl``,                   training settings, accepted and ignored.
+``use_checkpoint``,
+``rescale_learned_sigmas``
+============================  ===================================================================================
 
 GroupNorm: theirs has 32 groups in every layer; ours is built with ``num_groups=32, min_group_channels=1``,
 which gives 32 groups for every width they allow (a multiple of 32).
@@ -47,24 +49,24 @@ which gives 32 groups for every width they allow (a multiple of 32).
 **Keys.** Their state dict's keys map onto ours as follows (``i``, ``j``: block and layer indices, the same on
 both sides):
 
-====================================================  ===========================================================
-improved- / guided-diffusion                          ours
-====================================================  ===========================================================
-``time_embed.0.*``, ``time_embed.2.*``                the same (the time MLP)
-``input_blocks.0.0.*``                                the same (the input conv)
-``{input,output}_blocks.i.j.in_layers.{0,2}.*``,      the same (a residual block's norms, convs and embedding
-``….emb_layers.1.*``, ``….out_layers.{0,3}.*``        projection)
-``….skip_connection.*``                               ``….skip.*`` (a residual block's 1×1 conv where the width
-                                                      changes)
-``….norm.*``, ``….proj_out.*``                        the same (an attention block)
-``….qkv.*`` ``[3C x C x 1]``, ``[3C]``                the same, rows reordered from their legacy
-                                                      [head][q, k, v][channel] to our [q, k, v][head][channel]
-                                                      (the identity for one head or guided's new order)
+=======================================================  ===========================================================
+improved- / guided-diffusion                             ours
+=======================================================  ===========================================================
+``time_embed.0.*``, ``time_embed.2.*``                   the same (the time MLP)
+``input_blocks.0.0.*``                                   the same (the input conv)
+``{input,output}_blocks.i.j.in_layers.{0,2}.*``,         the same (a residual block's norms, convs and embedding
+``….emb_layers.1.*``, ``….out_layers.{0,3}.*``           projection)
+``….skip_connection.*``                                  ``….skip.*`` (a residual block's 1×1 conv where the width
+                                                         changes)
+``….norm.*``, ``….proj_out.*``                           the same (an attention block)
+``….qkv.*`` ``[3C x C x 1]``, ``[3C]``                   the same, rows reordered from their legacy
+                                                         [head][q, k, v][channel] to our [q, k, v][head][channel]
+                                                         (the identity for one head or guided's new order)
 ``input_blocks.i.0.op.*``, ``output_blocks.i.j.conv.*``  the same (Downsample, Upsample convs)
-``middle_block.{0,1,2}.*``                            the same
-``out.0.*``, ``out.2.*``                              the same (the output norm and conv)
-``label_emb.weight``                                  refused (``class_cond``)
-====================================================  ===========================================================
+``middle_block.{0,1,2}.*``                               the same
+``out.0.*``, ``out.2.*``                                 the same (the output norm and conv)
+``label_emb.weight``                                     refused (``class_cond``)
+=======================================================  ===========================================================
 
 A key of theirs that maps to none of ours, a key of ours that none of theirs fills, or a shape that differs is a
 one-line ``ValueError`` naming their key.
@@ -81,9 +83,13 @@ import torch
 
 from ..schedule import NoiseSchedule
 
+__all__ = ["FLAGS", "ORIGINS", "from_improved_diffusion", "import_config", "parse_flags", "resolve_flags"]
+
+#: The code bases whose checkpoints import, whose flag defaults differ (``rescale_timesteps``, ``channel_mult``).
 ORIGINS = ("improved-diffusion", "guided-diffusion")
 
-# Their flags: name → (type, improved-diffusion's default, guided-diffusion's default). ``None``: no default here.
+#: Their flags by name, each ``(type, improved-diffusion's default, guided-diffusion's default)``; a default
+#: ``None`` means the flag is required. The module docstring says what each one becomes.
 FLAGS: dict[str, tuple[type, object, object]] = {
     "image_size": (int, None, None),
     "num_channels": (int, None, None),
@@ -126,7 +132,17 @@ REFUSED = {
 
 # ------------------------------------------------------------------------------------------------ flags
 def parse_flags(text: str) -> dict[str, str]:
-    """Their command-line flags, ``"--image_size 32 --learn_sigma True"``, as ``{name: value string}``."""
+    """Their command-line flags, ``"--image_size 32 --learn_sigma True"``, as ``{name: value string}``.
+
+    :param str text: ``--name value`` or ``--name=value`` words, quoted as a shell quotes them.
+    :raises ValueError: for a word that is not a ``--name`` or a flag without a value.
+
+    Example:
+
+    >>> from ppl_diffusion.interop import parse_flags
+    >>> parse_flags("--image_size 32 --learn_sigma True --noise_schedule=cosine")
+    {'image_size': '32', 'learn_sigma': 'True', 'noise_schedule': 'cosine'}
+    """
     words = shlex.split(text or "")
     flags: dict[str, str] = {}
     i = 0
@@ -166,8 +182,25 @@ def _convert(name: str, value, kind: type):
 
 
 def resolve_flags(flags: dict, origin: str = "improved-diffusion") -> dict:
-    """Every flag of :data:`FLAGS`, typed, ``flags`` over the defaults of ``origin``; refuses unknown names, missing
-    required flags and values we cannot represent, each with one line."""
+    """Every flag of :data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`, typed, ``flags`` over the defaults of ``origin``; refuses unknown names, missing
+    required flags and values we cannot represent, each with one line.
+
+    :param dict flags: their flags by name, values typed or as strings.
+    :param str origin: a name of :data:`~ppl_diffusion.interop.improved_diffusion.ORIGINS`, whose defaults fill the flags not given.
+    :rtype: dict
+
+    Example:
+
+    >>> from ppl_diffusion.interop.improved_diffusion import resolve_flags
+    >>> flags = resolve_flags({"image_size": "32", "num_channels": 128, "num_res_blocks": 3,
+    ...                        "diffusion_steps": 4000, "noise_schedule": "cosine", "learn_sigma": "True"})
+    >>> flags["learn_sigma"], flags["rescale_timesteps"], flags["attention_resolutions"]
+    (True, True, '16,8')
+    >>> resolve_flags({"image_size": 32}, origin="guided-diffusion")
+    Traceback (most recent call last):
+    ...
+    ValueError: missing flag --num_channels: pass the model's own (from the flags it was trained with, e.g. ...)
+    """
     if origin not in ORIGINS:
         raise ValueError(f"unknown origin {origin!r}; choose one of {list(ORIGINS)}")
     unknown = sorted(set(flags) - set(FLAGS))
@@ -218,7 +251,7 @@ def channel_mult_of(flags: dict, origin: str) -> tuple[int, ...]:
 
 
 def unet_kwargs(flags: dict, origin: str = "improved-diffusion") -> dict:
-    """Our :class:`~ppl_diffusion.nets.UNet`'s keyword arguments (all but ``learn_sigma``) for resolved ``flags``."""
+    """Our :class:`~ppl_diffusion.nets.unet.UNet`'s keyword arguments (all but ``learn_sigma``) for resolved ``flags``."""
     size, mult = flags["image_size"], channel_mult_of(flags, origin)
     try:
         rates = [size // int(r) for r in flags["attention_resolutions"].split(",") if r.strip()]
@@ -253,7 +286,7 @@ def their_betas(noise_schedule: str, T: int) -> np.ndarray:
 
 
 def schedule_fields(flags: dict) -> dict:
-    """``schedule``, ``T`` and ``betas`` of the :class:`~ppl_diffusion.train.TrainConfig` for their schedule: the named
+    """``schedule``, ``T`` and ``betas`` of the :class:`~ppl_diffusion.train.config.TrainConfig` for their schedule: the named
     one of ours where it equals theirs to 1e-12 (relative), else ``"custom"`` with their β_t."""
     name, T = flags["noise_schedule"], flags["diffusion_steps"]
     betas = their_betas(name, T)
@@ -275,9 +308,26 @@ def variance_of(flags: dict) -> str:
 
 def import_config(flags: dict, *, origin: str = "improved-diffusion", data: str = "cifar10",
                   data_root: str | None = None, source: dict | None = None):
-    """The :class:`~ppl_diffusion.train.TrainConfig` of a model of theirs with ``flags`` (their names, values typed or
-    as strings), evaluated on ``data``: net ``"unet"`` with :func:`unet_kwargs`, their schedule and variance, and
-    ``source`` recording the flags. Returns (config, resolved flags)."""
+    """The :class:`~ppl_diffusion.train.config.TrainConfig` of a model of theirs with ``flags`` (their names, values typed or
+    as strings), evaluated on ``data``: net ``"unet"`` with ``unet_kwargs``, their schedule and variance, and
+    ``source`` recording the flags. Returns (config, resolved flags).
+
+    :param dict flags: their flags by name (:data:`~ppl_diffusion.interop.improved_diffusion.FLAGS`).
+    :param str origin: a name of :data:`~ppl_diffusion.interop.improved_diffusion.ORIGINS`.
+    :param str data: the data set the model is evaluated on.
+    :param str data_root: its folder, for the data sets read from files.
+    :param dict source: more to record in ``config.source`` (e.g. the checkpoint's path and hash).
+
+    Example (improved DDPM's CIFAR-10 model with learned variances, as a config of ours):
+
+    >>> from ppl_diffusion.interop import import_config
+    >>> config, flags = import_config({"image_size": 32, "num_channels": 128, "num_res_blocks": 3,
+    ...                                "diffusion_steps": 4000, "noise_schedule": "cosine", "learn_sigma": True})
+    >>> config.net, config.schedule, config.T, config.variance
+    ('unet', 'cosine', 4000, 'learned-range')
+    >>> config.net_config["channel_mult"], config.net_config["timestep_shift"], config.net_config["timestep_scale"]
+    ([1, 2, 2, 2], -1.0, 0.25)
+    """
     from ..train import TrainConfig
 
     resolved = resolve_flags(flags, origin)
@@ -373,7 +423,7 @@ def load_state_dict(checkpoint) -> dict:
 # ------------------------------------------------------------------------------------------------ entry points
 def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", data: str | None = None,
                             decoder: str = "discretized", backend: str = "pyro", **flags):
-    """The :class:`~ppl_diffusion.GaussianDiffusion` of an improved-diffusion or guided-diffusion checkpoint.
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` of an improved-diffusion or guided-diffusion checkpoint.
 
     :param checkpoint: the path of the ``.pt`` state dict their scripts saved (``model*.pt``, ``ema_*.pt``), or the
         dict itself.
@@ -384,6 +434,31 @@ def from_improved_diffusion(checkpoint, *, origin: str = "improved-diffusion", d
     :param str backend: ``"pyro"`` or ``"numpyro"`` (the JAX twin holding the same weights).
     :param flags: their flags by their names (see the module docstring), values typed or as strings.
     :returns: the model in eval mode; the denoiser sees their step index t − 1 for our t (and their rescaling).
+
+    Example (a U-Net of ours written as their checkpoint by
+    :func:`~ppl_diffusion.interop.export.to_improved_diffusion`, then imported):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.interop import from_improved_diffusion, to_improved_diffusion, write_run
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> _ = torch.manual_seed(0)
+    >>> unet = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4],
+    ...             min_group_channels=1, zero_init=False)  # 32 groups in every GroupNorm, as theirs have
+    >>> config = TrainConfig(net="unet", net_config=unet, schedule="cosine", T=10, variance="posterior")
+    >>> meta = {"event_shape": [1, 8, 8], "decoder": "discretized"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> run = write_run(f"{tmp.name}/run", config, net.state_dict(), meta=meta).parent
+    >>> doc = to_improved_diffusion(run, f"{tmp.name}/theirs")  # model.pt, flags.json, flags.txt
+    >>> diffusion = from_improved_diffusion(f"{tmp.name}/theirs/model.pt", **doc["flags"])
+    >>> type(diffusion).__name__, diffusion.T, diffusion.variance, diffusion.denoiser.timestep_shift
+    ('GaussianDiffusion', 10, 'posterior', -1.0)
+    >>> torch.allclose(diffusion.denoiser(x_t, t), net(x_t, t), atol=1e-5)
+    True
+    >>> tmp.cleanup()
     """
     from types import SimpleNamespace
 

@@ -2,7 +2,7 @@
 
 An imported model's run folder is an ordinary one, so ``evaluate`` (``--fit-variance``, ``--likelihood ode``),
 ``sample`` and ``compare`` load it as they load a trained run: ``config.json`` (a
-:class:`~ppl_diffusion.train.TrainConfig` whose ``net`` names a builder, e.g. ``"unet"`` with the U-Net's keyword
+:class:`~ppl_diffusion.train.config.TrainConfig` whose ``net`` names a builder, e.g. ``"unet"`` with the U-Net's keyword
 arguments in ``net_config``, whose schedule is a named one or ``"custom"`` with its β_t, and whose ``source``
 records where the weights came from) and one checkpoint ``ckpt-00000000.pt`` (step 0) holding the weights as both
 the raw and the EMA weights (a checkpoint of theirs is one set of weights), with no optimizer state: it is not a
@@ -18,6 +18,8 @@ from types import SimpleNamespace
 from ..checkpoint import checkpoint_path, list_checkpoints, save_checkpoint
 from ..train import FORMAT, TrainConfig, build_diffusion
 from ..train.run_dir import _write_json, absolute_data_root, check_run_dir
+
+__all__ = ["write_run"]
 
 
 def dataset_meta(config: TrainConfig) -> dict:
@@ -47,7 +49,36 @@ def check_weights(config: TrainConfig, meta: dict, state_dict: dict, prior_state
 def write_run(run_dir: str | Path, config: TrainConfig, state_dict: dict, *, meta: dict | None = None,
               prior_state: dict | None = None, schedule_state: dict | None = None) -> Path:
     """Write the run folder of a model with weights ``state_dict`` (the denoiser's, our key naming) and settings
-    ``config``; returns the checkpoint's path. Refuses a folder that already holds checkpoints."""
+    ``config``; returns the checkpoint's path. Refuses a folder that already holds checkpoints.
+
+    :param run_dir: the new run folder.
+    :param config: the model's :class:`~ppl_diffusion.train.config.TrainConfig` (``steps`` may be ``None``).
+    :param dict state_dict: the denoiser's weights, checked (strictly) against the net ``config`` builds.
+    :param dict meta: ``{"event_shape": [...], "decoder": ...}`` of the data; default: read from ``config.data``.
+    :param dict prior_state: a learned prior's weights, or ``None``.
+    :param dict schedule_state: a learned γ schedule's weights, or ``None``.
+    :returns: the path of ``ckpt-00000000.pt``.
+
+    Example (a model built here, written as a run folder and loaded back):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16}, T=10)
+    >>> meta = {"event_shape": [2], "decoder": "gaussian"}
+    >>> net = build_diffusion(config, SimpleNamespace(**meta)).denoiser
+    >>> from ppl_diffusion.interop import write_run
+    >>> from ppl_diffusion.train import load_trained
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     checkpoint = write_run(f"{folder}/run", config, net.state_dict(), meta=meta)
+    ...     files = sorted(p.name for p in checkpoint.parent.iterdir())
+    ...     loaded = load_trained(checkpoint.parent)
+    >>> files
+    ['ckpt-00000000.pt', 'config.json']
+    >>> all(torch.equal(w, loaded.denoiser.state_dict()[k]) for k, w in net.state_dict().items())
+    True
+    """
     run_dir = check_run_dir(run_dir)
     if list_checkpoints(run_dir):
         raise ValueError(f"run folder {run_dir} already holds checkpoints; import into a new folder")

@@ -1,5 +1,5 @@
-"""Denoisers ε̂_θ(x_t, t): plain ``torch.nn.Module`` objects that know nothing of Pyro, and :mod:`.build`, the
-nets by name (builtin builders, ``package.module:builder`` import paths, :func:`register_net`)."""
+"""Denoisers ε̂_θ(x_t, t): plain ``torch.nn.Module`` objects that know nothing of Pyro, and :mod:`~ppl_diffusion.nets.build`, the
+nets by name (builtin builders, ``package.module:builder`` import paths, :func:`~ppl_diffusion.nets.build.register_net`)."""
 
 from .build import NET_BUILDERS, build_net, check_net_config, check_net_name, register_net, resolve_builder
 from .embedding import timestep_embedding

@@ -1,4 +1,4 @@
-"""Denoisers by name: the one place a run's ``net`` and ``net_config`` become a ``torch.nn.Module``.
+"""Denoisers by name: the one place a run's ``net`` and ``net_config`` become a :class:`torch.nn.Module`.
 
 A *builder* is a callable ``builder(event_shape, **settings) -> torch.nn.Module``: ``event_shape`` is the shape
 of one example (``(C, H, W)`` for images, ``(D,)`` for vectors), ``settings`` the run's ``net_config``; when the
@@ -9,18 +9,18 @@ after) and is called as ``net(x_t, t)`` with ``x_t`` ``[N x *event_shape]`` and 
 =============================  ==================================================================================
 name                           builder
 =============================  ==================================================================================
-``auto``                       a net sized for the data: :func:`~.unet.unet_for` for images (the preset of their
-                               shape, else improved-diffusion's rule), :func:`~.mlp.mlp_for` for vectors;
+``auto``                       a net sized for the data: :func:`~ppl_diffusion.nets.unet.unet_for` for images (the preset of their
+                               shape, else improved-diffusion's rule), :func:`~ppl_diffusion.nets.mlp.mlp_for` for vectors;
                                ``net_config`` overrides any setting
-``digits``, ``mnist``,         the U-Net presets (:data:`~.unet.UNET_PRESETS`), named settings of ``unet_for``
+``digits``, ``mnist``,         the U-Net presets (:data:`~ppl_diffusion.nets.unet.UNET_PRESETS`), named settings of ``unet_for``
 ``cifar10``
-``unet``                       the :class:`~.unet.UNet` class itself: ``net_config`` its keyword arguments, the
+``unet``                       the :class:`~ppl_diffusion.nets.unet.UNet` class itself: ``net_config`` its keyword arguments, the
                                data's shape its ``in_channels`` and ``image_size``, its defaults for the rest (what
                                imported models and earlier runs name)
-``mlp``                        :func:`~.mlp.mlp_for`
+``mlp``                        :func:`~ppl_diffusion.nets.mlp.mlp_for`
 ``package.module:builder``     any importable builder: imported by every command that loads the run, so the run
                                folder needs nothing but the module on the path
-a name given to register_net   a builder of this process only (:func:`register_net`)
+a name given to register_net   a builder of this process only (:func:`~ppl_diffusion.nets.build.register_net`)
 =============================  ==================================================================================
 
 ``diffusers``, the name of earlier diffusers imports, stands for ``ppl_diffusion.interop.diffusers:build_denoiser``
@@ -39,6 +39,8 @@ from torch import nn
 
 from .mlp import MLP_SETTINGS, MLPDenoiser, mlp_for
 from .unet import UNET_PRESETS, UNET_SETTINGS, UNet, square_image_shape, unet_config, unet_for
+
+__all__ = ["NET_BUILDERS", "build_net", "check_net_config", "check_net_name", "register_net", "resolve_builder"]
 
 
 def _auto(event_shape, **settings) -> nn.Module:
@@ -76,6 +78,8 @@ def _preset(name: str) -> Callable:
 # The builders every process knows; register_net adds others (for this process only).
 BUILTIN_NETS: dict[str, Callable] = {"auto": _auto, "unet": _unet_class, "mlp": mlp_for,
                                      **{name: _preset(name) for name in UNET_PRESETS}}
+#: The builders by name that a run's ``net`` may take in this process, the built-in ones (``auto``, ``unet``,
+#: ``mlp`` and the U-Net presets) and those added with :func:`~ppl_diffusion.nets.build.register_net`.
 NET_BUILDERS: dict[str, Callable] = dict(BUILTIN_NETS)
 # Names that earlier versions wrote into config.json for builders that now live behind an import path.
 NET_ALIASES: dict[str, str] = {"diffusers": "ppl_diffusion.interop.diffusers:build_denoiser"}
@@ -96,7 +100,25 @@ def register_net(name: str, builder: Callable) -> None:
     """Make ``net=name`` build its denoiser with ``builder(event_shape, **net_config)`` (see the module docstring),
     in this process only: a run of such a net loads only where the same registration ran first. For runs that every
     command (a fresh ``ppl-diffusion evaluate``) loads, name the builder by its import path,
-    ``package.module:builder``."""
+    ``package.module:builder``.
+
+    .. warning:: A registration lives in :data:`~ppl_diffusion.nets.build.NET_BUILDERS` of this process only; a run trained with it does
+        not load in a fresh process that has not registered the same name.
+
+    :param str name: a plain name, not a built-in one and without ``:``.
+    :param builder: a callable ``builder(event_shape, **net_config) -> torch.nn.Module``.
+    :raises ValueError: for a built-in name, an import path or a builder that is not callable.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import MLPDenoiser, NET_BUILDERS, build_net, register_net
+    >>> def tiny(event_shape, width=8):
+    ...     return MLPDenoiser(event_shape[0], width=width, depth=1)
+    >>> register_net("tiny", tiny)
+    >>> build_net("tiny", (2,), {"width": 4}).num_parameters
+    378
+    >>> del NET_BUILDERS["tiny"]  # forget it again
+    """
     if not isinstance(name, str) or not name or ":" in name:
         raise ValueError(f"net name {name!r}: pass a plain name (an import path package.module:builder needs no "
                          "registration)")
@@ -114,7 +136,21 @@ def known_nets() -> str:
 
 
 def check_net_name(name) -> None:
-    """A one-line error unless ``name`` is a known net, an alias or an import path (not imported here)."""
+    """A one-line error unless ``name`` is a known net, an alias or an import path (not imported here).
+
+    :param name: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, or ``package.module:builder``.
+    :raises ValueError: naming the known nets.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import check_net_name
+    >>> check_net_name("auto")
+    >>> check_net_name("mypackage.nets:build")  # an import path: checked when built
+    >>> check_net_name("resnet")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown net 'resnet'; choose one of auto, unet, mlp, ...
+    """
     if name in NET_BUILDERS or name in NET_ALIASES or is_import_path(name):
         return
     raise ValueError(f"unknown net {name!r}; choose one of {known_nets()} "
@@ -122,10 +158,23 @@ def check_net_name(name) -> None:
 
 
 def resolve_builder(name: str) -> Callable:
-    """The builder of ``name``: a name of :data:`NET_BUILDERS`, an alias, or ``package.module:attribute`` imported.
+    """The builder of ``name``: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, an alias, or ``package.module:attribute`` imported.
 
     A plain name this process does not know is most likely a builder registered in another process (a run written
-    with :func:`register_net`): the error says so and names the fix."""
+    with :func:`~ppl_diffusion.nets.build.register_net`): the error says so and names the fix.
+
+    :param str name: a net name or an import path ``package.module:attribute``.
+    :returns: the builder, ``builder(event_shape, **net_config) -> torch.nn.Module``.
+    :raises ValueError: for an unknown name, a module that does not import or an attribute that is not callable.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import resolve_builder
+    >>> resolve_builder("mlp").__name__
+    'mlp_for'
+    >>> resolve_builder("ppl_diffusion.nets.unet:unet_for").__name__
+    'unet_for'
+    """
     name = NET_ALIASES.get(name, name)
     if name in NET_BUILDERS:
         return NET_BUILDERS[name]
@@ -186,7 +235,22 @@ def _takes_learn_sigma(builder: Callable) -> bool:
 def check_net_config(name: str, net_config, event_shape=None) -> None:
     """A one-line error if ``net_config`` has a setting the net ``name`` does not take, naming the ones it does.
 
-    For ``auto`` the net depends on the data, so ``event_shape`` is needed to check it (skipped without it)."""
+    For ``auto`` the net depends on the data, so ``event_shape`` is needed to check it (skipped without it).
+
+    :param str name: the net (a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS` or an import path).
+    :param net_config: a dict of its settings by name, or ``None``.
+    :param event_shape: the shape of one example, ``(C, H, W)`` or ``(D,)``; needed for ``auto``.
+    :raises ValueError: naming the unknown setting and the net's settings.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import check_net_config
+    >>> check_net_config("mlp", {"width": 64})
+    >>> check_net_config("mlp", {"model_channels": 64})
+    Traceback (most recent call last):
+    ...
+    ValueError: net 'mlp' has no setting model_channels (--channels); its settings are width (--width), ...
+    """
     if net_config is None:
         return
     if not isinstance(net_config, dict) or not all(isinstance(k, str) for k in net_config):
@@ -216,8 +280,8 @@ def check_net_config(name: str, net_config, event_shape=None) -> None:
 def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict:
     """The settings the net ``name`` is built with for examples of ``event_shape``, but the data's own
     (``in_channels``, ``image_size``, ``dim``): for the built-in U-Nets (``auto`` on images, the presets)
-    :func:`~.unet.unet_config`'s, the preset or the size rule filled in; for the MLP (``mlp``, ``auto`` on vectors)
-    :class:`~.mlp.MLPDenoiser`'s defaults under ``net_config``; for any other net ``net_config`` as given."""
+    :func:`~ppl_diffusion.nets.unet.unet_config`'s, the preset or the size rule filled in; for the MLP (``mlp``, ``auto`` on vectors)
+    :class:`~ppl_diffusion.nets.mlp.MLPDenoiser`'s defaults under ``net_config``; for any other net ``net_config`` as given."""
     settings = dict(net_config or {})
     image = len(tuple(event_shape)) == 3
     if name in UNET_PRESETS or (name == "auto" and image):
@@ -230,7 +294,7 @@ def net_settings(name: str, event_shape, net_config: dict | None = None) -> dict
 
 def describe_net(name: str, event_shape, net_config: dict | None = None, *, parameters: int | None = None) -> str:
     """One line, ``"net auto: U-Net (model_channels=16, channel_mult=(1, 2, 2), ...), 438,801 parameters"``: the
-    settings of :func:`net_settings`."""
+    settings of ``net_settings``."""
     settings = net_settings(name, event_shape, net_config)
     kind = ("U-Net" if name in UNET_PRESETS or name == "unet" or (name == "auto" and len(tuple(event_shape)) == 3)
             else "MLP" if name in ("mlp", "auto") else "")
@@ -242,7 +306,28 @@ def describe_net(name: str, event_shape, net_config: dict | None = None, *, para
 def build_net(name: str, event_shape, net_config: dict | None = None, *, learn_sigma: bool = False) -> nn.Module:
     """The untrained denoiser ``name`` (see the module docstring) for examples of ``event_shape``, with the settings
     ``net_config``; ``learn_sigma=True`` (a learned variance) is passed on to the builder. Unknown settings and
-    builders that fail on their arguments give one-line errors."""
+    builders that fail on their arguments give one-line errors.
+
+    :param str name: a name of :data:`~ppl_diffusion.nets.build.NET_BUILDERS`, an alias or ``package.module:builder``.
+    :param event_shape: the shape of one example, ``(C, H, W)`` for images or ``(D,)`` for vectors.
+    :param dict net_config: the builder's settings by name (``None``: its defaults).
+    :param bool learn_sigma: build a net that returns ε̂ and the variance output v stacked,
+        ``[N x 2C x H x W]`` (``[N x 2D]`` for vectors).
+    :returns: an untrained :class:`torch.nn.Module`, called as ``net(x_t, t)``.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import build_net
+    >>> net = build_net("auto", (1, 8, 8), {"model_channels": 8})  # the digits' U-Net, narrower
+    >>> type(net).__name__, net.num_parameters
+    ('UNet', 69209)
+    >>> net(torch.zeros(2, 1, 8, 8), torch.tensor([1, 10])).shape
+    torch.Size([2, 1, 8, 8])
+    >>> mlp = build_net("mlp", (2,), {"width": 16}, learn_sigma=True)
+    >>> mlp(torch.zeros(4, 2), torch.ones(4, dtype=torch.long)).shape
+    torch.Size([4, 4])
+    """
     event_shape = tuple(event_shape)
     settings = dict(net_config or {})
     check_net_config(name, settings, event_shape)

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from .embedding import timestep_embedding
 
+__all__ = ["MLPDenoiser", "MLP_SETTINGS", "NetWarning", "mlp_for"]
+
 
 class ResidualMLPBlock(nn.Module):
     def __init__(self, width: int, emb_dim: int, dropout: float) -> None:
@@ -28,13 +30,30 @@ class ResidualMLPBlock(nn.Module):
 class MLPDenoiser(nn.Module):
     """``net(x_t, t) -> ε̂`` with ``x_t`` of shape ``[B x ...]`` (flattened to D = prod of the rest).
 
-    A stack of residual blocks (LayerNorm, SiLU, dropout) conditioned on a sinusoidal embedding of t,
+    The denoiser ε̂_θ(x_t, t) for vectors: ``x_t`` ``[B x D]`` (or any ``[B x ...]``), ``t`` ``LongTensor[B]`` in
+    1..T; returns ε̂ of ``x_t``'s shape. A stack of residual blocks (LayerNorm, SiLU, dropout) conditioned on a sinusoidal embedding of t,
     with a zero-initialised output layer, so that ε̂ = 0 at initialisation.
 
     :param int dim: D, the number of data dimensions.
-    :param int width: hidden width. :param int depth: residual blocks.
+    :param int width: hidden width.
+    :param int depth: residual blocks.
+    :param int emb_dim: features of the sinusoidal embedding of t.
+    :param float dropout: dropout probability inside the residual blocks, in [0, 1).
+    :param bool zero_init: zero the output layer, so that ε̂ = 0 at initialisation.
     :param bool learn_sigma: output ε̂ and a variance output v, stacked on the first event axis
         (``[B x 2D]`` for vectors, ``[B x 2C x H x W]`` for images), for ``variance="learned"``.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> net = MLPDenoiser(2, width=16, depth=2)
+    >>> net.num_parameters
+    3122
+    >>> eps = net(torch.randn(4, 2), torch.tensor([1, 2, 3, 4]))
+    >>> eps.shape, bool((eps == 0).all())  # zero-initialised output layer
+    (torch.Size([4, 2]), True)
     """
 
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
@@ -55,6 +74,11 @@ class MLPDenoiser(nn.Module):
             nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """ε̂_θ(x_t, t) of ``x_t``'s shape ``[B x ...]`` (``[B x 2D]``-like, ε̂ then v, with ``learn_sigma``).
+
+        :param torch.Tensor x_t: ``[B x ...]`` with D values per example.
+        :param torch.Tensor t: the steps, ``LongTensor[B]`` in 1..T.
+        """
         shape = x_t.shape
         x = x_t.reshape(shape[0], -1)  # (B, D)
         if x.shape[1] != self.dim:
@@ -69,20 +93,32 @@ class MLPDenoiser(nn.Module):
 
     @property
     def num_parameters(self) -> int:
+        """The number of scalar parameters (weights and biases)."""
         return sum(math.prod(p.shape) for p in self.parameters())
 
 
 class NetWarning(UserWarning):
-    """A net that will train poorly for its data (e.g. an MLP narrower than the data); the CLI prints it as one line."""
+    """A net that will train poorly for its data (e.g. an MLP narrower than the data); the CLI prints it as one line.
+
+    Example:
+
+    >>> import warnings
+    >>> from ppl_diffusion.nets import NetWarning, mlp_for
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = mlp_for((1, 8, 8), width=16)  # 16 < D = 64
+    >>> [w.category.__name__ for w in caught]
+    ['NetWarning']
+    """
 
 
-# The settings of an MLP denoiser (MLPDenoiser's keyword arguments but dim and learn_sigma, which the data and the
-# variance decide).
+#: The settings of an MLP denoiser (:class:`~ppl_diffusion.nets.mlp.MLPDenoiser`'s keyword arguments but ``dim`` and ``learn_sigma``, which
+#: the data and the variance decide).
 MLP_SETTINGS = ("width", "depth", "emb_dim", "dropout", "zero_init")
 
 
 def check_settings(event_shape, settings: dict) -> tuple[int, ...]:
-    """The event shape as a tuple; one-line errors for a bad shape or a setting not in :data:`MLP_SETTINGS`."""
+    """The event shape as a tuple; one-line errors for a bad shape or a setting not in :data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`."""
     shape = tuple(event_shape)
     if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"the MLP takes examples of a shape of positive sizes, got {list(shape)}")
@@ -94,7 +130,7 @@ def check_settings(event_shape, settings: dict) -> tuple[int, ...]:
 
 
 def warn_if_narrow(width: int, event_shape) -> None:
-    """:class:`NetWarning` when the MLP's ``width`` is below D = prod(``event_shape``): every hidden layer is then a
+    """:class:`~ppl_diffusion.nets.mlp.NetWarning` when the MLP's ``width`` is below D = prod(``event_shape``): every hidden layer is then a
     bottleneck narrower than x_t, and the denoiser cannot pass x_t through to predict ε."""
     dim = math.prod(event_shape)
     if width < dim:
@@ -107,9 +143,25 @@ def warn_if_narrow(width: int, event_shape) -> None:
 
 
 def mlp_for(event_shape, *, learn_sigma: bool = False, **settings) -> MLPDenoiser:
-    """The :class:`MLPDenoiser` for examples of ``event_shape`` (D = their product), with ``settings`` (names of
-    :data:`MLP_SETTINGS`; an unknown one is refused in one line) and ``learn_sigma`` for a learned variance; warns
-    when the width is below D (:func:`warn_if_narrow`)."""
+    """The :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` for examples of ``event_shape`` (D = their product), with ``settings`` (names of
+    :data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`; an unknown one is refused in one line) and ``learn_sigma`` for a learned variance; warns
+    when the width is below D (``warn_if_narrow``).
+
+    :param event_shape: the shape of one example, ``(D,)`` (or any shape, flattened).
+    :param bool learn_sigma: output ε̂ and the variance output v, ``[B x 2D]``.
+    :param settings: :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` settings by name (:data:`~ppl_diffusion.nets.mlp.MLP_SETTINGS`).
+    :rtype: MLPDenoiser
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import mlp_for
+    >>> net = mlp_for((2,), width=16, learn_sigma=True)
+    >>> net.dim, net.num_parameters
+    (2, 4004)
+    >>> net(torch.zeros(3, 2), torch.tensor([1, 5, 9])).shape
+    torch.Size([3, 4])
+    """
     shape = check_settings(event_shape, settings)
     net = MLPDenoiser(math.prod(shape), learn_sigma=learn_sigma, **settings)
     warn_if_narrow(net.inp.out_features, shape)

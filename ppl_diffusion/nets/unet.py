@@ -26,6 +26,9 @@ from .embedding import check_fourier_exponents, timestep_embedding
 from .embedding import fourier_features as input_features
 from .remat import checkpoint_call
 
+__all__ = ["UNET_PRESETS", "UNET_SETTINGS", "UNet", "default_attention", "default_channel_mult", "unet_config",
+           "unet_for", "unet_preset"]
+
 
 def group_norm(channels: int, num_groups: int, min_group_channels: int = 2) -> nn.GroupNorm:
     """GroupNorm with ``num_groups`` groups (32 in DDPM), or fewer for narrow layers.
@@ -168,7 +171,7 @@ class UNet(nn.Module):
     :param bool zero_init: zero-initialise the last conv of every residual branch and the output conv,
         so that every block is the identity and ε̂ = 0 at initialisation (as DDPM does).
     :param int min_group_channels: the fewest channels a GroupNorm group may hold (default 2, see
-        :func:`group_norm`); 1 gives every layer ``num_groups`` groups, as improved-diffusion's nets have.
+        ``group_norm``); 1 gives every layer ``num_groups`` groups, as improved-diffusion's nets have.
     :param float timestep_shift: the time embedding is taken at ``(t + timestep_shift) · timestep_scale``;
     :param float timestep_scale: 0 and 1 (the step t itself) for nets trained here. A net trained elsewhere at
         another step label keeps its own: improved-diffusion's at its 0-based index t − 1 (shift −1), times
@@ -186,6 +189,23 @@ class UNet(nn.Module):
         (improved-diffusion's ``use_checkpoint``; :mod:`ppl_diffusion.nets.remat`). A runtime setting, not a
         constructor argument: it changes memory and time, not the net (same parameters, state dict and
         numbers). ``GaussianDiffusion(checkpoint_activations="blocks")`` sets it.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import UNet
+    >>> _ = torch.manual_seed(0)
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2), attention_resolutions=(4,))
+    >>> net.num_parameters
+    64193
+    >>> x_t, t = torch.randn(2, 1, 8, 8), torch.tensor([1, 10])
+    >>> eps = net(x_t, t)
+    >>> eps.shape, bool((eps == 0).all())  # zero-initialised output: eps_hat = 0 before training
+    (torch.Size([2, 1, 8, 8]), True)
+    >>> sigma_net = UNet(in_channels=1, model_channels=8, image_size=8, channel_mult=(1, 2),
+    ...                  attention_resolutions=(4,), learn_sigma=True)
+    >>> sigma_net(x_t, t).shape  # eps_hat and v stacked on the channel axis
+    torch.Size([2, 2, 8, 8])
     """
 
     use_checkpoint: bool = False
@@ -303,6 +323,13 @@ class UNet(nn.Module):
                                  zero_(out_conv) if zero_init else out_conv)
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """ε̂_θ(x_t, t) (and, with ``learn_sigma``, the variance output v after it on the channel axis).
+
+        :param torch.Tensor x_t: the noisy images ``[N x C x H x W]``.
+        :param torch.Tensor t: the steps, ``LongTensor[N]`` in 1..T.
+        :returns: ``[N x C_out x H x W]``.
+        :raises ValueError: for an ``x_t`` or a ``t`` of another shape.
+        """
         expected = (self.in_channels, self.image_size, self.image_size)
         if x_t.dim() != 4 or tuple(x_t.shape[1:]) != expected:
             raise ValueError(f"UNet(in_channels={self.in_channels}, image_size={self.image_size}) expects x_t of "
@@ -325,10 +352,12 @@ class UNet(nn.Module):
 
     @property
     def num_parameters(self) -> int:
+        """The number of scalar parameters (weights and biases)."""
         return sum(math.prod(p.shape) for p in self.parameters())
 
 
-# Presets by name: keyword arguments of ``UNet``; ``unet_preset(name, **overrides)`` builds one.
+#: Presets by name (``cifar10``, ``digits``, ``mnist``), each the keyword arguments of :class:`~ppl_diffusion.nets.unet.UNet`;
+#: :func:`~ppl_diffusion.nets.unet.unet_preset` builds one.
 UNET_PRESETS: dict[str, dict] = {
     # DDPM's CIFAR-10 model (Ho et al. 2020, appendix B): 35.7M parameters.
     "cifar10": dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
@@ -344,9 +373,17 @@ UNET_PRESETS: dict[str, dict] = {
 
 
 def unet_preset(name: str, **overrides) -> UNet:
-    """The U-Net preset ``name`` (a key of :data:`UNET_PRESETS`), with keyword ``overrides`` to ``UNet``.
+    """The U-Net preset ``name`` (a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`), with keyword ``overrides`` to ``UNet``.
 
-    Example: ``unet_preset("digits", learn_sigma=True)``.
+    :param str name: ``"cifar10"``, ``"digits"`` or ``"mnist"``.
+    :param overrides: :class:`~ppl_diffusion.nets.unet.UNet` keyword arguments replacing the preset's.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import unet_preset
+    >>> net = unet_preset("digits", model_channels=8)  # 1x8x8 images, scale-shift norm, attention at 4x4
+    >>> net.image_size, net.channel_mult, net.num_parameters
+    (8, (1, 2), 69209)
     """
     if name not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {name!r}; known presets: {', '.join(sorted(UNET_PRESETS))}")
@@ -355,10 +392,10 @@ def unet_preset(name: str, **overrides) -> UNet:
 
 # ------------------------------------------------------------------------------------------ by the data's shape
 # improved-diffusion's ``create_model`` fixes channel_mult by image size (guided-diffusion adds 128); the sizes in
-# between and below follow :func:`default_channel_mult`'s rule.
+# between and below follow :func:`~ppl_diffusion.nets.unet.default_channel_mult`'s rule.
 IMPROVED_DIFFUSION_MULT: dict[int, tuple[int, ...]] = {32: (1, 2, 2, 2), 64: (1, 2, 3, 4), 128: (1, 1, 2, 3, 4),
                                                         256: (1, 1, 2, 2, 4, 4)}
-# The settings of a U-Net (UNet's keyword arguments, but learn_sigma, which the variance decides).
+#: The settings of a U-Net (:class:`~ppl_diffusion.nets.unet.UNet`'s keyword arguments, but ``learn_sigma``, which the variance decides).
 UNET_SETTINGS = ("in_channels", "model_channels", "image_size", "out_channels", "channel_mult", "num_res_blocks",
                  "attention_resolutions", "dropout", "num_heads", "num_head_channels", "use_scale_shift_norm",
                  "num_groups", "zero_init", "min_group_channels", "timestep_shift", "timestep_scale", "fourier_features")
@@ -369,7 +406,16 @@ def default_channel_mult(image_size: int) -> tuple[int, ...]:
     128); otherwise one level, then one more (×2 channels) per halving while the size is even and its half at
     least 4 pixels, up to four levels: 8 → (1, 2), 12 → (1, 2), 16 → (1, 2, 2), 20 → (1, 2, 2),
     24 → (1, 2, 2), 28 → (1, 2, 2), 48 → (1, 2, 2, 2), 96 → (1, 2, 2, 2); sizes that cannot be halved (7, 15) get
-    one level."""
+    one level.
+
+    :param int image_size: H = W of the images.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import default_channel_mult
+    >>> default_channel_mult(8), default_channel_mult(28), default_channel_mult(64), default_channel_mult(7)
+    ((1, 2), (1, 2, 2), (1, 2, 3, 4), (1,))
+    """
     if image_size in IMPROVED_DIFFUSION_MULT:
         return IMPROVED_DIFFUSION_MULT[image_size]
     size, halvings = image_size, 0
@@ -382,7 +428,17 @@ def default_attention(image_size: int, channel_mult: Sequence[int]) -> tuple[int
     """Attention resolutions (pixels) for a U-Net of ``channel_mult`` on ``image_size`` pixels: below 64 pixels the
     second level, half the image (DDPM's CIFAR-10 model: 16 of 32; the presets); from 64 up the levels of at most
     16 pixels (improved-diffusion's "16,8" at 64, 128 and 256), or the lowest level if none is; none with one
-    level. The middle block attends in every U-Net."""
+    level. The middle block attends in every U-Net.
+
+    :param int image_size: H = W of the images.
+    :param channel_mult: the channel multiplier of each level.
+
+    Example:
+
+    >>> from ppl_diffusion.nets import default_attention
+    >>> default_attention(32, (1, 2, 2, 2)), default_attention(64, (1, 2, 3, 4)), default_attention(8, (1,))
+    ((16,), (16, 8), ())
+    """
     levels = [image_size // 2 ** level for level in range(len(channel_mult))]
     if len(levels) == 1:
         return ()
@@ -407,15 +463,27 @@ def square_image_shape(event_shape, what: str) -> tuple[int, int]:
 
 
 def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
-    """The :class:`UNet` keyword arguments (but ``learn_sigma``) for images of ``event_shape`` ``(C, S, S)``.
+    """The :class:`~ppl_diffusion.nets.unet.UNet` keyword arguments (but ``learn_sigma``) for images of ``event_shape`` ``(C, S, S)``.
 
-    With ``preset`` (a key of :data:`UNET_PRESETS`) its settings, which must be for this shape; without, the
+    With ``preset`` (a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`) its settings, which must be for this shape; without, the
     preset of this shape if there is one (digits 1×8×8, mnist 1×28×28, cifar10 3×32×32), else the rule:
     ``model_channels`` 128 from 32 pixels up (improved-diffusion's default), 64 below; ``channel_mult`` by
-    :func:`default_channel_mult`; ``attention_resolutions`` by :func:`default_attention` for that channel_mult;
+    :func:`~ppl_diffusion.nets.unet.default_channel_mult`; ``attention_resolutions`` by :func:`~ppl_diffusion.nets.unet.default_attention` for that channel_mult;
     two residual blocks a level, dropout 0.1 (DDPM's CIFAR-10), ``use_scale_shift_norm`` (improved DDPM); the
-    rest :class:`UNet`'s defaults. ``overrides`` (names of :data:`UNET_SETTINGS`) replace any of them; an unknown
+    rest :class:`~ppl_diffusion.nets.unet.UNet`'s defaults. ``overrides`` (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) replace any of them; an unknown
     name is refused in one line listing the known ones. Non-square images are refused (crop or pad them).
+
+    :param event_shape: the images' shape ``(C, S, S)``.
+    :param str preset: a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`, or ``None``.
+    :param overrides: settings (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) that replace the preset's or the rule's.
+    :rtype: dict
+
+    Example:
+
+    >>> from ppl_diffusion.nets import unet_config
+    >>> unet_config((3, 16, 16), model_channels=8)  # no preset of this shape: the rule
+    {'in_channels': 3, 'image_size': 16, 'model_channels': 8, 'channel_mult': (1, 2, 2), 'num_res_blocks': 2,
+     'attention_resolutions': (8,), 'dropout': 0.1, 'use_scale_shift_norm': True}
     """
     if preset is not None:
         if preset not in UNET_PRESETS:
@@ -454,6 +522,22 @@ def unet_config(event_shape, *, preset: str | None = None, **overrides) -> dict:
 
 
 def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = False, **overrides) -> UNet:
-    """The :class:`UNet` of :func:`unet_config` for images of ``event_shape`` ``[C x S x S]``, with ``learn_sigma``
-    for a learned variance. Example: ``unet_for((3, 16, 16), model_channels=32)``."""
+    """The :class:`~ppl_diffusion.nets.unet.UNet` of :func:`~ppl_diffusion.nets.unet.unet_config` for images of ``event_shape`` ``[C x S x S]``, with ``learn_sigma``
+    for a learned variance.
+
+    :param event_shape: the images' shape ``(C, S, S)``.
+    :param str preset: a key of :data:`~ppl_diffusion.nets.unet.UNET_PRESETS`, or ``None`` (the preset of this shape, else the rule).
+    :param bool learn_sigma: output ε̂ and the variance output v, ``[N x 2C x S x S]``.
+    :param overrides: settings (names of :data:`~ppl_diffusion.nets.unet.UNET_SETTINGS`) that replace the preset's or the rule's.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.nets import unet_for
+    >>> net = unet_for((3, 16, 16), model_channels=8, learn_sigma=True)
+    >>> net.channel_mult, net.attention_resolutions
+    ((1, 2, 2), (8,))
+    >>> net(torch.zeros(2, 3, 16, 16), torch.tensor([1, 2])).shape
+    torch.Size([2, 6, 16, 16])
+    """
     return UNet(**unet_config(event_shape, preset=preset, **overrides), learn_sigma=learn_sigma)

@@ -1,5 +1,5 @@
-"""The run's settings: :class:`TrainConfig` (saved as ``config.json``), its validation, the device, and the
-model a configuration builds (:func:`build_diffusion`) with its learning-rate schedule (:func:`lr_at`)."""
+"""The run's settings: :class:`~ppl_diffusion.train.config.TrainConfig` (saved as ``config.json``), its validation, the device, and the
+model a configuration builds (:func:`~ppl_diffusion.train.config.build_diffusion`) with its learning-rate schedule (:func:`~ppl_diffusion.train.config.lr_at`)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,14 @@ from ..priors import PRIORS, make_prior
 from . import schedules
 from .schedules import SCHEDULES, build_schedule  # noqa: F401 (re-exported)
 
+__all__ = ["BACKENDS", "DEVICES", "FORMAT", "METRICS_FORMATS", "RESUMABLE_KEYS", "BudgetWarning", "TrainConfig",
+           "budget_warnings", "build_diffusion", "lr_at", "resolve_device"]
+
+#: The format tag of a training checkpoint (``state["format"]``).
 FORMAT = "ppl_diffusion.train/1"
+#: The devices ``TrainConfig.device`` names (besides ``cuda:N``).
 DEVICES = ("auto", "cpu", "cuda")
+#: The metrics file of each ``metrics_format``.
 METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # Keys that may change between a run and its resume: the budget and bookkeeping, not the model or the
 # optimisation (changing ``device`` or ``precision`` is allowed, but exactness is promised only on the same
@@ -33,15 +39,35 @@ METRICS_FORMATS = {"jsonl": "metrics.jsonl", "csv": "metrics.csv"}
 # depend on it). ``data_root`` is where the data is, not what it is: a run whose data moved resumes with the new one.
 # ``checkpoint_activations`` and ``microbatch`` trade memory for time (a job requeued on a smaller GPU resumes with
 # them): recomputing activations changes no number; another micro-batch size changes float rounding only.
+#: The config keys that may change between a run and its resume (see the comment above in the source).
 RESUMABLE_KEYS = ("steps", "minutes", "checkpoint_every", "keep_checkpoints", "log_every", "device",
                   "metrics_format", "backend", "precision", "world_size", "data_root", "checkpoint_activations",
                   "microbatch")
+#: The training backends, ``pyro`` (PyTorch) and ``numpyro`` (JAX).
 BACKENDS = ("pyro", "numpyro")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run; saved as ``config.json`` in the run folder."""
+    """Everything that defines a training run; saved as ``config.json`` in the run folder.
+
+    A dataclass of keyword fields, each commented with its meaning and default in the source; ``ppl-diffusion
+    train`` sets one from its flags (``--batch-size`` is ``batch_size``, and so on). :meth:`validate` checks them
+    all; :meth:`to_dict` and :meth:`from_dict` are the JSON round trip of ``config.json``.
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16}, T=10, steps=1)
+    >>> config.validate() is config
+    True
+    >>> TrainConfig.from_dict(config.to_dict()) == config
+    True
+    >>> TrainConfig(steps=1, lr=-1).validate()
+    Traceback (most recent call last):
+    ...
+    ValueError: lr = -1; pass a positive learning rate (--lr), e.g. 2e-4
+    """
 
     data: str = "digits"  # a name in ppl_diffusion.data.DATASETS
     data_root: str | None = None  # folder of the file data sets (mnist, cifar10, image_folder); stored absolute
@@ -191,15 +217,17 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
+        """Every field by name, as ``config.json`` holds it."""
         return dataclasses.asdict(self)
 
     def resolved(self) -> "TrainConfig":
-        """The config with a γ schedule's unset settings at their defaults (:func:`.schedules.resolve`), as
+        """The config with a γ schedule's unset settings at their defaults (``schedules.resolve``), as
         config.json records it."""
         return schedules.resolve(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config of a ``config.json`` dict; a one-line ``ValueError`` for a key that is not a field."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -224,7 +252,21 @@ def _require_jax() -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → cuda if available else cpu; checks that cuda is there when asked for."""
+    """``"auto"`` → cuda if available else cpu; checks that cuda is there when asked for.
+
+    :param str device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    :rtype: torch.device
+
+    Example:
+
+    >>> from ppl_diffusion.train import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("tpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device 'tpu'; choose auto, cpu, cuda or cuda:N
+    """
     if not isinstance(device, str) or not (device in DEVICES or device.startswith("cuda:")):
         raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
     if device == "auto":
@@ -286,8 +328,22 @@ def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
 
 
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
-    """The :class:`GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
-    the data's own decoder (``dataset.decoder``; :func:`decoder_of`)."""
+    """The :class:`~ppl_diffusion.diffusion.GaussianDiffusion` of ``config`` for data of ``dataset.event_shape``, with ``config.decoder`` or
+    the data's own decoder (``dataset.decoder``; ``decoder_of``).
+
+    :param TrainConfig config: the run's settings: schedule, net, variance, prior, precision.
+    :param dataset: a :class:`~ppl_diffusion.data.Dataset`, or anything with its ``event_shape`` and ``decoder``.
+    :returns: an untrained :class:`~ppl_diffusion.diffusion.GaussianDiffusion`.
+
+    Example:
+
+    >>> from types import SimpleNamespace
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> digits = SimpleNamespace(event_shape=(1, 8, 8), decoder="discretized")  # what the model needs of the data
+    >>> diffusion = build_diffusion(TrainConfig(T=10, net_config={"model_channels": 8}), digits)
+    >>> diffusion.T, type(diffusion.denoiser).__name__, diffusion.denoiser.num_parameters
+    (10, 'UNet', 69209)
+    """
     event_shape = tuple(dataset.event_shape)
     decoder = decoder_of(config, dataset)
     net = build_net(config.net, event_shape, config.net_config, learn_sigma=config.variance in LEARNED_VARIANCES)
@@ -300,20 +356,44 @@ def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
 
 class BudgetWarning(UserWarning):
     """Settings that do not suit the run's number of steps (a warm-up or an EMA longer than the run); the CLI prints
-    it as one line."""
+    it as one line.
+
+    :func:`~ppl_diffusion.train.loop.train` warns with it, once for each message of :func:`~ppl_diffusion.train.config.budget_warnings`.
+
+    Example:
+
+    >>> from ppl_diffusion.train import BudgetWarning
+    >>> issubclass(BudgetWarning, UserWarning)
+    True
+    """
 
 
-# The share of the untrained initial weights the EMA may still hold at the end of a run before it is warned.
+#: The share of the untrained initial weights the EMA may still hold at the end of a run before it is warned.
 EMA_INITIAL_SHARE = 0.05
 
 
 def budget_warnings(config: TrainConfig, num_train: int | None = None) -> list[str]:
     """What ``config``'s warm-up and EMA leave undone in a run of ``config.steps`` steps (none for a budget in minutes
-    only): a warm-up over half the run, and an EMA that still holds more than :data:`EMA_INITIAL_SHARE` of the
+    only): a warm-up over half the run, and an EMA that still holds more than ``EMA_INITIAL_SHARE`` (5%) of the
     initial weights at the end. The EMA starts at the initial weights and keeps ``ema_decay ** steps`` of them, so
     the suggested decay is at most 1 − 3/steps (e^−3 ≈ 0.05 of them kept): it averages about the last third of the
     run. With ``num_train`` (the training examples), also a batch larger than the training set, whose steps would
-    see some examples more than once."""
+    see some examples more than once.
+
+    :param TrainConfig config: the run's settings.
+    :param int num_train: the number of training examples, or ``None``.
+    :returns: one line per problem, each naming the fix (empty if none).
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig, budget_warnings
+    >>> for line in budget_warnings(TrainConfig(steps=100, warmup_steps=1000, ema_decay=0.999)):
+    ...     print(line.split(":")[0])
+    --warmup-steps 1000 is over half of the run's 100 steps
+    --ema-decay 0.999 over 100 steps leaves 90% of the untrained initial weights in the EMA weights that evaluate and sample use; pass --ema-decay 0.97 or lower (at most 1 - 3/steps) or train longer
+    >>> budget_warnings(TrainConfig(steps=10_000, warmup_steps=100))
+    []
+    """
     steps, out = config.steps, []
     if num_train is not None and config.batch_size > num_train:
         out.append(f"--batch-size {config.batch_size} is larger than the {num_train:,} training examples: every step "
@@ -335,7 +415,17 @@ def budget_warnings(config: TrainConfig, num_train: int | None = None) -> list[s
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant."""
+    r"""Learning rate of optimizer step ``step`` (1-based): linear warm-up, then constant.
+
+    .. math:: \mathrm{lr}_s = \mathrm{lr} \cdot \min(1, s / \mathrm{warmup\_steps})
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig, lr_at
+    >>> config = TrainConfig(lr=2e-4, warmup_steps=100)
+    >>> lr_at(config, 1), lr_at(config, 50), lr_at(config, 5000)
+    (2e-06, 0.0001, 0.0002)
+    """
     if config.warmup_steps <= 0:
         return config.lr
     return config.lr * min(1.0, step / config.warmup_steps)

@@ -12,17 +12,39 @@ from ..nets import MLPDenoiser, NetWarning, UNet
 from ..precision import check_precision
 from .config import BACKENDS, FORMAT, TrainConfig, _require_jax, build_diffusion
 
+__all__ = ["load_trained"]
+
 
 def load_trained(path: str | Path, *, ema: bool = True, device="cpu", backend: str = "pyro",
                  precision: str | None = None, last: bool = False):
     """The trained model from a run folder (its ``best.pt`` if it has one and not ``last``, else its newest
     checkpoint) or a checkpoint file, on either backend
-    (the checkpoint format is shared): a :class:`GaussianDiffusion`, or with ``backend="numpyro"`` its
-    :class:`ppl_diffusion.numpyro.GaussianDiffusion` twin holding the same weights.
+    (the checkpoint format is shared): a :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in eval mode, or with
+    ``backend="numpyro"`` its ``ppl_diffusion.numpyro.GaussianDiffusion`` twin holding the same weights.
 
+    :param path: a run folder or a ``ckpt-*.pt`` / ``best.pt`` file.
     :param bool ema: load the EMA weights (default, as DDPM samples with) rather than the raw ones.
-    :param str precision: the denoiser's arithmetic, ``"fp32"`` or ``"bf16"`` (:mod:`ppl_diffusion.precision`);
+    :param device: where the Pyro model goes (``"cpu"``, ``"cuda"``, ...).
+    :param str backend: ``"pyro"`` or ``"numpyro"``.
+    :param str precision: the denoiser's arithmetic, ``"fp32"`` or ``"bf16"`` (``ppl_diffusion.precision``);
         default: the run's own (``config.precision``). The weights are float32 either way.
+    :param bool last: the newest checkpoint even where the run has a ``best.pt``.
+    :raises ~ppl_diffusion.checkpoint.CheckpointError: for a folder without checkpoints or a file that is not one.
+
+    Example (a run of one step, loaded back with its EMA weights):
+
+    >>> import tempfile
+    >>> import torch
+    >>> from ppl_diffusion.train import TrainConfig, load_trained, train
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     result = train(config, run, progress=False)
+    ...     diffusion = load_trained(run)
+    >>> type(diffusion).__name__, diffusion.T, diffusion.denoiser.num_parameters
+    ('GaussianDiffusion', 10, 2274)
+    >>> all(torch.equal(w, diffusion.denoiser.state_dict()[k]) for k, w in result.ema.items())
+    True
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
@@ -58,7 +80,7 @@ def load_weights(diffusion, state: dict, *, ema: bool = True) -> None:
 
 
 def to_backend(diffusion, backend: str = "pyro", device="cpu"):
-    """A Pyro :class:`GaussianDiffusion` in eval mode on ``device``, or (``backend="numpyro"``) its NumPyro twin
+    """A Pyro :class:`~ppl_diffusion.diffusion.GaussianDiffusion` in eval mode on ``device``, or (``backend="numpyro"``) its NumPyro twin
     holding the same weights; the one place a loaded or imported model is put on a backend."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")

@@ -1,11 +1,11 @@
 """Training: the loop behind ``ppl-diffusion train``, with exact resume.
 
-:func:`train` minimises ``estimator.differentiable_loss(diffusion.model, guide, x0) / B`` (−ELBO in
+:func:`~ppl_diffusion.train.loop.train` minimises ``estimator.differentiable_loss(diffusion.model, guide, x0) / B`` (−ELBO in
 nats per example) with Adam, a linear learning-rate warm-up, gradient-norm clipping and an
 exponential moving average (EMA) of the weights. The run folder holds
 
 =======================  ===================================================================
-``config.json``          the full :class:`TrainConfig`
+``config.json``          the full :class:`~ppl_diffusion.train.config.TrainConfig`
 ``metrics.jsonl``        one JSON object per logged step (or ``metrics.csv``): ``step``, ``loss``
                          (nats/example), ``bpd`` (loss / (D ln 2)), ``running_bpd``, ``lr``,
                          ``grad_norm``, ``elapsed`` (seconds)
@@ -23,7 +23,7 @@ count: torch's CPU kernels round differently with another, so each checkpoint re
 metrics file is cut back to the restored step. If the newest checkpoint is unreadable, resume warns
 and falls back to the newest readable one (it is then overwritten when training passes its step).
 
-A non-finite loss or gradient norm stops training with :class:`TrainingDiverged` before the
+A non-finite loss or gradient norm stops training with :class:`~ppl_diffusion.train.loop.TrainingDiverged` before the
 optimizer step; no checkpoint is written, so the last good one stays intact.
 
 A call that fails before the folder holds a checkpoint (a bad data folder, a net that does not fit the data,
@@ -32,7 +32,7 @@ folders it made are removed, and ``config.json`` and the metrics file are put ba
 they were not there). A run without a checkpoint can be neither resumed nor evaluated, and the error says what
 went wrong. Only a SIGKILL leaves them behind; the next start overwrites them.
 
-``config.data_root`` is stored absolute (:func:`~.run_dir.absolute_data_root`), so the run evaluates from any
+``config.data_root`` is stored absolute (``run_dir.absolute_data_root``), so the run evaluates from any
 current folder; it may change on resume (the data moved).
 """
 
@@ -62,17 +62,52 @@ from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_di
                       _restore, _write_json, absolute_data_root, check_run_dir)
 from .validation import Validation
 
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
+
 RUNNING_DECAY = 0.98  # smoothing of the running loss shown in the progress bar
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN or infinite."""
+    """The loss or gradient became NaN or infinite.
+
+    Raised by :func:`~ppl_diffusion.train.loop.train` before the optimizer step; no checkpoint is written, and a run folder without one is
+    left as it was found.
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, TrainingDiverged, train
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10, batch_size=4,
+    ...                      steps=3, warmup_steps=0, ema_decay=0.0, lr=1e30, grad_clip=None)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     try:
+    ...         train(config, f"{folder}/run", progress=False)
+    ...     except TrainingDiverged as error:
+    ...         print(str(error).split(";")[0])
+    loss is inf at step 2 (lr 1e+30)
+    """
 
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`~ppl_diffusion.train.loop.train` returns.
+
+    :ivar pathlib.Path run_dir: the run folder.
+    :ivar int step: optimizer steps taken in all (resumed ones included).
+    :ivar loss: the last step's loss, nats per example (``None`` if no step ran in this call).
+    :ivar running_bpd: the smoothed bits/dim.
+    :ivar str stopped_by: ``"steps"`` or ``"minutes"``.
+    :ivar pathlib.Path checkpoint: the final checkpoint.
+    :ivar diffusion: the model with the trained (not averaged) weights (the NumPyro twin with backend numpyro).
+    :ivar dict ema: the EMA of the denoiser's ``state_dict``.
+    :ivar float elapsed: seconds spent training, resumed time included.
+    :ivar best_step: with ``val_examples``, the best checkpoint's step (else ``None``).
+    :ivar best_val_bpd: with ``val_examples``, its validation bits/dim.
+    :ivar best: with ``val_examples``, ``RUN/best.pt``.
+
+    Example: see :func:`~ppl_diffusion.train.loop.train`.
+    """
 
     run_dir: Path
     step: int  # optimizer steps taken in all (resumed ones included)
@@ -102,20 +137,35 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str = Fals
         ``config.world_size`` is set here from the job.
     :param run_dir: the run folder; created if missing.
     :param bool resume: continue from the newest checkpoint in ``run_dir`` (an error if there is none,
-        or if the saved configuration differs in a key other than :data:`RESUMABLE_KEYS`). Without it,
+        or if the saved configuration differs in a key other than :data:`~ppl_diffusion.train.config.RESUMABLE_KEYS`). Without it,
         a folder that already holds checkpoints is refused. The backend may change on resume (the
         checkpoint format is shared); exactness is promised on the same backend and device. ``"auto"``
         resumes when the folder holds a checkpoint and starts otherwise (for requeued jobs). The number of
         processes may change too (same global batch): exact where every draw is sliced from the global batch,
-        otherwise refused unless ``allow_inexact_resume`` (see :func:`~.run_dir.world_size_change_is_exact`).
+        otherwise refused unless ``allow_inexact_resume`` (see ``run_dir.world_size_change_is_exact``).
     :param bool progress: show a tqdm bar with the loss and the running bits/dim (rank 0).
     :param bool allow_inexact_resume: resume on another world size even where it cannot be exact (a warning).
     :param log: called (rank 0) with one line before the first step: the net and its settings as built
-        (:func:`~ppl_diffusion.nets.build.describe_net`), its parameters, and the examples it trains on; the CLI
+        (``ppl_diffusion.nets.build.describe_net``), its parameters, and the examples it trains on; the CLI
         passes ``print``.
     :raises TrainingDiverged: on a NaN or infinite loss or gradient norm (no checkpoint written).
 
     A call that fails before ``run_dir`` holds a checkpoint leaves it as it found it (see the module).
+
+    Example (one optimizer step of an MLP on a 2-D Gaussian):
+
+    >>> import os
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     result = train(config, run, progress=False)
+    ...     files = sorted(os.listdir(run))
+    >>> result.step, result.stopped_by, result.checkpoint.name
+    (1, 'steps', 'ckpt-00000001.pt')
+    >>> files
+    ['ckpt-00000001.pt', 'config.json', 'metrics.jsonl']
     """
     # The process that prepares the folder (rank 0) notes what it is like now, to put it back on failure.
     fresh = FreshStart(check_run_dir(run_dir)) if distributed.world().is_main else None

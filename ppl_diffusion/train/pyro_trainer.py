@@ -1,4 +1,4 @@
-"""One training step on the Pyro backend (:class:`PyroTrainer`); :func:`make_trainer` picks the backend.
+"""One training step on the Pyro backend (:class:`~ppl_diffusion.train.pyro_trainer.PyroTrainer`); :func:`~ppl_diffusion.train.pyro_trainer.make_trainer` picks the backend.
 
 Data-parallel under ``torchrun``: each rank scores its contiguous rows of the global batch with every random
 draw made for the global batch (:class:`~ppl_diffusion.infer.draws.BatchDraws`), the gradients of the
@@ -7,7 +7,7 @@ per-rank mean losses are averaged with one ``all_reduce`` of the flattened gradi
 the network, which ``DistributedDataParallel``'s one-forward-one-backward hooks do not), and every rank then
 takes the same clipped Adam step and EMA update, so weights, optimizer, EMA and sampler are the same on every
 rank. With one process the same code runs with the identity for every collective. ``--microbatch M`` splits each
-rank's rows into micro-batches of M whose gradients accumulate before that one all-reduce (:meth:`PyroTrainer.step`).
+rank's rows into micro-batches of M whose gradients accumulate before that one all-reduce (:meth:`~ppl_diffusion.train.pyro_trainer.PyroTrainer.step`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from ..infer.draws import BatchDraws, apply_records, slice_dropout
 from .config import TrainConfig, build_diffusion, lr_at
 from .schedules import estimator_kwargs
 
+__all__ = ["PyroTrainer", "make_trainer"]
+
 _NON_FINITE = re.compile(r"\b(nan|inf)\b")
 
 
@@ -34,8 +36,28 @@ class _NonFiniteOutput(Exception):
 
 class PyroTrainer:
     """One training step at a time on the Pyro backend: ``estimator.differentiable_loss / B``, backward,
-    gradient-norm clipping, Adam and the EMA update. :class:`ppl_diffusion.numpyro.train.NumPyroTrainer`
-    is its twin on JAX; :func:`train` drives either."""
+    gradient-norm clipping, Adam and the EMA update. ``ppl_diffusion.numpyro.train.NumPyroTrainer``
+    is its twin on JAX; :func:`~ppl_diffusion.train.loop.train` drives either.
+
+    :param config: the run's :class:`~ppl_diffusion.train.config.TrainConfig`.
+    :param dataset: the :class:`~ppl_diffusion.data.Dataset` whose training split it trains on.
+    :param torch.device device: where the model and the data go.
+    :param world: the :class:`~ppl_diffusion.distributed.World` of a data-parallel job (one process by default).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import gaussian
+    >>> from ppl_diffusion.train import BatchStream, PyroTrainer, TrainConfig
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)
+    >>> trainer = PyroTrainer(config, gaussian(n_train=16, n_test=4), torch.device("cpu"))
+    >>> trainer.num_parameters
+    2274
+    >>> loss, grad_norm = trainer.step(BatchStream(16, seed=0).next(4), lr=1e-3)
+    >>> sorted(trainer.state())
+    ['draws', 'ema', 'model', 'optimizer', 'sampler']
+    """
 
     def __init__(self, config: TrainConfig, dataset, device: torch.device, world: World | None = None) -> None:
         self.train_x = dataset.train.to(device)
@@ -70,7 +92,7 @@ class PyroTrainer:
 
         With ``config.microbatch`` = M, this rank's rows are scored M at a time, each micro-batch's gradient
         accumulated before the one all-reduce and Adam step: every micro-batch draws from the generator in the
-        state the step started from and keeps its rows of the global draws (:class:`BatchDraws` ``rows``), the
+        state the step started from and keeps its rows of the global draws (:class:`~ppl_diffusion.infer.draws.BatchDraws` ``rows``), the
         losses are divided by the rank's whole batch, and the importance sampler records the step's losses once,
         so the step is the unsplit one up to float rounding."""
         for group in self.optimizer.param_groups:
@@ -128,6 +150,8 @@ class PyroTrainer:
         return sum(p.numel() for p in self.net.parameters())
 
     def state(self) -> dict:
+        """The trainer's part of a checkpoint: weights and EMA (of the denoiser, a learned prior and a learned γ
+        schedule), the optimizer, the importance sampler and the step's generator."""
         state = {"optimizer": self.optimizer.state_dict(),
                  "sampler": None if self.sampler is None else self.sampler.state_dict(),
                  "draws": {"device": self.generator.device.type, "state": self.generator.get_state()}}
@@ -136,6 +160,7 @@ class PyroTrainer:
         return state
 
     def load(self, state: dict) -> None:
+        """Continue from :meth:`state` (read back from a checkpoint)."""
         for key, ema, module in self.parts:
             module.load_state_dict(state[key])
             for k, v in state[ema].items():
@@ -159,6 +184,7 @@ class PyroTrainer:
         pass
 
     def result(self) -> tuple[GaussianDiffusion, dict]:
+        """``(the model with the trained weights, the EMA of the denoiser's state dict)``."""
         return self.diffusion, self.ema
 
 
@@ -180,6 +206,19 @@ def average_gradients(params, world: World) -> None:
 
 
 def make_trainer(config: TrainConfig, dataset, device: torch.device, world: World | None = None):
+    """The trainer of ``config.backend``: a :class:`~ppl_diffusion.train.pyro_trainer.PyroTrainer`, or the NumPyro backend's ``NumPyroTrainer``
+    (``world`` is for the Pyro backend; JAX splits its own devices).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion.data import gaussian
+    >>> from ppl_diffusion.train import TrainConfig, make_trainer
+    >>> trainer = make_trainer(TrainConfig(data="gaussian", net="mlp", T=10, steps=1), gaussian(n_train=8, n_test=2),
+    ...                        torch.device("cpu"))
+    >>> type(trainer).__name__
+    'PyroTrainer'
+    """
     if config.backend == "numpyro":
         from ..numpyro.train import NumPyroTrainer
 

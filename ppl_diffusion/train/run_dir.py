@@ -1,5 +1,5 @@
-"""The run folder: ``config.json``, the metrics log, where the run's data is (:func:`absolute_data_root`,
-:func:`load_run_data`), and finding and restoring the checkpoint to resume from (checkpoint files themselves are
+"""The run folder: ``config.json``, the metrics log, where the run's data is (``absolute_data_root``,
+:func:`~ppl_diffusion.train.run_dir.load_run_data`), and finding and restoring the checkpoint to resume from (checkpoint files themselves are
 written by :mod:`ppl_diffusion.checkpoint`)."""
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ from ..distributed import World
 from ..nets import UNET_PRESETS
 from .config import FORMAT, METRICS_FORMATS, RESUMABLE_KEYS, TrainConfig
 
+__all__ = ["METRIC_FIELDS", "MetricsLog", "load_run_data"]
+
+#: The columns of every metrics row (a row of a validation step adds ``val_bpd``).
 METRIC_FIELDS = ("step", "loss", "bpd", "running_bpd", "lr", "grad_norm", "elapsed")
 VAL_FIELD = "val_bpd"  # with validation: the held-out bits/dim, in the rows of the steps it was computed at
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
-    """``run_dir`` as a :class:`Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
+    """``run_dir`` as a :class:`~pathlib.Path` if it is, or can become, a folder: a one-line ``ValueError`` naming it and
     the fix when it (or a folder above it) is an existing file, before anything is loaded or written."""
     run_dir = Path(run_dir)
     for path in (run_dir, *run_dir.parents):
@@ -50,6 +53,17 @@ def load_run_data(config: TrainConfig, data_root: str | Path | None = None, *, r
     :raises ValueError: ``data_root`` given for a data set that reads no files (digits, the toys), or data whose
         examples are not of ``event_shape``.
     :raises FileNotFoundError: the folder is gone: one line naming it and the ``--data-root`` fix.
+
+    :param config: the run's :class:`~ppl_diffusion.train.config.TrainConfig`.
+    :param data_root: where a data set read from files is now, or ``None`` (the folder the run stored).
+    :param run: the run folder, named in errors.
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig
+    >>> from ppl_diffusion.train.run_dir import load_run_data
+    >>> load_run_data(TrainConfig(data="gaussian"), event_shape=(2,))
+    Dataset('gaussian', train=[10000, 2], test=[2000, 2], bins=None, decoder='gaussian')
     """
     name, of_run = config.data, "" if run is None else f" of run {run}"
     if data_root is not None:
@@ -125,7 +139,29 @@ def _write_json(path: Path, obj) -> None:
 class MetricsLog:
     """Metric rows appended to ``metrics.jsonl`` or ``metrics.csv``, cut back to a step on resume.
 
-    With ``validation`` the rows may carry :data:`VAL_FIELD` (the CSV file gets that column, empty elsewhere)."""
+    With ``validation`` the rows may carry ``val_bpd`` (the CSV file gets that column, empty elsewhere).
+
+    :param pathlib.Path run_dir: the run folder.
+    :param str fmt: ``"jsonl"`` or ``"csv"`` (:data:`~ppl_diffusion.train.config.METRICS_FORMATS`).
+    :param int upto_step: the rows of later steps in an existing file are dropped (0: the file starts empty).
+    :param bool validation: rows may carry ``val_bpd``.
+
+    Example:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.train import METRIC_FIELDS, MetricsLog
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     log = MetricsLog(Path(run), "csv", 0)
+    ...     for step in (1, 2, 3):
+    ...         log.write({**dict.fromkeys(METRIC_FIELDS, 0.5), "step": step})
+    ...     log.close()
+    ...     MetricsLog(Path(run), "csv", 2).close()  # a run resumed from step 2 cuts the rows after it
+    ...     print((Path(run) / "metrics.csv").read_text())
+    step,loss,bpd,running_bpd,lr,grad_norm,elapsed
+    1,0.5,0.5,0.5,0.5,0.5,0.5
+    2,0.5,0.5,0.5,0.5,0.5,0.5
+    """
 
     def __init__(self, run_dir: Path, fmt: str, upto_step: int, *, validation: bool = False) -> None:
         self.path = run_dir / METRICS_FORMATS[fmt]
@@ -159,6 +195,7 @@ class MetricsLog:
         return rows
 
     def write(self, row: dict) -> None:
+        """Append ``row`` (a dict of :data:`~ppl_diffusion.train.run_dir.METRIC_FIELDS`) and flush it."""
         if self.fmt == "csv":
             csv.DictWriter(self.file, self.fields, lineterminator="\n").writerow(row)
         else:
@@ -166,6 +203,7 @@ class MetricsLog:
         self.file.flush()
 
     def close(self) -> None:
+        """Close the file."""
         self.file.close()
 
 

@@ -1,7 +1,7 @@
 """A run's forward process: the schedules ``--schedule`` names, their settings, and their checks.
 
 =========================  ==========================================================================================
-``linear``, ``cosine``     a :class:`~ppl_diffusion.NoiseSchedule` of T steps (DDPM's, scaled by 1000/T; improved
+``linear``, ``cosine``     a :class:`~ppl_diffusion.schedule.NoiseSchedule` of T steps (DDPM's, scaled by 1000/T; improved
                            DDPM's), the net conditioned on the step; ``custom``: an import's own β_t (``betas``)
 ``fixed-linear``           γ linear from ``gamma_min`` to ``gamma_max`` (VDM's ``fixed``), no parameters
 ``learned-scalar``         γ linear, its endpoints learned (VDM's ``learnable_scalar``); starts at
@@ -19,7 +19,7 @@ settings are config keys that a NoiseSchedule run leaves ``None``: ``gamma_min``
 by default), ``time_input`` (``"gamma"``, the net sees γ rescaled over [gamma_min, gamma_max], by default;
 ``"step"``, the step label, at finite T only) and ``schedule_objective`` (continuous time: ``"variance"`` trains the
 interior of ``learned-net`` for the estimate's variance and its endpoints by the ELBO, the default there;
-``"elbo"`` everything by the ELBO). :func:`resolve` writes the defaults into the config before it is saved, so
+``"elbo"`` everything by the ELBO). ``resolve`` writes the defaults into the config before it is saved, so
 config.json records every one. The net's γ label is rescaled over (gamma_min, gamma_max), fixed at the start, so
 that a learned schedule's net sees the same label for the same γ throughout training and after loading.
 """
@@ -35,6 +35,8 @@ from ..infer import check_estimator
 from ..infer.continuous_elbo import SCHEDULE_OBJECTIVES
 from ..schedule import NoiseSchedule
 
+__all__ = ["SCHEDULES", "build_schedule", "is_gamma"]
+
 NOISE_SCHEDULES = {"linear": NoiseSchedule.linear, "cosine": NoiseSchedule.cosine}
 # γ schedules by name: builder(gamma_min, gamma_max, T) and whether the schedule has an interior to train
 GAMMA_SCHEDULES = {
@@ -46,12 +48,20 @@ GAMMA_SCHEDULES = {
 }
 WITH_INTERIOR = ("learned-net",)  # the schedules whose interior the variance objective trains
 INTERPOLATED = ("interpolated-linear", "interpolated-cosine")  # endpoints from the NoiseSchedule, finite T only
-SCHEDULES = (*NOISE_SCHEDULES, *GAMMA_SCHEDULES)  # the names --schedule takes ("custom" is an import's)
+#: The names ``--schedule`` (``TrainConfig.schedule``) takes; ``"custom"`` is an imported model's own ``betas``.
+SCHEDULES = (*NOISE_SCHEDULES, *GAMMA_SCHEDULES)
 GAMMA_KEYS = ("gamma_min", "gamma_max", "time_input", "schedule_objective")  # None for a NoiseSchedule
 
 
 def is_gamma(name: str) -> bool:
-    """Whether the schedule ``name`` is a γ schedule (the forward process as a module) rather than a NoiseSchedule."""
+    """Whether the schedule ``name`` is a γ schedule (the forward process as a module) rather than a NoiseSchedule.
+
+    Example:
+
+    >>> from ppl_diffusion.train.schedules import is_gamma
+    >>> is_gamma("learned-net"), is_gamma("linear")
+    (True, False)
+    """
     return name in GAMMA_SCHEDULES
 
 
@@ -141,8 +151,21 @@ def check(config) -> None:
 
 
 def build_schedule(config):
-    """The forward process of ``config``: a :class:`~ppl_diffusion.NoiseSchedule` (a named one of T steps, or
-    ``"custom"``'s ``betas``) or a γ schedule module (unset settings at their defaults)."""
+    """The forward process of ``config``: a :class:`~ppl_diffusion.schedule.NoiseSchedule` (a named one of T steps, or
+    ``"custom"``'s ``betas``) or a γ schedule module (unset settings at their defaults).
+
+    :param config: a :class:`~ppl_diffusion.train.config.TrainConfig` (its ``schedule``, ``T``, ``betas``,
+        ``gamma_min`` and ``gamma_max``).
+
+    Example:
+
+    >>> from ppl_diffusion.train import TrainConfig, build_schedule
+    >>> schedule = build_schedule(TrainConfig(schedule="cosine", T=10))
+    >>> type(schedule).__name__, tuple(schedule.betas.shape)
+    ('NoiseSchedule', (10,))
+    >>> type(build_schedule(TrainConfig(schedule="fixed-linear", T=0))).__name__  # continuous time
+    'LinearGamma'
+    """
     if config.schedule == "custom":
         return NoiseSchedule(config.betas)
     if not is_gamma(config.schedule):
@@ -153,7 +176,7 @@ def build_schedule(config):
 
 
 def process_kwargs(config) -> dict:
-    """The keyword arguments of :class:`~ppl_diffusion.GaussianDiffusion` that a γ schedule needs (T, the time
+    """The keyword arguments of :class:`~ppl_diffusion.diffusion.GaussianDiffusion` that a γ schedule needs (T, the time
     input, the γ label's range (gamma_min, gamma_max), fixed whatever the learned endpoints are now); ``{}`` for a
     NoiseSchedule."""
     if not is_gamma(config.schedule):

@@ -3,11 +3,11 @@ every checkpoint, and the best weights by that estimate (``TrainConfig.val_examp
 
 **The held-out examples.** N of the training split's examples, chosen by the seed alone: example i's rank is the
 counter-based uniform ``noise.uniform(seed, i, 0, stream=HOLDOUT)`` and the N smallest are held out
-(:func:`holdout_split`). Training sees the others, in their original order; the test split is not touched.
+(:func:`~ppl_diffusion.train.validation.holdout_split`). Training sees the others, in their original order; the test split is not touched.
 
 **The estimate.** At every checkpoint (every ``checkpoint_every`` steps and at the end) the **EMA** weights are
 scored on the held-out examples by :func:`~ppl_diffusion.infer.estimate.estimate_bound`, the unbiased estimate of
-the full bound that ``evaluate --bound estimate`` computes, with a fixed uniform plan (:data:`VALIDATION_PLAN`:
+the full bound that ``evaluate --bound estimate`` computes, with a fixed uniform plan (:data:`~ppl_diffusion.train.validation.VALIDATION_PLAN`:
 every step t <= 20, two steps drawn in each of 20 equal strata above; 60 denoiser inputs per example at
 T = 1000). Its noise and its draws of t are counter-based on (seed, held-out example's training index, t), so
 the validation bits/dim is a function of the weights and the seed alone (any process, any resume), and every
@@ -16,8 +16,7 @@ noise (common random numbers), only the weights differ.
 
 **The best weights.** The checkpoint with the lowest validation bits/dim so far (the earliest on a tie) is the
 best: its raw and EMA weights, step and figure live in every later checkpoint (``state["validation"]``), so a
-run killed and resumed keeps the same best, and are written to ``RUN/best.pt`` (:data:`~ppl_diffusion.checkpoint.
-BEST_NAME`), a checkpoint without optimizer state that ``evaluate``, ``sample`` and every command taking a run
+run killed and resumed keeps the same best, and are written to ``RUN/best.pt`` (:data:`~ppl_diffusion.checkpoint.BEST_NAME`), a checkpoint without optimizer state that ``evaluate``, ``sample`` and every command taking a run
 folder load by default (``--last`` for the newest checkpoint instead).
 """
 
@@ -35,7 +34,9 @@ from ..infer.estimate import estimate_bound, plan_uniform
 from .config import TrainConfig, build_diffusion
 from .load import load_weights
 
-# The plan of the validation estimate (plan_uniform's counts): fixed, so that every checkpoint draws the same t.
+__all__ = ["VALIDATION_PLAN", "holdout_split"]
+
+#: The plan of the validation estimate (``plan_uniform``'s counts), fixed so that every checkpoint draws the same t.
 VALIDATION_PLAN = dict(full_steps=20, strata=20, draws=2)
 # In continuous time (T = 0): the diffusion term from 2 uniform draws of t in each of 20 equal strata of [0, 1]
 # (infer/continuous_bound.py), the reconstruction and prior terms as evaluate computes them.
@@ -46,7 +47,19 @@ WEIGHT_KEYS = ("model", "ema", "prior", "prior_ema", "schedule", "schedule_ema")
 def holdout_split(num_train: int, val_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(kept, held_out)``: sorted int64 indices into the training split, ``val_examples`` held out, chosen by
     the counter-based uniform of (seed, i) on stream ``HOLDOUT`` (the smallest ranks); a one-line
-    ``ValueError`` unless 0 <= val_examples < num_train."""
+    ``ValueError`` unless 0 <= val_examples < num_train.
+
+    :param int num_train: the size of the training split.
+    :param int val_examples: the number held out.
+    :param int seed: the run's seed.
+
+    Example:
+
+    >>> from ppl_diffusion.train.validation import holdout_split
+    >>> kept, held = holdout_split(10, 3, seed=0)
+    >>> held, len(kept), sorted([*kept, *held]) == list(range(10))
+    (array([2, 6, 7]), 7, True)
+    """
     if isinstance(val_examples, bool) or not isinstance(val_examples, int) or not 0 <= val_examples < num_train:
         raise ValueError(f"val_examples = {val_examples!r}, but the training split has {num_train} examples; hold "
                          f"out between 1 and {num_train - 1} of them, or 0 for no validation (--val-examples)")
@@ -60,7 +73,7 @@ class Validation:
     """The held-out examples of ``config``, the validation model and the best weights so far.
 
     :param TrainConfig config: ``config.val_examples`` >= 1 examples are held out.
-    :param dataset: the whole data set; :attr:`dataset` is the same with the held-out examples removed from
+    :param dataset: the whole data set; ``dataset`` is the same with the held-out examples removed from
         its training split (what the trainer sees).
     :param device: where the validation model runs (the training device).
     """
@@ -81,7 +94,7 @@ class Validation:
         self.best: dict | None = None  # {"step", "val_bpd", and the WEIGHT_KEYS of the trainer's state at it}
 
     def estimate(self, state: dict) -> float:
-        """The validation bits/dim of the EMA weights in ``state`` (a trainer's :meth:`state`)."""
+        """The validation bits/dim of the EMA weights in ``state`` (a trainer's ``state``)."""
         load_weights(self.diffusion, state, ema=True)
         if self.diffusion.continuous:
             est = estimate_continuous_bound(self.diffusion, self.x, self.plan, seed=self.seed, indices=self.indices)
@@ -110,7 +123,7 @@ class Validation:
 
     def best_checkpoint(self, *, fmt: str, config: dict, data: dict) -> dict | None:
         """What ``best.pt`` holds: the best step's weights with the run's config and data, loadable by
-        :func:`~ppl_diffusion.train.load_trained` (no optimizer, no generators); ``None`` before any validation."""
+        :func:`~ppl_diffusion.train.load.load_trained` (no optimizer, no generators); ``None`` before any validation."""
         if self.best is None:
             return None
         return {"format": fmt, "config": config, "data": data, "best": True, "val_examples": len(self.indices),
