@@ -88,7 +88,7 @@ def resolve(kind: str, images: bool) -> str:
 
     :param str kind: ``"auto"`` or one of :data:`KINDS`.
     :param bool images: whether the data are 8-bit images (a discretized decoder,
-        :func:`ppl_diffusion.sampling.is_images`).
+        ``ppl_diffusion.sampling.is_images``).
     :raises ValueError: for ``"none"`` on images, a dequantization on continuous data, or an unknown name.
 
     >>> resolve("auto", images=True), resolve("auto", images=False)
