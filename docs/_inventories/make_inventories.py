@@ -70,6 +70,12 @@ PROJECTS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         ("torch.Size", "py:class", "size.html#$"),
         ("torch.nn.modules.module.Module", "py:class", "generated/torch.nn.Module.html#torch.nn.Module"),
         ("torch.nn.parameter.Parameter", "py:class", "generated/torch.nn.parameter.Parameter.html#$"),
+        # bases as autodoc prints them (the defining module), on the page of their public name
+        ("torch.nn.modules.dropout.Dropout", "py:class", "generated/torch.nn.Dropout.html#torch.nn.Dropout"),
+        ("torch.nn.modules.container.Sequential", "py:class",
+         "generated/torch.nn.Sequential.html#torch.nn.Sequential"),
+        ("torch.nn.modules.normalization.GroupNorm", "py:class",
+         "generated/torch.nn.GroupNorm.html#torch.nn.GroupNorm"),
         ("torch.distributions.Distribution.expand", "py:method", "distributions.html#$"),
         ("torch.distributions.distribution.Distribution.expand", "py:method", "distributions.html#$"),
     ]),
@@ -96,6 +102,7 @@ PROJECTS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         ("pyro.poutine.messenger.Messenger", "py:class", "poutine.html#$"),
         ("pyro.nn.PyroModule", "py:class", "nn.html#pyro.nn.module.PyroModule"),
         ("pyro.optim.PyroOptim", "py:class", "optimization.html#pyro.optim.optim.PyroOptim"),
+        ("pyro.optim.optim.PyroOptim", "py:class", "optimization.html#$"),
         ("pyro.optim.Adam", "py:function", "optimization.html#pyro.optim.pytorch_optimizers.Adam"),
         ("pyro.module", "py:function", "primitives.html#$"),
         ("pyro.sample", "py:function", "primitives.html#$"),
@@ -123,6 +130,7 @@ PROJECTS: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         ("flax.nnx.module.Module", "py:class", "api_reference/flax.nnx/module.html#flax.nnx.Module"),
         ("flax.nnx.Rngs", "py:class", "api_reference/flax.nnx/rnglib.html#$"),
         ("flax.nnx.remat", "py:function", "api_reference/flax.nnx/transforms.html#$"),
+        ("flax.nnx.nn.stochastic.Dropout", "py:class", "api_reference/flax.nnx/nn/stochastic.html#flax.nnx.Dropout"),
     ]),
     "jax": ("JAX", "0.10", [
         ("jax.Array", "py:class", "_autosummary/jax.Array.html#$"),
