@@ -392,6 +392,6 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale, bins: int = 256):
     return jnp.where(left_edge, log_cdf_upper, jnp.where(right_edge, log_sf_lower, mid))
 
 
-__all__ = ["discretized_gaussian_log_likelihood", "extract", "gaussian_log_likelihood", "log1mexp", "log_normal_cdf_diff",
-           "normal_kl", "p_mean_from_eps", "predict_x0_from_eps", "q_mean_variance", "q_posterior_mean_variance",
-           "q_sample", "q_step_mean_variance", "scaled_latent"]
+__all__ = ["discretized_gaussian_log_likelihood", "extract", "gaussian_log_likelihood", "log1mexp",
+           "log_normal_cdf_diff", "normal_kl", "p_mean_from_eps", "predict_x0_from_eps", "q_mean_variance",
+           "q_posterior_mean_variance", "q_sample", "q_step_mean_variance", "scaled_latent"]

@@ -540,5 +540,6 @@ def gamma_twin(torch_schedule):
     return module
 
 
-__all__ = ["flax_twin", "from_torch", "gamma_params_from_torch_state", "gamma_twin", "load_torch_state", "mlp_from_torch",
-           "mlp_to_torch", "params_from_torch_state", "to_torch", "torch_state_from_gamma_params", "torch_state_from_params"]
+__all__ = ["flax_twin", "from_torch", "gamma_params_from_torch_state", "gamma_twin", "load_torch_state",
+           "mlp_from_torch", "mlp_to_torch", "params_from_torch_state", "to_torch", "torch_state_from_gamma_params",
+           "torch_state_from_params"]

@@ -1,5 +1,6 @@
 """The NumPyro half of the bound's estimate (:mod:`ppl_diffusion.infer.estimate`, ``evaluate --bound estimate
---backend numpyro``): the terms of arbitrary (example, step) rows by the compiled :func:`.chain.step_terms`, with
+--backend numpyro``): the terms of arbitrary (example, step) rows by the compiled
+:func:`~ppl_diffusion.numpyro.chain.step_terms`, with
 the full bound's counter-based noise computed on the host (:mod:`ppl_diffusion.noise`, the Pyro backend's
 numbers). The plan, the draws of t and the sums are NumPy and shared with the Pyro backend."""
 

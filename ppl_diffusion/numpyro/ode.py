@@ -591,7 +591,8 @@ def _compiled_flow(diffusion, ct, *, rtol, atol, solver, eps, max_steps):
 
 def prior_draws_normal(diffusion, seed: int, index: np.ndarray, dtype=jnp.float32):
     """x_T for (seed, index, T, SAMPLE): loc + scale · counter normal for a Normal prior (ancestral sampling's and
-    the PyTorch backend's numbers, drawn in float64 for float64), else :func:`.sampling.prior_draws`."""
+    the PyTorch backend's numbers, drawn in float64 for float64), else
+    :func:`~ppl_diffusion.numpyro.sampling.prior_draws`."""
     from .sampling import prior_draws
 
     prior = diffusion.get_prior(dtype)

@@ -229,7 +229,8 @@ def check_prior(prior, event_shape):
     >>> check_prior(dist.Normal(jnp.zeros(2), 1.0), (2,))
     Traceback (most recent call last):
     ...
-    ValueError: prior has batch shape (2,); it must be () (the model adds the data plate): use .to_event(1) to make those dimensions the event
+    ValueError: prior has batch shape (2,); it must be () (the model adds the data plate):
+    use .to_event(1) to make those dimensions the event
     """
     if isinstance(prior, type):
         raise TypeError(f"prior is the class {prior.__name__}; pass an instance, e.g. prior={prior.__name__}"

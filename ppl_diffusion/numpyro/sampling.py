@@ -5,7 +5,8 @@ The JAX halves of :func:`ppl_diffusion.sampling.draw_samples` and
 (files, figures, JSON, bits/dim) is shared with the Pyro backend. The bound's noise is counter-based
 (:mod:`ppl_diffusion.noise`), the same numbers as the Pyro backend's for the same seed.
 
-Both run data-parallel over every JAX device (:mod:`.distributed`): a chunk of examples or of samples is
+Both run data-parallel over every JAX device (:mod:`~ppl_diffusion.numpyro.distributed`): a chunk of examples or of
+samples is
 sharded along the mesh axis ``"data"`` when it splits evenly (else it runs unsplit), the weights are
 replicated, and so is the result; 1 and N devices give the same numbers to float32 rounding.
 """
@@ -61,8 +62,8 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     .. math:: \bar\alpha'_k = \bar\alpha_{s_k}, \quad \beta'_k = 1 - \bar\alpha_{s_k} / \bar\alpha_{s_{k-1}}
 
     :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
-    :param steps: the number of steps K (spread evenly), a spacing string of :func:`ppl_diffusion.respace.space_timesteps`
-        (e.g. ``"ddim10"``), or the kept steps themselves.
+    :param steps: the number of steps K (spread evenly), a spacing string of
+        :func:`ppl_diffusion.respace.space_timesteps` (e.g. ``"ddim10"``), or the kept steps themselves.
     :returns: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with K steps.
 
     Example:

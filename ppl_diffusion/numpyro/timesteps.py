@@ -341,5 +341,5 @@ def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps | Uni
     return TIMESTEP_SAMPLERS[name](T, **kwargs)
 
 
-__all__ = ["ImportanceTimes", "ImportanceTimesteps", "LowDiscrepancyTimes", "LowDiscrepancyTimesteps", "TIMESTEP_SAMPLERS",
-           "TIME_SAMPLERS", "UniformTimes", "UniformTimesteps", "make_timestep_sampler"]
+__all__ = ["ImportanceTimes", "ImportanceTimesteps", "LowDiscrepancyTimes", "LowDiscrepancyTimesteps",
+           "TIMESTEP_SAMPLERS", "TIME_SAMPLERS", "UniformTimes", "UniformTimesteps", "make_timestep_sampler"]

@@ -18,7 +18,7 @@ the other generators. The initial weights are the PyTorch backend's for the same
 batch is made for the global batch and sliced (:func:`ppl_diffusion.numpyro.distributed.micro_batch`), the
 importance sampler's history and the EMA are updated once, so the step is the unsplit one to float rounding.
 
-The step runs data-parallel over every JAX device (:mod:`.distributed`): the global batch
+The step runs data-parallel over every JAX device (:mod:`~ppl_diffusion.numpyro.distributed`): the global batch
 (``batch_size``, which must divide evenly) is sharded along the mesh axis ``"data"``, everything else is
 replicated; the constructor says on stderr how many devices the batch is sharded over. 1 and N devices give
 the same weights to float32 rounding.
