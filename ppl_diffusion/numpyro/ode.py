@@ -319,14 +319,7 @@ def solve(field, y0, t0: float, t1: float, args, *, rtol: float, atol: float, so
     :param int max_steps: diffrax's bound on the steps.
     :returns: ``(y(t1), NFE, result code)`` (0: success).
 
-    Example (dy/ds = −y):
-
-    >>> import jax.numpy as jnp
-    >>> import numpy as np
-    >>> from ppl_diffusion.numpyro.ode import solve
-    >>> y1, nfe, result = solve(lambda s, y, args: -y, jnp.ones((2, 1)), 0.0, 1.0, None, rtol=1e-6, atol=1e-6)
-    >>> bool(np.allclose(y1, np.exp(-1.0), rtol=1e-5)), int(result)
-    (True, 0)
+    The solve of :func:`log_likelihood`, :func:`sample_ode` and :class:`ProbabilityFlow` (their examples run it).
     """
     d = _diffrax()
     direction = 1.0 if t1 >= t0 else -1.0
@@ -765,4 +758,4 @@ class ProbabilityFlow(dist.Distribution):
 
 
 __all__ = ["EXACT_MODES", "ODEResult", "ProbabilityFlow", "SOLVERS", "TimeCoefficients", "coefficients", "drift",
-           "log_likelihood", "make_probes", "nfe_of", "per_example_norm", "sample_ode", "solve"]
+           "log_likelihood", "make_probes", "nfe_of", "per_example_norm", "sample_ode"]
