@@ -263,7 +263,7 @@ def _solver(name: str):
 
 
 def nfe_of(solver: str, num_steps):
-    """Vector-field evaluations of :func:`solve` from diffrax's step count ``num_steps`` (accepted and rejected
+    """Vector-field evaluations of ``solve`` from diffrax's step count ``num_steps`` (accepted and rejected
     steps): 2 before the solve (f(t0, y0) and the probe f(t0 + h0, y0 + h0 f0) of the initial step size), then
     per step the solver's stages, less the first for an FSAL solver (its f(t0, y0) is the previous step's last
     stage, or the f(t0, y0) handed in; a rejected step reuses it): Tsit5 and dopri5 6, bosh3 3, dopri8 13 (all four
