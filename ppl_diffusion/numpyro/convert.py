@@ -365,7 +365,7 @@ def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None
     holding its weights and in its train / eval mode.
 
     The PyTorch nets do not store all their constructor arguments, so they are read off the net's
-    attributes and layers (see :func:`_unet_kwargs`; ``min_group_channels`` and the step label's
+    attributes and layers (see ``_unet_kwargs``; ``min_group_channels`` and the step label's
     ``timestep_shift`` / ``timestep_scale`` are attributes); ``kwargs`` overrides them (e.g. the exact
     ``num_groups`` or ``zero_init``). The group count of every GroupNorm is checked against the twin's.
 
