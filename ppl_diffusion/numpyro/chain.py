@@ -1,6 +1,6 @@
 """The full chain compiled: its ELBO and ancestral sampling with ``lax.scan``, from noise passed in.
 
-The named-site programs of :class:`~ppl_diffusion.numpyro.GaussianDiffusion` are the reference (a Python
+The named-site programs of :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` are the reference (a Python
 loop of T sites); these functions compute the same numbers as pure functions of (params, x_0, noise), so
 that ``jax.jit`` compiles one step of the chain instead of T:
 
@@ -35,7 +35,7 @@ def denoiser_apply(diffusion):
     its dropout keys are replaced by keys derived from ``dropout_key`` (so a compiled function draws fresh
     masks per call); without one, the module's own keys are used as they are.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :returns: ``apply(params, x_t [B x ...], t int[B], dropout_key=None) -> [B x ...]``, jittable.
 
     Example:
@@ -145,7 +145,7 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
     .. math:: \log p_\theta(x_0 \mid x_1) - \sum_{t=2}^T \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\,
         p_\theta(x_{t-1} \mid x_t)) - \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the data ``[B x *event_shape]``.
     :param noise: standard normals ``[T x B x *event_shape]``, one per sampled site in the guide's order.
@@ -236,7 +236,7 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
 
     .. math:: x_{t-1} = \mu_\theta(x_t, t) + \sigma_t\, z_{T-t+1}, \quad t = T..2
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :param params: the denoiser's weights, a pure dict.
     :param noise: standard normals ``[T x n x *event_shape]`` (``noise[0]`` is x_T itself).
     :param decoder_key: a JAX key to draw x_0 from the decoder, or None for its mean.
@@ -267,7 +267,7 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
     decoder, the inverse CDF of VDM's categorical at its Φ): the numbers of the Pyro backend's
     :func:`ppl_diffusion.sampling.draw_samples`, made on the host one step at a time (``jax.pure_callback``).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :param params: the denoiser's weights, a pure dict.
     :param x_T: the starting points ``[n x *event_shape]``.
     :param int seed: the seed of the counter-based noise.
@@ -305,7 +305,7 @@ def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
     .. math:: x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I), \quad
         x_0 \sim p_\theta(x_0 \mid x_1)
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param params: the denoiser's weights, a pure dict.
     :param key: a JAX PRNG key.
     :param int n: the number of samples.
@@ -386,7 +386,7 @@ def counter_normal(seed: int, index, t, shape, dtype, stream: int):
 def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size: int | None = None,
                       seed: int | None = None, indices=None):
     r"""Every term of the bound, L_0 … L_T per example ``[B x (T + 1)]`` in nats, as the Pyro backend's
-    :func:`~ppl_diffusion.infer.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t and L_{t−1} is
+    :func:`~ppl_diffusion.infer.bound.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t and L_{t−1} is
     the closed-form KL (t > 1) or the decoder's −log p(x_0|x_1) (t = 1); L_T is the prior's KL. ``lax.map``
     runs the steps, ``batch_size`` of them per denoiser call. The noise, one of:
 
@@ -402,7 +402,7 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
         L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t)), \quad
         L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T))
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the data ``[B x *event_shape]``.
     :param batch_size: steps per denoiser call (None: one at a time).
@@ -476,7 +476,7 @@ def step_terms(diffusion, params, x0, t, eps, eps_T):
     ``eps_T`` the prior's draw (used by a prior without closed-form KL); pass ``noise.normal(seed, index, t, XT)``
     and ``(seed, index, 0, PRIOR)`` for the full bound's numbers.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the rows' data ``[R x *event_shape]``.
     :param t: the rows' steps ``int[R]`` in 1..T.

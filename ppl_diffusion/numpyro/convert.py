@@ -98,7 +98,7 @@ def params_from_torch_state(module, state_dict) -> dict:
     structure) holding the weights of ``state_dict``, the state dict of the PyTorch twin. Raises a
     ValueError naming the layer on a missing or unexpected key or a shape that does not match.
 
-    :param module: a Flax :class:`~ppl_diffusion.numpyro.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.UNet`.
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
     :param state_dict: the PyTorch twin's ``state_dict()`` (tensors or arrays).
     :returns: the pure dict (the value NumPyro keeps under ``"denoiser$params"``).
 
@@ -145,7 +145,7 @@ def torch_state_from_params(module, params) -> dict[str, torch.Tensor]:
     """The PyTorch state dict (float32 CPU tensors, the twin's keys in its order) of the pure param dict
     ``params`` of the Flax ``module`` (weights, or gradients laid out as weights).
 
-    :param module: a Flax :class:`~ppl_diffusion.numpyro.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.UNet`
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`
         (the layout).
     :param params: its pure param dict (or a tree of the same structure).
     :returns: a dict of float32 CPU tensors, the twin's ``state_dict`` keys in order.
@@ -179,7 +179,7 @@ def torch_state_from_params(module, params) -> dict[str, torch.Tensor]:
 def load_torch_state(module, state_dict) -> None:
     """Write the weights of the PyTorch twin's ``state_dict`` into the Flax ``module``, in place.
 
-    :param module: a Flax :class:`~ppl_diffusion.numpyro.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.UNet`.
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
     :param state_dict: the PyTorch twin's ``state_dict()``.
 
     Example (the two nets then compute the same ε̂):
@@ -220,7 +220,7 @@ def _check_pair(module, torch_module) -> None:
 
 
 def from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`
+    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or :class:`~ppl_diffusion.nets.unet.UNet`
     into its Flax twin ``module``.
 
     :param module: the Flax net, built with the same hyperparameters.
@@ -276,8 +276,8 @@ def to_torch(module, torch_module) -> None:
 
 
 def mlp_from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser` into the Flax ``module``
-    (:func:`from_torch` without the type check).
+    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.mlp.MLPDenoiser` into the Flax ``module``
+    (:func:`~ppl_diffusion.numpyro.convert.from_torch` without the type check).
 
     Example:
 
@@ -301,8 +301,8 @@ def mlp_from_torch(module, torch_module) -> None:
 
 
 def mlp_to_torch(module, torch_module) -> None:
-    """Copy the weights of the Flax ``module`` into a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser`
-    (:func:`to_torch` without the type check).
+    """Copy the weights of the Flax ``module`` into a PyTorch :class:`ppl_diffusion.nets.mlp.MLPDenoiser`
+    (:func:`~ppl_diffusion.numpyro.convert.to_torch` without the type check).
 
     Example (a Flax net's zero last layer, copied):
 
@@ -361,7 +361,7 @@ def _unet_kwargs(net) -> dict:
 
 
 def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None = None):
-    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`,
+    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or :class:`~ppl_diffusion.nets.unet.UNet`,
     holding its weights and in its train / eval mode.
 
     The PyTorch nets do not store all their constructor arguments, so they are read off the net's
@@ -371,8 +371,9 @@ def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None
 
     :param torch_module: the PyTorch net.
     :param rngs: ``nnx.Rngs`` for the construction (the weights are then overwritten).
+    :type rngs: :class:`flax.nnx.Rngs` | None
     :param dict kwargs: constructor arguments of the Flax net that override the inferred ones.
-    :returns: the Flax :class:`~ppl_diffusion.numpyro.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.UNet`.
+    :returns: the Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
 
     Example:
 

@@ -81,7 +81,7 @@ def checkpointed_nnx_module(name: str, module):
     return call
 
 
-#: The learned variances of the PyTorch backend (:data:`ppl_diffusion.diffusion.LEARNED_VARIANCES`), on JAX arrays:
+#: The learned variances of the PyTorch backend (:data:`ppl_diffusion.diffusion.LEARNED_VARIANCES`) on JAX arrays,
 #: the fraction f of log β_t in log σ_t² = f log β_t + (1 − f) log β̃_t from the net's output v.
 LEARNED_VARIANCES = {
     "learned": lambda v: jax.nn.sigmoid(2.0 * v),
@@ -92,14 +92,14 @@ assert set(LEARNED_VARIANCES) == set(_TORCH_LEARNED)
 
 class GaussianDiffusion:
     r"""DDPM as a NumPyro latent-variable model (see the module table), the twin of
-    :class:`ppl_diffusion.GaussianDiffusion` (the same sites, plates and numbers).
+    :class:`ppl_diffusion.diffusion.GaussianDiffusion` (the same sites, plates and numbers).
 
     .. math:: p_\theta(x_{0:T}) = p(x_T) \prod_{t=2}^{T} p_\theta(x_{t-1} \mid x_t)\; p_\theta(x_0 \mid x_1),
         \quad q(x_{1:T} \mid x_0) = \prod_{t=1}^{T} q(x_t \mid x_{t-1})
 
     :param schedule: the float64 NoiseSchedule shared with the PyTorch backend, or a γ schedule
         (:mod:`ppl_diffusion.numpyro.gamma`), which needs ``T``.
-    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.MLPDenoiser`).
+    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser`).
     :param tuple event_shape: shape of one example.
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
         :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
@@ -187,7 +187,7 @@ class GaussianDiffusion:
 
     @property
     def T(self) -> int:
-        """The number of steps (0: continuous time)."""
+        """The number of steps T, or 0 in continuous time."""
         return self._T
 
     @property
@@ -234,7 +234,7 @@ class GaussianDiffusion:
 
     def coefficients(self, schedule=None):
         """The NoiseSchedule, or the :class:`~ppl_diffusion.numpyro.gamma.GammaChain` of ``schedule`` (default: the
-        registered γ schedule, :meth:`_sched`) at the T steps."""
+        registered γ schedule, ``_sched``) at the T steps."""
         if not self.gamma_schedule:
             return self.schedule
         self._need_chain()
@@ -464,7 +464,7 @@ class GaussianDiffusion:
 
         Sites: ``x_T`` ~ p(x_T), ``x_t`` ~ q(x_t|x_0), ``x_prev`` ~ p_θ(x_{t−1}|x_t) (masked to t > 1) and ``x_0``
         observed under p_θ(x_0|x_1) (masked to t = 1), in the plate ``"data"``; scored against :meth:`step_guide`
-        by :func:`~ppl_diffusion.numpyro.per_example_elbo`, this gives the stochastic-timestep ELBO
+        by :func:`~ppl_diffusion.numpyro.infer.per_example_elbo`, this gives the stochastic-timestep ELBO
 
         .. math:: \mathcal{L} = -\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)) - w(t)\, L_{t-1}, \quad
             L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))

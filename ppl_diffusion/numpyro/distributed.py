@@ -116,6 +116,8 @@ def _join(*args, **kwargs) -> None:
 def mesh() -> Mesh:
     """The 1-axis mesh (:data:`AXIS`) over every device of the job, in :func:`jax.devices` order.
 
+    :rtype: :class:`jax.sharding.Mesh`
+
     Example:
 
     >>> import jax

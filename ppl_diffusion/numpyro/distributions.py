@@ -70,11 +70,13 @@ class DiscretizedGaussian(dist.Distribution):
         return k * (2.0 / (self.bins - 1)) - 1.0
 
     def sample(self, key, sample_shape=()):
+        """A draw ``sample_shape + batch_shape`` from the JAX PRNG ``key``: a Normal draw rounded to the nearest centre."""
         shape = sample_shape + self.batch_shape
         x = self.loc + self.scale * jax.random.normal(key, shape, dtype=jnp.result_type(self.loc))
         return jax.lax.stop_gradient(self._grid(x))
 
     def log_prob(self, value):
+        """log P(bin of ``value``), exact in the tails."""
         return discretized_gaussian_log_likelihood(value, self.loc, jnp.log(self.scale), self.bins)
 
     def from_normal(self, eps):
@@ -94,6 +96,7 @@ class DiscretizedGaussian(dist.Distribution):
 
     @property
     def mean(self):
+        """``loc`` (the mean of the Normal before rounding)."""
         return self.loc
 
 
@@ -145,9 +148,11 @@ class VDMCategorical(dist.Distribution):
 
     @property
     def probs(self):
+        """P(c_k), ``[*batch_shape x bins]``."""
         return jnp.exp(self.logits)
 
     def log_prob(self, value):
+        """log P(``value``), ``value`` on the centres (rounded to the nearest)."""
         k = jnp.round((jnp.clip(value, -1.0, 1.0) + 1.0) * (self.bins - 1) / 2.0).astype(jnp.int32)
         shape = jax.lax.broadcast_shapes(jnp.shape(value), self.batch_shape)
         logits = jnp.broadcast_to(self.logits, shape + (self.bins,))
@@ -171,11 +176,13 @@ class VDMCategorical(dist.Distribution):
         return jax.lax.stop_gradient(self.centres[k])
 
     def sample(self, key, sample_shape=()):
+        """A draw ``sample_shape + batch_shape`` from the JAX PRNG ``key`` (inverse CDF)."""
         shape = sample_shape + self.batch_shape
         return self.from_normal(jax.random.normal(key, shape, dtype=jnp.result_type(self.loc)))
 
     @property
     def mean(self):
+        """Σ_k P(c_k) c_k."""
         return jnp.sum(self.probs * self.centres, -1)
 
 

@@ -213,7 +213,7 @@ class InterpolatedGamma(GammaSchedule):
 
 
 class DenseMonotone(nnx.Module):
-    r"""y = x |W|ᵀ + b, ``weight`` ``[out x in]`` (torch's layout): a dense layer monotone increasing in x.
+    r"""``y = x |W|ᵀ + b``, ``weight`` ``[out x in]`` (torch's layout): a dense layer monotone increasing in x.
 
     .. math:: y = x\,|W|^\top + b
 
@@ -305,7 +305,7 @@ GAMMA_SCHEDULES = {"fixed-linear": LinearGamma, "fixed-interpolated": Interpolat
 
 
 def make_gamma_schedule(name: str, **kwargs) -> GammaSchedule:
-    """A γ schedule by name (:data:`GAMMA_SCHEDULES`, the PyTorch registry's names).
+    """A γ schedule by name (:data:`~ppl_diffusion.numpyro.gamma.GAMMA_SCHEDULES`, the PyTorch registry's names).
 
     ``"fixed-interpolated"`` with ``schedule=NoiseSchedule`` reads that schedule at its steps
     (:meth:`InterpolatedGamma.from_noise_schedule`).
@@ -366,7 +366,7 @@ def step_times(T: int, dtype=jnp.float32):
 
 
 class GammaChain:
-    r"""The T-step chain's coefficients from γ at :func:`step_times`, JAX arrays under the NoiseSchedule's names
+    r"""The T-step chain's coefficients from γ at :func:`~ppl_diffusion.numpyro.gamma.step_times`, JAX arrays under the NoiseSchedule's names
     (the twin of :class:`ppl_diffusion.gamma.GammaChain`, the same formulas). With s = t − 1:
 
     .. math:: \bar\alpha_t = \mathrm{sigmoid}(-\gamma_t), \quad

@@ -94,7 +94,7 @@ def per_example_elbo(model_trace, guide_trace, analytic: bool) -> dict:
         \log p(z) - \log q(z) & \text{latent, otherwise (one sample)} \end{cases}
 
     Masked-out examples contribute exactly 0; scales (``handlers.scale``) are not applied. The twin of
-    :func:`ppl_diffusion.infer.per_example_elbo`.
+    :func:`ppl_diffusion.infer.trace_terms.per_example_elbo`.
 
     :param model_trace: the model's trace, replayed on the guide's (:func:`trace_pair`).
     :param guide_trace: the guide's trace.
@@ -156,9 +156,10 @@ def stochastic_elbo_terms(diffusion, rng_key, x0, *, step_term: str = "kl", para
     .. math:: \widehat{\mathrm{ELBO}} = -\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)) - \frac{L_{t-1}}{P(t)},
         \quad t \sim P
 
-    an unbiased estimate of the ELBO −Σ_t L_t (the twin of :func:`ppl_diffusion.infer.stochastic_elbo_terms`).
+    an unbiased estimate of the ELBO −Σ_t L_t (the estimate of the PyTorch backend's
+    :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion`.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion`.
     :param rng_key: a JAX PRNG key.
     :param x0: the data ``[B x *event_shape]``.
     :param str step_term: ``"kl"`` (L_{t−1} in closed form) or ``"mc"`` (one sample of x_{t−1}).
@@ -229,7 +230,7 @@ class StochasticTimestepELBO(ELBO):
     (the denoiser's dropout keys) is carried; if SVI's mutable state holds the key ``"step_losses"``, the
     per-example step losses L_{t−1} of the update are returned there (for an importance sampler's history).
 
-    The estimate is :func:`stochastic_elbo_terms`' (the twin of :class:`ppl_diffusion.infer.StochasticTimestepELBO`).
+    The estimate is :func:`stochastic_elbo_terms`' (the twin of :class:`ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
 
     :param str step_term: ``"kl"`` or ``"mc"``.
     :param str timesteps: ``"uniform"`` or ``"low-discrepancy"``.
@@ -270,6 +271,8 @@ class StochasticTimestepELBO(ELBO):
         self._make_sampler = make_timestep_sampler
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": the model's}`` at the steps ``t``
+        (drawn from ``rng_key`` when None) with weights ``weight``."""
         diffusion = _diffusion_of(model)
         k_t, k_elbo = jax.random.split(rng_key)
         if t is None:
@@ -322,6 +325,8 @@ class ChainELBO(ELBO):
         self.analytic, self.reduction = analytic, reduction
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, *args, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": ...}`` of one trajectory drawn from
+        ``rng_key``."""
         from .chain import full_chain_elbo
 
         diffusion = _diffusion_of(model)
@@ -374,7 +379,7 @@ def feed_noise(fn, noise: dict):
 def continuous_time_terms(diffusion, rng_key, x0, t, *, params=None, noise=None, weight=None, shape=None,
                           analytic: bool = True, with_trace: bool = False):
     r"""The continuous-time ELBO's terms per example ``[B]`` at times ``t`` (as the PyTorch backend's
-    :func:`ppl_diffusion.infer.continuous_time_terms`): ``"prior"``, ``"reconstruction"``, ``"diffusion"`` (the
+    :func:`ppl_diffusion.infer.continuous_elbo.continuous_time_terms`): ``"prior"``, ``"reconstruction"``, ``"diffusion"`` (the
     integrand ½ γ'(t) ‖ε − ε̂‖², unweighted). ``params`` a NumPyro param map (replaces the registered weights),
     ``noise`` standard normals for the sites ``x_T``, ``x_1``, ``x_t``; ``shape`` the interior's (shape(t),
     shape'(t)) when the caller computed them.
@@ -384,7 +389,7 @@ def continuous_time_terms(diffusion, rng_key, x0, t, *, params=None, noise=None,
         + \underbrace{E_{t \sim U[0,1]}\big[\tfrac12 \gamma'(t) \lVert \epsilon - \hat\epsilon_\theta
         \rVert^2\big]}_{\text{diffusion}}
 
-    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.GaussianDiffusion` (T = 0).
+    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` (T = 0).
     :param rng_key: a JAX PRNG key.
     :param x0: the data ``[B x *event_shape]``.
     :param t: times ``[B]`` in [0, 1].
@@ -436,7 +441,7 @@ def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=
 
     (the mean with ``reduction="mean"``), the terms of :func:`continuous_time_terms`.
 
-    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.GaussianDiffusion` (T = 0).
+    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` (T = 0).
     :param rng_key: a JAX PRNG key.
     :param param_map: the NumPyro param map (``"denoiser$params"``, ``"schedule$params"`` for a learned γ).
     :param x0: the data ``[B x *event_shape]``.
@@ -518,7 +523,7 @@ def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=
 
 class ContinuousTimeELBO(ELBO):
     """The continuous-time ELBO (T = ∞) as a NumPyro ELBO for ``numpyro.infer.SVI`` (the twin of
-    :class:`ppl_diffusion.infer.ContinuousTimeELBO`)::
+    :class:`ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`)::
 
         svi = SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=ContinuousTimeELBO())
 
@@ -567,6 +572,8 @@ class ContinuousTimeELBO(ELBO):
         self.prior_term = prior_term
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": the model's}`` at the times ``t``
+        (drawn from ``rng_key`` when None) with weights ``weight``."""
         from .timesteps import make_timestep_sampler
 
         diffusion = getattr(model, "__self__", None)

@@ -1,12 +1,13 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
-(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`), and
-:func:`unet_for` / :func:`mlp_for`, the nets for a data shape by the PyTorch side's rule.
+(:mod:`ppl_diffusion.numpyro.convert`): :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` and
+:class:`~ppl_diffusion.numpyro.nets.UNet` (with :func:`~ppl_diffusion.numpyro.nets.unet_preset`), and
+:func:`~ppl_diffusion.numpyro.nets.unet_for` / :func:`~ppl_diffusion.numpyro.nets.mlp_for`, the nets for a data shape by the PyTorch side's rule.
 
 Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
 float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
 output is cast back to the input's dtype. ``dtype=None`` (default) computes in the parameters' float32.
 
-Dropout is :class:`SlicedDropout`: Flax's, whose mask inside a training step's micro-batch
+Dropout is ``SlicedDropout``: Flax's, whose mask inside a training step's micro-batch
 (:func:`ppl_diffusion.numpyro.distributed.micro_batch`) is drawn for the global batch and sliced to its rows."""
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ResidualMLPBlock(nnx.Module):
 
 
 class MLPDenoiser(nnx.Module):
-    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.MLPDenoiser` (same layers, same
+    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.mlp.MLPDenoiser` (same layers, same
     names, same initial output of zero when ``zero_init``); ``dtype``: the compute dtype (see the module docstring).
 
     ``x_t`` ``[B x ...]`` is flattened to D = ``dim`` values per example, ``t`` ``[B]`` embedded
@@ -142,6 +143,7 @@ class MLPDenoiser(nnx.Module):
     :param bool zero_init: the last layer starts at zero (ε̂ = 0).
     :param bool learn_sigma: also output v for a learned variance.
     :param rngs: ``nnx.Rngs`` for the initial weights and dropout (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
     :param dtype: the compute dtype (None: float32; ``jnp.bfloat16`` for mixed precision).
 
     Example:
@@ -342,7 +344,7 @@ def _run(block, x, emb):
 
 
 class UNet(nnx.Module):
-    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.UNet`: the same keyword arguments,
+    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.unet.UNet`: the same keyword arguments,
     validation errors, layers and math. ``x_t`` is ``[N x C x H x W]`` (NCHW, as the diffusion programs'
     event shape (C, H, W)), ``t`` int ``[N]``; returns ``[N x C_out x H x W]``. Computes in NHWC inside.
 
@@ -360,8 +362,9 @@ class UNet(nnx.Module):
     :param int num_res_blocks: residual blocks per level.
     :param attention_resolutions: the image sizes with self-attention.
     :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
 
-    The other keywords are those of :class:`ppl_diffusion.nets.UNet`.
+    The other keywords are those of :class:`ppl_diffusion.nets.unet.UNet`.
 
     Example:
 
@@ -489,6 +492,7 @@ def unet_preset(name: str, *, rngs: nnx.Rngs | None = None, **overrides) -> UNet
 
     :param str name: the preset.
     :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
     :param overrides: keywords of :class:`UNet`.
     :raises ValueError: for an unknown preset, listing the known ones.
 
@@ -517,6 +521,7 @@ def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = Fals
     :param str preset: a preset of :data:`ppl_diffusion.nets.unet.UNET_PRESETS` to start from, or None.
     :param bool learn_sigma: also output v for a learned variance.
     :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
     :param dtype: the compute dtype.
     :param overrides: keywords of :class:`UNet`.
 
@@ -540,6 +545,7 @@ def mlp_for(event_shape, *, learn_sigma: bool = False, rngs: nnx.Rngs | None = N
     :param event_shape: the shape of one example.
     :param bool learn_sigma: also output v for a learned variance.
     :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
     :param dtype: the compute dtype.
     :param settings: ``width``, ``depth``, ``emb_dim``, ``dropout``, ``zero_init`` (the PyTorch ``mlp_for``'s).
 

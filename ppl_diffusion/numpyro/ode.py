@@ -53,7 +53,7 @@ from ..ode import PROBES, TRACES, check_options  # noqa: F401  (the same names a
 
 #: The diffrax solvers by name (``--solver``); dopri5 (torchdiffeq's default) is the default.
 SOLVERS = ("dopri5", "tsit5", "dopri8", "bosh3")
-#: How the exact trace is computed: D Jacobian-vector products (default) or D vector-Jacobian products.
+#: How the exact trace is computed, by D Jacobian-vector products (default) or D vector-Jacobian products.
 EXACT_MODES = ("jvp", "vjp")  # the exact trace by D JVPs (default) or D VJPs (as fast on CPU; for comparison)
 MAX_STEPS = 4096  # diffrax's bound on the number of steps (its default; RecursiveCheckpointAdjoint needs one)
 
@@ -88,8 +88,7 @@ def check_model(diffusion) -> None:
 
 # --------------------------------------------------------------------------------------- time and drift
 def coefficients(ct: ContinuousTime, s, dtype) -> tuple:
-    r"""``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference (:meth:`ContinuousTime
-    .alpha_bar`, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64`` (else float32)
+    r"""``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference (``ContinuousTime.alpha_bar``, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64`` (else float32)
     and cast to ``dtype``.
 
     .. math:: \sigma(s) = \sqrt{1 - \bar\alpha(s)}, \quad \beta(s) = -\frac{d}{ds} \log \bar\alpha(s)
@@ -158,7 +157,7 @@ def drift(diffusion, coef: TimeCoefficients, net, x, s):
 
     .. math:: \frac{dx}{ds} = f(x, s) = -\tfrac12 \beta(s) \Big[x - \frac{\hat\epsilon_\theta(x, t(s))}{\sigma(s)}\Big]
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :param coef: its :class:`TimeCoefficients`.
     :param net: the denoiser, a callable ``net(x_t, t)``.
     :param x: the state ``[B x *event_shape]``.
@@ -479,7 +478,7 @@ def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: i
     r"""log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
     :func:`ppl_diffusion.ode.log_likelihood`, whose keywords these are; ``solver`` names a diffrax solver).
 
-    :param params: the denoiser's weights as a pure dict (default: the module's own, :func:`params_of`).
+    :param params: the denoiser's weights as a pure dict (default: the module's own, :func:`~ppl_diffusion.numpyro.sampling.params_of`).
     :param int seed: counter-based probes for (seed, ``indices[i]``, k); else ``key``, a JAX PRNG key.
     :param int max_steps: diffrax's bound on the steps (a ValueError if reached).
     :param str exact_mode: ``"jvp"`` (default) or ``"vjp"``: how the exact trace is computed (:data:`EXACT_MODES`).
@@ -606,7 +605,7 @@ def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: 
     x(1) = ``x_T`` if given, else drawn from p(x_T): counter-based for ``seed`` (the ``SAMPLE`` stream at t = T,
     the PyTorch twin's numbers), else with the JAX ``key``. No final denoising step.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param int n: the number of samples (when ``x_T`` is None).
     :param x_T: the starting points ``[n x *event_shape]``, or None.
     :param params: the denoiser's weights (default its own).
@@ -717,6 +716,7 @@ class ProbabilityFlow(dist.Distribution):
 
     @property
     def support(self):
+        """Real vectors of the event shape."""
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def log_prob(self, value):
@@ -741,6 +741,7 @@ class ProbabilityFlow(dist.Distribution):
         return (self.diffusion.get_prior(flat.dtype).log_prob(x1) + delta).reshape(batch)
 
     def sample(self, key, sample_shape=()):
+        """Samples ``sample_shape + event_shape`` by the ODE from x_T ~ p(x_T) drawn with the JAX PRNG ``key``."""
         shape = tuple(sample_shape)
         n = max(1, int(np.prod(shape)))
         o = self.options

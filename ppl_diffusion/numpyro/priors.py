@@ -4,7 +4,7 @@ The NumPyro idiom for learned quantities is a named ``numpyro.param`` site: each
 that, run inside the model, declares its parameters (``prior$loc``, ...) and returns the distribution, so
 ``numpyro.infer.SVI`` optimises them with the denoiser's. A fixed prior is any NumPyro distribution with
 the event shape. The prior's term KL(q(x_T|x_0) || p(x_T)) is analytic where NumPyro registers a KL
-(the Gaussians) and Monte Carlo otherwise, by the rule of :func:`ppl_diffusion.numpyro.per_example_elbo`.
+(the Gaussians) and Monte Carlo otherwise, by the rule of :func:`ppl_diffusion.numpyro.infer.per_example_elbo`.
 
 Twins of :mod:`ppl_diffusion.priors` (same parametrisations and initial values):
 :class:`DiagonalGaussian`, :class:`StudentT` (ν fixed or learned, ν = 2 + softplus), :class:`GaussianMixture`,

@@ -61,10 +61,10 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
 
     .. math:: \bar\alpha'_k = \bar\alpha_{s_k}, \quad \beta'_k = 1 - \bar\alpha_{s_k} / \bar\alpha_{s_{k-1}}
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :param steps: the number of steps K (spread evenly), a spacing string of
         :func:`ppl_diffusion.respace.space_timesteps` (e.g. ``"ddim10"``), or the kept steps themselves.
-    :returns: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with K steps.
+    :returns: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with K steps.
 
     Example:
 
@@ -125,7 +125,7 @@ def prior_draws(diffusion: GaussianDiffusion, seed: int, index: np.ndarray, t: i
     (the Pyro backend's numbers), else example i drawn with the JAX key made from the counter key of
     (seed, index[i], t, SAMPLE) (depends on its index alone).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a fixed prior.
     :param int seed: the seed.
     :param index: the examples' indices ``int[n]``.
     :param int t: the step of the draw (T for ancestral sampling).
@@ -167,7 +167,7 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     sample i's is a function of (``seed``, ``indices[i]``, step), ``indices`` default 0..n − 1, the same
     numbers as the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param int n: the number of samples.
     :param steps: K respaced steps (:func:`respace`), or None for the full chain.
     :param int seed: the seed of the counter-based noise.
@@ -216,7 +216,7 @@ def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_
     The terms are those of :func:`~ppl_diffusion.numpyro.chain.variational_bound`; a row's sum is −ELBO of the
     example, an upper bound on −log p(x_0).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
     :param x: the data ``[N x *event_shape]``.
     :param int timesteps_per_batch: steps per denoiser call.
     :param int batch_size: examples per compiled call.

@@ -40,7 +40,7 @@ class NumPyroStudyEstimator:
 
     :param str name: the estimator (a name of ``ppl_diffusion.study.estimators.STUDY_ESTIMATORS``, but the
         continuous-time ones).
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion` with a NoiseSchedule.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
     :param bool full_chain: whether it scores the full chain.
     :param str description: the catalogue's line.
     :param int iwae_particles: K of ``iwae``, >= 2.

@@ -1,6 +1,6 @@
 """Training on the NumPyro backend: ``numpyro.infer.SVI`` with optax, the whole update step jit-compiled.
 
-:class:`NumPyroTrainer` is the backend half of :func:`ppl_diffusion.train.train` (``--backend numpyro``);
+:class:`NumPyroTrainer` is the backend half of :func:`ppl_diffusion.train.loop.train` (``--backend numpyro``);
 the loop, run folder, metrics, budget and checkpoints are shared with the Pyro backend. What it does
 per step, in one ``jax.jit``-compiled function: draw the steps t (uniform, low-discrepancy, or improved
 DDPM's importance sampling with its loss history as a JAX state), ``svi.update`` (the ELBO's gradient,
@@ -53,14 +53,14 @@ SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 
 
 def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiffusion:
-    """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
+    """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.diffusion.GaussianDiffusion`: same schedule, decoder,
     variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights, computing at
     ``precision`` (default the PyTorch model's: ``"bf16"`` is a bfloat16 compute dtype, float32 weights).
 
-    :param torch_diffusion: a :class:`ppl_diffusion.GaussianDiffusion` (a NoiseSchedule or a γ schedule; not a
+    :param torch_diffusion: a :class:`ppl_diffusion.diffusion.GaussianDiffusion` (a NoiseSchedule or a γ schedule; not a
         fitted variance).
     :param str precision: ``"fp32"`` or ``"bf16"`` (default the model's).
-    :returns: a :class:`~ppl_diffusion.numpyro.GaussianDiffusion`.
+    :returns: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion`.
 
     Example (the twin's bound is the PyTorch model's: see :func:`ppl_diffusion.numpyro.chain.variational_bound`):
 
@@ -173,8 +173,8 @@ def _key_data(key) -> torch.Tensor:
 class NumPyroTrainer:
     """One training step at a time on the NumPyro backend; see the module docstring.
 
-    The twin of :class:`ppl_diffusion.train.PyroTrainer`, built by ``ppl_diffusion.train.make_trainer`` for
-    ``backend="numpyro"`` and driven by :func:`ppl_diffusion.train.train` (the loop, run folder, metrics and
+    The twin of :class:`ppl_diffusion.train.pyro_trainer.PyroTrainer`, built by ``ppl_diffusion.train.make_trainer`` for
+    ``backend="numpyro"`` and driven by :func:`ppl_diffusion.train.loop.train` (the loop, run folder, metrics and
     checkpoints are shared). The constructor builds the PyTorch model of ``config`` (its initial weights for the
     seed), converts it (:func:`from_torch`) and compiles the step once, outside the training clock: tens of seconds,
     so there is no doctest here; ``tests/test_numpyro_train.py`` runs it. Usage::
@@ -183,9 +183,9 @@ class NumPyroTrainer:
         loss, grad_norm = trainer.step(index, lr)                      # one optimizer step on the examples index
         diffusion = trainer.trained_diffusion(ema=True)                # the EMA weights, in eval mode
 
-    :param config: the run's :class:`ppl_diffusion.train.TrainConfig`.
+    :param config: the run's :class:`ppl_diffusion.train.config.TrainConfig`.
     :param dataset: the data set (its ``train`` tensor ``[N x ...]``).
-    :param build_torch: ``build_torch(config, dataset)`` → the PyTorch :class:`ppl_diffusion.GaussianDiffusion`.
+    :param build_torch: ``build_torch(config, dataset)`` → the PyTorch :class:`ppl_diffusion.diffusion.GaussianDiffusion`.
     """
 
     def __init__(self, config, dataset, build_torch) -> None:
@@ -327,7 +327,7 @@ class NumPyroTrainer:
 
     @property
     def num_parameters(self) -> int:
-        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.PyroTrainer>`."""
+        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.pyro_trainer.PyroTrainer.num_parameters>`."""
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params()))
 
     def _to_torch(self, params) -> dict:
