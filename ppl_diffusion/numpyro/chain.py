@@ -145,7 +145,8 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
     .. math:: \log p_\theta(x_0 \mid x_1) - \sum_{t=2}^T \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\,
         p_\theta(x_{t-1} \mid x_t)) - \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the data ``[B x *event_shape]``.
     :param noise: standard normals ``[T x B x *event_shape]``, one per sampled site in the guide's order.
@@ -305,7 +306,8 @@ def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
     .. math:: x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I), \quad
         x_0 \sim p_\theta(x_0 \mid x_1)
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param params: the denoiser's weights, a pure dict.
     :param key: a JAX PRNG key.
     :param int n: the number of samples.
@@ -402,7 +404,8 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
         L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t)), \quad
         L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T))
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the data ``[B x *event_shape]``.
     :param batch_size: steps per denoiser call (None: one at a time).
@@ -476,7 +479,8 @@ def step_terms(diffusion, params, x0, t, eps, eps_T):
     ``eps_T`` the prior's draw (used by a prior without closed-form KL); pass ``noise.normal(seed, index, t, XT)``
     and ``(seed, index, 0, PRIOR)`` for the full bound's numbers.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param params: the denoiser's weights, a pure dict.
     :param x0: the rows' data ``[R x *event_shape]``.
     :param t: the rows' steps ``int[R]`` in 1..T.

@@ -220,7 +220,8 @@ def _check_pair(module, torch_module) -> None:
 
 
 def from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or :class:`~ppl_diffusion.nets.unet.UNet`
+    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or
+    :class:`~ppl_diffusion.nets.unet.UNet`
     into its Flax twin ``module``.
 
     :param module: the Flax net, built with the same hyperparameters.
@@ -361,7 +362,8 @@ def _unet_kwargs(net) -> dict:
 
 
 def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None = None):
-    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or :class:`~ppl_diffusion.nets.unet.UNet`,
+    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or
+    :class:`~ppl_diffusion.nets.unet.UNet`,
     holding its weights and in its train / eval mode.
 
     The PyTorch nets do not store all their constructor arguments, so they are read off the net's

@@ -81,7 +81,7 @@ def checkpointed_nnx_module(name: str, module):
     return call
 
 
-#: The learned variances of the PyTorch backend (:data:`ppl_diffusion.diffusion.LEARNED_VARIANCES`) on JAX arrays,
+#: The learned variances of the PyTorch backend (``ppl_diffusion.diffusion.LEARNED_VARIANCES``) on JAX arrays,
 #: the fraction f of log β_t in log σ_t² = f log β_t + (1 − f) log β̃_t from the net's output v.
 LEARNED_VARIANCES = {
     "learned": lambda v: jax.nn.sigmoid(2.0 * v),
@@ -99,12 +99,13 @@ class GaussianDiffusion:
 
     :param schedule: the float64 NoiseSchedule shared with the PyTorch backend, or a γ schedule
         (:mod:`ppl_diffusion.numpyro.gamma`), which needs ``T``.
-    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser`).
+    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g.
+        :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser`).
     :param tuple event_shape: shape of one example.
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
         :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
     :param decoder: ``"gaussian"``, ``"discretized"`` or ``"vdm-categorical"`` (from x_1/α_1, no denoiser call).
-    :param str variance: a name in :data:`ppl_diffusion.diffusion.VARIANCES` (``"beta"``, ``"posterior"``,
+    :param str variance: a name in ``ppl_diffusion.diffusion.VARIANCES`` (``"beta"``, ``"posterior"``,
         ``"fixed-large"``) or in :data:`LEARNED_VARIANCES` (``"learned"``, ``"learned-range"``).
     :param int T: with a γ schedule, T >= 2 steps or 0 (continuous time).
     :param str time_input: ``"step"`` or ``"gamma"`` (default for a γ schedule), as the PyTorch backend's.

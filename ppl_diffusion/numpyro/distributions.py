@@ -70,7 +70,8 @@ class DiscretizedGaussian(dist.Distribution):
         return k * (2.0 / (self.bins - 1)) - 1.0
 
     def sample(self, key, sample_shape=()):
-        """A draw ``sample_shape + batch_shape`` from the JAX PRNG ``key``: a Normal draw rounded to the nearest centre."""
+        """A draw ``sample_shape + batch_shape`` from the JAX PRNG ``key``: a Normal draw rounded to the nearest
+        centre."""
         shape = sample_shape + self.batch_shape
         x = self.loc + self.scale * jax.random.normal(key, shape, dtype=jnp.result_type(self.loc))
         return jax.lax.stop_gradient(self._grid(x))
@@ -259,7 +260,7 @@ class VDMCategoricalDecoder:
         return VDMCategorical(loc, jnp.exp(0.5 * log_variance), self.bins)
 
 
-#: The decoders by name, as :data:`ppl_diffusion.distributions.DECODERS`.
+#: The decoders by name, as ``ppl_diffusion.distributions.DECODERS``.
 DECODERS = {"gaussian": GaussianDecoder, "discretized": DiscretizedGaussianDecoder,
             "vdm-categorical": VDMCategoricalDecoder}
 

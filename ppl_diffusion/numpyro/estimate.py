@@ -23,7 +23,8 @@ def row_terms(diffusion, x: np.ndarray, t: np.ndarray, index: np.ndarray, *, see
     Row r's terms are those of the full bound (:func:`~ppl_diffusion.numpyro.sampling.per_example_terms`) of
     example ``index[r]`` at step ``t[r]``, for the same ``seed``.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param x: the rows' data ``[R x *event_shape]``.
     :param t: the rows' steps ``int[R]`` in 1..T.
     :param index: the rows' example indices ``int[R]``.

@@ -299,7 +299,7 @@ class MonotoneNetGamma(GammaSchedule):
         return (self.raw(t) - ends[0]) / (ends[1] - ends[0])
 
 
-#: The γ schedules by name, the PyTorch registry's (:data:`ppl_diffusion.gamma.GAMMA_SCHEDULES`).
+#: The γ schedules by name, the PyTorch registry's (``ppl_diffusion.gamma.GAMMA_SCHEDULES``).
 GAMMA_SCHEDULES = {"fixed-linear": LinearGamma, "fixed-interpolated": InterpolatedGamma,
                    "learned-scalar": ScalarGamma, "learned-net": MonotoneNetGamma}
 
@@ -366,7 +366,8 @@ def step_times(T: int, dtype=jnp.float32):
 
 
 class GammaChain:
-    r"""The T-step chain's coefficients from γ at :func:`~ppl_diffusion.numpyro.gamma.step_times`, JAX arrays under the NoiseSchedule's names
+    r"""The T-step chain's coefficients from γ at :func:`~ppl_diffusion.numpyro.gamma.step_times`, JAX arrays under
+    the NoiseSchedule's names
     (the twin of :class:`ppl_diffusion.gamma.GammaChain`, the same formulas). With s = t − 1:
 
     .. math:: \bar\alpha_t = \mathrm{sigmoid}(-\gamma_t), \quad

@@ -230,7 +230,8 @@ class StochasticTimestepELBO(ELBO):
     (the denoiser's dropout keys) is carried; if SVI's mutable state holds the key ``"step_losses"``, the
     per-example step losses L_{t−1} of the update are returned there (for an importance sampler's history).
 
-    The estimate is :func:`stochastic_elbo_terms`' (the twin of :class:`ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
+    The estimate is :func:`stochastic_elbo_terms`' (the twin of
+    :class:`ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
 
     :param str step_term: ``"kl"`` or ``"mc"``.
     :param str timesteps: ``"uniform"`` or ``"low-discrepancy"``.

@@ -1,7 +1,8 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
 (:mod:`ppl_diffusion.numpyro.convert`): :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` and
 :class:`~ppl_diffusion.numpyro.nets.UNet` (with :func:`~ppl_diffusion.numpyro.nets.unet_preset`), and
-:func:`~ppl_diffusion.numpyro.nets.unet_for` / :func:`~ppl_diffusion.numpyro.nets.mlp_for`, the nets for a data shape by the PyTorch side's rule.
+:func:`~ppl_diffusion.numpyro.nets.unet_for` / :func:`~ppl_diffusion.numpyro.nets.mlp_for`, the nets for a data shape
+by the PyTorch side's rule.
 
 Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
 float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
@@ -487,7 +488,7 @@ class UNet(nnx.Module):
 
 
 def unet_preset(name: str, *, rngs: nnx.Rngs | None = None, **overrides) -> UNet:
-    """The U-Net preset ``name`` (a key of :data:`ppl_diffusion.nets.unet.UNET_PRESETS`) in Flax, with keyword
+    """The U-Net preset ``name`` (a key of ``ppl_diffusion.nets.unet.UNET_PRESETS``) in Flax, with keyword
     ``overrides``. Example: ``unet_preset("digits", learn_sigma=True)``.
 
     :param str name: the preset.
@@ -518,7 +519,7 @@ def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = Fals
     PyTorch ``unet_for``. Example: ``unet_for((3, 16, 16), model_channels=32)``.
 
     :param event_shape: ``(C, S, S)``.
-    :param str preset: a preset of :data:`ppl_diffusion.nets.unet.UNET_PRESETS` to start from, or None.
+    :param str preset: a preset of ``ppl_diffusion.nets.unet.UNET_PRESETS`` to start from, or None.
     :param bool learn_sigma: also output v for a learned variance.
     :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
     :type rngs: :class:`flax.nnx.Rngs` | None

@@ -88,7 +88,9 @@ def check_model(diffusion) -> None:
 
 # --------------------------------------------------------------------------------------- time and drift
 def coefficients(ct: ContinuousTime, s, dtype) -> tuple:
-    r"""``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference (``ContinuousTime.alpha_bar``, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64`` (else float32)
+    r"""``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference
+    (``ContinuousTime.alpha_bar``, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64``
+    (else float32)
     and cast to ``dtype``.
 
     .. math:: \sigma(s) = \sqrt{1 - \bar\alpha(s)}, \quad \beta(s) = -\frac{d}{ds} \log \bar\alpha(s)
@@ -478,7 +480,8 @@ def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: i
     r"""log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
     :func:`ppl_diffusion.ode.log_likelihood`, whose keywords these are; ``solver`` names a diffrax solver).
 
-    :param params: the denoiser's weights as a pure dict (default: the module's own, :func:`~ppl_diffusion.numpyro.sampling.params_of`).
+    :param params: the denoiser's weights as a pure dict (default: the module's own,
+        :func:`~ppl_diffusion.numpyro.sampling.params_of`).
     :param int seed: counter-based probes for (seed, ``indices[i]``, k); else ``key``, a JAX PRNG key.
     :param int max_steps: diffrax's bound on the steps (a ValueError if reached).
     :param str exact_mode: ``"jvp"`` (default) or ``"vjp"``: how the exact trace is computed (:data:`EXACT_MODES`).
@@ -605,7 +608,8 @@ def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: 
     x(1) = ``x_T`` if given, else drawn from p(x_T): counter-based for ``seed`` (the ``SAMPLE`` stream at t = T,
     the PyTorch twin's numbers), else with the JAX ``key``. No final denoising step.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param int n: the number of samples (when ``x_T`` is None).
     :param x_T: the starting points ``[n x *event_shape]``, or None.
     :param params: the denoiser's weights (default its own).

@@ -167,7 +167,8 @@ def draw_samples(diffusion: GaussianDiffusion, n: int, *, steps: int | None = No
     sample i's is a function of (``seed``, ``indices[i]``, step), ``indices`` default 0..n − 1, the same
     numbers as the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`.
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param int n: the number of samples.
     :param steps: K respaced steps (:func:`respace`), or None for the full chain.
     :param int seed: the seed of the counter-based noise.
@@ -216,7 +217,8 @@ def per_example_terms(diffusion: GaussianDiffusion, x: np.ndarray, *, timesteps_
     The terms are those of :func:`~ppl_diffusion.numpyro.chain.variational_bound`; a row's sum is −ELBO of the
     example, an upper bound on −log p(x_0).
 
-    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed prior.
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
     :param x: the data ``[N x *event_shape]``.
     :param int timesteps_per_batch: steps per denoiser call.
     :param int batch_size: examples per compiled call.

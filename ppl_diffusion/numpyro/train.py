@@ -138,7 +138,7 @@ def clip_by_global_norm(max_norm: float | None) -> optax.GradientTransformation:
 
 
 def estimator_loss(name: str, schedule_objective: str = "elbo"):
-    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of :data:`ppl_diffusion.infer.ESTIMATORS`
+    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of ``ppl_diffusion.infer.ESTIMATORS``
     (the continuous-time ones with ``schedule_objective``).
 
     :param str name: the estimator's name (``trace``, ``meanfield``, ``stochastic-kl``, ``stochastic-mc-is``,
@@ -185,7 +185,8 @@ class NumPyroTrainer:
 
     :param config: the run's :class:`ppl_diffusion.train.config.TrainConfig`.
     :param dataset: the data set (its ``train`` tensor ``[N x ...]``).
-    :param build_torch: ``build_torch(config, dataset)`` → the PyTorch :class:`ppl_diffusion.diffusion.GaussianDiffusion`.
+    :param build_torch: ``build_torch(config, dataset)`` → the PyTorch
+        :class:`ppl_diffusion.diffusion.GaussianDiffusion`.
     """
 
     def __init__(self, config, dataset, build_torch) -> None:
@@ -327,7 +328,7 @@ class NumPyroTrainer:
 
     @property
     def num_parameters(self) -> int:
-        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.pyro_trainer.PyroTrainer.num_parameters>`."""
+        """The number of the denoiser's parameters (as the PyTorch trainer's ``num_parameters``)."""
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params()))
 
     def _to_torch(self, params) -> dict:
