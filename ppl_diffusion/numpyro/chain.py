@@ -1,6 +1,6 @@
 """The full chain compiled: its ELBO and ancestral sampling with ``lax.scan``, from noise passed in.
 
-The named-site programs of :class:`~ppl_diffusion.numpyro.GaussianDiffusion` are the reference (a Python
+The named-site programs of :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` are the reference (a Python
 loop of T sites); these functions compute the same numbers as pure functions of (params, x_0, noise), so
 that ``jax.jit`` compiles one step of the chain instead of T:
 
@@ -34,6 +34,24 @@ def denoiser_apply(diffusion):
     The denoiser's mode (``.train()`` / ``.eval()``) is the module's at the time of this call. In training mode
     its dropout keys are replaced by keys derived from ``dropout_key`` (so a compiled function draws fresh
     masks per call); without one, the module's own keys are used as they are.
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
+    :returns: ``apply(params, x_t [B x ...], t int[B], dropout_key=None) -> [B x ...]``, jittable.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> params, x0 = params_of(diffusion), jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro.chain import denoiser_apply
+    >>> eps_hat = jax.jit(denoiser_apply(diffusion))(params, x0, jnp.array([1, 2, 3]))
+    >>> eps_hat.shape, float(abs(eps_hat).max())   # the net's last layer starts at zero
+    ((3, 2), 0.0)
     """
     if getattr(diffusion, "gamma_schedule", False):
         raise ValueError("the compiled chain takes the denoiser's parameters only, and a γ schedule's would be its "
@@ -109,7 +127,7 @@ def prior_term(diffusion, mean_T, var_T, eps_T):
 
 def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dropout_key=None,
                     block: int | None = 10, remat: bool = True):
-    """Per-example ELBO ``[B]`` of the trajectory the guide draws from ``noise`` ``[T x B x ...]``;
+    r"""Per-example ELBO ``[B]`` of the trajectory the guide draws from ``noise`` ``[T x B x ...]``;
     ``dropout_key`` gives the denoiser fresh dropout masks at every step (training mode only).
 
     The guide has no parameters, so the trajectory does not depend on θ: it is drawn first (``lax.scan``,
@@ -117,7 +135,42 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
     independent: ``lax.map`` evaluates them ``block`` steps per call (``None``: one at a time), each
     block under ``jax.checkpoint`` when ``remat`` (the backward pass recomputes a block's activations
     instead of keeping T of them: measured 2× faster at T = 1000 on a CPU, memory-bound otherwise). The
-    numbers are those of the step-by-step programs (tested)."""
+    numbers are those of the step-by-step programs (tested).
+
+    .. math:: \mathrm{ELBO}(x_0) = \log \frac{p(x_T) \prod_{t=2}^T p_\theta(x_{t-1} \mid x_t)\,
+        p_\theta(x_0 \mid x_1)}{\prod_{t=1}^T q(x_t \mid x_{t-1})}
+
+    at the trajectory drawn by the forward chain (``analytic=False``), or, in posterior order (``analytic=True``),
+
+    .. math:: \log p_\theta(x_0 \mid x_1) - \sum_{t=2}^T \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\,
+        p_\theta(x_{t-1} \mid x_t)) - \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)).
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
+    :param params: the denoiser's weights, a pure dict.
+    :param x0: the data ``[B x *event_shape]``.
+    :param noise: standard normals ``[T x B x *event_shape]``, one per sampled site in the guide's order.
+    :param bool analytic: the posterior-order chain with closed-form KLs.
+    :param dropout_key: a JAX key for fresh dropout masks (training mode), or None.
+    :param block: steps per ``lax.map`` call (None: one at a time).
+    :param bool remat: each block under ``jax.checkpoint``.
+    :returns: the ELBO per example ``[B]``, nats.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> params, x0 = params_of(diffusion), jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro.chain import full_chain_elbo
+    >>> noise = jax.random.normal(jax.random.key(0), (4, 3, 2))
+    >>> full_chain_elbo(diffusion, params, x0, noise, analytic=True).shape
+    (3,)
+    """
     s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
     apply = denoiser_apply(diffusion)
     batch = x0.shape[0]
@@ -178,9 +231,18 @@ def full_chain_elbo(diffusion, params, x0, noise, *, analytic: bool = False, dro
 
 
 def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
-    """Ancestral samples ``[n x ...]`` from ``noise`` ``[T x n x ...]``: x_T = noise[0], then
+    r"""Ancestral samples ``[n x ...]`` from ``noise`` ``[T x n x ...]``: x_T = noise[0], then
     x_{t−1} = μ_θ(x_t, t) + σ_t · noise[T − t + 1] for t = T..2; x_0 is the decoder's mean at x_1, or a
-    draw from the decoder when ``decoder_key`` is given (VDM's categorical: its mean over the values, or a draw)."""
+    draw from the decoder when ``decoder_key`` is given (VDM's categorical: its mean over the values, or a draw).
+
+    .. math:: x_{t-1} = \mu_\theta(x_t, t) + \sigma_t\, z_{T-t+1}, \quad t = T..2
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
+    :param params: the denoiser's weights, a pure dict.
+    :param noise: standard normals ``[T x n x *event_shape]`` (``noise[0]`` is x_T itself).
+    :param decoder_key: a JAX key to draw x_0 from the decoder, or None for its mean.
+    :returns: x_0 ``[n x *event_shape]``.
+    """
     T = diffusion.T
     apply = denoiser_apply(diffusion)
     n = noise.shape[1]
@@ -203,8 +265,16 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
     """Ancestral samples ``[n x ...]`` from x_T ``[n x ...]`` with the counter-based noise of
     :mod:`ppl_diffusion.noise` (stream ``SAMPLE``): sample i's step to x_{t−1} takes ``normal(seed, indices[i],
     t − 1)`` and the decoder's draw of x_0 ``normal(seed, indices[i], 0)`` (rounded to the bins of a discretized
-    decoder, the inverse CDF of VDM's categorical at its Φ): the numbers of the Pyro backend's :func:`ppl_diffusion.sampling.draw_samples`, made on the host
-    one step at a time (``jax.pure_callback``)."""
+    decoder, the inverse CDF of VDM's categorical at its Φ): the numbers of the Pyro backend's
+    :func:`ppl_diffusion.sampling.draw_samples`, made on the host one step at a time (``jax.pure_callback``).
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
+    :param params: the denoiser's weights, a pure dict.
+    :param x_T: the starting points ``[n x *event_shape]``.
+    :param int seed: the seed of the counter-based noise.
+    :param indices: the examples' indices ``int[n]``.
+    :returns: x_0 ``[n x *event_shape]``.
+    """
     from .. import noise as counter
 
     T = diffusion.T
@@ -228,10 +298,35 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
 
 
 def ancestral_sample(diffusion, params, key, n: int, *, sharding=None):
-    """``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
+    r"""``n`` ancestral samples ``[n x ...]`` of the model, the compiled twin of ``diffusion.model(None, n)``:
     x_T ~ p(x_T), x_{t−1} ~ p(x_{t−1}|x_t, θ) for t = T..2 (one key per step, split from ``key``), and x_0
     drawn from the decoder at x_1, as the PyTorch backend's ``sample``. Under ``jax.jit``, ``sharding`` (a
-    :class:`~jax.sharding.NamedSharding` of axis 0) splits the n chains over devices; the draws are the same."""
+    :class:`~jax.sharding.NamedSharding` of axis 0) splits the n chains over devices; the draws are the same.
+
+    .. math:: x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I), \quad
+        x_0 \sim p_\theta(x_0 \mid x_1)
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
+    :param params: the denoiser's weights, a pure dict.
+    :param key: a JAX PRNG key.
+    :param int n: the number of samples.
+    :returns: x_0 ``[n x *event_shape]``.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> params, x0 = params_of(diffusion), jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro.chain import ancestral_sample
+    >>> ancestral_sample(diffusion, params, jax.random.key(0), 3).shape
+    (3, 2)
+    """
     T = diffusion.T
     apply = denoiser_apply(diffusion)
     k_T, k_steps, k_dec = jax.random.split(key, 3)
@@ -255,7 +350,27 @@ def counter_normal(seed: int, index, t, shape, dtype, stream: int):
     """Standard normals ``[*index.shape x *shape]`` of :func:`ppl_diffusion.noise.normal` for (seed, index, t,
     stream), inside jitted code: computed on the host (``jax.pure_callback``), so they are the bits the Pyro
     backend uses. ``index`` ``[B]`` int array; ``t`` a scalar int (traced); under ``vmap`` (``lax.map`` with
-    ``batch_size``) one host call serves the whole block of steps."""
+    ``batch_size``) one host call serves the whole block of steps.
+
+    :param int seed: the seed.
+    :param index: the examples' indices ``int[B]``.
+    :param t: the step, a scalar int.
+    :param shape: the event shape.
+    :param dtype: the result's dtype.
+    :param int stream: a stream of :mod:`ppl_diffusion.noise` (e.g. ``noise.XT``).
+    :returns: ``[B x *shape]`` standard normals.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import noise
+    >>> from ppl_diffusion.numpyro.chain import counter_normal
+    >>> eps = jax.jit(lambda t: counter_normal(0, jnp.arange(3), t, (2,), jnp.float32, noise.XT))(5)
+    >>> bool(np.array_equal(np.asarray(eps), noise.normal(0, np.arange(3), 5, (2,), stream=noise.XT)))
+    True
+    """
     import numpy as np
 
     from .. import noise
@@ -272,8 +387,8 @@ def counter_normal(seed: int, index, t, shape, dtype, stream: int):
 
 def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size: int | None = None,
                       seed: int | None = None, indices=None):
-    """Every term of the bound, L_0 … L_T per example ``[B x (T + 1)]`` in nats, as the Pyro backend's
-    :func:`~ppl_diffusion.infer.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t and L_{t−1} is
+    r"""Every term of the bound, L_0 … L_T per example ``[B x (T + 1)]`` in nats, as the Pyro backend's
+    :func:`~ppl_diffusion.infer.bound.variational_bound`: for step t, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε_t and L_{t−1} is
     the closed-form KL (t > 1) or the decoder's −log p(x_0|x_1) (t = 1); L_T is the prior's KL. ``lax.map``
     runs the steps, ``batch_size`` of them per denoiser call. The noise, one of:
 
@@ -284,6 +399,39 @@ def variational_bound(diffusion, params, x0, noise=None, *, key=None, batch_size
       :mod:`ppl_diffusion.noise`, computed on the host step by step, the same numbers as the Pyro backend's
       ``variational_bound(..., seed=seed, indices=indices)`` (stream ``XT`` at (index, t), the prior's draw
       ``PRIOR`` at (index, 0)).
+
+    .. math:: L_0 = -\log p_\theta(x_0 \mid x_1), \quad
+        L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t)), \quad
+        L_T = \mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T))
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
+    :param params: the denoiser's weights, a pure dict.
+    :param x0: the data ``[B x *event_shape]``.
+    :param batch_size: steps per denoiser call (None: one at a time).
+    :returns: ``[B x (T + 1)]`` nats; the row sum is −ELBO per example.
+
+    Example (the PyTorch twin's terms for the same weights and seed):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion as TorchDiffusion, NoiseSchedule
+    >>> from ppl_diffusion.infer import variational_bound as torch_bound
+    >>> from ppl_diffusion.nets import MLPDenoiser as TorchMLP
+    >>> from ppl_diffusion.numpyro.chain import variational_bound
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> from ppl_diffusion.numpyro.train import from_torch
+    >>> _ = torch.manual_seed(0)
+    >>> twin = TorchDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                       denoiser=TorchMLP(2, width=16, depth=1, emb_dim=8, zero_init=False))
+    >>> diffusion = from_torch(twin)
+    >>> x0 = np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2)
+    >>> terms = variational_bound(diffusion, params_of(diffusion), jnp.asarray(x0), seed=0)
+    >>> with torch.no_grad():
+    ...     reference = torch_bound(twin, torch.from_numpy(x0), seed=0).terms
+    >>> terms.shape, bool(np.allclose(np.asarray(terms), reference.numpy(), rtol=1e-4, atol=1e-4))
+    ((3, 5), True)
     """
     if sum(a is not None for a in (noise, key, seed)) != 1:
         raise ValueError("pass exactly one of noise [T x B x ...], a PRNG key, or a seed (counter-based noise)")
@@ -329,7 +477,15 @@ def step_terms(diffusion, params, x0, t, eps, eps_T):
     each row's example, ``([R], [R])`` nats: rows are any mix of (example, step) pairs, as the Pyro backend's
     :func:`~ppl_diffusion.infer.bound.step_terms`. ``eps`` ``[R x ...]`` is ε of x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and
     ``eps_T`` the prior's draw (used by a prior without closed-form KL); pass ``noise.normal(seed, index, t, XT)``
-    and ``(seed, index, 0, PRIOR)`` for the full bound's numbers."""
+    and ``(seed, index, 0, PRIOR)`` for the full bound's numbers.
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
+    :param params: the denoiser's weights, a pure dict.
+    :param x0: the rows' data ``[R x *event_shape]``.
+    :param t: the rows' steps ``int[R]`` in 1..T.
+    :returns: ``(L_{t−1} [R], L_T [R])`` nats.
+    """
     s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
     t = jnp.asarray(t, jnp.int32)
     x_t = cf.q_sample(s, x0, t, eps)

@@ -10,7 +10,8 @@ PyTorch ``state_dict``. The kinds and their layouts:
 * ``norm``: torch ``LayerNorm`` / ``GroupNorm`` ``weight, bias`` ↔ Flax ``scale, bias``.
 
 Every function takes the Flax module as the template of shapes and structure: build it with the same
-hyperparameters as the PyTorch net (:func:`flax_twin` does this from a PyTorch net).
+hyperparameters as the PyTorch net (:func:`flax_twin` does this from a PyTorch net). The γ schedules of a learnable
+forward process convert by name (:func:`gamma_twin`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,27 @@ def _get(d: dict, path: tuple):
 def params_from_torch_state(module, state_dict) -> dict:
     """The pure param dict of the Flax ``module`` (``nnx.to_pure_dict(nnx.state(module, nnx.Param))``'s
     structure) holding the weights of ``state_dict``, the state dict of the PyTorch twin. Raises a
-    ValueError naming the layer on a missing or unexpected key or a shape that does not match."""
+    ValueError naming the layer on a missing or unexpected key or a shape that does not match.
+
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
+    :param state_dict: the PyTorch twin's ``state_dict()`` (tensors or arrays).
+    :returns: the pure dict (the value NumPyro keeps under ``"denoiser$params"``).
+
+    Example (torch ``Linear.weight [out x in]`` is Flax ``kernel [in x out]``):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import params_from_torch_state
+    >>> params = params_from_torch_state(net, torch_net.state_dict())
+    >>> params["inp"]["kernel"].shape, tuple(torch_net.inp.weight.shape)
+    ((2, 16), (16, 2))
+    """
     net, table, fix = _layers(module)
     pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
     unused = dict(state_dict)
@@ -122,7 +143,29 @@ def params_from_torch_state(module, state_dict) -> dict:
 
 def torch_state_from_params(module, params) -> dict[str, torch.Tensor]:
     """The PyTorch state dict (float32 CPU tensors, the twin's keys in its order) of the pure param dict
-    ``params`` of the Flax ``module`` (weights, or gradients laid out as weights)."""
+    ``params`` of the Flax ``module`` (weights, or gradients laid out as weights).
+
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`
+        (the layout).
+    :param params: its pure param dict (or a tree of the same structure).
+    :returns: a dict of float32 CPU tensors, the twin's ``state_dict`` keys in order.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from flax import nnx
+    >>> from ppl_diffusion.numpyro import torch_state_from_params
+    >>> state = torch_state_from_params(net, nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+    >>> list(state) == list(torch_net.state_dict())
+    True
+    """
     _, table, _ = _layers(module)
     sd = {}
     for prefix, path, kind in table:
@@ -134,7 +177,29 @@ def torch_state_from_params(module, params) -> dict[str, torch.Tensor]:
 
 
 def load_torch_state(module, state_dict) -> None:
-    """Write the weights of the PyTorch twin's ``state_dict`` into the Flax ``module``, in place."""
+    """Write the weights of the PyTorch twin's ``state_dict`` into the Flax ``module``, in place.
+
+    :param module: a Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
+    :param state_dict: the PyTorch twin's ``state_dict()``.
+
+    Example (the two nets then compute the same ε̂):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import load_torch_state
+    >>> load_torch_state(net, torch_net.state_dict())
+    >>> x, t = np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2), np.array([1, 2, 3])
+    >>> with torch.no_grad():
+    ...     reference = torch_net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    >>> bool(np.allclose(np.asarray(net(jnp.asarray(x), jnp.asarray(t))), reference, atol=1e-5))
+    True
+    """
     pure = params_from_torch_state(module, state_dict)
     state = nnx.state(module, nnx.Param)
     nnx.replace_by_pure_dict(state, pure)
@@ -155,25 +220,106 @@ def _check_pair(module, torch_module) -> None:
 
 
 def from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`
-    into its Flax twin ``module``."""
+    """Copy the weights of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or
+    :class:`~ppl_diffusion.nets.unet.UNet`
+    into its Flax twin ``module``.
+
+    :param module: the Flax net, built with the same hyperparameters.
+    :param torch_module: the PyTorch net.
+    :raises TypeError: for a pair that are not twins.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import from_torch
+    >>> from_torch(net, torch_net)
+    >>> x, t = np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2), np.array([1, 2, 3])
+    >>> with torch.no_grad():
+    ...     reference = torch_net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    >>> bool(np.allclose(np.asarray(net(jnp.asarray(x), jnp.asarray(t))), reference, atol=1e-5))
+    True
+    """
     _check_pair(module, torch_module)
     load_torch_state(module, torch_module.state_dict())
 
 
 def to_torch(module, torch_module) -> None:
-    """Copy the weights of the Flax ``module`` into its PyTorch twin ``torch_module`` (strict ``load_state_dict``)."""
+    """Copy the weights of the Flax ``module`` into its PyTorch twin ``torch_module`` (strict ``load_state_dict``).
+
+    :param module: the Flax net.
+    :param torch_module: the PyTorch net, built with the same hyperparameters.
+    :raises TypeError: for a pair that are not twins.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import to_torch
+    >>> to_torch(net, torch_net)
+    >>> bool(np.array_equal(torch_net.inp.weight.detach().numpy(), np.asarray(net.inp.kernel[...]).T))
+    True
+    """
     _check_pair(module, torch_module)
     torch_module.load_state_dict(torch_state_from_params(module, nnx.to_pure_dict(nnx.state(module, nnx.Param))))
 
 
 def mlp_from_torch(module, torch_module) -> None:
-    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser` into the Flax ``module``."""
+    """Copy the weights of a PyTorch :class:`ppl_diffusion.nets.mlp.MLPDenoiser` into the Flax ``module``
+    (:func:`~ppl_diffusion.numpyro.convert.from_torch` without the type check).
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import mlp_from_torch
+    >>> mlp_from_torch(net, torch_net)
+    >>> x, t = np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2), np.array([1, 2, 3])
+    >>> with torch.no_grad():
+    ...     reference = torch_net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    >>> bool(np.allclose(np.asarray(net(jnp.asarray(x), jnp.asarray(t))), reference, atol=1e-5))
+    True
+    """
     load_torch_state(module, torch_module.state_dict())
 
 
 def mlp_to_torch(module, torch_module) -> None:
-    """Copy the weights of the Flax ``module`` into a PyTorch :class:`ppl_diffusion.nets.MLPDenoiser`."""
+    """Copy the weights of the Flax ``module`` into a PyTorch :class:`ppl_diffusion.nets.mlp.MLPDenoiser`
+    (:func:`~ppl_diffusion.numpyro.convert.to_torch` without the type check).
+
+    Example (a Flax net's zero last layer, copied):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import mlp_to_torch
+    >>> mlp_to_torch(net, torch_net)
+    >>> float(torch_net.out[2].weight.detach().abs().max())
+    0.0
+    """
     torch_module.load_state_dict(torch_state_from_params(module, nnx.to_pure_dict(nnx.state(module, nnx.Param))))
 
 
@@ -216,13 +362,38 @@ def _unet_kwargs(net) -> dict:
 
 
 def flax_twin(torch_module, *, rngs: nnx.Rngs | None = None, kwargs: dict | None = None):
-    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.MLPDenoiser` or :class:`~ppl_diffusion.nets.UNet`,
+    """The Flax twin of a PyTorch :class:`~ppl_diffusion.nets.mlp.MLPDenoiser` or
+    :class:`~ppl_diffusion.nets.unet.UNet`,
     holding its weights and in its train / eval mode.
 
     The PyTorch nets do not store all their constructor arguments, so they are read off the net's
-    attributes and layers (see :func:`_unet_kwargs`; ``min_group_channels`` and the step label's
+    attributes and layers (see ``_unet_kwargs``; ``min_group_channels`` and the step label's
     ``timestep_shift`` / ``timestep_scale`` are attributes); ``kwargs`` overrides them (e.g. the exact
     ``num_groups`` or ``zero_init``). The group count of every GroupNorm is checked against the twin's.
+
+    :param torch_module: the PyTorch net.
+    :param rngs: ``nnx.Rngs`` for the construction (the weights are then overwritten).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+    :param dict kwargs: constructor arguments of the Flax net that override the inferred ones.
+    :returns: the Flax :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` or :class:`~ppl_diffusion.numpyro.nets.UNet`.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import nets
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> _ = torch.manual_seed(0)
+    >>> torch_net = nets.MLPDenoiser(2, width=16, depth=1, emb_dim=8, zero_init=False)
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> from ppl_diffusion.numpyro import flax_twin
+    >>> net = flax_twin(torch_net)
+    >>> x, t = np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2), np.array([1, 2, 3])
+    >>> with torch.no_grad():
+    ...     reference = torch_net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    >>> bool(np.allclose(np.asarray(net(jnp.asarray(x), jnp.asarray(t))), reference, atol=1e-5))
+    True
     """
     from ..nets import MLPDenoiser as TorchMLP
     from ..nets import UNet as TorchUNet
@@ -265,7 +436,22 @@ def _flatten(pure: dict, prefix: str = "") -> dict:
 def gamma_params_from_torch_state(module, state_dict) -> dict:
     """The pure param dict of the Flax γ schedule ``module`` (:mod:`ppl_diffusion.numpyro.gamma`) holding the
     PyTorch twin's ``state_dict`` (``schedule.`` stripped if present): the names and layouts are the same
-    (``ends.log_range``, ``l2.weight [F x 1]``, …). A ValueError names a missing, extra or misshapen key."""
+    (``ends.log_range``, ``l2.weight [F x 1]``, …). A ValueError names a missing, extra or misshapen key.
+
+    :param module: a Flax γ schedule of :mod:`ppl_diffusion.numpyro.gamma`.
+    :param state_dict: the PyTorch schedule's ``state_dict()``.
+    :returns: the pure param dict (the value NumPyro keeps under ``"schedule$params"``).
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import gamma
+    >>> from ppl_diffusion.numpyro import ScalarGamma
+    >>> from ppl_diffusion.numpyro import gamma_params_from_torch_state
+    >>> params = gamma_params_from_torch_state(ScalarGamma(), gamma.ScalarGamma(-5.0, 5.0).state_dict())
+    >>> sorted(params), round(float(params["gamma_0"]), 4)
+    (['gamma_0', 'log_range'], -5.0)
+    """
     pure = nnx.to_pure_dict(nnx.state(module, nnx.Param))
     flat = _flatten(pure)
     given = {k.removeprefix("schedule."): v for k, v in state_dict.items()}
@@ -290,13 +476,50 @@ def gamma_params_from_torch_state(module, state_dict) -> dict:
 
 def torch_state_from_gamma_params(module, params) -> dict[str, torch.Tensor]:
     """The PyTorch state dict (float32 CPU tensors, the same names) of the pure param dict ``params`` of the Flax γ
-    schedule ``module`` (its weights, or gradients laid out as them)."""
+    schedule ``module`` (its weights, or gradients laid out as them).
+
+    :param module: the Flax γ schedule (unused: the names are the layout).
+    :param params: its pure param dict.
+    :returns: a dict of float32 CPU tensors under the PyTorch names.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import gamma
+    >>> from ppl_diffusion.numpyro import ScalarGamma
+    >>> from flax import nnx
+    >>> from ppl_diffusion.numpyro import torch_state_from_gamma_params
+    >>> schedule = ScalarGamma()
+    >>> state = torch_state_from_gamma_params(schedule, nnx.to_pure_dict(nnx.state(schedule, nnx.Param)))
+    >>> sorted(state) == sorted(gamma.ScalarGamma().state_dict())
+    True
+    """
     del module  # the names are the layout
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in _flatten(params).items()}
 
 
 def gamma_twin(torch_schedule):
-    """The Flax twin of a PyTorch γ schedule (:mod:`ppl_diffusion.gamma`), with its settings and weights."""
+    """The Flax twin of a PyTorch γ schedule (:mod:`ppl_diffusion.gamma`), with its settings and weights.
+
+    :param torch_schedule: a :class:`~ppl_diffusion.gamma.LinearGamma`, :class:`~ppl_diffusion.gamma.ScalarGamma`,
+        :class:`~ppl_diffusion.gamma.InterpolatedGamma` or :class:`~ppl_diffusion.gamma.MonotoneNetGamma`.
+    :raises TypeError: for another module.
+
+    Example (the same γ(t)):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import gamma
+    >>> from ppl_diffusion.numpyro import gamma_twin
+    >>> _ = torch.manual_seed(0)
+    >>> torch_schedule = gamma.MonotoneNetGamma(features=4)
+    >>> t = np.array([0.0, 0.3, 1.0])
+    >>> with torch.no_grad():
+    ...     reference = torch_schedule(torch.from_numpy(t)).numpy()
+    >>> bool(np.allclose(np.asarray(gamma_twin(torch_schedule)(jnp.asarray(t, jnp.float32))), reference, atol=1e-4))
+    True
+    """
     from .. import gamma as tg
     from . import gamma as jg
 
@@ -318,3 +541,8 @@ def gamma_twin(torch_schedule):
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(module, state)
     return module
+
+
+__all__ = ["flax_twin", "from_torch", "gamma_params_from_torch_state", "gamma_twin", "load_torch_state",
+           "mlp_from_torch", "mlp_to_torch", "params_from_torch_state", "to_torch", "torch_state_from_gamma_params",
+           "torch_state_from_params"]

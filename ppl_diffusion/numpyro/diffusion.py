@@ -81,7 +81,8 @@ def checkpointed_nnx_module(name: str, module):
     return call
 
 
-# The learned variances of the PyTorch backend (ppl_diffusion.diffusion.LEARNED_VARIANCES), on JAX arrays.
+#: The learned variances of the PyTorch backend (``ppl_diffusion.diffusion.LEARNED_VARIANCES``) on JAX arrays,
+#: the fraction f of log β_t in log σ_t² = f log β_t + (1 − f) log β̃_t from the net's output v.
 LEARNED_VARIANCES = {
     "learned": lambda v: jax.nn.sigmoid(2.0 * v),
     "learned-range": lambda v: (v + 1.0) / 2.0,
@@ -90,16 +91,21 @@ assert set(LEARNED_VARIANCES) == set(_TORCH_LEARNED)
 
 
 class GaussianDiffusion:
-    """DDPM as a NumPyro latent-variable model (see the module table).
+    r"""DDPM as a NumPyro latent-variable model (see the module table), the twin of
+    :class:`ppl_diffusion.diffusion.GaussianDiffusion` (the same sites, plates and numbers).
+
+    .. math:: p_\theta(x_{0:T}) = p(x_T) \prod_{t=2}^{T} p_\theta(x_{t-1} \mid x_t)\; p_\theta(x_0 \mid x_1),
+        \quad q(x_{1:T} \mid x_0) = \prod_{t=1}^{T} q(x_t \mid x_{t-1})
 
     :param schedule: the float64 NoiseSchedule shared with the PyTorch backend, or a γ schedule
         (:mod:`ppl_diffusion.numpyro.gamma`), which needs ``T``.
-    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g. :class:`~ppl_diffusion.numpyro.MLPDenoiser`).
+    :param denoiser: a Flax NNX module ``denoiser(x_t, t) -> ε̂`` (e.g.
+        :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser`).
     :param tuple event_shape: shape of one example.
     :param prior: p(x_T), a NumPyro distribution with event shape ``event_shape``, or a learned
         :class:`ppl_diffusion.numpyro.priors.Prior` (default N(0, I)).
     :param decoder: ``"gaussian"``, ``"discretized"`` or ``"vdm-categorical"`` (from x_1/α_1, no denoiser call).
-    :param str variance: a name in :data:`ppl_diffusion.diffusion.VARIANCES` (``"beta"``, ``"posterior"``,
+    :param str variance: a name in ``ppl_diffusion.diffusion.VARIANCES`` (``"beta"``, ``"posterior"``,
         ``"fixed-large"``) or in :data:`LEARNED_VARIANCES` (``"learned"``, ``"learned-range"``).
     :param int T: with a γ schedule, T >= 2 steps or 0 (continuous time).
     :param str time_input: ``"step"`` or ``"gamma"`` (default for a γ schedule), as the PyTorch backend's.
@@ -109,6 +115,22 @@ class GaussianDiffusion:
         state carried through); ``"blocks"`` also sets a U-Net's ``use_checkpoint`` (``nnx.remat`` per block). The
         compiled chain (:func:`~ppl_diffusion.numpyro.chain.full_chain_elbo`) recomputes its steps in any case:
         ``jax.checkpoint`` over each block of steps, chosen for speed.
+
+    Example (the model's sites, and the ELBO of one trajectory with NumPyro's own ``Trace_ELBO``):
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> trace = handlers.trace(handlers.seed(diffusion.model, 0)).get_trace(x0)
+    >>> [name for name, site in trace.items() if site["type"] == "sample"]
+    ['x_4', 'x_3', 'x_2', 'x_1', 'x_0']
+    >>> trace["x_0"]["fn"].batch_shape, trace["x_0"]["fn"].event_shape
+    ((3,), (2,))
     """
 
     backend = "numpyro"
@@ -166,19 +188,33 @@ class GaussianDiffusion:
 
     @property
     def T(self) -> int:
-        """The number of steps (0: continuous time)."""
+        """The number of steps T, or 0 in continuous time."""
         return self._T
 
     @property
     def gamma_schedule(self) -> bool:
+        """Whether the forward process is a γ schedule (:mod:`ppl_diffusion.numpyro.gamma`)."""
         return isinstance(self.schedule, GammaSchedule)
 
     @property
     def continuous(self) -> bool:
+        """Whether the model is in continuous time (T = 0)."""
         return self._T == 0
 
     def with_steps(self, T: int) -> "GaussianDiffusion":
-        """The same model (γ schedule, denoiser, prior shared) with ``T`` steps, or in continuous time for T = 0."""
+        """The same model (γ schedule, denoiser, prior shared) with ``T`` steps, or in continuous time for T = 0.
+
+        :param int T: T >= 2 steps, or 0.
+        :raises ValueError: for a NoiseSchedule model, whose chain has its own steps.
+
+        Example:
+
+        >>> from ppl_diffusion.numpyro import GaussianDiffusion, LinearGamma, MLPDenoiser
+        >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=net, event_shape=(2,), T=10)
+        >>> diffusion.with_steps(0).continuous, diffusion.with_steps(5).T
+        (True, 5)
+        """
         if not self.gamma_schedule:
             raise ValueError("with_steps re-discretises a γ schedule; a NoiseSchedule's chain has its own steps")
         return GaussianDiffusion(schedule=self.schedule, denoiser=self.denoiser, event_shape=self.event_shape,
@@ -199,7 +235,7 @@ class GaussianDiffusion:
 
     def coefficients(self, schedule=None):
         """The NoiseSchedule, or the :class:`~ppl_diffusion.numpyro.gamma.GammaChain` of ``schedule`` (default: the
-        registered γ schedule, :meth:`_sched`) at the T steps."""
+        registered γ schedule, ``_sched``) at the T steps."""
         if not self.gamma_schedule:
             return self.schedule
         self._need_chain()
@@ -214,11 +250,13 @@ class GaussianDiffusion:
         return t if self.time_input == "step" else self.gamma_label(coef.gamma[jnp.asarray(t) - 1])
 
     def gamma_label(self, gamma):
+        """The net's label 1000 (γ − γ_lo)/(γ_hi − γ_lo) of log-SNR ``gamma`` (``time_input="gamma"``)."""
         lo, hi = self.gamma_range
         return (gamma - lo) * (GAMMA_LABEL_SCALE / (hi - lo))
 
     @property
     def num_dims(self) -> int:
+        """D, the number of dimensions of one example."""
         return int(np.prod(self.event_shape))
 
     def _d(self) -> int:
@@ -288,6 +326,8 @@ class GaussianDiffusion:
         return mean, frac * log_beta + (1.0 - frac) * log_post
 
     def predict_eps(self, net, x_t, t, coef=None):
+        """ε̂_θ(x_t, t) ``[B x ...]``: the ε half of the output of ``net`` (a callable ``net(x_t, label)``) at
+        ``(x_t, t)``, the label as :meth:`time_label`."""
         return self.split_output(self._call(net, x_t, t, coef), x_t)[0]
 
     def p_mean_variance(self, net, x_t, t, coef=None):
@@ -311,6 +351,28 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ full chain
     def model(self, x0=None, n: int | None = None):
+        r"""The generative model p_θ(x_{0:T}), sites ``x_T`` … ``x_1`` (``f"x_{t}"``) and ``x_0`` (observed at
+        ``x0``) in the plate ``"data"``, the denoiser registered as ``nnx_module("denoiser", ...)``.
+
+        .. math:: x_T \sim p(x_T), \quad x_{t-1} \sim \mathcal{N}(\mu_\theta(x_t, t), \sigma_t^2 I),
+            \quad x_0 \sim p_\theta(x_0 \mid x_1)
+
+        :param x0: the data ``[B x *event_shape]``, or None to sample.
+        :param int n: the number of examples to sample when ``x0`` is None.
+        :returns: x_0 ``[B x *event_shape]`` (the observed value, or a draw).
+
+        Example (ancestral sampling through the named sites):
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from numpyro import handlers
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+        >>> handlers.seed(diffusion.model, 0)(None, n=3).shape
+        (3, 2)
+        """
         self._need_chain()
         net = self._net(checkpoint=self.checkpoint_activations != "none")
         coef = self.coefficients()
@@ -325,6 +387,29 @@ class GaussianDiffusion:
             return numpyro.sample("x_0", self.decoder_at(net, x, self._full_t(1, x), coef=coef).to_event(d), obs=x0)
 
     def guide(self, x0, n: int | None = None):
+        r"""The forward chain as a guide, sites ``x_1`` … ``x_T`` in the plate ``"data"``; no parameters.
+
+        .. math:: q(x_{1:T} \mid x_0) = \prod_{t=1}^T \mathcal{N}\big(x_t;\ \sqrt{1 - \beta_t}\, x_{t-1}, \beta_t I\big)
+
+        :param x0: the data ``[B x *event_shape]``.
+        :returns: x_T ``[B x *event_shape]``.
+
+        Example (with the model, NumPyro's ``Trace_ELBO`` estimates the ELBO):
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from numpyro import handlers
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+        >>> from numpyro.infer import Trace_ELBO
+        >>> params = {"denoiser$params": handlers.trace(handlers.seed(diffusion.model, 0)).get_trace(
+        ...     jnp.zeros((3, 2)))["denoiser$params"]["value"]}
+        >>> loss = Trace_ELBO().loss(jax.random.key(0), params, diffusion.model, diffusion.guide, jnp.zeros((3, 2)))
+        >>> loss.shape   # −ELBO of the batch, in nats
+        ()
+        """
         self._need_chain()
         d, x, coef = self._d(), x0, self.coefficients()
         with numpyro.plate("data", x0.shape[0]):
@@ -334,6 +419,14 @@ class GaussianDiffusion:
         return x
 
     def posterior_guide(self, x0, n: int | None = None):
+        r"""The forward process in posterior order, for ``TraceMeanField_ELBO`` (an analytic KL at every site):
+        sites ``x_T`` … ``x_1`` in the plate ``"data"``.
+
+        .. math:: q(x_{1:T} \mid x_0) = q(x_T \mid x_0) \prod_{t=2}^T q(x_{t-1} \mid x_t, x_0)
+
+        :param x0: the data ``[B x *event_shape]``.
+        :returns: x_1 ``[B x *event_shape]``.
+        """
         self._need_chain()
         d, T, coef = self._d(), self.T, self.coefficients()
         with numpyro.plate("data", x0.shape[0]):
@@ -368,10 +461,44 @@ class GaussianDiffusion:
                         numpyro.sample("x_prev", dist.Normal(q_mean, jnp.exp(0.5 * q_log_var)).to_event(d))
 
     def step_model(self, x0, t, weight=None):
-        """One reverse step per example at steps ``t`` (``int[B]`` in 1..T); see the PyTorch backend."""
+        r"""One reverse step per example at steps ``t`` (``int[B]`` in 1..T); see the PyTorch backend.
+
+        Sites: ``x_T`` ~ p(x_T), ``x_t`` ~ q(x_t|x_0), ``x_prev`` ~ p_θ(x_{t−1}|x_t) (masked to t > 1) and ``x_0``
+        observed under p_θ(x_0|x_1) (masked to t = 1), in the plate ``"data"``; scored against :meth:`step_guide`
+        by :func:`~ppl_diffusion.numpyro.infer.per_example_elbo`, this gives the stochastic-timestep ELBO
+
+        .. math:: \mathcal{L} = -\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)) - w(t)\, L_{t-1}, \quad
+            L_{t-1} = \mathrm{KL}(q(x_{t-1} \mid x_t, x_0) \,\|\, p_\theta(x_{t-1} \mid x_t))
+            \ (t > 1), \quad L_0 = -\log p_\theta(x_0 \mid x_1).
+
+        :param x0: the data ``[B x *event_shape]``.
+        :param t: steps ``int[B]`` in 1..T.
+        :param weight: the importance weights 1/P(t) ``[B]`` scaling the step's sites (None: 1).
+
+        Example:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from numpyro import handlers
+        >>> from ppl_diffusion import NoiseSchedule
+        >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+        >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+        ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+        >>> trace = handlers.trace(handlers.seed(diffusion.step_model, 0)).get_trace(jnp.zeros((3, 2)),
+        ...                                                                           jnp.array([1, 2, 4]))
+        >>> [name for name, site in trace.items() if site["type"] == "sample"]
+        ['x_T', 'x_t', 'x_prev', 'x_0']
+        """
         self._step_sites(x0, t, weight, True, self._net())
 
     def step_guide(self, x0, t, weight=None):
+        """The pair of :meth:`step_model`: ``x_T`` ~ q(x_T|x_0), ``x_t`` ~ q(x_t|x_0) and ``x_prev`` ~
+        q(x_{t−1}|x_t, x_0) (masked to t > 1); no parameters.
+
+        :param x0: the data ``[B x *event_shape]``.
+        :param t: steps ``int[B]`` in 1..T.
+        :param weight: the importance weights 1/P(t) ``[B]`` (None: 1).
+        """
         self._step_sites(x0, t, weight, False)
 
     # ------------------------------------------------------------------ continuous time
@@ -421,11 +548,37 @@ class GaussianDiffusion:
                     numpyro.factor("diffusion", -0.5 * dg_t.astype(x0.dtype) * mse)
 
     def continuous_model(self, x0, t, weight=None, shape=None):
-        """The continuous-time model at per-example times ``t`` (``[B]`` in [0, 1]): sites ``x_T``, ``x_1``, ``x_0``,
+        r"""The continuous-time model at per-example times ``t`` (``[B]`` in [0, 1]): sites ``x_T``, ``x_1``, ``x_0``,
         ``x_t`` and the factor ``diffusion``, as the PyTorch backend's. ``shape`` (optional): (shape(t), shape'(t))
-        of the schedule's interior, computed by the caller (the variance objective)."""
+        of the schedule's interior, computed by the caller (the variance objective).
+
+        The factor is VDM's diffusion term at one time per example (weighted by ``weight``, 1/p(t)):
+
+        .. math:: \log f = -\tfrac12\, \gamma'(t)\, \lVert \epsilon - \hat\epsilon_\theta(x_t; \gamma(t)) \rVert^2,
+            \quad x_t = \alpha_t x_0 + \sigma_t \epsilon
+
+        :param x0: the data ``[B x *event_shape]``.
+        :param t: times ``[B]`` in [0, 1].
+        :param weight: the importance weights 1/p(t) ``[B]`` (None: 1).
+
+        Example:
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from numpyro import handlers
+        >>> from ppl_diffusion.numpyro import GaussianDiffusion, LinearGamma, MLPDenoiser
+        >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+        >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=net, event_shape=(2,), T=0)
+        >>> trace = handlers.trace(handlers.seed(diffusion.continuous_model, 0)).get_trace(
+        ...     jnp.zeros((3, 2)), jnp.array([0.1, 0.5, 0.9]))
+        >>> [name for name, site in trace.items() if site["type"] == "sample"]
+        ['x_T', 'x_1', 'x_0', 'x_t', 'diffusion']
+        """
         self._continuous_sites(x0, t, weight, True, self._net(), shape)
 
     def continuous_guide(self, x0, t, weight=None, shape=None):
         """The pair of :meth:`continuous_model`: ``x_T`` at γ_1, ``x_1`` at γ_0, ``x_t`` at γ(t)."""
         self._continuous_sites(x0, t, weight, False, None, shape)
+
+
+__all__ = ["GaussianDiffusion", "LEARNED_VARIANCES"]

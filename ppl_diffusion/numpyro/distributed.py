@@ -31,6 +31,14 @@ whole data set and walks the same batch order (same seed); each feeds its device
 Results are replicated, so every process holds the weights, the bound and the samples; :func:`is_main`
 (process 0) is the one meant to write files. CPU hosts need ``JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo``.
 Tested with 2 processes on one machine (``-m slow``).
+
+Example:
+
+>>> import numpy as np
+>>> from ppl_diffusion.numpyro import distributed as dp
+>>> x = dp.global_batch(np.zeros((4 * dp.num_devices(), 2), np.float32))   # sharded along the mesh axis "data"
+>>> x.shape[0] == 4 * dp.num_devices(), dp.mesh().axis_names
+(True, ('data',))
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+#: The mesh axis the batch is split along.
 AXIS = "data"  # the mesh axis the batch is split along
 COORDINATOR_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
@@ -67,6 +76,12 @@ def initialize() -> bool:
     passed on; under SLURM (more than one task) or Open MPI, ``jax.distributed.initialize()`` finds them
     itself. Otherwise this is a no-op: one process, with every local device. Must run before the first JAX
     computation of the process (:func:`mesh` calls it).
+
+    Example (one process):
+
+    >>> from ppl_diffusion.numpyro.distributed import initialize
+    >>> initialize()
+    False
     """
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
@@ -99,34 +114,81 @@ def _join(*args, **kwargs) -> None:
 
 @functools.cache
 def mesh() -> Mesh:
-    """The 1-axis mesh (:data:`AXIS`) over every device of the job, in :func:`jax.devices` order."""
+    """The 1-axis mesh (:data:`AXIS`) over every device of the job, in :func:`jax.devices` order.
+
+    :rtype: :class:`jax.sharding.Mesh`
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.distributed import mesh
+    >>> mesh().axis_names, mesh().size == len(jax.devices())
+    (('data',), True)
+    """
     initialize()
     return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
 def num_devices() -> int:
-    """Devices the batch is sharded over (all processes together)."""
+    """Devices the batch is sharded over (all processes together).
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.distributed import num_devices
+    >>> num_devices() == jax.device_count()
+    True
+    """
     return mesh().size
 
 
 def batch_sharding() -> NamedSharding:
-    """Axis 0 (the batch) split into equal contiguous slices, device i holding the i-th."""
+    """Axis 0 (the batch) split into equal contiguous slices, device i holding the i-th.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.distributed import batch_sharding
+    >>> tuple(batch_sharding().spec)
+    ('data',)
+    """
     return NamedSharding(mesh(), PartitionSpec(AXIS))
 
 
 def replicated() -> NamedSharding:
-    """A full copy on every device (weights, optimizer state, keys, scalars)."""
+    """A full copy on every device (weights, optimizer state, keys, scalars).
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.distributed import replicated
+    >>> replicated().is_fully_replicated
+    True
+    """
     return NamedSharding(mesh(), PartitionSpec())
 
 
 def sharding_for(n: int) -> NamedSharding:
     """:func:`batch_sharding` for a batch of ``n`` examples that divides evenly over the devices, else
-    :func:`replicated` (a ragged last chunk of an evaluation or of samples: the same numbers, unsplit)."""
+    :func:`replicated` (a ragged last chunk of an evaluation or of samples: the same numbers, unsplit).
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.distributed import batch_sharding, num_devices, sharding_for
+    >>> sharding_for(8 * num_devices()) == batch_sharding()
+    True
+    """
     return batch_sharding() if n % num_devices() == 0 else replicated()
 
 
 def check_global_batch(batch_size: int) -> None:
-    """A one-line error unless the global batch ``batch_size`` splits evenly over the devices."""
+    """A one-line error unless the global batch ``batch_size`` splits evenly over the devices.
+
+    :raises ValueError: naming the nearest multiples of the device count.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.distributed import check_global_batch, num_devices
+    >>> check_global_batch(4 * num_devices())   # no error
+    """
     n = num_devices()
     if batch_size % n:
         lo = batch_size - batch_size % n
@@ -137,7 +199,21 @@ def check_global_batch(batch_size: int) -> None:
 
 def global_batch(data: np.ndarray, index: np.ndarray | None = None, sharding: NamedSharding | None = None) -> jax.Array:
     """The global array ``data[index]`` ``[B x ...]`` (``data`` itself without ``index``) placed with ``sharding``
-    (default :func:`sharding_for` B). Each process gathers only the rows of its own devices' slices."""
+    (default :func:`sharding_for` B). Each process gathers only the rows of its own devices' slices.
+
+    :param data: the full data set (NumPy), ``[N x ...]``.
+    :param index: the global batch's rows ``int[B]``, or None for all of ``data``.
+    :param sharding: the placement (default :func:`sharding_for` B).
+    :returns: a global :class:`jax.Array` ``[B x ...]``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from ppl_diffusion.numpyro.distributed import global_batch
+    >>> data = np.arange(10.0).reshape(5, 2)
+    >>> np.asarray(global_batch(data, np.array([4, 0]))).tolist()
+    [[8.0, 9.0], [0.0, 1.0]]
+    """
     n = len(data) if index is None else len(index)
     sharding = sharding_for(n) if sharding is None else sharding
     rows = (lambda s: data[s]) if index is None else (lambda s: data[index[s]])
@@ -146,7 +222,16 @@ def global_batch(data: np.ndarray, index: np.ndarray | None = None, sharding: Na
 
 def replicate(tree):
     """Every array of ``tree`` copied to every device (a no-op for arrays already placed so). On several hosts the
-    value must be the same on every process (the state built from the same seed, or restored from one file)."""
+    value must be the same on every process (the state built from the same seed, or restored from one file).
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.distributed import replicate
+    >>> tree = replicate({"w": jnp.ones(3)})
+    >>> tree["w"].sharding.is_fully_replicated
+    True
+    """
     target = replicated()
 
     def put(x):
@@ -166,7 +251,14 @@ def replicate(tree):
 
 
 def describe(batch_size: int | None = None) -> str:
-    """One line for the log: how many devices (and processes) the batch is sharded over."""
+    """One line for the log: how many devices (and processes) the batch is sharded over.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.distributed import describe
+    >>> print(describe(64))
+    numpyro: batch sharded over ... JAX device... along mesh axis 'data'; ... examples per device of the global batch 64
+    """
     n, procs = num_devices(), jax.process_count()
     where = f"{n} JAX device{'s' if n > 1 else ''} ({jax.devices()[0].platform}"
     where += f", {procs} processes)" if procs > 1 else ")"
@@ -175,12 +267,22 @@ def describe(batch_size: int | None = None) -> str:
 
 
 def is_main() -> bool:
-    """Process 0: the one that writes files and logs (every process of a multi-host job holds the results)."""
+    """Process 0: the one that writes files and logs (every process of a multi-host job holds the results).
+
+    Example (one process):
+
+    >>> from ppl_diffusion.numpyro.distributed import is_main
+    >>> is_main()
+    True
+    """
     return jax.process_index() == 0
 
 
 def log(line: str) -> None:
-    """``line`` on stderr, from process 0 only."""
+    """``line`` on stderr, from process 0 only.
+
+    :param str line: the message.
+    """
     if is_main():
         print(line, file=sys.stderr, flush=True)
 
@@ -192,7 +294,23 @@ _MICRO_BATCH: list = []
 def micro_batch(rows, size: int):
     """Inside (while a function is traced): the computation scores rows ``rows`` (an int array ``[m]``, traced or
     not) of a global batch of ``size`` examples; draws along the batch are made for ``size`` rows and sliced
-    (:func:`take_rows`)."""
+    (:func:`take_rows`).
+
+    :param rows: the micro-batch's rows of the global batch, ``int[m]``.
+    :param int size: the global batch's size.
+
+    Example (a draw for the global batch of 4, its rows 2 and 3 kept):
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.distributed import global_rows, micro_batch, take_rows
+    >>> full = jax.random.normal(jax.random.key(0), (4, 2))
+    >>> with micro_batch(jnp.array([2, 3]), 4):
+    ...     shape = global_rows((2, 2))
+    ...     part = take_rows(jax.random.normal(jax.random.key(0), shape))
+    >>> shape, bool(jnp.array_equal(part, full[2:]))
+    ((4, 2), True)
+    """
     _MICRO_BATCH.append((rows, int(size)))
     try:
         yield
@@ -201,13 +319,30 @@ def micro_batch(rows, size: int):
 
 
 def current_micro_batch():
-    """(rows, size) of the innermost :func:`micro_batch`, or None."""
+    """(rows, size) of the innermost :func:`micro_batch`, or None.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.distributed import current_micro_batch, micro_batch
+    >>> current_micro_batch() is None
+    True
+    >>> with micro_batch(jnp.array([0, 1]), 4):
+    ...     current_micro_batch()[1]
+    4
+    """
     return _MICRO_BATCH[-1] if _MICRO_BATCH else None
 
 
 def global_rows(shape, axis: int = 0):
     """``shape`` with its batch axis the global batch's size under :func:`micro_batch` (``shape`` itself outside):
-    the shape to draw before :func:`take_rows`. The batch axis must hold whole examples (k rows each)."""
+    the shape to draw before :func:`take_rows`. The batch axis must hold whole examples (k rows each).
+
+    :param shape: the micro-batch's shape.
+    :param int axis: the batch axis.
+
+    Example: see :func:`micro_batch`.
+    """
     active = current_micro_batch()
     if active is None:
         return tuple(shape)
@@ -220,7 +355,13 @@ def global_rows(shape, axis: int = 0):
 
 def take_rows(x, axis: int = 0):
     """The micro-batch's rows of ``x`` (drawn with the shape of :func:`global_rows`) along ``axis``; ``x`` outside a
-    micro-batch. k rows per example are taken as k consecutive rows (grouped by example)."""
+    micro-batch. k rows per example are taken as k consecutive rows (grouped by example).
+
+    :param x: an array drawn with the shape of :func:`global_rows`.
+    :param int axis: the batch axis.
+
+    Example: see :func:`micro_batch`.
+    """
     active = current_micro_batch()
     if active is None:
         return x
@@ -234,7 +375,18 @@ def take_rows(x, axis: int = 0):
 
 def micro_batch_rows(batch_size: int, microbatch: int, processes: int = 1) -> np.ndarray:
     """``[chunks x processes·microbatch]`` int32: chunk c holds rows c·M .. (c + 1)·M − 1 of every process's
-    contiguous part of the global batch (the per-process batch split in chunks of M, as on the Pyro backend)."""
+    contiguous part of the global batch (the per-process batch split in chunks of M, as on the Pyro backend).
+
+    :param int batch_size: the global batch.
+    :param int microbatch: M, rows per process per chunk.
+    :param int processes: the number of processes.
+
+    Example (a global batch of 8 over 2 processes, in chunks of 2 rows each):
+
+    >>> from ppl_diffusion.numpyro.distributed import micro_batch_rows
+    >>> micro_batch_rows(8, 2, processes=2).tolist()
+    [[0, 1, 4, 5], [2, 3, 6, 7]]
+    """
     local = batch_size // processes
     starts = np.arange(processes)[:, None] * local + np.arange(0, local, microbatch)[None, :]  # [P x chunks]
     rows = starts.T[:, :, None] + np.arange(microbatch)[None, None, :]  # [chunks x P x M]

@@ -4,6 +4,9 @@ The same rules as the PyTorch backend (:mod:`ppl_diffusion.infer.trace_terms`): 
 contributes log p(x); a latent site −KL(q || p) when ``analytic`` and a closed form is registered
 (``numpyro.distributions.kl.kl_divergence``), else the one-sample log p(z) − log q(z); masked-out
 examples contribute exactly 0; scales are applied by the caller.
+
+The estimators (:class:`StochasticTimestepELBO`, :class:`ChainELBO`, :class:`ContinuousTimeELBO`) are NumPyro
+ELBOs: ``numpyro.infer.SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=...)`` trains with them.
 """
 
 from __future__ import annotations
@@ -51,7 +54,29 @@ class SliceDraws(Messenger):
 
 def trace_pair(model, guide, rng_key, *args, **kwargs):
     """Run ``guide`` seeded with ``rng_key``, then ``model`` replayed on its samples; (model_trace, guide_trace).
-    Inside a micro-batch the guide's latents are the global batch's draws, sliced (:class:`SliceDraws`)."""
+    Inside a micro-batch the guide's latents are the global batch's draws, sliced (``SliceDraws``).
+
+    :param model: a NumPyro program.
+    :param guide: a NumPyro program over the model's latent sites.
+    :param rng_key: a JAX PRNG key (split between the two).
+    :param args: the programs' arguments (``kwargs`` too).
+    :returns: ``(model_trace, guide_trace)``, NumPyro traces (ordered dicts of sites).
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import trace_pair
+    >>> model_trace, guide_trace = trace_pair(diffusion.step_model, diffusion.step_guide, jax.random.key(0), x0,
+    ...                                       jnp.array([1, 2, 4]))
+    >>> bool((model_trace["x_t"]["value"] == guide_trace["x_t"]["value"]).all())   # the model replays the guide
+    True
+    """
     k_guide, k_model = jax.random.split(rng_key)
     guide_trace = handlers.trace(SliceDraws(handlers.seed(guide, k_guide))).get_trace(*args, **kwargs)
     model_trace = handlers.trace(handlers.replay(handlers.seed(model, k_model), guide_trace)).get_trace(
@@ -60,7 +85,40 @@ def trace_pair(model, guide, rng_key, *args, **kwargs):
 
 
 def per_example_elbo(model_trace, guide_trace, analytic: bool) -> dict:
-    """For every sample site of the model, its per-example contribution to the ELBO (``[B]``)."""
+    r"""For every sample site of the model, its per-example contribution to the ELBO (``[B]``).
+
+    .. math::
+
+        \ell_{\text{site}} = \begin{cases} \log p(x) & \text{observed} \\
+        -\mathrm{KL}(q \,\|\, p) & \text{latent, } \texttt{analytic} \text{ and registered} \\
+        \log p(z) - \log q(z) & \text{latent, otherwise (one sample)} \end{cases}
+
+    Masked-out examples contribute exactly 0; scales (``handlers.scale``) are not applied. The twin of
+    :func:`ppl_diffusion.infer.trace_terms.per_example_elbo`.
+
+    :param model_trace: the model's trace, replayed on the guide's (:func:`trace_pair`).
+    :param guide_trace: the guide's trace.
+    :param bool analytic: use closed-form KLs where NumPyro registers them.
+    :returns: a dict site name → ``[B]``, in the model's site order.
+
+    Example (the ``x_t`` sites of the one-step pair are the same q(x_t|x_0): their KL is 0; the decoder's
+    ``x_0`` is masked out where t > 1):
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import per_example_elbo, trace_pair
+    >>> traces = trace_pair(diffusion.step_model, diffusion.step_guide, jax.random.key(0), x0, jnp.array([1, 2, 4]))
+    >>> terms = per_example_elbo(*traces, analytic=True)
+    >>> {name: term.shape for name, term in terms.items()}
+    {'x_T': (3,), 'x_t': (3,), 'x_prev': (3,), 'x_0': (3,)}
+    >>> terms["x_t"].tolist(), [float(v) == 0.0 for v in terms["x_0"]]
+    ([0.0, 0.0, 0.0], [False, True, True])
+    """
     out = {}
     for name, site in model_trace.items():
         if site["type"] != "sample":
@@ -91,9 +149,40 @@ def _mutable_sites(model_trace) -> dict:
 
 def stochastic_elbo_terms(diffusion, rng_key, x0, *, step_term: str = "kl", params=None, t=None, weight=None,
                           with_trace: bool = False):
-    """Per-example ELBO estimates ``[B]`` from one step t per example (weight 1/P(t)), x_t ~ q(x_t|x_0); returns
+    r"""Per-example ELBO estimates ``[B]`` from one step t per example (weight 1/P(t)), x_t ~ q(x_t|x_0); returns
     (ELBO, t, step terms −L_{t−1}) and the model trace if ``with_trace``. ``t`` and ``weight`` default to a
-    uniform draw (weight T). ``params`` (a NumPyro param map) replaces the registered weights."""
+    uniform draw (weight T). ``params`` (a NumPyro param map) replaces the registered weights.
+
+    .. math:: \widehat{\mathrm{ELBO}} = -\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T)) - \frac{L_{t-1}}{P(t)},
+        \quad t \sim P
+
+    an unbiased estimate of the ELBO −Σ_t L_t (the estimate of the PyTorch backend's
+    :class:`~ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion`.
+    :param rng_key: a JAX PRNG key.
+    :param x0: the data ``[B x *event_shape]``.
+    :param str step_term: ``"kl"`` (L_{t−1} in closed form) or ``"mc"`` (one sample of x_{t−1}).
+    :param params: a NumPyro param map (``{"denoiser$params": ...}``) or None.
+    :param t: steps ``int[B]`` in 1..T, or None (uniform).
+    :param weight: 1/P(t), ``[B]`` or a scalar (needed with ``t``).
+    :param bool with_trace: also return the model's trace.
+    :returns: ``(elbo [B], t [B], step [B])`` nats (and the trace).
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import stochastic_elbo_terms
+    >>> elbo, t, step = stochastic_elbo_terms(diffusion, jax.random.key(0), x0)
+    >>> elbo.shape, bool(((t >= 1) & (t <= 4)).all())
+    ((3,), True)
+    """
     k_t, k_trace = jax.random.split(rng_key)
     if t is None:
         t = jax.random.randint(k_t, (x0.shape[0],), 1, diffusion.T + 1)
@@ -140,6 +229,31 @@ class StochasticTimestepELBO(ELBO):
     is −ELBO summed over the batch in nats (``reduction="mean"``: per example). The model's mutable state
     (the denoiser's dropout keys) is carried; if SVI's mutable state holds the key ``"step_losses"``, the
     per-example step losses L_{t−1} of the update are returned there (for an importance sampler's history).
+
+    The estimate is :func:`stochastic_elbo_terms`' (the twin of
+    :class:`ppl_diffusion.infer.stochastic_elbo.StochasticTimestepELBO`).
+
+    :param str step_term: ``"kl"`` or ``"mc"``.
+    :param str timesteps: ``"uniform"`` or ``"low-discrepancy"``.
+    :param str reduction: ``"sum"`` or ``"mean"`` over the batch.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from numpyro import handlers
+    >>> from ppl_diffusion.numpyro import StochasticTimestepELBO
+    >>> trace = handlers.trace(handlers.seed(diffusion.step_model, 0)).get_trace(x0, jnp.array([1, 2, 4]))
+    >>> params = {"denoiser$params": trace["denoiser$params"]["value"]}
+    >>> loss = StochasticTimestepELBO(timesteps="low-discrepancy").loss(jax.random.key(0), params,
+    ...                                                                  diffusion.step_model, diffusion.step_guide, x0)
+    >>> loss.shape, bool(loss > 0)   # −ELBO in nats
+    ((), True)
     """
 
     def __init__(self, step_term: str = "kl", timesteps: str = "uniform", reduction: str = "sum") -> None:
@@ -158,6 +272,8 @@ class StochasticTimestepELBO(ELBO):
         self._make_sampler = make_timestep_sampler
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": the model's}`` at the steps ``t``
+        (drawn from ``rng_key`` when None) with weights ``weight``."""
         diffusion = _diffusion_of(model)
         k_t, k_elbo = jax.random.split(rng_key)
         if t is None:
@@ -172,11 +288,35 @@ class StochasticTimestepELBO(ELBO):
 
 
 class ChainELBO(ELBO):
-    """The full-chain estimators compiled with ``lax.scan`` (:func:`~ppl_diffusion.numpyro.chain.full_chain_elbo`),
+    r"""The full-chain estimators compiled with ``lax.scan`` (:func:`~ppl_diffusion.numpyro.chain.full_chain_elbo`),
     as a NumPyro ELBO: ``analytic=False`` is ``Trace_ELBO`` on (model, guide), one forward trajectory;
     ``analytic=True`` is ``TraceMeanField_ELBO`` on (model, posterior_guide). The same numbers as NumPyro's
     own ELBOs on the named-site programs (tested), compiled as one step of the chain instead of T. The
     programs passed to SVI only declare the denoiser's parameters; the noise comes from the step's key.
+
+    .. math:: \mathrm{ELBO} = E_q\Big[\log \frac{p_\theta(x_{0:T})}{q(x_{1:T} \mid x_0)}\Big]
+
+    estimated from one trajectory, with closed-form KLs at every site when ``analytic``.
+
+    :param bool analytic: the posterior-order chain with analytic KLs (``TraceMeanField_ELBO``), or the forward
+        chain (``Trace_ELBO``).
+    :param str reduction: ``"sum"`` or ``"mean"`` over the batch.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import ChainELBO
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> loss = ChainELBO(analytic=True).loss(jax.random.key(0), {"denoiser$params": params_of(diffusion)},
+    ...                                      diffusion.model, diffusion.posterior_guide, x0)
+    >>> loss.shape, bool(loss > 0)
+    ((), True)
     """
 
     def __init__(self, analytic: bool = False, reduction: str = "sum") -> None:
@@ -186,6 +326,8 @@ class ChainELBO(ELBO):
         self.analytic, self.reduction = analytic, reduction
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, *args, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": ...}`` of one trajectory drawn from
+        ``rng_key``."""
         from .chain import full_chain_elbo
 
         diffusion = _diffusion_of(model)
@@ -204,7 +346,23 @@ class ChainELBO(ELBO):
 def feed_noise(fn, noise: dict):
     """``fn`` with its Normal sites named in ``noise`` drawn as loc + scale · noise[name] (a decoder's by its
     ``from_normal``; the twin of
-    :class:`ppl_diffusion.infer.draws.FeedNoiseMessenger`: the reparameterised value, from given numbers)."""
+    ``ppl_diffusion.infer.draws.FeedNoiseMessenger``: the reparameterised value, from given numbers).
+
+    :param fn: a NumPyro program.
+    :param dict noise: site name → standard normals of the site's shape.
+    :returns: the program with those sites substituted (``numpyro.handlers.substitute``).
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpyro
+    >>> import numpyro.distributions as dist
+    >>> from ppl_diffusion.numpyro.infer import feed_noise
+    >>> def program():
+    ...     return numpyro.sample("z", dist.Normal(jnp.array(2.0), 3.0))
+    >>> float(feed_noise(program, {"z": jnp.array(1.0)})())   # 2 + 3 · 1
+    5.0
+    """
     def value(msg):
         eps = noise.get(msg["name"])
         if eps is None or msg.get("is_observed"):
@@ -221,11 +379,38 @@ def feed_noise(fn, noise: dict):
 
 def continuous_time_terms(diffusion, rng_key, x0, t, *, params=None, noise=None, weight=None, shape=None,
                           analytic: bool = True, with_trace: bool = False):
-    """The continuous-time ELBO's terms per example ``[B]`` at times ``t`` (as the PyTorch backend's
-    :func:`ppl_diffusion.infer.continuous_time_terms`): ``"prior"``, ``"reconstruction"``, ``"diffusion"`` (the
+    r"""The continuous-time ELBO's terms per example ``[B]`` at times ``t`` (as the PyTorch backend's
+    :func:`ppl_diffusion.infer.continuous_elbo.continuous_time_terms`): ``"prior"``, ``"reconstruction"``, ``"diffusion"`` (the
     integrand ½ γ'(t) ‖ε − ε̂‖², unweighted). ``params`` a NumPyro param map (replaces the registered weights),
     ``noise`` standard normals for the sites ``x_T``, ``x_1``, ``x_t``; ``shape`` the interior's (shape(t),
-    shape'(t)) when the caller computed them."""
+    shape'(t)) when the caller computed them.
+
+    .. math:: -\mathrm{ELBO} = \underbrace{\mathrm{KL}(q(x_T \mid x_0) \,\|\, p(x_T))}_{\text{prior}}
+        + \underbrace{E_q[-\log p(x_0 \mid x_1)]}_{\text{reconstruction}}
+        + \underbrace{E_{t \sim U[0,1]}\big[\tfrac12 \gamma'(t) \lVert \epsilon - \hat\epsilon_\theta
+        \rVert^2\big]}_{\text{diffusion}}
+
+    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` (T = 0).
+    :param rng_key: a JAX PRNG key.
+    :param x0: the data ``[B x *event_shape]``.
+    :param t: times ``[B]`` in [0, 1].
+    :param bool analytic: the prior term in closed form (where registered).
+    :param bool with_trace: also return the model's trace.
+    :returns: a dict ``"prior"``, ``"reconstruction"``, ``"diffusion"`` → ``[B]`` nats (and the trace).
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, LinearGamma, MLPDenoiser
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=net, event_shape=(2,), T=0)
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import continuous_time_terms
+    >>> parts = continuous_time_terms(diffusion, jax.random.key(0), x0, jnp.array([0.1, 0.5, 0.9]))
+    >>> sorted(parts), parts["diffusion"].shape
+    (['diffusion', 'prior', 'reconstruction'], (3,))
+    """
     diffusion.check_continuous()
     model, guide = diffusion.continuous_model, diffusion.continuous_guide
     if params is not None:
@@ -245,13 +430,44 @@ PRIOR_TERMS = ("kl", "mc")  # the prior term KL(q(x_T|x_0) || p(x_T)) in closed 
 
 def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=None, schedule_objective="elbo",
                          reduction: str = "sum", prior_term: str = "kl"):
-    """(−ELBO reduced over the batch, the per-example terms, the model's mutable state) of the continuous-time
+    r"""(−ELBO reduced over the batch, the per-example terms, the model's mutable state) of the continuous-time
     estimate at times ``t`` with weights ``weight`` (1/p(t)). With ``schedule_objective="variance"`` the value is the
     same and the gradient of the schedule's interior parameters is that of Σ_i (w_i L_i)² (reduced alike) instead
     of the ELBO's, routed in one backward pass: a ``jax.custom_vjp`` takes the cotangent of the loss at the
     interior's outputs (shape(t), shape'(t)), scales it by 2 w_i L_i per example and pulls it back through the
     interior alone (the PyTorch backend does the same with hooks). ``prior_term`` ``"kl"`` scores the prior term in
-    closed form (where registered), ``"mc"`` at one draw of x_T."""
+    closed form (where registered), ``"mc"`` at one draw of x_T.
+
+    .. math:: \text{loss} = \sum_i \big(\text{prior}_i + \text{reconstruction}_i + w_i\, \text{diffusion}_i\big)
+
+    (the mean with ``reduction="mean"``), the terms of :func:`continuous_time_terms`.
+
+    :param diffusion: a continuous-time :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` (T = 0).
+    :param rng_key: a JAX PRNG key.
+    :param param_map: the NumPyro param map (``"denoiser$params"``, ``"schedule$params"`` for a learned γ).
+    :param x0: the data ``[B x *event_shape]``.
+    :param t: times ``[B]`` in [0, 1].
+    :param weight: 1/p(t), ``[B]``.
+    :param str schedule_objective: ``"elbo"`` or ``"variance"``.
+    :param str reduction: ``"sum"`` or ``"mean"``.
+    :param str prior_term: ``"kl"`` or ``"mc"``.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, LinearGamma, MLPDenoiser
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=net, event_shape=(2,), T=0)
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import continuous_time_loss
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> t = jnp.array([0.1, 0.5, 0.9])
+    >>> loss, parts, _ = continuous_time_loss(diffusion, jax.random.key(0), {"denoiser$params": params_of(diffusion)},
+    ...                                       x0, t, jnp.ones(3))
+    >>> bool(jnp.allclose(loss, sum(part.sum() for part in parts.values())))
+    True
+    """
     if schedule_objective not in SCHEDULE_OBJECTIVES:
         raise ValueError(f"unknown schedule_objective {schedule_objective!r}; choose one of {SCHEDULE_OBJECTIVES}")
     if prior_term not in PRIOR_TERMS:
@@ -308,7 +524,7 @@ def continuous_time_loss(diffusion, rng_key, param_map, x0, t, weight, *, noise=
 
 class ContinuousTimeELBO(ELBO):
     """The continuous-time ELBO (T = ∞) as a NumPyro ELBO for ``numpyro.infer.SVI`` (the twin of
-    :class:`ppl_diffusion.infer.ContinuousTimeELBO`)::
+    :class:`ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`)::
 
         svi = SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=ContinuousTimeELBO())
 
@@ -317,7 +533,28 @@ class ContinuousTimeELBO(ELBO):
     ``svi.update(state, x0, t, weight)`` (importance sampling keeps its history outside, as for
     :class:`StochasticTimestepELBO`; the per-example integrand is returned under SVI's mutable ``"step_losses"``
     when that key is there). ``schedule_objective="variance"`` trains the schedule's interior for the estimate's
-    variance (:func:`continuous_time_loss`); ``prior_term="mc"`` scores the prior term at one draw of x_T."""
+    variance (:func:`continuous_time_loss`); ``prior_term="mc"`` scores the prior term at one draw of x_T.
+
+    :param str timesteps: ``"uniform"`` or ``"low-discrepancy"``.
+    :param str schedule_objective: ``"elbo"`` or ``"variance"``.
+    :param str reduction: ``"sum"`` or ``"mean"`` over the batch.
+    :param str prior_term: ``"kl"`` or ``"mc"``.
+
+    Example:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, LinearGamma, MLPDenoiser
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=net, event_shape=(2,), T=0)
+    >>> x0 = jnp.zeros((3, 2))
+    >>> from ppl_diffusion.numpyro import ContinuousTimeELBO
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> loss = ContinuousTimeELBO().loss(jax.random.key(0), {"denoiser$params": params_of(diffusion)},
+    ...                                  diffusion.continuous_model, diffusion.continuous_guide, x0)
+    >>> loss.shape
+    ()
+    """
 
     def __init__(self, timesteps: str = "uniform", schedule_objective: str = "elbo", reduction: str = "sum",
                  prior_term: str = "kl") -> None:
@@ -336,6 +573,8 @@ class ContinuousTimeELBO(ELBO):
         self.prior_term = prior_term
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, x0, t=None, weight=None, **kwargs):
+        """NumPyro's ELBO interface: ``{"loss": −ELBO reduced, "mutable_state": the model's}`` at the times ``t``
+        (drawn from ``rng_key`` when None) with weights ``weight``."""
         from .timesteps import make_timestep_sampler
 
         diffusion = getattr(model, "__self__", None)
@@ -356,3 +595,7 @@ class ContinuousTimeELBO(ELBO):
         if STEP_LOSSES in param_map:
             mutable[STEP_LOSSES] = jax.lax.stop_gradient(parts["diffusion"])
         return {"loss": loss, "mutable_state": mutable or None}
+
+
+__all__ = ["ChainELBO", "ContinuousTimeELBO", "StochasticTimestepELBO", "continuous_time_loss", "continuous_time_terms",
+           "feed_noise", "per_example_elbo", "stochastic_elbo_terms", "trace_pair"]

@@ -1,12 +1,14 @@
 """Denoisers in Flax NNX, layer for layer the PyTorch ones, so that weights convert both ways
-(:mod:`ppl_diffusion.numpyro.convert`): :class:`MLPDenoiser` and :class:`UNet` (with :func:`unet_preset`), and
-:func:`unet_for` / :func:`mlp_for`, the nets for a data shape by the PyTorch side's rule.
+(:mod:`ppl_diffusion.numpyro.convert`): :class:`~ppl_diffusion.numpyro.nets.MLPDenoiser` and
+:class:`~ppl_diffusion.numpyro.nets.UNet` (with :func:`~ppl_diffusion.numpyro.nets.unet_preset`), and
+:func:`~ppl_diffusion.numpyro.nets.unet_for` / :func:`~ppl_diffusion.numpyro.nets.mlp_for`, the nets for a data shape
+by the PyTorch side's rule.
 
 Mixed precision: ``dtype=jnp.bfloat16`` is the layers' compute dtype (Flax's ``dtype``; the parameters stay
 float32, ``param_dtype``), the softmax of attention is taken in float32 (as torch's autocast does), and the
 output is cast back to the input's dtype. ``dtype=None`` (default) computes in the parameters' float32.
 
-Dropout is :class:`SlicedDropout`: Flax's, whose mask inside a training step's micro-batch
+Dropout is ``SlicedDropout``: Flax's, whose mask inside a training step's micro-batch
 (:func:`ppl_diffusion.numpyro.distributed.micro_batch`) is drawn for the global batch and sliced to its rows."""
 
 from __future__ import annotations
@@ -25,9 +27,33 @@ from . import distributed as dp
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float32, *, shift: float = 0.0,
                        scale: float = 1.0):
-    """``[B]`` steps → ``[B x dim]`` features cos(s·f_i), sin(s·f_i), f_i = max_period^(−i/(dim/2)), of ``dtype``,
+    r"""``[B]`` steps → ``[B x dim]`` features cos(s·f_i), sin(s·f_i), f_i = max_period^(−i/(dim/2)), of ``dtype``,
     at s = (t + ``shift``) · ``scale``: computed in float64 for float64 (with jax_enable_x64), else in float32 (as
-    DDPM) and cast."""
+    DDPM) and cast. The twin of :func:`ppl_diffusion.nets.embedding.timestep_embedding`.
+
+    .. math:: e(s) = \big[\cos(s f_0), \dots, \cos(s f_{h-1}), \sin(s f_0), \dots, \sin(s f_{h-1})\big],
+        \quad f_i = \mathrm{max\_period}^{-i/h}, \quad h = \lfloor \mathrm{dim}/2 \rfloor
+
+    (a zero column appended for an odd ``dim``).
+
+    :param t: steps (or any labels) ``[B]``.
+    :param int dim: the number of features.
+    :param float max_period: the longest period.
+    :param dtype: the result's dtype.
+    :returns: ``[B x dim]``.
+
+    Example (the PyTorch twin's features):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion.nets import embedding
+    >>> from ppl_diffusion.numpyro.nets import timestep_embedding
+    >>> emb = timestep_embedding(jnp.array([1, 500]), 8)
+    >>> twin = embedding.timestep_embedding(torch.tensor([1, 500]), 8)
+    >>> emb.shape, bool(np.allclose(np.asarray(emb), twin.numpy(), atol=1e-6))
+    ((2, 8), True)
+    """
     half = dim // 2
     work = jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=work) / half)
@@ -42,9 +68,23 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=jnp.float
 
 
 def fourier_features(x, exponents: Sequence[int]):
-    """VDM's Fourier features of ``x`` ``[N x C x H x W]``, ``[N x 2CF x H x W]``: the twin of
+    r"""VDM's Fourier features of ``x`` ``[N x C x H x W]``, ``[N x 2CF x H x W]``: the twin of
     :func:`ppl_diffusion.nets.embedding.fourier_features` (the same channel order, the same angles x·(2^n·2π) in
-    x's dtype; XLA compiles sin and cos into the program, the same bits in every process)."""
+    x's dtype; XLA compiles sin and cos into the program, the same bits in every process).
+
+    .. math:: h_{c,n} = 2^n \cdot 2\pi\, x_c, \quad \text{features} = [\sin h, \cos h]
+
+    :param x: ``[N x C x H x W]``.
+    :param exponents: the F exponents n (frequencies 2^n).
+    :returns: ``[N x 2CF x H x W]``.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.nets import fourier_features
+    >>> fourier_features(jnp.zeros((2, 3, 4, 4)), (7, 8)).shape
+    (2, 12, 4, 4)
+    """
     n, c = x.shape[:2]
     w = jnp.asarray([2.0 ** k * 2.0 * math.pi for k in exponents], dtype=x.dtype)
     h = (x[:, :, None] * w[None, None, :, None, None]).reshape((n, c * len(exponents)) + tuple(x.shape[2:]))
@@ -90,8 +130,33 @@ class ResidualMLPBlock(nnx.Module):
 
 
 class MLPDenoiser(nnx.Module):
-    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.MLPDenoiser` (same layers, same
-    names, same initial output of zero when ``zero_init``); ``dtype``: the compute dtype (see the module docstring)."""
+    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.mlp.MLPDenoiser` (same layers, same
+    names, same initial output of zero when ``zero_init``); ``dtype``: the compute dtype (see the module docstring).
+
+    ``x_t`` ``[B x ...]`` is flattened to D = ``dim`` values per example, ``t`` ``[B]`` embedded
+    (:func:`timestep_embedding`); the output has the shape of ``x_t`` (twice its channels with ``learn_sigma``).
+
+    :param int dim: D, the dimensions of one example.
+    :param int width: the hidden width.
+    :param int depth: the number of residual blocks.
+    :param int emb_dim: the width of the step embedding.
+    :param float dropout: the dropout rate in the blocks, in [0, 1).
+    :param bool zero_init: the last layer starts at zero (ε̂ = 0).
+    :param bool learn_sigma: also output v for a learned variance.
+    :param rngs: ``nnx.Rngs`` for the initial weights and dropout (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+    :param dtype: the compute dtype (None: float32; ``jnp.bfloat16`` for mixed precision).
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from ppl_diffusion.numpyro import MLPDenoiser
+    >>> net = MLPDenoiser(2, width=16, depth=1, emb_dim=8, rngs=nnx.Rngs(0))
+    >>> eps_hat = net(jnp.ones((3, 2)), jnp.array([1, 2, 3]))
+    >>> eps_hat.shape, float(abs(eps_hat).max())
+    ((3, 2), 0.0)
+    """
 
     def __init__(self, dim: int, *, width: int = 128, depth: int = 3, emb_dim: int = 64, dropout: float = 0.0,
                  zero_init: bool = True, learn_sigma: bool = False, rngs: nnx.Rngs | None = None,
@@ -280,7 +345,7 @@ def _run(block, x, emb):
 
 
 class UNet(nnx.Module):
-    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.UNet`: the same keyword arguments,
+    """``net(x_t, t) -> ε̂``, the Flax twin of :class:`ppl_diffusion.nets.unet.UNet`: the same keyword arguments,
     validation errors, layers and math. ``x_t`` is ``[N x C x H x W]`` (NCHW, as the diffusion programs'
     event shape (C, H, W)), ``t`` int ``[N]``; returns ``[N x C_out x H x W]``. Computes in NHWC inside.
 
@@ -290,6 +355,27 @@ class UNet(nnx.Module):
     compute dtype (``jnp.bfloat16`` for mixed precision; see the module docstring). ``use_checkpoint`` (a runtime
     attribute, default False, as on the PyTorch net): each block under ``nnx.remat``, its activations recomputed in
     the backward pass.
+
+    :param int in_channels: C of the images.
+    :param int model_channels: the channels of the first level.
+    :param int image_size: S of the ``[C x S x S]`` images.
+    :param channel_mult: the channel multiplier of each level.
+    :param int num_res_blocks: residual blocks per level.
+    :param attention_resolutions: the image sizes with self-attention.
+    :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+
+    The other keywords are those of :class:`ppl_diffusion.nets.unet.UNet`.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro import UNet
+    >>> net = UNet(in_channels=1, model_channels=8, image_size=4, channel_mult=(1,), num_res_blocks=1,
+    ...            attention_resolutions=(), num_groups=4)
+    >>> eps_hat = net(jnp.zeros((2, 1, 4, 4)), jnp.array([1, 2]))
+    >>> eps_hat.shape, float(abs(eps_hat).max())   # ε̂ = 0 at initialisation
+    ((2, 1, 4, 4), 0.0)
     """
 
     use_checkpoint: bool = False
@@ -397,12 +483,28 @@ class UNet(nnx.Module):
 
     @property
     def num_parameters(self) -> int:
+        """The number of parameters (the PyTorch twin's count)."""
         return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
 
 
 def unet_preset(name: str, *, rngs: nnx.Rngs | None = None, **overrides) -> UNet:
-    """The U-Net preset ``name`` (a key of :data:`ppl_diffusion.nets.unet.UNET_PRESETS`) in Flax, with keyword
-    ``overrides``. Example: ``unet_preset("digits", learn_sigma=True)``."""
+    """The U-Net preset ``name`` (a key of ``ppl_diffusion.nets.unet.UNET_PRESETS``) in Flax, with keyword
+    ``overrides``. Example: ``unet_preset("digits", learn_sigma=True)``.
+
+    :param str name: the preset.
+    :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+    :param overrides: keywords of :class:`UNet`.
+    :raises ValueError: for an unknown preset, listing the known ones.
+
+    Example (the PyTorch preset's parameter count):
+
+    >>> from ppl_diffusion.nets import unet_preset as torch_preset
+    >>> from ppl_diffusion.numpyro import unet_preset
+    >>> net = unet_preset("digits", model_channels=8)
+    >>> net.num_parameters == sum(p.numel() for p in torch_preset("digits", model_channels=8).parameters())
+    True
+    """
     from ..nets.unet import UNET_PRESETS
 
     if name not in UNET_PRESETS:
@@ -414,7 +516,23 @@ def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = Fals
              dtype=None, **overrides) -> UNet:
     """The U-Net for images of ``event_shape`` ``[C x S x S]`` in Flax: the settings of
     :func:`ppl_diffusion.nets.unet.unet_config` (the same rule, presets and errors), so the same parameters as the
-    PyTorch ``unet_for``. Example: ``unet_for((3, 16, 16), model_channels=32)``."""
+    PyTorch ``unet_for``. Example: ``unet_for((3, 16, 16), model_channels=32)``.
+
+    :param event_shape: ``(C, S, S)``.
+    :param str preset: a preset of ``ppl_diffusion.nets.unet.UNET_PRESETS`` to start from, or None.
+    :param bool learn_sigma: also output v for a learned variance.
+    :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+    :param dtype: the compute dtype.
+    :param overrides: keywords of :class:`UNet`.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro import unet_for
+    >>> net = unet_for((1, 8, 8), model_channels=8, learn_sigma=True)
+    >>> net.image_size, net.out_channels
+    (8, 2)
+    """
     from ..nets.unet import unet_config
 
     return UNet(**unet_config(event_shape, preset=preset, **overrides), learn_sigma=learn_sigma, rngs=rngs, dtype=dtype)
@@ -423,10 +541,28 @@ def unet_for(event_shape, *, preset: str | None = None, learn_sigma: bool = Fals
 def mlp_for(event_shape, *, learn_sigma: bool = False, rngs: nnx.Rngs | None = None, dtype=None,
             **settings) -> MLPDenoiser:
     """The MLP denoiser for examples of ``event_shape`` in Flax, the twin of :func:`ppl_diffusion.nets.mlp.mlp_for`
-    (the same settings, errors and warning when the width is below D)."""
+    (the same settings, errors and warning when the width is below D).
+
+    :param event_shape: the shape of one example.
+    :param bool learn_sigma: also output v for a learned variance.
+    :param rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``).
+    :type rngs: :class:`flax.nnx.Rngs` | None
+    :param dtype: the compute dtype.
+    :param settings: ``width``, ``depth``, ``emb_dim``, ``dropout``, ``zero_init`` (the PyTorch ``mlp_for``'s).
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro import mlp_for
+    >>> net = mlp_for((2,), width=16, depth=1, emb_dim=8, learn_sigma=True)
+    >>> net.dim, net.out.out_features   # ε̂ and v
+    (2, 4)
+    """
     from ..nets.mlp import check_settings, warn_if_narrow
 
     shape = check_settings(event_shape, settings)
     net = MLPDenoiser(math.prod(shape), learn_sigma=learn_sigma, rngs=rngs, dtype=dtype, **settings)
     warn_if_narrow(net.inp.out_features, shape)
     return net
+
+
+__all__ = ["MLPDenoiser", "UNet", "fourier_features", "mlp_for", "timestep_embedding", "unet_for", "unet_preset"]

@@ -51,7 +51,9 @@ from .. import noise
 from ..continuous import ContinuousTime
 from ..ode import PROBES, TRACES, check_options  # noqa: F401  (the same names and one-line errors)
 
+#: The diffrax solvers by name (``--solver``); dopri5 (torchdiffeq's default) is the default.
 SOLVERS = ("dopri5", "tsit5", "dopri8", "bosh3")
+#: How the exact trace is computed, by D Jacobian-vector products (default) or D vector-Jacobian products.
 EXACT_MODES = ("jvp", "vjp")  # the exact trace by D JVPs (default) or D VJPs (as fast on CPU; for comparison)
 MAX_STEPS = 4096  # diffrax's bound on the number of steps (its default; RecursiveCheckpointAdjoint needs one)
 
@@ -86,9 +88,29 @@ def check_model(diffusion) -> None:
 
 # --------------------------------------------------------------------------------------- time and drift
 def coefficients(ct: ContinuousTime, s, dtype) -> tuple:
-    """``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference (:meth:`ContinuousTime
-    .alpha_bar`, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64`` (else float32)
-    and cast to ``dtype``."""
+    r"""``(t, σ, β)`` of the map ``ct`` at a 0-d ``s``: the formulas of the NumPy reference
+    (``ContinuousTime.alpha_bar``, ``.beta``, ``.step``) on jnp scalars, computed in float64 under ``jax_enable_x64``
+    (else float32)
+    and cast to ``dtype``.
+
+    .. math:: \sigma(s) = \sqrt{1 - \bar\alpha(s)}, \quad \beta(s) = -\frac{d}{ds} \log \bar\alpha(s)
+
+    :param ct: the continuous-time map of the schedule (:class:`ppl_diffusion.continuous.ContinuousTime`).
+    :param s: the ODE's time in [ε, 1], 0-d.
+    :param dtype: the results' dtype.
+    :returns: ``(t, σ, β)``: the net's step label, the noise level and the rate, 0-d arrays.
+
+    Example (σ² = 1 − ᾱ(s) of the NumPy reference):
+
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro.ode import coefficients
+    >>> ct = ContinuousTime(NoiseSchedule.linear(T=10), "vp-linear")
+    >>> t, sigma, beta = coefficients(ct, 0.5, np.float32)
+    >>> bool(np.isclose(float(sigma) ** 2, 1 - ct.alpha_bar(0.5), rtol=1e-5))
+    True
+    """
     work = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     s = jnp.asarray(s, work)
     if ct.kind != "vp-linear":
@@ -109,7 +131,20 @@ def coefficients(ct: ContinuousTime, s, dtype) -> tuple:
 
 
 class TimeCoefficients:
-    """:func:`coefficients` of ``ct`` as a callable ``coef(s, dtype) -> (t, σ, β)`` (the PyTorch class's name)."""
+    """:func:`coefficients` of ``ct`` as a callable ``coef(s, dtype) -> (t, σ, β)`` (the PyTorch class's name).
+
+    :param ct: the continuous-time map (:class:`ppl_diffusion.continuous.ContinuousTime`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro.ode import TimeCoefficients
+    >>> t, sigma, beta = TimeCoefficients(ContinuousTime(NoiseSchedule.linear(T=10)))(1.0, np.float32)
+    >>> round(float(t), 4)   # s = 1 is the last step
+    10.0
+    """
 
     def __init__(self, ct: ContinuousTime) -> None:
         self.ct = ct
@@ -119,8 +154,34 @@ class TimeCoefficients:
 
 
 def drift(diffusion, coef: TimeCoefficients, net, x, s):
-    """f(x, s) = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)] ``[B x ...]``; ``net(x_t, t)`` the denoiser (t a float array
-    ``[B]``; the ε̂ half of a learned-variance net)."""
+    r"""f(x, s) = −½ β(s) [x − ε̂_θ(x, t(s)) / σ(s)] ``[B x ...]``; ``net(x_t, t)`` the denoiser (t a float array
+    ``[B]``; the ε̂ half of a learned-variance net).
+
+    .. math:: \frac{dx}{ds} = f(x, s) = -\tfrac12 \beta(s) \Big[x - \frac{\hat\epsilon_\theta(x, t(s))}{\sigma(s)}\Big]
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
+    :param coef: its :class:`TimeCoefficients`.
+    :param net: the denoiser, a callable ``net(x_t, t)``.
+    :param x: the state ``[B x *event_shape]``.
+    :param s: the time, 0-d.
+    :returns: ``[B x *event_shape]``.
+
+    Example (ε̂ = 0: the drift is −½ β(s) x):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion
+    >>> schedule = NoiseSchedule.linear(T=10)
+    >>> zero = lambda x_t, t: jnp.zeros_like(x_t)   # ε̂ = 0: the flow only rescales x
+    >>> diffusion = GaussianDiffusion(schedule=schedule, denoiser=zero, event_shape=(2,))
+    >>> from ppl_diffusion.numpyro.ode import TimeCoefficients, drift
+    >>> coef = TimeCoefficients(ContinuousTime(schedule))
+    >>> f = drift(diffusion, coef, zero, jnp.ones((3, 2)), 0.5)
+    >>> bool(jnp.allclose(f, -0.5 * coef(0.5, jnp.float32)[2]))
+    True
+    """
     t, sigma, beta = coef(s, x.dtype)
     eps = diffusion.predict_eps(net, x, jnp.full((x.shape[0],), t))
     return -0.5 * beta * (x - eps / sigma)
@@ -129,7 +190,32 @@ def drift(diffusion, coef: TimeCoefficients, net, x, s):
 def make_probes(diffusion, n: int, *, probes: int, probe: str, seed: int | None = None, indices=None, key=None,
                 dtype=jnp.float32):
     """Hutchinson probes ``[n x K x *event]``: counter-based for ``seed`` (probe k of example ``indices[i]``, the
-    PyTorch backend's numbers), else from the JAX ``key``; Rademacher probes are the signs of the normals."""
+    PyTorch backend's numbers), else from the JAX ``key``; Rademacher probes are the signs of the normals.
+
+    :param diffusion: the diffusion (its event shape).
+    :param int n: the number of examples.
+    :param int probes: K per example.
+    :param str probe: ``"rademacher"`` or ``"gaussian"``.
+    :param int seed: counter-based probes for (seed, ``indices[i]``, k), or None.
+    :param indices: the examples' indices ``int[n]`` (default 0..n − 1).
+    :param key: a JAX PRNG key (when ``seed`` is None).
+    :returns: ``[n x K x *event_shape]``.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion
+    >>> schedule = NoiseSchedule.linear(T=10)
+    >>> zero = lambda x_t, t: jnp.zeros_like(x_t)   # ε̂ = 0: the flow only rescales x
+    >>> diffusion = GaussianDiffusion(schedule=schedule, denoiser=zero, event_shape=(2,))
+    >>> from ppl_diffusion.numpyro.ode import make_probes
+    >>> v = make_probes(diffusion, 3, probes=4, probe="rademacher", seed=0)
+    >>> v.shape, sorted(set(np.asarray(v).ravel().tolist()))
+    ((3, 4, 2), [-1.0, 1.0])
+    """
     shape = tuple(diffusion.event_shape)
     if seed is not None:
         from ..infer.bound import check_indices
@@ -151,9 +237,19 @@ def _per_example_rms(y):
 
 
 def per_example_norm(y):
-    """The step controller's norm (the PyTorch side's ``_per_example_norm``): the largest over the batch of each
+    r"""The step controller's norm (the PyTorch side's ``_per_example_norm``): the largest over the batch of each
     example's RMS scaled error. On the adjoint's augmented state (y, a_y, a_args, a_terms) the largest of it over
-    y and a_y: the parameters' adjoint does not control the step (a seminorm)."""
+    y and a_y: the parameters' adjoint does not control the step (a seminorm).
+
+    .. math:: \lVert y \rVert = \max_b \sqrt{\tfrac1D \textstyle\sum_j y_{bj}^2}
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.ode import per_example_norm
+    >>> round(float(per_example_norm(jnp.array([[3.0, 4.0], [0.0, 1.0]]))), 4)   # √(25/2)
+    3.5355
+    """
     if isinstance(y, tuple):
         return jnp.maximum(_per_example_rms(y[0]), _per_example_rms(y[1]))
     return _per_example_rms(y)
@@ -168,11 +264,21 @@ def _solver(name: str):
 
 
 def nfe_of(solver: str, num_steps):
-    """Vector-field evaluations of :func:`solve` from diffrax's step count ``num_steps`` (accepted and rejected
+    """Vector-field evaluations of ``solve`` from diffrax's step count ``num_steps`` (accepted and rejected
     steps): 2 before the solve (f(t0, y0) and the probe f(t0 + h0, y0 + h0 f0) of the initial step size), then
     per step the solver's stages, less the first for an FSAL solver (its f(t0, y0) is the previous step's last
-    stage, or the f(t0, y0) handed in; a rejected step reuses it): Tsit5 and dopri5 6, bosh3 3, dopri8 (not FSAL)
-    14. Tested against a vector field that counts its calls."""
+    stage, or the f(t0, y0) handed in; a rejected step reuses it): Tsit5 and dopri5 6, bosh3 3, dopri8 13 (all four
+    are FSAL in diffrax). Tested against a vector field that counts its calls.
+
+    :param str solver: a name of :data:`SOLVERS`.
+    :param num_steps: diffrax's ``num_steps``.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.ode import nfe_of
+    >>> nfe_of("dopri5", 10), nfe_of("dopri8", 10)   # 2 + 6 · 10, 2 + 13 · 10
+    (62, 132)
+    """
     tableau = _solver(solver).tableau
     return 2 + (tableau.num_stages - int(tableau.fsal)) * num_steps
 
@@ -198,9 +304,24 @@ def solve(field, y0, t0: float, t1: float, args, *, rtol: float, atol: float, so
     """One adaptive ``diffeqsolve`` of ``field(s, y, args)`` from ``t0`` to ``t1`` (either direction) with the
     per-example norm; returns (y(t1), NFE (a 0-d int array, :func:`nfe_of`), diffrax's result code).
 
-    f(t0, y0) is evaluated here, for the first step size (:func:`_initial_step`), and handed to an FSAL solver as
+    f(t0, y0) is evaluated here, for the first step size (``_initial_step``), and handed to an FSAL solver as
     its first stage, so that the count of evaluations is exact (diffrax re-evaluates the first stage on every
-    attempt until a step is accepted when it computes f(t0, y0) itself)."""
+    attempt until a step is accepted when it computes f(t0, y0) itself).
+
+    :param field: the vector field ``field(s, y, args)``, ``y`` ``[B x ...]``.
+    :param y0: the state at ``t0``.
+    :param float t0: the start.
+    :param float t1: the end.
+    :param args: passed to ``field``.
+    :param float rtol: the relative tolerance.
+    :param float atol: the absolute tolerance.
+    :param str solver: a name of :data:`SOLVERS`.
+    :param bool adjoint: differentiate by the continuous adjoint (``BacksolveAdjoint``).
+    :param int max_steps: diffrax's bound on the steps.
+    :returns: ``(y(t1), NFE, result code)`` (0: success).
+
+    The solve of :func:`log_likelihood`, :func:`sample_ode` and :class:`ProbabilityFlow` (their examples run it).
+    """
     d = _diffrax()
     direction = 1.0 if t1 >= t0 else -1.0
     controller = d.PIDController(rtol=rtol, atol=atol, norm=per_example_norm)
@@ -334,7 +455,15 @@ def _raise_on(result) -> None:
 
 @dataclass
 class ODEResult:
-    """What :func:`log_likelihood` returns (JAX arrays)."""
+    """What :func:`log_likelihood` returns (JAX arrays).
+
+    Example:
+
+    >>> import dataclasses
+    >>> from ppl_diffusion.numpyro.ode import ODEResult
+    >>> [field.name for field in dataclasses.fields(ODEResult)]
+    ['log_prob', 'prior_log_prob', 'delta', 'x1', 'nfe', 'eps']
+    """
 
     log_prob: jax.Array  # [B] log p_ε(x) in nats
     prior_log_prob: jax.Array  # [B] log p_1(x(1))
@@ -348,13 +477,38 @@ def log_likelihood(diffusion, x, *, params=None, trace: str = "exact", probes: i
                    probe_values=None, rtol: float = 1e-5, atol: float = 1e-5, solver: str = "dopri5",
                    eps: float | None = None, time_map=None, adjoint: bool = False, seed: int | None = None,
                    indices=None, key=None, max_steps: int = MAX_STEPS, exact_mode: str = "jvp") -> ODEResult:
-    """log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
+    r"""log p_ε(x) of the probability-flow ODE for a batch ``x`` ``[B x *event_shape]`` (see the module and
     :func:`ppl_diffusion.ode.log_likelihood`, whose keywords these are; ``solver`` names a diffrax solver).
 
-    :param params: the denoiser's weights as a pure dict (default: the module's own, :func:`params_of`).
+    :param params: the denoiser's weights as a pure dict (default: the module's own,
+        :func:`~ppl_diffusion.numpyro.sampling.params_of`).
     :param int seed: counter-based probes for (seed, ``indices[i]``, k); else ``key``, a JAX PRNG key.
     :param int max_steps: diffrax's bound on the steps (a ValueError if reached).
     :param str exact_mode: ``"jvp"`` (default) or ``"vjp"``: how the exact trace is computed (:data:`EXACT_MODES`).
+
+    .. math:: \log p_\epsilon(x) = \log p_1(x(1)) + \int_\epsilon^1 \operatorname{tr}\frac{\partial f}{\partial x}
+        (x(s), s)\, ds
+
+    :returns: an :class:`ODEResult`.
+
+    Example (with ε̂ = 0 the flow scales x by c = √(ᾱ(1)/ᾱ(ε)): p_ε = N(0, I/c²)):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion
+    >>> schedule = NoiseSchedule.linear(T=10)
+    >>> zero = lambda x_t, t: jnp.zeros_like(x_t)   # ε̂ = 0: the flow only rescales x
+    >>> diffusion = GaussianDiffusion(schedule=schedule, denoiser=zero, event_shape=(2,))
+    >>> from ppl_diffusion.numpyro.ode import log_likelihood
+    >>> x = jnp.array([[0.5, -1.0], [2.0, 0.0]])
+    >>> res = log_likelihood(diffusion, x)
+    >>> ct = ContinuousTime(schedule)
+    >>> c = np.sqrt(ct.alpha_bar(1.0) / ct.alpha_bar(res.eps))
+    >>> exact = (-0.5 * (c * np.asarray(x)) ** 2 - 0.5 * np.log(2 * np.pi) + np.log(c)).sum(1)
+    >>> res.log_prob.shape, bool(np.allclose(res.log_prob, exact, atol=1e-3))
+    ((2,), True)
     """
     fn, params, x, v, eps = _prepare(diffusion, x, params=params, trace=trace, probes=probes, probe=probe,
                                      probe_values=probe_values, rtol=rtol, atol=atol, solver=solver, eps=eps,
@@ -432,7 +586,8 @@ def _compiled_flow(diffusion, ct, *, rtol, atol, solver, eps, max_steps):
 
 def prior_draws_normal(diffusion, seed: int, index: np.ndarray, dtype=jnp.float32):
     """x_T for (seed, index, T, SAMPLE): loc + scale · counter normal for a Normal prior (ancestral sampling's and
-    the PyTorch backend's numbers, drawn in float64 for float64), else :func:`.sampling.prior_draws`."""
+    the PyTorch backend's numbers, drawn in float64 for float64), else
+    :func:`~ppl_diffusion.numpyro.sampling.prior_draws`."""
     from .sampling import prior_draws
 
     prior = diffusion.get_prior(dtype)
@@ -451,7 +606,35 @@ def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: 
     """Deterministic samples: x(ε) ``[n x *event]`` of the ODE solved from s = 1 to ε, and the NFE.
 
     x(1) = ``x_T`` if given, else drawn from p(x_T): counter-based for ``seed`` (the ``SAMPLE`` stream at t = T,
-    the PyTorch twin's numbers), else with the JAX ``key``. No final denoising step."""
+    the PyTorch twin's numbers), else with the JAX ``key``. No final denoising step.
+
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule and a fixed
+        prior.
+    :param int n: the number of samples (when ``x_T`` is None).
+    :param x_T: the starting points ``[n x *event_shape]``, or None.
+    :param params: the denoiser's weights (default its own).
+    :returns: ``(x(ε) [n x *event_shape], NFE)``.
+
+    The other keywords are :func:`log_likelihood`'s.
+
+    Example (with ε̂ = 0 the flow from s = 1 to ε divides x_T by c = √(ᾱ(1)/ᾱ(ε))):
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion
+    >>> schedule = NoiseSchedule.linear(T=10)
+    >>> zero = lambda x_t, t: jnp.zeros_like(x_t)   # ε̂ = 0: the flow only rescales x
+    >>> diffusion = GaussianDiffusion(schedule=schedule, denoiser=zero, event_shape=(2,))
+    >>> from ppl_diffusion.numpyro.ode import sample_ode
+    >>> x_T = jnp.array([[1.0, -2.0]])
+    >>> x, nfe = sample_ode(diffusion, x_T=x_T)
+    >>> ct = ContinuousTime(schedule)
+    >>> c = np.sqrt(ct.alpha_bar(1.0) / ct.alpha_bar(ct.default_eps))
+    >>> bool(np.allclose(x, np.asarray(x_T) / c, rtol=1e-3)), nfe > 0
+    (True, True)
+    """
     check_options(rtol=rtol, atol=atol)
     check_solver(solver)
     check_model(diffusion)
@@ -478,7 +661,7 @@ def sample_ode(diffusion, n: int | None = None, *, x_T=None, params=None, rtol: 
 
 # --------------------------------------------------------------------------------------- distribution
 class ProbabilityFlow(dist.Distribution):
-    """The diffusion as a continuous normalizing flow: a NumPyro distribution over ``diffusion.event_shape`` whose
+    r"""The diffusion as a continuous normalizing flow: a NumPyro distribution over ``diffusion.event_shape`` whose
     :meth:`log_prob` solves the probability-flow ODE (:func:`log_likelihood`) and whose :meth:`sample` integrates
     it from p(x_T) (:func:`sample_ode`). ``log_prob`` is differentiable in the weights (backpropagation through
     the solver, or the adjoint with ``adjoint=True``) and traceable, so it serves as a likelihood inside a
@@ -497,7 +680,25 @@ class ProbabilityFlow(dist.Distribution):
 
     The other keywords are :func:`log_likelihood`'s. Hutchinson probes come from ``seed`` (counter-based, probe
     k of example i of the flattened value), ``key``, or else NumPyro's ``prng_key()`` (inside ``seed``). The
-    last solve's NFE is :attr:`nfe` (an array when traced).
+    last solve's NFE is ``nfe`` (an array when traced).
+
+    .. math:: \log p(x) = \log p_1(x(1)) + \int_\epsilon^1 \operatorname{tr}\frac{\partial f}{\partial x}\, ds
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.continuous import ContinuousTime
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion
+    >>> schedule = NoiseSchedule.linear(T=10)
+    >>> zero = lambda x_t, t: jnp.zeros_like(x_t)   # ε̂ = 0: the flow only rescales x
+    >>> diffusion = GaussianDiffusion(schedule=schedule, denoiser=zero, event_shape=(2,))
+    >>> from ppl_diffusion.numpyro.ode import ProbabilityFlow, log_likelihood
+    >>> flow = ProbabilityFlow(diffusion)
+    >>> x = jnp.array([[0.5, -1.0], [2.0, 0.0]])
+    >>> flow.event_shape, bool(np.allclose(flow.log_prob(x), log_likelihood(diffusion, x).log_prob, atol=1e-5))
+    ((2,), True)
     """
 
     arg_constraints: dict = {}
@@ -519,6 +720,7 @@ class ProbabilityFlow(dist.Distribution):
 
     @property
     def support(self):
+        """Real vectors of the event shape."""
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def log_prob(self, value):
@@ -543,6 +745,7 @@ class ProbabilityFlow(dist.Distribution):
         return (self.diffusion.get_prior(flat.dtype).log_prob(x1) + delta).reshape(batch)
 
     def sample(self, key, sample_shape=()):
+        """Samples ``sample_shape + event_shape`` by the ODE from x_T ~ p(x_T) drawn with the JAX PRNG ``key``."""
         shape = tuple(sample_shape)
         n = max(1, int(np.prod(shape)))
         o = self.options
@@ -557,3 +760,7 @@ class ProbabilityFlow(dist.Distribution):
                             eps=o["eps"], max_steps=o["max_steps"])
         out, self.nfe, _ = fn(params, x_T)
         return out.reshape(*shape, *self.event_shape)
+
+
+__all__ = ["EXACT_MODES", "ODEResult", "ProbabilityFlow", "SOLVERS", "TimeCoefficients", "coefficients", "drift",
+           "log_likelihood", "make_probes", "nfe_of", "per_example_norm", "sample_ode"]

@@ -4,12 +4,22 @@ The NumPyro idiom for learned quantities is a named ``numpyro.param`` site: each
 that, run inside the model, declares its parameters (``prior$loc``, ...) and returns the distribution, so
 ``numpyro.infer.SVI`` optimises them with the denoiser's. A fixed prior is any NumPyro distribution with
 the event shape. The prior's term KL(q(x_T|x_0) || p(x_T)) is analytic where NumPyro registers a KL
-(the Gaussians) and Monte Carlo otherwise, by the rule of :func:`ppl_diffusion.numpyro.per_example_elbo`.
+(the Gaussians) and Monte Carlo otherwise, by the rule of :func:`ppl_diffusion.numpyro.infer.per_example_elbo`.
 
 Twins of :mod:`ppl_diffusion.priors` (same parametrisations and initial values):
 :class:`DiagonalGaussian`, :class:`StudentT` (ν fixed or learned, ν = 2 + softplus), :class:`GaussianMixture`,
 and :class:`FlowPrior` (N(0, I) through NumPyro's ``InverseAutoregressiveTransform`` layers, their
 autoregressive nets registered with ``numpyro.module``).
+
+Example:
+
+>>> import jax.numpy as jnp
+>>> from numpyro import handlers
+>>> from ppl_diffusion.numpyro.priors import DiagonalGaussian
+>>> prior = DiagonalGaussian((2,))
+>>> trace = handlers.trace(prior).get_trace()   # the params it declares when run in a model
+>>> sorted(trace), prior().event_shape
+(['prior$loc', 'prior$log_scale'], (2,))
 """
 
 from __future__ import annotations
@@ -27,7 +37,11 @@ from ..priors import check_event_shape
 
 class Prior:
     """A learned p(x_T) for NumPyro: ``prior()`` inside a model declares ``{name}$…`` params and returns the
-    distribution (event shape ``event_shape``, batch shape ())."""
+    distribution (event shape ``event_shape``, batch shape ()). The twin of :class:`ppl_diffusion.priors.Prior`.
+
+    :param event_shape: the shape of one example (e.g. ``(2,)``, or ``2``, or ``(1, 8, 8)``).
+    :param str name: the prefix of its ``numpyro.param`` sites.
+    """
 
     def __init__(self, event_shape, name: str = "prior") -> None:
         try:
@@ -38,6 +52,7 @@ class Prior:
         self.name = name
 
     def param(self, key: str, init):
+        """The param site ``{name}${key}`` with initial value ``init`` (``numpyro.param``)."""
         return numpyro.param(f"{self.name}${key}", init)
 
     def __call__(self):  # pragma: no cover - abstract
@@ -45,6 +60,24 @@ class Prior:
 
 
 class DiagonalGaussian(Prior):
+    r"""N(μ, diag σ²) with μ and log σ learned per dimension (params ``loc``, ``log_scale``); starts at N(0, I).
+
+    .. math:: p(x_T) = \mathcal{N}(\mu, \operatorname{diag} \sigma^2)
+
+    The twin of :class:`ppl_diffusion.priors.DiagonalGaussian`; its KL to q(x_T|x_0) is in closed form.
+
+    :param event_shape: the shape of one example.
+    :param str name: the prefix of its ``numpyro.param`` sites.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.priors import DiagonalGaussian
+    >>> d = DiagonalGaussian((2,))()   # outside a model: the initial values
+    >>> d.event_shape, round(float(d.log_prob(jnp.zeros(2))), 4)   # log N(0; 0, I) = −log 2π
+    ((2,), -1.8379)
+    """
+
     def __call__(self):
         loc = self.param("loc", jnp.zeros(self.event_shape))
         log_scale = self.param("log_scale", jnp.zeros(self.event_shape))
@@ -52,6 +85,27 @@ class DiagonalGaussian(Prior):
 
 
 class StudentT(Prior):
+    r"""Independent Student-t per dimension: location and log-scale learned; ``df`` ν fixed (a number) or,
+    with ``learn_df=True``, learned from that start as ν = 2 + softplus(ρ) (> 2: finite variance).
+
+    .. math:: p(x_T) = \prod_i \mathrm{StudentT}(x_{T,i};\ \nu, \mu_i, \sigma_i)
+
+    Heavier tails than N(0, I); the KL to q(x_T|x_0) has no closed form and is scored by Monte Carlo. The twin of
+    :class:`ppl_diffusion.priors.StudentT`.
+
+    :param event_shape: the shape of one example.
+    :param float df: ν, > 0 (> 2 when learned).
+    :param bool learn_df: whether ν is a param (``df_raw``).
+    :param str name: the prefix of its ``numpyro.param`` sites.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.priors import StudentT
+    >>> d = StudentT((3,), df=5.0, learn_df=True)()
+    >>> d.event_shape, round(float(d.base_dist.df[0]), 4)   # ν starts at df
+    ((3,), 5.0)
+    """
+
     def __init__(self, event_shape, df: float = 5.0, learn_df: bool = False, name: str = "prior") -> None:
         super().__init__(event_shape, name)
         if not df > (2.0 if learn_df else 0.0):
@@ -70,6 +124,29 @@ class StudentT(Prior):
 
 
 class GaussianMixture(Prior):
+    r"""Σ_k π_k N(μ_k, diag σ_k²) with K components: logits of π, means and log-scales learned. The means
+    start at small random offsets (``init_scale``, NumPy's generator of ``seed``) so that the components can
+    separate; scales at 1.
+
+    .. math:: p(x_T) = \sum_{k=1}^K \pi_k\, \mathcal{N}(\mu_k, \operatorname{diag} \sigma_k^2)
+
+    The twin of :class:`ppl_diffusion.priors.GaussianMixture`; its KL term is scored by Monte Carlo.
+
+    :param event_shape: the shape of one example.
+    :param int components: K.
+    :param float init_scale: the standard deviation of the initial means.
+    :param int seed: the seed of the initial means.
+    :param str name: the prefix of its ``numpyro.param`` sites.
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.priors import GaussianMixture
+    >>> d = GaussianMixture((2,), components=3)()
+    >>> d.event_shape, d.sample(jax.random.key(0), (4,)).shape
+    ((2,), (4, 2))
+    """
+
     def __init__(self, event_shape, components: int = 4, init_scale: float = 0.1, seed: int = 0,
                  name: str = "prior") -> None:
         super().__init__(event_shape, name)
@@ -85,9 +162,30 @@ class GaussianMixture(Prior):
 
 
 class FlowPrior(Prior):
-    """N(0, I) over the flattened D dimensions through ``layers`` inverse autoregressive transforms
+    r"""N(0, I) over the flattened D dimensions through ``layers`` inverse autoregressive transforms
     (``numpyro.distributions.flows.InverseAutoregressiveTransform`` with ``numpyro.nn.AutoregressiveNN``),
-    dimensions reversed between layers, reshaped to the event shape."""
+    dimensions reversed between layers, reshaped to the event shape.
+
+    .. math:: x_T = f_L \circ \dots \circ f_1(z), \quad z \sim \mathcal{N}(0, I_D)
+
+    The twin of :class:`ppl_diffusion.priors.FlowPrior` (the same layer count and widths; its KL term is scored by
+    Monte Carlo). The autoregressive nets are registered as ``numpyro.module("{name}$arn{i}", ...)``, so the
+    prior must run under ``numpyro.handlers.seed`` (their initialisation draws).
+
+    :param event_shape: the shape of one example.
+    :param int layers: L, the number of transforms.
+    :param int hidden: the width of each autoregressive net's two hidden layers (default max(16, 2D)).
+    :param str name: the prefix of its sites.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> from ppl_diffusion.numpyro.priors import FlowPrior
+    >>> d = handlers.seed(FlowPrior((1, 2, 2), layers=1), rng_seed=0)()
+    >>> d.event_shape, d.log_prob(jnp.zeros((3, 1, 2, 2))).shape
+    ((1, 2, 2), (3,))
+    """
 
     def __init__(self, event_shape, layers: int = 2, hidden: int | None = None, name: str = "prior") -> None:
         super().__init__(event_shape, name)
@@ -114,7 +212,26 @@ class FlowPrior(Prior):
 
 
 def check_prior(prior, event_shape):
-    """The distribution of ``prior`` (a distribution or a :class:`Prior`), checked; one-line errors."""
+    """The distribution of ``prior`` (a distribution or a :class:`Prior`), checked; one-line errors.
+
+    :param prior: a NumPyro distribution over one example, or a :class:`Prior` (called).
+    :param event_shape: the data's event shape.
+    :raises TypeError: for a class, a non-distribution or a distribution without ``log_prob``.
+    :raises ValueError: for a batch shape other than () or another event shape, naming the fix.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> import numpyro.distributions as dist
+    >>> from ppl_diffusion.numpyro.priors import check_prior
+    >>> check_prior(dist.Normal(jnp.zeros(2), 1.0).to_event(1), (2,)).event_shape
+    (2,)
+    >>> check_prior(dist.Normal(jnp.zeros(2), 1.0), (2,))
+    Traceback (most recent call last):
+    ...
+    ValueError: prior has batch shape (2,); it must be () (the model adds the data plate):
+    use .to_event(1) to make those dimensions the event
+    """
     if isinstance(prior, type):
         raise TypeError(f"prior is the class {prior.__name__}; pass an instance, e.g. prior={prior.__name__}"
                         f"({'event_shape' if issubclass(prior, Prior) else '...'})")

@@ -36,7 +36,32 @@ SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 class NumPyroStudyEstimator:
     """One estimator bound to a NumPyro diffusion at fixed θ; see the module docstring. Built by
     :func:`ppl_diffusion.study.estimators.make_study_estimator`, which checks ``name`` and hands over the study's
-    catalogue entries: ``full_chain`` (``trace``, ``meanfield``) and the one-line ``description``."""
+    catalogue entries: ``full_chain`` (``trace``, ``meanfield``) and the one-line ``description``.
+
+    :param str name: the estimator (a name of ``ppl_diffusion.study.estimators.STUDY_ESTIMATORS``, but the
+        continuous-time ones).
+    :param diffusion: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion` with a NoiseSchedule.
+    :param bool full_chain: whether it scores the full chain.
+    :param str description: the catalogue's line.
+    :param int iwae_particles: K of ``iwae``, >= 2.
+
+    Example:
+
+    >>> import jax
+    >>> import numpy as np
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.study.estimators import make_study_estimator
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> estimator = make_study_estimator("stochastic-kl", diffusion)
+    >>> n = sum(leaf.size for leaf in jax.tree.leaves(estimator.params))
+    >>> type(estimator).__name__, estimator.family, estimator.num_params == n
+    ('NumPyroStudyEstimator', 'stochastic t', True)
+    >>> value = estimator.estimate(np.zeros((3, 2), np.float32))   # the ELBO's estimate, nats summed over the batch
+    >>> isinstance(value, float), value < 0
+    (True, True)
+    """
 
     def __init__(self, name: str, diffusion, *, full_chain: bool, description: str, iwae_particles: int = 8) -> None:
         self.name, self.diffusion = name, diffusion
@@ -63,10 +88,12 @@ class NumPyroStudyEstimator:
 
     @property
     def family(self) -> str:
+        """``"full chain"``, ``"IWAE"`` or ``"stochastic t"``."""
         return "full chain" if self.full_chain else ("IWAE" if self.name == "iwae" else "stochastic t")
 
     @property
     def description(self) -> str:
+        """The catalogue's line, with K for IWAE and the backend."""
         return self._description + (f", K = {self.iwae_particles}" if self.name == "iwae" else "") \
             + " (NumPyro, jit)"
 
@@ -97,6 +124,7 @@ class NumPyroStudyEstimator:
         return stochastic
 
     def reseed(self, seed: int) -> None:
+        """Restart the estimator's JAX key from ``seed``."""
         self.key = jax.random.PRNGKey(seed)
 
     def _next_key(self):
@@ -108,9 +136,11 @@ class NumPyroStudyEstimator:
         return jnp.asarray(x0.cpu().numpy() if torch.is_tensor(x0) else np.asarray(x0), jnp.float32)
 
     def estimate(self, x0) -> float:
+        """One estimate of the bound (ELBO or IWAE) at θ, summed over the batch ``x0`` ``[B x ...]``, nats."""
         return -float(self._loss(self.params, self._next_key(), self._x(x0), self.sampler_state))
 
     def gradient(self, x0) -> tuple[float, torch.Tensor]:
+        """(the estimate, its gradient in θ flattened ``float64[num_params]``, in the PyTorch twin's order)."""
         value, grads = self._value_and_grad(self.params, self._next_key(), self._x(x0), self.sampler_state)
         try:  # the PyTorch twin's layout and order
             leaves = list(convert.torch_state_from_params(self.diffusion.denoiser, grads).values())
@@ -148,3 +178,6 @@ class NumPyroStudyEstimator:
         if self._frozen is None:
             return None
         return np.asarray(self.sampler.probabilities(self._frozen), np.float64)
+
+
+__all__ = ["NumPyroStudyEstimator"]

@@ -7,6 +7,21 @@ updates the importance sampler's history in one compiled function. ``state`` is 
 
 ``to_torch_state`` / ``from_torch_state`` convert a state to and from the PyTorch sampler's
 ``state_dict()``, so that a checkpoint holds one format whichever backend wrote it.
+
+Example (one compiled function draws the steps and updates the history):
+
+>>> import jax
+>>> import jax.numpy as jnp
+>>> from ppl_diffusion.numpyro.timesteps import make_timestep_sampler
+>>> sampler = make_timestep_sampler("importance", T=10, history=2)
+>>> state = sampler.init()
+>>> @jax.jit
+... def step(state, key):
+...     t, weight = sampler.sample(key, state, 4)
+...     return sampler.update(state, t, jnp.ones(4)), t, weight
+>>> state, t, weight = step(state, jax.random.key(0))
+>>> t.shape, t.dtype, weight.tolist()   # uniform until every t has 2 losses: weight T
+((4,), dtype('int32'), [10.0, 10.0, 10.0, 10.0])
 """
 
 from __future__ import annotations
@@ -18,7 +33,23 @@ import torch
 
 
 class UniformTimesteps:
-    """t ~ Uniform{1..T}; weight T."""
+    r"""t ~ Uniform{1..T}; weight T.
+
+    .. math:: P(t) = 1/T, \quad w(t) = 1/P(t) = T
+
+    The twin of :class:`ppl_diffusion.infer.timesteps.UniformTimesteps`; its state is ``{}``.
+
+    :param int T: the number of steps, >= 1.
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.timesteps import UniformTimesteps
+    >>> sampler = UniformTimesteps(T=10)
+    >>> t, weight = sampler.sample(jax.random.key(0), sampler.init(), 3)
+    >>> bool(((t >= 1) & (t <= 10)).all()), weight.tolist()
+    (True, [10.0, 10.0, 10.0])
+    """
 
     name = "uniform"
 
@@ -28,6 +59,7 @@ class UniformTimesteps:
         self.T = T
 
     def init(self) -> dict:
+        """The initial state, a dict of JAX arrays (empty here)."""
         return {}
 
     def probabilities(self, state: dict):
@@ -44,16 +76,36 @@ class UniformTimesteps:
         return state
 
     def to_torch_state(self, state: dict) -> dict:
+        """``state`` as the PyTorch sampler's ``state_dict()`` (what a checkpoint holds)."""
         return {"T": self.T}
 
     def from_torch_state(self, saved: dict) -> dict:
+        """The state of the PyTorch sampler's ``state_dict()`` ``saved``; a ValueError if it is for another T."""
         if int(saved["T"]) != self.T:
             raise ValueError(f"timestep sampler state is for T = {saved['T']}, this model has T = {self.T}")
         return self.init()
 
 
 class LowDiscrepancyTimesteps(UniformTimesteps):
-    """One u_0 ~ U[0, 1) per call, u_i = (u_0 + i/n) mod 1, t_i = ⌊T u_i⌋ + 1 (VDM); each t_i uniform, weight T."""
+    r"""One u_0 ~ U[0, 1) per call, u_i = (u_0 + i/n) mod 1, t_i = ⌊T u_i⌋ + 1 (VDM); each t_i uniform, weight T.
+
+    .. math:: u_i = (u_0 + i/n) \bmod 1, \quad t_i = \lfloor T u_i \rfloor + 1, \quad i = 0..n-1
+
+    Each t_i on its own is uniform on 1..T (the estimate stays unbiased) while the n steps of a batch are spread
+    evenly over 1..T (Kingma et al. 2021, appendix I.1); the twin of
+    :class:`ppl_diffusion.infer.timesteps.LowDiscrepancyTimesteps`.
+
+    :param int T: the number of steps, >= 1.
+
+    Example (one step in each stratum of width T/n):
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.timesteps import LowDiscrepancyTimesteps
+    >>> sampler = LowDiscrepancyTimesteps(T=8)
+    >>> t, _ = sampler.sample(jax.random.key(0), sampler.init(), 4)
+    >>> sorted(((t - 1) // 2).tolist())
+    [0, 1, 2, 3]
+    """
 
     name = "low-discrepancy"
 
@@ -64,8 +116,28 @@ class LowDiscrepancyTimesteps(UniformTimesteps):
 
 
 class ImportanceTimesteps(UniformTimesteps):
-    """Improved DDPM's importance sampling: P(t) ∝ sqrt(E[L_t²]) over the last ``history`` losses at t,
-    mixed with ``uniform_prob`` of uniform; uniform until every t has ``history`` losses."""
+    r"""Improved DDPM's importance sampling: P(t) ∝ sqrt(E[L_t²]) over the last ``history`` losses at t,
+    mixed with ``uniform_prob`` of uniform; uniform until every t has ``history`` losses.
+
+    .. math:: P(t) = (1 - u)\,\frac{\sqrt{E[L_t^2]}}{\sum_s \sqrt{E[L_s^2]}} + \frac{u}{T}, \quad w(t) = 1/P(t)
+
+    (Nichol & Dhariwal 2021, §3.3). The state holds a ring buffer ``loss_history`` ``float32[T x history]`` with
+    ``loss_counts`` and ``write_pos`` ``int32[T]``, in the PyTorch
+    :class:`~ppl_diffusion.infer.timesteps.ImportanceTimesteps` format (:meth:`to_torch_state`).
+
+    :param int T: the number of steps, >= 1.
+    :param int history: the losses kept per step, >= 1.
+    :param float uniform_prob: u, the uniform share, in (0, 1].
+
+    Example (after the history fills, the step with the larger losses is drawn more often):
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.timesteps import ImportanceTimesteps
+    >>> sampler = ImportanceTimesteps(T=2, history=1, uniform_prob=0.1)
+    >>> state = sampler.update(sampler.init(), jnp.array([1, 2]), jnp.array([1.0, 3.0]))
+    >>> [round(float(p), 3) for p in sampler.probabilities(state)]
+    [0.275, 0.725]
+    """
 
     name = "importance"
 
@@ -124,12 +196,22 @@ class ImportanceTimesteps(UniformTimesteps):
 
 
 class UniformTimes:
-    """Continuous time: t ~ U[0, 1); weight 1 (the twin of :class:`ppl_diffusion.infer.timesteps.UniformTimes`)."""
+    """Continuous time: t ~ U[0, 1); weight 1 (the twin of :class:`ppl_diffusion.infer.timesteps.UniformTimes`).
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.timesteps import UniformTimes
+    >>> t, weight = UniformTimes().sample(jax.random.key(0), {}, 3)
+    >>> bool(((t >= 0) & (t < 1)).all()), weight.tolist()
+    (True, [1.0, 1.0, 1.0])
+    """
 
     name = "uniform"
     T = 0
 
     def init(self) -> dict:
+        """The initial state (empty)."""
         return {}
 
     def sample(self, key, state: dict, n: int):
@@ -151,7 +233,21 @@ class UniformTimes:
 
 
 class LowDiscrepancyTimes(UniformTimes):
-    """Continuous time, VDM's: t_i = (u_0 + i/n) mod 1, one u_0 per call; weight 1."""
+    r"""Continuous time, VDM's: t_i = (u_0 + i/n) mod 1, one u_0 per call; weight 1.
+
+    .. math:: t_i = (u_0 + i/n) \bmod 1, \quad u_0 \sim U[0, 1)
+
+    The twin of :class:`ppl_diffusion.infer.timesteps.LowDiscrepancyTimes`.
+
+    Example (one time in each quarter of [0, 1)):
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.timesteps import LowDiscrepancyTimes
+    >>> t, _ = LowDiscrepancyTimes().sample(jax.random.key(0), {}, 4)
+    >>> sorted(jnp.floor(t * 4).astype(int).tolist())
+    [0, 1, 2, 3]
+    """
 
     name = "low-discrepancy"
 
@@ -161,9 +257,25 @@ class LowDiscrepancyTimes(UniformTimes):
 
 
 class ImportanceTimes(UniformTimes):
-    """Continuous time: improved DDPM's history on ``bins`` equal bins of [0, 1), t uniform within the drawn bin,
+    r"""Continuous time: improved DDPM's history on ``bins`` equal bins of [0, 1), t uniform within the drawn bin,
     weight 1/(bins · P(bin)); the state is an :class:`ImportanceTimesteps` state over the bins (the PyTorch
-    :class:`~ppl_diffusion.infer.timesteps.ImportanceTimes` format)."""
+    :class:`~ppl_diffusion.infer.timesteps.ImportanceTimes` format).
+
+    .. math:: p(t) = \mathrm{bins} \cdot P(\lfloor \mathrm{bins}\cdot t \rfloor), \quad w(t) = 1/p(t)
+
+    :param int bins: the number of equal bins of [0, 1), >= 1.
+    :param int history: the losses kept per bin.
+    :param float uniform_prob: the uniform share, in (0, 1].
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion.numpyro.timesteps import ImportanceTimes
+    >>> sampler = ImportanceTimes(bins=4, history=1)
+    >>> t, weight = sampler.sample(jax.random.key(0), sampler.init(), 3)
+    >>> t.shape, weight.tolist()   # uniform until every bin has a loss
+    ((3,), [1.0, 1.0, 1.0])
+    """
 
     name = "importance"
 
@@ -201,15 +313,33 @@ class ImportanceTimes(UniformTimes):
         return self.by_bin.from_torch_state({**saved, "T": self.bins})
 
 
+#: The samplers of steps t in 1..T by name.
 TIMESTEP_SAMPLERS = {"uniform": UniformTimesteps, "importance": ImportanceTimesteps,
                      "low-discrepancy": LowDiscrepancyTimesteps}
+#: The samplers of times t in [0, 1) by name (continuous time, T = 0).
 TIME_SAMPLERS = {"uniform": UniformTimes, "importance": ImportanceTimes, "low-discrepancy": LowDiscrepancyTimes}
 
 
 def make_timestep_sampler(name: str, T: int, **kwargs) -> UniformTimesteps | UniformTimes:
-    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``; of times in [0, 1) for T = 0."""
+    """A sampler by name: ``"uniform"``, ``"importance"`` or ``"low-discrepancy"``; of times in [0, 1) for T = 0.
+
+    :param str name: a key of :data:`TIMESTEP_SAMPLERS`.
+    :param int T: the number of steps, or 0 for continuous time (:data:`TIME_SAMPLERS`).
+    :param kwargs: the sampler's keywords (``history``, ``uniform_prob``; ``bins`` in continuous time).
+    :raises ValueError: for an unknown name, listing the known ones.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.timesteps import make_timestep_sampler
+    >>> type(make_timestep_sampler("low-discrepancy", 10)).__name__, type(make_timestep_sampler("uniform", 0)).__name__
+    ('LowDiscrepancyTimesteps', 'UniformTimes')
+    """
     if name not in TIMESTEP_SAMPLERS:
         raise ValueError(f"unknown timestep sampler {name!r}; choose one of {sorted(TIMESTEP_SAMPLERS)}")
     if T == 0 and not isinstance(T, bool):
         return TIME_SAMPLERS[name](**kwargs)
     return TIMESTEP_SAMPLERS[name](T, **kwargs)
+
+
+__all__ = ["ImportanceTimes", "ImportanceTimesteps", "LowDiscrepancyTimes", "LowDiscrepancyTimesteps",
+           "TIMESTEP_SAMPLERS", "TIME_SAMPLERS", "UniformTimes", "UniformTimesteps", "make_timestep_sampler"]

@@ -1,6 +1,6 @@
 """Training on the NumPyro backend: ``numpyro.infer.SVI`` with optax, the whole update step jit-compiled.
 
-:class:`NumPyroTrainer` is the backend half of :func:`ppl_diffusion.train.train` (``--backend numpyro``);
+:class:`NumPyroTrainer` is the backend half of :func:`ppl_diffusion.train.loop.train` (``--backend numpyro``);
 the loop, run folder, metrics, budget and checkpoints are shared with the Pyro backend. What it does
 per step, in one ``jax.jit``-compiled function: draw the steps t (uniform, low-discrepancy, or improved
 DDPM's importance sampling with its loss history as a JAX state), ``svi.update`` (the ELBO's gradient,
@@ -18,7 +18,7 @@ the other generators. The initial weights are the PyTorch backend's for the same
 batch is made for the global batch and sliced (:func:`ppl_diffusion.numpyro.distributed.micro_batch`), the
 importance sampler's history and the EMA are updated once, so the step is the unsplit one to float rounding.
 
-The step runs data-parallel over every JAX device (:mod:`.distributed`): the global batch
+The step runs data-parallel over every JAX device (:mod:`~ppl_diffusion.numpyro.distributed`): the global batch
 (``batch_size``, which must divide evenly) is sharded along the mesh axis ``"data"``, everything else is
 replicated; the constructor says on stderr how many devices the batch is sharded over. 1 and N devices give
 the same weights to float32 rounding.
@@ -53,9 +53,28 @@ SAMPLERS = {"": "uniform", "-is": "importance", "-ld": "low-discrepancy"}
 
 
 def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiffusion:
-    """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.GaussianDiffusion`: same schedule, decoder,
+    """The NumPyro twin of a PyTorch :class:`~ppl_diffusion.diffusion.GaussianDiffusion`: same schedule, decoder,
     variance and event shape, and a Flax denoiser holding the PyTorch denoiser's weights, computing at
-    ``precision`` (default the PyTorch model's: ``"bf16"`` is a bfloat16 compute dtype, float32 weights)."""
+    ``precision`` (default the PyTorch model's: ``"bf16"`` is a bfloat16 compute dtype, float32 weights).
+
+    :param torch_diffusion: a :class:`ppl_diffusion.diffusion.GaussianDiffusion` (a NoiseSchedule or a γ schedule; not a
+        fitted variance).
+    :param str precision: ``"fp32"`` or ``"bf16"`` (default the model's).
+    :returns: a :class:`~ppl_diffusion.numpyro.diffusion.GaussianDiffusion`.
+
+    Example (the twin's bound is the PyTorch model's: see :func:`ppl_diffusion.numpyro.chain.variational_bound`):
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, NoiseSchedule
+    >>> from ppl_diffusion.nets import MLPDenoiser
+    >>> from ppl_diffusion.numpyro.train import from_torch
+    >>> _ = torch.manual_seed(0)
+    >>> torch_diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,), decoder="gaussian",
+    ...                                     denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> diffusion = from_torch(torch_diffusion)
+    >>> diffusion.backend, diffusion.T, type(diffusion.denoiser).__module__
+    ('numpyro', 4, 'ppl_diffusion.numpyro.nets')
+    """
     dp.initialize()  # a multi-host job is joined before the first JAX computation (the twin's weights)
     variance = torch_diffusion.variance
     if not isinstance(variance, str):
@@ -75,7 +94,8 @@ def from_torch(torch_diffusion, *, precision: str | None = None) -> GaussianDiff
 
 
 def params_of(diffusion) -> dict:
-    """The denoiser's weights as the pure dict NumPyro keeps under ``"denoiser$params"``."""
+    """The denoiser's weights as the pure dict NumPyro keeps under ``"denoiser$params"``
+    (:func:`ppl_diffusion.numpyro.sampling.params_of`)."""
     from flax import nnx
 
     return nnx.to_pure_dict(nnx.state(diffusion.denoiser, nnx.Param))
@@ -86,8 +106,23 @@ class ClipState(NamedTuple):
 
 
 def clip_by_global_norm(max_norm: float | None) -> optax.GradientTransformation:
-    """``torch.nn.utils.clip_grad_norm_`` as an optax transformation: g · min(1, max_norm / (‖g‖ + 1e-6));
-    the norm is kept in the state. ``max_norm=None`` only records it."""
+    r"""``torch.nn.utils.clip_grad_norm_`` as an optax transformation: g · min(1, max_norm / (‖g‖ + 1e-6));
+    the norm is kept in the state. ``max_norm=None`` only records it.
+
+    .. math:: g \leftarrow g \cdot \min\Big(1, \frac{\mathrm{max\_norm}}{\lVert g \rVert + 10^{-6}}\Big)
+
+    :param max_norm: the largest global norm, or None.
+
+    Example:
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.train import clip_by_global_norm
+    >>> clip = clip_by_global_norm(1.0)
+    >>> g = {"w": jnp.array([3.0, 4.0])}
+    >>> updates, state = clip.update(g, clip.init(g))
+    >>> [round(float(v), 4) for v in updates["w"]], float(state.norm)
+    ([0.6, 0.8], 5.0)
+    """
 
     def init(params):
         return ClipState(jnp.zeros((), jnp.float32))
@@ -103,8 +138,21 @@ def clip_by_global_norm(max_norm: float | None) -> optax.GradientTransformation:
 
 
 def estimator_loss(name: str, schedule_objective: str = "elbo"):
-    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of :data:`ppl_diffusion.infer.ESTIMATORS`
-    (the continuous-time ones with ``schedule_objective``)."""
+    """(NumPyro ELBO, timestep sampler name or None) of an estimator name of ``ppl_diffusion.infer.ESTIMATORS``
+    (the continuous-time ones with ``schedule_objective``).
+
+    :param str name: the estimator's name (``trace``, ``meanfield``, ``stochastic-kl``, ``stochastic-mc-is``,
+        ``continuous-ld``, ...).
+    :param str schedule_objective: ``"elbo"`` or ``"variance"`` (continuous time).
+    :raises ValueError: for a name the NumPyro backend does not have.
+
+    Example:
+
+    >>> from ppl_diffusion.numpyro.train import estimator_loss
+    >>> loss, sampler = estimator_loss("stochastic-kl-is")
+    >>> type(loss).__name__, loss.reduction, sampler
+    ('StochasticTimestepELBO', 'mean', 'importance')
+    """
     if name in ("trace", "meanfield"):
         return ChainELBO(analytic=name == "meanfield", reduction="mean"), None
     for suffix, sampler in SAMPLERS.items():
@@ -123,7 +171,23 @@ def _key_data(key) -> torch.Tensor:
 
 
 class NumPyroTrainer:
-    """One training step at a time on the NumPyro backend; see the module docstring."""
+    """One training step at a time on the NumPyro backend; see the module docstring.
+
+    The twin of :class:`ppl_diffusion.train.pyro_trainer.PyroTrainer`, built by ``ppl_diffusion.train.make_trainer`` for
+    ``backend="numpyro"`` and driven by :func:`ppl_diffusion.train.loop.train` (the loop, run folder, metrics and
+    checkpoints are shared). The constructor builds the PyTorch model of ``config`` (its initial weights for the
+    seed), converts it (:func:`from_torch`) and compiles the step once, outside the training clock: tens of seconds,
+    so there is no doctest here; ``tests/test_numpyro_train.py`` runs it. Usage::
+
+        trainer = NumPyroTrainer(config, dataset, build_diffusion)   # config.backend == "numpyro"
+        loss, grad_norm = trainer.step(index, lr)                      # one optimizer step on the examples index
+        diffusion = trainer.trained_diffusion(ema=True)                # the EMA weights, in eval mode
+
+    :param config: the run's :class:`ppl_diffusion.train.config.TrainConfig`.
+    :param dataset: the data set (its ``train`` tensor ``[N x ...]``).
+    :param build_torch: ``build_torch(config, dataset)`` → the PyTorch
+        :class:`ppl_diffusion.diffusion.GaussianDiffusion`.
+    """
 
     def __init__(self, config, dataset, build_torch) -> None:
         if jax.config.jax_enable_x64:
@@ -259,11 +323,12 @@ class NumPyroTrainer:
         return loss, (norm if math.isfinite(loss) else float("nan"))
 
     def params(self) -> dict:
+        """The denoiser's current weights, a pure dict."""
         return self.svi.get_params(self.svi_state)[PARAMS]
 
     @property
     def num_parameters(self) -> int:
-        """The denoiser's parameters, as :attr:`PyroTrainer.num_parameters <ppl_diffusion.train.PyroTrainer>`."""
+        """The number of the denoiser's parameters (as the PyTorch trainer's ``num_parameters``)."""
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params()))
 
     def _to_torch(self, params) -> dict:
@@ -343,6 +408,7 @@ class NumPyroTrainer:
                             torch.tensor(int(v)) for v in leaves]}
 
     def set_rng_state(self, saved: dict | None) -> None:
+        """Restore the keys of :meth:`rng_state` (None: a Pyro-backend checkpoint, keys kept from the seed)."""
         if saved is None:  # a checkpoint of the Pyro backend: fresh keys, derived from the seed
             return
         self.key = jnp.asarray(saved["key"].numpy().astype(np.uint32))
@@ -377,3 +443,6 @@ class NumPyroTrainer:
     def result(self):
         """(the trained diffusion with the raw weights, the EMA as the PyTorch denoiser's state_dict)."""
         return self.trained_diffusion(ema=False), self._to_torch(self.ema[PARAMS])
+
+
+__all__ = ["NumPyroTrainer", "clip_by_global_norm", "estimator_loss", "from_torch"]
