@@ -177,9 +177,17 @@ def report(runs: Path, peer: Path | None, out: Path) -> dict:
     if peer_result is not None:
         e = peer_result["eval"]["ema"]["total"]
         lines.append(f"| VDM's own code | ∞ | learned scalar | {peer_result['gamma_0_ema']:.2f} → "
-                     f"{peer_result['gamma_1_ema']:.2f} | 2^6, 2^7 | vdm-categorical | "
+                     f"{peer_result['gamma_1_ema']:.2f} | 6,7 | vdm-categorical | "
                      f"**{fmt(e['bpd'], e['se_over_digits'])}** [{e['se_monte_carlo']:.3f}] | – | "
                      f"{peer_result['train_seconds'] / 60:.1f} |")
+    if peer_result is not None:
+        c = peer_result["config"]
+        lines += ["", f"VDM's own code (google-research/vdm at {peer_result.get('vdm_commit', '?')}, its `model_vdm.py` "
+                  f"run by `benchmarks/vdm_peer.py`): its `ScoreUNet` with {c['sm_n_layer']} residual blocks of "
+                  f"{c['sm_n_embd']} channels ({peer_result['parameters']:,} parameters), {c['gamma_type']} γ, its "
+                  f"Fourier features (2^6, 2^7, chosen for 256 grey levels), {c['optimizer']}, lr {c['lr']}, "
+                  f"{c['steps']} steps of batch {c['batch']}, EMA {c['ema_rate']}; its bound with every term on the "
+                  "same 360 test digits. Changes to run it (API only): " + "; ".join(peer_result["changes"]) + "."]
     if result["missing_rows"]:
         lines += ["", "Not yet run: " + ", ".join(result["missing_rows"]) + "."]
     lines += ["", "Commands of each row:", ""]
