@@ -90,7 +90,7 @@ def curve_point(checkpoint: Path, data, steps, weights, fit_examples: int, seed:
 
 
 def plot_curve(curve: list[dict], final: dict, path: Path, quick: bool) -> Path:
-    plt = plots._pyplot()
+    plt = plots._figures()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     steps = [p["step"] for p in curve]
     for name, label in (("trained", "σ_t² = β_t (trained)"), ("fitted", "σ_t² fitted in closed form")):

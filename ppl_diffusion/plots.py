@@ -1,7 +1,8 @@
 """Figures written by the ``ppl-diffusion`` command: sample grids, 2-D scatters, the bound per step.
 
-matplotlib is used with the Agg backend (no display needed); every function writes one PNG and
-returns its path.
+Every function writes one PNG and returns its path. The figures are made without pyplot (``matplotlib.figure.Figure``,
+drawn by Agg when saved): no display is needed, and the session's backend and figures are left alone, so a notebook
+that calls ``evaluate_run`` or ``sample_run`` keeps showing its own inline figures.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+class _Figures:
+    """``subplots`` as pyplot has it, for a figure that pyplot does not manage (``_figures().subplots(...)``)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+def _figures() -> type[_Figures]:
+    return _Figures
 
 
 def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None) -> Path:
@@ -50,7 +57,7 @@ def image_grid(images: np.ndarray, path: str | Path, *, title: str | None = None
     for i, img in enumerate(images):
         r, k = divmod(i, cols)
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + k * (w + 1): 1 + k * (w + 1) + w] = img.transpose(1, 2, 0)
-    plt = _pyplot()
+    plt = _figures()
     size = min(12, max(3.0, 0.5 + 0.03 * grid.shape[1] * max(1, 16 // w)))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=255,
@@ -80,7 +87,7 @@ def scatter(points: np.ndarray, path: str | Path, *, title: str | None = None) -
     True
     """
     points = np.asarray(points, dtype=np.float64).reshape(len(points), -1)
-    plt = _pyplot()
+    plt = _figures()
     fig, ax = plt.subplots(figsize=(5, 5))
     y = points[:, 1] if points.shape[1] > 1 else np.zeros(len(points))
     ax.scatter(points[:, 0], y, s=3, alpha=0.5)
@@ -108,7 +115,7 @@ def bound_terms(terms: dict[str, list[float]], path: str | Path, *, title: str |
     ...     bound_terms({"ema": [3.0, 1.0, 0.5, 0.1]}, Path(folder) / "terms.png").exists()
     True
     """
-    plt = _pyplot()
+    plt = _figures()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, values in terms.items():
         ax.plot(np.arange(len(values)), values, label=label, lw=1)
@@ -143,7 +150,7 @@ def integrand(draws: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ...     integrand({"ema": (t, 1.0 / t)}, Path(folder) / "integrand.png").exists()
     True
     """
-    plt = _pyplot()
+    plt = _figures()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     edges = np.linspace(0.0, 1.0, 51)
     for label, (t, values) in draws.items():
@@ -168,7 +175,6 @@ def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     fig.clf()
-    _pyplot().close(fig)
     return path
 
 

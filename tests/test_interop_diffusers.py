@@ -3,6 +3,7 @@ denoiser and bound terms equal the scheduler's own arrays and closed forms; expo
 """
 
 import json
+import logging
 import math
 import shutil
 
@@ -64,7 +65,14 @@ def test_schedule_equals_scheduler(cls, kw):
 
 
 def test_pipeline_loads(tmp_path):
-    diffusion = from_diffusers(save_pipeline(tmp_path / "p"))
+    records, handler = [], logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("diffusers").addHandler(handler)  # diffusers' loggers do not propagate to the root
+    try:
+        diffusion = from_diffusers(save_pipeline(tmp_path / "p"))
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "accelerate" in r.getMessage()]  # no advice on every load
     assert isinstance(diffusion.denoiser, DiffusersDenoiser)
     assert tuple(diffusion.event_shape) == (1, 8, 8) and diffusion.T == T
     assert diffusion.variance == "posterior" and diffusion.decoder.bins == 256  # fixed_small, 8-bit images

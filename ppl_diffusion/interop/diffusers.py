@@ -340,7 +340,10 @@ def from_diffusers(folder, *, scheduler=None, variance: str | None = None,
     schedule = scheduler_schedule(sched_config)
     if not any((unet_dir / w).is_file() for w in WEIGHTS):
         raise ValueError(f"{unet_dir} has no weights; expected {WEIGHTS[0]} (or {WEIGHTS[1]})")
-    unet = _diffusers().UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True).eval()
+    d = _diffusers()
+    # Without accelerate, diffusers' default low_cpu_mem_usage=True falls back to False with a warning on every load.
+    quiet = {} if d.utils.is_accelerate_available() else {"low_cpu_mem_usage": False}
+    unet = d.UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, **quiet).eval()
     denoiser = DiffusersDenoiser(unet, prediction_type=prediction_type, schedule=schedule,
                                  scheduler_config=sched_config)
     return GaussianDiffusion(schedule=schedule, denoiser=denoiser, event_shape=event_shape, decoder=decoder,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import _pyplot, _save
+from ..plots import _figures, _save
 from .fixed import ESS_RANGE, ess_flag
 
 REFERENCES = ("stochastic-kl", "continuous")  # variance ratios are to the first of these in the table
@@ -58,7 +58,7 @@ def _g(x, spec=".3g") -> str:
 
 def fixed_theta_figure(rows: list[dict], path: Path, title: str) -> Path:
     """Variance of the ELBO estimate, of the gradient, and both efficiencies, per estimator (log scale)."""
-    plt = _pyplot()
+    plt = _figures()
     names = [r["estimator"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(rows) + 1.8), sharey=True)
     y = np.arange(len(rows))
@@ -78,7 +78,7 @@ def fixed_theta_figure(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def per_t_figure(per_t_rows: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = _figures()
     t = np.array([r["t"] for r in per_t_rows])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
@@ -105,7 +105,7 @@ def per_t_figure(per_t_rows: list[dict], path: Path, title: str) -> Path:
 
 
 def race_figure(rows: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = _figures()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     for i, name in enumerate(names):
