@@ -122,9 +122,24 @@ def row_result(name: str, run_dir: Path) -> dict | None:
             "decoder": config.get("decoder") or "discretized", "estimator": config.get("estimator"),
             "bpd_ema": ev["bpd_ema"], "bpd_ema_stderr": ev["bpd_ema_stderr"],
             "bpd_ema_t_stderr": ev.get("bpd_ema_t_stderr"), "bpd": ev["bpd"], "bpd_stderr": ev["bpd_stderr"],
-            "parts_ema": parts, "num_examples": ev["num_examples"], "step": ev["step"],
+            "parts_ema": parts, **gamma_endpoints(run_dir), "num_examples": ev["num_examples"], "step": ev["step"],
             "train_minutes": round(steps[-1]["elapsed"] / 60, 1) if steps else None,
             "eval_seconds": ev.get("seconds"), "threads": ev.get("threads"), "commands": commands}
+
+
+def gamma_endpoints(run_dir: Path) -> dict:
+    """γ at the two ends of the trained forward process (EMA weights; γ = log σ²/α²): t = 0 and 1 for a γ
+    schedule, steps 1 and T for a NoiseSchedule (γ_t = log (1 − ᾱ_t)/ᾱ_t), so the rows compare directly."""
+    import numpy as np
+
+    from ppl_diffusion.train.load import load_trained
+
+    diffusion = load_trained(run_dir, last=True)
+    if diffusion.gamma_schedule:
+        return diffusion.schedule.describe()
+    abar = np.asarray(diffusion.schedule.alphas_cumprod, dtype=np.float64)
+    gamma = np.log1p(-abar) - np.log(abar)
+    return {"gamma_0": float(gamma[0]), "gamma_1": float(gamma[-1])}
 
 
 def fmt(x: float | None, se: float | None, digits: int = 3) -> str:
@@ -149,17 +164,20 @@ def report(runs: Path, peer: Path | None, out: Path) -> dict:
              f"torch {m['torch']}, one thread a run, the machine shared: the minutes are noisy, the bits are not).", "",
              "Recipe of every row (`ppl-diffusion train`): `" + result["recipe"] + "` plus the row's settings; "
              "bits/dim of the bound with every term on the 360 test digits (EMA weights; raw beside), "
-             "± the SE over digits (it includes the draws of t); [t-SE] is the t-integral's own Monte-Carlo SE.",
-             "", "| row | T | schedule | features | decoder | EMA bits/dim [t-SE] | raw | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+             "± the SE over digits (it includes the draws of t); [t-SE] is the t-integral's own Monte-Carlo SE; "
+             "γ_0 → γ_1: log σ²/α² at the two ends of the trained forward process (EMA; steps 1 and T at T = 1000).",
+             "", "| row | T | schedule | γ_0 → γ_1 | features | decoder | EMA bits/dim [t-SE] | raw | train min |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tse = f" [{r['bpd_ema_t_stderr']:.3f}]" if r["bpd_ema_t_stderr"] is not None else ""
-        lines.append(f"| {r['row']} | {r['T']} | {r['schedule']} | {','.join(map(str, r['fourier_features'])) or 'none'} | "
+        lines.append(f"| {r['row']} | {r['T']} | {r['schedule']} | {r['gamma_0']:.2f} → {r['gamma_1']:.2f} | "
+                     f"{','.join(map(str, r['fourier_features'])) or 'none'} | "
                      f"{r['decoder']} | **{fmt(r['bpd_ema'], r['bpd_ema_stderr'])}**{tse} | "
                      f"{fmt(r['bpd'], r['bpd_stderr'])} | {r['train_minutes']} |")
     if peer_result is not None:
         e = peer_result["eval"]["ema"]["total"]
-        lines.append(f"| VDM's own code | ∞ | learned scalar | 2^6, 2^7 | vdm-categorical | "
+        lines.append(f"| VDM's own code | ∞ | learned scalar | {peer_result['gamma_0_ema']:.2f} → "
+                     f"{peer_result['gamma_1_ema']:.2f} | 2^6, 2^7 | vdm-categorical | "
                      f"**{fmt(e['bpd'], e['se_over_digits'])}** [{e['se_monte_carlo']:.3f}] | – | "
                      f"{peer_result['train_seconds'] / 60:.1f} |")
     if result["missing_rows"]:

@@ -175,7 +175,7 @@ class GammaSchedule(nn.Module):
     def describe(self) -> dict:
         """The current endpoints (floats), for logs."""
         g0, g1 = self.endpoints()
-        return {"gamma_0": float(g0), "gamma_1": float(g1)}
+        return {"gamma_0": float(g0.detach()), "gamma_1": float(g1.detach())}
 
 
 class LinearGamma(GammaSchedule):
