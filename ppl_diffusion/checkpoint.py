@@ -307,6 +307,19 @@ def set_rng_state(state: dict) -> None:
     """Restore the generators saved by :func:`~ppl_diffusion.checkpoint.rng_state` (example there).
 
     :param dict state: a :func:`~ppl_diffusion.checkpoint.rng_state`, possibly read back from a checkpoint.
+
+    Example: the state survives a round trip through a file, as in a checkpoint.
+
+    >>> import io
+    >>> import torch
+    >>> from ppl_diffusion.checkpoint import rng_state, set_rng_state
+    >>> buffer = io.BytesIO()
+    >>> torch.save(rng_state(), buffer)
+    >>> first = torch.rand(3)
+    >>> _ = buffer.seek(0)
+    >>> set_rng_state(torch.load(buffer, weights_only=True))
+    >>> torch.equal(torch.rand(3), first)
+    True
     """
     torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") is not None and torch.cuda.is_available():

@@ -520,6 +520,20 @@ def summary(result: dict) -> str:
     """A few lines for the terminal from the dict of :func:`evaluate_run` (its example shows them).
 
     :param dict result: :func:`evaluate_run`'s dict (or a saved ``eval.json``).
+
+    Example (the keys it reads, as in a saved ``eval.json`` of the full bound; :func:`evaluate_run`'s example makes
+    one):
+
+    >>> from ppl_diffusion.evaluate import summary
+    >>> result = {"data": "eight_gaussians", "num_examples": 4, "step": 1, "T": 10, "variance": "beta",
+    ...           "bound": "full", "bpd": 2.5, "bpd_stderr": 0.1, "bpd_ema": 2.4, "bpd_ema_stderr": 0.1,
+    ...           "decoder_bpd": {"ema": 0.5}, "prior_bpd": {"ema": 1e-5}, "json": "run/eval.json",
+    ...           "figure": "run/eval.png", "seconds": 1.2}
+    >>> print(summary(result))
+    eight_gaussians test split, 4 examples, step 1, T = 10, variance beta:
+      bits/dim  raw 2.5000 ± 0.1000   EMA 2.4000 ± 0.1000
+      L_0 (decoder) 0.5000, L_T (prior) 1.00e-05 bits/dim (EMA)
+      wrote run/eval.json and run/eval.png (1.2 s)
     """
     def pm(key):
         se = result.get(f"{key}_stderr")

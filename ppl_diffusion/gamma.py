@@ -86,7 +86,26 @@ class InteriorGradientScale:
     """Per-example factors of the gradient that reaches a schedule's interior (see :meth:`GammaSchedule.scale_interior`).
 
     ``scale`` (``Tensor[B]``) is set after the forward pass and before ``backward``; the gradient of the interior's
-    output at example i's time is multiplied by ``scale[i]``."""
+    output at example i's time is multiplied by ``scale[i]``.
+
+    Example: factors (2, 0) give the interior the gradient of 2 γ(t_0) alone.
+
+    >>> import torch
+    >>> from ppl_diffusion.gamma import InteriorGradientScale, MonotoneNetGamma
+    >>> _ = torch.manual_seed(0)
+    >>> schedule = MonotoneNetGamma(features=16).double()
+    >>> t = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    >>> scale = InteriorGradientScale()
+    >>> with schedule.scale_interior(scale):
+    ...     g, _ = schedule.gamma_and_derivative(t)
+    ...     scale.scale = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    ...     g.sum().backward()
+    >>> scaled = [p.grad.clone() for p in schedule.interior_parameters()]
+    >>> schedule.zero_grad()
+    >>> (2 * schedule.gamma_and_derivative(t)[0][0]).backward()
+    >>> all(torch.allclose(a, p.grad) for a, p in zip(scaled, schedule.interior_parameters()))
+    True
+    """
 
     def __init__(self) -> None:
         self.scale: Tensor | None = None

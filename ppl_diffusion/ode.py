@@ -225,6 +225,20 @@ class ODEResult:
     :param torch.Tensor x1: ``[B] + event_shape``, the latent x(1).
     :param int nfe: evaluations of the vector field (forward solve).
     :param float eps: the small-time end ε.
+
+    Example: what :func:`~ppl_diffusion.ode.log_likelihood` returns, for an untrained net.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> from ppl_diffusion.ode import log_likelihood
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> res = log_likelihood(diffusion, torch.rand(4, 2) * 2 - 1, time_map="vp-linear", rtol=1e-3, atol=1e-3)
+    >>> res.log_prob.shape, res.x1.shape, res.nfe > 0, 0 < res.eps < 0.01
+    (torch.Size([4]), torch.Size([4, 2]), True, True)
+    >>> torch.allclose(res.log_prob, res.prior_log_prob + res.delta)
+    True
     """
 
     log_prob: Tensor  # [B] log p_ε(x) in nats

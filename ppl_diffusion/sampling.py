@@ -43,6 +43,21 @@ class Run:
     :param int step: optimizer steps the checkpoint was taken at.
     :param bool ema: EMA weights (True) or raw ones.
     :param float val_bpd: best.pt: the validation bits/dim it was chosen by (else ``None``).
+
+    Example:
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from ppl_diffusion.sampling import load_run
+    >>> loaded = load_run(run, device="cpu")
+    >>> loaded.step, loaded.ema, loaded.val_bpd, loaded.weights_from, loaded.config.T
+    (1, True, None, 'checkpoint', 10)
+    >>> folder.cleanup()
     """
 
     diffusion: GaussianDiffusion
@@ -276,6 +291,24 @@ class SampleResult:
     :param Run run: the loaded run.
     :param int nfe: ODE sampling: evaluations of the vector field (the largest over processes).
     :param int resumed_calls: calls of samples read back from an interrupted run's progress.
+
+    Example (built by hand from a loaded run; :func:`sample_run`'s example makes one, writing the files):
+
+    >>> import tempfile
+    >>> from ppl_diffusion.train import TrainConfig, train
+    >>> config = TrainConfig(data="eight_gaussians", net="mlp", net_config={"width": 16, "depth": 1}, T=10,
+    ...                      batch_size=4, steps=1, warmup_steps=0, ema_decay=0.0)  # a 1-step run, for the example
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> run = folder.name
+    >>> _ = train(config, run, progress=False, log=lambda line: None)
+    >>> from pathlib import Path
+    >>> from ppl_diffusion.sampling import SampleResult, draw_samples, load_run
+    >>> loaded = load_run(run, device="cpu")
+    >>> result = SampleResult(samples=draw_samples(loaded.diffusion, 4, seed=0), png=Path(run, "samples-ema.png"),
+    ...                       npz=Path(run, "samples-ema.npz"), run=loaded)
+    >>> result.samples.shape, result.run.step, result.nfe, result.resumed_calls
+    (torch.Size([4, 2]), 1, None, 0)
+    >>> folder.cleanup()
     """
 
     samples: Tensor  # [n x *event_shape] in model space (float)

@@ -116,6 +116,13 @@ def plan_continuous_uniform(*, strata: int = 20, draws: int = 2) -> ContinuousPl
     :param int strata: K.
     :param int draws: m.
     :rtype: ContinuousPlan
+
+    Example:
+
+    >>> from ppl_diffusion.infer.continuous_bound import plan_continuous_uniform
+    >>> plan = plan_continuous_uniform(strata=4, draws=2)
+    >>> plan.t_draws, plan.to_dict()["strata_bounds"][1]
+    (8, [0.25, 0.5])
     """
     K, m = _count("strata", strata, "--strata", 1), _count("draws", draws, "--draws", 1)
     return ContinuousPlan(edges=np.linspace(0.0, 1.0, K + 1), density=np.ones(K),
@@ -235,6 +242,24 @@ class ContinuousBoundEstimate(PerExampleEstimate):
     :param numpy.ndarray integrand: ``[N x R]`` L(t) at them (unweighted).
     :param int calls: denoiser inputs evaluated.
     :param int num_dims: D.
+
+    Example: what :func:`~ppl_diffusion.infer.continuous_bound.estimate_continuous_bound` returns, for an untrained
+    net in continuous time.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.gamma import LinearGamma
+    >>> from ppl_diffusion.infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=LinearGamma(), denoiser=MLPDenoiser(dim=2, width=16, depth=1),
+    ...                               event_shape=(2,), T=0)
+    >>> with torch.no_grad():
+    ...     est = estimate_continuous_bound(diffusion, torch.rand(4, 2) * 2 - 1,
+    ...                                     plan_continuous_uniform(strata=2, draws=1), seed=0)
+    >>> sorted(est.terms), est.t.shape, est.integrand.shape, est.num_dims
+    (['diffusion', 'prior', 'reconstruction'], (4, 2), (4, 2), 2)
+    >>> bool(torch.isnan(est.t_variance).all())  # one draw per stratum: no variance estimate
+    True
     """
 
     nll: Tensor  # [N], L̂ per example (nats), unbiased for the continuous-time bound

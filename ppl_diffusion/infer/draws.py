@@ -282,6 +282,20 @@ class SlicedDropout(nn.Dropout):
     dropout when none is active. Same parameters and state dict as ``nn.Dropout`` (none).
 
     :param float p: the probability of zeroing an element.
+
+    Example: two ranks' halves of a batch get the masks of the whole batch on one process.
+
+    >>> import torch
+    >>> from ppl_diffusion.distributed import World
+    >>> from ppl_diffusion.infer.draws import BatchDraws, SlicedDropout
+    >>> drop, x = SlicedDropout(0.5), torch.ones(4, 3)
+    >>> def masked(rank, world_size):
+    ...     rows = slice(rank * 4 // world_size, (rank + 1) * 4 // world_size)
+    ...     with BatchDraws(torch.Generator().manual_seed(0), World(rank=rank, world_size=world_size)):
+    ...         return drop(x[rows])
+    >>> whole = masked(0, 1)
+    >>> torch.equal(whole, torch.cat([masked(0, 2), masked(1, 2)])), sorted(set(whole.flatten().tolist()))
+    (True, [0.0, 2.0])
     """
 
     def forward(self, x: Tensor) -> Tensor:

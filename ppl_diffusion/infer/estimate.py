@@ -286,7 +286,18 @@ def pilot_profile(diffusion, x: Tensor, *, seed: int, grid: int = 50, full_steps
 class PerExampleEstimate:
     """What an estimate of a bound per example (``nll`` ``[N]`` nats, ``t_variance`` ``[N]``, ``calls``,
     ``num_dims``) reports: bits/dim and its standard errors (:class:`BoundEstimate`, and the continuous-time
-    bound's :class:`~ppl_diffusion.infer.continuous_bound.ContinuousBoundEstimate`)."""
+    bound's :class:`~ppl_diffusion.infer.continuous_bound.ContinuousBoundEstimate`).
+
+    Example: bits/dim of 2 examples in D = 2 dimensions (nats / (D ln 2)), with no t-sampling variance.
+
+    >>> import math
+    >>> import torch
+    >>> from ppl_diffusion.infer.estimate import BoundEstimate
+    >>> nll = torch.tensor([2.0, 4.0]) * math.log(2.0)  # 2 and 4 bits, 1 and 2 bits/dim
+    >>> est = BoundEstimate(nll=nll, t_variance=torch.zeros(2), terms=nll[:, None], calls=2, num_dims=2)
+    >>> est.bits_per_dim().tolist(), {k: round(v, 4) for k, v in est.summary().items()}
+    ([1.0, 2.0], {'bpd': 1.5, 'bpd_stderr': 0.5, 'bpd_t_stderr': 0.0, 'calls': 2})
+    """
 
     def bits_per_dim(self) -> Tensor:
         """The estimate per example in bits per dimension, nll / (D ln 2), ``[N]``."""
@@ -313,6 +324,22 @@ class BoundEstimate(PerExampleEstimate):
     :param torch.Tensor terms: ``[N x (T + 1)]``, unbiased per-term estimates; ``terms.sum(-1) == nll``.
     :param int calls: denoiser inputs evaluated (distinct (example, step) pairs).
     :param int num_dims: D, data dimensions per example.
+
+    Example: what :func:`~ppl_diffusion.infer.estimate.estimate_bound` returns, for an untrained net.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> from ppl_diffusion.infer.estimate import estimate_bound, plan_uniform
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> with torch.no_grad():
+    ...     est = estimate_bound(diffusion, torch.rand(4, 2) * 2 - 1, plan_uniform(10, full_steps=3, strata=2),
+    ...                          seed=0)
+    >>> est.nll.shape, est.t_variance.shape, est.terms.shape, est.num_dims
+    (torch.Size([4]), torch.Size([4]), torch.Size([4, 11]), 2)
+    >>> torch.allclose(est.terms.sum(-1), est.nll)
+    True
     """
 
     nll: Tensor  # [N], L̂ per example (nats), unbiased for the full bound of variational_bound(seed=...)

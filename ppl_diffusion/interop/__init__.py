@@ -163,14 +163,30 @@ def import_safetensors(folder, run_dir, *, flags="", data=None, data_root=None) 
 
 
 def import_diffusers(folder, run_dir, **kwargs) -> Path:
-    """:func:`ppl_diffusion.interop.diffusers.import_diffusers` (diffusers is imported only here; example there)."""
+    """:func:`ppl_diffusion.interop.diffusers.import_diffusers` (diffusers is imported only here; its example imports
+    an exported pipeline back as a run, a few seconds with diffusers' import).
+
+    Example: the importer of ``ppl-diffusion import diffusers FOLDER RUN``.
+
+    >>> from ppl_diffusion.interop import IMPORTERS, import_diffusers
+    >>> IMPORTERS["diffusers"] is import_diffusers
+    True
+    """
     from .diffusers import import_diffusers as run
 
     return run(folder, run_dir, **kwargs)
 
 
 def export_diffusers(run, out_dir, *, ema: bool = True) -> Path:
-    """:func:`ppl_diffusion.interop.diffusers.export_diffusers` (diffusers is imported only here; example there)."""
+    """:func:`ppl_diffusion.interop.diffusers.export_diffusers` (diffusers is imported only here; its example exports
+    a run and loads the pipeline back, a few seconds with diffusers' import).
+
+    Example: the exporter of ``ppl-diffusion export --to diffusers RUN OUT``.
+
+    >>> from ppl_diffusion.interop import EXPORTERS, export_diffusers
+    >>> EXPORTERS["diffusers"] is export_diffusers
+    True
+    """
     from .diffusers import export_diffusers as go
 
     return go(run, out_dir, ema=ema)

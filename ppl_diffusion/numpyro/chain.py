@@ -242,6 +242,21 @@ def sample_from_noise(diffusion, params, noise, *, decoder_key=None):
     :param noise: standard normals ``[T x n x *event_shape]`` (``noise[0]`` is x_T itself).
     :param decoder_key: a JAX key to draw x_0 from the decoder, or None for its mean.
     :returns: x_0 ``[n x *event_shape]``.
+
+    Example:
+
+    >>> import jax
+    >>> from ppl_diffusion import NoiseSchedule
+    >>> from ppl_diffusion.numpyro import GaussianDiffusion, MLPDenoiser
+    >>> from ppl_diffusion.numpyro.chain import sample_from_noise
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                               denoiser=MLPDenoiser(2, width=16, depth=1, emb_dim=8))
+    >>> noise = jax.random.normal(jax.random.key(0), (4, 3, 2))  # [T x n x D]: x_T, then the steps' draws
+    >>> mean = sample_from_noise(diffusion, params_of(diffusion), noise)
+    >>> drawn = sample_from_noise(diffusion, params_of(diffusion), noise, decoder_key=jax.random.key(1))
+    >>> mean.shape, drawn.shape, bool((mean != drawn).any())
+    ((3, 2), (3, 2), True)
     """
     T = diffusion.T
     apply = denoiser_apply(diffusion)
@@ -274,6 +289,29 @@ def sample_from_counter(diffusion, params, x_T, seed: int, indices):
     :param int seed: the seed of the counter-based noise.
     :param indices: the examples' indices ``int[n]``.
     :returns: x_0 ``[n x *event_shape]``.
+
+    Example: the PyTorch twin's samples for the same weights and seed (x_T is ``normal(seed, i, T)``).
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion as TorchDiffusion, NoiseSchedule, noise
+    >>> from ppl_diffusion.nets import MLPDenoiser as TorchMLP
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> from ppl_diffusion.numpyro.train import from_torch
+    >>> _ = torch.manual_seed(0)
+    >>> twin = TorchDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                       denoiser=TorchMLP(2, width=16, depth=1, emb_dim=8, zero_init=False))
+    >>> diffusion = from_torch(twin)
+    >>> params = params_of(diffusion)
+    >>> from ppl_diffusion.numpyro.chain import sample_from_counter
+    >>> from ppl_diffusion.sampling import draw_samples
+    >>> x_T = jnp.asarray(noise.normal(0, np.arange(3), 4, (2,), stream=noise.SAMPLE))
+    >>> x0 = sample_from_counter(diffusion, params, x_T, 0, jnp.arange(3))
+    >>> with torch.no_grad():
+    ...     reference = draw_samples(twin, 3, seed=0)
+    >>> x0.shape, bool(np.allclose(np.asarray(x0), reference.numpy(), atol=1e-4))
+    ((3, 2), True)
     """
     from .. import noise as counter
 
@@ -485,6 +523,30 @@ def step_terms(diffusion, params, x0, t, eps, eps_T):
     :param x0: the rows' data ``[R x *event_shape]``.
     :param t: the rows' steps ``int[R]`` in 1..T.
     :returns: ``(L_{t−1} [R], L_T [R])`` nats.
+
+    Example: rows (example 0, t = 1), (2, 3), (2, 4) are the full bound's terms at those places.
+
+    >>> import jax.numpy as jnp
+    >>> import numpy as np
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion as TorchDiffusion, NoiseSchedule, noise
+    >>> from ppl_diffusion.nets import MLPDenoiser as TorchMLP
+    >>> from ppl_diffusion.numpyro.sampling import params_of
+    >>> from ppl_diffusion.numpyro.train import from_torch
+    >>> _ = torch.manual_seed(0)
+    >>> twin = TorchDiffusion(schedule=NoiseSchedule.linear(T=4), event_shape=(2,),
+    ...                       denoiser=TorchMLP(2, width=16, depth=1, emb_dim=8, zero_init=False))
+    >>> diffusion = from_torch(twin)
+    >>> params = params_of(diffusion)
+    >>> from ppl_diffusion.numpyro.chain import step_terms, variational_bound
+    >>> x0 = jnp.asarray(np.linspace(-1.0, 1.0, 6, dtype=np.float32).reshape(3, 2))
+    >>> terms = variational_bound(diffusion, params, x0, seed=0)  # [3 x (T + 1)]
+    >>> example, t = np.array([0, 2, 2]), np.array([1, 3, 4])
+    >>> eps = jnp.asarray(noise.normal(0, example, t, (2,), stream=noise.XT))
+    >>> eps_T = jnp.asarray(noise.normal(0, example, 0, (2,), stream=noise.PRIOR))
+    >>> L, L_T = step_terms(diffusion, params, x0[example], t, eps, eps_T)
+    >>> bool(np.allclose(L, terms[example, t - 1], rtol=1e-5)), bool(np.allclose(L_T, terms[example, 4], rtol=1e-5))
+    (True, True)
     """
     s, T, d = diffusion.schedule, diffusion.T, len(diffusion.event_shape)
     t = jnp.asarray(t, jnp.int32)

@@ -282,6 +282,17 @@ def log(line: str) -> None:
     """``line`` on stderr, from process 0 only.
 
     :param str line: the message.
+
+    Example:
+
+    >>> import contextlib
+    >>> import io
+    >>> from ppl_diffusion.numpyro.distributed import log
+    >>> err = io.StringIO()
+    >>> with contextlib.redirect_stderr(err):
+    ...     log("step 1")
+    >>> err.getvalue()
+    'step 1\\n'
     """
     if is_main():
         print(line, file=sys.stderr, flush=True)
@@ -341,7 +352,15 @@ def global_rows(shape, axis: int = 0):
     :param shape: the micro-batch's shape.
     :param int axis: the batch axis.
 
-    Example: see :func:`micro_batch`.
+    Example: 2 rows per example along axis 1, one example of a global batch of 3 (:func:`micro_batch` has a draw).
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.distributed import global_rows, micro_batch
+    >>> with micro_batch(jnp.array([1]), 3):
+    ...     global_rows((5, 2, 4), axis=1)
+    (5, 6, 4)
+    >>> global_rows((5, 2, 4), axis=1)  # outside a micro-batch
+    (5, 2, 4)
     """
     active = current_micro_batch()
     if active is None:
@@ -360,7 +379,16 @@ def take_rows(x, axis: int = 0):
     :param x: an array drawn with the shape of :func:`global_rows`.
     :param int axis: the batch axis.
 
-    Example: see :func:`micro_batch`.
+    Example: a global batch of 3 examples, 2 rows each; the micro-batch holds examples 0 and 2.
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.distributed import micro_batch, take_rows
+    >>> x = jnp.arange(6)
+    >>> with micro_batch(jnp.array([0, 2]), 3):
+    ...     take_rows(x).tolist()
+    [0, 1, 4, 5]
+    >>> take_rows(x) is x  # outside a micro-batch
+    True
     """
     active = current_micro_batch()
     if active is None:

@@ -60,6 +60,19 @@ class GammaSchedule(nnx.Module):
 
     The base class: a schedule defines :meth:`endpoints` and ``shape``; calling it gives γ(t) in the dtype of
     ``t`` (float32 for integer ``t``).
+
+    Example: a schedule of your own, quadratic in t.
+
+    >>> import jax.numpy as jnp
+    >>> from ppl_diffusion.numpyro.gamma import GammaSchedule
+    >>> class Quadratic(GammaSchedule):
+    ...     def endpoints(self, dtype=jnp.float32):
+    ...         return jnp.asarray(-10.0, dtype), jnp.asarray(6.0, dtype)
+    ...     def shape(self, t):
+    ...         return t ** 2
+    >>> g, dg = Quadratic().gamma_and_derivative(jnp.array([0.5]))
+    >>> g.tolist(), dg.tolist()  # −10 + 16 · ¼ and 16 · 2 · ½
+    ([-6.0], [16.0])
     """
 
     interior_keys: tuple = ()  # top-level keys of the pure param dict that belong to the interior

@@ -41,6 +41,22 @@ class Prior:
 
     :param event_shape: the shape of one example (e.g. ``(2,)``, or ``2``, or ``(1, 8, 8)``).
     :param str name: the prefix of its ``numpyro.param`` sites.
+
+    Example: a prior of your own, a Laplace with a learned location.
+
+    >>> import jax.numpy as jnp
+    >>> import numpyro.distributions as dist
+    >>> from numpyro import handlers
+    >>> from ppl_diffusion.numpyro.priors import Prior
+    >>> class Laplace(Prior):
+    ...     def __call__(self):
+    ...         loc = self.param("loc", jnp.zeros(self.event_shape))
+    ...         return dist.Laplace(loc, 1.0).to_event(len(self.event_shape))
+    >>> prior = Laplace(2)
+    >>> with handlers.trace() as trace:
+    ...     d = prior()
+    >>> prior.event_shape, prior.dim, list(trace), d.event_shape
+    ((2,), 2, ['prior$loc'], (2,))
     """
 
     def __init__(self, event_shape, name: str = "prior") -> None:

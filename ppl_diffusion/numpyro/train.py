@@ -176,17 +176,27 @@ class NumPyroTrainer:
     The twin of :class:`ppl_diffusion.train.pyro_trainer.PyroTrainer`, built by ``ppl_diffusion.train.make_trainer`` for
     ``backend="numpyro"`` and driven by :func:`ppl_diffusion.train.loop.train` (the loop, run folder, metrics and
     checkpoints are shared). The constructor builds the PyTorch model of ``config`` (its initial weights for the
-    seed), converts it (:func:`from_torch`) and compiles the step once, outside the training clock: tens of seconds,
-    so there is no doctest here; ``tests/test_numpyro_train.py`` runs it. Usage::
-
-        trainer = NumPyroTrainer(config, dataset, build_diffusion)   # config.backend == "numpyro"
-        loss, grad_norm = trainer.step(index, lr)                      # one optimizer step on the examples index
-        diffusion = trainer.trained_diffusion(ema=True)                # the EMA weights, in eval mode
+    seed), converts it (:func:`from_torch`) and compiles the step once, outside the training clock: tens of seconds
+    even for the tiny model below, so the example's lines that build and step a trainer are skipped
+    (``+SKIP``); ``tests/test_numpyro_train.py`` runs them.
 
     :param config: the run's :class:`ppl_diffusion.train.config.TrainConfig`.
     :param dataset: the data set (its ``train`` tensor ``[N x ...]``).
     :param build_torch: ``build_torch(config, dataset)`` → the PyTorch
         :class:`ppl_diffusion.diffusion.GaussianDiffusion`.
+
+    Example (one optimizer step of a width-16 MLP; the trainer's lines compile for tens of seconds, skipped):
+
+    >>> import torch
+    >>> from ppl_diffusion.data import gaussian
+    >>> from ppl_diffusion.numpyro.train import NumPyroTrainer
+    >>> from ppl_diffusion.train import TrainConfig, build_diffusion
+    >>> config = TrainConfig(data="gaussian", net="mlp", net_config={"width": 16, "depth": 1}, T=10, batch_size=4,
+    ...                      steps=1, warmup_steps=0, ema_decay=0.0, backend="numpyro")
+    >>> trainer = NumPyroTrainer(config, gaussian(n_train=8, n_test=2), build_diffusion)  # doctest: +SKIP
+    >>> loss, grad_norm = trainer.step(torch.arange(4), 1e-3)  # doctest: +SKIP
+    >>> type(trainer.trained_diffusion(ema=True)).__module__  # doctest: +SKIP
+    'ppl_diffusion.numpyro.diffusion'
     """
 
     def __init__(self, config, dataset, build_torch) -> None:

@@ -136,6 +136,19 @@ class StudyEstimator:
     :param list params: the parameters θ the gradient is taken for.
     :param str bound: the quantity estimated, ``"ELBO"`` or ``"IWAE-K"``.
     :param dict sampler_state: the frozen importance-sampling history (set by :meth:`warm_up`).
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.study.estimators import make_study_estimator
+    >>> est = make_study_estimator("stochastic-kl", diffusion)
+    >>> est.name, est.family, est.bound, est.num_params, isinstance(est.estimate(x0), float)
+    ('stochastic-kl', 'stochastic t', 'ELBO', 2274, True)
     """
 
     name: str

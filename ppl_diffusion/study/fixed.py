@@ -45,6 +45,16 @@ class FixedThetaRow:
 
     One row of ``fixed_theta.csv`` (made by :func:`measure`); each field is commented in the source. The
     efficiencies are set from the others: 1 / (sd² × seconds per call) and 1 / (tr Cov(ĝ) × seconds per gradient).
+
+    Example (a row built by hand; :func:`measure` makes one from draws):
+
+    >>> from ppl_diffusion.study.fixed import FixedThetaRow
+    >>> row = FixedThetaRow(estimator="stochastic-kl", family="stochastic t", bound="ELBO", description="",
+    ...                     replicates=4, elbo_mean=-10.0, elbo_sd=2.0, elbo_mcse=1.0, elbo_ess=4.0,
+    ...                     loss_seconds=0.5, grad_seconds=0.25, grad_total_variance=4.0, grad_mean_norm_sq=1.0,
+    ...                     grad_snr=0.5, grad_proj_ess_min=4.0)
+    >>> row.elbo_efficiency, row.grad_efficiency  # 1 / (2² × 0.5), 1 / (4 × 0.25)
+    (0.5, 1.0)
     """
 
     estimator: str
@@ -235,7 +245,17 @@ def inference_data(name: str, elbo, grad_norm, grad_proj, loss_seconds, grad_sec
     even and >= 8.
 
     :param str name: the estimator.
-    :param dict attrs: kept as string attributes."""
+    :param dict attrs: kept as string attributes.
+
+    Example: R = 8 draws become 2 chains of 4.
+
+    >>> import numpy as np
+    >>> from ppl_diffusion.study.fixed import inference_data
+    >>> idata = inference_data("stochastic-kl", elbo=np.arange(8.0), grad_norm=np.ones(8), grad_proj=np.zeros((8, 3)),
+    ...                        loss_seconds=np.full(8, 0.01), grad_seconds=np.full(8, 0.02), attrs={"T": 10})
+    >>> list(idata.groups()), idata.posterior["elbo"].shape, idata.posterior["grad_proj"].shape
+    (['posterior', 'sample_stats'], (2, 4), (2, 4, 3))
+    """
     import arviz as az
 
     idata = az.from_dict(

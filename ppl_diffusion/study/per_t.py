@@ -35,6 +35,19 @@ class PerTResult:
     For example i and step t, over M draws of x_t (and of x_{t−1} for the Monte-Carlo term): m_{t,i} the mean,
     v_{t,i} the variance (ddof 1) and S_{t,i} the mean square, of the analytic term (``*_kl``) and the Monte-Carlo
     term (``*_mc``), each ``[G x B]``. Made by :func:`per_t_moments`.
+
+    Example: G = 3 steps of T = 10, M = 2 draws, B = 4 examples.
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> _ = torch.manual_seed(0)
+    >>> diffusion = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                               denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> x0 = torch.rand(4, 2) * 2 - 1  # [B x D], data in [-1, 1]
+    >>> from ppl_diffusion.study.per_t import per_t_moments
+    >>> res = per_t_moments(diffusion, x0, steps=3, repeats=2)
+    >>> res.t.tolist(), res.repeats, res.T, res.mean_kl.shape, res.var_mc.shape, res.full_grid
+    ([1, 3, 10], 2, 10, (3, 4), (3, 4), False)
     """
 
     t: np.ndarray  # [G] steps of the grid
