@@ -94,6 +94,7 @@ intersphinx_mapping = {
 html_theme = "furo"
 html_title = f"ppl_diffusion {release}"
 html_static_path: list[str] = []
+html_sourcelink_suffix = ""  # "Show source" of a tutorial downloads the notebook itself, not a .txt copy
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True
 

@@ -129,3 +129,11 @@ def test_bad_input_is_one_line():
         plan_continuous_from_profile(np.ones(50), strata=60)
     with pytest.raises(ValueError, match=r"draws = 0; pass an integer >= 1 \(--draws\)"):
         plan_continuous_uniform(draws=0)
+
+
+def test_variational_bound_of_a_continuous_model_names_the_fix():
+    """variational_bound sums a finite chain's steps; on a T = 0 model it says which function gives the bound."""
+    diffusion = GaussianDiffusion(schedule=LinearGamma(*RANGE), denoiser=MLPDenoiser(2, width=8, depth=1),
+                                  event_shape=(2,), T=0, gamma_range=RANGE)
+    with pytest.raises(ValueError, match=r"continuous time \(T = 0\).*estimate_continuous_bound.*with_steps"):
+        variational_bound(diffusion, _data(3).float())

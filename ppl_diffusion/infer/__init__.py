@@ -166,7 +166,7 @@ def check_estimator(name: str, T: int) -> EstimatorSpec:
 
 
 def make_estimator(name: str, **kwargs) -> Estimator:
-    """The estimator called ``name`` (see the table above); ``kwargs`` go to its ELBO class.
+    """The estimator called ``name`` (the table of :mod:`ppl_diffusion.infer` lists them); ``kwargs`` go to its ELBO class.
 
     Each estimates the same −ELBO, :math:`\\mathbb{E}_q[\\log q(x_{1:T} \\mid x_0) - \\log p(x_{0:T})]` (nats,
     summed over the batch), with the guide it must be paired with (:meth:`Estimator.guide`).

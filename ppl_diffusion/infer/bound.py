@@ -53,7 +53,7 @@ class VariationalBound:
 
     @property
     def elbo(self) -> Tensor:
-        """The ELBO per example ``[B]`` (= −:attr:`nll`), nats."""
+        """The ELBO per example ``[B]`` (minus :attr:`nll`), nats."""
         return -self.nll
 
     @property
@@ -198,6 +198,11 @@ def variational_bound(diffusion, x0: Tensor, *, analytic: bool = True, timesteps
     >>> torch.allclose(part.terms, bound.terms[2:])
     True
     """
+    if getattr(diffusion, "continuous", False):
+        raise ValueError("variational_bound sums the steps of a finite chain, and this model is in continuous time "
+                         "(T = 0): estimate its bound with ppl_diffusion.infer.continuous_bound."
+                         "estimate_continuous_bound(diffusion, x0, plan_continuous_uniform(), seed=0), or score a "
+                         "T-step chain of it with variational_bound(diffusion.with_steps(T), x0)")
     x0 = diffusion.check_data(x0)
     if seed is None and indices is not None:
         raise ValueError("indices select counter-based noise; pass seed=... with them")
