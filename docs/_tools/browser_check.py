@@ -2,7 +2,8 @@
 
 For each page given (default: the front page, a tutorial and an API page) it saves a screenshot and the DOM
 after the page's scripts ran, and checks that MathJax typeset the math (``mjx-container`` elements, no raw
-``\\(`` left in the text), that the copy buttons were added to the code blocks, that the figures loaded
+``\\(`` left in the text, no ``$`` of a formula MyST did not parse left in the prose, no formula MathJax could not
+parse), that the copy buttons were added to the code blocks, that the figures loaded
 (every ``<img>`` has a non-zero natural width) and that the sidebar's navigation links are there::
 
     python -m sphinx -W -n -b html docs docs/_build/html
@@ -30,6 +31,15 @@ window.addEventListener('load', () => setTimeout(() => {
   document.body.setAttribute('data-check', JSON.stringify({
     math: document.querySelectorAll('mjx-container').length,
     raw_math: (document.body.innerText.match(/\\\\\\(|\\\\\\[/g) || []).length,
+    math_errors: [...document.querySelectorAll('mjx-container')].filter(c => c.querySelector('mjx-merror')).length,
+    raw_dollars: (() => {  // '$' in the page's text outside code and typeset math
+      const walk = document.createTreeWalker(document.querySelector('article') || document.body, NodeFilter.SHOW_TEXT);
+      let node, n = 0;
+      while ((node = walk.nextNode()))
+        if (!node.parentElement.closest('pre, code, mjx-container, script, style'))
+          n += (node.data.match(/\\$/g) || []).length;
+      return n;
+    })(),
     copy_buttons: document.querySelectorAll('button.copybtn').length,
     code_blocks: document.querySelectorAll('div.highlight pre').length,
     images: imgs.length,
@@ -73,6 +83,10 @@ def check_page(site: Path, page: str, out: Path, browser: str) -> list[str]:
     problems = []
     if c["raw_math"]:
         problems.append(f"{page}: {c['raw_math']} math delimiters left untypeset (MathJax did not run)")
+    if c["math_errors"]:
+        problems.append(f"{page}: {c['math_errors']} formulas MathJax could not parse (hover them on the page)")
+    if c["raw_dollars"]:
+        problems.append(f"{page}: {c['raw_dollars']} '$' left in the prose (a formula MyST did not read as math)")
     if c["code_blocks"] and c["copy_buttons"] < c["code_blocks"]:
         problems.append(f"{page}: {c['copy_buttons']} copy buttons for {c['code_blocks']} code blocks")
     if c["broken_images"]:
