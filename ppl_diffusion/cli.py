@@ -321,6 +321,29 @@ def resume_with_saved_settings(args: argparse.Namespace, given: set[str]) -> Non
         args.net_config = {k: v for k, v in saved["net_config"].items() if k not in flagged} or None
 
 
+def saved_threads(args: argparse.Namespace) -> int | None:
+    """On ``--resume`` / ``--auto-resume`` without ``--threads``: the thread count the run's newest checkpoint was
+    written with, so the resumed run computes as it did (torch's CPU kernels round differently with another count,
+    and the resume would no longer be exact). Said in one line; None for a fresh run or an old checkpoint."""
+    if not (args.resume or args.auto_resume):
+        return None
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(args.run_dir) if Path(args.run_dir).is_dir() else None
+    if path is None:
+        return None
+    try:
+        threads = load_checkpoint(path).get("threads")
+    except Exception:  # an unreadable newest checkpoint: train() warns and falls back; keep the default count
+        return None
+    if isinstance(threads, int) and threads >= 1:
+        if distributed.world().is_main:
+            print(f"resuming on {threads} thread{'s' * (threads > 1)}, as {path.name} was written "
+                  "(pass --threads N to change it; the resume is then not bit-exact)")
+        return threads
+    return None
+
+
 def cmd_train(args) -> None:
     if args.resume and args.auto_resume:
         raise ValueError("--resume and --auto-resume both given; pass one (--auto-resume also starts a new run)")
@@ -789,6 +812,8 @@ def main(argv: list[str] | None = None) -> int:
     on_term = threading.current_thread() is threading.main_thread() and os.environ.get("WORLD_SIZE", "1") == "1"
     previous = signal.signal(signal.SIGTERM, _terminate) if on_term else None
     try:
+        if args.command == "train" and args.threads is None:
+            args.threads = saved_threads(args)
         if getattr(args, "threads", None) is not None:  # first: XLA reads its thread count when JAX starts
             set_threads(args.threads)
         if hasattr(args, "dist_backend"):  # under torchrun: join the job's process group (a no-op otherwise)

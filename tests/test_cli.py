@@ -64,6 +64,24 @@ def test_train_resume_extends_the_run(tmp_path, capsys):
     assert (tmp_path / "r" / "ckpt-00000004.pt").is_file()
 
 
+def test_resume_keeps_the_thread_count_of_the_run(tmp_path, capsys):
+    """train --resume without --threads computes on the thread count its checkpoint was written with (another
+    count rounds differently, so the resume would not be exact), and says so; --threads still overrides it."""
+    before = torch.get_num_threads()
+    try:
+        args = ["train", "--data", "eight_gaussians", *TINY, "--run-dir", tmp_path / "r"]
+        assert run([*args, "--steps", "2", "--threads", "1"]) == 0
+        torch.set_num_threads(2)
+        assert run([*args, "--steps", "3", "--resume"]) == 0
+        assert "resuming on 1 thread, as ckpt-00000002.pt was written" in capsys.readouterr().out
+        assert torch.load(tmp_path / "r" / "ckpt-00000003.pt", weights_only=False)["threads"] == 1
+        assert run([*args, "--steps", "4", "--resume", "--threads", "2"]) == 0
+        assert "resuming on" not in capsys.readouterr().out
+        assert torch.load(tmp_path / "r" / "ckpt-00000004.pt", weights_only=False)["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_evaluate_writes_json_and_figure(digits_run, capsys):
     assert run(["evaluate", digits_run, "--max-examples", "8", "--timesteps-per-batch", "4",
                 "--fd-samples", "20", "--no-progress"]) == 0
