@@ -66,9 +66,14 @@ def _as_time(t) -> Tensor:
     return t if t.is_floating_point() else t.to(torch.float64)
 
 
+def _shown(value) -> str:
+    """A number as the user wrote it (``1.0``, not numpy's ``np.float64(1.0)``); anything else as its repr."""
+    return repr(float(value)) if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
+
+
 def _endpoint(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} = {value!r}; pass a finite number (a log noise-to-signal ratio, e.g. {name} = "
+        raise ValueError(f"{name} = {_shown(value)}; pass a finite number (a log noise-to-signal ratio, e.g. {name} = "
                          f"{GAMMA_MIN if name.endswith('0') else GAMMA_MAX})")
     return float(value)
 
@@ -331,14 +336,14 @@ class InterpolatedGamma(GammaSchedule):
         if not (np.all(np.isfinite(times)) and np.all(np.isfinite(gammas))):
             raise ValueError("times and gammas must be finite")
         if times[0] != 0.0 or times[-1] != 1.0 or np.any(np.diff(times) <= 0):
-            raise ValueError(f"times must increase strictly from 0 to 1, got {times[0]!r} .. {times[-1]!r}"
+            raise ValueError(f"times must increase strictly from 0 to 1, got {float(times[0])!r} .. {float(times[-1])!r}"
                              + ("" if np.all(np.diff(times) > 0) else
                                 f" (times[{int(np.flatnonzero(np.diff(times) <= 0)[0]) + 1}] does not increase)"))
         bad = np.flatnonzero(np.diff(gammas) <= 0)
         if bad.size:
             k = int(bad[0]) + 1
-            raise ValueError(f"a fixed γ must increase, but gammas[{k}] = {gammas[k]!r} <= gammas[{k - 1}] = "
-                             f"{gammas[k - 1]!r} (at t = {times[k]:g}); pass increasing log noise-to-signal ratios")
+            raise ValueError(f"a fixed γ must increase, but gammas[{k}] = {float(gammas[k])!r} <= gammas[{k - 1}] = "
+                             f"{float(gammas[k - 1])!r} (at t = {times[k]:g}); pass increasing log noise-to-signal ratios")
         check_endpoints(gammas[0], gammas[-1])
         self.interpolation = interpolation
         self.times, self.gammas = times, gammas

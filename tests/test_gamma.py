@@ -67,6 +67,10 @@ def test_scalar_parametrisation_keeps_the_order():
     (lambda: InterpolatedGamma([0.0, 0.5, 0.5, 1.0], [-3.0, -1.0, 0.0, 2.0]), r"times\[2\] does not increase"),
     (lambda: InterpolatedGamma([0.0, 0.1, 0.2, 1.0], [-5.0, 4.9, 5.0, 5.1]), "interpolation='linear'"),
     (lambda: make_gamma_schedule("cosine"), "choose one of"),
+    # numpy input is named as a number, not as numpy's repr (np.float64(1.0))
+    (lambda: InterpolatedGamma(np.array([0.0, 0.5, 0.9]), [-3.0, -1.0, 2.0]), r"got 0\.0 \.\. 0\.9$"),
+    (lambda: InterpolatedGamma([0.0, 0.5, 1.0], np.array([-3.0, -4.0, 2.0])), r"gammas\[1\] = -4\.0 <= gammas\[0\] = -3\.0 "),
+    (lambda: LinearGamma(np.float64("nan"), 1.0), r"gamma_0 = nan;"),
 ])
 def test_bad_schedules_are_one_line_errors(build, match):
     with pytest.raises(ValueError, match=match) as e:
