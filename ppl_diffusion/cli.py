@@ -352,6 +352,19 @@ def cmd_train(args) -> None:
                    allow_inexact_resume=args.allow_inexact_resume, log=print)
     if distributed.world().is_main:
         _print_trained(result)
+        _print_learned_schedule(result.checkpoint)
+
+
+def _print_learned_schedule(checkpoint) -> None:
+    """The learned γ schedule's endpoints in the final checkpoint (raw and EMA weights); nothing for a fixed one."""
+    from .evaluate import learned_schedule
+    from .sampling import load_run
+
+    learned = learned_schedule({name: load_run(checkpoint, ema=name == "EMA", device="cpu")
+                                for name in ("raw", "EMA")})
+    if learned is not None:
+        print("learned γ_0 → γ_1: " + ", ".join(f"{name} {g['gamma_0']:.3f} → {g['gamma_1']:.3f}"
+                                                 for name, g in learned.items()))
 
 
 # ---------------------------------------------------------------------------------------- evaluate, sample

@@ -375,7 +375,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
               "variance": "fitted" if fit_variance else config.variance, "bound": bound,
               "scored_once": scored_once,
               "terms_unit": "nats per example; terms[j] = L_j, j = 0 (decoder) .. T (prior)"}
-    terms, fitted, integrand = {}, {}, {}
+    terms, fitted, integrand, per_example_bpd = {}, {}, {}, {}
     for name, loaded in runs.items():
         diffusion = loaded.diffusion
         chunk = saved.scoped(f"{name}-{examples_key}")
@@ -395,6 +395,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
                                      inputs_per_call=min(batch_size, len(x)) * timesteps_per_batch, progress=progress,
                                      chunk=chunk, batch=min(batch_size, len(x)), **options)
             bpd = nll * to_bpd
+            per_example_bpd[name] = bpd.tolist()
             result[key] = bpd.mean().item()
             result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
             terms[name], integrand[name] = parts["terms"], parts["draws"]
@@ -410,11 +411,17 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
             per_example = w.gather(mine_terms.contiguous())  # [N x (T + 1)], in test-set order
             result.setdefault("calls", {})[name] = len(x) * config.T
         bpd = per_example.sum(-1) * to_bpd
+        per_example_bpd[name] = bpd.tolist()
         result[key] = bpd.mean().item()
         result[f"{key}_stderr"] = (bpd.std().item() / math.sqrt(len(bpd))) if len(bpd) > 1 else None
         terms[name] = per_example.mean(0).tolist()
     if scored_once:  # one set of weights: its figures stand for both (readers of eval.json find every key)
-        _copy_to_ema(result, terms, fitted, integrand)
+        _copy_to_ema(result, terms, fitted, integrand, per_example_bpd)
+    result["bpd_per_example"] = per_example_bpd
+    result["test_sha256"] = w.on_main(lambda: array_sha256(x))
+    learned = learned_schedule(runs)
+    if learned is not None:
+        result["schedule"] = {**learned, "ema": learned["raw"]} if scored_once else learned
     result["terms"] = terms
     if fit_variance:
         result["fitted_variance"] = fitted
@@ -481,13 +488,73 @@ def one_weight_set(state: dict) -> bool:
                (("model", "ema"), ("prior", "prior_ema"), ("schedule", "schedule_ema")))
 
 
-def _copy_to_ema(result: dict, terms: dict, fitted: dict, integrand: dict) -> None:
+def learned_schedule(runs: dict) -> dict | None:
+    """The endpoints γ_0, γ_1 of a learned γ schedule per weight set (``{"raw": {...}, "ema": {...}}``, each
+    :meth:`~ppl_diffusion.gamma.GammaSchedule.describe`), the ``"schedule"`` entry of eval.json; ``None`` for a fixed
+    forward process. ``runs`` maps weight-set names to loaded runs (:func:`~ppl_diffusion.sampling.load_run`) or
+    diffusions."""
+    out = {}
+    for name, loaded in runs.items():
+        diffusion = getattr(loaded, "diffusion", loaded)
+        if not (getattr(diffusion, "gamma_schedule", False) and diffusion.schedule.learnable):
+            return None
+        out[name] = diffusion.schedule.describe()
+    return out
+
+
+def paired_difference(a: dict | str | Path, b: dict | str | Path, weights: str = "ema") -> dict:
+    """Run ``a``'s bits/dim minus run ``b``'s on the same test examples, paired per example, with its standard error:
+    the comparison of two models' bounds. Pairing removes what the examples share (a hard digit is hard for both), so
+    the difference is known far better than from the two ± SE of each run.
+
+    The two evaluations must have scored the same test examples (``test_sha256`` of eval.json); with the same
+    ``--seed`` their noise draws are the same too (counter-based), which pairs the Monte-Carlo noise as well.
+
+    :param a: an eval.json dict of :func:`evaluate_run`, or the path of one.
+    :param b: the same for the other run.
+    :param str weights: ``"ema"`` or ``"raw"``.
+    :returns: ``{"difference": mean of a − b, "stderr": its SE over examples, "num_examples": N, "a": ..., "b": ...}``
+        in bits/dim (``a`` and ``b``: each run's mean).
+    :raises ValueError: if the examples differ or an eval.json predates the per-example figures.
+
+    Example (two eval.json dicts, as :func:`evaluate_run` writes them, reduced to the keys read):
+
+    >>> from ppl_diffusion.evaluate import paired_difference
+    >>> a = {"test_sha256": "d1", "bpd_per_example": {"ema": [3.0, 4.0, 5.0, 3.5]}}
+    >>> b = {"test_sha256": "d1", "bpd_per_example": {"ema": [3.2, 4.1, 5.3, 3.6]}}
+    >>> d = paired_difference(a, b)
+    >>> round(d["difference"], 4), round(d["stderr"], 4), d["num_examples"]  # a is 0.175 bits/dim better
+    (-0.175, 0.0479, 4)
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights = {weights!r}; choose ema or raw")
+    runs = []
+    for side in (a, b):
+        result = side if isinstance(side, dict) else json.loads(Path(side).read_text())
+        where = "" if isinstance(side, dict) else f" ({side})"
+        if "bpd_per_example" not in result:
+            raise ValueError(f"an eval.json{where} without per-example bits/dim (written before they were kept): "
+                             "evaluate that run again")
+        runs.append((result, where))
+    (ra, wa), (rb, wb) = runs
+    if ra.get("test_sha256") != rb.get("test_sha256"):
+        raise ValueError(f"the two evaluations scored different test examples{wa or ''}{wb and ' vs' + wb}: evaluate "
+                         "both runs on the same data and --max-examples")
+    xa = torch.tensor(ra["bpd_per_example"][weights], dtype=torch.float64)
+    xb = torch.tensor(rb["bpd_per_example"][weights], dtype=torch.float64)
+    d = xa - xb
+    n = len(d)
+    return {"difference": d.mean().item(), "stderr": d.std().item() / math.sqrt(n) if n > 1 else None,
+            "num_examples": n, "a": xa.mean().item(), "b": xb.mean().item(), "weights": weights}
+
+
+def _copy_to_ema(result: dict, terms: dict, fitted: dict, integrand: dict, per_example_bpd: dict) -> None:
     """The raw weights' figures under the EMA keys too, for a run whose two weight sets are one (scored once)."""
     for key in ("bpd", "bpd_stderr", "bpd_t_stderr"):
         if key in result:
             result[key.replace("bpd", "bpd_ema", 1)] = result[key]
     terms["ema"] = terms["raw"]
-    for d in (fitted, integrand, result.get("estimate", {})):
+    for d in (fitted, integrand, result.get("estimate", {}), per_example_bpd):
         if "raw" in d:
             d["ema"] = d["raw"]
     if "calls" in result:
@@ -565,6 +632,10 @@ def summary(result: dict) -> str:
                if result.get("bound") == "continuous" else
                [f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
                 "bits/dim (EMA)"])]
+    if result.get("schedule"):
+        lines.append("  learned γ_0 → γ_1: " + ", ".join(
+            f"{name} {g['gamma_0']:.3f} → {g['gamma_1']:.3f}" for name, g in result["schedule"].items()
+            if name == "raw" or not result.get("scored_once")))
     if result.get("digits_fd_ema") is not None:
         lines.append(f"  digits_fd (EMA weights, {result['fd_samples']} samples) {result['digits_fd_ema']:.2f}")
     if result.get("resumed_chunks"):
@@ -573,4 +644,4 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_run", "per_example_terms", "summary"]
+__all__ = ["evaluate_run", "learned_schedule", "paired_difference", "per_example_terms", "summary"]

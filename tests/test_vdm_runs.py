@@ -15,7 +15,7 @@ import torch
 from ppl_diffusion.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ppl_diffusion.cli import main
 from ppl_diffusion.data import load_dataset
-from ppl_diffusion.evaluate import evaluate_run
+from ppl_diffusion.evaluate import evaluate_run, paired_difference, summary
 from ppl_diffusion.infer.continuous_bound import estimate_continuous_bound, plan_continuous_uniform
 from ppl_diffusion.sampling import draw_samples, sample_run
 from ppl_diffusion.train import TrainConfig, load_trained, train
@@ -185,6 +185,29 @@ def test_evaluate_on_a_continuous_run_is_the_estimate_of_its_weights(continuous_
         assert est.summary()["bpd_t_stderr"] == pytest.approx(result[f"{key}_t_stderr"], rel=1e-6)
         for name, value in est.terms.items():
             assert value.mean().item() == pytest.approx(result["terms"]["ema" if ema else "raw"][name], rel=1e-6)
+        np.testing.assert_allclose(result["bpd_per_example"]["ema" if ema else "raw"], bpd.numpy(), rtol=1e-6)
+        # the learned endpoints of these weights, as the schedule has them
+        g0, g1 = (float(v.detach()) for v in load_trained(continuous_run, ema=ema).schedule.endpoints())
+        assert result["schedule"]["ema" if ema else "raw"] == pytest.approx({"gamma_0": g0, "gamma_1": g1})
+    assert "learned γ_0 → γ_1: raw " in summary(result)
+
+
+def test_paired_difference_of_two_evaluations_is_the_per_example_difference(continuous_run, linear_and_its_gamma):
+    """The paired difference of two eval.json is the mean and SE of the per-example differences of their weights; a
+    run against itself is exactly 0 ± 0; evaluations of different examples are refused."""
+    linear, gamma = linear_and_its_gamma
+    a, b = (evaluate_run(r, max_examples=12, fd_samples=0, progress=False, seed=1) for r in (linear, gamma))
+    d = paired_difference(a, b, weights="raw")
+    diff = np.subtract(a["bpd_per_example"]["raw"], b["bpd_per_example"]["raw"])
+    assert d["num_examples"] == 12 and d["difference"] == pytest.approx(diff.mean())
+    assert d["stderr"] == pytest.approx(diff.std(ddof=1) / np.sqrt(12))
+    assert d["a"] == pytest.approx(a["bpd"]) and d["b"] == pytest.approx(b["bpd"])
+    same = paired_difference(linear / "eval.json", a)  # a path or a dict
+    assert same["difference"] == 0.0 and same["stderr"] == 0.0
+    fewer = evaluate_run(linear, max_examples=6, fd_samples=0, progress=False)
+    with pytest.raises(ValueError, match="different test examples"):
+        paired_difference(a, fewer)
+    assert "schedule" not in a  # a fixed forward process has no learned endpoints to report
 
 
 @pytest.mark.slow  # ~80 s on 2 shared cores: the reference quadrature (576,000 denoiser inputs)
@@ -287,6 +310,19 @@ def test_safetensors_export_keeps_the_schedule_and_others_refuse(continuous_run,
     capsys.readouterr()
     err = error_line(capsys, ["export", continuous_run, "--to", "improved-diffusion", "--out", tmp_path / "id"])
     assert "γ schedule 'learned-net' (T = ∞)" in err and "--to safetensors" in err
+
+
+def test_train_prints_the_learned_endpoints_and_a_fixed_schedule_none(tmp_path, capsys):
+    assert run(["train", "--data", "eight_gaussians", "--net", "mlp", "--steps", "2", "--batch-size", "8",
+                "--no-progress", "--warmup-steps", "0", "--ema-decay", "0.5", "--T", "0", "--schedule",
+                "learned-scalar", "--estimator", "continuous", "--run-dir", tmp_path / "learned"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    for name, ema in (("raw", False), ("EMA", True)):
+        g0, g1 = (float(v.detach()) for v in load_trained(tmp_path / "learned", ema=ema).schedule.endpoints())
+        assert f"{name} {g0:.3f} → {g1:.3f}" in line, line
+    assert run(["train", "--data", "eight_gaussians", "--net", "mlp", "--steps", "1", "--batch-size", "8",
+                "--no-progress", "--run-dir", tmp_path / "fixed"]) == 0
+    assert "γ" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------- bad input
