@@ -176,9 +176,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "below 64 px, 16,8 from 64 up; the middle block always attends)")
     n.add_argument("--fourier-features", type=_fourier, default=None, metavar="N1,N2,...|auto",
                    help="U-Net: sin and cos of 2^n·2π·x_t for each exponent n as extra input channels (VDM's Fourier "
-                        "features); auto: the two exponents the data's grey-level spacing Δ asks for, n = "
-                        "round(log2(1/Δ)) and n − 1 (6,7 for 8-bit data, 2,3 for the digits' 17 levels), recorded "
-                        "as numbers; refused on continuous data (default: none)")
+                        "features); auto: from the mean spacing Δ of the training data's grey levels, n = "
+                        "round(log2(1/Δ)) and n − 1 (6,7 for images that use all 256 levels, 2,3 for the digits' 17, "
+                        "0,1 for 4 levels), recorded as numbers; train prints the levels and Δ, and warns where "
+                        "the levels are uneven; refused on continuous data (default: none)")
     n.add_argument("--dropout", type=float, default=None, help="U-Net or MLP: dropout (default 0.1 U-Net, 0 MLP)")
     n.add_argument("--width", type=int, default=None, help="MLP: hidden width (default 128; warned below D)")
     n.add_argument("--depth", type=int, default=None, help="MLP: residual blocks (default 3)")

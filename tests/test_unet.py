@@ -1,7 +1,9 @@
 """The U-Net denoiser: shapes, zero initialisation, time conditioning, gradients, presets, bad input."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,6 +245,46 @@ def test_the_frequency_rule_gives_vdms_exponents_for_8_bit_data_and_2_3_for_the_
     for bad in (0.0, -1.0, float("nan"), 1e-9):
         with pytest.raises(ValueError, match="spacing"):
             fourier_exponents(bad)
+
+
+def _levels(values) -> "Dataset":
+    from ppl_diffusion.data import Dataset, to_model_space
+
+    pixels = torch.tensor(values, dtype=torch.uint8).repeat(4, 1).reshape(-1, 1, 2, 2)
+    x = to_model_space(pixels)
+    return Dataset("mine", x, x[:1], (1, 2, 2), 256, "discretized")
+
+
+def test_auto_fourier_features_say_why_and_warn_on_uneven_levels():
+    """auto reads the mean spacing of the levels (the rule above); for uneven levels it warns and names the exponents
+    of the closest pair, which resolve them (the same rule at the closest gap)."""
+    from ppl_diffusion.nets.embedding import fourier_exponents
+    from ppl_diffusion.train.config import fourier_choice
+
+    exponents, reason, warning = fourier_choice(_levels([0, 85, 170, 255]))  # even: 2/3 apart in model space
+    assert exponents == list(fourier_exponents(2 / 3)) == [0, 1] and warning is None
+    assert "4 grey levels" in reason and "Δ = 0.6667" in reason
+    exponents, reason, warning = fourier_choice(_levels([0, 10, 128, 255]))  # closest two 10/127.5 apart
+    assert exponents == [0, 1] and "unevenly spaced" in warning
+    assert f"--fourier-features {','.join(map(str, fourier_exponents(10 / 127.5)))}" in warning
+    assert fourier_exponents(10 / 127.5) == (3, 4)
+
+
+def test_train_prints_the_auto_fourier_choice(tmp_path, capsys):
+    from ppl_diffusion.cli import main
+
+    write = __import__("PIL.Image", fromlist=["Image"]).fromarray
+    (tmp_path / "png").mkdir()
+    for i in range(12):  # 4 uneven grey levels
+        write(np.tile(np.array([[0, 10], [128, 255]], np.uint8), (2, 2))[:, ::(-1) ** i]).save(tmp_path / "png" / f"{i}.png")
+    with pytest.warns(UserWarning, match="unevenly spaced"):
+        assert main(["train", "--data", "image_folder", "--data-root", str(tmp_path / "png"), "--net", "unet",
+                     "--channels", "8", "--channel-mult", "1", "--res-blocks", "1", "--attention", "none",
+                     "--fourier-features", "auto", "--T", "4", "--steps", "1", "--batch-size", "2", "--no-progress",
+                     "--warmup-steps", "0", "--ema-decay", "0", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "fourier_features auto = 0,1: 4 grey levels in the training data" in out, out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["net_config"]["fourier_features"] == [0, 1]
 
 
 FEATURES_SCRIPT = r"""

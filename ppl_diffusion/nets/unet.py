@@ -180,7 +180,8 @@ class UNet(nn.Module):
         2^n·2π·x_t per input channel (:func:`~ppl_diffusion.nets.embedding.fourier_features`) are concatenated to
         x_t before the first conv, which then reads C·(1 + 2F) channels. Default ``()``: none, and the net is the
         one without the option, parameter for parameter. :func:`~ppl_diffusion.nets.embedding.fourier_exponents`
-        picks them from the data's grey-level spacing ((6, 7) for 8-bit data, (2, 3) for the 17-level digits).
+        picks them from the data's grey-level spacing ((6, 7) for images using all 256 levels, (2, 3) for the
+        17-level digits).
 
     .. attribute:: use_checkpoint
 

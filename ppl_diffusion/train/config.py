@@ -25,7 +25,7 @@ from . import schedules
 from .schedules import SCHEDULES, build_schedule  # noqa: F401 (re-exported)
 
 __all__ = ["BACKENDS", "DEVICES", "FORMAT", "METRICS_FORMATS", "RESUMABLE_KEYS", "BudgetWarning", "TrainConfig",
-           "budget_warnings", "build_diffusion", "lr_at", "resolve_device"]
+           "budget_warnings", "build_diffusion", "fourier_choice", "grey_levels", "lr_at", "resolve_device"]
 
 #: The format tag of a training checkpoint (``state["format"]``).
 FORMAT = "ppl_diffusion.train/1"
@@ -321,10 +321,74 @@ def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
                          "--fourier-features")
     if features != "auto":
         return config
+    return dataclasses.replace(config, net_config={**config.net_config,
+                                                   "fourier_features": fourier_choice(dataset)[0]})
+
+
+def grey_levels(dataset) -> dict | None:
+    """The grey levels of ``dataset``'s training split, which ``--fourier-features auto`` reads: their number, their
+    mean spacing in model space (``dataset.level_spacing``, the rule's Δ) and the smallest gap between two
+    neighbouring levels; ``None`` for continuous data or a split of one value.
+
+    Example (the digits' 17 levels; rint(v·255/16) puts 15 or 16 of 255 between neighbours):
+
+    >>> from ppl_diffusion.data import load_digits
+    >>> from ppl_diffusion.train.config import grey_levels
+    >>> levels = grey_levels(load_digits())
+    >>> levels["levels"], levels["spacing"], round(levels["closest"] * 127.5)
+    (17, 0.125, 15)
+    """
+    spacing = dataset.level_spacing
+    if spacing is None:
+        return None
+    values = torch.unique(dataset.train).double()
+    return {"levels": len(values), "spacing": spacing, "closest": float(torch.diff(values).min())}
+
+
+#: Levels whose closest two are nearer than this share of their mean spacing are called uneven by
+#: :func:`fourier_choice`, and it names the exponents that would resolve the closest pair.
+UNEVEN_LEVELS = 0.5
+
+
+def fourier_choice(dataset) -> tuple[list[int], str, str | None]:
+    """What ``--fourier-features auto`` picks for ``dataset``, why, and a warning where the rule is a poor fit:
+    ``(exponents, reason, warning or None)``. The rule reads the mean spacing Δ of the training split's grey levels
+    (:func:`~ppl_diffusion.nets.embedding.fourier_exponents`); for levels unevenly spaced (the closest two nearer
+    than half of Δ) the warning names the exponents of the closest pair, which the user may pass instead.
+
+    :raises ValueError: on continuous data (no grey levels).
+
+    Example:
+
+    >>> from ppl_diffusion.data import load_digits
+    >>> from ppl_diffusion.train.config import fourier_choice
+    >>> exponents, reason, warning = fourier_choice(load_digits())
+    >>> exponents, warning
+    ([2, 3], None)
+    >>> print(reason)
+    fourier_features auto = 2,3: 17 grey levels in the training data, mean spacing Δ = 0.125 in model space, n = round(log2(1/Δ)) = 3 and n − 1
+    """
     from ..nets.embedding import fourier_exponents
 
-    return dataclasses.replace(config, net_config={**config.net_config,
-                                                   "fourier_features": list(fourier_exponents(dataset.level_spacing))})
+    levels = grey_levels(dataset)
+    if levels is None:
+        raise ValueError(f"fourier_features = 'auto' on {dataset.name!r}, which has no grey levels (continuous data, "
+                         "or a single value): drop --fourier-features")
+    exponents = list(fourier_exponents(levels["spacing"]))
+    reason = (f"fourier_features auto = {exponents[0]},{exponents[1]}: {levels['levels']} grey levels in the "
+              f"training data, mean spacing Δ = {levels['spacing']:.4g} in model space, n = round(log2(1/Δ)) = "
+              f"{exponents[1]} and n − 1")
+    warning = None
+    if levels["closest"] < UNEVEN_LEVELS * levels["spacing"]:
+        try:
+            closest = ",".join(map(str, fourier_exponents(levels["closest"])))
+        except ValueError:
+            closest = None
+        warning = (f"--fourier-features auto: the {levels['levels']} grey levels are unevenly spaced (mean "
+                   f"{levels['spacing']:.4g}, the closest two {levels['closest']:.4g} apart in model space) and auto "
+                   f"follows the mean, {exponents[0]},{exponents[1]}"
+                   + (f"; to resolve the closest pair pass --fourier-features {closest}" if closest else ""))
+    return exponents, reason, warning
 
 
 def build_diffusion(config: TrainConfig, dataset) -> GaussianDiffusion:
