@@ -492,7 +492,24 @@ def learned_schedule(runs: dict) -> dict | None:
     """The endpoints γ_0, γ_1 of a learned γ schedule per weight set (``{"raw": {...}, "ema": {...}}``, each
     :meth:`~ppl_diffusion.gamma.GammaSchedule.describe`), the ``"schedule"`` entry of eval.json; ``None`` for a fixed
     forward process. ``runs`` maps weight-set names to loaded runs (:func:`~ppl_diffusion.sampling.load_run`) or
-    diffusions."""
+    diffusions.
+
+    Example:
+
+    >>> import torch
+    >>> from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule
+    >>> from ppl_diffusion.evaluate import learned_schedule
+    >>> from ppl_diffusion.gamma import ScalarGamma
+    >>> _ = torch.manual_seed(0)
+    >>> learned = GaussianDiffusion(schedule=ScalarGamma(-10.0, 4.0), T=0,
+    ...                             denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> {k: round(v, 3) for k, v in learned_schedule({"raw": learned})["raw"].items()}
+    {'gamma_0': -10.0, 'gamma_1': 4.0}
+    >>> fixed = GaussianDiffusion(schedule=NoiseSchedule.linear(T=10),
+    ...                           denoiser=MLPDenoiser(dim=2, width=16, depth=1), event_shape=(2,))
+    >>> learned_schedule({"raw": fixed}) is None
+    True
+    """
     out = {}
     for name, loaded in runs.items():
         diffusion = getattr(loaded, "diffusion", loaded)
