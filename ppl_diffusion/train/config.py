@@ -305,24 +305,25 @@ def decoder_of(config: TrainConfig, dataset) -> str:
     return config.decoder
 
 
-def with_data_settings(config: TrainConfig, dataset) -> TrainConfig:
-    """``config`` with the settings that depend on the data resolved (before it is recorded): the net setting
-    ``fourier_features = "auto"`` becomes the exponents of the data's grey-level spacing
-    (:func:`~ppl_diffusion.nets.embedding.fourier_exponents` of ``dataset.level_spacing``). Fourier features on
-    continuous data, which have no grey levels for them to resolve, and an 8-bit decoder on them are refused in
-    one line."""
+def with_data_settings(config: TrainConfig, dataset) -> tuple[TrainConfig, tuple | None]:
+    """``(config, choice)``: ``config`` with the settings that depend on the data resolved (before it is recorded),
+    and, where the net setting ``fourier_features = "auto"`` was resolved, :func:`fourier_choice`'s
+    ``(exponents, reason, warning)`` for the log (else ``None``). ``"auto"`` becomes the exponents of the data's
+    grey-level spacing (:func:`~ppl_diffusion.nets.embedding.fourier_exponents` of ``dataset.level_spacing``).
+    Fourier features on continuous data, which have no grey levels for them to resolve, and an 8-bit decoder on
+    them are refused in one line."""
     decoder_of(config, dataset)
     features = (config.net_config or {}).get("fourier_features")
     if not features:
-        return config
+        return config, None
     if dataset.bins is None:
         raise ValueError(f"fourier_features = {features!r} on the continuous data {config.data!r}: the features read "
                          "x_t against the spacing of 8-bit data's grey levels, which continuous data do not have; drop "
                          "--fourier-features")
     if features != "auto":
-        return config
-    return dataclasses.replace(config, net_config={**config.net_config,
-                                                   "fourier_features": fourier_choice(dataset)[0]})
+        return config, None
+    choice = fourier_choice(dataset)
+    return dataclasses.replace(config, net_config={**config.net_config, "fourier_features": choice[0]}), choice
 
 
 def grey_levels(dataset) -> dict | None:

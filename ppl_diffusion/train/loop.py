@@ -56,7 +56,7 @@ from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
 from ..nets.build import describe_net
 from .batches import BatchStream
-from .config import (FORMAT, BudgetWarning, TrainConfig, budget_warnings, fourier_choice, lr_at, resolve_device,
+from .config import (FORMAT, BudgetWarning, TrainConfig, budget_warnings, lr_at, resolve_device,
                      with_data_settings)
 from .pyro_trainer import _NonFiniteOutput, make_trainer
 from .run_dir import (FreshStart, MetricsLog, NullMetricsLog, _apply, _config_diff, _find_resume_point, _last,
@@ -202,8 +202,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
     world.local_batch(config.batch_size)  # a one-line error unless the global batch splits evenly
     run_dir = check_run_dir(run_dir)
     dataset = load_dataset(config.data, config.data_root) if config.data_root else load_dataset(config.data)
-    auto_features = (config.net_config or {}).get("fourier_features") == "auto"
-    config = with_data_settings(config, dataset)  # fourier_features "auto" → the data's exponents, recorded
+    config, auto_choice = with_data_settings(config, dataset)  # fourier_features "auto" → the data's exponents
     device = resolve_device(distributed.local_device(config.device))
     if resume == "auto":  # decided on rank 0, whose file system holds the run folder
         resume = world.on_main(lambda: bool(list_checkpoints(run_dir)))
@@ -309,8 +308,8 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             held = f" ({config.val_examples} more held out for validation)" if validation is not None else ""
             log(f"{describe_net(config.net, dataset.event_shape, config.net_config, parameters=trainer.num_parameters)}"
                 f"; {len(dataset.train):,} {config.data} training examples of shape {list(dataset.event_shape)}{held}")
-        if auto_features:
-            _, reason, uneven = fourier_choice(dataset)
+        if auto_choice is not None:  # fourier_features "auto": (exponents, reason, warning)
+            _, reason, uneven = auto_choice
             if log is not None:
                 log(reason)
             if uneven:
