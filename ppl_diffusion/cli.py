@@ -357,15 +357,22 @@ def cmd_train(args) -> None:
 
 
 def _print_learned_schedule(checkpoint) -> None:
-    """The learned γ schedule's endpoints in the final checkpoint (raw and EMA weights); nothing for a fixed one."""
-    from .evaluate import learned_schedule
-    from .sampling import load_run
+    """The learned γ schedule's endpoints in the final checkpoint (raw and EMA weights); nothing for a fixed one.
+    Only the schedule is built from the checkpoint and loaded, not the model."""
+    from .checkpoint import load_checkpoint
+    from .evaluate import schedule_line
+    from .train.config import TrainConfig
+    from .train.schedules import build_schedule
 
-    learned = learned_schedule({name: load_run(checkpoint, ema=name == "EMA", device="cpu")
-                                for name in ("raw", "EMA")})
-    if learned is not None:
-        print("learned γ_0 → γ_1: " + ", ".join(f"{name} {g['gamma_0']:.3f} → {g['gamma_1']:.3f}"
-                                                 for name, g in learned.items()))
+    state = load_checkpoint(checkpoint)
+    if state.get("schedule") is None:  # a NoiseSchedule or a fixed γ: nothing was learned
+        return
+    learned = {}
+    for name, key in (("raw", "schedule"), ("ema", "schedule_ema")):
+        schedule = build_schedule(TrainConfig.from_dict(state["config"]))
+        schedule.load_state_dict(state[key])
+        learned[name] = schedule.describe()
+    print(schedule_line(learned))
 
 
 # ---------------------------------------------------------------------------------------- evaluate, sample

@@ -354,9 +354,10 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     to_bpd = 1.0 / (num_dims * math.log(2.0))
     suffix = ("-fitted" if fit_variance else "") + ("-estimate" if bound == "estimate" else "")
     used_train = max(fit_variance, options.get("pilot_examples", 0) if options.get("proposal") == "pilot" else 0)
+    test_sha256 = w.on_main(lambda: array_sha256(x))  # which examples were scored: progress and eval.json
     fingerprint = lambda: {  # noqa: E731 - what the numbers depend on, computed on rank 0 alone
         "evaluate": bound, "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
-        "data": config.data, "test_examples": len(x), "test_sha256": array_sha256(x),
+        "data": config.data, "test_examples": len(x), "test_sha256": test_sha256,
         "train_sha256": array_sha256(data.train[:used_train]) if used_train else None, "seed": seed,
         "threads": torch.get_num_threads(),
         "backend": backend, "precision": precision, "device": resolve_device(local_device(device)).type,
@@ -418,7 +419,7 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     if scored_once:  # one set of weights: its figures stand for both (readers of eval.json find every key)
         _copy_to_ema(result, terms, fitted, integrand, per_example_bpd)
     result["bpd_per_example"] = per_example_bpd
-    result["test_sha256"] = w.on_main(lambda: array_sha256(x))
+    result["test_sha256"] = test_sha256
     learned = learned_schedule(runs)
     if learned is not None:
         result["schedule"] = {**learned, "ema": learned["raw"]} if scored_once else learned
@@ -519,6 +520,17 @@ def learned_schedule(runs: dict) -> dict | None:
     return out
 
 
+def schedule_line(learned: dict) -> str:
+    """The one-line account of :func:`learned_schedule`'s endpoints that ``train`` and ``evaluate`` print.
+
+    >>> from ppl_diffusion.evaluate import schedule_line
+    >>> schedule_line({"raw": {"gamma_0": -13.3012, "gamma_1": 4.9876}, "ema": {"gamma_0": -13.3, "gamma_1": 5.0}})
+    'learned γ_0 → γ_1: raw -13.301 → 4.988, EMA -13.300 → 5.000'
+    """
+    return "learned γ_0 → γ_1: " + ", ".join(f"{'EMA' if name == 'ema' else name} {g['gamma_0']:.3f} → "
+                                             f"{g['gamma_1']:.3f}" for name, g in learned.items())
+
+
 def paired_difference(a: dict | str | Path, b: dict | str | Path, weights: str = "ema") -> dict:
     """Run ``a``'s bits/dim minus run ``b``'s on the same test examples, paired per example, with its standard error:
     the comparison of two models' bounds. Pairing removes what the examples share (a hard digit is hard for both), so
@@ -546,17 +558,18 @@ def paired_difference(a: dict | str | Path, b: dict | str | Path, weights: str =
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights = {weights!r}; choose ema or raw")
     runs = []
-    for side in (a, b):
+    for label, side in (("A", a), ("B", b)):
         result = side if isinstance(side, dict) else json.loads(Path(side).read_text())
-        where = "" if isinstance(side, dict) else f" ({side})"
+        name = label if isinstance(side, dict) else f"{label} ({side})"
         if "bpd_per_example" not in result:
-            raise ValueError(f"an eval.json{where} without per-example bits/dim (written before they were kept): "
+            raise ValueError(f"eval.json {name} has no per-example bits/dim (written before they were kept): "
                              "evaluate that run again")
-        runs.append((result, where))
-    (ra, wa), (rb, wb) = runs
+        runs.append((result, name))
+    (ra, name_a), (rb, name_b) = runs
     if ra.get("test_sha256") != rb.get("test_sha256"):
-        raise ValueError(f"the two evaluations scored different test examples{wa or ''}{wb and ' vs' + wb}: evaluate "
-                         "both runs on the same data and --max-examples")
+        count = lambda r: len(r["bpd_per_example"][weights])  # noqa: E731
+        raise ValueError(f"the evaluations {name_a} ({count(ra)} examples) and {name_b} ({count(rb)} examples) scored "
+                         "different test examples: evaluate both runs on the same data and --max-examples")
     xa = torch.tensor(ra["bpd_per_example"][weights], dtype=torch.float64)
     xb = torch.tensor(rb["bpd_per_example"][weights], dtype=torch.float64)
     d = xa - xb
@@ -650,9 +663,8 @@ def summary(result: dict) -> str:
                [f"  L_0 (decoder) {result['decoder_bpd']['ema']:.4f}, L_T (prior) {result['prior_bpd']['ema']:.2e} "
                 "bits/dim (EMA)"])]
     if result.get("schedule"):
-        lines.append("  learned γ_0 → γ_1: " + ", ".join(
-            f"{name} {g['gamma_0']:.3f} → {g['gamma_1']:.3f}" for name, g in result["schedule"].items()
-            if name == "raw" or not result.get("scored_once")))
+        lines.append("  " + schedule_line({name: g for name, g in result["schedule"].items()
+                                           if name == "raw" or not result.get("scored_once")}))
     if result.get("digits_fd_ema") is not None:
         lines.append(f"  digits_fd (EMA weights, {result['fd_samples']} samples) {result['digits_fd_ema']:.2f}")
     if result.get("resumed_chunks"):
@@ -661,4 +673,4 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_run", "learned_schedule", "paired_difference", "per_example_terms", "summary"]
+__all__ = ["evaluate_run", "learned_schedule", "paired_difference", "per_example_terms", "schedule_line", "summary"]
