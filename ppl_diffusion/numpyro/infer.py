@@ -6,7 +6,9 @@ contributes log p(x); a latent site −KL(q || p) when ``analytic`` and a closed
 examples contribute exactly 0; scales are applied by the caller.
 
 The estimators (:class:`StochasticTimestepELBO`, :class:`ChainELBO`, :class:`ContinuousTimeELBO`) are NumPyro
-ELBOs: ``numpyro.infer.SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=...)`` trains with them.
+ELBOs: ``numpyro.infer.SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=...)`` trains with them; a
+continuous-time model (T = 0) has no chain for ``model``/``guide`` to run at ``SVI.init``, so it is
+``SVI(diffusion.continuous_model, diffusion.continuous_guide, ..., loss=ContinuousTimeELBO())``.
 """
 
 from __future__ import annotations
@@ -526,13 +528,16 @@ class ContinuousTimeELBO(ELBO):
     """The continuous-time ELBO (T = ∞) as a NumPyro ELBO for ``numpyro.infer.SVI`` (the twin of
     :class:`ppl_diffusion.infer.continuous_elbo.ContinuousTimeELBO`)::
 
-        svi = SVI(diffusion.model, diffusion.guide, optax.adam(1e-3), loss=ContinuousTimeELBO())
+        svi = SVI(diffusion.continuous_model, diffusion.continuous_guide, optax.adam(1e-3), loss=ContinuousTimeELBO())
+        state = svi.init(key, x0, t, weight)  # any times in (0, 1) and weights: SVI.init runs the two programs
+        state, loss = svi.update(state, x0)  # the ELBO draws t itself
 
-    The programs passed are not run (the estimator scores ``continuous_model`` / ``continuous_guide``; pass those to
-    SVI for its ``init``). Times are drawn ``"uniform"`` or ``"low-discrepancy"`` from the step's key, or passed in:
-    ``svi.update(state, x0, t, weight)`` (importance sampling keeps its history outside, as for
-    :class:`StochasticTimestepELBO`; the per-example integrand is returned under SVI's mutable ``"step_losses"``
-    when that key is there). ``schedule_objective="variance"`` trains the schedule's interior for the estimate's
+    ``SVI.init`` runs the programs it is given to create the parameters (the denoiser's and a learned γ's), and
+    ``diffusion.model`` has no chain at T = 0, so pass the continuous-time programs (the PyTorch twin accepts
+    ``diffusion.model`` as well, since Pyro's SVI does not run it). Times are drawn ``"uniform"`` or
+    ``"low-discrepancy"`` from the step's key, or passed in: ``svi.update(state, x0, t, weight)`` (importance
+    sampling keeps its history outside, as for :class:`StochasticTimestepELBO`; the per-example integrand is returned
+    under SVI's mutable ``"step_losses"`` when that key is there). ``schedule_objective="variance"`` trains the schedule's interior for the estimate's
     variance (:func:`continuous_time_loss`); ``prior_term="mc"`` scores the prior term at one draw of x_T.
 
     :param str timesteps: ``"uniform"`` or ``"low-discrepancy"``.
@@ -554,6 +559,19 @@ class ContinuousTimeELBO(ELBO):
     ...                                  diffusion.continuous_model, diffusion.continuous_guide, x0)
     >>> loss.shape
     ()
+
+    Trained with ``numpyro.infer.SVI``, a learned γ's endpoints with the denoiser:
+
+    >>> import optax
+    >>> from numpyro.infer import SVI
+    >>> from ppl_diffusion.numpyro import ScalarGamma
+    >>> learned = GaussianDiffusion(schedule=ScalarGamma(), denoiser=net, event_shape=(2,), T=0)
+    >>> svi = SVI(learned.continuous_model, learned.continuous_guide, optax.adam(1e-2), loss=ContinuousTimeELBO())
+    >>> state = svi.init(jax.random.key(0), x0, jnp.full((3,), 0.5), jnp.ones(3))
+    >>> before = svi.get_params(state)["schedule$params"]["gamma_0"]
+    >>> state, loss = svi.update(state, x0)
+    >>> sorted(svi.get_params(state)), bool(svi.get_params(state)["schedule$params"]["gamma_0"] != before)
+    (['denoiser$params', 'schedule$params'], True)
     """
 
     def __init__(self, timesteps: str = "uniform", schedule_objective: str = "elbo", reduction: str = "sum",
