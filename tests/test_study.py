@@ -7,6 +7,7 @@ the ELBO and log p(x_0) are known in closed form.
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -429,6 +430,8 @@ def test_compare_a_continuous_time_run_with_the_learned_schedule_row(tmp_path, c
     report = (out / "report.md").read_text()
     assert "T = ∞" in report and "## Learned schedule" in report and "## Per t" not in report
     assert "Ratios are to `continuous`" in report
+    files = [f for f in re.findall(r"`([^`]+)`", report.split("## Files")[1]) if not f.startswith("az.")]
+    assert "race.csv" not in files and all(list(out.glob(name)) for name in files), files  # named ones exist
     capsys.readouterr()
     # A chain's estimators on it, a race, or the row on a model without an interior: one line each.
     for flags, words in ((["--estimators", "stochastic-kl"], "continuous time (T = 0)"),

@@ -279,9 +279,17 @@ def markdown(study: dict) -> str:
         lines += ["", "![race](race.png)", ""]
     if study.get("learned_schedule"):
         lines += learned_schedule_lines(study["learned_schedule"])
-    lines += ["## Files", "", "`study.json` (everything above), `fixed_theta.csv`, `per_t.csv`, `race.csv`, "
-              "`race_targets.csv`, `draws/*.nc` (arviz InferenceData; `az.from_netcdf`), the figures.", ""]
+    lines += ["## Files", "", ", ".join(["`study.json` (everything above)", *_files(study)]) + ", the figures.", ""]
     return "\n".join(lines)
+
+
+def _files(study: dict) -> list[str]:
+    """The tables :func:`render` writes for the sections ``study`` has, and the draws beside them."""
+    files = {"fixed_theta": ["`fixed_theta.csv`"], "per_t": ["`per_t.csv`"], "race": ["`race.csv`", "`race_targets.csv`"]}
+    names = [name for section, names in files.items() if section in study for name in names]
+    if "fixed_theta" in study or study.get("learned_schedule"):  # their ELBO draws
+        names.append("`draws/*.nc` (arviz InferenceData; `az.from_netcdf`)")
+    return names
 
 
 def render(study: dict, out: str | Path) -> Path:
