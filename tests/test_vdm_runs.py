@@ -297,6 +297,25 @@ def test_ode_likelihood_of_a_continuous_run(continuous_run):
     assert result["T"] == 0 and "continuous-time variational bound" in result["what"]["elbo_bpd"]
 
 
+def test_the_ode_of_a_gamma_model_does_not_depend_on_its_steps(continuous_run):
+    """The probability-flow ODE of a γ model is the VP-SDE of γ(t) with the net at γ: the same density in continuous
+    time and as a chain of 10 steps (the finite-T path of evaluate --likelihood ode), and not the density of another
+    γ."""
+    from ppl_diffusion.likelihood import ode_log_prob
+
+    d = load_trained(continuous_run)
+    y = load_dataset("eight_gaussians").test[:4].numpy()
+    opts = dict(indices=np.arange(4), trace="exact", probes=1, probe="rademacher", rtol=1e-6, atol=1e-6, eps=None,
+                time_map="gamma", seed=0)
+    continuous, _, _ = ode_log_prob(d, y, **opts)
+    chain, _, _ = ode_log_prob(d.with_steps(10), y, **opts)
+    np.testing.assert_allclose(chain, continuous, rtol=1e-9)
+    with torch.no_grad():
+        d.schedule.ends.gamma_0 += 1.0  # another forward process (its γ_0 moved): another ODE
+    other, _, _ = ode_log_prob(d.with_steps(10), y, **opts)
+    assert np.abs(other - continuous).min() > 1e-3
+
+
 def test_safetensors_export_keeps_the_schedule_and_others_refuse(continuous_run, tmp_path, capsys):
     from ppl_diffusion.interop import from_safetensors
 
