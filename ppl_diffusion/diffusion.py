@@ -224,8 +224,8 @@ class GaussianDiffusion(nn.Module):
         self.variance = variance
         self.precision = precision  # the denoiser call's arithmetic (ppl_diffusion.precision)
         self.checkpoint_activations = checkpoint_activations  # memory against time (ppl_diffusion.nets.remat)
-        if isinstance(variance, FittedVariance):
-            self.p_log_variance = variance.log_variance(schedule)  # log σ_t², float64[T]
+        if isinstance(variance, FittedVariance):  # log σ_t², float64[T]; of a γ chain at its γ now (not retrained)
+            self.p_log_variance = variance.log_variance(self.coefficients())
         elif variance in LEARNED_VARIANCES or self.gamma_schedule:
             self.p_log_variance = None  # read from the denoiser's output, or from the γ chain, in p_mean_variance
         else:
@@ -236,11 +236,12 @@ class GaussianDiffusion(nn.Module):
         """(T, time_input, gamma_range) checked against the schedule; one-line errors."""
         from .variance import FittedVariance
 
-        if isinstance(schedule, GammaSchedule) and isinstance(variance, FittedVariance):
-            raise ValueError("a FittedVariance is fitted on a NoiseSchedule's steps; with a γ schedule pass a "
-                             "variance by name")
         ends = None if isinstance(schedule, NoiseSchedule) else tuple(float(g.detach()) for g in schedule.endpoints())
-        return check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
+        checked = check_forward_process(schedule, T, time_input, gamma_range, variance, endpoints=ends)
+        if isinstance(variance, FittedVariance) and checked[0] == 0:
+            raise ValueError("a FittedVariance is fitted on a chain's steps and this model is in continuous time "
+                             "(T = 0): fit and use it on diffusion.with_steps(T)")
+        return checked
 
     def with_variance(self, variance) -> "GaussianDiffusion":
         """The same model (schedule, denoiser shared, prior, decoder) with reverse variance ``variance``.

@@ -339,9 +339,9 @@ def evaluate_run(run: str | Path, *, max_examples: int | None = None, timesteps_
     options = (_continuous_options if continuous else _chain_options)(bound, full_steps, strata, draws, proposal,
                                                                      pilot_examples)
     bound = "continuous" if continuous else options.pop("bound")
-    if fit_variance and getattr(runs["raw"].diffusion, "gamma_schedule", False):
-        raise ValueError(f"--fit-variance {fit_variance} on a run with a γ schedule ({config.schedule}): the fitted "
-                         "variances are of a NoiseSchedule's steps; drop --fit-variance")
+    if fit_variance and continuous:
+        raise ValueError(f"--fit-variance {fit_variance} on a run in continuous time (T = 0): the fitted variances "
+                         "are of a chain's steps; drop --fit-variance")
     if sample_steps is not None and not continuous:
         raise ValueError(f"sample_steps = {sample_steps!r} sets the chain that samples a continuous-time run; this run "
                          f"has T = {config.T} steps of its own")

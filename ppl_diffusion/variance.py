@@ -82,15 +82,18 @@ class FittedVariance:
     def log_variance(self, schedule) -> np.ndarray:
         """log σ_t², t = 1..T, float64 ``[T]``, for ``schedule`` (the one fitted, or the respaced one of :meth:`respaced`).
 
-        :param ~ppl_diffusion.schedule.NoiseSchedule schedule: a schedule of the fit's T steps.
+        :param schedule: a :class:`~ppl_diffusion.schedule.NoiseSchedule` of the fit's T steps, or a γ model's
+            :class:`~ppl_diffusion.gamma.GammaChain` (read at its current γ, as constants).
         :raises ValueError: when the schedule has another T.
         """
         if len(self.x0_mse) != schedule.T:
             raise ValueError(f"fitted variance covers {len(self.x0_mse)} steps but the schedule has T = {schedule.T}; "
                              "fit it for this schedule (fit_variance) or respace it with respace()")
+        post_var, coef1 = (np.asarray(torch.as_tensor(v).detach().cpu(), dtype=np.float64)
+                           for v in (schedule.posterior_variance, schedule.posterior_mean_coef1))
         out = np.empty(schedule.T)
         out[0] = self.decoder_log_variance
-        out[1:] = np.log(schedule.posterior_variance[1:] + schedule.posterior_mean_coef1[1:] ** 2 * self.x0_mse[1:])
+        out[1:] = np.log(post_var[1:] + coef1[1:] ** 2 * self.x0_mse[1:])
         return out
 
     def respaced(self, timesteps) -> "FittedVariance":
@@ -171,7 +174,8 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
     :returns: :class:`~ppl_diffusion.variance.FittedVariance`; raises ``ValueError`` if the decoder's optimum lies outside
         σ² ∈ [10⁻¹², 1] (its likelihood then grows without bound, e.g. data a denoiser reproduces exactly).
 
-    :param diffusion: the trained :class:`~ppl_diffusion.diffusion.GaussianDiffusion` (a NoiseSchedule's).
+    :param diffusion: the trained :class:`~ppl_diffusion.diffusion.GaussianDiffusion` of T steps (a NoiseSchedule's,
+        or a γ schedule's chain, fitted at its current γ).
     :param torch.Tensor x0: training examples ``[N x *event_shape]``.
     :param bool progress: show a progress bar.
 
@@ -194,7 +198,7 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
     if x0.shape[0] < 1:
         raise ValueError("fit_variance needs at least one training example")
     device = next(diffusion.denoiser.parameters()).device
-    s, T = diffusion.schedule, diffusion.T
+    s, T = diffusion.coefficients(), diffusion.T  # a NoiseSchedule, or a γ model's chain (its γ now)
     if timesteps_per_batch is None:
         timesteps_per_batch = auto_timesteps_per_batch(min(batch_size, x0.shape[0]))
     c = max(1, min(int(timesteps_per_batch), T))
@@ -234,6 +238,6 @@ def fit_variance(diffusion, x0: Tensor, *, batch_size: int = 256, timesteps_per_
         decoder_log_variance = _decoder_log_variance(diffusion, x0.cpu(), torch.cat(decoder_means),
                                                      math.log(1e-12), 0.0, 57)
     else:  # VDM's categorical decoder reads x_1/α_1 and σ_1²/α_1², no variance: σ_1² stays β_1, unused
-        decoder_log_variance = float(np.log(s.betas[0]))
+        decoder_log_variance = math.log(float(s.betas[0]))
     return FittedVariance(x0_mse=x0_mse, decoder_log_variance=decoder_log_variance, num_examples=int(x0.shape[0]),
                           seconds=round(time.monotonic() - started, 2))

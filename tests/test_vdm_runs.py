@@ -277,6 +277,20 @@ def test_evaluate_a_fixed_gamma_read_from_a_noise_schedule_is_the_noise_schedule
     np.testing.assert_allclose(b["terms"]["ema"], a["terms"]["ema"], rtol=1e-4, atol=1e-5)
 
 
+def test_fitted_variances_of_a_fixed_gamma_read_from_a_noise_schedule_are_the_noise_schedule_runs(linear_and_its_gamma):
+    """evaluate --fit-variance on the γ read from a NoiseSchedule (the same net at the same step labels) fits the
+    NoiseSchedule run's variances and gives its bound: the fit and the fitted model read the γ chain's coefficients
+    (the closed forms of the fit are tested against Monte Carlo on NoiseSchedules in test_variance.py)."""
+    linear, gamma = linear_and_its_gamma
+    a, b = (evaluate_run(r, max_examples=12, fd_samples=0, progress=False, fit_variance=16) for r in (linear, gamma))
+    for name in ("raw", "ema"):
+        want, got = a["fitted_variance"][name], b["fitted_variance"][name]
+        np.testing.assert_allclose(got["x0_mse"], want["x0_mse"], rtol=1e-5)
+        assert got["decoder_log_variance"] == pytest.approx(want["decoder_log_variance"], rel=1e-5)
+    assert b["bpd_ema"] == pytest.approx(a["bpd_ema"], rel=1e-5) and b["variance"] == "fitted"
+    assert b["bpd_ema"] != evaluate_run(gamma, max_examples=12, fd_samples=0, progress=False)["bpd_ema"]
+
+
 # ---------------------------------------------------------------------------------------- sampling, ODE, export
 def test_sample_a_continuous_run_with_any_chain_and_the_ode(continuous_run):
     d = load_trained(continuous_run)
@@ -390,7 +404,7 @@ def test_bad_evaluate_and_sample_flags_on_gamma_runs_are_one_line_each(continuou
     for argv, match in [
         (["evaluate", continuous_run, "--bound", "full"], "--bound full on a run in continuous time"),
         (["evaluate", continuous_run, "--full-steps", "5"], "--full-steps 5 on a run in continuous time"),
-        (["evaluate", continuous_run, "--fit-variance", "8"], "--fit-variance 8 on a run with a γ schedule"),
+        (["evaluate", continuous_run, "--fit-variance", "8"], "--fit-variance 8 on a run in continuous time"),
         (["evaluate", continuous_run, "--likelihood", "ode", "--time-map", "grid"], "time map 'grid' with a γ-schedule"),
         (["evaluate", continuous_run, "--likelihood", "ode", "--dequantization", "decoder", "--eps", "0.1"],
          "pass --eps 0"),
