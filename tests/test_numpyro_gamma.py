@@ -18,6 +18,7 @@ from pyro import poutine  # noqa: E402
 
 import ppl_diffusion.numpyro as npd  # noqa: E402
 from ppl_diffusion import GaussianDiffusion, MLPDenoiser, NoiseSchedule  # noqa: E402
+from ppl_diffusion.diffusion import VARIANCES  # noqa: E402
 from ppl_diffusion import gamma as tg  # noqa: E402
 from ppl_diffusion.infer import continuous_time_terms, per_example_elbo, trace_pair  # noqa: E402
 from ppl_diffusion.numpyro import gamma as jg  # noqa: E402
@@ -122,22 +123,27 @@ def test_chain_programs_agree_per_site(time_input, x64, tol):
             close(a[k], b[k], rtol=tol, atol=tol)
 
 
-def test_fixed_gamma_of_a_schedule_is_the_numpyro_chain():
-    """On the NumPyro side too, a γ read from a NoiseSchedule with step labels is that schedule's chain."""
-    s = NoiseSchedule.cosine(12)
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("variance", list(VARIANCES))
+def test_fixed_gamma_of_a_schedule_is_the_numpyro_chain(schedule, variance):
+    """On the NumPyro side too, a γ read from a NoiseSchedule with step labels is that schedule's chain: every
+    term, with the posterior-order guide (analytic KL) and with the forward chain (Monte Carlo, the same draws)."""
+    s = getattr(NoiseSchedule, schedule)(12)
     with jax.enable_x64(True):
         jnet = npd.MLPDenoiser(2, width=16, depth=1, zero_init=False)
         nnx.update(jnet, jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), nnx.state(jnet, nnx.Param)))
-        today = npd.GaussianDiffusion(schedule=s, denoiser=jnet, event_shape=(2,), variance="fixed-large")
+        today = npd.GaussianDiffusion(schedule=s, denoiser=jnet, event_shape=(2,), variance=variance)
         gamma = npd.GaussianDiffusion(schedule=jg.InterpolatedGamma.from_noise_schedule(s), T=12, time_input="step",
-                                      denoiser=jnet, event_shape=(2,), variance="fixed-large")
+                                      denoiser=jnet, event_shape=(2,), variance=variance)
         x0 = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2)))
-        out = []
-        for d in (today, gamma):
-            m, g = npd.trace_pair(d.model, d.posterior_guide, jax.random.PRNGKey(3), x0)
-            out.append(npd.per_example_elbo(m, g, True))
-        for k in out[0]:
-            close(out[0][k], out[1][k], rtol=1e-10, atol=1e-12)
+        for guide, analytic in (("posterior_guide", True), ("guide", False)):
+            out = []
+            for d in (today, gamma):
+                m, g = npd.trace_pair(d.model, getattr(d, guide), jax.random.PRNGKey(3), x0)
+                out.append(npd.per_example_elbo(m, g, analytic))
+            assert out[0].keys() == out[1].keys()
+            for k in out[0]:
+                close(out[0][k], out[1][k], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("x64, tol", [(True, 1e-10), pytest.param(False, 1e-4, marks=pytest.mark.slow)],
