@@ -271,19 +271,24 @@ def test_auto_fourier_features_say_why_and_warn_on_uneven_levels():
 
 
 def test_train_prints_the_auto_fourier_choice(tmp_path, capsys):
-    from ppl_diffusion.cli import main
+    from ppl_diffusion.cli import _one_line_warning, main
 
     write = __import__("PIL.Image", fromlist=["Image"]).fromarray
     (tmp_path / "png").mkdir()
     for i in range(12):  # 4 uneven grey levels
         write(np.tile(np.array([[0, 10], [128, 255]], np.uint8), (2, 2))[:, ::(-1) ** i]).save(tmp_path / "png" / f"{i}.png")
-    with pytest.warns(UserWarning, match="unevenly spaced"):
+    from ppl_diffusion.nets import NetWarning
+
+    with pytest.warns(NetWarning, match="unevenly spaced") as record:
         assert main(["train", "--data", "image_folder", "--data-root", str(tmp_path / "png"), "--net", "unet",
                      "--channels", "8", "--channel-mult", "1", "--res-blocks", "1", "--attention", "none",
                      "--fourier-features", "auto", "--T", "4", "--steps", "1", "--batch-size", "2", "--no-progress",
                      "--warmup-steps", "0", "--ema-decay", "0", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "fourier_features auto = 0,1: 4 grey levels in the training data" in out, out
+    w = next(w for w in record if "unevenly" in str(w.message))  # shown by the CLI as one line, without source
+    line = _one_line_warning(w.message, w.category, w.filename, w.lineno)
+    assert line.startswith("ppl-diffusion: warning: --fourier-features auto: the 4 grey levels") and line.count("\n") == 1
     assert json.loads((tmp_path / "run" / "config.json").read_text())["net_config"]["fourier_features"] == [0, 1]
 
 

@@ -54,6 +54,7 @@ from ..checkpoint import (BEST_NAME, checkpoint_path, list_checkpoints, prune_ch
 from .. import distributed
 from ..data import load_dataset
 from ..diffusion import GaussianDiffusion
+from ..nets import NetWarning
 from ..nets.build import describe_net
 from .batches import BatchStream
 from .config import (FORMAT, BudgetWarning, TrainConfig, budget_warnings, lr_at, resolve_device,
@@ -313,7 +314,7 @@ def _train(config: TrainConfig, run_dir: str | Path, *, resume: bool | str, prog
             if log is not None:
                 log(reason)
             if uneven:
-                warnings.warn(uneven, UserWarning, stacklevel=3)
+                warnings.warn(uneven, NetWarning, stacklevel=3)  # the CLI prints it as one line
         for message in budget_warnings(config, len(dataset.train)):
             warnings.warn(message, BudgetWarning, stacklevel=3)
 
