@@ -48,6 +48,9 @@ QUICK_CONFIG = dict(DEMO_CONFIG, T=20, steps=20, warmup_steps=5, ema_decay=0.85,
 QUICK_EVAL = dict(max_examples=16, fd_samples=0, n=16)
 
 
+#: ``train --T 0``'s estimator when none is given: low-discrepancy times, VDM's choice (docs/variational.md).
+CONTINUOUS_DEFAULT = "continuous-ld"
+
 _format_warning = warnings.formatwarning
 
 
@@ -127,10 +130,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=d.data_root,
                    help="folder of the data files (mnist, cifar10, image_folder); stored absolute, so evaluate and "
                         "compare find it from any folder (on --resume: where the data is now)")
-    p.add_argument("--estimator", default=d.estimator, help=f"ELBO estimator (default {d.estimator}): trace, "
-                   "meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, stochastic-mc-is, stochastic-kl-ld, "
-                   "stochastic-mc-ld, hybrid (with --variance learned); with --T 0: continuous, continuous-ld "
-                   "(low-discrepancy t), continuous-is (importance-sampled t)")
+    p.add_argument("--estimator", default=None, help=f"ELBO estimator (default {d.estimator}; with --T 0 "
+                   f"{CONTINUOUS_DEFAULT}): trace, meanfield, stochastic-kl, stochastic-mc, stochastic-kl-is, "
+                   "stochastic-mc-is, stochastic-kl-ld, stochastic-mc-ld, hybrid (with --variance learned); with --T 0: "
+                   "continuous, continuous-ld (low-discrepancy t), continuous-is (importance-sampled t)")
     p.add_argument("--schedule", default=d.schedule,
                    help=f"forward process: linear or cosine (noise schedules of T steps), or a γ schedule (VDM): "
                         "fixed-linear, learned-scalar (learned endpoints), learned-net (VDM's monotone net), "
@@ -285,6 +288,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the parsed ``train`` flags (one flag per field, the net's settings gathered in
     ``net_config``; ``world_size`` comes from the job)."""
     fields = {f: getattr(args, f) for f in DEFAULTS.to_dict() if hasattr(args, f) and f != "net_config"}
+    if fields.get("estimator") is None:  # not given: the default of a chain, or of continuous time (T = 0)
+        fields["estimator"] = CONTINUOUS_DEFAULT if fields.get("T") == 0 else DEFAULTS.estimator
     return TrainConfig(**fields, net_config=net_config_from_args(args))
 
 

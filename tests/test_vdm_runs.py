@@ -358,13 +358,26 @@ def test_train_prints_the_learned_endpoints_and_a_fixed_schedule_none(tmp_path, 
     assert "γ" not in capsys.readouterr().out
 
 
+def test_train_at_t0_without_an_estimator_takes_the_continuous_default(tmp_path, capsys):
+    """--estimator defaults to a chain's estimator, and with --T 0 to continuous-ld (a chain's would be refused)."""
+    from ppl_diffusion.cli import CONTINUOUS_DEFAULT
+
+    flags = ["train", "--data", "eight_gaussians", "--net", "mlp", "--steps", "1", "--batch-size", "8", "--no-progress",
+             "--schedule", "learned-net"]
+    assert run([*flags, "--T", "0", "--run-dir", tmp_path / "t0"]) == 0
+    assert run([*flags, "--T", "10", "--run-dir", tmp_path / "t10"]) == 0
+    estimators = [json.loads((tmp_path / r / "config.json").read_text())["estimator"] for r in ("t0", "t10")]
+    assert estimators == [CONTINUOUS_DEFAULT, TrainConfig().estimator] == ["continuous-ld", "stochastic-kl-is"]
+
+
 # ---------------------------------------------------------------------------------------- bad input
 TRAIN = ["train", "--data", "eight_gaussians", "--net", "mlp", "--steps", "1", "--batch-size", "8", "--no-progress"]
 
 
 @pytest.mark.parametrize("flags, match", [
-    (["--schedule", "learned-net", "--T", "0"], "estimator 'stochastic-kl-is' scores a chain of steps, and T = 0 is "
-                                                "continuous time: pass --estimator one of continuous"),
+    (["--schedule", "learned-net", "--T", "0", "--estimator", "stochastic-kl-is"],
+     "estimator 'stochastic-kl-is' scores a chain of steps, and T = 0 is continuous time: pass --estimator one of "
+     "continuous"),
     (["--schedule", "learned-net", "--T", "inf", "--estimator", "trace"], "estimator 'trace' scores a chain"),
     (["--schedule", "learned-net", "--T", "0", "--estimator", "meanfield"], "estimator 'meanfield' scores a chain"),
     (["--schedule", "learned-net", "--T", "20", "--estimator", "continuous"], "estimator 'continuous' scores continuous"),
