@@ -170,6 +170,27 @@ def test_svi_learned_schedule_example_runs():
     assert all(math.isfinite(summary[k]) and summary[k] > 0 for k in ("bpd", "bpd_stderr", "bpd_t_stderr"))
 
 
+def test_svi_learned_schedule_example_takes_a_folder_of_pngs(tmp_path, capsys):
+    """The example on images of another size (6×6 PNGs): the MLP and the bits/dim follow the data's dimension."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    for i in range(20):
+        Image.fromarray(np.random.default_rng(i).choice([0, 40, 200, 255], size=(6, 6)).astype(np.uint8)).save(
+            tmp_path / f"{i}.png")
+    spec = importlib.util.spec_from_file_location("vdm_example", ROOT / "examples" / "svi_learned_schedule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    summary, diffusion = mod.main(["--steps", "2", "--batch", "4", "--test-examples", "2", "--strata", "2",
+                                   "--log-every", "1", "--data-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert tuple(diffusion.event_shape) == (1, 6, 6) and diffusion.denoiser.dim == 36
+    assert "step    1:" in out and "test bound on 2 image_folder examples" in out, out
+    assert math.isfinite(summary["bpd"])
+
+
 def test_estimator_benchmark_quick(tmp_path):
     import subprocess
     import sys
