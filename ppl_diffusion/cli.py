@@ -372,9 +372,9 @@ def _print_learned_schedule(checkpoint) -> None:
     state = load_checkpoint(checkpoint)
     if state.get("schedule") is None:  # a NoiseSchedule or a fixed γ: nothing was learned
         return
-    learned = {}
+    config, learned = TrainConfig.from_dict(state["config"]), {}
     for name, key in (("raw", "schedule"), ("ema", "schedule_ema")):
-        schedule = build_schedule(TrainConfig.from_dict(state["config"]))
+        schedule = build_schedule(config)
         schedule.load_state_dict(state[key])
         learned[name] = schedule.describe()
     print(schedule_line(learned))
